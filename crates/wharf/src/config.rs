@@ -1,0 +1,306 @@
+//! Pool settings and the builder that turns them into a [`Pool`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::{CloseReason, HookFuture, Hooks};
+use crate::{ConfigError, Manager, Pool};
+
+/// Every setting of a pool, with defaults taken from HikariCP and
+/// node-postgres where they agree with long practice.
+///
+/// Loadable with serde; durations are written the human way (`"30s"`,
+/// `"500ms"`, `"10m"`), and optional ones may be left out to turn them off.
+///
+/// ```
+/// let config: wharf::Config = toml::from_str(r#"
+///     max_size = 20
+///     acquire_timeout = "2s"
+///     idle_timeout = "1m"
+///     max_lifetime = "30m"
+/// "#).unwrap();
+/// assert_eq!(config.max_size, 20);
+/// assert_eq!(config.min_idle, 0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The pool's name, used as the `pool` label of its metrics and in logs.
+    /// Default `"default"`.
+    pub name: String,
+    /// The most connections open at once, counting those being opened.
+    /// Default 10 (HikariCP `maximumPoolSize`, pg `max`).
+    pub max_size: usize,
+    /// Idle connections kept ready in the background. Default 0 (pg `min`).
+    pub min_idle: usize,
+    /// How long `get()` waits before failing with
+    /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s (HikariCP
+    /// `connectionTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// The most callers allowed to wait at once; beyond it `get()` fails at
+    /// once with [`Error::QueueFull`](crate::Error::QueueFull). Default
+    /// unbounded.
+    pub max_waiting: Option<usize>,
+    /// How long one connect may take before it counts as failed. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The most connects in flight at once. Default 2. While the backend is
+    /// failing, only one attempt at a time probes it, whatever this says.
+    pub max_connecting: usize,
+    /// The first delay after a failed connect. Later ones double up to
+    /// `connect_backoff_max`, and each is drawn at random below that bound
+    /// ("full jitter") so that many pools do not retry in step. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub connect_backoff: Duration,
+    /// The largest delay between failed connects. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_backoff_max: Duration,
+    /// A connection idle for longer than this is checked with
+    /// [`Manager::check`] before it is handed out; `None` never checks, zero
+    /// always does. Default 500 ms (HikariCP's `aliveBypassWindowMs`).
+    #[serde(with = "humantime_serde")]
+    pub validate_after: Option<Duration>,
+    /// How long a check may take before the connection counts as dead.
+    /// Default 5 s (HikariCP `validationTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub validation_timeout: Duration,
+    /// Idle connections beyond `min_idle` are closed after this long unused.
+    /// Default 10 min (HikariCP `idleTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Connections are retired after this long, when idle or when returned.
+    /// Default 30 min (HikariCP `maxLifetime`).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    /// Each connection's lifetime is shortened by a random fraction up to
+    /// this (0.0 to 1.0), so connections opened together do not all expire
+    /// together. Default 0.025 (HikariCP's 2.5 %).
+    pub lifetime_jitter: f64,
+    /// Connections are retired after this many checkouts. Default unlimited
+    /// (pg `maxUses`).
+    pub max_uses: Option<u64>,
+    /// Idle connections are checked this often, so dead ones are found before
+    /// a caller gets them. Default off.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Option<Duration>,
+    /// A connection held longer than this is reported once, with the call
+    /// site of its `get()`. Default off (HikariCP `leakDetectionThreshold`).
+    #[serde(with = "humantime_serde")]
+    pub leak_detection_threshold: Option<Duration>,
+    /// How long [`Pool::close`] waits for connections in use to come back.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// How often the maintenance task runs (idle and lifetime eviction,
+    /// keepalive, leak detection, topping up `min_idle`). Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            max_size: 10,
+            min_idle: 0,
+            acquire_timeout: Duration::from_secs(30),
+            max_waiting: None,
+            connect_timeout: Duration::from_secs(10),
+            max_connecting: 2,
+            connect_backoff: Duration::from_millis(100),
+            connect_backoff_max: Duration::from_secs(10),
+            validate_after: Some(Duration::from_millis(500)),
+            validation_timeout: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            lifetime_jitter: 0.025,
+            max_uses: None,
+            keepalive_interval: None,
+            leak_detection_threshold: None,
+            close_timeout: Duration::from_secs(30),
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_size == 0 {
+            return Err(ConfigError::ZeroMaxSize);
+        }
+        if self.min_idle > self.max_size {
+            return Err(ConfigError::MinIdleAboveMax {
+                min_idle: self.min_idle,
+                max_size: self.max_size,
+            });
+        }
+        if self.max_connecting == 0 {
+            return Err(ConfigError::ZeroMaxConnecting);
+        }
+        if !(0.0..=1.0).contains(&self.lifetime_jitter) {
+            return Err(ConfigError::BadJitter(self.lifetime_jitter));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`Pool`]; made by [`Pool::builder`].
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn demo<M: wharf::Manager>(manager: M) -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = wharf::Pool::builder(manager)
+///     .max_size(20)
+///     .min_idle(2)
+///     .acquire_timeout(Duration::from_secs(2))
+///     .build()?;
+/// let conn = pool.get().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct Builder<M: Manager> {
+    manager: M,
+    config: Config,
+    hooks: Hooks<M::Connection>,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
+                self.config.$name = value.into();
+                self
+            }
+        )*
+    };
+}
+
+impl<M: Manager> Builder<M> {
+    pub(crate) fn new(manager: M) -> Self {
+        Self {
+            manager,
+            config: Config::default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Replaces every setting with `config` (hooks are kept).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets [`Config::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    setters! {
+        /// Sets [`Config::max_size`].
+        max_size: usize;
+        /// Sets [`Config::min_idle`].
+        min_idle: usize;
+        /// Sets [`Config::acquire_timeout`].
+        acquire_timeout: Duration;
+        /// Sets [`Config::max_waiting`].
+        max_waiting: Option<usize>;
+        /// Sets [`Config::connect_timeout`].
+        connect_timeout: Duration;
+        /// Sets [`Config::max_connecting`].
+        max_connecting: usize;
+        /// Sets [`Config::connect_backoff`].
+        connect_backoff: Duration;
+        /// Sets [`Config::connect_backoff_max`].
+        connect_backoff_max: Duration;
+        /// Sets [`Config::validate_after`].
+        validate_after: Option<Duration>;
+        /// Sets [`Config::validation_timeout`].
+        validation_timeout: Duration;
+        /// Sets [`Config::idle_timeout`].
+        idle_timeout: Option<Duration>;
+        /// Sets [`Config::max_lifetime`].
+        max_lifetime: Option<Duration>;
+        /// Sets [`Config::lifetime_jitter`].
+        lifetime_jitter: f64;
+        /// Sets [`Config::max_uses`].
+        max_uses: Option<u64>;
+        /// Sets [`Config::keepalive_interval`].
+        keepalive_interval: Option<Duration>;
+        /// Sets [`Config::leak_detection_threshold`].
+        leak_detection_threshold: Option<Duration>;
+        /// Sets [`Config::close_timeout`].
+        close_timeout: Duration;
+        /// Sets [`Config::maintenance_interval`].
+        maintenance_interval: Duration;
+    }
+
+    /// Runs after every new connection is opened, before anyone uses it
+    /// (e.g. `SET application_name`). A failure counts as a failed connect.
+    ///
+    /// ```no_run
+    /// # fn demo<M: wharf::Manager<Connection = Vec<String>>>(m: M) {
+    /// let builder = wharf::Pool::builder(m).on_connect(|conn| {
+    ///     Box::pin(async move {
+    ///         conn.push("SET application_name = 'api'".into());
+    ///         Ok(())
+    ///     })
+    /// });
+    /// # }
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut M::Connection) -> HookFuture<'a> + Send + Sync + 'static,
+    {
+        self.hooks.on_connect = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs before a connection is handed out. A failure closes that
+    /// connection (reason [`CloseReason::FailedCheck`]) and the caller gets
+    /// another one, transparently.
+    pub fn on_checkout<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut M::Connection) -> HookFuture<'a> + Send + Sync + 'static,
+    {
+        self.hooks.on_checkout = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs when a connection comes back; returning `false` closes it
+    /// (reason [`CloseReason::Rejected`]) instead of keeping it. It runs in
+    /// the returning task's `drop`, so it must not block.
+    pub fn on_checkin<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut M::Connection) -> bool + Send + Sync + 'static,
+    {
+        self.hooks.on_checkin = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs just before the pool drops a connection, with the reason.
+    pub fn on_close<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut M::Connection, CloseReason) + Send + Sync + 'static,
+    {
+        self.hooks.on_close = Some(Box::new(hook));
+        self
+    }
+
+    /// Creates the pool and starts its maintenance task, which opens
+    /// `min_idle` connections in the background ([`Pool::ready`] waits for
+    /// them).
+    ///
+    /// Fails when the settings contradict each other, or when called outside
+    /// a Tokio runtime.
+    pub fn build(self) -> Result<Pool<M>, ConfigError> {
+        self.config.validate()?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        Ok(Pool::start(self.manager, self.config, self.hooks, runtime))
+    }
+}

@@ -1,0 +1,158 @@
+//! The errors the pool returns.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Status;
+
+/// A boxed error, as returned by hooks and carried as the last connect error.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The last error seen while opening a connection, shared by every waiter
+/// that reports it.
+pub type ConnectError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// Why [`Pool::get`](crate::Pool::get) failed.
+///
+/// Connection failures are not returned directly: the pool keeps retrying
+/// with backoff while callers wait, and a caller that gives up sees the last
+/// connect error inside [`Error::Timeout`]. That is what keeps one failed
+/// connect from failing every queued request at once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No connection became available within the acquire timeout.
+    #[error("{}", TimeoutMessage { waited: *waited, status, last_error: last_error.as_deref() })]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The pool's state when the caller gave up.
+        status: Status,
+        /// The most recent error from opening a connection, if the pool has
+        /// failed to connect since its last successful connect.
+        #[source]
+        last_error: Option<ConnectError>,
+    },
+    /// The pool has been closed; no connection will ever be handed out again.
+    #[error("the pool is closed")]
+    Closed,
+    /// The waiting queue is at `max_waiting`; the request was refused at once
+    /// rather than queued (backpressure).
+    #[error("too many callers waiting for a connection: {waiting} waiting, max_waiting = {max_waiting}; {in_use}/{max_size} in use", waiting = status.waiting, in_use = status.in_use, max_size = status.max_size)]
+    QueueFull {
+        /// The configured bound.
+        max_waiting: usize,
+        /// The pool's state when the request was refused.
+        status: Status,
+    },
+}
+
+struct TimeoutMessage<'a> {
+    waited: Duration,
+    status: &'a Status,
+    last_error: Option<&'a (dyn StdError + Send + Sync + 'static)>,
+}
+
+impl fmt::Display for TimeoutMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "timed out after {} waiting for a connection: {}/{} in use, {} idle, {} waiting",
+            HumanDuration(self.waited),
+            self.status.in_use,
+            self.status.max_size,
+            self.status.idle,
+            self.status.waiting,
+        )?;
+        if let Some(err) = self.last_error {
+            write!(f, "; last connect error: {err}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats a duration the way people write timeouts: `2s`, `250ms`, `1.5s`.
+pub(crate) struct HumanDuration(pub(crate) Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.as_secs() >= 1 {
+            let secs = d.as_secs_f64();
+            if secs.fract() < 0.0005 {
+                write!(f, "{}s", d.as_secs())
+            } else {
+                write!(f, "{secs:.3}s")
+            }
+        } else if d.as_millis() >= 1 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}µs", d.as_micros())
+        }
+    }
+}
+
+/// Why a pool could not be built or resized.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_size` must be at least 1.
+    #[error("max_size must be at least 1")]
+    ZeroMaxSize,
+    /// `min_idle` cannot exceed `max_size`.
+    #[error("min_idle ({min_idle}) must not exceed max_size ({max_size})")]
+    MinIdleAboveMax {
+        /// The configured `min_idle`.
+        min_idle: usize,
+        /// The configured `max_size`.
+        max_size: usize,
+    },
+    /// `max_connecting` must be at least 1.
+    #[error("max_connecting must be at least 1")]
+    ZeroMaxConnecting,
+    /// `lifetime_jitter` is a fraction between 0 and 1.
+    #[error("lifetime_jitter must be between 0.0 and 1.0, got {0}")]
+    BadJitter(f64),
+    /// `build()` must run inside a Tokio runtime, which the pool's background
+    /// tasks are spawned on.
+    #[error("Pool::builder(..).build() must be called from within a Tokio runtime")]
+    NoRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_message_names_the_wait_the_state_and_the_cause() {
+        let err = Error::Timeout {
+            waited: Duration::from_secs(2),
+            status: Status {
+                size: 20,
+                idle: 0,
+                in_use: 20,
+                waiting: 37,
+                max_size: 20,
+            },
+            last_error: Some(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))),
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 2s waiting for a connection: 20/20 in use, 0 idle, 37 waiting; \
+             last connect error: connection refused"
+        );
+        assert!(StdError::source(&err).is_some());
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(HumanDuration(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1.500s");
+        assert_eq!(HumanDuration(Duration::from_micros(7)).to_string(), "7µs");
+    }
+}

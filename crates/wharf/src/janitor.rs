@@ -1,0 +1,96 @@
+//! The maintenance task (PgBouncer's janitor): evicts idle and expired
+//! connections, runs keepalive checks, reports leaks and keeps `min_idle`
+//! connections ready.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+use tokio::time::{interval_at, timeout, Duration, Instant, MissedTickBehavior};
+
+use crate::pool::Shared;
+use crate::queue::Live;
+use crate::{CloseReason, Manager};
+
+/// Runs until the pool is closed or dropped. Holds only a weak reference
+/// between rounds, so it never keeps a dropped pool alive.
+pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>, every: Duration) {
+    let mut ticks = interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = pool.upgrade() else {
+            return;
+        };
+        if shared.state.lock().closed {
+            return;
+        }
+        maintain(&shared).await;
+    }
+}
+
+async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
+    let config = &shared.config;
+    let now = Instant::now();
+    let mut retire = Vec::new();
+    let mut to_test = Vec::new();
+    {
+        let mut st = shared.state.lock();
+        let min_idle = st.min_idle;
+        let mut idle_left = st.idle.len();
+        let mut keep = VecDeque::with_capacity(st.idle.capacity());
+        // The front holds the connections idle the longest, so idle-timeout
+        // eviction takes those first and leaves the busiest ones.
+        for live in st.idle.drain(..) {
+            let idle_for = now.saturating_duration_since(live.meta.idle_since);
+            let quiet_for = now.saturating_duration_since(live.meta.last_active);
+            if live.meta.is_expired(now) {
+                idle_left -= 1;
+                retire.push((live, CloseReason::Lifetime));
+            } else if config.idle_timeout.is_some_and(|t| idle_for >= t) && idle_left > min_idle {
+                idle_left -= 1;
+                retire.push((live, CloseReason::Idle));
+            } else if config.keepalive_interval.is_some_and(|k| quiet_for >= k) {
+                to_test.push(live);
+            } else {
+                keep.push_back(live);
+            }
+        }
+        st.idle = keep;
+        st.size -= retire.len();
+        st.testing += to_test.len();
+        shared.spawn_connectors(&mut st);
+    }
+    for (live, reason) in retire {
+        shared.close_conn(live, reason);
+    }
+    for live in to_test {
+        keepalive(shared, live).await;
+    }
+    if let Some(leaks) = &shared.leaks {
+        leaks.report(now, &shared.config.name, &shared.recorder);
+    }
+}
+
+async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connection>) {
+    let check = shared.manager.check(&mut live.conn);
+    let healthy = matches!(timeout(shared.config.validation_timeout, check).await, Ok(Ok(())));
+    let mut st = shared.state.lock();
+    st.testing -= 1;
+    if healthy && !st.closed {
+        live.meta.last_active = Instant::now();
+        st.hand_off(live);
+        return;
+    }
+    st.size -= 1;
+    shared.spawn_connectors(&mut st);
+    let reason = if st.closed {
+        CloseReason::Closed
+    } else {
+        CloseReason::FailedCheck
+    };
+    drop(st);
+    if reason == CloseReason::FailedCheck {
+        tracing::info!(pool = %shared.config.name, conn = live.meta.id, "keepalive check failed; closing idle connection");
+    }
+    shared.close_conn(live, reason);
+}

@@ -1,0 +1,62 @@
+//! The [`Manager`] trait: how the pool opens and checks one kind of resource.
+
+use std::future::Future;
+
+/// Opens and checks the resources a [`Pool`](crate::Pool) holds.
+///
+/// An adapter for a database or protocol implements this once; the pool does
+/// everything else (sizing, waiting, lifetimes, validation scheduling,
+/// backoff). Methods may be written as `async fn`.
+///
+/// ```
+/// use std::convert::Infallible;
+///
+/// struct Counter;
+///
+/// impl wharf::Manager for Counter {
+///     type Connection = u64;
+///     type Error = Infallible;
+///
+///     async fn connect(&self) -> Result<u64, Infallible> {
+///         Ok(0)
+///     }
+///
+///     async fn check(&self, _conn: &mut u64) -> Result<(), Infallible> {
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Manager: Send + Sync + 'static {
+    /// The pooled resource.
+    type Connection: Send + 'static;
+    /// What `connect` and `check` fail with.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a new connection.
+    ///
+    /// The pool bounds how many of these run at once, applies
+    /// `connect_timeout`, and retries failures with backoff.
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+
+    /// Checks that a connection still works, with a round trip such as
+    /// `SELECT 1` or `PING`.
+    ///
+    /// The pool calls it before handing out a connection that has been idle
+    /// longer than `validate_after`, and on idle connections every
+    /// `keepalive_interval`. A failure (or exceeding `validation_timeout`)
+    /// closes the connection; the caller never sees it.
+    fn check(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Cheaply tells, without I/O, whether a connection is known to be
+    /// unusable (its socket closed, a protocol error seen).
+    ///
+    /// Runs on every return to the pool, so it must be fast. A `true` closes
+    /// the connection instead of keeping it.
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+}

@@ -1,0 +1,227 @@
+//! Gauges, counters and latency histograms, and their Prometheus rendering.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
+use crate::CloseReason;
+
+/// The pool's size at one moment: node-postgres' `totalCount`, `idleCount`
+/// and `waitingCount`, and HikariCP's total/idle/active/pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Status {
+    /// Connections counted against `max_size`: idle, in use, and those being
+    /// opened or checked by keepalive.
+    pub size: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Connections handed out to callers.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    /// The current `max_size`.
+    pub max_size: usize,
+}
+
+/// The pool's counters; every field only grows.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) create_errors: AtomicU64,
+    pub(crate) leaks: AtomicU64,
+    pub(crate) closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+pub(crate) struct Recorder {
+    pub(crate) counters: Counters,
+    pub(crate) acquire_wait: AtomicHistogram,
+    pub(crate) in_use_time: AtomicHistogram,
+    pub(crate) connect_time: AtomicHistogram,
+}
+
+impl Recorder {
+    pub(crate) fn new() -> Self {
+        Self {
+            counters: Counters::default(),
+            acquire_wait: AtomicHistogram::new(),
+            in_use_time: AtomicHistogram::new(),
+            connect_time: AtomicHistogram::new(),
+        }
+    }
+
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        Self::count(&self.counters.closed[reason.index()]);
+    }
+
+    pub(crate) fn snapshot(&self, name: &str, status: Status) -> Metrics {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Metrics {
+            name: name.to_owned(),
+            status,
+            timeouts: load(&c.timeouts),
+            rejected: load(&c.rejected),
+            created: load(&c.created),
+            create_errors: load(&c.create_errors),
+            leaks: load(&c.leaks),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|&r| (r, load(&c.closed[r.index()])))
+                .collect(),
+            acquire_wait: self.acquire_wait.snapshot(),
+            in_use_time: self.in_use_time.snapshot(),
+            connect_time: self.connect_time.snapshot(),
+        }
+    }
+}
+
+/// A snapshot of a pool's metrics, from [`Pool::metrics`](crate::Pool::metrics).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The pool's name ([`Config::name`](crate::Config::name)).
+    pub name: String,
+    /// The gauges.
+    pub status: Status,
+    /// `get()` calls that timed out.
+    pub timeouts: u64,
+    /// `get()` calls refused because `max_waiting` callers were waiting.
+    pub rejected: u64,
+    /// Connections opened.
+    pub created: u64,
+    /// Connects that failed (including a failed `on_connect` hook).
+    pub create_errors: u64,
+    /// Connections reported by leak detection.
+    pub leaks: u64,
+    /// Connections closed, per reason, in [`CloseReason::ALL`] order.
+    pub closed: Vec<(CloseReason, u64)>,
+    /// Time from `get()` to having a connection; its count is the number of
+    /// successful acquires.
+    pub acquire_wait: Histogram,
+    /// Time from checkout to return.
+    pub in_use_time: Histogram,
+    /// Time to open a connection (successful connects only).
+    pub connect_time: Histogram,
+}
+
+impl Metrics {
+    /// Successful `get()` calls.
+    pub fn acquired(&self) -> u64 {
+        self.acquire_wait.count()
+    }
+
+    /// Connections closed for `reason`.
+    pub fn closed_for(&self, reason: CloseReason) -> u64 {
+        self.closed
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    /// Connections closed for any reason.
+    pub fn closed_total(&self) -> u64 {
+        self.closed.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Renders the metrics in the Prometheus text exposition format
+    /// (version 0.0.4), every series labelled `pool="<name>"`, ready to
+    /// serve from an application's own `/metrics` endpoint.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.write_prometheus(&mut out);
+        out
+    }
+
+    /// Appends the Prometheus rendering to `out`, so several pools can share
+    /// one response. `# HELP`/`# TYPE` lines are written for each family, so
+    /// when rendering several pools into one response, group them with
+    /// [`render_prometheus`].
+    pub fn write_prometheus(&self, out: &mut String) {
+        render_prometheus(std::slice::from_ref(self), out);
+    }
+}
+
+/// Renders several pools' metrics as one Prometheus text document, each
+/// metric family once with a series per pool.
+pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
+    let label = |m: &Metrics| escape_label(&m.name);
+    let gauges: [(&str, &str, fn(&Status) -> usize); 5] = [
+        ("wharf_pool_connections", "Connections open or opening (counted against max_size).", |s| s.size),
+        ("wharf_pool_connections_idle", "Idle connections.", |s| s.idle),
+        ("wharf_pool_connections_in_use", "Connections handed out.", |s| s.in_use),
+        ("wharf_pool_waiting", "Callers waiting for a connection.", |s| s.waiting),
+        ("wharf_pool_max_size", "Configured maximum pool size.", |s| s.max_size),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(m), get(&m.status));
+        }
+    }
+    let counters: [(&str, &str, fn(&Metrics) -> u64); 6] = [
+        ("wharf_pool_acquired_total", "Successful get() calls.", Metrics::acquired),
+        ("wharf_pool_timeouts_total", "get() calls that timed out.", |m| m.timeouts),
+        ("wharf_pool_rejected_total", "get() calls refused because max_waiting was reached.", |m| m.rejected),
+        ("wharf_pool_connections_created_total", "Connections opened.", |m| m.created),
+        ("wharf_pool_connect_errors_total", "Failed connection attempts.", |m| m.create_errors),
+        ("wharf_pool_leaks_total", "Connections reported by leak detection.", |m| m.leaks),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(m), get(m));
+        }
+    }
+    let name = "wharf_pool_connections_closed_total";
+    let _ = writeln!(out, "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter");
+    for m in pools {
+        for (reason, n) in &m.closed {
+            let _ = writeln!(out, "{name}{{pool=\"{}\",reason=\"{reason}\"}} {n}", label(m));
+        }
+    }
+    let histograms: [(&str, &str, fn(&Metrics) -> &Histogram); 3] = [
+        ("wharf_pool_acquire_wait_seconds", "Time get() waited for a connection.", |m| &m.acquire_wait),
+        ("wharf_pool_in_use_seconds", "Time connections were held by callers.", |m| &m.in_use_time),
+        ("wharf_pool_connect_seconds", "Time to open a connection.", |m| &m.connect_time),
+    ];
+    for (name, help, get) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for m in pools {
+            write_histogram(out, name, &label(m), get(m));
+        }
+    }
+}
+
+fn write_histogram(out: &mut String, name: &str, pool: &str, h: &Histogram) {
+    for (bound, count) in PROMETHEUS_BOUNDS_SECS.iter().zip(h.cumulative(PROMETHEUS_BOUNDS_SECS)) {
+        let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum{{pool=\"{pool}\"}} {}", secs(h.sum()));
+    let _ = writeln!(out, "{name}_count{{pool=\"{pool}\"}} {}", h.count());
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,587 @@
+//! The pool handle and the acquire / return paths.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::config::Builder;
+use crate::error::HumanDuration;
+use crate::hooks::{CloseReason, Hooks};
+use crate::leak::LeakRegistry;
+use crate::metrics::{Recorder, Status};
+use crate::queue::{Live, Meta, State};
+use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
+
+/// An async pool of connections made by a [`Manager`].
+///
+/// Cheap to clone: clones share one pool. When the last clone is dropped the
+/// pool closes: waiters get [`Error::Closed`], idle connections are closed at
+/// once, connections still in use when they come back, and the background
+/// tasks stop.
+pub struct Pool<M: Manager> {
+    handle: Arc<PoolHandle<M>>,
+}
+
+/// Closes the pool when the last [`Pool`] clone goes. Connections in use
+/// keep the shared state alive (not the pool open) until they are returned.
+struct PoolHandle<M: Manager> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M: Manager> Drop for PoolHandle<M> {
+    fn drop(&mut self) {
+        self.shared.shut_down();
+    }
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared().config.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+pub(crate) struct Shared<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) config: Config,
+    pub(crate) hooks: Hooks<M::Connection>,
+    pub(crate) state: Mutex<State<M::Connection>>,
+    pub(crate) recorder: Recorder,
+    pub(crate) leaks: Option<LeakRegistry>,
+    runtime: Handle,
+    /// Woken when a connection is opened (for `ready()`) and when the last
+    /// connection in use comes back to a closed pool (for `close()`).
+    changed: Notify,
+    next_conn_id: AtomicU64,
+}
+
+enum Taken<C> {
+    Idle(Live<C>),
+    Wait(u64, oneshot::Receiver<Live<C>>),
+}
+
+impl<M: Manager> Pool<M> {
+    /// Starts building a pool around `manager`.
+    pub fn builder(manager: M) -> Builder<M> {
+        Builder::new(manager)
+    }
+
+    pub(crate) fn start(
+        manager: M,
+        config: Config,
+        hooks: Hooks<M::Connection>,
+        runtime: Handle,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(config.max_size, config.min_idle)),
+            leaks: config.leak_detection_threshold.map(LeakRegistry::new),
+            manager,
+            hooks,
+            recorder: Recorder::new(),
+            runtime,
+            changed: Notify::new(),
+            next_conn_id: AtomicU64::new(1),
+            config,
+        });
+        shared
+            .runtime
+            .spawn(janitor::run(Arc::downgrade(&shared), shared.config.maintenance_interval));
+        shared.spawn_connectors(&mut shared.state.lock());
+        Self {
+            handle: Arc::new(PoolHandle { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared<M>> {
+        &self.handle.shared
+    }
+
+    /// Takes a connection, waiting up to `acquire_timeout` for one.
+    ///
+    /// Callers are served first come, first served. An idle connection is
+    /// reused most-recently-used first; one idle for longer than
+    /// `validate_after` is checked first, and if the check fails the caller
+    /// quietly gets another. The returned [`Pooled`] goes back to the pool
+    /// when dropped.
+    ///
+    /// The future may be dropped at any point (a timeout around it, a client
+    /// that went away) without losing a connection or a slot.
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
+        let caller = Location::caller();
+        let shared = self.shared().clone();
+        let wait = shared.config.acquire_timeout;
+        async move { Shared::acquire(shared, wait, caller).await }
+    }
+
+    /// Like [`get`](Self::get), with a different wait limit than the
+    /// configured `acquire_timeout`.
+    #[track_caller]
+    pub fn get_timeout(
+        &self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
+        let caller = Location::caller();
+        let shared = self.shared().clone();
+        async move { Shared::acquire(shared, wait, caller).await }
+    }
+
+    /// The pool's size right now.
+    pub fn status(&self) -> Status {
+        self.shared().status()
+    }
+
+    /// Counters and latency histograms, with the current status.
+    pub fn metrics(&self) -> Metrics {
+        let shared = self.shared();
+        shared.recorder.snapshot(&shared.config.name, shared.status())
+    }
+
+    /// The settings the pool was built with (`max_size` may since have been
+    /// changed by [`resize`](Self::resize); [`status`](Self::status) has the
+    /// current one).
+    pub fn config(&self) -> &Config {
+        &self.shared().config
+    }
+
+    /// The manager the pool opens connections with.
+    pub fn manager(&self) -> &M {
+        &self.shared().manager
+    }
+
+    /// Changes `max_size`. Growing lets waiters have new connections at once;
+    /// shrinking closes idle connections beyond the new size now and retires
+    /// connections in use when they are returned (reason
+    /// [`CloseReason::Resized`]). `min_idle` is capped at the new size.
+    pub fn resize(&self, max_size: usize) -> Result<(), ConfigError> {
+        if max_size == 0 {
+            return Err(ConfigError::ZeroMaxSize);
+        }
+        let shared = self.shared();
+        let excess = {
+            let mut st = shared.state.lock();
+            st.max_size = max_size;
+            st.min_idle = shared.config.min_idle.min(max_size);
+            let excess = st.take_excess_idle();
+            shared.spawn_connectors(&mut st);
+            excess
+        };
+        for live in excess {
+            shared.close_conn(live, CloseReason::Resized);
+        }
+        Ok(())
+    }
+
+    /// Waits until `min_idle` connections are open, or fails with
+    /// [`Error::Timeout`] (carrying the last connect error) after
+    /// `acquire_timeout`.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        let start = Instant::now();
+        let deadline = start + shared.config.acquire_timeout;
+        loop {
+            let mut changed = pin!(shared.changed.notified());
+            changed.as_mut().enable();
+            {
+                let st = shared.state.lock();
+                if st.closed {
+                    return Err(Error::Closed);
+                }
+                if st.idle.len() + st.in_use >= st.min_idle {
+                    return Ok(());
+                }
+            }
+            if timeout_at(deadline, changed).await.is_err() {
+                return Err(shared.timeout_error(start));
+            }
+        }
+    }
+
+    /// Whether [`close`](Self::close) has been called.
+    pub fn is_closed(&self) -> bool {
+        self.shared().state.lock().closed
+    }
+
+    /// Closes the pool gracefully.
+    ///
+    /// At once: new `get()` calls fail with [`Error::Closed`], every waiter
+    /// is woken with it, and idle connections are closed. Then it waits, up
+    /// to `close_timeout`, for connections in use to be returned; each is
+    /// closed as it comes back (also after the deadline). Calling it again
+    /// just waits again.
+    pub async fn close(&self) {
+        let shared = self.shared();
+        shared.shut_down();
+        let deadline = Instant::now() + shared.config.close_timeout;
+        loop {
+            let mut changed = pin!(shared.changed.notified());
+            changed.as_mut().enable();
+            let in_use = shared.state.lock().in_use;
+            if in_use == 0 {
+                return;
+            }
+            if timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!(
+                    pool = %shared.config.name,
+                    in_use,
+                    "pool closed with connections still in use after {}; \
+                     they will be closed when returned",
+                    HumanDuration(shared.config.close_timeout)
+                );
+                return;
+            }
+        }
+    }
+}
+
+impl<M: Manager> Shared<M> {
+    pub(crate) fn status(&self) -> Status {
+        let st = self.state.lock();
+        Status {
+            size: st.size,
+            idle: st.idle.len(),
+            in_use: st.in_use,
+            waiting: st.waiters.len(),
+            max_size: st.max_size,
+        }
+    }
+
+    async fn acquire(
+        self: Arc<Self>,
+        wait: Duration,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error> {
+        let start = Instant::now();
+        let deadline = start + wait;
+        let mut now = start;
+        loop {
+            let taken = {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return Err(Error::Closed);
+                }
+                match st.idle.pop_back() {
+                    // Only when nobody waits: a newcomer must not overtake
+                    // the queue (returned connections go to waiters first,
+                    // so this is rare, but validation can race with it).
+                    Some(live) if st.waiters.is_empty() => {
+                        st.in_use += 1;
+                        Taken::Idle(live)
+                    }
+                    popped => {
+                        if let Some(live) = popped {
+                            st.idle.push_back(live);
+                        }
+                        if let Some(max_waiting) = self.config.max_waiting {
+                            if st.waiters.len() >= max_waiting {
+                                drop(st);
+                                Recorder::count(&self.recorder.counters.rejected);
+                                return Err(Error::QueueFull {
+                                    max_waiting,
+                                    status: self.status(),
+                                });
+                            }
+                        }
+                        let (id, rx) = st.push_waiter();
+                        self.spawn_connectors(&mut st);
+                        Taken::Wait(id, rx)
+                    }
+                }
+            };
+            let live = match taken {
+                Taken::Idle(live) => live,
+                Taken::Wait(id, rx) => {
+                    let live = self.wait(id, rx, deadline, start).await?;
+                    now = Instant::now();
+                    live
+                }
+            };
+            let mut pooled = Pooled::new(self.clone(), live, now);
+            if self.prepare(&mut pooled, now).await {
+                self.recorder.acquire_wait.record(now - start);
+                if let Some(leaks) = &self.leaks {
+                    pooled.leak_key = Some(leaks.register(now, caller));
+                }
+                return Ok(pooled);
+            }
+            now = Instant::now();
+        }
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        id: u64,
+        rx: oneshot::Receiver<Live<M::Connection>>,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<Live<M::Connection>, Error> {
+        let mut guard = WaitGuard {
+            shared: self,
+            id,
+            rx,
+            done: false,
+        };
+        match timeout_at(deadline, &mut guard.rx).await {
+            Ok(Ok(live)) => {
+                guard.done = true;
+                Ok(live)
+            }
+            Ok(Err(_)) => {
+                guard.done = true;
+                Err(Error::Closed)
+            }
+            Err(_) => match guard.give_up() {
+                // Handed over just as the deadline passed: take it.
+                Some(live) => Ok(live),
+                None => {
+                    Recorder::count(&self.recorder.counters.timeouts);
+                    Err(self.timeout_error(start))
+                }
+            },
+        }
+    }
+
+    fn timeout_error(&self, start: Instant) -> Error {
+        let last_error = self.state.lock().last_error.clone();
+        Error::Timeout {
+            waited: start.elapsed(),
+            status: self.status(),
+            last_error,
+        }
+    }
+
+    /// Makes a connection just taken fit to hand out: not expired, checked
+    /// if it sat idle, passed by `on_checkout`. `false` means it was closed
+    /// and the caller should try again.
+    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> bool {
+        // A get() cancelled during the check or hook must not return a
+        // connection in an unknown state to the pool.
+        pooled.close_on_drop = Some(CloseReason::FailedCheck);
+        let meta = pooled.meta();
+        if meta.is_expired(now) {
+            pooled.close(CloseReason::Lifetime);
+            return false;
+        }
+        let needs_check = self
+            .config
+            .validate_after
+            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
+        if needs_check {
+            let check = self.manager.check(pooled.conn_mut());
+            match timeout(self.config.validation_timeout, check).await {
+                Ok(Ok(())) => pooled.live_mut().meta.last_active = Instant::now(),
+                Ok(Err(err)) => {
+                    tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
+                    pooled.close(CloseReason::FailedCheck);
+                    return false;
+                }
+                Err(_) => {
+                    tracing::debug!(pool = %self.config.name, conn = meta.id, "connection check timed out before checkout");
+                    pooled.close(CloseReason::FailedCheck);
+                    return false;
+                }
+            }
+        }
+        if let Some(hook) = &self.hooks.on_checkout {
+            if let Err(err) = hook(pooled.conn_mut()).await {
+                tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
+                pooled.close(CloseReason::FailedCheck);
+                return false;
+            }
+        }
+        pooled.close_on_drop = None;
+        pooled.live_mut().meta.uses += 1;
+        true
+    }
+
+    /// Takes back a connection from a caller (or from a waiter that left,
+    /// with no `held_since`): keeps it for the next caller unless it must be
+    /// retired.
+    pub(crate) fn checkin(
+        self: &Arc<Self>,
+        mut live: Live<M::Connection>,
+        held_since: Option<Instant>,
+        verdict: Option<CloseReason>,
+    ) {
+        let now = Instant::now();
+        if let Some(since) = held_since {
+            self.recorder
+                .in_use_time
+                .record(now.saturating_duration_since(since));
+        }
+        let verdict = verdict.or_else(|| self.retire_reason(&mut live, now));
+        let mut st = self.state.lock();
+        st.in_use -= 1;
+        let verdict = verdict.or(if st.closed {
+            Some(CloseReason::Closed)
+        } else if st.size > st.max_size {
+            Some(CloseReason::Resized)
+        } else {
+            None
+        });
+        match verdict {
+            None => {
+                live.meta.last_active = now;
+                live.meta.idle_since = now;
+                st.hand_off(live);
+            }
+            Some(reason) => {
+                st.size -= 1;
+                self.spawn_connectors(&mut st);
+                let drained = st.closed && st.in_use == 0;
+                drop(st);
+                self.close_conn(live, reason);
+                if drained {
+                    self.changed.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Takes a connection out of the pool's accounting for good.
+    pub(crate) fn detach(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        st.in_use -= 1;
+        st.size -= 1;
+        self.spawn_connectors(&mut st);
+        let drained = st.closed && st.in_use == 0;
+        drop(st);
+        if drained {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn retire_reason(&self, live: &mut Live<M::Connection>, now: Instant) -> Option<CloseReason> {
+        if self.manager.has_broken(&mut live.conn) {
+            return Some(CloseReason::Broken);
+        }
+        if let Some(hook) = &self.hooks.on_checkin {
+            if !hook(&mut live.conn) {
+                return Some(CloseReason::Rejected);
+            }
+        }
+        if self.config.max_uses.is_some_and(|max| live.meta.uses >= max) {
+            return Some(CloseReason::MaxUses);
+        }
+        if live.meta.is_expired(now) {
+            return Some(CloseReason::Lifetime);
+        }
+        None
+    }
+
+    /// Closes a connection that is already out of the pool's accounting.
+    pub(crate) fn close_conn(&self, mut live: Live<M::Connection>, reason: CloseReason) {
+        self.recorder.closed(reason);
+        tracing::debug!(
+            pool = %self.config.name,
+            conn = live.meta.id,
+            %reason,
+            age = ?live.meta.created_at.elapsed(),
+            uses = live.meta.uses,
+            "closing connection"
+        );
+        if let Some(hook) = &self.hooks.on_close {
+            hook(&mut live.conn, reason);
+        }
+    }
+
+    /// Starts connector tasks for unmet demand, up to `max_connecting`.
+    /// While the backend is failing one connector (the probe) is enough.
+    pub(crate) fn spawn_connectors(self: &Arc<Self>, st: &mut State<M::Connection>) {
+        while st.connectors < self.config.max_connecting
+            && st.wants_connection()
+            && st.demand() > st.connectors
+            && !(st.consecutive_failures > 0 && st.connectors > 0)
+        {
+            st.connectors += 1;
+            self.runtime.spawn(connector::run(Arc::downgrade(self)));
+        }
+    }
+
+    pub(crate) fn new_meta(&self, now: Instant) -> Meta {
+        let expires_at = self.config.max_lifetime.map(|lifetime| {
+            let shortened = lifetime.mul_f64(1.0 - fastrand::f64() * self.config.lifetime_jitter);
+            now + shortened
+        });
+        Meta {
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            created_at: now,
+            expires_at,
+            uses: 0,
+            last_active: now,
+            idle_since: now,
+        }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Marks the pool closed, wakes every waiter with `Closed` and closes
+    /// the idle connections. Connections in use are closed as they return.
+    fn shut_down(&self) {
+        let (waiters, idle) = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            let idle: Vec<_> = st.idle.drain(..).collect();
+            st.size -= idle.len();
+            (std::mem::take(&mut st.waiters), idle)
+        };
+        drop(waiters);
+        for live in idle {
+            self.close_conn(live, CloseReason::Closed);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// Keeps a queued waiter honest when its `get()` is cancelled or times out:
+/// either it is still queued and leaves the queue, or a connection was
+/// already handed to it and goes back to the pool (or to the caller).
+struct WaitGuard<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    id: u64,
+    rx: oneshot::Receiver<Live<M::Connection>>,
+    done: bool,
+}
+
+impl<M: Manager> WaitGuard<'_, M> {
+    fn give_up(&mut self) -> Option<Live<M::Connection>> {
+        if std::mem::replace(&mut self.done, true) {
+            return None;
+        }
+        if self.shared.state.lock().remove_waiter(self.id) {
+            return None;
+        }
+        // Not queued any more: it was served (under the lock, so the
+        // connection is in the channel by now) or woken by close.
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<M: Manager> Drop for WaitGuard<'_, M> {
+    fn drop(&mut self) {
+        if let Some(live) = self.give_up() {
+            self.shared.checkin(live, None, None);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! [`Pooled`]: a checked-out connection that goes back to the pool on drop.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::hooks::CloseReason;
+use crate::pool::Shared;
+use crate::queue::{Live, Meta};
+use crate::Manager;
+
+/// A connection checked out of a [`Pool`](crate::Pool).
+///
+/// Derefs to the connection. Dropping it returns the connection to the pool
+/// (RAII: no code path can forget to release it, which is how the seeds'
+/// "leaked client" bug is ruled out by construction). To close it instead,
+/// call [`discard`](Self::discard); to keep it for good, [`detach`](Self::detach).
+pub struct Pooled<M: Manager> {
+    live: Option<Live<M::Connection>>,
+    shared: Arc<Shared<M>>,
+    checked_out_at: Instant,
+    pub(crate) leak_key: Option<usize>,
+    /// Set while the pool is still checking the connection, so that a `get()`
+    /// cancelled mid-check closes it instead of returning it unverified.
+    pub(crate) close_on_drop: Option<CloseReason>,
+}
+
+/// Facts about a pooled connection, from [`Pooled::info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// A number unique within the pool, in order of creation (from 1).
+    pub id: u64,
+    /// Time since the connection was opened.
+    pub age: Duration,
+    /// How many times it has been checked out, this time included.
+    pub uses: u64,
+}
+
+impl<M: Manager> Pooled<M> {
+    pub(crate) fn new(shared: Arc<Shared<M>>, live: Live<M::Connection>, now: Instant) -> Self {
+        Self {
+            live: Some(live),
+            shared,
+            checked_out_at: now,
+            leak_key: None,
+            close_on_drop: None,
+        }
+    }
+
+    pub(crate) fn live_mut(&mut self) -> &mut Live<M::Connection> {
+        self.live
+            .as_mut()
+            .expect("a Pooled holds its connection until it is consumed")
+    }
+
+    pub(crate) fn meta(&self) -> Meta {
+        self.live().meta
+    }
+
+    fn live(&self) -> &Live<M::Connection> {
+        self.live
+            .as_ref()
+            .expect("a Pooled holds its connection until it is consumed")
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut M::Connection {
+        &mut self.live_mut().conn
+    }
+
+    /// Closes the connection instead of returning it (counted as
+    /// [`CloseReason::Discarded`]). Use it after an error that may have left
+    /// the connection in a bad state.
+    pub fn discard(mut self) {
+        self.close(CloseReason::Discarded);
+    }
+
+    pub(crate) fn close(&mut self, reason: CloseReason) {
+        self.release(Some(reason));
+    }
+
+    /// Takes the connection out of the pool for good: the pool forgets it
+    /// (freeing its slot for a new one) and the caller owns it.
+    pub fn detach(mut self) -> M::Connection {
+        let live = self.take();
+        self.shared.detach();
+        live.conn
+    }
+
+    /// The connection's id, age and use count.
+    pub fn info(&self) -> ConnInfo {
+        let meta = self.meta();
+        ConnInfo {
+            id: meta.id,
+            age: meta.created_at.elapsed(),
+            uses: meta.uses,
+        }
+    }
+
+    fn take(&mut self) -> Live<M::Connection> {
+        if let (Some(key), Some(leaks)) = (self.leak_key.take(), &self.shared.leaks) {
+            leaks.unregister(key);
+        }
+        self.live
+            .take()
+            .expect("a Pooled holds its connection until it is consumed")
+    }
+
+    fn release(&mut self, verdict: Option<CloseReason>) {
+        if self.live.is_none() {
+            return;
+        }
+        let live = self.take();
+        // Connections the pool closes while still preparing them were never
+        // in the caller's hands: they say nothing about time in use.
+        let held_since = self.close_on_drop.is_none().then_some(self.checked_out_at);
+        self.shared.checkin(live, held_since, verdict.or(self.close_on_drop));
+    }
+}
+
+impl<M: Manager> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+impl<M: Manager> Deref for Pooled<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.live().conn
+    }
+}
+
+impl<M: Manager> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        self.conn_mut()
+    }
+}
+
+impl<M: Manager> AsRef<M::Connection> for Pooled<M> {
+    fn as_ref(&self) -> &M::Connection {
+        self
+    }
+}
+
+impl<M: Manager> AsMut<M::Connection> for Pooled<M> {
+    fn as_mut(&mut self) -> &mut M::Connection {
+        self
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pooled<M>
+where
+    M::Connection: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pooled")
+            .field("info", &self.info())
+            .field("conn", &self.live().conn)
+            .finish()
+    }
+}

@@ -1,0 +1,198 @@
+//! The idle set and the waiter queue: the state behind the pool's one lock.
+//!
+//! Everything here runs with the lock held, so nothing here awaits, runs user
+//! code, or drops a connection (dropping may close a socket): callers take
+//! connections out and deal with them after unlocking.
+
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::ConnectError;
+
+/// A connection with the bookkeeping the pool keeps about it.
+pub(crate) struct Live<C> {
+    pub(crate) conn: C,
+    pub(crate) meta: Meta,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) id: u64,
+    pub(crate) created_at: Instant,
+    /// When `max_lifetime` (less this connection's jitter) runs out.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) uses: u64,
+    /// Last time the connection was known to work: returned after use, or
+    /// passed a check. Drives `validate_after` and `keepalive_interval`.
+    pub(crate) last_active: Instant,
+    /// When it last entered the idle set. Drives `idle_timeout`.
+    pub(crate) idle_since: Instant,
+}
+
+impl Meta {
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// A caller parked in `get()`. The sender is how a connection is handed
+/// straight to it; dropping the sender (on close) wakes it with `Closed`.
+pub(crate) struct Waiter<C> {
+    pub(crate) id: u64,
+    pub(crate) tx: oneshot::Sender<Live<C>>,
+}
+
+pub(crate) struct State<C> {
+    /// Idle connections; the back is the most recently returned, so reuse
+    /// pops from the back (MRU keeps the working set small and lets the
+    /// rest age out) and eviction looks at the front.
+    pub(crate) idle: VecDeque<Live<C>>,
+    /// Callers waiting, oldest first. Ids increase front to back.
+    pub(crate) waiters: VecDeque<Waiter<C>>,
+    next_waiter_id: u64,
+    /// Every connection counted against `max_size`: idle, in use, being
+    /// opened, or out for a keepalive check.
+    pub(crate) size: usize,
+    pub(crate) in_use: usize,
+    pub(crate) opening: usize,
+    pub(crate) testing: usize,
+    /// Connector tasks alive (each opens connections one after another).
+    pub(crate) connectors: usize,
+    pub(crate) max_size: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) closed: bool,
+    /// Failed connects since the last success; non-zero means the backend is
+    /// considered down and only one probe runs at a time.
+    pub(crate) consecutive_failures: u32,
+    pub(crate) next_attempt_at: Option<Instant>,
+    pub(crate) last_error: Option<ConnectError>,
+}
+
+impl<C> State<C> {
+    pub(crate) fn new(max_size: usize, min_idle: usize) -> Self {
+        Self {
+            idle: VecDeque::with_capacity(max_size),
+            waiters: VecDeque::new(),
+            next_waiter_id: 0,
+            size: 0,
+            in_use: 0,
+            opening: 0,
+            testing: 0,
+            connectors: 0,
+            max_size,
+            min_idle,
+            closed: false,
+            consecutive_failures: 0,
+            next_attempt_at: None,
+            last_error: None,
+        }
+    }
+
+    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Live<C>>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_waiter_id;
+        self.next_waiter_id += 1;
+        self.waiters.push_back(Waiter { id, tx });
+        (id, rx)
+    }
+
+    /// Removes a waiter that gave up. `false` means it was already served
+    /// (or woken by close), so whatever was sent is in its receiver.
+    pub(crate) fn remove_waiter(&mut self, id: u64) -> bool {
+        match self.waiters.binary_search_by_key(&id, |w| w.id) {
+            Ok(pos) => {
+                self.waiters.remove(pos);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives a connection that is in nobody's hands to the oldest waiter
+    /// still listening, or else to the idle set. No barging: while anyone
+    /// waits, a connection never reaches the idle set.
+    pub(crate) fn hand_off(&mut self, mut live: Live<C>) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.tx.send(live) {
+                Ok(()) => {
+                    self.in_use += 1;
+                    return;
+                }
+                Err(back) => live = back,
+            }
+        }
+        self.idle.push_back(live);
+    }
+
+    /// Connections wanted now: one per waiter, plus whatever tops the idle
+    /// set up to `min_idle`.
+    pub(crate) fn demand(&self) -> usize {
+        self.waiters.len() + self.min_idle.saturating_sub(self.idle.len())
+    }
+
+    /// Whether another connection should be opened now: someone needs one
+    /// that no connect in flight will provide, and there is room.
+    pub(crate) fn wants_connection(&self) -> bool {
+        !self.closed && self.size < self.max_size && self.demand() > self.opening
+    }
+
+    /// Takes idle connections beyond `max_size` out, oldest first, after a
+    /// resize down.
+    pub(crate) fn take_excess_idle(&mut self) -> Vec<Live<C>> {
+        let excess = self.size.saturating_sub(self.max_size).min(self.idle.len());
+        self.size -= excess;
+        self.idle.drain(..excess).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(id: u64) -> Live<u64> {
+        let now = Instant::now();
+        Live {
+            conn: id,
+            meta: Meta {
+                id,
+                created_at: now,
+                expires_at: None,
+                uses: 0,
+                last_active: now,
+                idle_since: now,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn hand_off_serves_the_oldest_listening_waiter_first() {
+        let mut st = State::<u64>::new(4, 0);
+        let (_, gone) = st.push_waiter();
+        let (_, mut first) = st.push_waiter();
+        let (second_id, mut second) = st.push_waiter();
+        drop(gone);
+        st.hand_off(live(7));
+        assert_eq!(first.try_recv().map(|l| l.conn).ok(), Some(7));
+        assert!(second.try_recv().is_err());
+        assert_eq!(st.in_use, 1);
+        assert!(st.remove_waiter(second_id));
+        assert!(!st.remove_waiter(second_id));
+        st.hand_off(live(8));
+        assert_eq!(st.idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn demand_counts_waiters_and_min_idle_against_connects_in_flight() {
+        let mut st = State::<u64>::new(2, 1);
+        assert!(st.wants_connection());
+        st.opening = 1;
+        st.size = 1;
+        assert!(!st.wants_connection());
+        let _rx = st.push_waiter();
+        assert!(st.wants_connection());
+        st.size = 2;
+        assert!(!st.wants_connection());
+    }
+}

@@ -1,0 +1,643 @@
+//! Starting, stopping, crashing and removing clusters.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::bin::pg_bin_dir;
+use crate::os::{self, run, run_as, Owner};
+use crate::template::{ensure_template, PASSWORD, SUPERUSER};
+use crate::{io_context, Error};
+
+const HOST: &str = "127.0.0.1";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const DROP_TIMEOUT: Duration = Duration::from_secs(10);
+const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often to try another port when the chosen one gets taken between
+/// probing and binding.
+const PORT_ATTEMPTS: u32 = 5;
+const LOG_TAIL_LINES: usize = 30;
+
+/// Configures a [`PgCluster`] before starting it; see [`PgCluster::builder`].
+#[derive(Debug, Clone)]
+pub struct PgClusterBuilder {
+    max_connections: u32,
+    settings: Vec<(String, String)>,
+}
+
+impl Default for PgClusterBuilder {
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl PgClusterBuilder {
+    /// Sets the server's `max_connections` (default 100).
+    #[must_use]
+    pub fn max_connections(mut self, max_connections: u32) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Passes `-c key=value` to the server, after (and so overriding) the
+    /// testkit's own settings.
+    #[must_use]
+    pub fn setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Creates the cluster and starts its server, waiting until it accepts
+    /// connections.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the binaries are missing, initdb or copying the template
+    /// fails, or the server does not come up within 30 seconds.
+    pub fn start(self) -> Result<PgCluster, Error> {
+        os::reap_orphans();
+        let bin_dir = pg_bin_dir()?;
+        let owner = os::server_owner()?;
+        let template = ensure_template(&bin_dir, owner)?;
+
+        let root = os::create_unique_dir()?;
+        // From here on, dropping `cluster` removes whatever was created.
+        let mut cluster = PgCluster {
+            data_dir: root.join("data"),
+            socket_dir: root.join("socket"),
+            log_path: root.join("server.log"),
+            root,
+            bin_dir,
+            owner,
+            port: 0,
+            server_settings: self.server_settings(),
+            server: None,
+        };
+        cluster.populate(&template)?;
+
+        let mut log_tail = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            cluster.port = free_port()?;
+            match cluster.launch()? {
+                Launch::Ready(server) => {
+                    cluster.server = Some(server);
+                    tracing::debug!(
+                        port = cluster.port,
+                        dir = %cluster.root.display(),
+                        "PostgreSQL cluster started"
+                    );
+                    return Ok(cluster);
+                }
+                Launch::PortTaken(tail) => log_tail = tail,
+            }
+        }
+        Err(Error::Start {
+            reason: format!(
+                "every one of {PORT_ATTEMPTS} free ports was taken before postgres could bind it"
+            ),
+            log: cluster.log_path.clone(),
+            log_tail,
+        })
+    }
+
+    fn server_settings(&self) -> Vec<String> {
+        let ours = [
+            ("listen_addresses", HOST.to_owned()),
+            // Durability against OS crashes is pointless for throwaway data
+            // and costs time. synchronous_commit stays on: without fsync it
+            // costs only a write(), and `kill` must not lose commits.
+            ("fsync", "off".to_owned()),
+            ("full_page_writes", "off".to_owned()),
+            // Puts dynamic shared memory in the data directory rather than
+            // /dev/shm, where a killed cluster would leak it.
+            ("dynamic_shared_memory_type", "mmap".to_owned()),
+            ("max_connections", self.max_connections.to_string()),
+            ("shared_buffers", "16MB".to_owned()),
+        ];
+        ours.into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .chain(
+                self.settings
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}")),
+            )
+            .collect()
+    }
+}
+
+/// A throwaway PostgreSQL cluster with its own server process, directory
+/// and port. Dropping it stops the server and deletes the directory.
+///
+/// The superuser is [`user`](Self::user) with password
+/// [`password`](Self::password). The lifecycle methods ([`stop`](Self::stop),
+/// [`kill`](Self::kill), [`start_again`](Self::start_again), ...) can be
+/// used any number of times; the server always comes back on the same port
+/// with the same data.
+#[derive(Debug)]
+pub struct PgCluster {
+    bin_dir: PathBuf,
+    root: PathBuf,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+    owner: Option<Owner>,
+    /// `key=value` pairs, each passed with `-c`.
+    server_settings: Vec<String>,
+    /// The postmaster, while we believe it runs.
+    server: Option<Child>,
+}
+
+enum Launch {
+    Ready(Child),
+    /// Another process bound the port first; carries the log tail.
+    PortTaken(String),
+}
+
+impl PgCluster {
+    /// Starts a cluster with default settings; see [`builder`](Self::builder)
+    /// for the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgClusterBuilder::start`].
+    pub fn start() -> Result<PgCluster, Error> {
+        Self::builder().start()
+    }
+
+    /// A builder for a cluster with non-default settings.
+    pub fn builder() -> PgClusterBuilder {
+        PgClusterBuilder::default()
+    }
+
+    /// The TCP port the server listens on at [`host`](Self::host).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address the server listens on: `127.0.0.1`.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The directory holding the server's Unix socket
+    /// (`.s.PGSQL.<port>`); usable as libpq's `host`.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's log file; it accumulates across restarts.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The temporary directory holding the data directory, socket directory
+    /// and log; it is deleted on drop.
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The superuser's name: `postgres`.
+    pub fn user(&self) -> &str {
+        SUPERUSER
+    }
+
+    /// The superuser's password: `postgres`.
+    pub fn password(&self) -> &str {
+        PASSWORD
+    }
+
+    /// A `postgres://` URL for the superuser over TCP.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{PASSWORD}@{HOST}:{}/{}",
+            self.port,
+            percent_encode(dbname)
+        )
+    }
+
+    /// A libpq `key=value` connection string for the superuser over TCP.
+    pub fn connection_string(&self, dbname: &str) -> String {
+        format!(
+            "host={HOST} port={} user={SUPERUSER} password={PASSWORD} dbname={}",
+            self.port,
+            conninfo_value(dbname)
+        )
+    }
+
+    /// Path of the PostgreSQL program `name` (`psql`, `pgbench`, ...) that
+    /// belongs to this server.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Whether the server process is alive (it may still be starting up or
+    /// shutting down).
+    pub fn is_running(&mut self) -> bool {
+        self.server
+            .as_mut()
+            .is_some_and(|server| matches!(server.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server with a fast shutdown (SIGINT: connections are
+    /// terminated, a shutdown checkpoint is written) and waits for it to
+    /// exit. Does nothing if it is not running.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StopTimeout`] if it takes longer than 30 seconds, in which
+    /// case the server is killed.
+    pub fn stop(&mut self) -> Result<(), Error> {
+        self.terminate("INT", STOP_TIMEOUT)
+    }
+
+    /// Simulates a crash: SIGKILLs the postmaster and then every backend
+    /// and auxiliary process of the cluster, which would otherwise linger
+    /// and keep serving their connections. Does nothing if it is not
+    /// running.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a process of the cluster survives SIGKILL for 10 seconds.
+    pub fn kill(&mut self) -> Result<(), Error> {
+        if let Some(mut server) = self.server.take() {
+            // Fails only if it already exited, which is fine too.
+            let _ = server.kill();
+            server
+                .wait()
+                .map_err(io_context("waiting for the killed postmaster"))?;
+        }
+        os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop),
+    /// [`kill`](Self::kill) or a crash, on the same port and data, and waits
+    /// until it accepts connections (after crash recovery, if needed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyRunning`] if it is running; otherwise as for
+    /// [`PgCluster::start`], including when another process has taken the
+    /// port meanwhile.
+    pub fn start_again(&mut self) -> Result<(), Error> {
+        if self.is_running() {
+            return Err(Error::AlreadyRunning);
+        }
+        self.server = None;
+        // Backends of a crashed postmaster keep its shared memory attached,
+        // which would stop the new one from starting.
+        os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
+        os::clear_crash_leftovers(&self.data_dir)?;
+
+        let mut log_tail = String::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(200));
+            }
+            match self.launch()? {
+                Launch::Ready(server) => {
+                    self.server = Some(server);
+                    return Ok(());
+                }
+                Launch::PortTaken(tail) => log_tail = tail,
+            }
+        }
+        Err(Error::Start {
+            reason: format!("port {} is taken by another process", self.port),
+            log: self.log_path.clone(),
+            log_tail,
+        })
+    }
+
+    /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Runs `sql` with psql as the superuser over the Unix socket, in
+    /// unaligned tuples-only mode, stopping at the first error. Returns the
+    /// trimmed output: for `select 1, 2` that is `1|2`, one line per row.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Command`] with psql's stderr if psql fails, e.g. on an SQL
+    /// error.
+    pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, Error> {
+        let mut psql = Command::new(self.bin("psql"));
+        psql.arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", SUPERUSER, "-d", dbname])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdin(Stdio::null());
+        // The caller's PGOPTIONS, PGSSLMODE and the like are not meant for
+        // this server.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|key| key.starts_with("PG")) {
+                psql.env_remove(key);
+            }
+        }
+        run(&mut psql).map(|output| output.trim().to_owned())
+    }
+
+    /// Creates the database `name`, owned by the superuser.
+    ///
+    /// # Errors
+    ///
+    /// As [`psql`](Self::psql), e.g. if it exists.
+    pub fn create_database(&self, name: &str) -> Result<(), Error> {
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {}", quote_ident(name)),
+        )
+        .map(drop)
+    }
+
+    /// Creates a role `name` that can log in with `password`.
+    ///
+    /// # Errors
+    ///
+    /// As [`psql`](Self::psql), e.g. if it exists.
+    pub fn create_user(&self, name: &str, password: &str) -> Result<(), Error> {
+        self.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {} LOGIN PASSWORD {}",
+                quote_ident(name),
+                quote_literal(password)
+            ),
+        )
+        .map(drop)
+    }
+
+    /// Fills the fresh root directory: data copied from the template, a
+    /// socket directory and a log file, all owned by the server's user.
+    fn populate(&self, template: &Path) -> Result<(), Error> {
+        // `-a` keeps the template's owner and its 0700 mode, which postgres
+        // insists on.
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(template)
+            .arg(&self.data_dir))?;
+        fs::create_dir(&self.socket_dir).map_err(io_context(format!(
+            "creating {}",
+            self.socket_dir.display()
+        )))?;
+        File::create(&self.log_path)
+            .map_err(io_context(format!("creating {}", self.log_path.display())))?;
+        if let Some(owner) = self.owner {
+            os::chown_tree(&self.root, owner)?;
+        }
+        Ok(())
+    }
+
+    /// Spawns the postmaster on `self.port` and waits until it is ready.
+    fn launch(&self) -> Result<Launch, Error> {
+        let log_context = || format!("opening {}", self.log_path.display());
+        let log = OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io_context(log_context()))?;
+        let log_start = log.metadata().map_err(io_context(log_context()))?.len();
+        let log_err = log.try_clone().map_err(io_context(log_context()))?;
+
+        let mut postgres = Command::new(self.bin("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.socket_dir);
+        for setting in &self.server_settings {
+            postgres.arg("-c").arg(setting);
+        }
+        postgres
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .current_dir(&self.root);
+        let mut server = run_as(&mut postgres, self.owner)
+            .spawn()
+            .map_err(io_context(format!(
+                "starting {}",
+                self.bin("postgres").display()
+            )))?;
+
+        match self.wait_ready(&mut server, log_start) {
+            Ok(true) => Ok(Launch::Ready(server)),
+            Ok(false) => {
+                let log = read_log_from(&self.log_path, log_start);
+                if log.contains("Address already in use") {
+                    tracing::debug!(port = self.port, "port taken, retrying");
+                    Ok(Launch::PortTaken(tail(&log)))
+                } else {
+                    Err(self.start_error("postgres exited during startup".into(), log_start))
+                }
+            }
+            Err(error) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                Err(error)
+            }
+        }
+    }
+
+    /// `true` once `server` accepts connections, `false` if it exited.
+    fn wait_ready(&self, server: &mut Child, log_start: u64) -> Result<bool, Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if server
+                .try_wait()
+                .map_err(io_context("waiting for postgres to start"))?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            // pg_ctl's readiness test: the postmaster marks its lock file
+            // "ready" once it accepts connections. Going by the file in our
+            // own data directory, unlike probing the port, cannot be fooled
+            // by another server that grabbed the port.
+            if let Ok(contents) = fs::read_to_string(&pid_file) {
+                let lines: Vec<&str> = contents.lines().collect();
+                if lines.first() == Some(&server.id().to_string().as_str())
+                    && lines.get(7).is_some_and(|status| status.trim() == "ready")
+                {
+                    return Ok(true);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.start_error(
+                    format!("not accepting connections after {READY_TIMEOUT:?}"),
+                    log_start,
+                ));
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    fn start_error(&self, reason: String, log_start: u64) -> Error {
+        Error::Start {
+            reason,
+            log: self.log_path.clone(),
+            log_tail: tail(&read_log_from(&self.log_path, log_start)),
+        }
+    }
+
+    /// Sends `signal` to the postmaster, waits up to `grace` for it to exit
+    /// (killing it if it does not), then makes sure no process of the
+    /// cluster is left.
+    fn terminate(&mut self, signal: &str, grace: Duration) -> Result<(), Error> {
+        let mut outcome = Ok(());
+        if let Some(mut server) = self.server.take() {
+            let pid = server.id();
+            let exited = match server.try_wait() {
+                Ok(Some(_)) => Ok(true),
+                _ => os::signal(pid, signal).and_then(|()| os::wait_timeout(&mut server, grace)),
+            };
+            if !matches!(exited, Ok(true)) {
+                let _ = server.kill();
+                let _ = server.wait();
+                outcome = exited.and(Err(Error::StopTimeout {
+                    pid,
+                    timeout: grace,
+                }));
+            }
+        }
+        let swept = os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT);
+        outcome.and(swept)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        // Immediate shutdown: nothing needs to survive, so skip the
+        // checkpoint.
+        match self.terminate("QUIT", DROP_TIMEOUT) {
+            Ok(()) => {
+                if let Err(error) = os::clear_crash_leftovers(&self.data_dir) {
+                    eprintln!("wharf-testkit: {error}");
+                }
+            }
+            Err(error) => {
+                eprintln!(
+                    "wharf-testkit: stopping the cluster in {}: {error}",
+                    self.root.display()
+                );
+            }
+        }
+        if let Err(error) = fs::remove_dir_all(&self.root) {
+            eprintln!("wharf-testkit: removing {}: {error}", self.root.display());
+        }
+    }
+}
+
+/// Binding port 0 makes the kernel pick a free port; postgres binds it
+/// moments later, and `launch` notices if someone else was faster.
+fn free_port() -> Result<u16, Error> {
+    let context = "finding a free TCP port";
+    TcpListener::bind((HOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(io_context(context))
+}
+
+/// The log written since byte `start`; empty if unreadable, since it only
+/// decorates errors.
+fn read_log_from(path: &Path, start: u64) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_to_end(&mut bytes));
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Relies on `standard_conforming_strings`, on by default since 9.1.
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn percent_encode(component: &str) -> String {
+    let mut encoded = String::with_capacity(component.len());
+    for byte in component.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+fn conninfo_value(value: &str) -> String {
+    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_owned();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(percent_encode("my db/ü"), "my%20db%2F%C3%BC");
+        assert_eq!(conninfo_value("app"), "app");
+        assert_eq!(conninfo_value(r"a b'c\"), r"'a b\'c\\'");
+        assert_eq!(conninfo_value(""), "''");
+    }
+
+    #[test]
+    fn builder_settings_come_last() {
+        let settings = PgCluster::builder()
+            .max_connections(7)
+            .setting("work_mem", "8MB")
+            .server_settings();
+        assert!(settings.contains(&"max_connections=7".to_owned()));
+        assert_eq!(settings.last().map(String::as_str), Some("work_mem=8MB"));
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        let log: String = (0..100).map(|n| format!("line {n}\n")).collect();
+        let tail = tail(&log);
+        assert!(tail.starts_with("line 70\n"));
+        assert!(tail.ends_with("line 99"));
+    }
+}

@@ -21,7 +21,7 @@ const QUERIES: usize = 2_000;
 const QUERY: &str = "SELECT count(*) FROM pg_class";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m = pool.metrics();
     println!();
     println!("{QUERIES} queries from {TASKS} concurrent tasks against {url}");
-    println!("| strategy                | total     | queries/s | ");
+    println!("| strategy                | total     | queries/s |");
     println!("|-------------------------|-----------|-----------|");
     for (name, took) in [("connection per query", per_request), ("wharf pool (max 10)", pooled)] {
         println!(

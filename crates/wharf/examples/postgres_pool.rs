@@ -17,6 +17,7 @@ use tokio_postgres::NoTls;
 use wharf::Pool;
 
 const TASKS: usize = 50;
+/// A multiple of `TASKS`, so every task runs the same share.
 const QUERIES: usize = 2_000;
 const QUERY: &str = "SELECT count(*) FROM pg_class";
 
@@ -70,7 +71,10 @@ async fn main() -> Result<(), BoxError> {
     println!("{QUERIES} queries from {TASKS} concurrent tasks against {url}");
     println!("| strategy                | total     | queries/s |");
     println!("|-------------------------|-----------|-----------|");
-    for (name, took) in [("connection per query", per_request), ("wharf pool (max 10)", pooled)] {
+    for (name, took) in [
+        ("connection per query", per_request),
+        ("wharf pool (max 10)", pooled),
+    ] {
         println!(
             "| {name:<23} | {:>7.0}ms | {:>9.0} |",
             took.as_secs_f64() * 1000.0,
@@ -100,11 +104,10 @@ where
     let op = Arc::new(op);
     let start = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
-        .map(|i| {
+        .map(|_| {
             let op = op.clone();
-            let share = QUERIES / TASKS + usize::from(i < QUERIES % TASKS);
             tokio::spawn(async move {
-                for _ in 0..share {
+                for _ in 0..QUERIES / TASKS {
                     op().await?;
                 }
                 Ok::<_, BoxError>(())

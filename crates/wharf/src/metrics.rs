@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -149,16 +148,40 @@ impl Metrics {
     }
 }
 
+/// A metric family: its name, its help text, and how to read its value.
+type Family<F> = (&'static str, &'static str, F);
+type GaugeFn = fn(&Status) -> usize;
+type CounterFn = fn(&Metrics) -> u64;
+type HistogramFn = fn(&Metrics) -> &Histogram;
+
 /// Renders several pools' metrics as one Prometheus text document, each
 /// metric family once with a series per pool.
 pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
     let label = |m: &Metrics| escape_label(&m.name);
-    let gauges: [(&str, &str, fn(&Status) -> usize); 5] = [
-        ("wharf_pool_connections", "Connections open or opening (counted against max_size).", |s| s.size),
-        ("wharf_pool_connections_idle", "Idle connections.", |s| s.idle),
-        ("wharf_pool_connections_in_use", "Connections handed out.", |s| s.in_use),
-        ("wharf_pool_waiting", "Callers waiting for a connection.", |s| s.waiting),
-        ("wharf_pool_max_size", "Configured maximum pool size.", |s| s.max_size),
+    let gauges: [Family<GaugeFn>; 5] = [
+        (
+            "wharf_pool_connections",
+            "Connections open or opening (counted against max_size).",
+            |s| s.size,
+        ),
+        ("wharf_pool_connections_idle", "Idle connections.", |s| {
+            s.idle
+        }),
+        (
+            "wharf_pool_connections_in_use",
+            "Connections handed out.",
+            |s| s.in_use,
+        ),
+        (
+            "wharf_pool_waiting",
+            "Callers waiting for a connection.",
+            |s| s.waiting,
+        ),
+        (
+            "wharf_pool_max_size",
+            "Configured maximum pool size.",
+            |s| s.max_size,
+        ),
     ];
     for (name, help, get) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -166,13 +189,37 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(m), get(&m.status));
         }
     }
-    let counters: [(&str, &str, fn(&Metrics) -> u64); 6] = [
-        ("wharf_pool_acquired_total", "Successful get() calls.", Metrics::acquired),
-        ("wharf_pool_timeouts_total", "get() calls that timed out.", |m| m.timeouts),
-        ("wharf_pool_rejected_total", "get() calls refused because max_waiting was reached.", |m| m.rejected),
-        ("wharf_pool_connections_created_total", "Connections opened.", |m| m.created),
-        ("wharf_pool_connect_errors_total", "Failed connection attempts.", |m| m.create_errors),
-        ("wharf_pool_leaks_total", "Connections reported by leak detection.", |m| m.leaks),
+    let counters: [Family<CounterFn>; 6] = [
+        (
+            "wharf_pool_acquired_total",
+            "Successful get() calls.",
+            Metrics::acquired,
+        ),
+        (
+            "wharf_pool_timeouts_total",
+            "get() calls that timed out.",
+            |m| m.timeouts,
+        ),
+        (
+            "wharf_pool_rejected_total",
+            "get() calls refused because max_waiting was reached.",
+            |m| m.rejected,
+        ),
+        (
+            "wharf_pool_connections_created_total",
+            "Connections opened.",
+            |m| m.created,
+        ),
+        (
+            "wharf_pool_connect_errors_total",
+            "Failed connection attempts.",
+            |m| m.create_errors,
+        ),
+        (
+            "wharf_pool_leaks_total",
+            "Connections reported by leak detection.",
+            |m| m.leaks,
+        ),
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -181,16 +228,35 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
         }
     }
     let name = "wharf_pool_connections_closed_total";
-    let _ = writeln!(out, "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter"
+    );
     for m in pools {
         for (reason, n) in &m.closed {
-            let _ = writeln!(out, "{name}{{pool=\"{}\",reason=\"{reason}\"}} {n}", label(m));
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",reason=\"{reason}\"}} {n}",
+                label(m)
+            );
         }
     }
-    let histograms: [(&str, &str, fn(&Metrics) -> &Histogram); 3] = [
-        ("wharf_pool_acquire_wait_seconds", "Time get() waited for a connection.", |m| &m.acquire_wait),
-        ("wharf_pool_in_use_seconds", "Time connections were held by callers.", |m| &m.in_use_time),
-        ("wharf_pool_connect_seconds", "Time to open a connection.", |m| &m.connect_time),
+    let histograms: [Family<HistogramFn>; 3] = [
+        (
+            "wharf_pool_acquire_wait_seconds",
+            "Time get() waited for a connection.",
+            |m| &m.acquire_wait,
+        ),
+        (
+            "wharf_pool_in_use_seconds",
+            "Time connections were held by callers.",
+            |m| &m.in_use_time,
+        ),
+        (
+            "wharf_pool_connect_seconds",
+            "Time to open a connection.",
+            |m| &m.connect_time,
+        ),
     ];
     for (name, help, get) in histograms {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -201,16 +267,22 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
 }
 
 fn write_histogram(out: &mut String, name: &str, pool: &str, h: &Histogram) {
-    for (bound, count) in PROMETHEUS_BOUNDS_SECS.iter().zip(h.cumulative(PROMETHEUS_BOUNDS_SECS)) {
-        let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"{bound}\"}} {count}");
+    for (bound, count) in PROMETHEUS_BOUNDS_SECS
+        .iter()
+        .zip(h.cumulative(PROMETHEUS_BOUNDS_SECS))
+    {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{pool=\"{pool}\",le=\"{bound}\"}} {count}"
+        );
     }
-    let _ = writeln!(out, "{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {}", h.count());
-    let _ = writeln!(out, "{name}_sum{{pool=\"{pool}\"}} {}", secs(h.sum()));
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {}",
+        h.count()
+    );
+    let _ = writeln!(out, "{name}_sum{{pool=\"{pool}\"}} {}", h.sum().as_secs_f64());
     let _ = writeln!(out, "{name}_count{{pool=\"{pool}\"}} {}", h.count());
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 fn escape_label(value: &str) -> String {

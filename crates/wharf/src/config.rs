@@ -143,6 +143,11 @@ impl Config {
         if !(0.0..=1.0).contains(&self.lifetime_jitter) {
             return Err(ConfigError::BadJitter(self.lifetime_jitter));
         }
+        // The maintenance task ticks on a `tokio::time::interval`, which
+        // panics on a zero period.
+        if self.maintenance_interval.is_zero() {
+            return Err(ConfigError::ZeroMaintenanceInterval);
+        }
         Ok(())
     }
 }
@@ -167,12 +172,25 @@ pub struct Builder<M: Manager> {
     hooks: Hooks<M::Connection>,
 }
 
+// Plain settings take their own type, so that integer literals infer
+// (`impl Into<usize>` would make `.max_size(4)` an `i32` and fail to compile);
+// optional ones take `impl Into<Option<T>>`, so both `Some(x)`/`None` and a
+// bare `x` work.
 macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: Option<$ty:ty>;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: impl Into<Option<$ty>>) -> Self {
+                self.config.$name = value.into();
+                self
+            }
+        )*
+    };
     ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
         $(
             $(#[$doc])*
-            pub fn $name(mut self, value: impl Into<$ty>) -> Self {
-                self.config.$name = value.into();
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
                 self
             }
         )*
@@ -207,8 +225,6 @@ impl<M: Manager> Builder<M> {
         min_idle: usize;
         /// Sets [`Config::acquire_timeout`].
         acquire_timeout: Duration;
-        /// Sets [`Config::max_waiting`].
-        max_waiting: Option<usize>;
         /// Sets [`Config::connect_timeout`].
         connect_timeout: Duration;
         /// Sets [`Config::max_connecting`].
@@ -217,26 +233,31 @@ impl<M: Manager> Builder<M> {
         connect_backoff: Duration;
         /// Sets [`Config::connect_backoff_max`].
         connect_backoff_max: Duration;
-        /// Sets [`Config::validate_after`].
-        validate_after: Option<Duration>;
         /// Sets [`Config::validation_timeout`].
         validation_timeout: Duration;
+        /// Sets [`Config::lifetime_jitter`].
+        lifetime_jitter: f64;
+        /// Sets [`Config::close_timeout`].
+        close_timeout: Duration;
+        /// Sets [`Config::maintenance_interval`].
+        maintenance_interval: Duration;
+    }
+
+    setters! {
+        /// Sets [`Config::max_waiting`].
+        max_waiting: Option<usize>;
+        /// Sets [`Config::validate_after`].
+        validate_after: Option<Duration>;
         /// Sets [`Config::idle_timeout`].
         idle_timeout: Option<Duration>;
         /// Sets [`Config::max_lifetime`].
         max_lifetime: Option<Duration>;
-        /// Sets [`Config::lifetime_jitter`].
-        lifetime_jitter: f64;
         /// Sets [`Config::max_uses`].
         max_uses: Option<u64>;
         /// Sets [`Config::keepalive_interval`].
         keepalive_interval: Option<Duration>;
         /// Sets [`Config::leak_detection_threshold`].
         leak_detection_threshold: Option<Duration>;
-        /// Sets [`Config::close_timeout`].
-        close_timeout: Duration;
-        /// Sets [`Config::maintenance_interval`].
-        maintenance_interval: Duration;
     }
 
     /// Runs after every new connection is opened, before anyone uses it
@@ -299,8 +320,7 @@ impl<M: Manager> Builder<M> {
     /// a Tokio runtime.
     pub fn build(self) -> Result<Pool<M>, ConfigError> {
         self.config.validate()?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         Ok(Pool::start(self.manager, self.config, self.hooks, runtime))
     }
 }

@@ -77,10 +77,19 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             st.consecutive_failures = 0;
             st.next_attempt_at = None;
             st.last_error = None;
-            if st.closed {
+            // Closed, or shrunk by `resize` while this connect was in flight:
+            // keeping it would leave the pool above its size.
+            let unwanted = if st.closed {
+                Some(CloseReason::Closed)
+            } else if st.size > st.max_size {
+                Some(CloseReason::Resized)
+            } else {
+                None
+            };
+            if let Some(reason) = unwanted {
                 st.size -= 1;
                 drop(st);
-                shared.close_conn(live, CloseReason::Closed);
+                shared.close_conn(live, reason);
                 return;
             }
             st.hand_off(live);
@@ -155,10 +164,10 @@ mod tests {
                 assert!(d <= ceiling, "{d:?} above {ceiling:?} at {failures}");
             }
         }
-        let spread: Vec<_> = (0..100)
-            .map(|_| backoff_delay(10, initial, max))
-            .collect();
+        let spread: Vec<_> = (0..100).map(|_| backoff_delay(10, initial, max)).collect();
         let (lo, hi) = (spread.iter().min(), spread.iter().max());
-        assert!(hi.zip(lo).is_some_and(|(h, l)| *h - *l > Duration::from_millis(500)));
+        assert!(hi
+            .zip(lo)
+            .is_some_and(|(h, l)| *h - *l > Duration::from_millis(500)));
     }
 }

@@ -115,6 +115,9 @@ pub enum ConfigError {
     /// `lifetime_jitter` is a fraction between 0 and 1.
     #[error("lifetime_jitter must be between 0.0 and 1.0, got {0}")]
     BadJitter(f64),
+    /// `maintenance_interval` must be longer than zero.
+    #[error("maintenance_interval must be longer than zero")]
+    ZeroMaintenanceInterval,
     /// `build()` must run inside a Tokio runtime, which the pool's background
     /// tasks are spawned on.
     #[error("Pool::builder(..).build() must be called from within a Tokio runtime")]
@@ -151,8 +154,14 @@ mod tests {
 
     #[test]
     fn durations_read_naturally() {
-        assert_eq!(HumanDuration(Duration::from_millis(250)).to_string(), "250ms");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1.500s");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(250)).to_string(),
+            "250ms"
+        );
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1.500s"
+        );
         assert_eq!(HumanDuration(Duration::from_micros(7)).to_string(), "7µs");
     }
 }

@@ -210,7 +210,10 @@ mod tests {
         assert!(s.max() >= Duration::from_millis(100));
         // 10 ms lands in a bucket reaching 10.239 ms, so it is above the
         // 10 ms bound; 49 ms lands in one ending at 49.151 ms, within 50 ms.
-        assert_eq!(s.cumulative(&[0.0005, 0.01, 0.05, 1.0]), vec![0, 9, 49, 100]);
+        assert_eq!(
+            s.cumulative(&[0.0005, 0.01, 0.05, 1.0]),
+            vec![0, 9, 49, 100]
+        );
     }
 
     #[test]

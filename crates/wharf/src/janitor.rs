@@ -73,21 +73,26 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
 
 async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connection>) {
     let check = shared.manager.check(&mut live.conn);
-    let healthy = matches!(timeout(shared.config.validation_timeout, check).await, Ok(Ok(())));
+    let healthy = matches!(
+        timeout(shared.config.validation_timeout, check).await,
+        Ok(Ok(()))
+    );
     let mut st = shared.state.lock();
     st.testing -= 1;
-    if healthy && !st.closed {
+    let reason = if st.closed {
+        CloseReason::Closed
+    } else if !healthy {
+        CloseReason::FailedCheck
+    } else if st.size > st.max_size {
+        // Shrunk by `resize` while out for its check.
+        CloseReason::Resized
+    } else {
         live.meta.last_active = Instant::now();
         st.hand_off(live);
         return;
-    }
+    };
     st.size -= 1;
     shared.spawn_connectors(&mut st);
-    let reason = if st.closed {
-        CloseReason::Closed
-    } else {
-        CloseReason::FailedCheck
-    };
     drop(st);
     if reason == CloseReason::FailedCheck {
         tracing::info!(pool = %shared.config.name, conn = live.meta.id, "keepalive check failed; closing idle connection");

@@ -281,7 +281,11 @@ fn write_histogram(out: &mut String, name: &str, pool: &str, h: &Histogram) {
         "{name}_bucket{{pool=\"{pool}\",le=\"+Inf\"}} {}",
         h.count()
     );
-    let _ = writeln!(out, "{name}_sum{{pool=\"{pool}\"}} {}", h.sum().as_secs_f64());
+    let _ = writeln!(
+        out,
+        "{name}_sum{{pool=\"{pool}\"}} {}",
+        h.sum().as_secs_f64()
+    );
     let _ = writeln!(out, "{name}_count{{pool=\"{pool}\"}} {}", h.count());
 }
 

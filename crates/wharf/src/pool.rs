@@ -102,9 +102,10 @@ impl<M: Manager> Pool<M> {
             next_conn_id: AtomicU64::new(1),
             config,
         });
-        shared
-            .runtime
-            .spawn(janitor::run(Arc::downgrade(&shared), shared.config.maintenance_interval));
+        shared.runtime.spawn(janitor::run(
+            Arc::downgrade(&shared),
+            shared.config.maintenance_interval,
+        ));
         shared.spawn_connectors(&mut shared.state.lock());
         Self {
             handle: Arc::new(PoolHandle { shared }),
@@ -153,7 +154,9 @@ impl<M: Manager> Pool<M> {
     /// Counters and latency histograms, with the current status.
     pub fn metrics(&self) -> Metrics {
         let shared = self.shared();
-        shared.recorder.snapshot(&shared.config.name, shared.status())
+        shared
+            .recorder
+            .snapshot(&shared.config.name, shared.status())
     }
 
     /// The settings the pool was built with (`max_size` may since have been
@@ -273,17 +276,27 @@ impl<M: Manager> Shared<M> {
         let start = Instant::now();
         let deadline = start + wait;
         let mut now = start;
+        // Our place in line, kept across retries after a failed check.
+        let mut ticket = None;
         loop {
             let taken = {
                 let mut st = self.state.lock();
                 if st.closed {
                     return Err(Error::Closed);
                 }
+                let retrying = ticket.is_some();
+                let id = *ticket.get_or_insert_with(|| st.take_ticket());
+                // Only a caller retrying after a failed check can be ahead of
+                // a waiter.
+                let first_in_line = match st.waiters.front() {
+                    Some(waiter) => id < waiter.id,
+                    None => true,
+                };
                 match st.idle.pop_back() {
-                    // Only when nobody waits: a newcomer must not overtake
-                    // the queue (returned connections go to waiters first,
-                    // so this is rare, but validation can race with it).
-                    Some(live) if st.waiters.is_empty() => {
+                    // Only when nobody is ahead of us: a newcomer must not
+                    // overtake the queue (returned connections go to waiters
+                    // first, so this is rare, but validation can race with it).
+                    Some(live) if first_in_line => {
                         st.in_use += 1;
                         Taken::Idle(live)
                     }
@@ -291,7 +304,8 @@ impl<M: Manager> Shared<M> {
                         if let Some(live) = popped {
                             st.idle.push_back(live);
                         }
-                        if let Some(max_waiting) = self.config.max_waiting {
+                        // A caller already let in is not refused on a retry.
+                        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
                             if st.waiters.len() >= max_waiting {
                                 drop(st);
                                 Recorder::count(&self.recorder.counters.rejected);
@@ -301,7 +315,7 @@ impl<M: Manager> Shared<M> {
                                 });
                             }
                         }
-                        let (id, rx) = st.push_waiter();
+                        let rx = st.queue_waiter(id);
                         self.spawn_connectors(&mut st);
                         Taken::Wait(id, rx)
                     }
@@ -479,7 +493,11 @@ impl<M: Manager> Shared<M> {
                 return Some(CloseReason::Rejected);
             }
         }
-        if self.config.max_uses.is_some_and(|max| live.meta.uses >= max) {
+        if self
+            .config
+            .max_uses
+            .is_some_and(|max| live.meta.uses >= max)
+        {
             return Some(CloseReason::MaxUses);
         }
         if live.meta.is_expired(now) {

@@ -116,7 +116,8 @@ impl<M: Manager> Pooled<M> {
         // Connections the pool closes while still preparing them were never
         // in the caller's hands: they say nothing about time in use.
         let held_since = self.close_on_drop.is_none().then_some(self.checked_out_at);
-        self.shared.checkin(live, held_since, verdict.or(self.close_on_drop));
+        self.shared
+            .checkin(live, held_since, verdict.or(self.close_on_drop));
     }
 }
 

@@ -90,12 +90,29 @@ impl<C> State<C> {
         }
     }
 
-    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Live<C>>) {
-        let (tx, rx) = oneshot::channel();
+    /// A place in line, handed out in order of arrival. A caller keeps its
+    /// ticket for the whole `get()`, so one whose connection failed its check
+    /// queues again in its old place rather than behind later arrivals.
+    pub(crate) fn take_ticket(&mut self) -> u64 {
         let id = self.next_waiter_id;
         self.next_waiter_id += 1;
-        self.waiters.push_back(Waiter { id, tx });
-        (id, rx)
+        id
+    }
+
+    /// Queues a caller under its ticket: behind everyone who arrived before
+    /// it, ahead of everyone who arrived after (so the queue stays sorted).
+    pub(crate) fn queue_waiter(&mut self, id: u64) -> oneshot::Receiver<Live<C>> {
+        let (tx, rx) = oneshot::channel();
+        let pos = self.waiters.partition_point(|w| w.id < id);
+        self.waiters.insert(pos, Waiter { id, tx });
+        rx
+    }
+
+    /// Queues a new caller at the back.
+    #[cfg(test)]
+    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Live<C>>) {
+        let id = self.take_ticket();
+        (id, self.queue_waiter(id))
     }
 
     /// Removes a waiter that gave up. `false` means it was already served
@@ -194,5 +211,22 @@ mod tests {
         assert!(st.wants_connection());
         st.size = 2;
         assert!(!st.wants_connection());
+    }
+
+    #[tokio::test]
+    async fn a_caller_queued_again_under_its_ticket_is_served_before_later_arrivals() {
+        let mut st = State::<u64>::new(1, 0);
+        let early = st.take_ticket();
+        let (later_id, mut later) = st.push_waiter();
+        let mut early_rx = st.queue_waiter(early);
+        assert_eq!(
+            st.waiters.iter().map(|w| w.id).collect::<Vec<_>>(),
+            [early, later_id]
+        );
+        st.hand_off(live(1));
+        assert_eq!(early_rx.try_recv().map(|l| l.conn).ok(), Some(1));
+        assert!(later.try_recv().is_err());
+        // The queue stays sorted, so removal by id still works.
+        assert!(st.remove_waiter(later_id));
     }
 }

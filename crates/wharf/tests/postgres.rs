@@ -66,7 +66,9 @@ async fn many_tasks_share_a_few_server_connections() {
         tasks.push(tokio::spawn(async move {
             for j in 0..20i64 {
                 let client = pool.get().await?;
-                let row = client.query_one("SELECT $1::bigint * 2", &[&(i * j)]).await?;
+                let row = client
+                    .query_one("SELECT $1::bigint * 2", &[&(i * j)])
+                    .await?;
                 assert_eq!(row.get::<_, i64>(0), i * j * 2);
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
@@ -78,7 +80,11 @@ async fn many_tasks_share_a_few_server_connections() {
 
     let m = pool.metrics();
     assert_eq!(m.acquired(), 1000);
-    assert!(m.created <= 5, "opened {} connections for a pool of 5", m.created);
+    assert!(
+        m.created <= 5,
+        "opened {} connections for a pool of 5",
+        m.created
+    );
     assert_eq!(m.timeouts, 0);
     let on_server = backends(&cluster, "wharf_share");
     assert!(
@@ -129,7 +135,10 @@ async fn backends_terminated_behind_the_pools_back_are_replaced_unseen() {
     let mut held = Vec::new();
     for _ in 0..4 {
         let client = pool.get().await.expect("a healthy connection");
-        client.simple_query("SELECT 1").await.expect("query on a fresh connection");
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("query on a fresh connection");
         held.push(client);
     }
     drop(held);
@@ -150,7 +159,12 @@ async fn a_stopped_database_gives_clear_errors_and_the_pool_recovers() {
         .connect_backoff_max(Duration::from_millis(200))
         .build()
         .unwrap();
-    pool.get().await.unwrap().simple_query("SELECT 1").await.unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
 
     let cluster = blocking(cluster, PgCluster::stop).await;
 
@@ -159,7 +173,10 @@ async fn a_stopped_database_gives_clear_errors_and_the_pool_recovers() {
     assert!(started.elapsed() < Duration::from_secs(2), "get() hung");
     match &err {
         Error::Timeout { last_error, .. } => {
-            assert!(last_error.is_some(), "the timeout should carry the connect error")
+            assert!(
+                last_error.is_some(),
+                "the timeout should carry the connect error"
+            )
         }
         other => panic!("expected a timeout, got {other}"),
     }
@@ -177,7 +194,10 @@ async fn a_stopped_database_gives_clear_errors_and_the_pool_recovers() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(recovered, "pool did not recover after the database came back");
+    assert!(
+        recovered,
+        "pool did not recover after the database came back"
+    );
     let status = pool.status();
     assert_eq!(status.in_use, 0);
     assert!(status.size <= 3);

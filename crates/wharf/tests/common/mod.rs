@@ -141,7 +141,8 @@ impl wharf::Manager for ScriptedManager {
         s.attempt_times.lock().push(Instant::now());
         let now_connecting = s.connecting.fetch_add(1, Ordering::SeqCst) + 1;
         let _connecting = Connecting(s);
-        s.max_connecting_seen.fetch_max(now_connecting, Ordering::SeqCst);
+        s.max_connecting_seen
+            .fetch_max(now_connecting, Ordering::SeqCst);
         let delay = *s.connect_delay.lock();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -192,7 +193,28 @@ pub async fn settle() {
 #[track_caller]
 pub fn assert_balanced(pool: &wharf::Pool<ScriptedManager>, script: &Script) {
     let s = pool.status();
-    assert!(s.size <= s.max_size, "size {} above max {}", s.size, s.max_size);
+    assert!(
+        s.size <= s.max_size,
+        "size {} above max {}",
+        s.size,
+        s.max_size
+    );
     assert_eq!(s.size, s.idle + s.in_use, "status does not add up: {s:?}");
-    assert_eq!(script.alive(), s.size, "alive connections differ from size: {s:?}");
+    assert_eq!(
+        script.alive(),
+        s.size,
+        "alive connections differ from size: {s:?}"
+    );
+}
+
+// `FakeConn` derives `Debug` and holds an `Arc<Script>`, so `Script` needs
+// one too (its atomics and locks say little; show the counters).
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("alive", &self.alive())
+            .field("connect_attempts", &self.attempts())
+            .field("checks", &self.checks())
+            .finish_non_exhaustive()
+    }
 }

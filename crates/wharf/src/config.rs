@@ -11,7 +11,8 @@ use crate::{ConfigError, Manager, Pool};
 /// node-postgres where they agree with long practice.
 ///
 /// Loadable with serde; durations are written the human way (`"30s"`,
-/// `"500ms"`, `"10m"`), and optional ones may be left out to turn them off.
+/// `"500ms"`, `"10m"`). Optional ones are turned off with `"off"`; left out,
+/// any setting keeps its default.
 ///
 /// ```
 /// let config: wharf::Config = toml::from_str(r#"
@@ -60,7 +61,7 @@ pub struct Config {
     /// A connection idle for longer than this is checked with
     /// [`Manager::check`] before it is handed out; `None` never checks, zero
     /// always does. Default 500 ms (HikariCP's `aliveBypassWindowMs`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub validate_after: Option<Duration>,
     /// How long a check may take before the connection counts as dead.
     /// Default 5 s (HikariCP `validationTimeout`).
@@ -68,11 +69,11 @@ pub struct Config {
     pub validation_timeout: Duration,
     /// Idle connections beyond `min_idle` are closed after this long unused.
     /// Default 10 min (HikariCP `idleTimeout`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub idle_timeout: Option<Duration>,
     /// Connections are retired after this long, when idle or when returned.
     /// Default 30 min (HikariCP `maxLifetime`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub max_lifetime: Option<Duration>,
     /// Each connection's lifetime is shortened by a random fraction up to
     /// this (0.0 to 1.0), so connections opened together do not all expire
@@ -83,11 +84,11 @@ pub struct Config {
     pub max_uses: Option<u64>,
     /// Idle connections are checked this often, so dead ones are found before
     /// a caller gets them. Default off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub keepalive_interval: Option<Duration>,
     /// A connection held longer than this is reported once, with the call
     /// site of its `get()`. Default off (HikariCP `leakDetectionThreshold`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "optional_duration")]
     pub leak_detection_threshold: Option<Duration>,
     /// How long [`Pool::close`] waits for connections in use to come back.
     /// Default 30 s.
@@ -97,6 +98,40 @@ pub struct Config {
     /// keepalive, leak detection, topping up `min_idle`). Default 1 s.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
+}
+
+/// Serde for optional durations: a human duration, or `"off"` for `None`
+/// (TOML has no null, and leaving a key out must mean "the default").
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.collect_str(&humantime_serde::re::humantime::format_duration(*d)),
+            None => serializer.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.trim() {
+            "off" | "none" | "disabled" => Ok(None),
+            other => humantime_serde::re::humantime::parse_duration(other)
+                .map(Some)
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid duration {other:?}: {e} (write e.g. \"30s\", or \"off\")"
+                    ))
+                }),
+        }
+    }
 }
 
 impl Default for Config {

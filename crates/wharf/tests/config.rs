@@ -141,7 +141,6 @@ fn config_round_trips_through_toml() {
 }
 
 #[test]
-#[ignore = "engine bug: a setting whose default is Some (idle_timeout, max_lifetime, validate_after) cannot be turned off from TOML"]
 fn settings_turned_off_survive_a_toml_round_trip() {
     let config = Config {
         idle_timeout: None,
@@ -150,8 +149,20 @@ fn settings_turned_off_survive_a_toml_round_trip() {
         ..Config::default()
     };
     let text = toml::to_string(&config).unwrap();
+    assert!(text.contains(r#"idle_timeout = "off""#), "{text}");
     let back: Config = toml::from_str(&text).unwrap();
     assert_eq!(back, config, "serialized as:\n{text}");
+}
+
+#[test]
+fn off_turns_an_optional_setting_off_and_a_bad_duration_is_explained() {
+    let config: Config = toml::from_str(r#"max_lifetime = "off""#).unwrap();
+    assert_eq!(config.max_lifetime, None);
+    let err = toml::from_str::<Config>(r#"idle_timeout = "soon""#).unwrap_err();
+    assert!(
+        err.to_string().contains("invalid duration \"soon\""),
+        "{err}"
+    );
 }
 
 #[test]

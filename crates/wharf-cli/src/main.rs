@@ -1,0 +1,138 @@
+//! `wharf`: a PostgreSQL pooler that reads pgbouncer.ini.
+//!
+//! This binary stays thin: it parses the command line and hands over to the
+//! `wharf-pooler` crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wharf_pooler::config;
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A multi-threaded PostgreSQL pooler that reads pgbouncer.ini"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pooler with a pgbouncer.ini (or wharf.toml) configuration.
+    Serve {
+        /// The configuration file: PgBouncer ini, or TOML if it ends in .toml.
+        config: PathBuf,
+    },
+    /// Check a configuration file and print the effective settings.
+    Check {
+        /// The configuration file.
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn load(path: &std::path::Path) -> Option<config::Config> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Some(loaded.config)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            None
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    println!("{}: OK", path.display());
+    println!();
+    println!("[databases]");
+    for db in &config.databases {
+        println!("  {}", db.name);
+    }
+    println!();
+    println!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
+    for row in config.pgbouncer.describe() {
+        println!(
+            "{:<28} {:<28} {:<28} {}",
+            row.key,
+            row.value,
+            row.default,
+            if row.changeable { "yes" } else { "no" }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.pgbouncer.workers > 0 {
+        runtime.worker_threads(config.pgbouncer.workers);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let pooler = match wharf_pooler::Pooler::bind(config).await {
+            Ok(pooler) => pooler,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for addr in pooler.local_addrs() {
+            tracing::info!(%addr, "listening");
+        }
+        pooler.run(shutdown_signal()).await;
+        tracing::info!("shut down");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM. (PgBouncer's graceful variants and the
+/// other signals come with the operations work.)
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

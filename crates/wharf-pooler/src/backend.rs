@@ -1,0 +1,520 @@
+//! The server side: connections to PostgreSQL, opened, logged in, checked
+//! and reset by a [`ServerManager`], which is the `wharf` engine's
+//! [`Manager`](wharf::Manager) for server pools.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::auth::{ServerAuth, ServerAuthError, ServerLogin};
+use crate::config::Secret;
+use crate::proto::{cstr, CancelKey, ProtocolError};
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A TCP host and port.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix socket file (`<dir>/.s.PGSQL.<port>`).
+    Unix(PathBuf),
+}
+
+impl ServerAddr {
+    /// PgBouncer's rule: a host starting with `/` is a Unix socket directory.
+    pub fn new(host: Option<&str>, port: u16) -> Self {
+        match host {
+            Some(dir) if dir.starts_with('/') => {
+                ServerAddr::Unix(PathBuf::from(dir).join(format!(".s.PGSQL.{port}")))
+            }
+            Some(host) => ServerAddr::Tcp {
+                host: host.to_owned(),
+                port,
+            },
+            None => ServerAddr::Unix(PathBuf::from("/tmp").join(format!(".s.PGSQL.{port}"))),
+        }
+    }
+
+    async fn connect(&self) -> io::Result<ServerStream> {
+        match self {
+            ServerAddr::Tcp { host, port } => {
+                let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                stream.set_nodelay(true)?;
+                Ok(ServerStream::Tcp(stream))
+            }
+            ServerAddr::Unix(path) => Ok(ServerStream::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A socket to a server, TCP or Unix.
+#[derive(Debug)]
+pub enum ServerStream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix domain socket.
+    Unix(UnixStream),
+}
+
+/// The reading half of a split [`ServerStream`].
+pub enum ServerReader<'a> {
+    /// TCP.
+    Tcp(tokio::net::tcp::ReadHalf<'a>),
+    /// Unix.
+    Unix(tokio::net::unix::ReadHalf<'a>),
+}
+
+impl AsyncRead for ServerReader<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerReader::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ServerReader::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The writing half of a split [`ServerStream`].
+pub enum ServerWriter<'a> {
+    /// TCP.
+    Tcp(tokio::net::tcp::WriteHalf<'a>),
+    /// Unix.
+    Unix(tokio::net::unix::WriteHalf<'a>),
+}
+
+impl AsyncWrite for ServerWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ServerWriter::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ServerWriter::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ServerWriter::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl ServerStream {
+    /// Borrows the stream as separate read and write halves, so the relay
+    /// can read and write at once.
+    pub fn split(&mut self) -> (ServerReader<'_>, ServerWriter<'_>) {
+        match self {
+            ServerStream::Tcp(s) => {
+                let (r, w) = s.split();
+                (ServerReader::Tcp(r), ServerWriter::Tcp(w))
+            }
+            ServerStream::Unix(s) => {
+                let (r, w) = s.split();
+                (ServerReader::Unix(r), ServerWriter::Unix(w))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            ServerStream::Tcp(s) => s.write_all(bytes).await,
+            ServerStream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            ServerStream::Tcp(s) => s.read_buf(buf).await,
+            ServerStream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
+/// What went wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Connecting, reading or writing failed.
+    #[error("server {addr}: {source}")]
+    Io {
+        /// The server.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The server answered with an ErrorResponse.
+    #[error("server {addr}: {severity}: {message} (SQLSTATE {code})")]
+    Server {
+        /// The server.
+        addr: String,
+        /// ERROR, FATAL or PANIC.
+        severity: String,
+        /// The SQLSTATE.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The server broke the protocol.
+    #[error("server {addr}: protocol error: {source}")]
+    Protocol {
+        /// The server.
+        addr: String,
+        /// The cause.
+        source: ProtocolError,
+    },
+    /// Logging in failed on the pooler's side.
+    #[error("server {addr}: {source}")]
+    Auth {
+        /// The server.
+        addr: String,
+        /// The cause.
+        source: ServerAuthError,
+    },
+}
+
+impl ServerError {
+    /// The SQLSTATE to show a client for this failure.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Server { code, .. } => code,
+            _ => "08006",
+        }
+    }
+}
+
+/// Run-time parameters as (name, value) pairs, in the order reported.
+pub type Params = Vec<(String, String)>;
+
+/// How to reach and log in to one server for one pool.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// Where the server listens.
+    pub addr: ServerAddr,
+    /// The database name on the server.
+    pub database: String,
+    /// The user to log in as.
+    pub user: String,
+    /// The password, if one is configured.
+    pub password: Option<Secret>,
+    /// Extra startup parameters (client_encoding, DateStyle, TimeZone,
+    /// application_name).
+    pub startup_params: Params,
+    /// Run once after login (PgBouncer's `connect_query`).
+    pub connect_query: Option<String>,
+    /// The liveness check (PgBouncer's `server_check_query`); an empty
+    /// string sends an empty query, which costs the server nothing.
+    pub check_query: Option<String>,
+}
+
+/// A logged-in server connection, as kept in a pool.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: ServerStream,
+    /// Bytes read from the server and not yet passed on.
+    pub(crate) rbuf: BytesMut,
+    /// The server's BackendKeyData, for cancelling its queries.
+    pub(crate) key: CancelKey,
+    /// The server's current ParameterStatus values.
+    pub(crate) params: Params,
+    /// Set when the connection can no longer be trusted (I/O or protocol
+    /// error, or left mid-transaction); the pool closes it on return.
+    pub(crate) broken: bool,
+}
+
+/// Server messages during login and the pooler's own queries are small;
+/// cap them anyway.
+const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+
+impl ServerConn {
+    /// Opens a connection to `target` and logs in.
+    pub async fn connect(target: &ServerTarget) -> Result<Self, ServerError> {
+        let addr = target.addr.to_string();
+        let io_err = |source| ServerError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        let stream = target.addr.connect().await.map_err(io_err)?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            key: CancelKey { pid: 0, secret: 0 },
+            params: Vec::new(),
+            broken: false,
+        };
+        let mut out = BytesMut::new();
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &target.user), ("database", &target.database)];
+        params.extend(
+            target
+                .startup_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;
+        conn.stream.write_all(&out).await.map_err(io_err)?;
+
+        let mut login = ServerLogin::new(&target.user, target.password.as_ref());
+        loop {
+            let (tag, body) = conn.read_control(&addr).await?;
+            match tag {
+                b'R' => match login.respond(&body) {
+                    Ok(ServerAuth::Reply(reply)) => {
+                        if !reply.is_empty() {
+                            conn.stream.write_all(&reply).await.map_err(io_err)?;
+                        }
+                    }
+                    Ok(ServerAuth::Done) => {}
+                    Err(source) => {
+                        return Err(ServerError::Auth {
+                            addr: addr.clone(),
+                            source,
+                        })
+                    }
+                },
+                b'K' if body.len() == 8 => {
+                    conn.key = CancelKey {
+                        pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                        secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    };
+                }
+                b'S' => conn.note_parameter(&body),
+                b'E' => return Err(server_error(&addr, &body)),
+                b'N' => {}
+                b'Z' => break,
+                _ => {
+                    return Err(ServerError::Protocol {
+                        addr,
+                        source: ProtocolError::Malformed("login response"),
+                    })
+                }
+            }
+        }
+        if let Some(query) = &target.connect_query {
+            conn.simple_query(query, &addr).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Reads one whole message into owned memory (login and the pooler's
+    /// own queries only; relayed traffic never comes through here).
+    async fn read_control(&mut self, addr: &str) -> Result<(u8, Vec<u8>), ServerError> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len =
+                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+                if len < 4 || len as usize > MAX_CONTROL_MESSAGE {
+                    self.broken = true;
+                    return Err(ServerError::Protocol {
+                        addr: addr.to_owned(),
+                        source: ProtocolError::BadLength {
+                            what: "server message",
+                            len: len.into(),
+                        },
+                    });
+                }
+                let total = 1 + len as usize;
+                if self.rbuf.len() >= total {
+                    let tag = self.rbuf[0];
+                    let body = self.rbuf[5..total].to_vec();
+                    self.rbuf.advance(total);
+                    return Ok((tag, body));
+                }
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(ServerError::Io {
+                        addr: addr.to_owned(),
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    self.broken = true;
+                    return Err(ServerError::Io {
+                        addr: addr.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs a query the pooler itself needs (check, reset, SET), swallowing
+    /// its results. An error from the server fails it but leaves the
+    /// connection usable once ReadyForQuery arrives.
+    pub async fn simple_query(&mut self, sql: &str, addr: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|source| ServerError::Io {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        if let Err(source) = self.stream.write_all(&out).await {
+            self.broken = true;
+            return Err(ServerError::Io {
+                addr: addr.to_owned(),
+                source,
+            });
+        }
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.read_control(addr).await?;
+            match tag {
+                b'S' => self.note_parameter(&body),
+                b'E' => failure = Some(server_error(addr, &body)),
+                b'Z' => {
+                    if body.first() != Some(&b'I') {
+                        // The pooler's own statements never open a
+                        // transaction; one left open is not safe to pool.
+                        self.broken = true;
+                    }
+                    return failure.map_or(Ok(()), Err);
+                }
+                b'G' | b'H' | b'W' => {
+                    // COPY from a check query: refuse to guess, drop it.
+                    self.broken = true;
+                    return Err(ServerError::Protocol {
+                        addr: addr.to_owned(),
+                        source: ProtocolError::Malformed("COPY in a pooler query"),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body.
+    pub(crate) fn note_parameter(&mut self, body: &[u8]) {
+        let Some((name, rest)) = cstr(body) else {
+            return;
+        };
+        let Some((value, _)) = cstr(rest) else { return };
+        set_param(&mut self.params, name, value);
+    }
+
+    /// The server's value of a parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sets `name` in an ordered parameter list (names compare case-insensitively,
+/// as PostgreSQL's GUC names do).
+pub(crate) fn set_param(params: &mut Params, name: &str, value: &str) {
+    match params
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+    {
+        Some((_, v)) => {
+            if v != value {
+                *v = value.to_owned();
+            }
+        }
+        None => params.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+fn server_error(addr: &str, body: &[u8]) -> ServerError {
+    let mut severity = String::from("ERROR");
+    let mut code = String::from("XX000");
+    let mut message = String::new();
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some((value, after)) = cstr(after) else {
+            break;
+        };
+        match field {
+            b'S' => severity = value.to_owned(),
+            b'C' => code = value.to_owned(),
+            b'M' => message = value.to_owned(),
+            _ => {}
+        }
+        rest = after;
+    }
+    ServerError::Server {
+        addr: addr.to_owned(),
+        severity,
+        code,
+        message,
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `addr`, over a new
+/// connection, as the protocol requires.
+pub async fn send_cancel(addr: &ServerAddr, key: CancelKey) -> io::Result<()> {
+    let mut stream = addr.connect().await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.pid, key.secret, &mut out);
+    stream.write_all(&out).await?;
+    // The server closes the connection when done; wait for that so the
+    // cancel has been delivered before we report success.
+    let mut sink = BytesMut::new();
+    let _ = stream.read_buf(&mut sink).await;
+    Ok(())
+}
+
+/// The `wharf` engine's manager for one server pool.
+#[derive(Debug, Clone)]
+pub struct ServerManager {
+    /// Where and how to log in.
+    pub target: Arc<ServerTarget>,
+}
+
+impl wharf::Manager for ServerManager {
+    type Connection = ServerConn;
+    type Error = ServerError;
+
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        ServerConn::connect(&self.target).await
+    }
+
+    async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
+        let Some(query) = &self.target.check_query else {
+            return Ok(());
+        };
+        let addr = self.target.addr.to_string();
+        conn.simple_query(query, &addr).await
+    }
+
+    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+        conn.broken
+    }
+}

@@ -1,0 +1,423 @@
+//! `[databases]` and `[users]` entries: their typed form, the libpq-style
+//! connection strings they are written in, and their keys.
+
+use std::time::Duration;
+
+use super::settings::PoolMode;
+use super::value::{Codec, Lookup, Port, Raw, Secs, Text, Uint, ValueError};
+
+/// One `[databases]` entry: where clients of database `name` are sent.
+/// Every field but `name` is `None` when the entry does not set it, and
+/// then the `[pgbouncer]` setting (or libpq's default) applies.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Database {
+    /// The name clients connect to; `*` is the fallback entry used for any
+    /// name without an entry of its own.
+    pub name: String,
+    /// Server host name, IP address, or Unix socket directory (starts with
+    /// `/`); may be a comma-separated list. Unset means the Unix socket in
+    /// `unix_socket_dir`.
+    pub host: Option<String>,
+    /// Server port. Unset means 5432.
+    pub port: Option<u16>,
+    /// Server-side database name. Unset means the name the client asked for.
+    pub dbname: Option<String>,
+    /// Forced server user: every client shares this user's pool.
+    pub user: Option<String>,
+    /// Password of the forced user; unset means the one in `auth_file`.
+    pub password: Option<String>,
+    /// Per-database `auth_user`. Stored; not supported by wharf yet.
+    pub auth_user: Option<String>,
+    /// Per-database `auth_query`. Stored; not supported by wharf yet.
+    pub auth_query: Option<String>,
+    /// Per-database `auth_dbname`. Stored; not supported by wharf yet.
+    pub auth_dbname: Option<String>,
+    /// Pool size for this database (below a `[users]` `pool_size`).
+    pub pool_size: Option<usize>,
+    /// Minimum pool size for this database.
+    pub min_pool_size: Option<usize>,
+    /// Reserve pool size for this database (`reserve_pool` is an alias).
+    pub reserve_pool_size: Option<usize>,
+    /// Pool mode for this database (below a `[users]` `pool_mode`).
+    pub pool_mode: Option<PoolMode>,
+    /// Most server connections to this database; 0 means the global
+    /// `max_db_connections`.
+    pub max_db_connections: Option<usize>,
+    /// Most client connections to this database; 0 means the global
+    /// `max_db_client_connections`.
+    pub max_db_client_connections: Option<usize>,
+    /// `server_lifetime` for this database; zero means the global one.
+    pub server_lifetime: Option<Duration>,
+    /// `query_wait_timeout` for this database; `Some(ZERO)` disables it,
+    /// `None` (or PgBouncer's `-1`) leaves it to `[users]` or the global one.
+    pub query_wait_timeout: Option<Duration>,
+    /// Query run on each new server connection before use.
+    pub connect_query: Option<String>,
+    /// `client_encoding` asked of the server.
+    pub client_encoding: Option<String>,
+    /// `datestyle` asked of the server.
+    pub datestyle: Option<String>,
+    /// `timezone` asked of the server.
+    pub timezone: Option<String>,
+    /// `application_name` asked of the server.
+    pub application_name: Option<String>,
+    /// `disable` or `round-robin`, for host lists. Stored only.
+    pub load_balance_hosts: Option<String>,
+    /// `any`, `read-write`, `read-only`, `primary` or `standby`. Stored;
+    /// not enforced by wharf yet.
+    pub target_session_attrs: Option<String>,
+}
+
+impl Database {
+    /// Whether this is the `*` fallback entry.
+    pub fn is_fallback(&self) -> bool {
+        self.name == "*"
+    }
+
+    /// The server-side database for a client that asked for `client_db`:
+    /// `dbname` if set, else `client_db`.
+    pub fn server_dbname<'a>(&'a self, client_db: &'a str) -> &'a str {
+        self.dbname.as_deref().unwrap_or(client_db)
+    }
+
+    /// `port`, or PostgreSQL's 5432.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(5432)
+    }
+
+    /// The hosts of a comma-separated `host`; empty when unset.
+    pub fn hosts(&self) -> Vec<&str> {
+        self.host
+            .as_deref()
+            .map(|h| {
+                h.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One `[users]` entry: settings for every pool of one (server-side) user.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct User {
+    /// The user name.
+    pub name: String,
+    /// Pool mode for this user's pools (above the database's).
+    pub pool_mode: Option<PoolMode>,
+    /// Pool size for this user's pools (above the database's).
+    pub pool_size: Option<usize>,
+    /// Reserve pool size for this user's pools (above the database's).
+    pub reserve_pool_size: Option<usize>,
+    /// Most server connections for this user; 0 means the global
+    /// `max_user_connections`.
+    pub max_user_connections: Option<usize>,
+    /// Most client connections for this user; 0 means the global
+    /// `max_user_client_connections`.
+    pub max_user_client_connections: Option<usize>,
+    /// `query_timeout` for this user; `Some(ZERO)` disables it.
+    pub query_timeout: Option<Duration>,
+    /// `query_wait_timeout` for this user; `Some(ZERO)` disables it.
+    pub query_wait_timeout: Option<Duration>,
+    /// `idle_transaction_timeout` for this user; `Some(ZERO)` disables it.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// `transaction_timeout` for this user; `Some(ZERO)` disables it.
+    pub transaction_timeout: Option<Duration>,
+    /// `client_idle_timeout` for this user; `Some(ZERO)` disables it.
+    pub client_idle_timeout: Option<Duration>,
+}
+
+/// Why an entry's key was refused.
+#[derive(Debug)]
+pub(crate) enum KeyError {
+    /// Not a key of this kind of entry.
+    Unknown,
+    /// A bad value.
+    Value(ValueError),
+}
+
+impl From<ValueError> for KeyError {
+    fn from(e: ValueError) -> Self {
+        KeyError::Value(e)
+    }
+}
+
+/// The keys a `[databases]` entry accepts.
+pub(crate) const DATABASE_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "auth_user",
+    "auth_query",
+    "auth_dbname",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool_size",
+    "reserve_pool",
+    "pool_mode",
+    "max_db_connections",
+    "max_db_client_connections",
+    "server_lifetime",
+    "query_wait_timeout",
+    "connect_query",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "application_name",
+    "load_balance_hosts",
+    "target_session_attrs",
+];
+
+/// The keys a `[users]` entry accepts.
+pub(crate) const USER_KEYS: &[&str] = &[
+    "pool_mode",
+    "pool_size",
+    "reserve_pool_size",
+    "max_user_connections",
+    "max_user_client_connections",
+    "query_timeout",
+    "query_wait_timeout",
+    "idle_transaction_timeout",
+    "transaction_timeout",
+    "client_idle_timeout",
+];
+
+fn choice(raw: &Raw<'_>, choices: &[&str]) -> Result<String, ValueError> {
+    let text = Text::parse(raw)?;
+    let lower = text.trim().to_ascii_lowercase();
+    if choices.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(ValueError::invalid(format!(
+            "expected one of: {}",
+            choices.join(", ")
+        )))
+    }
+}
+
+fn count(raw: &Raw<'_>) -> Result<usize, ValueError> {
+    Uint::<usize>::parse(raw)
+}
+
+/// A per-entry timeout where PgBouncer's `-1` means "not set".
+fn override_secs(raw: &Raw<'_>) -> Result<Option<Duration>, ValueError> {
+    match raw {
+        Raw::Int(-1) => Ok(None),
+        Raw::Str(s) if s.trim() == "-1" => Ok(None),
+        _ => Secs::parse(raw).map(Some),
+    }
+}
+
+/// Sets one key of a `[databases]` entry; returns a warning when wharf
+/// stores but does not honour the value.
+pub(crate) fn apply_database_key(
+    db: &mut Database,
+    key: &str,
+    raw: &Raw<'_>,
+) -> Result<Option<String>, KeyError> {
+    let text = || Text::parse(raw).map(Some);
+    match key {
+        "host" => db.host = text()?,
+        "port" => db.port = Some(Port::parse(raw)?),
+        "dbname" => db.dbname = text()?,
+        "user" => db.user = text()?,
+        "password" => db.password = text()?,
+        "auth_user" => {
+            db.auth_user = text()?;
+            return Ok(Some(
+                "auth_user lookups are not supported by wharf yet; only users in auth_file can log in".to_owned(),
+            ));
+        }
+        "auth_query" => {
+            db.auth_query = text()?;
+            return Ok(Some(
+                "auth_query is not supported by wharf yet; the value is stored but not used"
+                    .to_owned(),
+            ));
+        }
+        "auth_dbname" => db.auth_dbname = text()?,
+        "pool_size" => db.pool_size = Some(count(raw)?),
+        "min_pool_size" => db.min_pool_size = Some(count(raw)?),
+        "reserve_pool_size" | "reserve_pool" => db.reserve_pool_size = Some(count(raw)?),
+        "pool_mode" => db.pool_mode = Some(Lookup::<PoolMode>::parse(raw)?),
+        "max_db_connections" => db.max_db_connections = Some(count(raw)?),
+        "max_db_client_connections" => db.max_db_client_connections = Some(count(raw)?),
+        "server_lifetime" => db.server_lifetime = Some(Secs::parse(raw)?),
+        "query_wait_timeout" => db.query_wait_timeout = override_secs(raw)?,
+        "connect_query" => db.connect_query = text()?,
+        "client_encoding" => db.client_encoding = text()?,
+        "datestyle" => db.datestyle = text()?,
+        "timezone" => db.timezone = text()?,
+        "application_name" => db.application_name = text()?,
+        "load_balance_hosts" => {
+            db.load_balance_hosts = Some(choice(raw, &["disable", "round-robin"])?)
+        }
+        "target_session_attrs" => {
+            let value = choice(
+                raw,
+                &["any", "read-write", "read-only", "primary", "standby"],
+            )?;
+            let warning = (value != "any")
+                .then(|| format!("target_session_attrs \"{value}\" is not enforced by wharf yet; any server is accepted"));
+            db.target_session_attrs = Some(value);
+            return Ok(warning);
+        }
+        _ => return Err(KeyError::Unknown),
+    }
+    Ok(None)
+}
+
+/// Sets one key of a `[users]` entry.
+pub(crate) fn apply_user_key(user: &mut User, key: &str, raw: &Raw<'_>) -> Result<(), KeyError> {
+    match key {
+        "pool_mode" => user.pool_mode = Some(Lookup::<PoolMode>::parse(raw)?),
+        "pool_size" => user.pool_size = Some(count(raw)?),
+        "reserve_pool_size" => user.reserve_pool_size = Some(count(raw)?),
+        "max_user_connections" => user.max_user_connections = Some(count(raw)?),
+        "max_user_client_connections" => user.max_user_client_connections = Some(count(raw)?),
+        "query_timeout" => user.query_timeout = override_secs(raw)?,
+        "query_wait_timeout" => user.query_wait_timeout = override_secs(raw)?,
+        "idle_transaction_timeout" => user.idle_transaction_timeout = override_secs(raw)?,
+        "transaction_timeout" => user.transaction_timeout = override_secs(raw)?,
+        "client_idle_timeout" => user.client_idle_timeout = override_secs(raw)?,
+        _ => return Err(KeyError::Unknown),
+    }
+    Ok(())
+}
+
+/// Splits a libpq-style connection string (`key=value key2='quoted value'`)
+/// into its pairs, in order.
+///
+/// Values may be single-quoted; inside quotes `\x` stands for `x` (libpq)
+/// and `''` for `'` (PgBouncer). Unquoted values end at whitespace and keep
+/// backslashes as written (PgBouncer). Empty values are refused, as
+/// PgBouncer refuses them.
+pub(crate) fn split_connstring(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if key.is_empty() {
+            return Err("missing parameter name before \"=\"".to_owned());
+        }
+        if chars.next() != Some('=') {
+            return Err(format!("expected \"=\" after \"{key}\""));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated quoted value for \"{key}\"")),
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => return Err(format!("unterminated quoted value for \"{key}\"")),
+                    },
+                    Some('\'') => {
+                        if chars.next_if_eq(&'\'').is_some() {
+                            value.push('\'');
+                        } else {
+                            break;
+                        }
+                    }
+                    Some(c) => value.push(c),
+                }
+            }
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return Err(format!("missing space after the quoted value of \"{key}\""));
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        if value.is_empty() {
+            return Err(format!("empty value for \"{key}\""));
+        }
+        pairs.push((key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(s: &str) -> Vec<(String, String)> {
+        split_connstring(s).unwrap()
+    }
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn connstrings() {
+        assert_eq!(pairs(""), vec![]);
+        assert_eq!(
+            pairs("  host=db1  port=5433 "),
+            vec![p("host", "db1"), p("port", "5433")]
+        );
+        assert_eq!(pairs("host = db1"), vec![p("host", "db1")]);
+        assert_eq!(
+            pairs(r"password='it''s a \'secret\' \\o/' user=bob"),
+            vec![p("password", r"it's a 'secret' \o/"), p("user", "bob")]
+        );
+        assert_eq!(
+            pairs(r"password=back\slash"),
+            vec![p("password", r"back\slash")]
+        );
+        assert_eq!(
+            pairs("connect_query='SELECT 1; SET x = 2'"),
+            vec![p("connect_query", "SELECT 1; SET x = 2")]
+        );
+        for bad in [
+            "host",
+            "=x",
+            "host=",
+            "host=''",
+            "password='open",
+            "a='x'b=1",
+            "host = ",
+            r"p='\",
+        ] {
+            assert!(split_connstring(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_keys() {
+        let mut db = Database::default();
+        apply_database_key(&mut db, "port", &Raw::Str("6000")).unwrap();
+        apply_database_key(&mut db, "reserve_pool", &Raw::Str("3")).unwrap();
+        apply_database_key(&mut db, "query_wait_timeout", &Raw::Str("-1")).unwrap();
+        apply_database_key(&mut db, "pool_mode", &Raw::Str("statement")).unwrap();
+        assert_eq!(db.port, Some(6000));
+        assert_eq!(db.reserve_pool_size, Some(3));
+        assert_eq!(db.query_wait_timeout, None);
+        assert_eq!(db.pool_mode, Some(PoolMode::Statement));
+        assert!(matches!(
+            apply_database_key(&mut db, "hots", &Raw::Str("x")),
+            Err(KeyError::Unknown)
+        ));
+        assert!(matches!(
+            apply_database_key(&mut db, "port", &Raw::Str("0")),
+            Err(KeyError::Value(_))
+        ));
+        let warning =
+            apply_database_key(&mut db, "target_session_attrs", &Raw::Str("primary")).unwrap();
+        assert!(warning.is_some());
+        db.host = Some("a, b,,c".into());
+        assert_eq!(db.hosts(), vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,765 @@
+//! Configuration: PgBouncer's `pgbouncer.ini` and `auth_file`, or the same
+//! keys in TOML, loaded into one typed [`Config`].
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use wharf_pooler::config;
+//!
+//! let loaded = config::load(Path::new("/etc/pgbouncer/pgbouncer.ini"))?;
+//! for warning in &loaded.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! let config = loaded.config;
+//! println!("listening on port {}", config.pgbouncer.listen_port);
+//! # Ok::<(), config::ConfigError>(())
+//! ```
+//!
+//! # The ini format
+//!
+//! As PgBouncer reads it: `[databases]`, `[users]` and `[pgbouncer]`
+//! sections (`[peers]` is accepted and ignored with a warning); `key = value`
+//! lines; lines starting with `;` or `#` are comments (those characters are
+//! not special later in a line); values run to the end of the line and are
+//! taken literally, quotes included. `%include FILE` reads another file in
+//! place, relative to the including file's directory (PgBouncer: relative
+//! to its working directory), at most 10 deep. Database and user names with
+//! characters other than `[A-Za-z0-9_.*-]` are quoted, `"like ""this"""` or
+//! `'like this'`.
+//!
+//! Unknown `[pgbouncer]` keys are warnings (PgBouncer refuses them), bad
+//! values are errors naming the file, line and key. Times are seconds,
+//! fractions allowed, as in PgBouncer; wharf also accepts units (`500ms`,
+//! `15s`, `5min`, `1h 30m`).
+//!
+//! # The TOML format
+//!
+//! The same keys, in a file whose name ends in `.toml`:
+//!
+//! ```toml
+//! [pgbouncer]
+//! listen_port = 6432
+//! admin_users = ["admin"]        # or "admin,ops"
+//! server_idle_timeout = "10min"  # or 600 (seconds)
+//!
+//! [databases.app]
+//! host = "10.0.0.5"
+//! pool_size = 40
+//!
+//! [databases."*"]
+//! host = "10.0.0.6"
+//!
+//! [users.report]
+//! pool_mode = "session"
+//! ```
+//!
+//! A `[databases]` or `[users]` entry may also be a connection string:
+//! `app = "host=10.0.0.5 pool_size=40"`. Unknown keys are warnings.
+
+mod database;
+mod ini;
+mod settings;
+mod toml_file;
+mod userlist;
+mod value;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use database::{Database, User};
+pub use settings::{
+    AuthType, PoolMode, ServerCheck, SetError, SettingRow, Settings, SslMode, UnknownName,
+};
+pub use userlist::{load_auth_file, parse_auth_file, Secret};
+
+use database::{apply_database_key, apply_user_key, KeyError, DATABASE_KEYS, USER_KEYS};
+use value::{Raw, ValueError};
+
+/// A whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The `[pgbouncer]` section.
+    pub pgbouncer: Settings,
+    /// The `[databases]` entries in file order, the `*` fallback among them
+    /// as an entry named `*`. A name defined twice keeps its first place and
+    /// its last definition.
+    pub databases: Vec<Database>,
+    /// The `[users]` entries in file order.
+    pub users: Vec<User>,
+    /// The file the configuration was loaded from.
+    pub path: PathBuf,
+}
+
+/// A loaded configuration and what was worth telling about it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things accepted but ignored or not honoured: unknown keys, `[peers]`,
+    /// features wharf lacks.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Where a problem is: `FILE:LINE: KEY: ` or less.
+struct Location<'a> {
+    file: &'a Path,
+    line: Option<usize>,
+    key: Option<&'a str>,
+}
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = self.key {
+            write!(f, "{key}: ")?;
+        }
+        Ok(())
+    }
+}
+
+fn loc<'a>(file: &'a Path, line: &Option<usize>, key: Option<&'a str>) -> Location<'a> {
+    Location {
+        file,
+        line: *line,
+        key,
+    }
+}
+
+/// A configuration that cannot be used. Shown as `FILE:LINE: KEY: message`,
+/// or shorter when there is no line or key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read. For an `%include`, `file` and `line` are
+    /// the including file's and `key` is `%include`.
+    #[error("{}could not read \"{}\": {source}", loc(.file, .line, .key.as_deref()), .path.display())]
+    Io {
+        /// The file the problem is reported against.
+        file: PathBuf,
+        /// Its line, if any.
+        line: Option<usize>,
+        /// The key or directive, if any.
+        key: Option<String>,
+        /// The file that could not be read.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not well-formed.
+    #[error("{}{message}", loc(.file, .line, None))]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The line, if known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key has a value it cannot take, or is not allowed where it is.
+    #[error("{}{message}", loc(.file, .line, Some(.key)))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The line, if known.
+        line: Option<usize>,
+        /// The key (for TOML, its dotted path).
+        key: String,
+        /// What is wrong, usually `invalid value "x": expected ...`.
+        message: String,
+    },
+    /// A valid PgBouncer setting wharf does not implement yet.
+    #[error("{}{message}", loc(.file, .line, Some(.key)))]
+    Unsupported {
+        /// The file.
+        file: PathBuf,
+        /// The line, if known.
+        line: Option<usize>,
+        /// The key.
+        key: String,
+        /// Which value, and what is supported.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The file the error is reported against.
+    pub fn file(&self) -> &Path {
+        match self {
+            ConfigError::Io { file, .. }
+            | ConfigError::Syntax { file, .. }
+            | ConfigError::Invalid { file, .. }
+            | ConfigError::Unsupported { file, .. } => file,
+        }
+    }
+
+    /// The line, if known (1-based).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Io { line, .. }
+            | ConfigError::Syntax { line, .. }
+            | ConfigError::Invalid { line, .. }
+            | ConfigError::Unsupported { line, .. } => *line,
+        }
+    }
+
+    /// The key, if the error is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Io { key, .. } => key.as_deref(),
+            ConfigError::Syntax { .. } => None,
+            ConfigError::Invalid { key, .. } | ConfigError::Unsupported { key, .. } => Some(key),
+        }
+    }
+}
+
+/// Something accepted but worth telling: an unknown key, an ignored section,
+/// a value wharf stores but does not honour. Shown like [`ConfigError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The file.
+    pub file: PathBuf,
+    /// The line, if known (1-based).
+    pub line: Option<usize>,
+    /// The key, if the warning is about one.
+    pub key: Option<String>,
+    /// What is worth telling.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}",
+            loc(&self.file, &self.line, self.key.as_deref()),
+            self.message
+        )
+    }
+}
+
+/// Reads a configuration file: TOML if its name ends in `.toml`, else
+/// PgBouncer's ini format.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = read_text(path, None, None, path)?;
+    if is_toml(path) {
+        parse_toml_str(&text, path)
+    } else {
+        parse_ini_str(&text, path)
+    }
+}
+
+/// Parses ini text as if read from `path` (which names it in messages and
+/// anchors relative `%include`s).
+pub fn parse_ini_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let builder = ini::load(text, path)?;
+    Ok(builder.finish())
+}
+
+/// Parses TOML text as if read from `path` (which names it in messages).
+pub fn parse_toml_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let builder = toml_file::load(text, path)?;
+    Ok(builder.finish())
+}
+
+fn is_toml(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}
+
+/// Reads a file as UTF-8; errors are reported against `file`:`line`.
+fn read_text(
+    path: &Path,
+    line: Option<usize>,
+    key: Option<&str>,
+    file: &Path,
+) -> Result<String, ConfigError> {
+    let io_error = |source| ConfigError::Io {
+        file: file.to_owned(),
+        line,
+        key: key.map(str::to_owned),
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io_error)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        ConfigError::Syntax {
+            file: path.to_owned(),
+            line: Some(valid.iter().filter(|b| **b == b'\n').count() + 1),
+            message: "not valid UTF-8".to_owned(),
+        }
+    })
+}
+
+/// The settings that apply to one pool, after PgBouncer's precedence:
+/// `[users]` over `[databases]` over `[pgbouncer]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Pool mode: user's, else database's, else `pool_mode`.
+    pub pool_mode: PoolMode,
+    /// Pool size: user's, else database's, else `default_pool_size`.
+    pub pool_size: usize,
+    /// Database's `min_pool_size`, else the global one.
+    pub min_pool_size: usize,
+    /// Reserve: user's, else database's, else `reserve_pool_size`.
+    pub reserve_pool_size: usize,
+    /// Database's non-zero `max_db_connections`, else the global one;
+    /// `None` is unlimited.
+    pub max_db_connections: Option<usize>,
+    /// User's non-zero `max_user_connections`, else the global one; `None`
+    /// is unlimited.
+    pub max_user_connections: Option<usize>,
+    /// Database's non-zero `server_lifetime`, else the global one.
+    pub server_lifetime: Duration,
+    /// User's, else global `query_timeout`; `None` disables.
+    pub query_timeout: Option<Duration>,
+    /// User's, else database's, else global `query_wait_timeout`; `None`
+    /// disables.
+    pub query_wait_timeout: Option<Duration>,
+    /// User's, else global `idle_transaction_timeout`; `None` disables.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// User's, else global `transaction_timeout`; `None` disables.
+    pub transaction_timeout: Option<Duration>,
+    /// User's, else global `client_idle_timeout`; `None` disables.
+    pub client_idle_timeout: Option<Duration>,
+}
+
+fn nonzero(value: usize) -> Option<usize> {
+    (value != 0).then_some(value)
+}
+
+fn enabled(value: Option<Duration>) -> Option<Duration> {
+    value.filter(|d| !d.is_zero())
+}
+
+impl Config {
+    /// The entry for database `name`, else the `*` fallback entry.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases
+            .iter()
+            .find(|db| db.name == name)
+            .or_else(|| self.databases.iter().find(|db| db.is_fallback()))
+    }
+
+    /// The `[users]` entry for `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The settings of the pool a client of `database` logged in as
+    /// `client_user` uses. The `[users]` entry consulted is the database's
+    /// forced `user=` if it has one, else the client's. A database without
+    /// an entry (and no `*`) gets the global settings.
+    pub fn pool_settings(&self, database: &str, client_user: &str) -> PoolSettings {
+        let g = &self.pgbouncer;
+        let db = self.database(database);
+        let server_user = db.and_then(|d| d.user.as_deref()).unwrap_or(client_user);
+        let user = self.user(server_user);
+        let from_user = |f: fn(&User) -> Option<Duration>, global| {
+            user.and_then(f).map_or(global, |d| enabled(Some(d)))
+        };
+        PoolSettings {
+            pool_mode: user
+                .and_then(|u| u.pool_mode)
+                .or(db.and_then(|d| d.pool_mode))
+                .unwrap_or(g.pool_mode),
+            pool_size: user
+                .and_then(|u| u.pool_size)
+                .or(db.and_then(|d| d.pool_size))
+                .unwrap_or(g.default_pool_size),
+            min_pool_size: db.and_then(|d| d.min_pool_size).unwrap_or(g.min_pool_size),
+            reserve_pool_size: user
+                .and_then(|u| u.reserve_pool_size)
+                .or(db.and_then(|d| d.reserve_pool_size))
+                .unwrap_or(g.reserve_pool_size),
+            max_db_connections: db
+                .and_then(|d| d.max_db_connections)
+                .and_then(nonzero)
+                .or(nonzero(g.max_db_connections)),
+            max_user_connections: user
+                .and_then(|u| u.max_user_connections)
+                .and_then(nonzero)
+                .or(nonzero(g.max_user_connections)),
+            server_lifetime: db
+                .and_then(|d| d.server_lifetime)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(g.server_lifetime),
+            query_timeout: from_user(|u| u.query_timeout, g.query_timeout),
+            query_wait_timeout: from_user(
+                |u| u.query_wait_timeout,
+                db.and_then(|d| d.query_wait_timeout)
+                    .map_or(g.query_wait_timeout, |d| enabled(Some(d))),
+            ),
+            idle_transaction_timeout: from_user(
+                |u| u.idle_transaction_timeout,
+                g.idle_transaction_timeout,
+            ),
+            transaction_timeout: from_user(|u| u.transaction_timeout, g.transaction_timeout),
+            client_idle_timeout: from_user(|u| u.client_idle_timeout, g.client_idle_timeout),
+        }
+    }
+
+    /// The pool size for (`database`, `client_user`): see
+    /// [`Config::pool_settings`].
+    pub fn pool_size_for(&self, database: &str, client_user: &str) -> usize {
+        self.pool_settings(database, client_user).pool_size
+    }
+
+    /// The pool mode for (`database`, `client_user`): see
+    /// [`Config::pool_settings`].
+    pub fn pool_mode_for(&self, database: &str, client_user: &str) -> PoolMode {
+        self.pool_settings(database, client_user).pool_mode
+    }
+
+    /// `SHOW CONFIG` rows, as [`Settings::describe`], with `conffile` showing
+    /// the loaded file when the file does not set it.
+    pub fn describe(&self) -> Vec<SettingRow> {
+        let mut rows = self.pgbouncer.describe();
+        if self.pgbouncer.conffile.is_none() && !self.path.as_os_str().is_empty() {
+            if let Some(row) = rows.iter_mut().find(|r| r.key == "conffile") {
+                row.value = self.path.to_string_lossy().into_owned();
+            }
+        }
+        rows
+    }
+}
+
+/// Collects a configuration from either format.
+pub(crate) struct Builder {
+    config: Config,
+    warnings: Vec<ConfigWarning>,
+}
+
+/// A position in a file, for messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Pos {
+    pub(crate) file: PathBuf,
+    pub(crate) line: Option<usize>,
+}
+
+impl Pos {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            line: self.line,
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn value_error(
+        &self,
+        key: &str,
+        raw: &Raw<'_>,
+        error: ValueError,
+        context: &str,
+    ) -> ConfigError {
+        match error {
+            ValueError::Invalid(expected) => {
+                let hint = match raw {
+                    Raw::Str(s) if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') => {
+                        " (quotes are not removed from values in pgbouncer.ini)"
+                    }
+                    Raw::Str(s) if s.contains(" ;") || s.contains(" #") => {
+                        " (comments must be on a line of their own)"
+                    }
+                    _ => "",
+                };
+                self.invalid(
+                    key,
+                    format!("invalid value {raw}{context}: {expected}{hint}"),
+                )
+            }
+            ValueError::Unsupported(message) => ConfigError::Unsupported {
+                file: self.file.clone(),
+                line: self.line,
+                key: key.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+impl Builder {
+    pub(crate) fn new(path: &Path) -> Self {
+        Builder {
+            config: Config {
+                path: path.to_owned(),
+                ..Config::default()
+            },
+            warnings: Vec::new(),
+        }
+    }
+
+    pub(crate) fn warn(&mut self, pos: &Pos, key: Option<&str>, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            file: pos.file.clone(),
+            line: pos.line,
+            key: key.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    /// Sets a `[pgbouncer]` key; `shown` is how the key is named in
+    /// messages (its dotted path in TOML).
+    pub(crate) fn set_setting(
+        &mut self,
+        pos: &Pos,
+        key: &str,
+        shown: &str,
+        raw: &Raw<'_>,
+    ) -> Result<(), ConfigError> {
+        match self.config.pgbouncer.apply(key, raw) {
+            None => {
+                let hint = settings::suggest(key, Settings::keys())
+                    .map(|k| format!(" (did you mean \"{k}\"?)"))
+                    .unwrap_or_default();
+                self.warn(pos, Some(shown), format!("unknown setting, ignored{hint}"));
+                Ok(())
+            }
+            Some(Err(e)) => Err(pos.value_error(shown, raw, e, "")),
+            Some(Ok(())) => {
+                if let Some(warning) = self.config.pgbouncer.key_warning(key) {
+                    self.warn(pos, Some(shown), warning);
+                }
+                if let Raw::Str(s) = raw {
+                    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') && !is_toml(&pos.file)
+                    {
+                        self.warn(
+                            pos,
+                            Some(shown),
+                            "the value keeps its double quotes: pgbouncer.ini values are taken literally",
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_entry_name(pos: &Pos, name: &str, shown: &str) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(pos.invalid(shown, "empty name".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Adds a `[databases]` entry from its pairs. `shown(key)` names a key
+    /// in messages.
+    pub(crate) fn add_database<'r>(
+        &mut self,
+        pos: &Pos,
+        name: &str,
+        pairs: impl IntoIterator<Item = (Pos, String, Raw<'r>)>,
+        shown: impl Fn(&str) -> String,
+        unknown_is_error: bool,
+    ) -> Result<(), ConfigError> {
+        Self::check_entry_name(pos, name, &shown(""))?;
+        if name == "pgbouncer" {
+            return Err(pos.invalid(
+                &shown(""),
+                "database name \"pgbouncer\" is reserved for the admin console".to_owned(),
+            ));
+        }
+        let mut db = Database {
+            name: name.to_owned(),
+            ..Database::default()
+        };
+        let context = format!(" for database \"{name}\"");
+        for (key_pos, key, raw) in pairs {
+            match apply_database_key(&mut db, &key, &raw) {
+                Ok(None) => {}
+                Ok(Some(warning)) => self.warn(&key_pos, Some(&shown(&key)), warning),
+                Err(KeyError::Value(e)) => {
+                    return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
+                }
+                Err(KeyError::Unknown) => {
+                    let hint = settings::suggest(&key, DATABASE_KEYS.iter().copied())
+                        .map(|k| format!(" (did you mean \"{k}\"?)"))
+                        .unwrap_or_default();
+                    let message = format!("unknown connection parameter{context}{hint}");
+                    if unknown_is_error {
+                        return Err(key_pos.invalid(&shown(&key), message));
+                    }
+                    self.warn(&key_pos, Some(&shown(&key)), format!("{message}, ignored"));
+                }
+            }
+        }
+        if let Some(existing) = self.config.databases.iter_mut().find(|d| d.name == name) {
+            *existing = db;
+            self.warn(
+                pos,
+                Some(&shown("")),
+                "database defined again; the later definition is used",
+            );
+        } else {
+            self.config.databases.push(db);
+        }
+        Ok(())
+    }
+
+    /// Adds a `[users]` entry from its pairs.
+    pub(crate) fn add_user<'r>(
+        &mut self,
+        pos: &Pos,
+        name: &str,
+        pairs: impl IntoIterator<Item = (Pos, String, Raw<'r>)>,
+        shown: impl Fn(&str) -> String,
+        unknown_is_error: bool,
+    ) -> Result<(), ConfigError> {
+        Self::check_entry_name(pos, name, &shown(""))?;
+        let mut user = User {
+            name: name.to_owned(),
+            ..User::default()
+        };
+        let context = format!(" for user \"{name}\"");
+        for (key_pos, key, raw) in pairs {
+            match apply_user_key(&mut user, &key, &raw) {
+                Ok(()) => {}
+                Err(KeyError::Value(e)) => {
+                    return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
+                }
+                Err(KeyError::Unknown) => {
+                    let hint = settings::suggest(&key, USER_KEYS.iter().copied())
+                        .map(|k| format!(" (did you mean \"{k}\"?)"))
+                        .unwrap_or_default();
+                    let message = format!("unknown user parameter{context}{hint}");
+                    if unknown_is_error {
+                        return Err(key_pos.invalid(&shown(&key), message));
+                    }
+                    self.warn(&key_pos, Some(&shown(&key)), format!("{message}, ignored"));
+                }
+            }
+        }
+        if let Some(existing) = self.config.users.iter_mut().find(|u| u.name == name) {
+            *existing = user;
+            self.warn(
+                pos,
+                Some(&shown("")),
+                "user defined again; the later definition is used",
+            );
+        } else {
+            self.config.users.push(user);
+        }
+        Ok(())
+    }
+
+    /// Whole-configuration checks, then the result.
+    pub(crate) fn finish(mut self) -> Loaded {
+        let pos = Pos {
+            file: self.config.path.clone(),
+            line: None,
+        };
+        let s = &self.config.pgbouncer;
+        let mut late = Vec::new();
+        if s.auth_type != AuthType::Any && s.auth_file.is_none() {
+            late.push((
+                "auth_file",
+                format!(
+                    "not set, so no user can log in with auth_type = {}",
+                    s.auth_type
+                ),
+            ));
+        }
+        if s.auth_type == AuthType::Any {
+            for db in self.config.databases.iter().filter(|d| d.user.is_none()) {
+                late.push((
+                    "auth_type",
+                    format!("auth_type = any needs every database to force a user=, and \"{}\" does not", db.name),
+                ));
+            }
+        }
+        if s.listen_addr.is_empty() && s.unix_socket_dir.is_none() {
+            late.push((
+                "listen_addr",
+                "empty, and unix_socket_dir is empty too: nothing to listen on".to_owned(),
+            ));
+        }
+        for (key, message) in late {
+            self.warn(&pos, Some(key), message);
+        }
+        Loaded {
+            config: self.config,
+            warnings: self.warnings,
+        }
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        parse_ini_str(text, Path::new("test.ini")).unwrap().config
+    }
+
+    #[test]
+    fn precedence_user_over_database_over_global() {
+        let c = config(
+            "[pgbouncer]\ndefault_pool_size = 10\npool_mode = session\nmax_db_connections = 50\n\
+             [databases]\napp = pool_size=20 pool_mode=transaction max_db_connections=0\n\
+             forced = user=svc pool_size=5\n* = host=fallback\n\
+             [users]\nalice = pool_size=30 pool_mode=statement\nsvc = pool_mode=transaction\n",
+        );
+        assert_eq!(c.pool_size_for("app", "bob"), 20);
+        assert_eq!(c.pool_mode_for("app", "bob"), PoolMode::Transaction);
+        assert_eq!(c.pool_size_for("app", "alice"), 30);
+        assert_eq!(c.pool_mode_for("app", "alice"), PoolMode::Statement);
+        assert_eq!(c.pool_size_for("other", "bob"), 10);
+        assert_eq!(c.database("other").map(|d| d.name.as_str()), Some("*"));
+        // A forced user's [users] entry applies, whoever the client is.
+        assert_eq!(c.pool_mode_for("forced", "alice"), PoolMode::Transaction);
+        assert_eq!(c.pool_size_for("forced", "alice"), 5);
+        let p = c.pool_settings("app", "bob");
+        assert_eq!(
+            p.max_db_connections,
+            Some(50),
+            "0 in [databases] falls back to the global"
+        );
+        assert_eq!(p.max_user_connections, None);
+        assert_eq!(p.query_wait_timeout, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn no_fallback_means_no_database() {
+        let c = config("[pgbouncer]\n[databases]\napp =\n");
+        assert!(c.database("app").is_some());
+        assert!(c.database("nope").is_none());
+        assert_eq!(c.pool_size_for("nope", "x"), 20);
+    }
+
+    #[test]
+    fn error_display() {
+        let e = ConfigError::Invalid {
+            file: "pgbouncer.ini".into(),
+            line: Some(12),
+            key: "listen_port".into(),
+            message: "invalid value \"abc\": expected a port number (1-65535)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "pgbouncer.ini:12: listen_port: invalid value \"abc\": expected a port number (1-65535)"
+        );
+        let e = ConfigError::Syntax {
+            file: "x.ini".into(),
+            line: None,
+            message: "broken".into(),
+        };
+        assert_eq!(e.to_string(), "x.ini: broken");
+    }
+}

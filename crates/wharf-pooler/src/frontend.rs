@@ -1,0 +1,658 @@
+//! The client side: one task per client connection. It runs the startup
+//! and authentication, sends the welcome, then relays bytes between the
+//! client and whichever server it is linked to, linking on the first
+//! message that needs a server and releasing at the end of each
+//! transaction (transaction mode), statement (statement mode) or session.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use wharf::Pooled;
+
+use crate::auth::{authenticate_client, ClientAuthError};
+use crate::backend::{set_param, ServerConn, ServerManager};
+use crate::cancel::{CancelRegistry, CancelSlot};
+use crate::config::{Config, PoolMode, Secret};
+use crate::proto::{backend, read_startup, ProtocolError, Scanner, Startup};
+use crate::router::{RouteError, Router, ServerPool};
+
+/// What every client task shares.
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The server pools.
+    pub router: Router,
+    /// Client cancel keys.
+    pub cancels: CancelRegistry,
+    /// The auth file's secrets.
+    pub secrets: Arc<HashMap<String, Secret>>,
+}
+
+/// A client socket that can be split into halves for relaying.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The reading half.
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The writing half.
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Borrows the socket as two halves.
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+}
+
+impl ClientStream for TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+}
+
+impl ClientStream for UnixStream {
+    type Reader<'a> = tokio::net::unix::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::unix::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+}
+
+/// Parameters PostgreSQL reports and the pooler keeps in step between a
+/// client and whichever server it gets (PgBouncer's tracked parameters).
+const TRACKED: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+];
+
+/// Startup parameters a client may send besides the tracked ones.
+const ACCEPTED: &[&str] = &["user", "database"];
+
+/// How long login may take when `client_login_timeout` is off.
+const NO_LOGIN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why a client session ended early, already reported to the client when
+/// it was still there to hear it.
+#[derive(Debug)]
+struct Ended;
+
+/// Serves one client connection from its first byte to its last.
+pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: Arc<Shared>) {
+    let settings = &shared.config.pgbouncer;
+    let login_timeout = settings.client_login_timeout.unwrap_or(NO_LOGIN_TIMEOUT);
+    let login = tokio::time::timeout(login_timeout, login(&mut stream, &peer, &shared)).await;
+    let session = match login {
+        Ok(Ok(Some(session))) => session,
+        Ok(Ok(None)) | Ok(Err(Ended)) => return,
+        Err(_) => {
+            fatal(&mut stream, "08P01", "client_login_timeout").await;
+            tracing::info!(%peer, "closing client: login timed out");
+            return;
+        }
+    };
+    let registered = shared.cancels.register();
+    if send_welcome(&mut stream, &session, registered.key)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(%peer, database = %session.pool.database, user = %session.user, "client logged in");
+    let (reader, writer) = stream.halves();
+    let mut relay = Relay {
+        reader,
+        writer,
+        pool: &session.pool,
+        cancel: &registered.slot,
+        params: session.params,
+        cbuf: BytesMut::with_capacity(READ_CHUNK),
+        cscan: Scanner::default(),
+        state: ClientState::default(),
+        max_packet: settings.max_packet_size,
+    };
+    let reason = relay.run().await;
+    tracing::info!(%peer, database = %session.pool.database, user = %session.user, reason, "client closed");
+}
+
+struct Session {
+    user: String,
+    pool: Arc<ServerPool>,
+    /// The client's tracked parameters, as it should see them.
+    params: Vec<(String, String)>,
+    /// Every parameter to report in the welcome.
+    welcome: Vec<(String, String)>,
+}
+
+/// Startup, authentication and routing. `None` for connections that were
+/// not sessions (cancel requests).
+async fn login<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    shared: &Shared,
+) -> Result<Option<Session>, Ended> {
+    let params = loop {
+        match read_startup(stream).await {
+            Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => {
+                // No encryption yet: 'N' tells the client to go on in plain text.
+                if stream.write_all(b"N").await.is_err() {
+                    return Err(Ended);
+                }
+            }
+            Ok(Startup::Cancel(key)) => {
+                shared.cancels.cancel(key).await;
+                return Ok(None);
+            }
+            Ok(Startup::Startup { params, .. }) => break params,
+            Err(ProtocolError::Closed) => return Err(Ended),
+            Err(err) => {
+                tracing::info!(%peer, error = %err, "closing client: bad startup packet");
+                fatal(stream, "08P01", &format!("invalid startup packet: {err}")).await;
+                return Err(Ended);
+            }
+        }
+    };
+    let settings = &shared.config.pgbouncer;
+    let mut user = None;
+    let mut database = None;
+    let mut client_params = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            _ if TRACKED.iter().any(|t| t.eq_ignore_ascii_case(&name)) => {
+                client_params.push((name, value))
+            }
+            _ if ACCEPTED.contains(&name.as_str())
+                || settings
+                    .ignore_startup_parameters
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(&name)) => {}
+            _ => {
+                let message = format!("unsupported startup parameter: {name}");
+                tracing::info!(%peer, "closing client: {message}");
+                fatal(stream, "08P01", &message).await;
+                return Err(Ended);
+            }
+        }
+    }
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        fatal(stream, "28000", "no user name specified in startup packet").await;
+        return Err(Ended);
+    };
+    let database = database
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+
+    let secret = shared.secrets.get(&user);
+    match authenticate_client(stream, settings.auth_type, &user, secret).await {
+        Ok(()) => {}
+        Err(ClientAuthError::Failed(user)) => {
+            tracing::info!(%peer, %user, "closing client: password authentication failed");
+            fatal(
+                stream,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await;
+            return Err(Ended);
+        }
+        Err(ClientAuthError::Protocol(err)) => {
+            tracing::info!(%peer, error = %err, "closing client during authentication");
+            fatal(stream, "08P01", &format!("authentication failed: {err}")).await;
+            return Err(Ended);
+        }
+    }
+
+    let pool = match shared.router.route(&database, &user) {
+        Ok(pool) => pool,
+        Err(err @ RouteError::UnknownDatabase(_)) => {
+            tracing::info!(%peer, %database, "closing client: unknown database");
+            fatal(stream, "3D000", &err.to_string()).await;
+            return Err(Ended);
+        }
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "closing client: pool unusable");
+            fatal(stream, "08P01", &err.to_string()).await;
+            return Err(Ended);
+        }
+    };
+    let server_params = match pool.welcome() {
+        Some(params) => params,
+        None => match pool.pool.get().await {
+            Ok(server) => {
+                pool.set_welcome(&server.params);
+                pool.welcome().unwrap_or_default()
+            }
+            Err(err) => {
+                tracing::warn!(%peer, pool = %pool.database, error = %err, "closing client: no server connection");
+                fatal(
+                    stream,
+                    "08006",
+                    &format!("pooler could not connect to server: {err}"),
+                )
+                .await;
+                return Err(Ended);
+            }
+        },
+    };
+    let mut welcome = server_params.to_vec();
+    for (name, value) in &client_params {
+        set_param(&mut welcome, name, value);
+    }
+    let params = welcome
+        .iter()
+        .filter(|(name, _)| TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)))
+        .cloned()
+        .collect();
+    Ok(Some(Session {
+        user,
+        pool,
+        params,
+        welcome,
+    }))
+}
+
+async fn send_welcome<S: ClientStream>(
+    stream: &mut S,
+    session: &Session,
+    key: crate::proto::CancelKey,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    backend::auth_ok(&mut out);
+    for (name, value) in &session.welcome {
+        backend::parameter_status(&mut out, name, value);
+    }
+    backend::backend_key_data(&mut out, key);
+    backend::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await
+}
+
+/// Sends a FATAL error; the connection is closed after it either way.
+async fn fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    backend::error(&mut out, "FATAL", code, message);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the client has asked for and not yet been answered.
+#[derive(Debug, Default)]
+struct ClientState {
+    /// ReadyForQuery messages owed: one per Query, Sync and FunctionCall.
+    pending: usize,
+    /// Extended-protocol messages sent since the last Sync: the server is
+    /// mid-batch and must stay linked.
+    batch_open: bool,
+    /// The client sent Terminate or closed its socket.
+    terminated: bool,
+}
+
+impl ClientState {
+    fn note(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.pending += 1,
+            b'S' => {
+                self.pending += 1;
+                self.batch_open = false;
+            }
+            b'X' => self.terminated = true,
+            // COPY data, and Flush, change nothing about who is owed what.
+            b'd' | b'c' | b'f' | b'H' => {}
+            _ => self.batch_open = true,
+        }
+    }
+}
+
+/// How a linked period ended.
+enum Unlinked {
+    /// At a transaction (or statement) boundary: the server may go back.
+    Released,
+    /// The client is gone or said Terminate; `clean` if its server is idle
+    /// and may go back to the pool.
+    ClientGone {
+        /// Whether the server is outside any transaction.
+        clean: bool,
+    },
+    /// The server failed; the client was told.
+    ServerGone,
+    /// A statement-mode client opened a transaction.
+    TransactionInStatementMode,
+    /// The client broke the protocol.
+    ClientBroke(ProtocolError),
+}
+
+enum Event {
+    WroteServer(std::io::Result<usize>),
+    ReadClient(std::io::Result<usize>),
+    WroteClient(std::io::Result<usize>),
+    ReadServer(std::io::Result<usize>),
+}
+
+struct Relay<'a, R, W> {
+    reader: R,
+    writer: W,
+    pool: &'a ServerPool,
+    cancel: &'a CancelSlot,
+    params: Vec<(String, String)>,
+    /// Bytes from the client; the scanned front part goes to the server.
+    cbuf: BytesMut,
+    cscan: Scanner,
+    state: ClientState,
+    max_packet: usize,
+}
+
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> {
+    /// Relays until the session ends; returns why, for the log.
+    async fn run(&mut self) -> &'static str {
+        loop {
+            if self.cscan.ready() > 0 {
+                let Ok(mut server) = self.link().await else {
+                    return "no server available";
+                };
+                let outcome = self.linked(&mut server).await;
+                self.cancel.unlink();
+                match outcome {
+                    Unlinked::Released => self.release(server, false).await,
+                    Unlinked::ClientGone { clean } => {
+                        if clean {
+                            self.release(server, self.pool.mode == PoolMode::Session)
+                                .await;
+                        } else {
+                            // Left mid-transaction or mid-response: the
+                            // server's state is unknown, so it is closed.
+                            server.broken = true;
+                        }
+                        return "client disconnected";
+                    }
+                    Unlinked::ServerGone => {
+                        server.broken = true;
+                        return "server connection failed";
+                    }
+                    Unlinked::TransactionInStatementMode => {
+                        server.broken = true;
+                        fatal(
+                            &mut self.writer,
+                            "08P01",
+                            "transaction blocks not allowed in statement pooling mode",
+                        )
+                        .await;
+                        return "transaction in statement mode";
+                    }
+                    Unlinked::ClientBroke(err) => {
+                        server.broken = true;
+                        tracing::info!(error = %err, "client sent a malformed message");
+                        fatal(
+                            &mut self.writer,
+                            "08P01",
+                            &format!("invalid message: {err}"),
+                        )
+                        .await;
+                        return "protocol error";
+                    }
+                }
+                continue;
+            }
+            if self.state.terminated {
+                return "client disconnected";
+            }
+            match self.reader.read_buf(&mut self.cbuf).await {
+                Ok(0) | Err(_) => return "client disconnected",
+                Ok(_) => {
+                    if let Err(err) = self.scan_client() {
+                        tracing::info!(error = %err, "client sent a malformed message");
+                        fatal(
+                            &mut self.writer,
+                            "08P01",
+                            &format!("invalid message: {err}"),
+                        )
+                        .await;
+                        return "protocol error";
+                    }
+                }
+            }
+        }
+    }
+
+    fn scan_client(&mut self) -> Result<(), ProtocolError> {
+        let state = &mut self.state;
+        let before = state.terminated;
+        let ready = self.cscan.scan(
+            &self.cbuf,
+            self.max_packet,
+            |tag| tag == b'X',
+            |tag, _| state.note(tag),
+        )?;
+        if state.terminated && !before {
+            // Terminate is for the pooler, not the server; it is the last
+            // thing a client sends, so it ends the scanned bytes.
+            let keep = ready.saturating_sub(5);
+            self.cbuf.truncate(keep);
+            self.cscan = Scanner::default();
+            self.cscan
+                .scan(&self.cbuf, self.max_packet, |_| false, |_, _| {})?;
+        }
+        Ok(())
+    }
+
+    /// Takes a server from the pool and brings it in line with the client.
+    async fn link(&mut self) -> Result<Pooled<ServerManager>, Ended> {
+        let mut server = match self.pool.pool.get().await {
+            Ok(server) => server,
+            Err(err) => {
+                let message = match err {
+                    wharf::Error::Timeout { .. } => format!("query_wait_timeout: {err}"),
+                    other => other.to_string(),
+                };
+                tracing::info!(pool = %self.pool.database, user = %self.pool.user, "closing client: {message}");
+                fatal(&mut self.writer, "08P01", &message).await;
+                return Err(Ended);
+            }
+        };
+        let sets: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(name, value)| server.param(name) != Some(value.as_str()))
+            .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
+            .collect();
+        if !sets.is_empty() {
+            let addr = self.pool.addr.to_string();
+            if let Err(err) = server.simple_query(&sets.join(";"), &addr).await {
+                tracing::warn!(error = %err, "could not restore client parameters on server");
+                server.broken = true;
+                fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
+                return Err(Ended);
+            }
+        }
+        self.cancel.link(self.pool.addr.clone(), server.key);
+        Ok(server)
+    }
+
+    /// Returns a server to its pool, reset first when the mode asks.
+    async fn release(&mut self, mut server: Pooled<ServerManager>, session_end: bool) {
+        if server.broken {
+            return;
+        }
+        if session_end || self.pool.reset_always {
+            if let Some(reset) = &self.pool.reset_query {
+                let addr = self.pool.addr.to_string();
+                if let Err(err) = server.simple_query(reset, &addr).await {
+                    tracing::warn!(error = %err, "server reset query failed; closing server");
+                    server.broken = true;
+                }
+            }
+        }
+    }
+
+    /// Relays between the client and `server` until the server may be
+    /// released or either side goes away.
+    async fn linked(&mut self, server: &mut ServerConn) -> Unlinked {
+        let mode = self.pool.mode;
+        let ServerConn {
+            stream,
+            rbuf,
+            params: server_params,
+            ..
+        } = server;
+        let (mut sr, mut sw) = stream.split();
+        let mut sscan = Scanner::default();
+        let mut tx_status = b'I';
+        loop {
+            let idle = self.state.pending == 0
+                && !self.state.batch_open
+                && sscan.ready() == 0
+                && sscan.at_boundary();
+            if idle && mode == PoolMode::Statement && tx_status != b'I' {
+                return Unlinked::TransactionInStatementMode;
+            }
+            let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary();
+            if idle && quiet_client && self.state.terminated {
+                return Unlinked::ClientGone {
+                    clean: tx_status == b'I',
+                };
+            }
+            if idle
+                && quiet_client
+                && self.cbuf.is_empty()
+                && tx_status == b'I'
+                && mode != PoolMode::Session
+            {
+                return Unlinked::Released;
+            }
+
+            let event = {
+                let Relay {
+                    reader,
+                    writer,
+                    cbuf,
+                    cscan,
+                    state,
+                    ..
+                } = &mut *self;
+                let client_side = async {
+                    let ready = cscan.ready();
+                    if ready > 0 {
+                        Event::WroteServer(sw.write(&cbuf[..ready]).await)
+                    } else if state.terminated {
+                        std::future::pending().await
+                    } else {
+                        Event::ReadClient(reader.read_buf(cbuf).await)
+                    }
+                };
+                let server_side = async {
+                    let ready = sscan.ready();
+                    if ready > 0 {
+                        Event::WroteClient(writer.write(&rbuf[..ready]).await)
+                    } else {
+                        Event::ReadServer(sr.read_buf(rbuf).await)
+                    }
+                };
+                first_of(client_side, server_side).await
+            };
+            match event {
+                Event::WroteServer(Ok(n)) => {
+                    self.cbuf.advance(n);
+                    self.cscan.consumed(n);
+                }
+                Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
+                    tracing::warn!(error = %err, "server connection failed");
+                    self.server_failed().await;
+                    return Unlinked::ServerGone;
+                }
+                Event::ReadServer(Ok(0)) => {
+                    tracing::warn!("server closed the connection unexpectedly");
+                    self.server_failed().await;
+                    return Unlinked::ServerGone;
+                }
+                Event::ReadServer(Ok(_)) => {
+                    let state = &mut self.state;
+                    let params = &mut self.params;
+                    let scanned = sscan.scan(
+                        rbuf,
+                        i32::MAX as usize,
+                        |tag| tag == b'Z' || tag == b'S',
+                        |tag, body| match (tag, body) {
+                            (b'Z', Some(body)) => {
+                                state.pending = state.pending.saturating_sub(1);
+                                tx_status = body.first().copied().unwrap_or(b'I');
+                            }
+                            (b'S', Some(body)) => {
+                                note_parameter(server_params, params, body);
+                            }
+                            _ => {}
+                        },
+                    );
+                    if let Err(err) = scanned {
+                        tracing::warn!(error = %err, "server sent a malformed message");
+                        self.server_failed().await;
+                        return Unlinked::ServerGone;
+                    }
+                }
+                Event::ReadClient(Ok(0)) | Event::ReadClient(Err(_)) => {
+                    self.state.terminated = true;
+                }
+                Event::ReadClient(Ok(_)) => {
+                    if let Err(err) = self.scan_client() {
+                        return Unlinked::ClientBroke(err);
+                    }
+                }
+                Event::WroteClient(Ok(n)) => {
+                    rbuf.advance(n);
+                    sscan.consumed(n);
+                }
+                Event::WroteClient(Err(_)) => {
+                    // The client is gone mid-response; the server is still
+                    // sending, so it cannot go back to the pool.
+                    rbuf.clear();
+                    return Unlinked::ClientGone { clean: false };
+                }
+            }
+        }
+    }
+
+    async fn server_failed(&mut self) {
+        fatal(
+            &mut self.writer,
+            "08006",
+            "server closed the connection unexpectedly",
+        )
+        .await;
+    }
+}
+
+/// Records a ParameterStatus from the server, for the server and, if the
+/// parameter is tracked, as the client's own setting.
+fn note_parameter(
+    server_params: &mut Vec<(String, String)>,
+    client_params: &mut Vec<(String, String)>,
+    body: &[u8],
+) {
+    let Some((name, rest)) = crate::proto::cstr(body) else {
+        return;
+    };
+    let Some((value, _)) = crate::proto::cstr(rest) else {
+        return;
+    };
+    set_param(server_params, name, value);
+    if TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+        set_param(client_params, name, value);
+    }
+}
+
+/// Whichever of two futures finishes first (both are cancel-safe I/O).
+async fn first_of<T>(a: impl Future<Output = T>, b: impl Future<Output = T>) -> T {
+    tokio::select! {
+        value = a => value,
+        value = b => value,
+    }
+}

@@ -1,0 +1,186 @@
+//! A pooler in front of a throwaway PostgreSQL, for end-to-end tests with
+//! real clients (tokio-postgres, psql, pgbench).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use wharf_pooler::config;
+use wharf_testkit::PgCluster;
+
+pub struct TestPooler {
+    pub cluster: PgCluster,
+    pub port: u16,
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Options for the pooler under test.
+pub struct Setup<'a> {
+    /// Extra lines for the `[pgbouncer]` section.
+    pub pgbouncer: &'a str,
+    /// Extra lines for `[databases]`.
+    pub databases: &'a str,
+    /// The auth file's lines.
+    pub userlist: &'a str,
+    /// Server `max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            pgbouncer: "",
+            databases: "",
+            userlist: "\"postgres\" \"postgres\"\n",
+            max_connections: 100,
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wharf-pooler-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+pub async fn start(setup: Setup<'_>) -> TestPooler {
+    let max = setup.max_connections;
+    let cluster =
+        tokio::task::spawn_blocking(move || PgCluster::builder().max_connections(max).start())
+            .await
+            .expect("cluster task")
+            .expect("throwaway PostgreSQL");
+    start_with(cluster, setup).await
+}
+
+pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
+    let dir = temp_dir();
+    let port = free_port();
+    let pg = cluster.port();
+    std::fs::write(dir.join("userlist.txt"), setup.userlist).expect("userlist");
+    let ini = format!(
+        "[databases]\n\
+         postgres = host=127.0.0.1 port={pg} dbname=postgres\n\
+         {databases}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir = {dir}\n\
+         auth_type = md5\n\
+         auth_file = {dir}/userlist.txt\n\
+         pool_mode = transaction\n\
+         default_pool_size = 5\n\
+         {pgbouncer}\n",
+        databases = setup.databases,
+        pgbouncer = setup.pgbouncer,
+        dir = dir.display(),
+    );
+    let path = dir.join("pgbouncer.ini");
+    std::fs::write(&path, ini).expect("ini");
+    let loaded = config::load(&path).expect("config loads");
+    let pooler = wharf_pooler::Pooler::bind(loaded.config)
+        .await
+        .expect("pooler binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(pooler.run(async {
+        let _ = stopped.await;
+    }));
+    TestPooler {
+        cluster,
+        port,
+        dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestPooler {
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} connect_timeout=10",
+            self.port
+        )
+    }
+
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url(user, password, db), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    pub async fn client(&self) -> Client {
+        self.connect("postgres", "postgres", "postgres")
+            .await
+            .expect("client connects through the pooler")
+    }
+
+    /// Server-side connections that are not the test's own psql.
+    pub fn server_connections(&self) -> usize {
+        self.cluster
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .expect("psql")
+            .parse()
+            .expect("a count")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs a client program (psql, pgbench) against the pooler.
+    pub fn run_client(&self, program: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(self.cluster.bin(program))
+            .args(args)
+            .env("PGPASSWORD", "postgres")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("client program runs")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for TestPooler {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -44,7 +44,8 @@ pub struct Config {
     /// once with [`Error::QueueFull`](crate::Error::QueueFull). Default
     /// unbounded.
     pub max_waiting: Option<usize>,
-    /// How long one connect may take before it counts as failed. Default 10 s.
+    /// How long one connect, `on_connect` hook included, may take before it
+    /// counts as failed. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// The most connects in flight at once. Default 2. While the backend is

@@ -124,19 +124,26 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
     }
 }
 
+/// Opens one connection and runs `on_connect` on it, all within
+/// `connect_timeout`: a hook that hangs is a connect that hangs, and must not
+/// hold a connector (and its slot) forever.
 async fn connect<M: Manager>(shared: &Shared<M>) -> Result<M::Connection, ConnectError> {
     let limit = shared.config.connect_timeout;
-    let mut conn = match timeout(limit, shared.manager.connect()).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => return Err(Arc::new(err)),
-        Err(_) => return Err(Arc::new(ConnectTimeout(limit))),
-    };
-    if let Some(hook) = &shared.hooks.on_connect {
-        if let Err(err) = hook(&mut conn).await {
-            return Err(Arc::from(err));
+    let open = async {
+        let mut conn = shared
+            .manager
+            .connect()
+            .await
+            .map_err(|err| -> ConnectError { Arc::new(err) })?;
+        if let Some(hook) = &shared.hooks.on_connect {
+            hook(&mut conn).await.map_err(ConnectError::from)?;
         }
+        Ok(conn)
+    };
+    match timeout(limit, open).await {
+        Ok(result) => result,
+        Err(_) => Err(Arc::new(ConnectTimeout(limit))),
     }
-    Ok(conn)
 }
 
 /// "Full jitter" exponential backoff: a uniform random delay below

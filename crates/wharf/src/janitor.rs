@@ -32,7 +32,7 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
     let config = &shared.config;
     let now = Instant::now();
     let mut retire = Vec::new();
-    let mut to_test = Vec::new();
+    let mut due = Vec::new();
     {
         let mut st = shared.state.lock();
         let min_idle = st.min_idle;
@@ -49,26 +49,51 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
             } else if config.idle_timeout.is_some_and(|t| idle_for >= t) && idle_left > min_idle {
                 idle_left -= 1;
                 retire.push((live, CloseReason::Idle));
-            } else if config.keepalive_interval.is_some_and(|k| quiet_for >= k) {
-                to_test.push(live);
             } else {
+                if config.keepalive_interval.is_some_and(|k| quiet_for >= k) {
+                    due.push(live.meta.id);
+                }
                 keep.push_back(live);
             }
         }
         st.idle = keep;
         st.size -= retire.len();
-        st.testing += to_test.len();
         shared.spawn_connectors(&mut st);
     }
     for (live, reason) in retire {
         shared.close_conn(live, reason);
     }
-    for live in to_test {
-        keepalive(shared, live).await;
-    }
     if let Some(leaks) = &shared.leaks {
         leaks.report(now, &shared.config.name, &shared.recorder);
     }
+    // One at a time: a connection waiting for its turn stays in the idle
+    // set, where a caller can still have it, instead of being held out of
+    // the pool for every check ahead of it.
+    for id in due {
+        if let Some(live) = take_for_keepalive(shared, id, now) {
+            keepalive(shared, live).await;
+        }
+    }
+}
+
+/// Takes idle connection `id` out for its keepalive check, unless it has
+/// been closed, or checked out (and so shown to work) since `round_start`.
+fn take_for_keepalive<M: Manager>(
+    shared: &Shared<M>,
+    id: u64,
+    round_start: Instant,
+) -> Option<Live<M::Connection>> {
+    let mut st = shared.state.lock();
+    if st.closed {
+        return None;
+    }
+    let pos = st
+        .idle
+        .iter()
+        .position(|live| live.meta.id == id && live.meta.last_active <= round_start)?;
+    let live = st.idle.remove(pos)?;
+    st.testing += 1;
+    Some(live)
 }
 
 async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connection>) {

@@ -331,9 +331,14 @@ impl<M: Manager> Shared<M> {
             };
             let mut pooled = Pooled::new(self.clone(), live, now);
             if self.prepare(&mut pooled, now).await {
-                self.recorder.acquire_wait.record(now - start);
+                // Checking the connection and running `on_checkout` were
+                // part of the caller's wait: it holds the connection (for
+                // `in_use_time` and leak detection) only from here.
+                let ready = Instant::now();
+                pooled.checked_out_at = ready;
+                self.recorder.acquire_wait.record(ready - start);
                 if let Some(leaks) = &self.leaks {
-                    pooled.leak_key = Some(leaks.register(now, caller));
+                    pooled.leak_key = Some(leaks.register(ready, caller));
                 }
                 return Ok(pooled);
             }

@@ -21,7 +21,7 @@ use crate::Manager;
 pub struct Pooled<M: Manager> {
     live: Option<Live<M::Connection>>,
     shared: Arc<Shared<M>>,
-    checked_out_at: Instant,
+    pub(crate) checked_out_at: Instant,
     pub(crate) leak_key: Option<usize>,
     /// Set while the pool is still checking the connection, so that a `get()`
     /// cancelled mid-check closes it instead of returning it unverified.

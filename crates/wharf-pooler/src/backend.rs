@@ -251,6 +251,10 @@ pub struct ServerConn {
     /// Set when the connection can no longer be trusted (I/O or protocol
     /// error, or left mid-transaction); the pool closes it on return.
     pub(crate) broken: bool,
+    /// The client session (id, parameter version) whose tracked parameters
+    /// this server last matched, so a client getting back the server it
+    /// just had skips comparing them.
+    pub(crate) synced_with: Option<(u64, u64)>,
 }
 
 /// Server messages during login and the pooler's own queries are small;
@@ -272,6 +276,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
             broken: false,
+            synced_with: None,
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =

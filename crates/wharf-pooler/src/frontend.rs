@@ -114,6 +114,8 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         pool: &session.pool,
         cancel: &registered.slot,
         params: session.params,
+        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        params_version: 0,
         cbuf: BytesMut::with_capacity(READ_CHUNK),
         cscan: Scanner::default(),
         state: ClientState::default(),
@@ -286,6 +288,8 @@ async fn fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str)
 
 const READ_CHUNK: usize = 16 * 1024;
 
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// What the client has asked for and not yet been answered.
 #[derive(Debug, Default)]
 struct ClientState {
@@ -345,6 +349,10 @@ struct Relay<'a, R, W> {
     pool: &'a ServerPool,
     cancel: &'a CancelSlot,
     params: Vec<(String, String)>,
+    /// Identifies this session to the servers it links to.
+    id: u64,
+    /// Bumped whenever `params` changes.
+    params_version: u64,
     /// Bytes from the client; the scanned front part goes to the server.
     cbuf: BytesMut,
     cscan: Scanner,
@@ -406,6 +414,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             if self.state.terminated {
                 return "client disconnected";
             }
+            make_room(&mut self.cbuf);
             match self.reader.read_buf(&mut self.cbuf).await {
                 Ok(0) | Err(_) => return "client disconnected",
                 Ok(_) => {
@@ -459,20 +468,24 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 return Err(Ended);
             }
         };
-        let sets: Vec<String> = self
-            .params
-            .iter()
-            .filter(|(name, value)| server.param(name) != Some(value.as_str()))
-            .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
-            .collect();
-        if !sets.is_empty() {
-            let addr = self.pool.addr.to_string();
-            if let Err(err) = server.simple_query(&sets.join(";"), &addr).await {
-                tracing::warn!(error = %err, "could not restore client parameters on server");
-                server.broken = true;
-                fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
-                return Err(Ended);
+        let me = (self.id, self.params_version);
+        if server.synced_with != Some(me) {
+            let sets: Vec<String> = self
+                .params
+                .iter()
+                .filter(|(name, value)| server.param(name) != Some(value.as_str()))
+                .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
+                .collect();
+            if !sets.is_empty() {
+                let addr = self.pool.addr.to_string();
+                if let Err(err) = server.simple_query(&sets.join(";"), &addr).await {
+                    tracing::warn!(error = %err, "could not restore client parameters on server");
+                    server.broken = true;
+                    fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
+                    return Err(Ended);
+                }
             }
+            server.synced_with = Some(me);
         }
         self.cancel.link(self.pool.addr.clone(), server.key);
         Ok(server)
@@ -490,6 +503,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     tracing::warn!(error = %err, "server reset query failed; closing server");
                     server.broken = true;
                 }
+                // Reset puts parameters back to the server's defaults.
+                server.synced_with = None;
             }
         }
     }
@@ -502,8 +517,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             stream,
             rbuf,
             params: server_params,
+            synced_with,
             ..
         } = server;
+        let id = self.id;
         let (mut sr, mut sw) = stream.split();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
@@ -546,6 +563,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     } else if state.terminated {
                         std::future::pending().await
                     } else {
+                        make_room(cbuf);
                         Event::ReadClient(reader.read_buf(cbuf).await)
                     }
                 };
@@ -554,6 +572,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     if ready > 0 {
                         Event::WroteClient(writer.write(&rbuf[..ready]).await)
                     } else {
+                        make_room(rbuf);
                         Event::ReadServer(sr.read_buf(rbuf).await)
                     }
                 };
@@ -577,6 +596,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 Event::ReadServer(Ok(_)) => {
                     let state = &mut self.state;
                     let params = &mut self.params;
+                    let version = &mut self.params_version;
                     let scanned = sscan.scan(
                         rbuf,
                         i32::MAX as usize,
@@ -586,8 +606,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                                 state.pending = state.pending.saturating_sub(1);
                                 tx_status = body.first().copied().unwrap_or(b'I');
                             }
-                            (b'S', Some(body)) => {
-                                note_parameter(server_params, params, body);
+                            (b'S', Some(body)) if note_parameter(server_params, params, body) => {
+                                // Both sides changed together: still in step.
+                                *version += 1;
+                                *synced_with = Some((id, *version));
                             }
                             _ => {}
                         },
@@ -631,21 +653,32 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
 }
 
 /// Records a ParameterStatus from the server, for the server and, if the
-/// parameter is tracked, as the client's own setting.
+/// parameter is tracked, as the client's own setting. `true` when the
+/// client's tracked parameters changed.
 fn note_parameter(
     server_params: &mut Vec<(String, String)>,
     client_params: &mut Vec<(String, String)>,
     body: &[u8],
-) {
+) -> bool {
     let Some((name, rest)) = crate::proto::cstr(body) else {
-        return;
+        return false;
     };
     let Some((value, _)) = crate::proto::cstr(rest) else {
-        return;
+        return false;
     };
     set_param(server_params, name, value);
     if TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)) {
         set_param(client_params, name, value);
+        return true;
+    }
+    false
+}
+
+/// Keeps a read buffer able to take a full chunk: `read_buf` only reads
+/// into spare capacity, and a buffer drained by `advance` may have little.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
     }
 }
 

@@ -34,13 +34,30 @@ enum Command {
     },
 }
 
+/// Logs to `logfile` when the configuration names one (as PgBouncer does),
+/// else to standard error. `RUST_LOG` overrides the level.
+fn init_logging(logfile: Option<&std::path::Path>) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("logfile {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config),
@@ -91,6 +108,25 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    if let Err(err) = init_logging(config.pgbouncer.logfile.as_deref()) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
+    let pidfile = config.pgbouncer.pidfile.clone();
+    if let Some(pidfile) = &pidfile {
+        if let Err(err) = std::fs::write(pidfile, format!("{}\n", std::process::id())) {
+            eprintln!("error: pidfile {}: {err}", pidfile.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let code = run_pooler(config);
+    if let Some(pidfile) = &pidfile {
+        let _ = std::fs::remove_file(pidfile);
+    }
+    code
+}
+
+fn run_pooler(config: config::Config) -> ExitCode {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if config.pgbouncer.workers > 0 {

@@ -12,6 +12,7 @@ use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{ServerAuth, ServerAuthError, ServerLogin};
 use crate::config::Secret;
@@ -251,6 +252,9 @@ pub struct ServerConn {
     /// Set when the connection can no longer be trusted (I/O or protocol
     /// error, or left mid-transaction); the pool closes it on return.
     pub(crate) broken: bool,
+    /// Held for as long as the connection lives: its places under
+    /// `max_db_connections` and `max_user_connections`.
+    _permits: Vec<OwnedSemaphorePermit>,
     /// The client session (id, parameter version) whose tracked parameters
     /// this server last matched, so a client getting back the server it
     /// just had skips comparing them.
@@ -262,8 +266,31 @@ pub struct ServerConn {
 const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
 impl ServerConn {
-    /// Opens a connection to `target` and logs in.
-    pub async fn connect(target: &ServerTarget) -> Result<Self, ServerError> {
+    /// Opens a connection to `target` and logs in, once it has a place
+    /// under each of `limits` (waiting for one if need be).
+    pub async fn connect(
+        target: &ServerTarget,
+        limits: &[Arc<ConnectionLimit>],
+    ) -> Result<Self, ServerError> {
+        let mut permits = Vec::with_capacity(limits.len());
+        // Always in the same order (database, then user), so two pools
+        // waiting on each other's limits cannot deadlock.
+        for limit in limits {
+            if limit.permits.available_permits() == 0 {
+                tracing::debug!(limit = %limit.name, "waiting for a place under the connection limit");
+            }
+            let permit =
+                limit
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ServerError::Io {
+                        addr: target.addr.to_string(),
+                        source: io::Error::other(format!("{} is shut down", limit.name)),
+                    })?;
+            permits.push(permit);
+        }
         let addr = target.addr.to_string();
         let io_err = |source| ServerError::Io {
             addr: addr.clone(),
@@ -276,6 +303,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
             broken: false,
+            _permits: permits,
             synced_with: None,
         };
         let mut out = BytesMut::new();
@@ -496,11 +524,23 @@ pub async fn send_cancel(addr: &ServerAddr, key: CancelKey) -> io::Result<()> {
     Ok(())
 }
 
+/// A cap on server connections shared by several pools
+/// (`max_db_connections`, `max_user_connections`).
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    /// What the limit is, for logs (`max_db_connections=10 for database app`).
+    pub name: String,
+    /// One permit per allowed connection.
+    pub permits: Arc<Semaphore>,
+}
+
 /// The `wharf` engine's manager for one server pool.
 #[derive(Debug, Clone)]
 pub struct ServerManager {
     /// Where and how to log in.
     pub target: Arc<ServerTarget>,
+    /// Limits shared with other pools, in acquisition order.
+    pub limits: Vec<Arc<ConnectionLimit>>,
 }
 
 impl wharf::Manager for ServerManager {
@@ -508,7 +548,7 @@ impl wharf::Manager for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
-        ServerConn::connect(&self.target).await
+        ServerConn::connect(&self.target, &self.limits).await
     }
 
     async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {

@@ -246,6 +246,18 @@ async fn login<S: ClientStream>(
             }
         },
     };
+    if settings.application_name_add_host {
+        let app = client_params
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        set_param(
+            &mut client_params,
+            "application_name",
+            &format!("{app} - {peer}"),
+        );
+    }
     let mut welcome = server_params.to_vec();
     for (name, value) in &client_params {
         set_param(&mut welcome, name, value);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{Params, ServerAddr, ServerManager, ServerTarget};
+use crate::backend::{ConnectionLimit, Params, ServerAddr, ServerManager, ServerTarget};
 use crate::config::{Config, PoolMode, Secret, ServerCheck};
 
 /// Why a client's database could not be routed.
@@ -68,6 +68,9 @@ pub struct Router {
     config: Arc<Config>,
     secrets: Arc<HashMap<String, Secret>>,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
+    /// `max_db_connections` and `max_user_connections`, by "db:NAME" and
+    /// "user:NAME", shared by every pool they cover.
+    limits: Mutex<HashMap<String, Arc<ConnectionLimit>>>,
 }
 
 /// `0` means "no limit" in PgBouncer's timeouts; a year is as good.
@@ -81,6 +84,7 @@ impl Router {
             config,
             secrets,
             pools: RwLock::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -92,6 +96,19 @@ impl Router {
     /// Every pool created so far.
     pub fn pools(&self) -> Vec<Arc<ServerPool>> {
         self.pools.read().values().cloned().collect()
+    }
+
+    fn limit(&self, name: String, kind: &str, key: &str, max: usize) -> Arc<ConnectionLimit> {
+        self.limits
+            .lock()
+            .entry(format!("{kind}:{key}"))
+            .or_insert_with(|| {
+                Arc::new(ConnectionLimit {
+                    name,
+                    permits: Arc::new(tokio::sync::Semaphore::new(max)),
+                })
+            })
+            .clone()
     }
 
     /// The pool for a client of `database` logged in as `user`. Must be
@@ -160,7 +177,33 @@ impl Router {
             ServerCheck::Disabled => None,
             _ => Some(settings.server_check_delay),
         };
-        let pool = wharf::Pool::builder(ServerManager { target })
+        let mut limits = Vec::new();
+        // A per-entry 0 means "use the global value", as in PgBouncer.
+        let db_max = entry
+            .max_db_connections
+            .filter(|&n| n > 0)
+            .unwrap_or(settings.max_db_connections);
+        if db_max > 0 {
+            limits.push(self.limit(
+                format!("max_db_connections={db_max} for database {database}"),
+                "db",
+                database,
+                db_max,
+            ));
+        }
+        let user_max = user_entry
+            .and_then(|u| u.max_user_connections)
+            .filter(|&n| n > 0)
+            .unwrap_or(settings.max_user_connections);
+        if user_max > 0 {
+            limits.push(self.limit(
+                format!("max_user_connections={user_max} for user {server_user}"),
+                "user",
+                &server_user,
+                user_max,
+            ));
+        }
+        let pool = wharf::Pool::builder(ServerManager { target, limits })
             .name(format!("{database}/{server_user}"))
             .max_size(pool_size)
             .min_idle(min_pool_size)

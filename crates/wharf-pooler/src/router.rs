@@ -139,6 +139,17 @@ impl Router {
             .or(entry.pool_size)
             .unwrap_or(settings.default_pool_size)
             .max(1);
+        // reserve_pool_timeout = 0 turns the reserve off, as in PgBouncer.
+        let (reserve_size, reserve_timeout) = match settings.reserve_pool_timeout {
+            Some(timeout) => (
+                user_entry
+                    .and_then(|u| u.reserve_pool_size)
+                    .or(entry.reserve_pool_size)
+                    .unwrap_or(settings.reserve_pool_size),
+                timeout,
+            ),
+            None => (0, Duration::ZERO),
+        };
         let min_pool_size = entry
             .min_pool_size
             .unwrap_or(settings.min_pool_size)
@@ -207,6 +218,8 @@ impl Router {
             .name(format!("{database}/{server_user}"))
             .max_size(pool_size)
             .min_idle(min_pool_size)
+            .reserve_size(reserve_size)
+            .reserve_timeout(reserve_timeout)
             .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
             .connect_timeout(settings.server_connect_timeout)
             .max_connecting(4)

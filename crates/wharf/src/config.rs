@@ -33,6 +33,16 @@ pub struct Config {
     /// The most connections open at once, counting those being opened.
     /// Default 10 (HikariCP `maximumPoolSize`, pg `max`).
     pub max_size: usize,
+    /// Extra connections allowed beyond `max_size` once the oldest caller
+    /// has waited `reserve_timeout` (PgBouncer's `reserve_pool_size`): a
+    /// burst is absorbed instead of queueing. They are closed when returned
+    /// with nobody waiting. Default 0.
+    pub reserve_size: usize,
+    /// How long the oldest caller waits before the reserve opens; checked
+    /// every `maintenance_interval`. Default 5 s (PgBouncer's
+    /// `reserve_pool_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub reserve_timeout: Duration,
     /// Idle connections kept ready in the background. Default 0 (pg `min`).
     pub min_idle: usize,
     /// How long `get()` waits before failing with
@@ -140,6 +150,8 @@ impl Default for Config {
         Self {
             name: "default".to_owned(),
             max_size: 10,
+            reserve_size: 0,
+            reserve_timeout: Duration::from_secs(5),
             min_idle: 0,
             acquire_timeout: Duration::from_secs(30),
             max_waiting: None,
@@ -259,6 +271,10 @@ impl<M: Manager> Builder<M> {
         max_size: usize;
         /// Sets [`Config::min_idle`].
         min_idle: usize;
+        /// Sets [`Config::reserve_size`].
+        reserve_size: usize;
+        /// Sets [`Config::reserve_timeout`].
+        reserve_timeout: Duration;
         /// Sets [`Config::acquire_timeout`].
         acquire_timeout: Duration;
         /// Sets [`Config::connect_timeout`].

@@ -81,7 +81,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             // keeping it would leave the pool above its size.
             let unwanted = if st.closed {
                 Some(CloseReason::Closed)
-            } else if st.size > st.max_size {
+            } else if st.over_size() {
                 Some(CloseReason::Resized)
             } else {
                 None

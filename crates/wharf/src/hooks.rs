@@ -36,7 +36,8 @@ pub enum CloseReason {
     Discarded,
     /// The pool was closed.
     Closed,
-    /// The pool was resized below its current size.
+    /// The pool was above its size: resized below it, or a reserve
+    /// connection came back with nobody waiting.
     Resized,
 }
 

@@ -108,7 +108,7 @@ async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connec
         CloseReason::Closed
     } else if !healthy {
         CloseReason::FailedCheck
-    } else if st.size > st.max_size {
+    } else if st.over_size() {
         // Shrunk by `resize` while out for its check.
         CloseReason::Resized
     } else {

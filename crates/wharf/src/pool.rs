@@ -92,7 +92,12 @@ impl<M: Manager> Pool<M> {
         runtime: Handle,
     ) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(config.max_size, config.min_idle)),
+            state: Mutex::new(State::with_reserve(
+                config.max_size,
+                config.min_idle,
+                config.reserve_size,
+                config.reserve_timeout,
+            )),
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
@@ -452,7 +457,7 @@ impl<M: Manager> Shared<M> {
         st.in_use -= 1;
         let verdict = verdict.or(if st.closed {
             Some(CloseReason::Closed)
-        } else if st.size > st.max_size {
+        } else if st.over_size() {
             Some(CloseReason::Resized)
         } else {
             None

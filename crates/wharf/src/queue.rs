@@ -6,6 +6,8 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -42,6 +44,8 @@ impl Meta {
 pub(crate) struct Waiter<C> {
     pub(crate) id: u64,
     pub(crate) tx: oneshot::Sender<Live<C>>,
+    /// When it queued: the oldest waiter's wait unlocks the reserve.
+    pub(crate) since: Instant,
 }
 
 pub(crate) struct State<C> {
@@ -61,6 +65,10 @@ pub(crate) struct State<C> {
     /// Connector tasks alive (each opens connections one after another).
     pub(crate) connectors: usize,
     pub(crate) max_size: usize,
+    /// Extra connections allowed once the oldest waiter has waited
+    /// `reserve_timeout` (PgBouncer's reserve pool).
+    pub(crate) reserve_size: usize,
+    pub(crate) reserve_timeout: Duration,
     pub(crate) min_idle: usize,
     pub(crate) closed: bool,
     /// Failed connects since the last success; non-zero means the backend is
@@ -71,7 +79,17 @@ pub(crate) struct State<C> {
 }
 
 impl<C> State<C> {
+    #[cfg(test)]
     pub(crate) fn new(max_size: usize, min_idle: usize) -> Self {
+        Self::with_reserve(max_size, min_idle, 0, Duration::ZERO)
+    }
+
+    pub(crate) fn with_reserve(
+        max_size: usize,
+        min_idle: usize,
+        reserve_size: usize,
+        reserve_timeout: Duration,
+    ) -> Self {
         Self {
             idle: VecDeque::with_capacity(max_size),
             waiters: VecDeque::new(),
@@ -82,6 +100,8 @@ impl<C> State<C> {
             testing: 0,
             connectors: 0,
             max_size,
+            reserve_size,
+            reserve_timeout,
             min_idle,
             closed: false,
             consecutive_failures: 0,
@@ -104,7 +124,8 @@ impl<C> State<C> {
     pub(crate) fn queue_waiter(&mut self, id: u64) -> oneshot::Receiver<Live<C>> {
         let (tx, rx) = oneshot::channel();
         let pos = self.waiters.partition_point(|w| w.id < id);
-        self.waiters.insert(pos, Waiter { id, tx });
+        let since = Instant::now();
+        self.waiters.insert(pos, Waiter { id, tx, since });
         rx
     }
 
@@ -152,7 +173,31 @@ impl<C> State<C> {
     /// Whether another connection should be opened now: someone needs one
     /// that no connect in flight will provide, and there is room.
     pub(crate) fn wants_connection(&self) -> bool {
-        !self.closed && self.size < self.max_size && self.demand() > self.opening
+        !self.closed && self.size < self.ceiling() && self.demand() > self.opening
+    }
+
+    /// Whether a connection coming back (or just opened) would leave the
+    /// pool above its size: beyond `max_size` after a shrink, or a reserve
+    /// connection nobody is waiting for. A reserve connection goes on
+    /// serving waiters while there are any.
+    pub(crate) fn over_size(&self) -> bool {
+        self.size > self.max_size
+            && (self.waiters.is_empty() || self.size > self.max_size + self.reserve_size)
+    }
+
+    /// How many connections the pool may have right now: `max_size`, plus
+    /// the reserve while the oldest waiter has waited `reserve_timeout`.
+    pub(crate) fn ceiling(&self) -> usize {
+        let reserve_open = self.reserve_size > 0
+            && self
+                .waiters
+                .front()
+                .is_some_and(|w| w.since.elapsed() >= self.reserve_timeout);
+        if reserve_open {
+            self.max_size + self.reserve_size
+        } else {
+            self.max_size
+        }
     }
 
     /// Takes idle connections beyond `max_size` out, oldest first, after a

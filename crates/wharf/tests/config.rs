@@ -57,6 +57,8 @@ fn every_setting_loads_from_toml_with_human_durations() {
         leak_detection_threshold = "10s"
         close_timeout = "15s"
         maintenance_interval = "500ms"
+        reserve_size = 5
+        reserve_timeout = "3s"
         "#,
     )
     .unwrap();
@@ -82,6 +84,8 @@ fn every_setting_loads_from_toml_with_human_durations() {
             leak_detection_threshold: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(15),
             maintenance_interval: Duration::from_millis(500),
+            reserve_size: 5,
+            reserve_timeout: Duration::from_secs(3),
         }
     );
     assert_eq!(c.validate(), Ok(()));

@@ -42,8 +42,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let failed = || ClientAuthError::Failed(user.to_owned());
+    let listed = secret.is_some();
+    // An empty password in the auth file matches nothing (PgBouncer:
+    // "disallow empty passwords"; PostgreSQL never takes one either).
+    let secret = secret.filter(|s| !matches!(s, Secret::Plain(p) if p.is_empty()));
     match method {
-        AuthType::Trust | AuthType::Any => Ok(()),
+        // PgBouncer: "No authentication is done. The user name must still
+        // exist in auth_file." (`any` ignores the name: the database's
+        // forced user logs in.)
+        AuthType::Trust => listed.then_some(()).ok_or_else(failed),
+        AuthType::Any => Ok(()),
         AuthType::Plain => {
             let mut out = BytesMut::new();
             backend::auth_cleartext(&mut out);

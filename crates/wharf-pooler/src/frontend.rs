@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use wharf::Pooled;
 
 use crate::auth::{authenticate_client, ClientAuthError};
-use crate::backend::{set_param, ServerConn, ServerManager};
+use crate::backend::{set_param, ServerConn, ServerError, ServerManager};
 use crate::cancel::{CancelRegistry, CancelSlot};
 use crate::config::{Config, PoolMode, Secret};
 use crate::proto::{backend, read_startup, ProtocolError, Scanner, Startup};
@@ -194,6 +194,21 @@ async fn login<S: ClientStream>(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
 
+    // auth_type = any logs every client in as the database's forced user;
+    // without one there is nobody to log in as (PgBouncer refuses too).
+    if settings.auth_type == crate::config::AuthType::Any
+        && shared
+            .config
+            .database(&database)
+            .is_some_and(|db| db.user.is_none())
+    {
+        tracing::warn!(%peer, %database, "closing client: auth_type = any needs a forced user");
+        let message = format!(
+            "bouncer config error: auth_type = any needs database \"{database}\" to force a user="
+        );
+        fatal(stream, "08P01", &message).await;
+        return Err(Ended);
+    }
     let secret = shared.secrets.get(&user);
     match authenticate_client(stream, settings.auth_type, &user, secret).await {
         Ok(()) => {}
@@ -229,19 +244,14 @@ async fn login<S: ClientStream>(
     };
     let server_params = match pool.welcome() {
         Some(params) => params,
-        None => match pool.pool.get().await {
+        None => match first_server(&pool).await {
             Ok(server) => {
                 pool.set_welcome(&server.params);
                 pool.welcome().unwrap_or_default()
             }
-            Err(err) => {
-                tracing::warn!(%peer, pool = %pool.database, error = %err, "closing client: no server connection");
-                fatal(
-                    stream,
-                    "08006",
-                    &format!("pooler could not connect to server: {err}"),
-                )
-                .await;
+            Err((code, message)) => {
+                tracing::warn!(%peer, pool = %pool.database, error = %message, "closing client: no server connection");
+                fatal(stream, &code, &message).await;
                 return Err(Ended);
             }
         },
@@ -273,6 +283,46 @@ async fn login<S: ClientStream>(
         params,
         welcome,
     }))
+}
+
+/// The first server of a pool that has never had one, for the welcome.
+/// A failed server login is reported at once, with the server's own error
+/// when it sent one, rather than after `query_wait_timeout`: a wrong
+/// password does not get better by waiting (PgBouncer, too, fails the
+/// clients still logging in when a server login fails).
+async fn first_server(pool: &ServerPool) -> Result<Pooled<ServerManager>, (String, String)> {
+    const POLL: Duration = Duration::from_millis(50);
+    let could_not = |err: &dyn std::fmt::Display| {
+        (
+            "08006".to_owned(),
+            format!("pooler could not connect to server: {err}"),
+        )
+    };
+    let errors_before = pool.pool.metrics().create_errors;
+    let get = pool.pool.get();
+    tokio::pin!(get);
+    loop {
+        tokio::select! {
+            got = &mut get => return got.map_err(|err| could_not(&err)),
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        if pool.pool.metrics().create_errors == errors_before {
+            continue;
+        }
+        // A connect failed: its error is the last connect error, which the
+        // pool reports with a timeout.
+        return match pool.pool.get_timeout(Duration::ZERO).await {
+            Ok(server) => Ok(server),
+            Err(wharf::Error::Timeout {
+                last_error: Some(cause),
+                ..
+            }) => Err(match cause.downcast_ref::<ServerError>() {
+                Some(ServerError::Server { code, message, .. }) => (code.clone(), message.clone()),
+                _ => could_not(&cause),
+            }),
+            Err(err) => Err(could_not(&err)),
+        };
+    }
 }
 
 async fn send_welcome<S: ClientStream>(
@@ -312,20 +362,84 @@ struct ClientState {
     batch_open: bool,
     /// The client sent Terminate or closed its socket.
     terminated: bool,
+    /// The last Execute or Query (`E` or `Q`) and the Syncs sent after it,
+    /// while nothing but Syncs and Flushes has followed: if it turns out to
+    /// be a COPY FROM STDIN, the server ignores those Syncs.
+    since_command: Option<(u8, usize)>,
+    /// The server is in COPY FROM STDIN until the client's CopyDone or
+    /// CopyFail; `true` if the COPY came by the extended protocol (the
+    /// server then waits for a Sync after it).
+    copy_in: Option<bool>,
+    /// The server has not yet ended the COPY FROM STDIN (CommandComplete
+    /// or ErrorResponse).
+    server_copy: bool,
+    /// Syncs taken as ignored when a COPY FROM STDIN started that the
+    /// server may answer after all: a COPY that fails before the server
+    /// reads them answers them. Settled by [`probe`] once the client is
+    /// owed nothing else.
+    copy_doubtful: usize,
 }
 
 impl ClientState {
     fn note(&mut self, tag: u8) {
         match tag {
-            b'Q' | b'F' => self.pending += 1,
+            b'Q' | b'F' => {
+                self.pending += 1;
+                self.since_command = (tag == b'Q').then_some((tag, 0));
+            }
+            // The server ignores Sync (and Flush) in COPY FROM STDIN.
+            b'S' if self.copy_in.is_some() => {}
             b'S' => {
                 self.pending += 1;
                 self.batch_open = false;
+                if let Some((_, syncs)) = &mut self.since_command {
+                    *syncs += 1;
+                }
             }
             b'X' => self.terminated = true,
-            // COPY data, and Flush, change nothing about who is owed what.
-            b'd' | b'c' | b'f' | b'H' => {}
-            _ => self.batch_open = true,
+            b'H' => {}
+            // COPY data changes nothing about who is owed what; the end of
+            // an extended-protocol COPY still needs the client's Sync.
+            b'd' | b'c' | b'f' => {
+                self.since_command = None;
+                if tag != b'd' && self.copy_in.take() == Some(true) {
+                    self.batch_open = true;
+                }
+            }
+            _ => {
+                self.batch_open = true;
+                self.since_command = (tag == b'E').then_some((tag, 0));
+            }
+        }
+    }
+
+    /// The server sent CopyInResponse: the Syncs the client sent after the
+    /// COPY's Execute are ignored, and so are more until CopyDone/CopyFail
+    /// (if the COPY fails before the server reads them, it answers them
+    /// after all: see `copy_doubtful`). A client that sent
+    /// anything else after the COPY (it should have waited) is left as it
+    /// was: owed more than it gets, it keeps its server, which is safe.
+    fn copy_in_started(&mut self) {
+        if let Some((kind, syncs)) = self.since_command.take() {
+            self.pending = self.pending.saturating_sub(syncs);
+            self.copy_in = Some(kind == b'E');
+            self.server_copy = true;
+            self.copy_doubtful = syncs;
+        }
+    }
+
+    /// What the server sent, by tag, for the COPY bookkeeping.
+    fn server_message(&mut self, tag: u8) {
+        match tag {
+            b'G' => self.copy_in_started(),
+            // The COPY went through: the server read every Sync before
+            // the CopyDone, and ignored them.
+            b'C' if self.server_copy => {
+                self.server_copy = false;
+                self.copy_doubtful = 0;
+            }
+            b'E' => self.server_copy = false,
+            _ => {}
         }
     }
 }
@@ -539,12 +653,43 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         loop {
             let idle = self.state.pending == 0
                 && !self.state.batch_open
+                && self.state.copy_in.is_none()
                 && sscan.ready() == 0
                 && sscan.at_boundary();
+            if idle && self.state.copy_doubtful > 0 {
+                // A COPY failed with Syncs the server may or may not have
+                // answered: ask it, relaying whatever else it still sends.
+                self.state.copy_doubtful = 0;
+                let mut on_param = |body: &[u8]| {
+                    if note_parameter(server_params, &mut self.params, body) {
+                        self.params_version += 1;
+                        *synced_with = Some((id, self.params_version));
+                    }
+                };
+                match probe(&mut sr, &mut sw, rbuf, &mut self.writer, &mut on_param).await {
+                    Ok(status) => tx_status = status,
+                    Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
+                    Err(Probe::Server(err)) => {
+                        tracing::warn!(error = %err, "server connection failed");
+                        self.server_failed().await;
+                        return Unlinked::ServerGone;
+                    }
+                }
+                continue;
+            }
             if idle && mode == PoolMode::Statement && tx_status != b'I' {
                 return Unlinked::TransactionInStatementMode;
             }
             let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary();
+            // Gone in the middle of a message, of an extended-protocol batch
+            // or of a COPY: the server waits for bytes that will never come.
+            if self.state.terminated
+                && (self.state.batch_open
+                    || self.state.copy_in.is_some()
+                    || !self.cscan.at_boundary())
+            {
+                return Unlinked::ClientGone { clean: false };
+            }
             if idle && quiet_client && self.state.terminated {
                 return Unlinked::ClientGone {
                     clean: tx_status == b'I',
@@ -615,7 +760,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                         |tag| tag == b'Z' || tag == b'S',
                         |tag, body| match (tag, body) {
                             (b'Z', Some(body)) => {
-                                state.pending = state.pending.saturating_sub(1);
+                                // In an extended-protocol COPY FROM STDIN the
+                                // only Syncs the server can be answering are
+                                // ones sent after the COPY's Execute, which
+                                // were not counted: the COPY failed before the
+                                // server read them.
+                                if state.copy_in == Some(true) {
+                                    state.copy_doubtful = state.copy_doubtful.saturating_sub(1);
+                                } else {
+                                    state.pending = state.pending.saturating_sub(1);
+                                }
                                 tx_status = body.first().copied().unwrap_or(b'I');
                             }
                             (b'S', Some(body)) if note_parameter(server_params, params, body) => {
@@ -623,7 +777,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                                 *version += 1;
                                 *synced_with = Some((id, *version));
                             }
-                            _ => {}
+                            (tag, _) => state.server_message(tag),
                         },
                     );
                     if let Err(err) = scanned {
@@ -661,6 +815,88 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             "server closed the connection unexpectedly",
         )
         .await;
+    }
+}
+
+/// Why [`probe`] failed.
+enum Probe {
+    /// The client could not be written to.
+    Client,
+    /// The server failed.
+    Server(std::io::Error),
+}
+
+/// Sends the server an empty query and relays to the client everything
+/// the server sends before answering it (ReadyForQuery for Syncs the
+/// pooler could not tell the server had ignored, and any responses behind
+/// them), swallowing the answer itself. Called only when everything
+/// scanned has been relayed, so `rbuf` starts at a message. Returns the
+/// server's transaction status.
+async fn probe<R, S, W>(
+    sr: &mut R,
+    sw: &mut S,
+    rbuf: &mut BytesMut,
+    client: &mut W,
+    on_param: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<u8, Probe>
+where
+    R: AsyncRead + Unpin,
+    S: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    const EMPTY_QUERY: [u8; 6] = [b'Q', 0, 0, 0, 5, 0];
+    sw.write_all(&EMPTY_QUERY).await.map_err(Probe::Server)?;
+    let mut answered = false;
+    // Bytes of the message being relayed that are still to go.
+    let mut relaying = 0usize;
+    loop {
+        if relaying > 0 && !rbuf.is_empty() {
+            let n = relaying.min(rbuf.len());
+            client
+                .write_all(&rbuf[..n])
+                .await
+                .map_err(|_| Probe::Client)?;
+            rbuf.advance(n);
+            relaying -= n;
+            continue;
+        }
+        if relaying == 0 && rbuf.len() >= 5 {
+            let tag = rbuf[0];
+            let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
+            let Ok(len) = usize::try_from(len) else {
+                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
+            };
+            if len < 4 {
+                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
+            }
+            let whole = rbuf.len() > len;
+            match tag {
+                b'I' if len == 4 => {
+                    rbuf.advance(5);
+                    answered = true;
+                    continue;
+                }
+                // Read whole before deciding.
+                b'Z' | b'S' if !whole => {}
+                b'Z' if answered => {
+                    let status = rbuf.get(5).copied().unwrap_or(b'I');
+                    rbuf.advance(1 + len);
+                    return Ok(status);
+                }
+                _ => {
+                    if tag == b'S' {
+                        on_param(&rbuf[5..1 + len]);
+                    }
+                    relaying = 1 + len;
+                    continue;
+                }
+            }
+        }
+        match sr.read_buf(rbuf).await {
+            Ok(0) => return Err(Probe::Server(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(err) => return Err(Probe::Server(err)),
+        }
     }
 }
 

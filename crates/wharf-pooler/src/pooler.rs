@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -16,7 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::cancel::CancelRegistry;
 use crate::config::{self, Config, Secret};
 use crate::frontend::{serve_client, ClientStream, Shared};
-use crate::proto::backend;
+use crate::proto::{backend, read_startup, Startup};
 use crate::router::Router;
 
 /// Why the pooler could not start.
@@ -155,7 +156,7 @@ impl Pooler {
 /// Starts a client's task, or turns it away when `max_client_conn` clients
 /// are already connected.
 fn admit<S: ClientStream + 'static>(
-    mut stream: S,
+    stream: S,
     peer: String,
     shared: &Arc<Shared>,
     clients: &Arc<AtomicUsize>,
@@ -165,20 +166,60 @@ fn admit<S: ClientStream + 'static>(
     let shared = shared.clone();
     tokio::spawn(async move {
         if count.current > max_clients {
-            tracing::warn!(%peer, max_clients, "closing client: max_client_conn reached");
-            let mut out = BytesMut::new();
-            backend::error(
-                &mut out,
-                "FATAL",
-                "53300",
-                "no more connections allowed (max_client_conn)",
-            );
-            let _ = stream.write_all(&out).await;
+            refuse_over_limit(stream, &peer, &shared, max_clients).await;
             return;
         }
         serve_client(stream, peer, shared).await;
         drop(count);
     });
+}
+
+/// Turns away a client over `max_client_conn`, after its startup packet
+/// as PgBouncer does: libpq only shows an error sent in place of the answer
+/// to its SSL request as "error response during SSL exchange", and a cancel
+/// request must get through even when every client place is taken.
+async fn refuse_over_limit<S: ClientStream>(
+    mut stream: S,
+    peer: &str,
+    shared: &Shared,
+    max_clients: usize,
+) {
+    let startup = async {
+        loop {
+            match read_startup(&mut stream).await {
+                Ok(Startup::SslRequest | Startup::GssEncRequest) => {
+                    if stream.write_all(b"N").await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(Startup::Cancel(key)) => {
+                    shared.cancels.cancel(key).await;
+                    return false;
+                }
+                Ok(Startup::Startup { .. }) => return true,
+                // Not a client worth an answer.
+                Err(_) => return false,
+            }
+        }
+    };
+    let wait = shared
+        .config
+        .pgbouncer
+        .client_login_timeout
+        .unwrap_or(Duration::from_secs(60));
+    if !tokio::time::timeout(wait, startup).await.unwrap_or(false) {
+        return;
+    }
+    tracing::warn!(%peer, max_clients, "closing client: max_client_conn reached");
+    let mut out = BytesMut::new();
+    backend::error(
+        &mut out,
+        "FATAL",
+        "53300",
+        "no more connections allowed (max_client_conn)",
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Counts a connected client for as long as it lives.

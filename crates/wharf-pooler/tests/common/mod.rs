@@ -184,3 +184,64 @@ impl Drop for TestPooler {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A tokio-postgres client whose connection task reports the notices it
+/// receives and how the connection ended.
+pub struct Watched {
+    pub client: Client,
+    pub notices: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>,
+    pub ended: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl TestPooler {
+    /// A client as `postgres` whose notices and connection end are watched.
+    pub async fn watched_client(&self) -> Watched {
+        let (client, mut connection) =
+            tokio_postgres::connect(&self.url("postgres", "postgres", "postgres"), NoTls)
+                .await
+                .expect("client connects through the pooler");
+        let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+        let ended = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                        let _ = tx.send(notice);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => return Err(err),
+                    None => return Ok(()),
+                }
+            }
+        });
+        Watched {
+            client,
+            notices,
+            ended,
+        }
+    }
+
+    /// Runs psql through the pooler as `postgres` with `-X -A -t` and
+    /// `ON_ERROR_STOP`, then `args`.
+    pub fn psql(&self, args: &[&str]) -> std::process::Output {
+        let port = self.port.to_string();
+        let mut all = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port.as_str(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ];
+        all.extend_from_slice(args);
+        self.run_client("psql", &all)
+    }
+}
+
+pub mod wire;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -561,21 +562,23 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
 
     fn scan_client(&mut self) -> Result<(), ProtocolError> {
         let state = &mut self.state;
-        let before = state.terminated;
-        let ready = self.cscan.scan(
+        let ready = self.cscan.scan_until(
             &self.cbuf,
             self.max_packet,
             |tag| tag == b'X',
-            |tag, _| state.note(tag),
+            |tag, _| {
+                state.note(tag);
+                // Terminate is for the pooler, not the server, and nothing
+                // a client sends after it counts.
+                if tag == b'X' {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
         )?;
-        if state.terminated && !before {
-            // Terminate is for the pooler, not the server; it is the last
-            // thing a client sends, so it ends the scanned bytes.
-            let keep = ready.saturating_sub(5);
-            self.cbuf.truncate(keep);
-            self.cscan = Scanner::default();
-            self.cscan
-                .scan(&self.cbuf, self.max_packet, |_| false, |_, _| {})?;
+        if state.terminated {
+            self.cbuf.truncate(ready);
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 //! Messages relayed between a client and its server are never decoded:
 //! only their 5-byte headers are read, so their bytes go through as they came.
 
+use std::ops::ControlFlow;
+
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -389,6 +391,22 @@ impl Scanner {
         wants: impl Fn(u8) -> bool,
         mut on_message: impl FnMut(u8, Option<&[u8]>),
     ) -> Result<usize, ProtocolError> {
+        self.scan_until(buf, max_len, wants, |tag, body| {
+            on_message(tag, body);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Like [`scan`](Self::scan), but `on_message` may stop the scan:
+    /// `Break` leaves that message and everything after it unscanned (not
+    /// forwardable), e.g. at a Terminate the pooler keeps for itself.
+    pub fn scan_until(
+        &mut self,
+        buf: &[u8],
+        max_len: usize,
+        wants: impl Fn(u8) -> bool,
+        mut on_message: impl FnMut(u8, Option<&[u8]>) -> ControlFlow<()>,
+    ) -> Result<usize, ProtocolError> {
         let mut pos = self.ready;
         loop {
             if self.skip > 0 {
@@ -415,10 +433,14 @@ impl Scanner {
                 if buf.len() - pos < total {
                     break;
                 }
-                on_message(tag, Some(&buf[pos + 5..pos + total]));
+                if on_message(tag, Some(&buf[pos + 5..pos + total])).is_break() {
+                    break;
+                }
                 pos += total;
             } else {
-                on_message(tag, None);
+                if on_message(tag, None).is_break() {
+                    break;
+                }
                 pos += 5;
                 self.skip = total - 5;
             }
@@ -480,6 +502,31 @@ mod tests {
         }
         assert_eq!(forwarded, stream.len());
         assert_eq!(seen, vec![(b'D', None), (b'Z', Some(b"I".to_vec()))]);
+        assert!(scanner.at_boundary());
+    }
+
+    #[test]
+    fn scanner_stops_where_told_and_leaves_the_rest_unscanned() {
+        let mut stream = msg(b'Q', b"select 1\0");
+        let query_len = stream.len();
+        stream.extend(msg(b'X', b""));
+        stream.extend(b"trailing garbage");
+        let mut scanner = Scanner::default();
+        let ready = scanner
+            .scan_until(
+                &stream,
+                1 << 20,
+                |t| t == b'X',
+                |tag, _| {
+                    if tag == b'X' {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )
+            .unwrap();
+        assert_eq!(ready, query_len);
         assert!(scanner.at_boundary());
     }
 

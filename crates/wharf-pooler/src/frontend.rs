@@ -107,7 +107,9 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
     {
         return;
     }
-    tracing::info!(%peer, database = %session.pool.database, user = %session.user, "client logged in");
+    if settings.log_connections {
+        tracing::info!(%peer, database = %session.pool.database, user = %session.user, "client logged in");
+    }
     let (reader, writer) = stream.halves();
     let mut relay = Relay {
         reader,
@@ -123,7 +125,9 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         max_packet: settings.max_packet_size,
     };
     let reason = relay.run().await;
-    tracing::info!(%peer, database = %session.pool.database, user = %session.user, reason, "client closed");
+    if settings.log_disconnections {
+        tracing::info!(%peer, database = %session.pool.database, user = %session.user, reason, "client closed");
+    }
 }
 
 struct Session {

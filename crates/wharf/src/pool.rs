@@ -320,7 +320,7 @@ impl<M: Manager> Shared<M> {
                                 });
                             }
                         }
-                        let rx = st.queue_waiter(id);
+                        let rx = st.queue_waiter(id, start);
                         self.spawn_connectors(&mut st);
                         Taken::Wait(id, rx)
                     }
@@ -335,11 +335,10 @@ impl<M: Manager> Shared<M> {
                 }
             };
             let mut pooled = Pooled::new(self.clone(), live, now);
-            if self.prepare(&mut pooled, now).await {
+            if let Some(ready) = self.prepare(&mut pooled, now).await {
                 // Checking the connection and running `on_checkout` were
                 // part of the caller's wait: it holds the connection (for
                 // `in_use_time` and leak detection) only from here.
-                let ready = Instant::now();
                 pooled.checked_out_at = ready;
                 self.recorder.acquire_wait.record(ready - start);
                 if let Some(leaks) = &self.leaks {
@@ -394,47 +393,55 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Makes a connection just taken fit to hand out: not expired, checked
-    /// if it sat idle, passed by `on_checkout`. `false` means it was closed
-    /// and the caller should try again.
-    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> bool {
+    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
+    /// (`now` itself when nothing had to run: reading the clock is a good
+    /// share of an uncontended checkout), or `None` when it was closed and
+    /// the caller should try again.
+    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
         // A get() cancelled during the check or hook must not return a
         // connection in an unknown state to the pool.
         pooled.close_on_drop = Some(CloseReason::FailedCheck);
         let meta = pooled.meta();
         if meta.is_expired(now) {
             pooled.close(CloseReason::Lifetime);
-            return false;
+            return None;
         }
         let needs_check = self
             .config
             .validate_after
             .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
+        let mut ready = now;
         if needs_check {
             let check = self.manager.check(pooled.conn_mut());
             match timeout(self.config.validation_timeout, check).await {
-                Ok(Ok(())) => pooled.live_mut().meta.last_active = Instant::now(),
+                Ok(Ok(())) => {
+                    ready = Instant::now();
+                    pooled.live_mut().meta.last_active = ready;
+                }
                 Ok(Err(err)) => {
                     tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
                     pooled.close(CloseReason::FailedCheck);
-                    return false;
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(pool = %self.config.name, conn = meta.id, "connection check timed out before checkout");
                     pooled.close(CloseReason::FailedCheck);
-                    return false;
+                    return None;
                 }
             }
         }
         if let Some(hook) = &self.hooks.on_checkout {
-            if let Err(err) = hook(pooled.conn_mut()).await {
+            let outcome = hook(pooled.conn_mut()).await;
+            ready = Instant::now();
+            if let Err(err) = outcome {
                 tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
                 pooled.close(CloseReason::FailedCheck);
-                return false;
+                return None;
             }
         }
         pooled.close_on_drop = None;
         pooled.live_mut().meta.uses += 1;
-        true
+        Some(ready)
     }
 
     /// Takes back a connection from a caller (or from a waiter that left,

@@ -121,11 +121,16 @@ impl<C> State<C> {
 
     /// Queues a caller under its ticket: behind everyone who arrived before
     /// it, ahead of everyone who arrived after (so the queue stays sorted).
-    pub(crate) fn queue_waiter(&mut self, id: u64) -> oneshot::Receiver<Live<C>> {
+    pub(crate) fn queue_waiter(&mut self, id: u64, since: Instant) -> oneshot::Receiver<Live<C>> {
         let (tx, rx) = oneshot::channel();
-        let pos = self.waiters.partition_point(|w| w.id < id);
-        let since = Instant::now();
-        self.waiters.insert(pos, Waiter { id, tx, since });
+        let waiter = Waiter { id, tx, since };
+        // A newcomer has the largest ticket: only a retry needs a search.
+        if self.waiters.back().is_none_or(|w| w.id < id) {
+            self.waiters.push_back(waiter);
+        } else {
+            let pos = self.waiters.partition_point(|w| w.id < id);
+            self.waiters.insert(pos, waiter);
+        }
         rx
     }
 
@@ -133,7 +138,7 @@ impl<C> State<C> {
     #[cfg(test)]
     pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Live<C>>) {
         let id = self.take_ticket();
-        (id, self.queue_waiter(id))
+        (id, self.queue_waiter(id, Instant::now()))
     }
 
     /// Removes a waiter that gave up. `false` means it was already served
@@ -263,7 +268,7 @@ mod tests {
         let mut st = State::<u64>::new(1, 0);
         let early = st.take_ticket();
         let (later_id, mut later) = st.push_waiter();
-        let mut early_rx = st.queue_waiter(early);
+        let mut early_rx = st.queue_waiter(early, Instant::now());
         assert_eq!(
             st.waiters.iter().map(|w| w.id).collect::<Vec<_>>(),
             [early, later_id]

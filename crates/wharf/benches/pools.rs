@@ -449,7 +449,7 @@ impl Round {
     /// Unknown disturbance (no /proc) counts as clean: there is nothing to
     /// tell the rounds apart by.
     fn is_clean(&self) -> bool {
-        self.others.map_or(true, |share| share < CLEAN_BELOW)
+        self.others.is_none_or(|share| share < CLEAN_BELOW)
     }
 }
 

@@ -530,14 +530,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     }
                     Unlinked::ClientBroke(err) => {
                         server.broken = true;
-                        tracing::info!(error = %err, "client sent a malformed message");
-                        fatal(
-                            &mut self.writer,
-                            "08P01",
-                            &format!("invalid message: {err}"),
-                        )
-                        .await;
-                        return "protocol error";
+                        return self.client_broke(err).await;
                     }
                 }
                 continue;
@@ -550,14 +543,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 Ok(0) | Err(_) => return "client disconnected",
                 Ok(_) => {
                     if let Err(err) = self.scan_client() {
-                        tracing::info!(error = %err, "client sent a malformed message");
-                        fatal(
-                            &mut self.writer,
-                            "08P01",
-                            &format!("invalid message: {err}"),
-                        )
-                        .await;
-                        return "protocol error";
+                        return self.client_broke(err).await;
                     }
                 }
             }
@@ -813,6 +799,19 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 }
             }
         }
+    }
+
+    /// Ends a session whose client broke the protocol; returns the reason
+    /// for the log.
+    async fn client_broke(&mut self, err: ProtocolError) -> &'static str {
+        tracing::info!(error = %err, "client sent a malformed message");
+        fatal(
+            &mut self.writer,
+            "08P01",
+            &format!("invalid message: {err}"),
+        )
+        .await;
+        "protocol error"
     }
 
     async fn server_failed(&mut self) {

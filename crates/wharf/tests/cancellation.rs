@@ -6,26 +6,12 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use common::{assert_balanced, settle, Script, ScriptedManager};
+use common::{assert_balanced, poll_once, scripted, settle};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
-use wharf::{Builder, CloseReason, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
-
-/// Polls a future exactly once, from the current task.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
-}
+use wharf::CloseReason;
 
 #[tokio::test(start_paused = true)]
 async fn a_get_dropped_while_queued_leaves_the_queue_and_takes_nothing() {

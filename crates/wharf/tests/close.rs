@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{settle, Script, ScriptedManager};
+use common::{scripted, settle};
 use tokio::runtime::Handle;
 use tokio::time::{sleep, Instant};
-use wharf::{Builder, CloseReason, Error, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
+use wharf::{CloseReason, Error};
 
 fn alive_tasks() -> usize {
     Handle::current().metrics().num_alive_tasks()

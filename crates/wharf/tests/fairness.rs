@@ -4,26 +4,12 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use common::{assert_balanced, settle, Script, ScriptedManager};
+use common::{assert_balanced, poll_once, scripted, settle};
 use tokio::sync::mpsc;
 use tokio::time::sleep;
-use wharf::{Builder, CloseReason, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
-
-/// Polls a future exactly once, from the current task.
-async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx))).await
-}
+use wharf::CloseReason;
 
 #[tokio::test(start_paused = true)]
 async fn waiters_are_served_strictly_in_arrival_order() {

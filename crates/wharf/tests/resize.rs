@@ -4,17 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_balanced, settle, Script, ScriptedManager};
+use common::{assert_balanced, scripted, settle};
 use tokio::time::sleep;
-use wharf::{Builder, CloseReason, ConfigError, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
+use wharf::{CloseReason, ConfigError};
 
 #[tokio::test(start_paused = true)]
 async fn growing_lets_waiters_have_new_connections_at_once() {

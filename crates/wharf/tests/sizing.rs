@@ -6,17 +6,11 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_balanced, settle, Script, ScriptedManager};
+use common::{assert_balanced, scripted, settle, Script, ScriptedManager};
 use tokio::time::{sleep, Instant};
-use wharf::{Builder, CloseReason, Error, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
+use wharf::{CloseReason, Error, Pool};
 
 fn max_connecting_seen(script: &Script) -> usize {
     script.max_connecting_seen.load(Ordering::SeqCst)

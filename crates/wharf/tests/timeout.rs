@@ -5,17 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_balanced, settle, Script, ScriptedManager};
+use common::{assert_balanced, scripted, settle};
 use tokio::time::{sleep, Instant};
-use wharf::{Builder, Error, Pool};
-
-fn scripted() -> (Builder<ScriptedManager>, Arc<Script>) {
-    let (manager, script) = ScriptedManager::new();
-    (Pool::builder(manager), script)
-}
+use wharf::Error;
 
 #[tokio::test(start_paused = true)]
 async fn get_fails_after_exactly_acquire_timeout_with_a_message_naming_the_pool_state() {

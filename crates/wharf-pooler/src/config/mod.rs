@@ -578,16 +578,14 @@ impl Builder {
                 Err(KeyError::Value(e)) => {
                     return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
                 }
-                Err(KeyError::Unknown) => {
-                    let hint = settings::suggest(&key, DATABASE_KEYS.iter().copied())
-                        .map(|k| format!(" (did you mean \"{k}\"?)"))
-                        .unwrap_or_default();
-                    let message = format!("unknown connection parameter{context}{hint}");
-                    if unknown_is_error {
-                        return Err(key_pos.invalid(&shown(&key), message));
-                    }
-                    self.warn(&key_pos, Some(&shown(&key)), format!("{message}, ignored"));
-                }
+                Err(KeyError::Unknown) => self.unknown_entry_key(
+                    &key_pos,
+                    &key,
+                    &shown(&key),
+                    DATABASE_KEYS,
+                    &format!("unknown connection parameter{context}"),
+                    unknown_is_error,
+                )?,
             }
         }
         if let Some(existing) = self.config.databases.iter_mut().find(|d| d.name == name) {
@@ -600,6 +598,29 @@ impl Builder {
         } else {
             self.config.databases.push(db);
         }
+        Ok(())
+    }
+
+    /// An unknown key in a `[databases]` or `[users]` entry: an error where
+    /// PgBouncer refuses it (ini), else a warning; either way with the
+    /// closest known key as a hint.
+    fn unknown_entry_key(
+        &mut self,
+        key_pos: &Pos,
+        key: &str,
+        shown_key: &str,
+        known: &[&str],
+        message: &str,
+        unknown_is_error: bool,
+    ) -> Result<(), ConfigError> {
+        let hint = settings::suggest(key, known.iter().copied())
+            .map(|k| format!(" (did you mean \"{k}\"?)"))
+            .unwrap_or_default();
+        let message = format!("{message}{hint}");
+        if unknown_is_error {
+            return Err(key_pos.invalid(shown_key, message));
+        }
+        self.warn(key_pos, Some(shown_key), format!("{message}, ignored"));
         Ok(())
     }
 
@@ -624,16 +645,14 @@ impl Builder {
                 Err(KeyError::Value(e)) => {
                     return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
                 }
-                Err(KeyError::Unknown) => {
-                    let hint = settings::suggest(&key, USER_KEYS.iter().copied())
-                        .map(|k| format!(" (did you mean \"{k}\"?)"))
-                        .unwrap_or_default();
-                    let message = format!("unknown user parameter{context}{hint}");
-                    if unknown_is_error {
-                        return Err(key_pos.invalid(&shown(&key), message));
-                    }
-                    self.warn(&key_pos, Some(&shown(&key)), format!("{message}, ignored"));
-                }
+                Err(KeyError::Unknown) => self.unknown_entry_key(
+                    &key_pos,
+                    &key,
+                    &shown(&key),
+                    USER_KEYS,
+                    &format!("unknown user parameter{context}"),
+                    unknown_is_error,
+                )?,
             }
         }
         if let Some(existing) = self.config.users.iter_mut().find(|u| u.name == name) {

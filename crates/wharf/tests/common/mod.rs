@@ -218,3 +218,14 @@ impl std::fmt::Debug for Script {
             .finish_non_exhaustive()
     }
 }
+
+/// A pool builder around a fresh scripted manager, and the script.
+pub fn scripted() -> (wharf::Builder<ScriptedManager>, Arc<Script>) {
+    let (manager, script) = ScriptedManager::new();
+    (wharf::Pool::builder(manager), script)
+}
+
+/// Polls a future exactly once, from the current task.
+pub async fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+}

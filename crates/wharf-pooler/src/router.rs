@@ -102,12 +102,7 @@ impl Router {
         self.limits
             .lock()
             .entry(format!("{kind}:{key}"))
-            .or_insert_with(|| {
-                Arc::new(ConnectionLimit {
-                    name,
-                    permits: Arc::new(tokio::sync::Semaphore::new(max)),
-                })
-            })
+            .or_insert_with(|| Arc::new(ConnectionLimit::new(name, max)))
             .clone()
     }
 
@@ -214,29 +209,35 @@ impl Router {
                 user_max,
             ));
         }
-        let pool = wharf::Pool::builder(ServerManager { target, limits })
-            .name(format!("{database}/{server_user}"))
-            .max_size(pool_size)
-            .min_idle(min_pool_size)
-            .reserve_size(reserve_size)
-            .reserve_timeout(reserve_timeout)
-            .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
-            .connect_timeout(settings.server_connect_timeout)
-            .max_connecting(4)
-            .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
-            .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
-            .validate_after(check)
-            .validation_timeout(settings.server_connect_timeout)
-            .idle_timeout(settings.server_idle_timeout)
-            .max_lifetime(settings.server_lifetime)
-            .build()
-            .map_err(|source| RouteError::BadPool {
-                database: database.to_owned(),
-                user: server_user.clone(),
-                source,
-            })?;
+        let pool = wharf::Pool::builder(ServerManager {
+            target,
+            limits: limits.clone(),
+        })
+        .name(format!("{database}/{server_user}"))
+        .max_size(pool_size)
+        .min_idle(min_pool_size)
+        .reserve_size(reserve_size)
+        .reserve_timeout(reserve_timeout)
+        .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
+        .connect_timeout(settings.server_connect_timeout)
+        .max_connecting(4)
+        .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
+        .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
+        .validate_after(check)
+        .validation_timeout(settings.server_connect_timeout)
+        .idle_timeout(settings.server_idle_timeout)
+        .max_lifetime(settings.server_lifetime)
+        .build()
+        .map_err(|source| RouteError::BadPool {
+            database: database.to_owned(),
+            user: server_user.clone(),
+            source,
+        })?;
         let reset_query =
             Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty());
+        for limit in &limits {
+            limit.pools.lock().push(pool.downgrade());
+        }
         let server_pool = Arc::new(ServerPool {
             database: database.to_owned(),
             user: server_user,

@@ -19,7 +19,8 @@ pub(crate) type CloseHook<C> = Box<dyn Fn(&mut C, CloseReason) + Send + Sync>;
 #[non_exhaustive]
 pub enum CloseReason {
     /// Idle longer than `idle_timeout` while the pool had more than
-    /// `min_idle` idle connections.
+    /// `min_idle` idle connections, or closed by
+    /// [`Pool::close_idle`](crate::Pool::close_idle).
     Idle,
     /// Older than `max_lifetime` (less its jitter).
     Lifetime,

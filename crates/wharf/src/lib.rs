@@ -79,5 +79,5 @@ pub use histogram::Histogram;
 pub use hooks::{CloseReason, HookFuture};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, Status};
-pub use pool::Pool;
+pub use pool::{Pool, WeakPool};
 pub use pooled::{ConnInfo, Pooled};

@@ -43,6 +43,34 @@ impl<M: Manager> Drop for PoolHandle<M> {
     }
 }
 
+/// A handle that does not keep a [`Pool`] open, from [`Pool::downgrade`]:
+/// for registries that must not stop a pool from closing when its last
+/// owner drops it.
+pub struct WeakPool<M: Manager> {
+    handle: std::sync::Weak<PoolHandle<M>>,
+}
+
+impl<M: Manager> WeakPool<M> {
+    /// The pool, if it is still open somewhere.
+    pub fn upgrade(&self) -> Option<Pool<M>> {
+        self.handle.upgrade().map(|handle| Pool { handle })
+    }
+}
+
+impl<M: Manager> Clone for WeakPool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for WeakPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakPool").finish_non_exhaustive()
+    }
+}
+
 impl<M: Manager> Clone for Pool<M> {
     fn clone(&self) -> Self {
         Self {
@@ -197,6 +225,33 @@ impl<M: Manager> Pool<M> {
             shared.close_conn(live, CloseReason::Resized);
         }
         Ok(())
+    }
+
+    /// A handle that does not keep the pool open.
+    pub fn downgrade(&self) -> WeakPool<M> {
+        WeakPool {
+            handle: Arc::downgrade(&self.handle),
+        }
+    }
+
+    /// Closes up to `max` idle connections, least recently used first
+    /// (reason [`CloseReason::Idle`]), and returns how many it closed. For
+    /// making room under a limit shared with other pools, as PgBouncer
+    /// closes idle servers of one pool when another of the same database
+    /// needs one.
+    pub fn close_idle(&self, max: usize) -> usize {
+        let shared = self.shared();
+        let closing: Vec<_> = {
+            let mut st = shared.state.lock();
+            let n = max.min(st.idle.len());
+            st.size -= n;
+            st.idle.drain(..n).collect()
+        };
+        let n = closing.len();
+        for live in closing {
+            shared.close_conn(live, CloseReason::Idle);
+        }
+        n
     }
 
     /// Waits until `min_idle` connections are open, or fails with

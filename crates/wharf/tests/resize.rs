@@ -224,3 +224,37 @@ async fn resize_to_zero_is_refused_and_changes_nothing() {
     assert_eq!(pool.status().max_size, 5);
     assert_eq!(pool.config().max_size, 3, "config keeps the built value");
 }
+
+#[tokio::test(start_paused = true)]
+async fn close_idle_closes_the_least_recently_used_idle_connections_only() {
+    let (builder, script) = scripted();
+    let pool = builder.max_size(3).validate_after(None).build().unwrap();
+    let (a, b, c) = (
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+        pool.get().await.unwrap(),
+    );
+    let (a_id, b_id) = (a.info().id, b.info().id);
+    drop(a);
+    drop(b);
+    // a went back first, so it is the least recently used.
+    assert_eq!(pool.close_idle(1), 1);
+    assert_eq!(pool.status().idle, 1);
+    assert_eq!(pool.get().await.unwrap().info().id, b_id);
+    assert_ne!(a_id, b_id);
+    assert_eq!(pool.close_idle(5), 1, "only idle connections are closed");
+    assert_eq!(pool.status().in_use, 1);
+    assert_eq!(pool.metrics().closed_for(CloseReason::Idle), 2);
+    drop(c);
+    assert_balanced(&pool, &script);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weak_pool_does_not_keep_the_pool_open() {
+    let (builder, _script) = scripted();
+    let pool = builder.max_size(1).build().unwrap();
+    let weak = pool.downgrade();
+    assert!(weak.upgrade().is_some());
+    drop(pool);
+    assert!(weak.upgrade().is_none());
+}

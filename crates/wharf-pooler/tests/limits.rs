@@ -1,0 +1,128 @@
+//! Limits shared across pools (`max_db_connections`, `max_user_connections`)
+//! and the reserve pool, with real servers.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{start, Setup, TestPooler};
+
+/// Server connections logged in as one of `users`.
+fn server_connections_of(pooler: &TestPooler, users: &[&str]) -> usize {
+    let list = users
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    pooler
+        .cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename IN ({list}) AND application_name <> 'psql'"
+            ),
+        )
+        .expect("psql")
+        .parse()
+        .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_db_connections_holds_across_the_pools_of_several_users() {
+    let pooler = start(Setup {
+        pgbouncer: "max_db_connections = 2\ndefault_pool_size = 5",
+        userlist: "\"alice\" \"pw-a\"\n\"bob\" \"pw-b\"\n",
+        ..Setup::default()
+    })
+    .await;
+    pooler.cluster.create_user("alice", "pw-a").unwrap();
+    pooler.cluster.create_user("bob", "pw-b").unwrap();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (user, password) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        for _ in 0..6 {
+            let url = pooler.url(user, password, "postgres");
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("login through the pooler");
+                tokio::spawn(connection);
+                for _ in 0..4 {
+                    client
+                        .simple_query("SELECT pg_sleep(0.05)")
+                        .await
+                        .expect("query under the shared limit");
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+    }
+    let mut most = 0;
+    while done.load(Ordering::SeqCst) < tasks.len() {
+        most = most.max(server_connections_of(&pooler, &["alice", "bob"]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()) || done.load(Ordering::SeqCst) > 0,
+            "a client task failed"
+        );
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    assert!(most >= 1, "never saw a server connection");
+    assert!(
+        most <= 2,
+        "{most} server connections with max_db_connections = 2"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserve_pool_serves_a_client_that_waited_reserve_pool_timeout() {
+    let pooler = start(Setup {
+        pgbouncer: "default_pool_size = 1\nreserve_pool_size = 1\nreserve_pool_timeout = 1",
+        ..Setup::default()
+    })
+    .await;
+    let holder = pooler.client().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = pooler.client().await;
+    let started = tokio::time::Instant::now();
+    let rows = tokio::time::timeout(Duration::from_secs(20), waiter.simple_query("SELECT 2"))
+        .await
+        .expect("served from the reserve, not after query_wait_timeout")
+        .expect("query");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the reserve opened before reserve_pool_timeout: {:?}",
+        started.elapsed()
+    );
+    let values: Vec<_> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["2"]);
+    let activity = pooler
+        .cluster
+        .psql(
+            "postgres",
+            "SELECT usename, application_name, state, query FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    assert_eq!(
+        server_connections_of(&pooler, &["postgres"]),
+        2,
+        "pg_stat_activity:\n{activity}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    pooler.stop().await;
+}

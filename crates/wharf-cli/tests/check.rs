@@ -1,0 +1,69 @@
+//! `wharf check`: a good configuration prints its effective settings; a bad
+//! one fails with the file, line and key.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn write_config(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("wharf-cli-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("pgbouncer.ini");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+fn check(path: &PathBuf) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("check")
+        .arg(path)
+        .output()
+        .expect("run wharf check")
+}
+
+#[test]
+fn a_good_config_prints_the_effective_settings() {
+    let (dir, path) = write_config(
+        "good",
+        "[databases]\napp = host=127.0.0.1 port=5432\n[pgbouncer]\nlisten_port = 6543\npool_mode = transaction\nauth_type = trust\nauth_file = /dev/null\n",
+    );
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("  app"), "{stdout}");
+    let listen = stdout
+        .lines()
+        .find(|l| l.starts_with("listen_port "))
+        .expect("a listen_port row");
+    assert!(
+        listen.contains("6543") && listen.contains("6432"),
+        "{listen}"
+    );
+    let mode = stdout
+        .lines()
+        .find(|l| l.starts_with("pool_mode "))
+        .expect("a pool_mode row");
+    assert!(mode.contains("transaction"), "{mode}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_bad_value_names_the_file_line_and_key() {
+    let (dir, path) = write_config(
+        "bad",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nlisten_port = abc\n",
+    );
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{}:4: listen_port:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\"abc\""), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

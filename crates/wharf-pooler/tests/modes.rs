@@ -545,3 +545,47 @@ async fn a_server_killed_mid_transaction_fails_its_client_promptly() {
     );
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_delivers_notifications_to_a_listening_client() {
+    let pooler = start(Setup {
+        pgbouncer: "pool_mode = session",
+        ..Setup::default()
+    })
+    .await;
+    let (listener, mut connection) = tokio_postgres::connect(
+        &pooler.url("postgres", "postgres", "postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("listener connects");
+    let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN wharf_events").await.unwrap();
+
+    let notifier = pooler.client().await;
+    notifier
+        .batch_execute("NOTIFY wharf_events, 'hello through the pooler'")
+        .await
+        .unwrap();
+    // The notification arrives while the listener is idle: the pooler must
+    // relay server messages nobody asked for in session mode.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), notifications.recv())
+        .await
+        .expect("notification relayed")
+        .expect("listener connection alive");
+    assert_eq!(
+        got,
+        (
+            "wharf_events".to_owned(),
+            "hello through the pooler".to_owned()
+        )
+    );
+    pooler.stop().await;
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wire::{self, psql, psql_err, psql_ok};
+use common::wire::{self, psql, psql_err, psql_ok, refused};
 use common::{start_with, Setup, TestPooler};
 use tokio_postgres::{Client, SimpleQueryMessage};
 use wharf_testkit::PgCluster;
@@ -95,18 +95,6 @@ async fn current_user(client: &Client) -> String {
         SimpleQueryMessage::Row(row) => row.get(0).expect("a user").to_owned(),
         other => panic!("expected a row, got {other:?}"),
     }
-}
-
-/// The SQLSTATE and message of a failed login.
-fn refused(result: Result<Client, tokio_postgres::Error>) -> (String, String) {
-    let err = match result {
-        Ok(_) => panic!("login should have been refused"),
-        Err(err) => err,
-    };
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
-    (db.code().code().to_owned(), db.message().to_owned())
 }
 
 fn auth_failed(user: &str) -> (String, String) {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wire::{psql, psql_err, psql_ok};
+use common::wire::{psql, psql_err, psql_ok, refused};
 use common::{start, start_with, Setup, TestPooler};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use wharf_testkit::PgCluster;
@@ -50,17 +50,6 @@ async fn login(
     db: &str,
 ) -> Result<Client, tokio_postgres::Error> {
     connect_with(&config(pooler, user, password, db)).await
-}
-
-fn refused(result: Result<Client, tokio_postgres::Error>) -> (String, String) {
-    let err = match result {
-        Ok(_) => panic!("login should have been refused"),
-        Err(err) => err,
-    };
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
-    (db.code().code().to_owned(), db.message().to_owned())
 }
 
 /// The first column of the first row, by the simple protocol (one message,

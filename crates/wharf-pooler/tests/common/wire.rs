@@ -270,3 +270,15 @@ pub fn psql_err(output: &Output) -> String {
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The SQLSTATE and message of a failed login.
+pub fn refused(result: Result<tokio_postgres::Client, tokio_postgres::Error>) -> (String, String) {
+    let err = match result {
+        Ok(_) => panic!("login should have been refused"),
+        Err(err) => err,
+    };
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}

@@ -291,42 +291,30 @@ async fn login<S: ClientStream>(
 }
 
 /// The first server of a pool that has never had one, for the welcome.
-/// A failed server login is reported at once, with the server's own error
-/// when it sent one, rather than after `query_wait_timeout`: a wrong
-/// password does not get better by waiting (PgBouncer, too, fails the
-/// clients still logging in when a server login fails).
+/// Server pools fail fast, so a failed server login reaches the client at
+/// once, with the server's own SQLSTATE and message when it sent one (a
+/// wrong password does not get better by waiting).
 async fn first_server(pool: &ServerPool) -> Result<Pooled<ServerManager>, (String, String)> {
-    const POLL: Duration = Duration::from_millis(50);
-    let could_not = |err: &dyn std::fmt::Display| {
-        (
+    pool.pool
+        .get()
+        .await
+        .map_err(|err| server_unavailable(&err))
+}
+
+/// The SQLSTATE and message to give a client for a pool error.
+fn server_unavailable(err: &wharf::Error) -> (String, String) {
+    let cause = match err {
+        wharf::Error::Unavailable { last_error } | wharf::Error::Timeout { last_error, .. } => {
+            last_error.as_ref()
+        }
+        _ => None,
+    };
+    match cause.and_then(|c| c.downcast_ref::<ServerError>()) {
+        Some(ServerError::Server { code, message, .. }) => (code.clone(), message.clone()),
+        _ => (
             "08006".to_owned(),
             format!("pooler could not connect to server: {err}"),
-        )
-    };
-    let errors_before = pool.pool.metrics().create_errors;
-    let get = pool.pool.get();
-    tokio::pin!(get);
-    loop {
-        tokio::select! {
-            got = &mut get => return got.map_err(|err| could_not(&err)),
-            _ = tokio::time::sleep(POLL) => {}
-        }
-        if pool.pool.metrics().create_errors == errors_before {
-            continue;
-        }
-        // A connect failed: its error is the last connect error, which the
-        // pool reports with a timeout.
-        return match pool.pool.get_timeout(Duration::ZERO).await {
-            Ok(server) => Ok(server),
-            Err(wharf::Error::Timeout {
-                last_error: Some(cause),
-                ..
-            }) => Err(match cause.downcast_ref::<ServerError>() {
-                Some(ServerError::Server { code, message, .. }) => (code.clone(), message.clone()),
-                _ => could_not(&cause),
-            }),
-            Err(err) => Err(could_not(&err)),
-        };
+        ),
     }
 }
 
@@ -580,6 +568,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             Err(err) => {
                 let message = match err {
                     wharf::Error::Timeout { .. } => format!("query_wait_timeout: {err}"),
+                    wharf::Error::Unavailable { .. } => format!(
+                        "server login has been failing, try again later (server_login_retry): {err}"
+                    ),
                     other => other.to_string(),
                 };
                 tracing::info!(pool = %self.pool.database, user = %self.pool.user, "closing client: {message}");

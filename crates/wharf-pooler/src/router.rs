@@ -221,6 +221,9 @@ impl Router {
         .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
         .connect_timeout(settings.server_connect_timeout)
         .max_connecting(4)
+        // PgBouncer's server_login_retry: while logins fail and the pool
+        // has no server, clients are told at once rather than queued.
+        .fail_fast(true)
         .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
         .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
         .validate_after(check)

@@ -61,6 +61,13 @@ pub struct Config {
     /// The most connects in flight at once. Default 2. While the backend is
     /// failing, only one attempt at a time probes it, whatever this says.
     pub max_connecting: usize,
+    /// While the pool has no connection and its last connect failed, answer
+    /// `get()` at once with [`Error::Unavailable`](crate::Error::Unavailable)
+    /// (and wake those already waiting with it) instead of queueing until
+    /// `acquire_timeout`; one probe per backoff period checks whether the
+    /// backend is back. PgBouncer's `server_login_retry` behaves this way.
+    /// Default off: callers wait, and see the error only if they time out.
+    pub fail_fast: bool,
     /// The first delay after a failed connect. Later ones double up to
     /// `connect_backoff_max`, and each is drawn at random below that bound
     /// ("full jitter") so that many pools do not retry in step. Default 100 ms.
@@ -157,6 +164,7 @@ impl Default for Config {
             max_waiting: None,
             connect_timeout: Duration::from_secs(10),
             max_connecting: 2,
+            fail_fast: false,
             connect_backoff: Duration::from_millis(100),
             connect_backoff_max: Duration::from_secs(10),
             validate_after: Some(Duration::from_millis(500)),
@@ -281,6 +289,8 @@ impl<M: Manager> Builder<M> {
         connect_timeout: Duration;
         /// Sets [`Config::max_connecting`].
         max_connecting: usize;
+        /// Sets [`Config::fail_fast`].
+        fail_fast: bool;
         /// Sets [`Config::connect_backoff`].
         connect_backoff: Duration;
         /// Sets [`Config::connect_backoff_max`].

@@ -44,6 +44,7 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>) {
                 _ => {
                     st.size += 1;
                     st.opening += 1;
+                    st.probe_wanted = false;
                     None
                 }
             }
@@ -111,6 +112,9 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             );
             st.next_attempt_at = Some(now + delay);
             st.last_error = Some(err.clone());
+            if shared.config.fail_fast && st.has_no_connections() {
+                st.fail_waiters(&err);
+            }
             let attempt = st.consecutive_failures;
             drop(st);
             tracing::warn!(

@@ -35,6 +35,14 @@ pub enum Error {
         #[source]
         last_error: Option<ConnectError>,
     },
+    /// A `fail_fast` pool has no connection and its last connect failed:
+    /// the caller is answered at once instead of waiting for the backend.
+    #[error("{}", UnavailableMessage(last_error.as_deref()))]
+    Unavailable {
+        /// Why the last connect failed.
+        #[source]
+        last_error: Option<ConnectError>,
+    },
     /// The pool has been closed; no connection will ever be handed out again.
     #[error("the pool is closed")]
     Closed,
@@ -67,6 +75,18 @@ impl fmt::Display for TimeoutMessage<'_> {
             self.status.waiting,
         )?;
         if let Some(err) = self.last_error {
+            write!(f, "; last connect error: {err}")?;
+        }
+        Ok(())
+    }
+}
+
+struct UnavailableMessage<'a>(Option<&'a (dyn StdError + Send + Sync + 'static)>);
+
+impl fmt::Display for UnavailableMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no connection available: connecting to the backend is failing")?;
+        if let Some(err) = self.0 {
             write!(f, "; last connect error: {err}")?;
         }
         Ok(())

@@ -92,7 +92,8 @@ pub struct Metrics {
     pub status: Status,
     /// `get()` calls that timed out.
     pub timeouts: u64,
-    /// `get()` calls refused because `max_waiting` callers were waiting.
+    /// `get()` calls refused at once: `max_waiting` callers were waiting, or
+    /// a `fail_fast` pool's backend was failing.
     pub rejected: u64,
     /// Connections opened.
     pub created: u64,
@@ -202,7 +203,7 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
         ),
         (
             "wharf_pool_rejected_total",
-            "get() calls refused because max_waiting was reached.",
+            "get() calls refused at once (max_waiting reached, or fail_fast while the backend is failing).",
             |m| m.rejected,
         ),
         (

@@ -18,7 +18,7 @@ use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
-use crate::queue::{Live, Meta, State};
+use crate::queue::{Handoff, Live, Meta, State};
 use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
 
 /// An async pool of connections made by a [`Manager`].
@@ -104,7 +104,7 @@ pub(crate) struct Shared<M: Manager> {
 
 enum Taken<C> {
     Idle(Live<C>),
-    Wait(u64, oneshot::Receiver<Live<C>>),
+    Wait(u64, oneshot::Receiver<Handoff<C>>),
 }
 
 impl<M: Manager> Pool<M> {
@@ -375,6 +375,21 @@ impl<M: Manager> Shared<M> {
                                 });
                             }
                         }
+                        // While the backend refuses connections and the pool
+                        // has none, a fail-fast pool answers at once instead
+                        // of queueing (PgBouncer's server_login_retry), and
+                        // asks for one probe to find out when it is back.
+                        if self.config.fail_fast
+                            && st.consecutive_failures > 0
+                            && st.has_no_connections()
+                        {
+                            st.probe_wanted = true;
+                            self.spawn_connectors(&mut st);
+                            let last_error = st.last_error.clone();
+                            drop(st);
+                            Recorder::count(&self.recorder.counters.rejected);
+                            return Err(Error::Unavailable { last_error });
+                        }
                         let rx = st.queue_waiter(id, start);
                         self.spawn_connectors(&mut st);
                         Taken::Wait(id, rx)
@@ -408,7 +423,7 @@ impl<M: Manager> Shared<M> {
     async fn wait(
         self: &Arc<Self>,
         id: u64,
-        rx: oneshot::Receiver<Live<M::Connection>>,
+        rx: oneshot::Receiver<Handoff<M::Connection>>,
         deadline: Instant,
         start: Instant,
     ) -> Result<Live<M::Connection>, Error> {
@@ -419,9 +434,16 @@ impl<M: Manager> Shared<M> {
             done: false,
         };
         match timeout_at(deadline, &mut guard.rx).await {
-            Ok(Ok(live)) => {
+            Ok(Ok(Ok(live))) => {
                 guard.done = true;
                 Ok(live)
+            }
+            Ok(Ok(Err(err))) => {
+                guard.done = true;
+                Recorder::count(&self.recorder.counters.rejected);
+                Err(Error::Unavailable {
+                    last_error: Some(err),
+                })
             }
             Ok(Err(_)) => {
                 guard.done = true;
@@ -650,7 +672,7 @@ impl<M: Manager> Shared<M> {
 struct WaitGuard<'a, M: Manager> {
     shared: &'a Arc<Shared<M>>,
     id: u64,
-    rx: oneshot::Receiver<Live<M::Connection>>,
+    rx: oneshot::Receiver<Handoff<M::Connection>>,
     done: bool,
 }
 
@@ -664,7 +686,7 @@ impl<M: Manager> WaitGuard<'_, M> {
         }
         // Not queued any more: it was served (under the lock, so the
         // connection is in the channel by now) or woken by close.
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().and_then(Result::ok)
     }
 }
 

@@ -39,11 +39,15 @@ impl Meta {
     }
 }
 
+/// What a waiter receives: a connection, or the connect error that made a
+/// `fail_fast` pool give up on everyone waiting.
+pub(crate) type Handoff<C> = Result<Live<C>, ConnectError>;
+
 /// A caller parked in `get()`. The sender is how a connection is handed
 /// straight to it; dropping the sender (on close) wakes it with `Closed`.
 pub(crate) struct Waiter<C> {
     pub(crate) id: u64,
-    pub(crate) tx: oneshot::Sender<Live<C>>,
+    pub(crate) tx: oneshot::Sender<Handoff<C>>,
     /// When it queued: the oldest waiter's wait unlocks the reserve.
     pub(crate) since: Instant,
 }
@@ -76,6 +80,9 @@ pub(crate) struct State<C> {
     pub(crate) consecutive_failures: u32,
     pub(crate) next_attempt_at: Option<Instant>,
     pub(crate) last_error: Option<ConnectError>,
+    /// A `fail_fast` pool turned a caller away: one more connect attempt
+    /// (after the backoff) finds out whether the backend is back.
+    pub(crate) probe_wanted: bool,
 }
 
 impl<C> State<C> {
@@ -107,6 +114,7 @@ impl<C> State<C> {
             consecutive_failures: 0,
             next_attempt_at: None,
             last_error: None,
+            probe_wanted: false,
         }
     }
 
@@ -121,7 +129,11 @@ impl<C> State<C> {
 
     /// Queues a caller under its ticket: behind everyone who arrived before
     /// it, ahead of everyone who arrived after (so the queue stays sorted).
-    pub(crate) fn queue_waiter(&mut self, id: u64, since: Instant) -> oneshot::Receiver<Live<C>> {
+    pub(crate) fn queue_waiter(
+        &mut self,
+        id: u64,
+        since: Instant,
+    ) -> oneshot::Receiver<Handoff<C>> {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter { id, tx, since };
         // A newcomer has the largest ticket: only a retry needs a search.
@@ -136,7 +148,7 @@ impl<C> State<C> {
 
     /// Queues a new caller at the back.
     #[cfg(test)]
-    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Live<C>>) {
+    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Handoff<C>>) {
         let id = self.take_ticket();
         (id, self.queue_waiter(id, Instant::now()))
     }
@@ -158,12 +170,17 @@ impl<C> State<C> {
     /// waits, a connection never reaches the idle set.
     pub(crate) fn hand_off(&mut self, mut live: Live<C>) {
         while let Some(waiter) = self.waiters.pop_front() {
-            match waiter.tx.send(live) {
+            match waiter.tx.send(Ok(live)) {
                 Ok(()) => {
                     self.in_use += 1;
                     return;
                 }
-                Err(back) => live = back,
+                // The waiter is gone; `send` gives back exactly what it was
+                // given, so this is always the connection.
+                Err(returned) => match returned {
+                    Ok(back) => live = back,
+                    Err(_) => return,
+                },
             }
         }
         self.idle.push_back(live);
@@ -172,7 +189,22 @@ impl<C> State<C> {
     /// Connections wanted now: one per waiter, plus whatever tops the idle
     /// set up to `min_idle`.
     pub(crate) fn demand(&self) -> usize {
-        self.waiters.len() + self.min_idle.saturating_sub(self.idle.len())
+        self.waiters.len()
+            + self.min_idle.saturating_sub(self.idle.len())
+            + usize::from(self.probe_wanted)
+    }
+
+    /// Whether the pool has no connection at all besides those being opened.
+    pub(crate) fn has_no_connections(&self) -> bool {
+        self.size == self.opening
+    }
+
+    /// Wakes every waiter with `err` (a `fail_fast` pool whose backend
+    /// refuses connections).
+    pub(crate) fn fail_waiters(&mut self, err: &ConnectError) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.tx.send(Err(err.clone()));
+        }
     }
 
     /// Whether another connection should be opened now: someone needs one
@@ -241,7 +273,10 @@ mod tests {
         let (second_id, mut second) = st.push_waiter();
         drop(gone);
         st.hand_off(live(7));
-        assert_eq!(first.try_recv().map(|l| l.conn).ok(), Some(7));
+        assert_eq!(
+            first.try_recv().ok().and_then(Result::ok).map(|l| l.conn),
+            Some(7)
+        );
         assert!(second.try_recv().is_err());
         assert_eq!(st.in_use, 1);
         assert!(st.remove_waiter(second_id));
@@ -274,7 +309,14 @@ mod tests {
             [early, later_id]
         );
         st.hand_off(live(1));
-        assert_eq!(early_rx.try_recv().map(|l| l.conn).ok(), Some(1));
+        assert_eq!(
+            early_rx
+                .try_recv()
+                .ok()
+                .and_then(Result::ok)
+                .map(|l| l.conn),
+            Some(1)
+        );
         assert!(later.try_recv().is_err());
         // The queue stays sorted, so removal by id still works.
         assert!(st.remove_waiter(later_id));

@@ -59,6 +59,7 @@ fn every_setting_loads_from_toml_with_human_durations() {
         maintenance_interval = "500ms"
         reserve_size = 5
         reserve_timeout = "3s"
+        fail_fast = true
         "#,
     )
     .unwrap();
@@ -86,6 +87,7 @@ fn every_setting_loads_from_toml_with_human_durations() {
             maintenance_interval: Duration::from_millis(500),
             reserve_size: 5,
             reserve_timeout: Duration::from_secs(3),
+            fail_fast: true,
         }
     );
     assert_eq!(c.validate(), Ok(()));

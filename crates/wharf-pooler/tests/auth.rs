@@ -75,17 +75,6 @@ async fn auth_pooler_with(auth_type: &str, extra_databases: &str) -> TestPooler 
     .await
 }
 
-async fn login(
-    pooler: &TestPooler,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    tokio::time::timeout(LOGIN_TIMEOUT, pooler.connect(user, password, db))
-        .await
-        .unwrap_or_else(|_| panic!("login of {user} to {db} hung"))
-}
-
 async fn current_user(client: &Client) -> String {
     let messages = client
         .simple_query("SELECT current_user")
@@ -133,7 +122,7 @@ async fn refuses_wrong_password_and_unknown_user(pooler: &TestPooler) {
         ("mallory", "anything"),
     ] {
         assert_eq!(
-            refused(login(pooler, user, password, "sock").await),
+            refused(pooler.login(user, password, "sock").await),
             auth_failed(user),
             "{user} with a wrong password"
         );
@@ -179,7 +168,8 @@ async fn trust_lets_listed_users_in_without_checking_the_password() {
     let pooler = auth_pooler("trust").await;
     assert_eq!(wire::auth_request(pooler.port, ALICE.0, "sock").await, 0);
     for (user, _) in [ALICE, BOB, CAROL] {
-        let client = login(&pooler, user, "not-the-password", "sock")
+        let client = pooler
+            .login(user, "not-the-password", "sock")
             .await
             .expect("trusted login");
         assert_eq!(current_user(&client).await, user);
@@ -188,7 +178,7 @@ async fn trust_lets_listed_users_in_without_checking_the_password() {
     assert_eq!(psql_ok(&out), BOB.0);
     // PgBouncer: "The user name must still exist in auth_file."
     assert_eq!(
-        refused(login(&pooler, "mallory", "x", "sock").await),
+        refused(pooler.login("mallory", "x", "sock").await),
         auth_failed("mallory")
     );
     pooler.stop().await;
@@ -201,7 +191,8 @@ async fn plain_checks_cleartext_passwords_against_every_secret_kind() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 3);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     for (user, password) in [ALICE, BOB, CAROL] {
-        let client = login(&pooler, user, password, "sock")
+        let client = pooler
+            .login(user, password, "sock")
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(current_user(&client).await, user);
@@ -223,7 +214,8 @@ async fn md5_checks_md5_responses_and_upgrades_scram_secrets_to_scram() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 5);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     for (user, password) in [ALICE, BOB, CAROL] {
-        let client = login(&pooler, user, password, "sock")
+        let client = pooler
+            .login(user, password, "sock")
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(current_user(&client).await, user);
@@ -240,7 +232,8 @@ async fn scram_checks_proofs_against_plain_and_scram_secrets() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 10);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     for (user, password) in [ALICE, CAROL] {
-        let client = login(&pooler, user, password, "sock")
+        let client = pooler
+            .login(user, password, "sock")
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(current_user(&client).await, user);
@@ -249,7 +242,7 @@ async fn scram_checks_proofs_against_plain_and_scram_secrets() {
     }
     // An md5 secret cannot verify a SCRAM proof, even of the right password.
     assert_eq!(
-        refused(login(&pooler, BOB.0, BOB.1, "sock").await),
+        refused(pooler.login(BOB.0, BOB.1, "sock").await),
         auth_failed(BOB.0)
     );
     let err = psql_err(&psql_as(&pooler, BOB.0, BOB.1, "sock", "SELECT 1"));
@@ -272,7 +265,8 @@ async fn any_ignores_the_client_user_and_needs_a_forced_one() {
         0
     );
     for (user, password) in [("whoever", "whatever"), (CAROL.0, "x")] {
-        let client = login(&pooler, user, password, "forced")
+        let client = pooler
+            .login(user, password, "forced")
             .await
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(current_user(&client).await, ALICE.0);
@@ -281,7 +275,7 @@ async fn any_ignores_the_client_user_and_needs_a_forced_one() {
     assert_eq!(psql_ok(&out), ALICE.0);
     // Without a forced user there is nobody to log in as (PgBouncer:
     // "bouncer config error"); the client's own name is not taken on trust.
-    let (code, message) = refused(login(&pooler, BOB.0, "x", "sock").await);
+    let (code, message) = refused(pooler.login(BOB.0, "x", "sock").await);
     assert_eq!(code, "08P01");
     assert!(message.starts_with("bouncer config error"), "{message}");
     pooler.stop().await;
@@ -320,7 +314,7 @@ async fn server_login_uses_scram_with_the_auth_file_password() {
     let pooler = server_login_pooler(&[ALICE], &userlist, |_| String::new()).await;
     // Over TCP the server only takes SCRAM (pg_hba), so these logins prove
     // the pooler's SCRAM client.
-    let client = login(&pooler, ALICE.0, ALICE.1, "postgres").await.unwrap();
+    let client = pooler.login(ALICE.0, ALICE.1, "postgres").await.unwrap();
     assert_eq!(current_user(&client).await, ALICE.0);
     let row = client
         .query_one(
@@ -345,7 +339,7 @@ async fn server_login_uses_the_password_in_the_connection_string() {
         format!("svc = host=127.0.0.1 port={port} dbname=postgres user=dave password=dave-pw\n")
     })
     .await;
-    let client = login(&pooler, "postgres", "postgres", "svc").await.unwrap();
+    let client = pooler.login("postgres", "postgres", "svc").await.unwrap();
     assert_eq!(current_user(&client).await, "dave");
     pooler.stop().await;
 }
@@ -359,7 +353,7 @@ async fn server_login_fails(
     db: &str,
 ) -> (String, String) {
     let started = std::time::Instant::now();
-    let outcome = refused(login(pooler, user, password, db).await);
+    let outcome = refused(pooler.login(user, password, db).await);
     eprintln!(
         "{user}@{db}: refused after {:?}: {outcome:?}",
         started.elapsed()

@@ -43,15 +43,6 @@ fn config(pooler: &TestPooler, user: &str, password: &str, db: &str) -> tokio_po
     config
 }
 
-async fn login(
-    pooler: &TestPooler,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    connect_with(&config(pooler, user, password, db)).await
-}
-
 /// The first column of the first row, by the simple protocol (one message,
 /// so a transaction-mode pooler runs it on one server).
 async fn one(client: &Client, sql: &str) -> String {
@@ -89,7 +80,7 @@ fn tcp(pooler: &TestPooler, db: &str) -> String {
 async fn unknown_database_is_refused_with_3d000() {
     let pooler = start(Setup::default()).await;
     assert_eq!(
-        refused(login(&pooler, "postgres", "postgres", "nope").await),
+        refused(pooler.login("postgres", "postgres", "nope").await),
         ("3D000".to_owned(), "no such database: nope".to_owned())
     );
     let err = psql_err(&psql_at(&pooler, &tcp(&pooler, "nope"), &[], "SELECT 1"));
@@ -118,7 +109,8 @@ async fn fallback_entry_routes_any_name_to_the_same_named_server_database() {
         },
     )
     .await;
-    let client = login(&pooler, "postgres", "postgres", "otherdb")
+    let client = pooler
+        .login("postgres", "postgres", "otherdb")
         .await
         .unwrap();
     assert_eq!(
@@ -140,7 +132,7 @@ async fn fallback_entry_routes_any_name_to_the_same_named_server_database() {
     assert_eq!(psql_ok(&out), "otherdb");
     // A name the server does not have: the server's own error, promptly.
     assert_eq!(
-        refused(login(&pooler, "postgres", "postgres", "ghost").await),
+        refused(pooler.login("postgres", "postgres", "ghost").await),
         (
             "3D000".to_owned(),
             "database \"ghost\" does not exist".to_owned()
@@ -168,8 +160,8 @@ async fn forced_user_makes_clients_share_one_pool() {
         },
     )
     .await;
-    let alice = login(&pooler, "alice", "pw", "shared").await.unwrap();
-    let bob = login(&pooler, "bob", "pw", "shared").await.unwrap();
+    let alice = pooler.login("alice", "pw", "shared").await.unwrap();
+    let bob = pooler.login("bob", "pw", "shared").await.unwrap();
     let mut pids = Vec::new();
     for client in [&alice, &bob, &alice, &bob] {
         assert_eq!(one(client, "SELECT current_user::text").await, "postgres");
@@ -209,7 +201,7 @@ async fn max_client_conn_refuses_the_client_over_the_limit() {
         clients.push(pooler.client().await);
     }
     assert_eq!(
-        refused(login(&pooler, "postgres", "postgres", "postgres").await),
+        refused(pooler.login("postgres", "postgres", "postgres").await),
         (
             "53300".to_owned(),
             "no more connections allowed (max_client_conn)".to_owned()
@@ -232,7 +224,7 @@ async fn max_client_conn_refuses_the_client_over_the_limit() {
     drop(clients.pop());
     let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let again = loop {
-        match login(&pooler, "postgres", "postgres", "postgres").await {
+        match pooler.login("postgres", "postgres", "postgres").await {
             Ok(client) => break client,
             Err(err) if tokio::time::Instant::now() < deadline => {
                 assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");

@@ -588,15 +588,12 @@ impl Builder {
                 )?,
             }
         }
-        if let Some(existing) = self.config.databases.iter_mut().find(|d| d.name == name) {
-            *existing = db;
+        if replace_or_push(&mut self.config.databases, db, |d| d.name == name) {
             self.warn(
                 pos,
                 Some(&shown("")),
                 "database defined again; the later definition is used",
             );
-        } else {
-            self.config.databases.push(db);
         }
         Ok(())
     }
@@ -655,15 +652,12 @@ impl Builder {
                 )?,
             }
         }
-        if let Some(existing) = self.config.users.iter_mut().find(|u| u.name == name) {
-            *existing = user;
+        if replace_or_push(&mut self.config.users, user, |u| u.name == name) {
             self.warn(
                 pos,
                 Some(&shown("")),
                 "user defined again; the later definition is used",
             );
-        } else {
-            self.config.users.push(user);
         }
         Ok(())
     }
@@ -717,6 +711,21 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| **b == b'\n')
         .count()
         + 1
+}
+
+/// Replaces the entry `same` finds with `item`, or appends `item`; `true`
+/// when an entry was replaced (a later definition wins, as in PgBouncer).
+fn replace_or_push<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) -> bool {
+    match list.iter_mut().find(|existing| same(existing)) {
+        Some(existing) => {
+            *existing = item;
+            true
+        }
+        None => {
+            list.push(item);
+            false
+        }
+    }
 }
 
 #[cfg(test)]

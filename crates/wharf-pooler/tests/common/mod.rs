@@ -134,6 +134,18 @@ impl TestPooler {
         Ok(client)
     }
 
+    /// Logs in through the pooler; a login that hangs fails the test.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        tokio::time::timeout(Duration::from_secs(30), self.connect(user, password, db))
+            .await
+            .unwrap_or_else(|_| panic!("login of {user} to {db} hung"))
+    }
+
     pub async fn client(&self) -> Client {
         self.connect("postgres", "postgres", "postgres")
             .await

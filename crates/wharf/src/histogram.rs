@@ -23,7 +23,10 @@ pub(crate) const PROMETHEUS_BOUNDS_SECS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-pub(crate) struct AtomicHistogram {
+/// The recording side of a latency histogram: lock-free, shared by
+/// reference between the tasks that record into it, read with
+/// [`snapshot`](Self::snapshot).
+pub struct AtomicHistogram {
     buckets: Box<[AtomicU64]>,
     sum_micros: AtomicU64,
 }
@@ -52,21 +55,38 @@ fn bucket_upper(index: usize) -> u64 {
     ((SUB_COUNT + sub + 1) << shift) - 1
 }
 
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicHistogram")
+            .field("sum_micros", &self.sum_micros.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl AtomicHistogram {
-    pub(crate) fn new() -> Self {
+    /// An empty histogram.
+    pub fn new() -> Self {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn record(&self, value: Duration) {
+    /// Records one sample: two relaxed atomic adds, no lock.
+    pub fn record(&self, value: Duration) {
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         self.buckets[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Histogram {
+    /// A point-in-time copy, for quantiles and rendering.
+    pub fn snapshot(&self) -> Histogram {
         let counts: Vec<(u64, u64)> = self
             .buckets
             .iter()

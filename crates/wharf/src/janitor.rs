@@ -25,6 +25,8 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>, every: Duration) {
             return;
         }
         maintain(&shared).await;
+        #[cfg(feature = "metrics")]
+        shared.publish_metrics();
     }
 }
 

@@ -62,6 +62,8 @@
 mod config;
 mod connector;
 mod error;
+#[cfg(feature = "metrics")]
+mod facade;
 mod histogram;
 mod hooks;
 mod janitor;
@@ -75,9 +77,9 @@ mod queue;
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
-pub use histogram::Histogram;
+pub use histogram::{AtomicHistogram, Histogram};
 pub use hooks::{CloseReason, HookFuture};
 pub use manager::Manager;
-pub use metrics::{render_prometheus, Metrics, Status};
+pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};
 pub use pooled::{ConnInfo, Pooled};

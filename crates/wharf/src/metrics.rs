@@ -38,18 +38,53 @@ pub(crate) struct Counters {
 
 pub(crate) struct Recorder {
     pub(crate) counters: Counters,
-    pub(crate) acquire_wait: AtomicHistogram,
-    pub(crate) in_use_time: AtomicHistogram,
-    pub(crate) connect_time: AtomicHistogram,
+    pub(crate) acquire_wait: Timing,
+    pub(crate) in_use_time: Timing,
+    pub(crate) connect_time: Timing,
+    /// Handles into the `metrics` facade's recorder, registered once so the
+    /// hot path never builds a key.
+    #[cfg(feature = "metrics")]
+    pub(crate) facade: crate::facade::Facade,
+}
+
+/// One latency histogram: always our own lock-free one, and with the
+/// `metrics` feature also the facade's, so each sample is seen by both.
+pub(crate) struct Timing {
+    local: AtomicHistogram,
+    #[cfg(feature = "metrics")]
+    facade: ::metrics::Histogram,
+}
+
+impl Timing {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn new(pool: &str, family: usize) -> Self {
+        Self {
+            local: AtomicHistogram::new(),
+            #[cfg(feature = "metrics")]
+            facade: crate::facade::histogram(pool, family),
+        }
+    }
+
+    pub(crate) fn record(&self, value: std::time::Duration) {
+        self.local.record(value);
+        #[cfg(feature = "metrics")]
+        self.facade.record(value.as_secs_f64());
+    }
+
+    pub(crate) fn snapshot(&self) -> Histogram {
+        self.local.snapshot()
+    }
 }
 
 impl Recorder {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(pool: &str) -> Self {
         Self {
             counters: Counters::default(),
-            acquire_wait: AtomicHistogram::new(),
-            in_use_time: AtomicHistogram::new(),
-            connect_time: AtomicHistogram::new(),
+            acquire_wait: Timing::new(pool, 0),
+            in_use_time: Timing::new(pool, 1),
+            connect_time: Timing::new(pool, 2),
+            #[cfg(feature = "metrics")]
+            facade: crate::facade::Facade::new(pool),
         }
     }
 
@@ -150,89 +185,115 @@ impl Metrics {
 }
 
 /// A metric family: its name, its help text, and how to read its value.
-type Family<F> = (&'static str, &'static str, F);
-type GaugeFn = fn(&Status) -> usize;
-type CounterFn = fn(&Metrics) -> u64;
-type HistogramFn = fn(&Metrics) -> &Histogram;
+pub(crate) type Family<F> = (&'static str, &'static str, F);
+pub(crate) type GaugeFn = fn(&Status) -> usize;
+pub(crate) type CounterFn = fn(&Metrics) -> u64;
+pub(crate) type HistogramFn = fn(&Metrics) -> &Histogram;
+
+/// The gauge families, shared by the text renderer and the facade.
+pub(crate) const GAUGES: [Family<GaugeFn>; 5] = [
+    (
+        "wharf_pool_connections",
+        "Connections open or opening (counted against max_size).",
+        |s| s.size,
+    ),
+    ("wharf_pool_connections_idle", "Idle connections.", |s| {
+        s.idle
+    }),
+    (
+        "wharf_pool_connections_in_use",
+        "Connections handed out.",
+        |s| s.in_use,
+    ),
+    (
+        "wharf_pool_waiting",
+        "Callers waiting for a connection.",
+        |s| s.waiting,
+    ),
+    (
+        "wharf_pool_max_size",
+        "Configured maximum pool size.",
+        |s| s.max_size,
+    ),
+];
+
+/// The counter families (besides closed-by-reason).
+pub(crate) const COUNTERS: [Family<CounterFn>; 6] = [
+    (
+        "wharf_pool_acquired_total",
+        "Successful get() calls.",
+        Metrics::acquired,
+    ),
+    (
+        "wharf_pool_timeouts_total",
+        "get() calls that timed out.",
+        |m| m.timeouts,
+    ),
+    (
+        "wharf_pool_rejected_total",
+        "get() calls refused at once (max_waiting reached, or fail_fast while the backend is failing).",
+        |m| m.rejected,
+    ),
+    (
+        "wharf_pool_connections_created_total",
+        "Connections opened.",
+        |m| m.created,
+    ),
+    (
+        "wharf_pool_connect_errors_total",
+        "Failed connection attempts.",
+        |m| m.create_errors,
+    ),
+    (
+        "wharf_pool_leaks_total",
+        "Connections reported by leak detection.",
+        |m| m.leaks,
+    ),
+];
+
+/// The histogram families, in [`Recorder`] field order.
+pub(crate) const HISTOGRAMS: [Family<HistogramFn>; 3] = [
+    (
+        "wharf_pool_acquire_wait_seconds",
+        "Time get() waited for a connection.",
+        |m| &m.acquire_wait,
+    ),
+    (
+        "wharf_pool_in_use_seconds",
+        "Time connections were held by callers.",
+        |m| &m.in_use_time,
+    ),
+    (
+        "wharf_pool_connect_seconds",
+        "Time to open a connection.",
+        |m| &m.connect_time,
+    ),
+];
+
+/// The counter family of connections closed, labelled by reason.
+pub(crate) const CLOSED: (&str, &str) = (
+    "wharf_pool_connections_closed_total",
+    "Connections closed, by reason.",
+);
 
 /// Renders several pools' metrics as one Prometheus text document, each
 /// metric family once with a series per pool.
 pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
     let label = |m: &Metrics| escape_label(&m.name);
-    let gauges: [Family<GaugeFn>; 5] = [
-        (
-            "wharf_pool_connections",
-            "Connections open or opening (counted against max_size).",
-            |s| s.size,
-        ),
-        ("wharf_pool_connections_idle", "Idle connections.", |s| {
-            s.idle
-        }),
-        (
-            "wharf_pool_connections_in_use",
-            "Connections handed out.",
-            |s| s.in_use,
-        ),
-        (
-            "wharf_pool_waiting",
-            "Callers waiting for a connection.",
-            |s| s.waiting,
-        ),
-        (
-            "wharf_pool_max_size",
-            "Configured maximum pool size.",
-            |s| s.max_size,
-        ),
-    ];
-    for (name, help, get) in gauges {
+    for (name, help, get) in GAUGES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for m in pools {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(m), get(&m.status));
         }
     }
-    let counters: [Family<CounterFn>; 6] = [
-        (
-            "wharf_pool_acquired_total",
-            "Successful get() calls.",
-            Metrics::acquired,
-        ),
-        (
-            "wharf_pool_timeouts_total",
-            "get() calls that timed out.",
-            |m| m.timeouts,
-        ),
-        (
-            "wharf_pool_rejected_total",
-            "get() calls refused at once (max_waiting reached, or fail_fast while the backend is failing).",
-            |m| m.rejected,
-        ),
-        (
-            "wharf_pool_connections_created_total",
-            "Connections opened.",
-            |m| m.created,
-        ),
-        (
-            "wharf_pool_connect_errors_total",
-            "Failed connection attempts.",
-            |m| m.create_errors,
-        ),
-        (
-            "wharf_pool_leaks_total",
-            "Connections reported by leak detection.",
-            |m| m.leaks,
-        ),
-    ];
-    for (name, help, get) in counters {
+    for (name, help, get) in COUNTERS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for m in pools {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(m), get(m));
         }
     }
-    let name = "wharf_pool_connections_closed_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter"
-    );
+    let (name, help) = CLOSED;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for m in pools {
         for (reason, n) in &m.closed {
             let _ = writeln!(
@@ -242,24 +303,7 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
             );
         }
     }
-    let histograms: [Family<HistogramFn>; 3] = [
-        (
-            "wharf_pool_acquire_wait_seconds",
-            "Time get() waited for a connection.",
-            |m| &m.acquire_wait,
-        ),
-        (
-            "wharf_pool_in_use_seconds",
-            "Time connections were held by callers.",
-            |m| &m.in_use_time,
-        ),
-        (
-            "wharf_pool_connect_seconds",
-            "Time to open a connection.",
-            |m| &m.connect_time,
-        ),
-    ];
-    for (name, help, get) in histograms {
+    for (name, help, get) in HISTOGRAMS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for m in pools {
             write_histogram(out, name, &label(m), get(m));
@@ -301,4 +345,87 @@ fn escape_label(value: &str) -> String {
         }
     }
     out
+}
+
+/// A source of one pool's metrics that does not keep the pool alive.
+type Source = Box<dyn Fn() -> Option<Metrics> + Send + Sync>;
+
+/// The pools an application serves on its own `/metrics` endpoint.
+///
+/// Pools of different managers can be registered side by side; a pool that
+/// has been dropped disappears from the output. Rendering takes a snapshot of
+/// each pool's atomics and never blocks the pools. No HTTP crate is involved:
+/// mount [`render`](Self::render) on whatever server the application runs.
+///
+/// ```
+/// # use std::convert::Infallible;
+/// # struct Numbers;
+/// # impl wharf::Manager for Numbers {
+/// #     type Connection = u32;
+/// #     type Error = Infallible;
+/// #     async fn connect(&self) -> Result<u32, Infallible> { Ok(0) }
+/// #     async fn check(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), wharf::ConfigError> {
+/// let pool = wharf::Pool::builder(Numbers).name("numbers").build()?;
+/// let registry = wharf::MetricsRegistry::new();
+/// registry.register(&pool);
+///
+/// // In an axum handler, say:
+/// // ([(CONTENT_TYPE, MetricsRegistry::CONTENT_TYPE)], registry.render())
+/// let body = registry.render();
+/// assert!(body.contains(r#"wharf_pool_max_size{pool="numbers"}"#));
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct MetricsRegistry {
+    sources: parking_lot::Mutex<Vec<Source>>,
+}
+
+impl MetricsRegistry {
+    /// The `Content-Type` of [`render`](Self::render)'s output.
+    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a pool. The registry holds it weakly.
+    pub fn register<M: crate::Manager>(&self, pool: &crate::Pool<M>) {
+        let weak = pool.downgrade();
+        self.sources
+            .lock()
+            .push(Box::new(move || weak.upgrade().map(|pool| pool.metrics())));
+    }
+
+    /// A snapshot of every live registered pool, forgetting dropped ones.
+    pub fn snapshot(&self) -> Vec<Metrics> {
+        let mut sources = self.sources.lock();
+        let mut out = Vec::with_capacity(sources.len());
+        sources.retain(|source| match source() {
+            Some(metrics) => {
+                out.push(metrics);
+                true
+            }
+            None => false,
+        });
+        out
+    }
+
+    /// Every registered pool in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        render_prometheus(&self.snapshot(), &mut out);
+        out
+    }
+}
+
+impl std::fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsRegistry")
+            .field("pools", &self.sources.lock().len())
+            .finish()
+    }
 }

@@ -129,7 +129,7 @@ impl<M: Manager> Pool<M> {
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
-            recorder: Recorder::new(),
+            recorder: Recorder::new(&config.name),
             runtime,
             changed: Notify::new(),
             next_conn_id: AtomicU64::new(1),
@@ -186,10 +186,7 @@ impl<M: Manager> Pool<M> {
 
     /// Counters and latency histograms, with the current status.
     pub fn metrics(&self) -> Metrics {
-        let shared = self.shared();
-        shared
-            .recorder
-            .snapshot(&shared.config.name, shared.status())
+        self.shared().metrics()
     }
 
     /// The settings the pool was built with (`max_size` may since have been
@@ -294,6 +291,8 @@ impl<M: Manager> Pool<M> {
     pub async fn close(&self) {
         let shared = self.shared();
         shared.shut_down();
+        #[cfg(feature = "metrics")]
+        shared.publish_metrics();
         let deadline = Instant::now() + shared.config.close_timeout;
         loop {
             let mut changed = pin!(shared.changed.notified());
@@ -317,6 +316,16 @@ impl<M: Manager> Pool<M> {
 }
 
 impl<M: Manager> Shared<M> {
+    pub(crate) fn metrics(&self) -> Metrics {
+        self.recorder.snapshot(&self.config.name, self.status())
+    }
+
+    /// Sends gauges and counters to the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self) {
+        self.recorder.facade.publish(&self.metrics());
+    }
+
     pub(crate) fn status(&self) -> Status {
         let st = self.state.lock();
         Status {

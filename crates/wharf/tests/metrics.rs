@@ -353,6 +353,62 @@ async fn several_pools_render_as_one_document() {
     }
 }
 
+/// A second kind of pool, to show the registry mixes managers.
+struct Flags;
+
+impl wharf::Manager for Flags {
+    type Connection = bool;
+    type Error = std::convert::Infallible;
+
+    async fn connect(&self) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn check(&self, _: &mut bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_renders_its_live_pools_and_forgets_dropped_ones() {
+    let (orders, _) = ScriptedManager::new();
+    let orders = Pool::builder(orders)
+        .name("orders")
+        .max_size(3)
+        .build()
+        .unwrap();
+    let flags = Pool::builder(Flags)
+        .name("flags")
+        .max_size(7)
+        .build()
+        .unwrap();
+    let registry = wharf::MetricsRegistry::new();
+    registry.register(&orders);
+    registry.register(&flags);
+    let _held = flags.get().await.unwrap();
+
+    let text = registry.render();
+    assert_well_formed(&text);
+    let scrape = parse(&text);
+    let max =
+        |scrape: &Scrape, pool: &str| scalar(scrape, "wharf_pool_max_size", &[("pool", pool)]);
+    assert_eq!((max(&scrape, "orders"), max(&scrape, "flags")), (3.0, 7.0));
+    assert_eq!(
+        scalar(
+            &scrape,
+            "wharf_pool_connections_in_use",
+            &[("pool", "flags")]
+        ),
+        1.0
+    );
+
+    drop(orders);
+    let text = registry.render();
+    assert_well_formed(&text);
+    assert!(!text.contains(r#"pool="orders""#), "{text}");
+    assert_eq!(registry.snapshot().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn pool_names_are_escaped_in_labels() {
     let (manager, _) = ScriptedManager::new();

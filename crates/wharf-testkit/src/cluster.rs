@@ -1,8 +1,9 @@
 //! Starting, stopping, crashing and removing clusters.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -28,6 +29,8 @@ const LOG_TAIL_LINES: usize = 30;
 pub struct PgClusterBuilder {
     max_connections: u32,
     settings: Vec<(String, String)>,
+    /// Written into the data directory before the server first starts.
+    files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Default for PgClusterBuilder {
@@ -35,6 +38,7 @@ impl Default for PgClusterBuilder {
         Self {
             max_connections: 100,
             settings: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -52,6 +56,17 @@ impl PgClusterBuilder {
     #[must_use]
     pub fn setting(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Writes `contents` to `name`, a path relative to the data directory,
+    /// before the server first starts: for files a setting names, such as
+    /// `ssl_cert_file` and `ssl_key_file` (relative paths in settings are
+    /// resolved against the data directory). The file gets mode 0600 and
+    /// the server's owner, as PostgreSQL demands of private keys.
+    #[must_use]
+    pub fn file(mut self, name: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.into(), contents.into()));
         self
     }
 
@@ -81,7 +96,7 @@ impl PgClusterBuilder {
             server_settings: self.server_settings(),
             server: None,
         };
-        cluster.populate(&template)?;
+        cluster.populate(&template, &self.files)?;
 
         let mut log_tail = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -389,9 +404,10 @@ impl PgCluster {
         .map(drop)
     }
 
-    /// Fills the fresh root directory: data copied from the template, a
-    /// socket directory and a log file, all owned by the server's user.
-    fn populate(&self, template: &Path) -> Result<(), Error> {
+    /// Fills the fresh root directory: data copied from the template plus
+    /// the builder's `files`, a socket directory and a log file, all owned
+    /// by the server's user.
+    fn populate(&self, template: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<(), Error> {
         // `-a` keeps the template's owner and its 0700 mode, which postgres
         // insists on.
         run(Command::new("cp")
@@ -404,6 +420,17 @@ impl PgCluster {
         )))?;
         File::create(&self.log_path)
             .map_err(io_context(format!("creating {}", self.log_path.display())))?;
+        for (name, contents) in files {
+            let path = self.data_dir.join(name);
+            let context = || format!("writing {}", path.display());
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| file.write_all(contents))
+                .map_err(io_context(context()))?;
+        }
         if let Some(owner) = self.owner {
             os::chown_tree(&self.root, owner)?;
         }

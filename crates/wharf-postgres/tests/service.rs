@@ -137,6 +137,41 @@ async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_requests_served() {
+    let (_cluster, service) = start().await;
+    let addr = service.addr;
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/users/1").await.0, 200);
+    }
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    };
+    // Migration and the three lookups at least; /health is not called here.
+    assert!(value(r#"wharf_pool_acquired_total{pool="service"}"#) >= 4.0);
+    assert_eq!(value(r#"wharf_pool_max_size{pool="service"}"#), 10.0);
+    assert_eq!(value(r#"wharf_pool_timeouts_total{pool="service"}"#), 0.0);
+
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_found_or_404() {
     let (_cluster, service) = start().await;
     let addr = service.addr;

@@ -88,7 +88,20 @@ pub fn router(pool: Pool) -> Router {
         .route("/users/{id}", get(get_user))
         .route("/orders", post(create_order))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(pool)
+}
+
+/// The pool's gauges, counters and latency histograms for Prometheus.
+async fn metrics(State(pool): State<Pool>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            wharf_postgres::wharf::MetricsRegistry::CONTENT_TYPE,
+        )],
+        pool.metrics().to_prometheus(),
+    )
+        .into_response()
 }
 
 /// Serves on `listener` until `shutdown` resolves, lets the requests in

@@ -38,7 +38,9 @@
 
 mod bin;
 mod cluster;
+pub mod mariadb;
 mod os;
+pub mod redis;
 mod template;
 
 use std::io;

@@ -18,7 +18,7 @@ const BUCKETS: usize = ((MAX_MAGNITUDE - SUB_BITS + 2) as usize) * SUB_COUNT as 
 
 /// The bucket boundaries (in seconds) used when rendering Prometheus
 /// histograms: 100 µs to 60 s, roughly 1-2.5-5 per decade.
-pub(crate) const PROMETHEUS_BOUNDS_SECS: &[f64] = &[
+pub const PROMETHEUS_BOUNDS_SECS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
@@ -176,8 +176,10 @@ impl Histogram {
     }
 
     /// Cumulative counts at each of `bounds_secs` (upper bounds, ascending),
-    /// as Prometheus' `le` buckets want them.
-    pub(crate) fn cumulative(&self, bounds_secs: &[f64]) -> Vec<u64> {
+    /// as Prometheus' `le` buckets want them: exporters rendering their
+    /// own histograms, and the difference of two snapshots' counts for the
+    /// samples recorded in between.
+    pub fn cumulative(&self, bounds_secs: &[f64]) -> Vec<u64> {
         let mut out = Vec::with_capacity(bounds_secs.len());
         let mut iter = self.counts.iter().peekable();
         let mut running = 0;

@@ -35,6 +35,8 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
     let now = Instant::now();
     let mut retire = Vec::new();
     let mut due = Vec::new();
+    let idle_timeout = shared.tunables.idle_timeout();
+    let (lifetime_gen, lifetime) = shared.tunables.lifetime();
     {
         let mut st = shared.state.lock();
         let min_idle = st.min_idle;
@@ -42,13 +44,19 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
         let mut keep = VecDeque::with_capacity(st.idle.capacity());
         // The front holds the connections idle the longest, so idle-timeout
         // eviction takes those first and leaves the busiest ones.
-        for live in st.idle.drain(..) {
+        for mut live in st.idle.drain(..) {
+            if live.meta.lifetime_gen != lifetime_gen {
+                let meta = &mut live.meta;
+                meta.expires_at =
+                    crate::pool::expiry(meta.created_at, lifetime, meta.lifetime_share);
+                meta.lifetime_gen = lifetime_gen;
+            }
             let idle_for = now.saturating_duration_since(live.meta.idle_since);
             let quiet_for = now.saturating_duration_since(live.meta.last_active);
             if live.meta.is_expired(now) {
                 idle_left -= 1;
                 retire.push((live, CloseReason::Lifetime));
-            } else if config.idle_timeout.is_some_and(|t| idle_for >= t) && idle_left > min_idle {
+            } else if idle_timeout.is_some_and(|t| idle_for >= t) && idle_left > min_idle {
                 idle_left -= 1;
                 retire.push((live, CloseReason::Idle));
             } else {

@@ -77,7 +77,7 @@ mod queue;
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
-pub use histogram::{AtomicHistogram, Histogram};
+pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
 pub use hooks::{CloseReason, HookFuture};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};

@@ -96,6 +96,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) recorder: Recorder,
     pub(crate) leaks: Option<LeakRegistry>,
     runtime: Handle,
+    /// The settings that may change while the pool runs.
+    pub(crate) tunables: Tunables,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
@@ -130,6 +132,7 @@ impl<M: Manager> Pool<M> {
             manager,
             hooks,
             recorder: Recorder::new(&config.name),
+            tunables: Tunables::new(&config),
             runtime,
             changed: Notify::new(),
             next_conn_id: AtomicU64::new(1),
@@ -189,6 +192,14 @@ impl<M: Manager> Pool<M> {
         self.shared().metrics()
     }
 
+    /// Connects that failed in a row since the last one that succeeded (0
+    /// when the last one worked, or none failed yet), and the last error
+    /// among them: whether the backend is reachable, for health checks.
+    pub fn connect_failures(&self) -> (u32, Option<crate::ConnectError>) {
+        let st = self.shared().state.lock();
+        (st.consecutive_failures, st.last_error.clone())
+    }
+
     /// The settings the pool was built with (`max_size` may since have been
     /// changed by [`resize`](Self::resize); [`status`](Self::status) has the
     /// current one).
@@ -222,6 +233,38 @@ impl<M: Manager> Pool<M> {
             shared.close_conn(live, CloseReason::Resized);
         }
         Ok(())
+    }
+
+    /// Changes `idle_timeout` (`None` turns it off) from the next
+    /// maintenance round on, for every idle connection. [`config`](Self::config)
+    /// keeps showing the value the pool was built with.
+    pub fn set_idle_timeout(&self, idle_timeout: Option<Duration>) {
+        self.shared()
+            .tunables
+            .idle_timeout
+            .store(encode(idle_timeout), Ordering::Relaxed);
+    }
+
+    /// Changes `validate_after` (`None`: never check) from the next
+    /// `get()` on.
+    pub fn set_validate_after(&self, validate_after: Option<Duration>) {
+        self.shared()
+            .tunables
+            .validate_after
+            .store(encode(validate_after), Ordering::Relaxed);
+    }
+
+    /// Changes `max_lifetime` (`None`: unlimited). New connections get it
+    /// at once; existing ones keep their jitter share of it and are brought
+    /// in line while idle, at the next maintenance round (a connection in
+    /// use is never closed under its user).
+    pub fn set_max_lifetime(&self, max_lifetime: Option<Duration>) {
+        let tunables = &self.shared().tunables;
+        let _changing = tunables.lifetime_lock.lock();
+        tunables
+            .max_lifetime
+            .store(encode(max_lifetime), Ordering::Relaxed);
+        tunables.lifetime_gen.fetch_add(1, Ordering::Release);
     }
 
     /// A handle that does not keep the pool open.
@@ -493,8 +536,8 @@ impl<M: Manager> Shared<M> {
             return None;
         }
         let needs_check = self
-            .config
-            .validate_after
+            .tunables
+            .validate_after()
             .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
         let mut ready = now;
         if needs_check {
@@ -639,14 +682,14 @@ impl<M: Manager> Shared<M> {
     }
 
     pub(crate) fn new_meta(&self, now: Instant) -> Meta {
-        let expires_at = self.config.max_lifetime.map(|lifetime| {
-            let shortened = lifetime.mul_f64(1.0 - fastrand::f64() * self.config.lifetime_jitter);
-            now + shortened
-        });
+        let lifetime_share = 1.0 - fastrand::f64() * self.config.lifetime_jitter;
+        let (lifetime_gen, lifetime) = self.tunables.lifetime();
         Meta {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             created_at: now,
-            expires_at,
+            expires_at: expiry(now, lifetime, lifetime_share),
+            lifetime_share,
+            lifetime_gen,
             uses: 0,
             last_active: now,
             idle_since: now,
@@ -704,5 +747,69 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
         if let Some(live) = self.give_up() {
             self.shared.checkin(live, None, None);
         }
+    }
+}
+
+/// When a connection made at `created_at` with this share of `lifetime`
+/// expires.
+pub(crate) fn expiry(
+    created_at: Instant,
+    lifetime: Option<Duration>,
+    share: f64,
+) -> Option<Instant> {
+    lifetime.map(|lifetime| created_at + lifetime.mul_f64(share))
+}
+
+/// `None` for a setting that is off.
+const OFF: u64 = u64::MAX;
+
+fn encode(value: Option<Duration>) -> u64 {
+    value.map_or(OFF, |d| u64::try_from(d.as_nanos()).unwrap_or(OFF - 1))
+}
+
+fn decode(value: u64) -> Option<Duration> {
+    (value != OFF).then(|| Duration::from_nanos(value))
+}
+
+/// The settings a running pool can change, read without a lock on the
+/// paths that use them.
+pub(crate) struct Tunables {
+    idle_timeout: AtomicU64,
+    validate_after: AtomicU64,
+    max_lifetime: AtomicU64,
+    /// Bumped by every `set_max_lifetime`, so the janitor knows which idle
+    /// connections' expiry to recompute.
+    lifetime_gen: AtomicU64,
+    /// Keeps a (generation, lifetime) pair consistent for readers that
+    /// take both.
+    lifetime_lock: Mutex<()>,
+}
+
+impl Tunables {
+    fn new(config: &Config) -> Self {
+        Self {
+            idle_timeout: AtomicU64::new(encode(config.idle_timeout)),
+            validate_after: AtomicU64::new(encode(config.validate_after)),
+            max_lifetime: AtomicU64::new(encode(config.max_lifetime)),
+            lifetime_gen: AtomicU64::new(0),
+            lifetime_lock: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        decode(self.idle_timeout.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn validate_after(&self) -> Option<Duration> {
+        decode(self.validate_after.load(Ordering::Relaxed))
+    }
+
+    /// The current `max_lifetime` and the generation it belongs to.
+    pub(crate) fn lifetime(&self) -> (u64, Option<Duration>) {
+        let _stable = self.lifetime_lock.lock();
+        (
+            self.lifetime_gen.load(Ordering::Acquire),
+            decode(self.max_lifetime.load(Ordering::Relaxed)),
+        )
     }
 }

@@ -25,6 +25,11 @@ pub(crate) struct Meta {
     pub(crate) created_at: Instant,
     /// When `max_lifetime` (less this connection's jitter) runs out.
     pub(crate) expires_at: Option<Instant>,
+    /// The fraction of `max_lifetime` this connection gets (jitter), kept
+    /// so a changed `max_lifetime` can be applied with the same spread.
+    pub(crate) lifetime_share: f64,
+    /// Which `max_lifetime` setting `expires_at` was computed from.
+    pub(crate) lifetime_gen: u64,
     pub(crate) uses: u64,
     /// Last time the connection was known to work: returned after use, or
     /// passed a check. Drives `validate_after` and `keepalive_interval`.
@@ -258,6 +263,8 @@ mod tests {
                 id,
                 created_at: now,
                 expires_at: None,
+                lifetime_share: 1.0,
+                lifetime_gen: 0,
                 uses: 0,
                 last_active: now,
                 idle_since: now,

@@ -156,6 +156,17 @@ impl ServerStream {
         }
     }
 
+    /// The pooler's end of the connection (`unix`, 0 for a Unix socket).
+    pub fn local(&self) -> (String, u16) {
+        match self {
+            ServerStream::Tcp(s) => s
+                .local_addr()
+                .map(|a| (a.ip().to_string(), a.port()))
+                .unwrap_or_default(),
+            ServerStream::Unix(_) => ("unix".to_owned(), 0),
+        }
+    }
+
     async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             ServerStream::Tcp(s) => s.read_buf(buf).await,
@@ -219,7 +230,7 @@ impl ServerError {
 pub type Params = Vec<(String, String)>;
 
 /// How to reach and log in to one server for one pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
     /// Where the server listens.
     pub addr: ServerAddr,
@@ -259,6 +270,17 @@ pub struct ServerConn {
     /// this server last matched, so a client getting back the server it
     /// just had skips comparing them.
     pub(crate) synced_with: Option<(u64, u64)>,
+    /// What the connection was opened with: once RELOAD changes the
+    /// pool's target, it is closed when released (PgBouncer's
+    /// `close_needed`).
+    pub(crate) target: Arc<ServerTarget>,
+    /// Where it is, for cancel requests.
+    pub(crate) addr: Arc<ServerAddr>,
+    /// Its place in the registry `SHOW SERVERS` lists.
+    pub(crate) entry: Option<crate::stats::ServerGuard>,
+    /// Handed to a client and not yet given back clean: if the client's
+    /// task is dropped mid-transaction (KILL), the pool must close it.
+    pub(crate) dirty: bool,
 }
 
 /// Server messages during login and the pooler's own queries are small;
@@ -269,7 +291,7 @@ impl ServerConn {
     /// Opens a connection to `target` and logs in, once it has a place
     /// under each of `limits` (waiting for one if need be).
     pub async fn connect(
-        target: &ServerTarget,
+        target: &Arc<ServerTarget>,
         limits: &[Arc<ConnectionLimit>],
     ) -> Result<Self, ServerError> {
         let mut permits = Vec::with_capacity(limits.len());
@@ -292,6 +314,10 @@ impl ServerConn {
             broken: false,
             _permits: permits,
             synced_with: None,
+            target: target.clone(),
+            addr: Arc::new(target.addr.clone()),
+            entry: None,
+            dirty: false,
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
@@ -577,10 +603,13 @@ impl ConnectionLimit {
 /// The `wharf` engine's manager for one server pool.
 #[derive(Debug, Clone)]
 pub struct ServerManager {
-    /// Where and how to log in.
-    pub target: Arc<ServerTarget>,
+    /// Where and how to log in; RELOAD swaps it (new connections use the
+    /// new one).
+    pub target: Arc<parking_lot::RwLock<Arc<ServerTarget>>>,
     /// Limits shared with other pools, in acquisition order.
     pub limits: Vec<Arc<ConnectionLimit>>,
+    /// The pool's counters, registry and PAUSE state.
+    pub tracking: crate::stats::Tracking,
 }
 
 impl wharf::Manager for ServerManager {
@@ -588,18 +617,46 @@ impl wharf::Manager for ServerManager {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<ServerConn, ServerError> {
-        ServerConn::connect(&self.target, &self.limits).await
+        // A paused database opens no servers (PAUSE waits for them all to
+        // close); the engine's connect_timeout bounds this wait.
+        self.tracking.control.wait_resumed().await;
+        let target = self.target.read().clone();
+        let addr = match &target.addr {
+            ServerAddr::Tcp { host, port } => (host.clone(), *port),
+            ServerAddr::Unix(path) => (path.display().to_string(), 0),
+        };
+        let entry = self.tracking.registry.register_server(
+            self.tracking.pool.clone(),
+            addr,
+            target.clone(),
+            self.target.clone(),
+        );
+        let mut conn = ServerConn::connect(&target, &self.limits).await?;
+        entry
+            .entry
+            .logged_in(conn.key.pid, Some(conn.stream.local()));
+        entry.set_idle();
+        conn.entry = Some(entry);
+        Ok(conn)
     }
 
     async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
-        let Some(query) = &self.target.check_query else {
+        let target = conn.target.clone();
+        let Some(query) = &target.check_query else {
             return Ok(());
         };
-        let addr = self.target.addr.to_string();
-        conn.simple_query(query, &addr).await
+        let addr = target.addr.to_string();
+        if let Some(entry) = &conn.entry {
+            entry.set_tested();
+        }
+        let checked = conn.simple_query(query, &addr).await;
+        if let Some(entry) = &conn.entry {
+            entry.set_idle();
+        }
+        checked
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.broken
+        conn.broken || conn.dirty || !Arc::ptr_eq(&conn.target, &self.target.read())
     }
 }

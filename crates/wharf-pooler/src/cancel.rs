@@ -69,6 +69,18 @@ impl CancelRegistry {
         }
     }
 
+    /// [`cancel`](Self::cancel), given up after `wait` (PgBouncer's
+    /// `cancel_wait_timeout`; `None` waits for ever): a server that does
+    /// not take the request must not hold the client's connection.
+    pub async fn cancel_within(&self, key: CancelKey, wait: Option<std::time::Duration>) {
+        let Some(wait) = wait else {
+            return self.cancel(key).await;
+        };
+        if tokio::time::timeout(wait, self.cancel(key)).await.is_err() {
+            tracing::info!("closing cancel request: cancel_wait_timeout");
+        }
+    }
+
     /// Handles a CancelRequest: forwards it to the server the key's client
     /// is linked to, if any. Unknown keys are ignored, as PostgreSQL does.
     pub async fn cancel(&self, key: CancelKey) {

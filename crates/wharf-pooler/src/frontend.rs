@@ -19,19 +19,34 @@ use crate::auth::{authenticate_client, ClientAuthError};
 use crate::backend::{set_param, ServerConn, ServerError, ServerManager};
 use crate::cancel::{CancelRegistry, CancelSlot};
 use crate::config::{Config, PoolMode, Secret};
+use crate::lifecycle::{Lifecycle, ShutdownMode};
 use crate::proto::{backend, read_startup, ProtocolError, Scanner, Startup};
 use crate::router::{RouteError, Router, ServerPool};
+use crate::stats::{ClientEntry, ClientInfo, PoolStats};
 
 /// What every client task shares.
 pub struct Shared {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The server pools.
+    /// The server pools, and the configuration and secrets in force.
     pub router: Router,
     /// Client cancel keys.
     pub cancels: CancelRegistry,
-    /// The auth file's secrets.
-    pub secrets: Arc<HashMap<String, Secret>>,
+    /// RELOAD and SHUTDOWN.
+    pub lifecycle: Lifecycle,
+    /// Counters and the client/server registry (the router's; here so
+    /// exporters need not go through the router).
+    pub stats: Arc<crate::stats::Stats>,
+}
+
+impl Shared {
+    /// The configuration in force now (a snapshot: RELOAD may replace it).
+    pub fn config(&self) -> Arc<Config> {
+        self.router.config()
+    }
+
+    /// The auth file's secrets in force now.
+    pub fn secrets(&self) -> Arc<HashMap<String, Secret>> {
+        self.router.secrets()
+    }
 }
 
 /// A client socket that can be split into halves for relaying.
@@ -46,6 +61,16 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
         Self: 'a;
     /// Borrows the socket as two halves.
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+
+    /// The pooler's end of the connection (`SHOW CLIENTS` local_addr).
+    fn local_end(&self) -> Option<(String, u16)> {
+        None
+    }
+
+    /// The peer's OS user and process id, when the socket can tell (Unix).
+    fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
+        None
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -54,6 +79,11 @@ impl ClientStream for TcpStream {
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         self.split()
     }
+    fn local_end(&self) -> Option<(String, u16)> {
+        self.local_addr()
+            .ok()
+            .map(|a| (a.ip().to_string(), a.port()))
+    }
 }
 
 impl ClientStream for UnixStream {
@@ -61,6 +91,13 @@ impl ClientStream for UnixStream {
     type Writer<'a> = tokio::net::unix::WriteHalf<'a>;
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         self.split()
+    }
+    fn local_end(&self) -> Option<(String, u16)> {
+        Some(("unix".to_owned(), 0))
+    }
+    fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
+        let cred = self.peer_cred().ok()?;
+        Some((cred.uid(), cred.pid().and_then(|p| u32::try_from(p).ok())))
     }
 }
 
@@ -88,11 +125,31 @@ struct Ended;
 
 /// Serves one client connection from its first byte to its last.
 pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: Arc<Shared>) {
-    let settings = &shared.config.pgbouncer;
+    let config = shared.config();
+    let settings = &config.pgbouncer;
     let login_timeout = settings.client_login_timeout.unwrap_or(NO_LOGIN_TIMEOUT);
     let login = tokio::time::timeout(login_timeout, login(&mut stream, &peer, &shared)).await;
     let session = match login {
-        Ok(Ok(Some(session))) => session,
+        Ok(Ok(Some(LoggedIn::Pool(session)))) => session,
+        Ok(Ok(Some(LoggedIn::Console(console)))) => {
+            let info = client_info(
+                &stream,
+                &peer,
+                &console.user,
+                "pgbouncer",
+                &console.user,
+                true,
+                &console.params,
+            );
+            let entry = shared.router.stats().register_client(info);
+            let console = crate::admin::Console {
+                user: console.user,
+                role: console.role,
+                entry,
+            };
+            crate::admin::serve(&mut stream, &shared, console).await;
+            return;
+        }
         Ok(Ok(None)) | Ok(Err(Ended)) => return,
         Err(_) => {
             fatal(&mut stream, "08P01", "client_login_timeout").await;
@@ -110,6 +167,24 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
     if settings.log_connections {
         tracing::info!(%peer, database = %session.pool.database, user = %session.user, "client logged in");
     }
+    let id = NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = shared.router.stats().register_client(ClientInfo {
+        id,
+        ..client_info(
+            &stream,
+            &peer,
+            &session.user,
+            &session.pool.database,
+            &session.pool.user,
+            false,
+            &session.params,
+        )
+    });
+    session
+        .pool
+        .stats
+        .client_logins
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (reader, writer) = stream.halves();
     let mut relay = Relay {
         reader,
@@ -117,16 +192,99 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         pool: &session.pool,
         cancel: &registered.slot,
         params: session.params,
-        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        id,
+        entry: &client.entry,
         params_version: 0,
         cbuf: BytesMut::with_capacity(READ_CHUNK),
         cscan: Scanner::default(),
         state: ClientState::default(),
         max_packet: settings.max_packet_size,
+        shared: &shared,
+        user: &session.user,
+        timeouts: Timeouts::default(),
+        timeouts_from: None,
+        timer: Box::pin(tokio::time::sleep(NO_LOGIN_TIMEOUT)),
+        armed: None,
+        shutdown: Some(Box::pin(
+            shared
+                .lifecycle
+                .wait_clients_must_go(ShutdownMode::WaitForServers),
+        )),
     };
-    let reason = relay.run().await;
+    // KILL and KILL_CLIENT drop the relay wherever it is; a server it
+    // held mid-transaction is closed, not pooled (see `ServerConn::dirty`).
+    let killed = client.entry.clone();
+    let outcome = tokio::select! {
+        reason = relay.run() => Some(reason),
+        () = killed.killed() => None,
+    };
+    let reason = match outcome {
+        Some(reason) => reason,
+        None => {
+            fatal(
+                &mut relay.writer,
+                "08P01",
+                "client killed by the admin console",
+            )
+            .await;
+            "killed by the admin console"
+        }
+    };
     if settings.log_disconnections {
         tracing::info!(%peer, database = %session.pool.database, user = %session.user, reason, "client closed");
+    }
+}
+
+/// What a login turned out to be.
+enum LoggedIn {
+    /// A client of a server pool.
+    Pool(Session),
+    /// An admin console session.
+    Console(ConsoleLogin),
+}
+
+/// A console login: who, with which rights.
+struct ConsoleLogin {
+    user: String,
+    role: crate::admin::Role,
+    params: Vec<(String, String)>,
+}
+
+/// The registry's description of a client connection.
+fn client_info<S: ClientStream>(
+    stream: &S,
+    peer: &str,
+    user: &str,
+    database: &str,
+    pool_user: &str,
+    admin: bool,
+    params: &[(String, String)],
+) -> ClientInfo {
+    let credentials = stream.peer_credentials();
+    let addr = match peer.rsplit_once(':') {
+        _ if peer.starts_with("unix:") => ("unix".to_owned(), 0),
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (peer.to_owned(), 0),
+    };
+    ClientInfo {
+        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        user: user.to_owned(),
+        database: database.to_owned(),
+        pool_user: pool_user.to_owned(),
+        addr,
+        local_addr: stream.local_end().unwrap_or_default(),
+        remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
+        admin,
+        application_name: params
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -145,7 +303,7 @@ async fn login<S: ClientStream>(
     stream: &mut S,
     peer: &str,
     shared: &Shared,
-) -> Result<Option<Session>, Ended> {
+) -> Result<Option<LoggedIn>, Ended> {
     let params = loop {
         match read_startup(stream).await {
             Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => {
@@ -155,7 +313,10 @@ async fn login<S: ClientStream>(
                 }
             }
             Ok(Startup::Cancel(key)) => {
-                shared.cancels.cancel(key).await;
+                shared
+                    .cancels
+                    .cancel_within(key, shared.config().pgbouncer.cancel_wait_timeout)
+                    .await;
                 return Ok(None);
             }
             Ok(Startup::Startup { params, .. }) => break params,
@@ -167,7 +328,8 @@ async fn login<S: ClientStream>(
             }
         }
     };
-    let settings = &shared.config.pgbouncer;
+    let config = shared.config();
+    let settings = &config.pgbouncer;
     let mut user = None;
     let mut database = None;
     let mut client_params = Vec::new();
@@ -202,8 +364,7 @@ async fn login<S: ClientStream>(
     // auth_type = any logs every client in as the database's forced user;
     // without one there is nobody to log in as (PgBouncer refuses too).
     if settings.auth_type == crate::config::AuthType::Any
-        && shared
-            .config
+        && config
             .database(&database)
             .is_some_and(|db| db.user.is_none())
     {
@@ -214,8 +375,32 @@ async fn login<S: ClientStream>(
         fatal(stream, "08P01", &message).await;
         return Err(Ended);
     }
-    let secret = shared.secrets.get(&user);
-    match authenticate_client(stream, settings.auth_type, &user, secret).await {
+    // The console: only admin_users and stats_users, except the pooler's
+    // own OS user over the Unix socket, who needs no password.
+    let console = crate::admin::is_console(&database);
+    let own_user = console
+        && crate::admin::peer_is_own_user(stream.peer_credentials().map(|(uid, _)| uid), &user);
+    let console_role = if own_user {
+        Some(crate::admin::Role::Admin)
+    } else if console {
+        let role = crate::admin::role_of(shared, &user);
+        if role.is_none() {
+            tracing::info!(%peer, %user, "closing client: not allowed on the admin console");
+            fatal(stream, "08P01", "not allowed").await;
+            return Err(Ended);
+        }
+        role
+    } else {
+        None
+    };
+    let secrets = shared.secrets();
+    let secret = secrets.get(&user);
+    let authenticated = if own_user {
+        Ok(())
+    } else {
+        authenticate_client(stream, settings.auth_type, &user, secret).await
+    };
+    match authenticated {
         Ok(()) => {}
         Err(ClientAuthError::Failed(user)) => {
             tracing::info!(%peer, %user, "closing client: password authentication failed");
@@ -234,7 +419,20 @@ async fn login<S: ClientStream>(
         }
     }
 
+    if let Some(role) = console_role {
+        return Ok(Some(LoggedIn::Console(ConsoleLogin {
+            user,
+            role,
+            params: client_params,
+        })));
+    }
     let pool = match shared.router.route(&database, &user) {
+        Ok(pool) if pool.control.is_disabled() => {
+            tracing::info!(%peer, %database, "closing client: database disabled");
+            let message = format!("database does not allow connections: {database}");
+            fatal(stream, "08P01", &message).await;
+            return Err(Ended);
+        }
         Ok(pool) => pool,
         Err(err @ RouteError::UnknownDatabase(_)) => {
             tracing::info!(%peer, %database, "closing client: unknown database");
@@ -249,7 +447,13 @@ async fn login<S: ClientStream>(
     };
     let server_params = match pool.welcome() {
         Some(params) => params,
-        None => match first_server(&pool).await {
+        // A paused database opens no server, not even for a welcome.
+        None => match async {
+            pool.control.wait_resumed().await;
+            first_server(&pool).await
+        }
+        .await
+        {
             Ok(server) => {
                 pool.set_welcome(&server.params);
                 pool.welcome().unwrap_or_default()
@@ -282,12 +486,12 @@ async fn login<S: ClientStream>(
         .filter(|(name, _)| TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)))
         .cloned()
         .collect();
-    Ok(Some(Session {
+    Ok(Some(LoggedIn::Pool(Session {
         user,
         pool,
         params,
         welcome,
-    }))
+    })))
 }
 
 /// The first server of a pool that has never had one, for the welcome.
@@ -371,9 +575,33 @@ struct ClientState {
     /// reads them answers them. Settled by [`probe`] once the client is
     /// owed nothing else.
     copy_doubtful: usize,
+    /// When the query being answered was first sent to a server.
+    query_start: Option<std::time::Instant>,
+    /// When the open transaction's first query was sent to a server.
+    xact_start: Option<std::time::Instant>,
 }
 
 impl ClientState {
+    /// Stats for a ReadyForQuery: a query ended, and with status `I` a
+    /// transaction too.
+    fn ready_for_query(&mut self, status: u8, stats: &PoolStats) {
+        let now = std::time::Instant::now();
+        stats.query_done(self.query_start.take().map(|t| now - t));
+        if status == b'I' {
+            stats.xact_done(self.xact_start.take().map(|t| now - t));
+        }
+    }
+
+    /// Bytes went to a server: a query (and maybe a transaction) starts
+    /// if none was running.
+    fn sent_to_server(&mut self) {
+        if self.query_start.is_none() {
+            let now = std::time::Instant::now();
+            self.query_start = Some(now);
+            self.xact_start.get_or_insert(now);
+        }
+    }
+
     fn note(&mut self, tag: u8) {
         match tag {
             b'Q' | b'F' => {
@@ -453,9 +681,114 @@ enum Unlinked {
     TransactionInStatementMode,
     /// The client broke the protocol.
     ClientBroke(ProtocolError),
+    /// A timeout ran out mid-transaction: the server cannot go back.
+    TimedOut(Timeout),
+    /// A shutdown says the client must go; `clean` if its server is idle
+    /// outside any transaction and may go back to the pool.
+    ShuttingDown {
+        /// Whether the server is outside any transaction.
+        clean: bool,
+    },
 }
 
+/// The timeouts that end a session, with PgBouncer's message for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timeout {
+    /// `query_timeout`.
+    Query,
+    /// `idle_transaction_timeout`.
+    IdleTransaction,
+    /// `transaction_timeout`.
+    Transaction,
+    /// `client_idle_timeout`.
+    ClientIdle,
+}
+
+impl Timeout {
+    /// What the client is told (SQLSTATE 08P01), as PgBouncer says it.
+    fn message(self) -> &'static str {
+        match self {
+            Timeout::Query => "query timeout",
+            Timeout::IdleTransaction => "idle transaction timeout",
+            Timeout::Transaction => "transaction timeout",
+            Timeout::ClientIdle => "client_idle_timeout",
+        }
+    }
+}
+
+/// The session's timeouts, as the configuration in force says for its
+/// (database, user); `None` is off.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timeouts {
+    query: Option<Duration>,
+    query_wait: Option<Duration>,
+    idle_transaction: Option<Duration>,
+    transaction: Option<Duration>,
+    client_idle: Option<Duration>,
+    log_pooler_errors: bool,
+}
+
+impl Timeouts {
+    /// Whether any timeout needs the linked loop's clock.
+    fn linked(&self) -> bool {
+        self.query.is_some() || self.idle_transaction.is_some() || self.transaction.is_some()
+    }
+}
+
+/// When the linked loop's transaction and query began, and since when the
+/// server has been waiting on the client.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    query_start: Option<tokio::time::Instant>,
+    xact_start: Option<tokio::time::Instant>,
+    idle_since: tokio::time::Instant,
+}
+
+impl Clock {
+    /// The nearest deadline, and which timeout it is.
+    fn deadline(
+        &self,
+        t: &Timeouts,
+        pending: bool,
+        in_tx: bool,
+    ) -> Option<(tokio::time::Instant, Timeout)> {
+        let mut nearest: Option<(tokio::time::Instant, Timeout)> = None;
+        let mut offer = |at: Option<tokio::time::Instant>, limit: Option<Duration>, which| {
+            if let (Some(at), Some(limit)) = (at, limit) {
+                let due = at + limit;
+                if nearest.is_none_or(|(d, _)| due < d) {
+                    nearest = Some((due, which));
+                }
+            }
+        };
+        if pending {
+            offer(self.query_start, t.query, Timeout::Query);
+        } else if in_tx {
+            offer(
+                Some(self.idle_since),
+                t.idle_transaction,
+                Timeout::IdleTransaction,
+            );
+        }
+        offer(self.xact_start, t.transaction, Timeout::Transaction);
+        nearest
+    }
+}
+
+/// What an unlinked session's wait for its client ended with.
+enum Waited {
+    Read(std::io::Result<usize>),
+    Timer,
+    Shutdown,
+}
+
+/// What clients are told when a shutdown ends their session
+/// (PgBouncer's words).
+const SHUTTING_DOWN: &str = "server shutting down";
+
 enum Event {
+    Timer,
+    Shutdown,
     WroteServer(std::io::Result<usize>),
     ReadClient(std::io::Result<usize>),
     WroteClient(std::io::Result<usize>),
@@ -477,12 +810,34 @@ struct Relay<'a, R, W> {
     cscan: Scanner,
     state: ClientState,
     max_packet: usize,
+    shared: &'a Shared,
+    /// This session in the client registry (`SHOW CLIENTS`).
+    entry: &'a ClientEntry,
+    /// The user the client logged in as (for per-user timeouts).
+    user: &'a str,
+    timeouts: Timeouts,
+    /// The configuration generation `timeouts` were read from: re-read
+    /// only when a RELOAD has put another in force.
+    timeouts_from: Option<u64>,
+    /// The session's one timer, moved to whichever deadline is nearest
+    /// when that changes (not a timer per message).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<tokio::time::Instant>,
+    /// Wakes the session when a shutdown says clients must go; `None`
+    /// once that has happened at the strongest mode.
+    shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> {
     /// Relays until the session ends; returns why, for the log.
     async fn run(&mut self) -> &'static str {
         loop {
+            self.refresh_timeouts();
+            if self.shared.lifecycle.clients_must_go().is_some() {
+                // Between transactions: no server work is cut.
+                self.pooler_error("08P01", SHUTTING_DOWN).await;
+                return SHUTTING_DOWN;
+            }
             if self.cscan.ready() > 0 {
                 let Ok(mut server) = self.link().await else {
                     return "no server available";
@@ -520,6 +875,22 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                         server.broken = true;
                         return self.client_broke(err).await;
                     }
+                    Unlinked::TimedOut(which) => {
+                        // Mid-transaction or mid-query: never back to the pool.
+                        server.broken = true;
+                        self.pooler_error("08P01", which.message()).await;
+                        return which.message();
+                    }
+                    Unlinked::ShuttingDown { clean } => {
+                        if clean {
+                            self.release(server, self.pool.mode == PoolMode::Session)
+                                .await;
+                        } else {
+                            server.broken = true;
+                        }
+                        self.pooler_error("08P01", SHUTTING_DOWN).await;
+                        return SHUTTING_DOWN;
+                    }
                 }
                 continue;
             }
@@ -527,25 +898,113 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 return "client disconnected";
             }
             make_room(&mut self.cbuf);
-            match self.reader.read_buf(&mut self.cbuf).await {
-                Ok(0) | Err(_) => return "client disconnected",
-                Ok(_) => {
+            // client_idle_timeout counts while the client has no server.
+            let idle_deadline = self
+                .timeouts
+                .client_idle
+                .map(|t| tokio::time::Instant::now() + t);
+            self.rearm(idle_deadline);
+            let watching = self.shutdown.is_some();
+            let event = {
+                let never = std::future::pending::<()>();
+                let shutdown = async {
+                    match &mut self.shutdown {
+                        Some(wait) => wait.await,
+                        None => never.await,
+                    }
+                };
+                tokio::select! {
+                    read = self.reader.read_buf(&mut self.cbuf) => Waited::Read(read),
+                    _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
+                    _ = shutdown, if watching => Waited::Shutdown,
+                }
+            };
+            match event {
+                Waited::Read(Ok(0) | Err(_)) => return "client disconnected",
+                Waited::Read(Ok(_)) => {
                     if let Err(err) = self.scan_client() {
                         return self.client_broke(err).await;
                     }
                 }
+                Waited::Timer => {
+                    self.armed = None;
+                    let message = Timeout::ClientIdle.message();
+                    self.pooler_error("08P01", message).await;
+                    return message;
+                }
+                Waited::Shutdown => self.shutdown_seen(),
             }
         }
     }
 
+    /// Re-reads the timeouts when a RELOAD has put a new configuration in
+    /// force (one atomic load per transaction otherwise).
+    fn refresh_timeouts(&mut self) {
+        let generation = self.shared.router.config_generation();
+        if self.timeouts_from == Some(generation) {
+            return;
+        }
+        let config = self.shared.config();
+        let pool = config.pool_settings(&self.pool.database, self.user);
+        self.timeouts = Timeouts {
+            query: pool.query_timeout,
+            query_wait: pool.query_wait_timeout,
+            idle_transaction: pool.idle_transaction_timeout,
+            transaction: pool.transaction_timeout,
+            client_idle: pool.client_idle_timeout,
+            log_pooler_errors: config.pgbouncer.log_pooler_errors,
+        };
+        self.timeouts_from = Some(generation);
+    }
+
+    /// Moves the session's timer to `deadline`, if that is a change.
+    fn rearm(&mut self, deadline: Option<tokio::time::Instant>) {
+        if deadline != self.armed {
+            if let Some(at) = deadline {
+                self.timer.as_mut().reset(at);
+            }
+            self.armed = deadline;
+        }
+    }
+
+    /// The shutdown watch fired: from now on only an immediate shutdown
+    /// can tell the session anything new.
+    fn shutdown_seen(&mut self) {
+        self.shutdown = match self.shared.lifecycle.clients_must_go() {
+            Some(ShutdownMode::Immediate) => None,
+            _ => Some(Box::pin(
+                self.shared
+                    .lifecycle
+                    .wait_clients_must_go(ShutdownMode::Immediate),
+            )),
+        };
+    }
+
+    /// Ends the session with an error from the pooler itself (PgBouncer's
+    /// pooler errors), logged when `log_pooler_errors` is on.
+    async fn pooler_error(&mut self, code: &str, message: &str) {
+        if self.timeouts.log_pooler_errors {
+            tracing::warn!(
+                database = %self.pool.database,
+                user = %self.user,
+                code,
+                "pooler error: {message}"
+            );
+        }
+        tracing::info!(database = %self.pool.database, user = %self.user, "closing client: {message}");
+        fatal(&mut self.writer, code, message).await;
+    }
+
     fn scan_client(&mut self) -> Result<(), ProtocolError> {
         let state = &mut self.state;
+        let stats = &self.pool.stats;
         let ready = self.cscan.scan_until(
             &self.cbuf,
             self.max_packet,
             |tag| tag == b'X',
             |tag, _| {
                 state.note(tag);
+                stats.client_message(tag);
                 // Terminate is for the pooler, not the server, and nothing
                 // a client sends after it counts.
                 if tag == b'X' {
@@ -563,18 +1022,58 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
 
     /// Takes a server from the pool and brings it in line with the client.
     async fn link(&mut self) -> Result<Pooled<ServerManager>, Ended> {
-        let mut server = match self.pool.pool.get().await {
-            Ok(server) => server,
-            Err(err) => {
-                let message = match err {
-                    wharf::Error::Timeout { .. } => format!("query_wait_timeout: {err}"),
+        let wait = self.timeouts.query_wait.unwrap_or(NO_LOGIN_TIMEOUT);
+        self.entry.set_waiting();
+        let waited = std::time::Instant::now();
+        let got = {
+            let pool = self.pool;
+            // PAUSE, KILL and SUSPEND hold new transactions here.
+            let get = async move {
+                pool.control.wait_resumed().await;
+                pool.pool.get_timeout(wait).await
+            };
+            let watching = self.shutdown.is_some();
+            let never = std::future::pending::<()>();
+            let shutdown = async {
+                match &mut self.shutdown {
+                    Some(wait) => wait.await,
+                    None => never.await,
+                }
+            };
+            tokio::select! {
+                got = get => Some(got),
+                _ = shutdown, if watching => None,
+            }
+        };
+        let mut server = match got {
+            Some(Ok(mut server)) => {
+                self.pool.stats.assigned(waited.elapsed());
+                // Until given back clean by `release`, the pool must not
+                // reuse it (a killed session drops it anywhere).
+                server.dirty = true;
+                let server_id = server.entry.as_ref().map_or(0, |e| e.entry.id);
+                if let Some(entry) = &server.entry {
+                    entry.entry.set_active(self.id);
+                }
+                self.entry.set_active(server_id);
+                server
+            }
+            // A waiting client has no server work to finish.
+            None => {
+                self.shutdown_seen();
+                self.pooler_error("08P01", SHUTTING_DOWN).await;
+                return Err(Ended);
+            }
+            Some(Err(err)) => {
+                let message = match &err {
+                    wharf::Error::Timeout { .. } => "query_wait_timeout".to_owned(),
                     wharf::Error::Unavailable { .. } => format!(
                         "server login has been failing, try again later (server_login_retry): {err}"
                     ),
                     other => other.to_string(),
                 };
-                tracing::info!(pool = %self.pool.database, user = %self.pool.user, "closing client: {message}");
-                fatal(&mut self.writer, "08P01", &message).await;
+                tracing::info!(pool = %self.pool.database, user = %self.pool.user, error = %err, "no server for the client");
+                self.pooler_error("08P01", &message).await;
                 return Err(Ended);
             }
         };
@@ -597,14 +1096,26 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             }
             server.synced_with = Some(me);
         }
-        self.cancel.link(self.pool.addr.clone(), server.key);
+        self.cancel.link(server.addr.clone(), server.key);
         Ok(server)
     }
 
     /// Returns a server to its pool, reset first when the mode asks.
     async fn release(&mut self, mut server: Pooled<ServerManager>, session_end: bool) {
+        self.entry.set_idle();
+        if let Some((_, app)) = self
+            .params
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+        {
+            self.entry.set_application_name(app);
+        }
         if server.broken {
             return;
+        }
+        server.dirty = false;
+        if let Some(entry) = &server.entry {
+            entry.set_idle();
         }
         if session_end || self.pool.reset_always {
             if let Some(reset) = &self.pool.reset_query {
@@ -634,6 +1145,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         let (mut sr, mut sw) = stream.split();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
+        let timeouts = self.timeouts;
+        let timed = timeouts.linked();
+        let linked_at = tokio::time::Instant::now();
+        let busy = self.state.pending > 0;
+        let mut clock = Clock {
+            query_start: busy.then_some(linked_at),
+            xact_start: busy.then_some(linked_at),
+            idle_since: linked_at,
+        };
         loop {
             let idle = self.state.pending == 0
                 && !self.state.batch_open
@@ -679,14 +1199,32 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     clean: tx_status == b'I',
                 };
             }
-            if idle
-                && quiet_client
-                && self.cbuf.is_empty()
-                && tx_status == b'I'
-                && mode != PoolMode::Session
-            {
+            let between = idle && quiet_client && self.cbuf.is_empty() && tx_status == b'I';
+            match self.shared.lifecycle.clients_must_go() {
+                Some(ShutdownMode::Immediate) => {
+                    return Unlinked::ShuttingDown { clean: between };
+                }
+                Some(ShutdownMode::WaitForServers) if between => {
+                    return Unlinked::ShuttingDown { clean: true };
+                }
+                _ => {}
+            }
+            if between && mode != PoolMode::Session {
                 return Unlinked::Released;
             }
+            let deadline = if timed {
+                clock.deadline(&timeouts, self.state.pending > 0, tx_status != b'I')
+            } else {
+                None
+            };
+            self.rearm(deadline.map(|(at, _)| at));
+            let timer_on = deadline.is_some();
+            // The watch future persists across events (polling it only
+            // re-checks its registration): an immediate shutdown must cut
+            // a session stuck waiting on a long query.
+            let wake_on_shutdown = self.shutdown.is_some();
+            let pending_before = self.state.pending;
+            let mut saw_ready = false;
 
             let event = {
                 let Relay {
@@ -695,6 +1233,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     cbuf,
                     cscan,
                     state,
+                    timer,
+                    shutdown,
                     ..
                 } = &mut *self;
                 let client_side = async {
@@ -717,12 +1257,42 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                         Event::ReadServer(sr.read_buf(rbuf).await)
                     }
                 };
-                first_of(client_side, server_side).await
+                let never = std::future::pending::<()>();
+                let shutdown = async {
+                    match shutdown {
+                        Some(wait) => wait.await,
+                        None => never.await,
+                    }
+                };
+                tokio::select! {
+                    event = client_side => event,
+                    event = server_side => event,
+                    _ = timer.as_mut(), if timer_on => Event::Timer,
+                    _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                }
             };
             match event {
+                Event::Timer => {
+                    self.armed = None;
+                    if let Some((due, which)) = deadline {
+                        if due <= tokio::time::Instant::now() {
+                            return Unlinked::TimedOut(which);
+                        }
+                    }
+                    continue;
+                }
+                Event::Shutdown => {
+                    self.shutdown_seen();
+                    continue;
+                }
                 Event::WroteServer(Ok(n)) => {
                     self.cbuf.advance(n);
                     self.cscan.consumed(n);
+                    self.pool
+                        .stats
+                        .received
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.state.sent_to_server();
                 }
                 Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
                     tracing::warn!(error = %err, "server connection failed");
@@ -735,6 +1305,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     return Unlinked::ServerGone;
                 }
                 Event::ReadServer(Ok(_)) => {
+                    let stats = &self.pool.stats;
                     let state = &mut self.state;
                     let params = &mut self.params;
                     let version = &mut self.params_version;
@@ -754,7 +1325,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                                 } else {
                                     state.pending = state.pending.saturating_sub(1);
                                 }
+                                saw_ready = true;
                                 tx_status = body.first().copied().unwrap_or(b'I');
+                                state.ready_for_query(tx_status, stats);
                             }
                             (b'S', Some(body)) if note_parameter(server_params, params, body) => {
                                 // Both sides changed together: still in step.
@@ -781,12 +1354,34 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 Event::WroteClient(Ok(n)) => {
                     rbuf.advance(n);
                     sscan.consumed(n);
+                    self.pool
+                        .stats
+                        .sent
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 Event::WroteClient(Err(_)) => {
                     // The client is gone mid-response; the server is still
                     // sending, so it cannot go back to the pool.
                     rbuf.clear();
                     return Unlinked::ClientGone { clean: false };
+                }
+            }
+            // The clock moves only when a query starts or ends, so timing
+            // costs one clock read per query, not per message.
+            let pending = self.state.pending;
+            if timed && (pending != pending_before || saw_ready) {
+                let now = tokio::time::Instant::now();
+                if pending > 0 {
+                    if pending_before == 0 || saw_ready {
+                        clock.query_start = Some(now);
+                    }
+                    clock.xact_start.get_or_insert(now);
+                } else {
+                    clock.query_start = None;
+                    clock.idle_since = now;
+                    if tx_status == b'I' {
+                        clock.xact_start = None;
+                    }
                 }
             }
         }
@@ -924,13 +1519,5 @@ fn note_parameter(
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
-    }
-}
-
-/// Whichever of two futures finishes first (both are cancel-safe I/O).
-async fn first_of<T>(a: impl Future<Output = T>, b: impl Future<Output = T>) -> T {
-    tokio::select! {
-        value = a => value,
-        value = b => value,
     }
 }

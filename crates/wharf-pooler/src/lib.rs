@@ -9,12 +9,16 @@
 
 pub mod config;
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod frontend;
+pub mod http;
+pub mod lifecycle;
 pub mod pooler;
 pub mod proto;
 pub mod router;
+pub mod stats;
 
 pub use pooler::{Pooler, StartError};

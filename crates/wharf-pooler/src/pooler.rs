@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::cancel::CancelRegistry;
 use crate::config::{self, Config, Secret};
 use crate::frontend::{serve_client, ClientStream, Shared};
+use crate::lifecycle::{Lifecycle, Phase, ShutdownMode};
 use crate::proto::{backend, read_startup, Startup};
 use crate::router::Router;
 
@@ -44,7 +45,15 @@ pub struct Pooler {
     shared: Arc<Shared>,
     tcp: Vec<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
-    clients: Arc<AtomicUsize>,
+    clients: Arc<Clients>,
+    http: Option<TcpListener>,
+}
+
+/// The clients connected, and a wake-up for when the last one goes.
+#[derive(Default)]
+struct Clients {
+    count: AtomicUsize,
+    gone: tokio::sync::Notify,
 }
 
 impl Pooler {
@@ -82,18 +91,40 @@ impl Pooler {
             }
             _ => None,
         };
-        let shared = Arc::new(Shared {
-            router: Router::new(config.clone(), secrets.clone()),
+        let http = crate::http::bind(settings)
+            .await
+            .map_err(|(addr, source)| StartError::Listen { addr, source })?;
+        let router = Router::new(config.clone(), secrets.clone());
+        let stats = router.stats().clone();
+        let shared = Arc::new_cyclic(|weak| Shared {
+            router,
             cancels: CancelRegistry::default(),
-            secrets,
-            config,
+            lifecycle: Lifecycle::new(weak.clone()),
+            stats,
         });
+        // SHOW STATS averages, every stats_period (re-read each time).
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(crate::stats::run_averages(
+            Arc::downgrade(&shared.stats),
+            move || {
+                let shared = weak.upgrade()?;
+                let config = shared.config();
+                Some((config.pgbouncer.stats_period, config.pgbouncer.log_stats))
+            },
+        ));
         Ok(Self {
             shared,
             tcp,
             unix,
-            clients: Arc::new(AtomicUsize::new(0)),
+            clients: Arc::new(Clients::default()),
+            http,
         })
+    }
+
+    /// The address of the HTTP endpoint (metrics, health, dashboard), when
+    /// `http_listen_port` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The TCP addresses actually listened on (useful with port 0).
@@ -104,15 +135,29 @@ impl Pooler {
             .collect()
     }
 
-    /// Serves clients until `shutdown` completes.
+    /// The state every client task shares: its
+    /// [`lifecycle`](Shared::lifecycle) reloads and shuts down the pooler,
+    /// and [`handle_signals`](crate::lifecycle::handle_signals) takes it
+    /// (weakly) to do so on Unix signals.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves clients until a SHUTDOWN through [`Shared::lifecycle`]
+    /// completes, or `shutdown` resolves (an immediate shutdown). The
+    /// listening sockets close as soon as a shutdown starts; a graceful one
+    /// then waits for the clients to go.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Pooler {
             shared,
             tcp,
             unix,
             clients,
+            http,
         } = self;
-        let max_clients = shared.config.pgbouncer.max_client_conn;
+        // Up until run returns, so a draining pooler can still be watched.
+        let _http = http.map(|listener| crate::http::spawn(listener, shared.clone()));
+        let max_clients = shared.config().pgbouncer.max_client_conn;
         let mut tasks = tokio::task::JoinSet::new();
         for listener in tcp {
             let shared = shared.clone();
@@ -145,10 +190,38 @@ impl Pooler {
                 }
             });
         }
-        shutdown.await;
+        tasks.spawn(crate::lifecycle::maintain(Arc::downgrade(&shared)));
+        let mut phase = shared.lifecycle.subscribe();
+        let mut shutdown = std::pin::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => shared.lifecycle.shutdown(ShutdownMode::Immediate),
+            _ = phase.wait_for(|p| *p != Phase::Running) => {}
+        }
+        // Stop accepting first: a client arriving now would only be cut.
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         if let Some(path) = unix_path {
             let _ = std::fs::remove_file(path);
+        }
+        tracing::info!(
+            clients = clients.count.load(Ordering::SeqCst),
+            "listeners closed"
+        );
+        loop {
+            if *phase.borrow_and_update() == Phase::ShuttingDown(ShutdownMode::Immediate) {
+                return;
+            }
+            let mut gone = std::pin::pin!(clients.gone.notified());
+            gone.as_mut().enable();
+            if clients.count.load(Ordering::SeqCst) == 0 {
+                tracing::info!("last client gone");
+                return;
+            }
+            tokio::select! {
+                _ = gone => {}
+                _ = phase.changed() => {}
+                _ = &mut shutdown => shared.lifecycle.shutdown(ShutdownMode::Immediate),
+            }
         }
     }
 }
@@ -159,7 +232,7 @@ fn admit<S: ClientStream + 'static>(
     stream: S,
     peer: String,
     shared: &Arc<Shared>,
-    clients: &Arc<AtomicUsize>,
+    clients: &Arc<Clients>,
     max_clients: usize,
 ) {
     let count = ClientCount::new(clients.clone());
@@ -193,7 +266,10 @@ async fn refuse_over_limit<S: ClientStream>(
                     }
                 }
                 Ok(Startup::Cancel(key)) => {
-                    shared.cancels.cancel(key).await;
+                    shared
+                        .cancels
+                        .cancel_within(key, shared.config().pgbouncer.cancel_wait_timeout)
+                        .await;
                     return false;
                 }
                 Ok(Startup::Startup { .. }) => return true,
@@ -203,7 +279,7 @@ async fn refuse_over_limit<S: ClientStream>(
         }
     };
     let wait = shared
-        .config
+        .config()
         .pgbouncer
         .client_login_timeout
         .unwrap_or(Duration::from_secs(60));
@@ -224,20 +300,22 @@ async fn refuse_over_limit<S: ClientStream>(
 
 /// Counts a connected client for as long as it lives.
 struct ClientCount {
-    clients: Arc<AtomicUsize>,
+    clients: Arc<Clients>,
     current: usize,
 }
 
 impl ClientCount {
-    fn new(clients: Arc<AtomicUsize>) -> Self {
-        let current = clients.fetch_add(1, Ordering::SeqCst) + 1;
+    fn new(clients: Arc<Clients>) -> Self {
+        let current = clients.count.fetch_add(1, Ordering::SeqCst) + 1;
         Self { clients, current }
     }
 }
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
-        self.clients.fetch_sub(1, Ordering::SeqCst);
+        if self.clients.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.clients.gone.notify_waiters();
+        }
     }
 }
 

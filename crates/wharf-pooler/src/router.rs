@@ -2,13 +2,16 @@
 //! the pools themselves, created on first use from the configuration.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 
 use crate::backend::{ConnectionLimit, Params, ServerAddr, ServerManager, ServerTarget};
 use crate::config::{Config, PoolMode, Secret, ServerCheck};
+use crate::stats::{PoolStats, Stats, Tracking};
 
 /// Why a client's database could not be routed.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +49,16 @@ pub struct ServerPool {
     pub reset_query: Option<String>,
     /// Reset after every transaction too, not just at session end.
     pub reset_always: bool,
+    /// Made from the `*` entry: dropped after `autodb_idle_timeout` unused.
+    pub auto: bool,
     /// The ParameterStatus set a server sent at login, cached for the
     /// welcome of later clients.
     welcome: Mutex<Option<Arc<Params>>>,
+    /// The pool's counters, held by every client of the pool for the
+    /// whole session so the relay updates them without a lookup.
+    pub stats: Arc<PoolStats>,
+    /// PAUSE and DISABLE state of the pool's database.
+    pub control: Arc<DbControl>,
 }
 
 impl ServerPool {
@@ -65,12 +75,24 @@ impl ServerPool {
 
 /// Finds or creates the pool for each (database, user).
 pub struct Router {
-    config: Arc<Config>,
-    secrets: Arc<HashMap<String, Secret>>,
+    /// Swapped whole by RELOAD; readers clone the `Arc` once per client or
+    /// transaction, never hold the lock.
+    config: RwLock<Arc<Config>>,
+    /// Bumped by every RELOAD: sessions compare it (a plain load) to tell
+    /// whether to re-read the configuration, instead of cloning the `Arc`
+    /// (a shared counter every core would write) per transaction.
+    generation: std::sync::atomic::AtomicU64,
+    secrets: RwLock<Arc<HashMap<String, Secret>>>,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
     /// `max_db_connections` and `max_user_connections`, by "db:NAME" and
     /// "user:NAME", shared by every pool they cover.
     limits: Mutex<HashMap<String, Arc<ConnectionLimit>>>,
+    /// Counters and the client/server registry.
+    stats: Arc<Stats>,
+    /// PAUSE/SUSPEND of everything.
+    global: Arc<GlobalControl>,
+    /// PAUSE/DISABLE per database, made on first use.
+    dbs: Mutex<HashMap<String, Arc<DbControl>>>,
 }
 
 /// `0` means "no limit" in PgBouncer's timeouts; a year is as good.
@@ -81,16 +103,41 @@ impl Router {
     /// to servers as users whose password is not in `[databases]`.
     pub fn new(config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) -> Self {
         Self {
-            config,
-            secrets,
+            config: RwLock::new(config),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            secrets: RwLock::new(secrets),
             pools: RwLock::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::default()),
+            global: Arc::new(GlobalControl::default()),
+            dbs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The configuration routes come from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force now (RELOAD may replace it at any time;
+    /// the returned snapshot stays consistent).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// The auth file's secrets in force now.
+    pub fn secrets(&self) -> Arc<HashMap<String, Secret>> {
+        self.secrets.read().clone()
+    }
+
+    /// Puts a reloaded configuration and auth file in force for new
+    /// clients, transactions and pools. Existing pools are brought in line
+    /// by [`Router::apply`].
+    pub(crate) fn replace(&self, config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) {
+        *self.config.write() = config;
+        *self.secrets.write() = secrets;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes whenever RELOAD puts a new configuration in force.
+    pub fn config_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every pool created so far.
@@ -109,8 +156,8 @@ impl Router {
     /// The pool for a client of `database` logged in as `user`. Must be
     /// called inside the Tokio runtime (a new pool starts its tasks).
     pub fn route(&self, database: &str, user: &str) -> Result<Arc<ServerPool>, RouteError> {
-        let entry = self
-            .config
+        let config = self.config();
+        let entry = config
             .database(database)
             .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
         // A forced user in [databases] makes every client share its pool.
@@ -123,8 +170,225 @@ impl Router {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let settings = &self.config.pgbouncer;
-        let user_entry = self.config.user(&server_user);
+        let stats = self.stats.pool(database, &server_user);
+        let control = self.db_control(database);
+        let plan = PoolPlan::new(&config, &self.secrets(), database, &server_user)
+            .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
+        let settings = &config.pgbouncer;
+        let mut limits = Vec::new();
+        if let Some(db_max) = plan.max_db_connections {
+            limits.push(self.limit(
+                format!("max_db_connections={db_max} for database {database}"),
+                "db",
+                database,
+                db_max,
+            ));
+        }
+        if let Some(user_max) = plan.max_user_connections {
+            limits.push(self.limit(
+                format!("max_user_connections={user_max} for user {server_user}"),
+                "user",
+                &server_user,
+                user_max,
+            ));
+        }
+        let check = plan
+            .target
+            .check_query
+            .as_ref()
+            .map(|_| settings.server_check_delay);
+        let addr = plan.target.addr.clone();
+        let pool = wharf::Pool::builder(ServerManager {
+            target: Arc::new(RwLock::new(Arc::new(plan.target.clone()))),
+            limits: limits.clone(),
+            tracking: Tracking {
+                registry: self.stats.clone(),
+                pool: stats.clone(),
+                control: control.clone(),
+            },
+        })
+        .name(format!("{database}/{server_user}"))
+        .max_size(plan.pool_size)
+        .min_idle(plan.min_pool_size)
+        .reserve_size(plan.reserve_size)
+        .reserve_timeout(plan.reserve_timeout)
+        .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
+        .connect_timeout(settings.server_connect_timeout)
+        .max_connecting(4)
+        // PgBouncer's server_login_retry: while logins fail and the pool
+        // has no server, clients are told at once rather than queued.
+        .fail_fast(true)
+        .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
+        .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
+        .validate_after(check)
+        .validation_timeout(settings.server_connect_timeout)
+        .idle_timeout(settings.server_idle_timeout)
+        .max_lifetime(plan.server_lifetime)
+        .build()
+        .map_err(|source| RouteError::BadPool {
+            database: database.to_owned(),
+            user: server_user.clone(),
+            source,
+        })?;
+        for limit in &limits {
+            limit.pools.lock().push(pool.downgrade());
+        }
+        let server_pool = Arc::new(ServerPool {
+            database: database.to_owned(),
+            user: server_user,
+            mode: plan.mode,
+            pool,
+            addr: Arc::new(addr),
+            reset_query: plan.reset_query,
+            reset_always: settings.server_reset_query_always,
+            auto: plan.auto,
+            welcome: Mutex::new(None),
+            stats,
+            control,
+        });
+        pools.insert(key, server_pool.clone());
+        Ok(server_pool)
+    }
+
+    /// Brings every existing pool in line with the configuration now in
+    /// force (after [`Router::replace`]): sizes change at once, a changed
+    /// server target applies to new connections and idle servers with the
+    /// old one are closed (those in use are closed when released, as
+    /// PgBouncer's `close_needed`). Clients are never dropped.
+    pub(crate) fn apply(&self) -> Applied {
+        let config = self.config();
+        let secrets = self.secrets();
+        let mut applied = Applied::default();
+        for pool in self.pools() {
+            let Some(plan) = PoolPlan::new(&config, &secrets, &pool.database, &pool.user) else {
+                tracing::warn!(database = %pool.database, user = %pool.user,
+                    "database no longer in the configuration; its pool keeps running until unused");
+                applied.orphaned += 1;
+                continue;
+            };
+            let status = pool.pool.status();
+            if status.max_size != plan.pool_size {
+                match pool.pool.resize(plan.pool_size) {
+                    Ok(()) => {
+                        tracing::info!(database = %pool.database, user = %pool.user,
+                            from = status.max_size, to = plan.pool_size, "pool resized");
+                        applied.resized += 1;
+                    }
+                    Err(err) => {
+                        tracing::warn!(database = %pool.database, user = %pool.user, error = %err, "pool not resized");
+                    }
+                }
+            }
+            // Engine knobs RELOAD can change on a live pool; the rest
+            // (server_connect_timeout, server_login_retry, min_pool_size,
+            // reserve_pool_*) apply to pools created after it.
+            pool.pool
+                .set_idle_timeout(config.pgbouncer.server_idle_timeout);
+            pool.pool.set_max_lifetime(Some(plan.server_lifetime));
+            pool.pool.set_validate_after(
+                plan.target
+                    .check_query
+                    .as_ref()
+                    .map(|_| config.pgbouncer.server_check_delay),
+            );
+            let manager = pool.pool.manager();
+            let changed = {
+                let mut target = manager.target.write();
+                if **target != plan.target {
+                    *target = Arc::new(plan.target);
+                    true
+                } else {
+                    false
+                }
+            };
+            if changed {
+                let closed = pool.pool.close_idle(usize::MAX);
+                tracing::info!(database = %pool.database, user = %pool.user, closed_idle = closed,
+                    "server target changed; servers with the old one close when released");
+                applied.retargeted += 1;
+            }
+        }
+        applied
+    }
+
+    /// Drops pools made from the `*` entry that no client has used for
+    /// `autodb_idle_timeout`; `unused` remembers since when each was seen
+    /// unused (the caller keeps it between rounds).
+    pub(crate) fn drop_idle_autodb(
+        &self,
+        unused: &mut HashMap<(String, String), std::time::Instant>,
+        now: std::time::Instant,
+    ) -> usize {
+        let timeout = self.config().pgbouncer.autodb_idle_timeout;
+        let mut dropped = 0;
+        let candidates: Vec<(String, String)> = {
+            let pools = self.pools.read();
+            unused.retain(|key, _| pools.contains_key(key));
+            pools
+                .iter()
+                .filter(|(_, pool)| pool.auto)
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for key in candidates {
+            let mut pools = self.pools.write();
+            let Some(pool) = pools.get(&key) else {
+                continue;
+            };
+            // Only the router holds it: no client session uses the pool.
+            let in_use = Arc::strong_count(pool) > 1 || pool.pool.status().in_use > 0;
+            if in_use {
+                unused.remove(&key);
+                continue;
+            }
+            let since = *unused.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) >= timeout {
+                pools.remove(&key);
+                unused.remove(&key);
+                tracing::info!(database = %key.0, user = %key.1, "dropping unused autodb pool (autodb_idle_timeout)");
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
+
+/// What [`Router::apply`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub(crate) resized: usize,
+    pub(crate) retargeted: usize,
+    pub(crate) orphaned: usize,
+}
+
+/// Everything a pool's settings come from, for a (database, server user)
+/// under one configuration: how [`Router::route`] builds a pool and how
+/// [`Router::apply`] tells what a reload changed.
+struct PoolPlan {
+    mode: PoolMode,
+    pool_size: usize,
+    min_pool_size: usize,
+    reserve_size: usize,
+    reserve_timeout: Duration,
+    max_db_connections: Option<usize>,
+    max_user_connections: Option<usize>,
+    server_lifetime: Duration,
+    reset_query: Option<String>,
+    target: ServerTarget,
+    auto: bool,
+}
+
+impl PoolPlan {
+    /// `None` when the database is not in the configuration (not even by `*`).
+    fn new(
+        config: &Config,
+        secrets: &HashMap<String, Secret>,
+        database: &str,
+        server_user: &str,
+    ) -> Option<Self> {
+        let entry = config.database(database)?;
+        let settings = &config.pgbouncer;
+        let user_entry = config.user(server_user);
         let mode = user_entry
             .and_then(|u| u.pool_mode)
             .or(entry.pool_mode)
@@ -153,7 +417,7 @@ impl Router {
             .password
             .clone()
             .map(Secret::Plain)
-            .or_else(|| self.secrets.get(&server_user).cloned());
+            .or_else(|| secrets.get(server_user).cloned());
         let mut startup_params = Vec::new();
         for (name, value) in [
             ("client_encoding", &entry.client_encoding),
@@ -165,11 +429,10 @@ impl Router {
                 startup_params.push((name.to_owned(), value.clone()));
             }
         }
-        let addr = ServerAddr::new(entry.host.as_deref(), entry.port.unwrap_or(5432));
-        let target = Arc::new(ServerTarget {
-            addr: addr.clone(),
+        let target = ServerTarget {
+            addr: ServerAddr::new(entry.host.as_deref(), entry.port.unwrap_or(5432)),
             database: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
-            user: server_user.clone(),
+            user: server_user.to_owned(),
             password,
             startup_params,
             connect_query: entry.connect_query.clone(),
@@ -178,80 +441,269 @@ impl Router {
                 ServerCheck::EmptyQuery => Some(String::new()),
                 ServerCheck::Query(query) => Some(query.to_owned()),
             },
-        });
-        let check = match settings.server_check() {
-            ServerCheck::Disabled => None,
-            _ => Some(settings.server_check_delay),
         };
-        let mut limits = Vec::new();
         // A per-entry 0 means "use the global value", as in PgBouncer.
         let db_max = entry
             .max_db_connections
             .filter(|&n| n > 0)
             .unwrap_or(settings.max_db_connections);
-        if db_max > 0 {
-            limits.push(self.limit(
-                format!("max_db_connections={db_max} for database {database}"),
-                "db",
-                database,
-                db_max,
-            ));
-        }
         let user_max = user_entry
             .and_then(|u| u.max_user_connections)
             .filter(|&n| n > 0)
             .unwrap_or(settings.max_user_connections);
-        if user_max > 0 {
-            limits.push(self.limit(
-                format!("max_user_connections={user_max} for user {server_user}"),
-                "user",
-                &server_user,
-                user_max,
-            ));
-        }
-        let pool = wharf::Pool::builder(ServerManager {
-            target,
-            limits: limits.clone(),
-        })
-        .name(format!("{database}/{server_user}"))
-        .max_size(pool_size)
-        .min_idle(min_pool_size)
-        .reserve_size(reserve_size)
-        .reserve_timeout(reserve_timeout)
-        .acquire_timeout(settings.query_wait_timeout.unwrap_or(FOREVER))
-        .connect_timeout(settings.server_connect_timeout)
-        .max_connecting(4)
-        // PgBouncer's server_login_retry: while logins fail and the pool
-        // has no server, clients are told at once rather than queued.
-        .fail_fast(true)
-        .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
-        .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
-        .validate_after(check)
-        .validation_timeout(settings.server_connect_timeout)
-        .idle_timeout(settings.server_idle_timeout)
-        .max_lifetime(settings.server_lifetime)
-        .build()
-        .map_err(|source| RouteError::BadPool {
-            database: database.to_owned(),
-            user: server_user.clone(),
-            source,
-        })?;
-        let reset_query =
-            Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty());
-        for limit in &limits {
-            limit.pools.lock().push(pool.downgrade());
-        }
-        let server_pool = Arc::new(ServerPool {
-            database: database.to_owned(),
-            user: server_user,
+        Some(Self {
             mode,
-            pool,
-            addr: Arc::new(addr),
-            reset_query,
-            reset_always: settings.server_reset_query_always,
-            welcome: Mutex::new(None),
-        });
-        pools.insert(key, server_pool.clone());
-        Ok(server_pool)
+            pool_size,
+            min_pool_size,
+            reserve_size,
+            reserve_timeout,
+            max_db_connections: (db_max > 0).then_some(db_max),
+            max_user_connections: (user_max > 0).then_some(user_max),
+            server_lifetime: entry
+                .server_lifetime
+                .filter(|d| !d.is_zero())
+                .unwrap_or(settings.server_lifetime),
+            reset_query: Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty()),
+            target,
+            auto: entry.is_fallback(),
+        })
+    }
+}
+
+/// PAUSE and SUSPEND of the whole pooler, shared by every database's
+/// [`DbControl`].
+#[derive(Debug, Default)]
+pub struct GlobalControl {
+    paused: AtomicBool,
+    suspended: AtomicBool,
+    /// Woken on every RESUME (rare: waking every waiter is fine).
+    resumed: Notify,
+}
+
+/// A database's PAUSE/KILL and DISABLE state, checked by the relay with
+/// one atomic load before it takes a server.
+#[derive(Debug)]
+pub struct DbControl {
+    /// The database name clients use.
+    pub name: String,
+    paused: AtomicBool,
+    disabled: AtomicBool,
+    global: Arc<GlobalControl>,
+}
+
+impl DbControl {
+    /// Whether new transactions of this database must wait (PAUSE, KILL,
+    /// SUSPEND).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+            || self.global.paused.load(Ordering::SeqCst)
+            || self.global.suspended.load(Ordering::SeqCst)
+    }
+
+    /// Whether this database itself was paused (not the whole pooler).
+    pub fn paused_itself(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Whether new clients are refused (DISABLE).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the database is not paused.
+    pub async fn wait_resumed(&self) {
+        loop {
+            let resumed = self.global.resumed.notified();
+            tokio::pin!(resumed);
+            // Registered before the check, so a RESUME in between is seen.
+            resumed.as_mut().enable();
+            if !self.is_paused() {
+                return;
+            }
+            resumed.await;
+        }
+    }
+}
+
+/// How often PAUSE and WAIT_CLOSE look again at the servers they wait for.
+const ADMIN_POLL: Duration = Duration::from_millis(20);
+
+impl Router {
+    /// The counters and the client/server registry.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The PAUSE/DISABLE state of `database`, made on first use.
+    pub fn db_control(&self, database: &str) -> Arc<DbControl> {
+        self.dbs
+            .lock()
+            .entry(database.to_owned())
+            .or_insert_with(|| {
+                Arc::new(DbControl {
+                    name: database.to_owned(),
+                    paused: AtomicBool::new(false),
+                    disabled: AtomicBool::new(false),
+                    global: self.global.clone(),
+                })
+            })
+            .clone()
+    }
+
+    fn pools_of(&self, db: Option<&str>) -> Vec<Arc<ServerPool>> {
+        self.pools()
+            .into_iter()
+            .filter(|p| db.is_none_or(|db| p.database == db))
+            .collect()
+    }
+
+    /// Marks every server of `pool` for closing when released and closes
+    /// the idle ones now: a fresh target makes them all "close_needed".
+    fn retire_servers(pool: &ServerPool) {
+        {
+            let mut target = pool.pool.manager().target.write();
+            *target = Arc::new(ServerTarget::clone(&target));
+        }
+        pool.pool.close_idle(usize::MAX);
+    }
+
+    fn servers_of(&self, db: Option<&str>) -> Vec<Arc<crate::stats::ServerEntry>> {
+        self.stats
+            .servers()
+            .into_iter()
+            .filter(|s| db.is_none_or(|db| s.pool.database == db))
+            .collect()
+    }
+
+    /// PgBouncer's PAUSE: new transactions of `db` (every database with
+    /// `None`) wait, and this returns once every server of it has been
+    /// released (at transaction end in transaction mode, at disconnect
+    /// in session mode) and closed. RESUME lets the waiting transactions
+    /// go on, on new servers.
+    pub async fn pause(&self, db: Option<&str>) {
+        match db {
+            Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
+            None => self.global.paused.store(true, Ordering::SeqCst),
+        }
+        tracing::info!(database = db.unwrap_or("*"), "PAUSE");
+        for pool in self.pools_of(db) {
+            Self::retire_servers(&pool);
+        }
+        while !self.servers_of(db).is_empty() {
+            for pool in self.pools_of(db) {
+                pool.pool.close_idle(usize::MAX);
+            }
+            tokio::time::sleep(ADMIN_POLL).await;
+        }
+    }
+
+    /// RESUME: undoes PAUSE, KILL and SUSPEND, of one database or (with
+    /// `None`) of all.
+    pub fn resume(&self, db: Option<&str>) {
+        match db {
+            Some(db) => self.db_control(db).paused.store(false, Ordering::SeqCst),
+            None => {
+                self.global.paused.store(false, Ordering::SeqCst);
+                self.global.suspended.store(false, Ordering::SeqCst);
+                for control in self.dbs.lock().values() {
+                    control.paused.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        tracing::info!(database = db.unwrap_or("*"), "RESUME");
+        self.global.resumed.notify_waiters();
+    }
+
+    /// SUSPEND: no new transaction anywhere starts until RESUME; servers
+    /// are left as they are.
+    pub fn suspend(&self) {
+        tracing::info!("SUSPEND");
+        self.global.suspended.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the whole pooler is paused, and whether it is suspended.
+    pub fn global_state(&self) -> (bool, bool) {
+        (
+            self.global.paused.load(Ordering::SeqCst),
+            self.global.suspended.load(Ordering::SeqCst),
+        )
+    }
+
+    /// DISABLE (`true`) or ENABLE (`false`) new client logins to `db`.
+    pub fn set_disabled(&self, db: &str, disabled: bool) {
+        tracing::info!(database = db, disabled, "DISABLE/ENABLE");
+        self.db_control(db)
+            .disabled
+            .store(disabled, Ordering::SeqCst);
+    }
+
+    /// RECONNECT: every server of `db` (of all with `None`) is closed when
+    /// next released; idle ones now.
+    pub fn reconnect(&self, db: Option<&str>) {
+        tracing::info!(database = db.unwrap_or("*"), "RECONNECT");
+        for pool in self.pools_of(db) {
+            Self::retire_servers(&pool);
+        }
+    }
+
+    /// KILL: drops every client and server of `db` (of every database
+    /// with `None`) at once, admin console sessions excepted; new
+    /// transactions wait for RESUME. Returns how many clients were killed.
+    pub fn kill(&self, db: Option<&str>) -> usize {
+        match db {
+            Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
+            None => self.global.paused.store(true, Ordering::SeqCst),
+        }
+        tracing::info!(database = db.unwrap_or("*"), "KILL");
+        for pool in self.pools_of(db) {
+            Self::retire_servers(&pool);
+        }
+        let mut killed = 0;
+        for client in self.stats.clients() {
+            if !client.admin && db.is_none_or(|db| client.database == db) {
+                client.kill();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// KILL_CLIENT: disconnects the client with this id (its server, if
+    /// it has one mid-transaction, is closed). `false` if there is none.
+    pub fn kill_client(&self, id: u64) -> bool {
+        match self.stats.client(id) {
+            Some(client) => {
+                tracing::info!(client = id, "KILL_CLIENT");
+                client.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// WAIT_CLOSE: returns once no server of `db` (of any with `None`) is
+    /// still marked for closing by RECONNECT or RELOAD.
+    pub async fn wait_close(&self, db: Option<&str>) {
+        loop {
+            let pending: Vec<_> = self
+                .servers_of(db)
+                .into_iter()
+                .filter(|s| s.close_needed())
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            // Servers still logging in when their pool was retargeted come
+            // back idle with the old target; nothing would release them.
+            if pending
+                .iter()
+                .any(|s| s.state() == crate::stats::ServerState::Idle)
+            {
+                for pool in self.pools_of(db) {
+                    pool.pool.close_idle(usize::MAX);
+                }
+            }
+            tokio::time::sleep(ADMIN_POLL).await;
+        }
     }
 }

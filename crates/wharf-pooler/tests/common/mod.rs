@@ -16,6 +16,8 @@ pub struct TestPooler {
     pub cluster: PgCluster,
     pub port: u16,
     pub dir: PathBuf,
+    /// The pooler's shared state (its lifecycle: reload, shutdown).
+    pub shared: std::sync::Arc<wharf_pooler::frontend::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -99,6 +101,7 @@ pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
     let pooler = wharf_pooler::Pooler::bind(loaded.config)
         .await
         .expect("pooler binds");
+    let shared = pooler.shared();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(pooler.run(async {
         let _ = stopped.await;
@@ -107,6 +110,7 @@ pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
         cluster,
         port,
         dir,
+        shared,
         stop: Some(stop),
         task: Some(task),
     }
@@ -166,6 +170,25 @@ impl TestPooler {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The configuration file the pooler was started with.
+    pub fn ini(&self) -> PathBuf {
+        self.dir.join("pgbouncer.ini")
+    }
+
+    /// Waits up to `within` for `Pooler::run` to return (after a
+    /// shutdown); `true` if it did.
+    pub async fn finished(&mut self, within: Duration) -> bool {
+        let Some(task) = self.task.as_mut() else {
+            return true;
+        };
+        if tokio::time::timeout(within, task).await.is_ok() {
+            self.task = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// Runs a client program (psql, pgbench) against the pooler.
@@ -256,4 +279,5 @@ impl TestPooler {
     }
 }
 
+pub mod console;
 pub mod wire;

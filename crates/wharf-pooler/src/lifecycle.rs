@@ -1,0 +1,377 @@
+//! The pooler's life as an operator sees it: RELOAD (re-reading the
+//! configuration without dropping clients), SHUTDOWN in PgBouncer's three
+//! modes, the Unix signals that trigger them, and the housekeeping that
+//! runs while the pooler lives (dropping unused `*` pools).
+//!
+//! Signals, as in PgBouncer 1.23 and later:
+//!
+//! | signal  | effect                                              |
+//! |---------|-----------------------------------------------------|
+//! | SIGHUP  | RELOAD                                              |
+//! | SIGTERM | SHUTDOWN WAIT_FOR_CLIENTS (again: immediate)        |
+//! | SIGINT  | SHUTDOWN WAIT_FOR_SERVERS (again: immediate)        |
+//! | SIGQUIT | immediate shutdown                                  |
+//! | SIGUSR1 | PAUSE                                               |
+//! | SIGUSR2 | RESUME                                              |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{self, Config, ConfigError, Settings};
+use crate::frontend::Shared;
+
+/// How a SHUTDOWN ends the pooler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShutdownMode {
+    /// Exit now; clients and servers are cut wherever they are.
+    Immediate,
+    /// Stop accepting clients; each connected client is disconnected
+    /// once its server work ends (between transactions, or at the end of
+    /// the session's transaction in session mode); exit when none is left.
+    WaitForServers,
+    /// Stop accepting clients; the connected ones go on until they
+    /// disconnect by themselves; exit after the last.
+    WaitForClients,
+}
+
+impl ShutdownMode {
+    /// How drastic the mode is: a later SHUTDOWN may only make the one in
+    /// progress more drastic, never gentler.
+    fn severity(self) -> u8 {
+        match self {
+            ShutdownMode::WaitForClients => 1,
+            ShutdownMode::WaitForServers => 2,
+            ShutdownMode::Immediate => 3,
+        }
+    }
+}
+
+/// Where the pooler is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving.
+    Running,
+    /// A SHUTDOWN is in progress.
+    ShuttingDown(ShutdownMode),
+}
+
+/// What a successful RELOAD changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Pools whose size changed.
+    pub resized: usize,
+    /// Pools whose server (host, port, dbname, user, password, startup
+    /// parameters) changed; their servers are replaced as they are released.
+    pub retargeted: usize,
+    /// Pools of databases no longer in the configuration, left running
+    /// until their clients go.
+    pub orphaned: usize,
+    /// Keys that changed in the file but only take effect on restart
+    /// (listen_addr, listen_port, ...); their old values stay in force.
+    pub need_restart: Vec<&'static str>,
+    /// How many warnings the new file drew (each logged).
+    pub warnings: usize,
+}
+
+/// Why a RELOAD kept the old configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration was not loaded from a file.
+    #[error("RELOAD: the configuration was not loaded from a file")]
+    NoFile,
+    /// The file (or one it includes) is broken.
+    #[error("RELOAD: {0}; keeping the old configuration")]
+    Config(#[source] ConfigError),
+    /// The new auth file cannot be read.
+    #[error("RELOAD: auth_file: {0}; keeping the old configuration")]
+    AuthFile(#[source] ConfigError),
+    /// The pooler is shutting down or gone.
+    #[error("RELOAD: the pooler is shutting down")]
+    ShuttingDown,
+}
+
+/// RELOAD and SHUTDOWN, reachable from every client task as
+/// `shared.lifecycle` (the admin console and the signal handler use it).
+pub struct Lifecycle {
+    shared: Weak<Shared>,
+    phase: watch::Sender<Phase>,
+    /// The phase's severity (0 running), for the relay's per-event check:
+    /// a plain load, where reading the watch would take its lock.
+    level: std::sync::atomic::AtomicU8,
+    /// Two RELOADs at once would race on which file wins.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Lifecycle {
+    /// The lifecycle of the pooler whose state is `shared` (made with
+    /// `Arc::new_cyclic`, as the lifecycle lives inside it).
+    pub fn new(shared: Weak<Shared>) -> Self {
+        Self {
+            shared,
+            phase: watch::Sender::new(Phase::Running),
+            level: std::sync::atomic::AtomicU8::new(0),
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Starts a shutdown, or makes the one in progress more drastic
+    /// (a gentler mode than the current one is ignored). Returns at once;
+    /// [`Pooler::run`](crate::Pooler::run) finishes when it completes.
+    pub fn shutdown(&self, mode: ShutdownMode) {
+        let changed = self.phase.send_if_modified(|phase| {
+            let stronger = match *phase {
+                Phase::Running => true,
+                Phase::ShuttingDown(current) => mode.severity() > current.severity(),
+            };
+            if stronger {
+                *phase = Phase::ShuttingDown(mode);
+                self.level
+                    .store(mode.severity(), std::sync::atomic::Ordering::SeqCst);
+            }
+            stronger
+        });
+        if changed {
+            tracing::info!(?mode, "shutdown requested");
+        }
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// The shutdown that concerns connected clients, if one is in
+    /// progress: [`ShutdownMode::WaitForServers`] (leave at the next point
+    /// where the server is free) or [`ShutdownMode::Immediate`].
+    pub fn clients_must_go(&self) -> Option<ShutdownMode> {
+        match self.level.load(std::sync::atomic::Ordering::Relaxed) {
+            3 => Some(ShutdownMode::Immediate),
+            2 => Some(ShutdownMode::WaitForServers),
+            _ => None,
+        }
+    }
+
+    /// Resolves once [`clients_must_go`](Self::clients_must_go) says at
+    /// least `mode` (owning its receiver, so it can be kept across awaits).
+    pub(crate) fn wait_clients_must_go(
+        &self,
+        mode: ShutdownMode,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut phase = self.subscribe();
+        async move {
+            let reached = |p: &Phase| match p {
+                Phase::Running => false,
+                Phase::ShuttingDown(current) => {
+                    current.severity()
+                        >= mode.severity().max(ShutdownMode::WaitForServers.severity())
+                }
+            };
+            // The sender lives as long as the pooler; gone means "now".
+            let _ = phase.wait_for(reached).await;
+        }
+    }
+
+    /// Whether a shutdown is in progress.
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase() != Phase::Running
+    }
+
+    /// Watches the phase (for tasks that must react to a shutdown).
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Re-reads the configuration file the pooler was started with (and
+    /// the auth file) and puts it in force without dropping anyone: pool
+    /// sizes change at once, timeouts from the next transaction on, new
+    /// server targets for new server connections (servers with the old one
+    /// close as they are released). A broken file is logged with its
+    /// file, line and key, and the old configuration stays.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let result = self.try_reload().await;
+        match &result {
+            Ok(summary) => tracing::info!(
+                resized = summary.resized,
+                retargeted = summary.retargeted,
+                orphaned = summary.orphaned,
+                need_restart = ?summary.need_restart,
+                "configuration reloaded"
+            ),
+            Err(ReloadError::Config(err)) => tracing::error!(
+                file = %err.file().display(),
+                line = err.line(),
+                key = err.key(),
+                "RELOAD failed, keeping the old configuration: {err}"
+            ),
+            Err(err) => tracing::error!("{err}"),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let shared = self.shared.upgrade().ok_or(ReloadError::ShuttingDown)?;
+        let old = shared.router.config();
+        if old.path.as_os_str().is_empty() {
+            return Err(ReloadError::NoFile);
+        }
+        let path = old.path.clone();
+        let (loaded, secrets) = tokio::task::spawn_blocking(move || {
+            let loaded = config::load(&path).map_err(ReloadError::Config)?;
+            let secrets = match &loaded.config.pgbouncer.auth_file {
+                Some(file) => config::load_auth_file(file).map_err(ReloadError::AuthFile)?,
+                None => HashMap::new(),
+            };
+            Ok::<_, ReloadError>((loaded, secrets))
+        })
+        .await
+        .map_err(|_| ReloadError::ShuttingDown)??;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let mut new: Config = loaded.config;
+        let need_restart = keep_restart_only(&old.pgbouncer, &mut new.pgbouncer);
+        for key in &need_restart {
+            tracing::warn!(
+                key,
+                "RELOAD: {key} changes only on restart; keeping the old value"
+            );
+        }
+        shared.router.replace(Arc::new(new), Arc::new(secrets));
+        let applied = shared.router.apply();
+        Ok(ReloadSummary {
+            resized: applied.resized,
+            retargeted: applied.retargeted,
+            orphaned: applied.orphaned,
+            need_restart,
+            warnings: loaded.warnings.len(),
+        })
+    }
+}
+
+/// Puts back the settings a running pooler cannot change (its sockets,
+/// threads, pidfile...), returning the keys that had changed.
+fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident),+ $(,)?) => {$(
+            if old.$field != new.$field {
+                changed.push(stringify!($field));
+                new.$field = old.$field.clone();
+            }
+        )+};
+    }
+    keep!(
+        disable_pqexec,
+        http_listen_addr,
+        http_listen_port,
+        job_name,
+        listen_addr,
+        listen_backlog,
+        listen_port,
+        pidfile,
+        pkt_buf,
+        resolv_conf,
+        so_reuseport,
+        track_extra_parameters,
+        unix_socket_dir,
+        unix_socket_group,
+        unix_socket_mode,
+        user,
+        workers,
+    );
+    changed
+}
+
+/// Housekeeping for as long as the pooler runs: drops pools made from the
+/// `*` entry once unused for `autodb_idle_timeout`.
+pub(crate) async fn maintain(shared: Weak<Shared>) {
+    let mut unused = HashMap::new();
+    loop {
+        let tick = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let now = std::time::Instant::now();
+            shared.router.drop_idle_autodb(&mut unused, now);
+            let timeout = shared.router.config().pgbouncer.autodb_idle_timeout;
+            (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        };
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// Turns Unix signals into RELOAD, SHUTDOWN, PAUSE and RESUME (see the
+/// module documentation) until the pooler is gone. Fails only if the
+/// signal handlers cannot be installed.
+pub async fn handle_signals(shared: Weak<Shared>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    enum Got {
+        Hup,
+        Term,
+        Int,
+        Quit,
+        Usr1,
+        Usr2,
+    }
+    loop {
+        let got = tokio::select! {
+            _ = hup.recv() => Got::Hup,
+            _ = term.recv() => Got::Term,
+            _ = int.recv() => Got::Int,
+            _ = quit.recv() => Got::Quit,
+            _ = usr1.recv() => Got::Usr1,
+            _ = usr2.recv() => Got::Usr2,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return Ok(());
+        };
+        let lifecycle = &shared.lifecycle;
+        // A second SIGTERM or SIGINT means "now", as in PgBouncer.
+        let graceful = |mode| {
+            if lifecycle.is_shutting_down() {
+                ShutdownMode::Immediate
+            } else {
+                mode
+            }
+        };
+        match got {
+            Got::Hup => {
+                tracing::info!("got SIGHUP: reloading the configuration");
+                let _ = lifecycle.reload().await;
+            }
+            Got::Term => {
+                tracing::info!("got SIGTERM: shutting down after the last client");
+                lifecycle.shutdown(graceful(ShutdownMode::WaitForClients));
+            }
+            Got::Int => {
+                tracing::info!("got SIGINT: shutting down once servers are released");
+                lifecycle.shutdown(graceful(ShutdownMode::WaitForServers));
+            }
+            Got::Quit => {
+                tracing::info!("got SIGQUIT: shutting down now");
+                lifecycle.shutdown(ShutdownMode::Immediate);
+            }
+            Got::Usr1 => {
+                tracing::info!("got SIGUSR1: pausing");
+                // PAUSE returns once every server is released: meanwhile
+                // the other signals (RESUME, SHUTDOWN) must still work.
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.router.pause(None).await });
+            }
+            Got::Usr2 => {
+                tracing::info!("got SIGUSR2: resuming");
+                shared.router.resume(None);
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The admin console's process control: PAUSE/RESUME under pgbench load,
+//! DISABLE/ENABLE, RECONNECT and WAIT_CLOSE, KILL, KILL_CLIENT, SUSPEND,
+//! SET, RELOAD and SHUTDOWN.
+
+mod common;
+
+use std::time::Duration;
+
+use common::console::{console, eventually, setup, show, show_err};
+use common::{start, TestPooler};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+async fn pid(client: &Client) -> String {
+    match &client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .unwrap()[..]
+    {
+        [_, SimpleQueryMessage::Row(row), ..] | [SimpleQueryMessage::Row(row), ..] => {
+            row.get(0).unwrap().to_owned()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn server_pids(pooler: &TestPooler) -> Vec<String> {
+    let out = tokio::task::block_in_place(|| {
+        pooler.cluster.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+    })
+    .unwrap();
+    out.lines().map(str::to_owned).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_holds_pgbench_and_resume_lets_it_finish_without_failures() {
+    let pooler = start(setup()).await;
+    let server_port = pooler.cluster.port().to_string();
+    let init = tokio::task::block_in_place(|| {
+        std::process::Command::new(pooler.cluster.bin("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server_port,
+                "-U",
+                "postgres",
+                "postgres",
+            ])
+            .env("PGPASSWORD", "postgres")
+            .output()
+            .unwrap()
+    });
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let port = pooler.port.to_string();
+    let bin = pooler.cluster.bin("pgbench");
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                "8",
+                "-T",
+                "8",
+                "postgres",
+            ])
+            .env("PGPASSWORD", "postgres")
+            .output()
+            .unwrap()
+    });
+    let admin = console(&pooler, "admin").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pause = tokio::time::timeout(Duration::from_secs(30), admin.simple_query("PAUSE"))
+        .await
+        .expect("PAUSE returns once servers are released");
+    pause.unwrap();
+    // Every server of the database was released and closed.
+    assert!(show(&admin, "SHOW SERVERS").await.rows.is_empty());
+    assert_eq!(
+        show(&admin, "SHOW STATE")
+            .await
+            .value("key", "paused", "value"),
+        "yes"
+    );
+    // pgbench's clients now wait, and a new query is held too.
+    eventually("pgbench clients waiting", || async {
+        let pools = show(&admin, "SHOW POOLS").await;
+        pools.value2("database", "postgres", "user", "postgres", "cl_waiting") != "0"
+    })
+    .await;
+    let client = pooler.client().await;
+    let held = tokio::spawn(async move { client.simple_query("SELECT 1").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a query ran while paused");
+    admin.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("RESUME releases the held query")
+        .unwrap()
+        .unwrap();
+    let output = bench.await.unwrap();
+    let out = text(&output.stdout);
+    assert!(output.status.success(), "{out}\n{}", text(&output.stderr));
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    assert_eq!(
+        show(&admin, "SHOW STATE")
+            .await
+            .value("key", "active", "value"),
+        "yes"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_refuses_new_logins_until_enable() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let existing = pooler.client().await;
+    admin.simple_query("DISABLE postgres").await.unwrap();
+    assert_eq!(
+        show(&admin, "SHOW DATABASES")
+            .await
+            .value("name", "postgres", "disabled"),
+        "1"
+    );
+    let (_, message) =
+        common::wire::refused(pooler.login("postgres", "postgres", "postgres").await);
+    assert_eq!(message, "database does not allow connections: postgres");
+    // Clients already in go on.
+    existing.simple_query("SELECT 1").await.unwrap();
+    admin.simple_query("ENABLE postgres").await.unwrap();
+    pooler
+        .client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        show_err(&admin, "DISABLE").await,
+        "invalid command 'DISABLE', use SHOW HELP;"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replaces_servers_and_wait_close_waits_for_it() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let idle_user = pooler.client().await;
+    let holder = pooler.client().await;
+    holder.simple_query("BEGIN").await.unwrap();
+    let held = pid(&holder).await;
+    // With the holder's server taken, this one runs on another.
+    let before = pid(&idle_user).await;
+    assert_ne!(before, held);
+    admin.simple_query("RECONNECT postgres").await.unwrap();
+    // The idle server is gone now; the one in a transaction is marked.
+    let servers = show(&admin, "SHOW SERVERS").await;
+    assert_eq!(servers.value("remote_pid", &held, "close_needed"), "1");
+    assert!(servers.rows_where("remote_pid", &before).is_empty());
+    let wait = {
+        let admin = console(&pooler, "admin").await;
+        tokio::spawn(async move { admin.simple_query("WAIT_CLOSE postgres").await.map(drop) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !wait.is_finished(),
+        "WAIT_CLOSE returned with a server still to close"
+    );
+    holder.simple_query("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("WAIT_CLOSE returns once the server is closed")
+        .unwrap()
+        .unwrap();
+    let after = pid(&idle_user).await;
+    assert_ne!(after, before);
+    assert_ne!(after, held);
+    eventually("old backends gone", || async {
+        let pids = server_pids(&pooler);
+        !pids.contains(&before) && !pids.contains(&held)
+    })
+    .await;
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_drops_clients_and_servers_and_holds_new_ones_until_resume() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    admin.simple_query("KILL postgres").await.unwrap();
+    assert!(a.simple_query("SELECT 1").await.is_err());
+    assert!(b.simple_query("SELECT 1").await.is_err());
+    eventually("servers closed", || async {
+        server_pids(&pooler).is_empty()
+    })
+    .await;
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    assert!(
+        clients.rows_where("database", "postgres").is_empty(),
+        "{clients:?}"
+    );
+    assert_eq!(
+        show(&admin, "SHOW DATABASES")
+            .await
+            .value("name", "postgres", "paused"),
+        "1"
+    );
+    // The console itself survives KILL.
+    admin.simple_query("RESUME postgres").await.unwrap();
+    pooler
+        .client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_disconnects_exactly_that_client() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let mut victim_config: tokio_postgres::Config = pooler
+        .url("postgres", "postgres", "postgres")
+        .parse()
+        .unwrap();
+    victim_config.application_name("victim");
+    let (victim, connection) = victim_config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let bystander = pooler.client().await;
+    victim.simple_query("BEGIN").await.unwrap();
+    let victim_pid = pid(&victim).await;
+    let id = show(&admin, "SHOW CLIENTS")
+        .await
+        .value("application_name", "victim", "id");
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .unwrap();
+    let err = victim.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err.is_closed() || err.as_db_error().is_some(), "{err:?}");
+    bystander.simple_query("SELECT 1").await.unwrap();
+    assert!(show(&admin, "SHOW CLIENTS")
+        .await
+        .rows_where("id", &id)
+        .is_empty());
+    // Its server was mid-transaction: closed, not pooled.
+    eventually("victim's backend gone", || async {
+        !server_pids(&pooler).contains(&victim_pid)
+    })
+    .await;
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_holds_queries_until_resume() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let client = pooler.client().await;
+    admin.simple_query("SUSPEND").await.unwrap();
+    assert_eq!(
+        show(&admin, "SHOW STATE")
+            .await
+            .value("key", "suspended", "value"),
+        "yes"
+    );
+    let held = tokio::spawn(async move { client.simple_query("SELECT 1").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!held.is_finished());
+    admin.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        show(&admin, "SHOW STATE")
+            .await
+            .value("key", "active", "value"),
+        "yes"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_changes_changeable_settings_only() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    admin
+        .simple_query("SET default_pool_size = 7")
+        .await
+        .unwrap();
+    admin
+        .simple_query("set server_check_query to 'select 2'")
+        .await
+        .unwrap();
+    let config = show(&admin, "SHOW CONFIG").await;
+    assert_eq!(config.value("key", "default_pool_size", "value"), "7");
+    assert_eq!(
+        config.value("key", "server_check_query", "value"),
+        "select 2"
+    );
+    assert_eq!(
+        show_err(&admin, "SET listen_port = 1").await,
+        "listen_port: cannot be changed at runtime"
+    );
+    assert!(show_err(&admin, "SET default_pool_size = lots")
+        .await
+        .contains("invalid value"));
+    assert_eq!(
+        show(&admin, "SHOW CONFIG")
+            .await
+            .value("key", "listen_port", "value"),
+        pooler.port.to_string()
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_and_shutdown() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    admin.simple_query("RELOAD").await.unwrap();
+    assert!(show_err(&admin, "SHUTDOWN NOW")
+        .await
+        .starts_with("invalid command"));
+    let _ = admin.simple_query("SHUTDOWN").await;
+    eventually("the pooler stops accepting clients", || async {
+        pooler
+            .connect("postgres", "postgres", "postgres")
+            .await
+            .is_err()
+    })
+    .await;
+    pooler.stop().await;
+}

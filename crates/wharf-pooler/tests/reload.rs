@@ -1,0 +1,315 @@
+//! RELOAD: a changed configuration file goes into force without dropping
+//! clients; a broken one is refused and the old configuration stays.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, Setup, TestPooler};
+use tokio_postgres::SimpleQueryMessage;
+use wharf_pooler::lifecycle::ReloadError;
+
+async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Rewrites every `key = value` line of the pooler's ini (the harness may
+/// write a key twice; the last one counts).
+fn set_in_ini(pooler: &TestPooler, key: &str, value: &str) {
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    let mut found = 0;
+    let text: Vec<String> = ini
+        .lines()
+        .map(|line| {
+            if line.split('=').next().map(str::trim) == Some(key) {
+                found += 1;
+                format!("{key} = {value}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    assert!(found > 0, "no {key} in\n{ini}");
+    std::fs::write(pooler.ini(), text.join("\n") + "\n").unwrap();
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn pgbench_init(pooler: &TestPooler) {
+    let port = pooler.cluster.port().to_string();
+    let output = pooler.run_client(
+        "pgbench",
+        &[
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "pgbench -i: {}",
+        text(&output.stderr)
+    );
+}
+
+/// Asserts a pgbench run through the pooler had no failed transaction.
+fn assert_clean_pgbench(output: &std::process::Output) {
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "pgbench failed\n{out}\n{err}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "pgbench: failed transactions\n{out}\n{err}"
+    );
+    assert!(
+        !format!("{out}{err}").to_lowercase().contains("error"),
+        "pgbench reported errors\n{out}\n{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
+    let pooler = start(Setup {
+        pgbouncer: "default_pool_size = 2",
+        ..Setup::default()
+    })
+    .await;
+    pgbench_init(&pooler);
+    let port = pooler.port.to_string();
+    let bench = {
+        let args: Vec<String> = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            "8",
+            "-T",
+            "5",
+            "postgres",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let bin = pooler.cluster.bin("pgbench");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .env("PGPASSWORD", "postgres")
+                .output()
+                .expect("pgbench runs")
+        })
+    };
+    let mut before = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        before = before.max(pooler.server_connections());
+    }
+    assert!(
+        (1..=2).contains(&before),
+        "{before} servers with default_pool_size = 2"
+    );
+    set_in_ini(&pooler, "default_pool_size", "6");
+    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    assert_eq!(summary.resized, 1, "{summary:?}");
+    let mut after = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = after.max(pooler.server_connections());
+    }
+    assert!(
+        (3..=6).contains(&after),
+        "{after} servers after default_pool_size = 6"
+    );
+    set_in_ini(&pooler, "default_pool_size", "3");
+    pooler.shared.lifecycle.reload().await.expect("reload");
+    let output = bench.await.expect("pgbench task");
+    assert_clean_pgbench(&output);
+    assert!(
+        pooler.server_connections() <= 3,
+        "the pool did not shrink to 3"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_refused_and_the_old_one_kept() {
+    let pooler = start(Setup {
+        pgbouncer: "default_pool_size = 2",
+        ..Setup::default()
+    })
+    .await;
+    let client = pooler.client().await;
+    set_in_ini(&pooler, "default_pool_size", "lots");
+    let err = pooler
+        .shared
+        .lifecycle
+        .reload()
+        .await
+        .expect_err("a broken file is refused");
+    let ReloadError::Config(inner) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(inner.file(), pooler.ini());
+    assert_eq!(inner.key(), Some("default_pool_size"));
+    assert!(inner.line().is_some(), "{err}");
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&format!(
+            "{}:{}: default_pool_size:",
+            pooler.ini().display(),
+            inner.line().unwrap_or(0)
+        )),
+        "{shown}"
+    );
+    assert_eq!(pooler.shared.config().pgbouncer.default_pool_size, 2);
+    assert_eq!(value(&client, "SELECT 1").await, "1");
+    let newcomer = pooler.client().await;
+    assert_eq!(value(&newcomer, "SELECT 2").await, "2");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_target_applies_to_new_servers_and_spares_open_transactions() {
+    let pooler = start(Setup::default()).await;
+    pooler.cluster.create_database("other").unwrap();
+    let client = pooler.client().await;
+    let busy = pooler.client().await;
+    assert_eq!(
+        value(&client, "SELECT current_database()").await,
+        "postgres"
+    );
+    busy.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(value(&busy, "SELECT current_database()").await, "postgres");
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    std::fs::write(
+        pooler.ini(),
+        ini.replacen("dbname=postgres", "dbname=other", 1),
+    )
+    .unwrap();
+    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    assert_eq!(summary.retargeted, 1, "{summary:?}");
+    // The open transaction keeps its server to the end.
+    assert_eq!(value(&busy, "SELECT current_database()").await, "postgres");
+    busy.batch_execute("COMMIT").await.unwrap();
+    // Every later transaction, of old clients too, goes to the new target.
+    assert_eq!(value(&busy, "SELECT current_database()").await, "other");
+    assert_eq!(value(&client, "SELECT current_database()").await, "other");
+    let mut old = String::new();
+    for _ in 0..50 {
+        old = pooler
+            .cluster
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'postgres' \
+                 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        if old == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(old, "0", "servers with the old target stayed open");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_timeouts_apply_to_clients_already_connected() {
+    let pooler = start(Setup::default()).await;
+    let watched = pooler.watched_client().await;
+    watched.client.simple_query("SELECT 1").await.unwrap();
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    std::fs::write(
+        pooler.ini(),
+        ini.replace(
+            "[pgbouncer]\n",
+            "[pgbouncer]\nidle_transaction_timeout = 0.3\n",
+        ),
+    )
+    .unwrap();
+    pooler.shared.lifecycle.reload().await.expect("reload");
+    watched.client.batch_execute("BEGIN").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), watched.ended)
+        .await
+        .expect("the idle transaction is ended")
+        .expect("connection task");
+    let err = ended.expect_err("closed with an error");
+    let db = err.as_db_error().expect("a pooler error");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("08P01", "idle transaction timeout")
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_need_a_restart_keep_their_old_value() {
+    let pooler = start(Setup::default()).await;
+    let port = pooler.port;
+    set_in_ini(&pooler, "listen_port", &(port + 1).to_string());
+    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    assert_eq!(summary.need_restart, vec!["listen_port"]);
+    assert_eq!(pooler.shared.config().pgbouncer.listen_port, port);
+    let client = pooler.client().await;
+    assert_eq!(value(&client, "SELECT 1").await, "1");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_server_lifetime_and_idle_timeout_apply_to_live_pools() {
+    let pooler = start(Setup {
+        pgbouncer: "default_pool_size = 1",
+        ..Setup::default()
+    })
+    .await;
+    let client = pooler.client().await;
+    let first = value(&client, "SELECT pg_backend_pid()").await;
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    std::fs::write(
+        pooler.ini(),
+        ini.replace(
+            "[pgbouncer]\n",
+            "[pgbouncer]\nserver_lifetime = 0.3\nserver_idle_timeout = 0.5\n",
+        ),
+    )
+    .unwrap();
+    pooler.shared.lifecycle.reload().await.expect("reload");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = value(&client, "SELECT pg_backend_pid()").await;
+    assert_ne!(
+        first, second,
+        "the old server outlived the new server_lifetime"
+    );
+    let mut left = usize::MAX;
+    for _ in 0..40 {
+        left = pooler.server_connections();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "idle servers outlived the new server_idle_timeout");
+    pooler.stop().await;
+}

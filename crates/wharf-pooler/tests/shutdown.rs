@@ -1,0 +1,188 @@
+//! SHUTDOWN in PgBouncer's three modes: listeners close first, then
+//! WAIT_FOR_CLIENTS lets every client finish, WAIT_FOR_SERVERS cuts no
+//! transaction, and immediate ends everything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, Setup, TestPooler};
+use wharf_pooler::lifecycle::ShutdownMode;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn pgbench_init(pooler: &TestPooler) {
+    let port = pooler.cluster.port().to_string();
+    let output = pooler.run_client(
+        "pgbench",
+        &[
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "pgbench -i: {}",
+        text(&output.stderr)
+    );
+}
+
+/// Whether a new client can connect (the listener is open).
+async fn accepts(pooler: &TestPooler) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", pooler.port))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_clients_lets_running_clients_finish_then_exits() {
+    let mut pooler = start(Setup::default()).await;
+    pgbench_init(&pooler);
+    let port = pooler.port.to_string();
+    let bin = pooler.cluster.bin("pgbench");
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                "4",
+                "-T",
+                "3",
+                "postgres",
+            ])
+            .env("PGPASSWORD", "postgres")
+            .output()
+            .expect("pgbench runs")
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pooler
+        .shared
+        .lifecycle
+        .shutdown(ShutdownMode::WaitForClients);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!accepts(&pooler).await, "still accepting new clients");
+    assert!(
+        !pooler.finished(Duration::from_millis(300)).await,
+        "exited with clients still connected"
+    );
+    let output = bench.await.expect("pgbench task");
+    let (out, err) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "{out}\n{err}"
+    );
+    assert!(
+        pooler.finished(Duration::from_secs(5)).await,
+        "did not exit after the last client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_servers_finishes_open_transactions_and_closes_idle_clients() {
+    let mut pooler = start(Setup::default()).await;
+    let idle = pooler.watched_client().await;
+    idle.client.simple_query("SELECT 1").await.unwrap();
+    let busy = pooler.watched_client().await;
+    busy.client
+        .batch_execute("BEGIN; CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+    pooler
+        .shared
+        .lifecycle
+        .shutdown(ShutdownMode::WaitForServers);
+    // A client between transactions is told at once.
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle.ended)
+        .await
+        .expect("the idle client is closed")
+        .expect("task");
+    let err = ended.expect_err("closed with an error");
+    let db = err.as_db_error().expect("a pooler error");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("08P01", "server shutting down")
+    );
+    assert!(!accepts(&pooler).await, "still accepting new clients");
+    assert!(!pooler.finished(Duration::from_millis(300)).await);
+    // The open transaction is not cut: it goes on and commits.
+    busy.client
+        .batch_execute("INSERT INTO kept VALUES (2); COMMIT")
+        .await
+        .expect("the transaction in flight completes");
+    let ended = tokio::time::timeout(Duration::from_secs(5), busy.ended)
+        .await
+        .expect("the client is closed once its transaction ends")
+        .expect("task");
+    assert!(ended.is_err(), "closed with the shutdown error");
+    assert!(
+        pooler.finished(Duration::from_secs(5)).await,
+        "did not exit once every server was released"
+    );
+    let rows = pooler
+        .cluster
+        .psql("postgres", "SELECT count(*) FROM kept")
+        .unwrap();
+    assert_eq!(rows, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_servers_in_session_mode_waits_for_the_transaction() {
+    let mut pooler = start(Setup {
+        pgbouncer: "pool_mode = session",
+        ..Setup::default()
+    })
+    .await;
+    let busy = pooler.watched_client().await;
+    busy.client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    pooler
+        .shared
+        .lifecycle
+        .shutdown(ShutdownMode::WaitForServers);
+    assert!(!pooler.finished(Duration::from_millis(300)).await);
+    busy.client.batch_execute("COMMIT").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), busy.ended)
+        .await
+        .expect("closed after its transaction")
+        .expect("task");
+    assert!(ended.is_err());
+    assert!(pooler.finished(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_shutdown_ends_everything_at_once() {
+    let mut pooler = start(Setup::default()).await;
+    let busy = pooler.client().await;
+    let query = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(10)").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pooler
+        .shared
+        .lifecycle
+        .shutdown(ShutdownMode::WaitForClients);
+    assert!(!pooler.finished(Duration::from_millis(200)).await);
+    // A stronger mode takes over the one in progress.
+    pooler.shared.lifecycle.shutdown(ShutdownMode::Immediate);
+    assert!(pooler.finished(Duration::from_secs(2)).await);
+    let result = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("the client is cut")
+        .expect("task");
+    assert!(result.is_err());
+}

@@ -1,7 +1,10 @@
 //! `wharf`: a PostgreSQL pooler that reads pgbouncer.ini.
 //!
 //! This binary stays thin: it parses the command line and hands over to the
-//! `wharf-pooler` crate.
+//! `wharf-pooler` crate, or to its `bench` and `demo` modules.
+
+mod bench;
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +35,12 @@ enum Command {
         /// The configuration file.
         config: PathBuf,
     },
+    /// Load a PostgreSQL URL and compare a connection per request, an
+    /// in-process pool and a pooler; sweep pool sizes.
+    Bench(bench::Args),
+    /// Show what pooling does on this machine: starts a throwaway
+    /// PostgreSQL and a pooler, benchmarks, cleans up.
+    Demo(demo::Args),
 }
 
 /// Logs to `logfile` when the configuration names one (as PgBouncer does),
@@ -62,6 +71,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => check(&config),
+        Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 
@@ -150,25 +161,17 @@ fn run_pooler(config: config::Config) -> ExitCode {
         for addr in pooler.local_addrs() {
             tracing::info!(%addr, "listening");
         }
-        pooler.run(shutdown_signal()).await;
+        // SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (twice: now),
+        // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume.
+        let shared = std::sync::Arc::downgrade(&pooler.shared());
+        let signals = tokio::spawn(async move {
+            if let Err(err) = wharf_pooler::lifecycle::handle_signals(shared).await {
+                tracing::error!("cannot install signal handlers: {err}");
+            }
+        });
+        pooler.run(std::future::pending()).await;
+        signals.abort();
         tracing::info!("shut down");
         ExitCode::SUCCESS
     })
-}
-
-/// Resolves on SIGINT or SIGTERM. (PgBouncer's graceful variants and the
-/// other signals come with the operations work.)
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

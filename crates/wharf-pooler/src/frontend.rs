@@ -208,7 +208,7 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         shutdown: Some(Box::pin(
             shared
                 .lifecycle
-                .wait_clients_must_go(ShutdownMode::WaitForServers),
+                .wait_clients_must_go(ShutdownMode::WaitForServers, &client.entry),
         )),
     };
     // KILL and KILL_CLIENT drop the relay wherever it is; a server it
@@ -825,7 +825,7 @@ struct Relay<'a, R, W> {
     armed: Option<tokio::time::Instant>,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
-    shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> {
@@ -972,11 +972,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     fn shutdown_seen(&mut self) {
         self.shutdown = match self.shared.lifecycle.clients_must_go() {
             Some(ShutdownMode::Immediate) => None,
-            _ => Some(Box::pin(
-                self.shared
-                    .lifecycle
-                    .wait_clients_must_go(ShutdownMode::Immediate),
-            )),
+            _ => {
+                let (shared, entry) = (self.shared, self.entry);
+                Some(Box::pin(
+                    shared
+                        .lifecycle
+                        .wait_clients_must_go(ShutdownMode::Immediate, entry),
+                ))
+            }
         };
     }
 

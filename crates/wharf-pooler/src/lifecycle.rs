@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, Config, ConfigError, Settings};
 use crate::frontend::Shared;
+use crate::stats::ClientEntry;
 
 /// How a SHUTDOWN ends the pooler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,6 +136,11 @@ impl Lifecycle {
         });
         if changed {
             tracing::info!(?mode, "shutdown requested");
+            if let Some(shared) = self.shared.upgrade() {
+                for client in shared.router.stats().clients() {
+                    client.nudge();
+                }
+            }
         }
     }
 
@@ -155,22 +161,27 @@ impl Lifecycle {
     }
 
     /// Resolves once [`clients_must_go`](Self::clients_must_go) says at
-    /// least `mode` (owning its receiver, so it can be kept across awaits).
-    pub(crate) fn wait_clients_must_go(
-        &self,
+    /// least `mode`. It sleeps on the client's own nudge (sent to every
+    /// client when a shutdown starts or hardens), so polling it on each of
+    /// the relay's events touches nothing shared by other sessions.
+    pub(crate) fn wait_clients_must_go<'a>(
+        &'a self,
         mode: ShutdownMode,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut phase = self.subscribe();
+        client: &'a ClientEntry,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let wanted = mode.severity().max(ShutdownMode::WaitForServers.severity());
         async move {
-            let reached = |p: &Phase| match p {
-                Phase::Running => false,
-                Phase::ShuttingDown(current) => {
-                    current.severity()
-                        >= mode.severity().max(ShutdownMode::WaitForServers.severity())
+            loop {
+                // Armed before the level is read, so a shutdown that lands
+                // in between still wakes us.
+                let nudged = client.nudged();
+                tokio::pin!(nudged);
+                nudged.as_mut().enable();
+                if self.level.load(std::sync::atomic::Ordering::SeqCst) >= wanted {
+                    return;
                 }
-            };
-            // The sender lives as long as the pooler; gone means "now".
-            let _ = phase.wait_for(reached).await;
+                nudged.await;
+            }
         }
     }
 

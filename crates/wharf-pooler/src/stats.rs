@@ -356,6 +356,8 @@ pub struct ClientEntry {
     application_name: Mutex<String>,
     killed: AtomicBool,
     kill: Notify,
+    /// Wakes the session to look at the pooler's lifecycle again.
+    nudge: Notify,
 }
 
 impl ClientEntry {
@@ -426,6 +428,18 @@ impl ClientEntry {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
         self.kill.notify_waiters();
+    }
+
+    /// Wakes the client's session to re-read the pooler's lifecycle phase
+    /// (a shutdown started or became more drastic).
+    pub fn nudge(&self) {
+        self.nudge.notify_waiters();
+    }
+
+    /// The next [`nudge`](Self::nudge); enable it before checking what it
+    /// guards, as with any [`Notify`].
+    pub fn nudged(&self) -> tokio::sync::futures::Notified<'_> {
+        self.nudge.notified()
     }
 
     /// Completes once [`kill`](Self::kill) has been called.
@@ -729,6 +743,7 @@ impl Stats {
             application_name: Mutex::new(info.application_name),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
+            nudge: Notify::new(),
         });
         self.clients.lock().insert(entry.id, entry.clone());
         ClientGuard {

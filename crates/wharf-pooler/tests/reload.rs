@@ -69,6 +69,16 @@ fn pgbench_init(pooler: &TestPooler) {
         "pgbench -i: {}",
         text(&output.stderr)
     );
+    // pgbench -i went straight to the server; its backend exits a moment
+    // after pgbench does, and must not be counted as one of the pool's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pooler.server_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgbench -i's backend did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Asserts a pgbench run through the pooler had no failed transaction.

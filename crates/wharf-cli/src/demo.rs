@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wharf_pooler::stats::civil_from_days;
 use wharf_testkit::PgCluster;
 
 use crate::bench::strategy::Strategy;
@@ -81,21 +82,6 @@ fn default_out_dir() -> PathBuf {
         rem / 60 % 60,
         rem % 60
     ))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date, by counting
-/// 400-year eras from 0000-03-01, where leap days fall at the end of a year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The pooler running inside this process.
@@ -250,15 +236,9 @@ pub fn run(args: &Args) -> ExitCode {
         return ExitCode::from(2);
     }
     let out = args.out.clone().unwrap_or_else(default_out_dir);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match bench::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let (cluster, result) = runtime.block_on(demo(args.quick, clients));
     // The cluster goes only after the pooler and every client are gone.
@@ -395,14 +375,6 @@ async fn with_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_from_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    }
 
     #[test]
     fn the_default_directory_is_timestamped() {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use wharf_testkit::PgCluster;
 
+#[path = "../../wharf-pooler/tests/common/pgbench.rs"]
+mod pgbench;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -106,25 +109,7 @@ impl Served {
     }
 
     fn pgbench_init(&self) {
-        let port = self.cluster.port().to_string();
-        let out = Command::new(self.cluster.bin("pgbench"))
-            .args([
-                "-i",
-                "-q",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "postgres",
-            ])
-            .env("PGPASSWORD", "postgres")
-            .output()
-            .expect("pgbench -i runs");
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        pgbench::init(&self.cluster.bin("pgbench"), self.cluster.port());
     }
 }
 
@@ -189,10 +174,6 @@ async fn value(client: &Client, sql: &str) -> Result<String, tokio_postgres::Err
             _ => None,
         })
         .unwrap_or_default())
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Waits up to 10 s for the log to contain `needle`.
@@ -265,31 +246,11 @@ async fn sigterm_lets_running_clients_finish_then_exits() {
     let mut served = Served::new("term", "default_pool_size = 4");
     served.pgbench_init();
     served.serve().await;
-    let bench = {
-        let port = served.port;
-        let bin = served.cluster.bin("pgbench");
-        tokio::task::spawn_blocking(move || {
-            let port = port.to_string();
-            Command::new(bin)
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-U",
-                    "postgres",
-                    "-n",
-                    "-c",
-                    "4",
-                    "-T",
-                    "3",
-                    "postgres",
-                ])
-                .env("PGPASSWORD", "postgres")
-                .output()
-                .expect("pgbench runs")
-        })
-    };
+    let bench = pgbench::spawn(
+        served.cluster.bin("pgbench"),
+        served.port,
+        &["-c", "4", "-T", "3"],
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     served.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -298,13 +259,7 @@ async fn sigterm_lets_running_clients_finish_then_exits() {
         "exited with clients connected"
     );
     assert!(served.client().await.is_err(), "still accepting clients");
-    let output = bench.await.expect("pgbench task");
-    let (out, err) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "{out}\n{err}");
-    assert!(
-        out.contains("number of failed transactions: 0 "),
-        "{out}\n{err}"
-    );
+    pgbench::assert_clean(&bench.await.expect("pgbench task"));
     assert_eq!(
         served.exited(Duration::from_secs(5)).await,
         Some(true),

@@ -825,7 +825,19 @@ struct Relay<'a, R, W> {
     armed: Option<tokio::time::Instant>,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
-    shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>>,
+    shutdown: Option<ShutdownWait<'a>>,
+}
+
+/// Resolves once a shutdown says the session's client must go.
+type ShutdownWait<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Waits for `shutdown`, or forever without one, so that a `select!` arm
+/// can name it either way.
+async fn shutdown_fired(shutdown: &mut Option<ShutdownWait<'_>>) {
+    match shutdown {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> {
@@ -906,13 +918,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             self.rearm(idle_deadline);
             let watching = self.shutdown.is_some();
             let event = {
-                let never = std::future::pending::<()>();
-                let shutdown = async {
-                    match &mut self.shutdown {
-                        Some(wait) => wait.await,
-                        None => never.await,
-                    }
-                };
+                let shutdown = shutdown_fired(&mut self.shutdown);
                 tokio::select! {
                     read = self.reader.read_buf(&mut self.cbuf) => Waited::Read(read),
                     _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
@@ -1036,13 +1042,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 pool.pool.get_timeout(wait).await
             };
             let watching = self.shutdown.is_some();
-            let never = std::future::pending::<()>();
-            let shutdown = async {
-                match &mut self.shutdown {
-                    Some(wait) => wait.await,
-                    None => never.await,
-                }
-            };
+            let shutdown = shutdown_fired(&mut self.shutdown);
             tokio::select! {
                 got = get => Some(got),
                 _ = shutdown, if watching => None,
@@ -1260,13 +1260,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                         Event::ReadServer(sr.read_buf(rbuf).await)
                     }
                 };
-                let never = std::future::pending::<()>();
-                let shutdown = async {
-                    match shutdown {
-                        Some(wait) => wait.await,
-                        None => never.await,
-                    }
-                };
+                let shutdown = shutdown_fired(shutdown);
                 tokio::select! {
                     event = client_side => event,
                     event = server_side => event,

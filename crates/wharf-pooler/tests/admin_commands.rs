@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::console::{console, eventually, setup, show, show_err};
-use common::{start, TestPooler};
+use common::{pgbench, start, TestPooler};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 async fn pid(client: &Client) -> String {
@@ -34,54 +34,12 @@ fn server_pids(pooler: &TestPooler) -> Vec<String> {
     out.lines().map(str::to_owned).collect()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_holds_pgbench_and_resume_lets_it_finish_without_failures() {
     let pooler = start(setup()).await;
-    let server_port = pooler.cluster.port().to_string();
-    let init = tokio::task::block_in_place(|| {
-        std::process::Command::new(pooler.cluster.bin("pgbench"))
-            .args([
-                "-i",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &server_port,
-                "-U",
-                "postgres",
-                "postgres",
-            ])
-            .env("PGPASSWORD", "postgres")
-            .output()
-            .unwrap()
-    });
-    assert!(init.status.success(), "{}", text(&init.stderr));
-    let port = pooler.port.to_string();
     let bin = pooler.cluster.bin("pgbench");
-    let bench = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-n",
-                "-c",
-                "8",
-                "-T",
-                "8",
-                "postgres",
-            ])
-            .env("PGPASSWORD", "postgres")
-            .output()
-            .unwrap()
-    });
+    tokio::task::block_in_place(|| pgbench::init(&bin, pooler.cluster.port()));
+    let bench = pgbench::spawn(bin, pooler.port, &["-c", "8", "-T", "8"]);
     let admin = console(&pooler, "admin").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pause = tokio::time::timeout(Duration::from_secs(30), admin.simple_query("PAUSE"))
@@ -112,10 +70,7 @@ async fn pause_holds_pgbench_and_resume_lets_it_finish_without_failures() {
         .expect("RESUME releases the held query")
         .unwrap()
         .unwrap();
-    let output = bench.await.unwrap();
-    let out = text(&output.stdout);
-    assert!(output.status.success(), "{out}\n{}", text(&output.stderr));
-    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    pgbench::assert_clean(&bench.await.unwrap());
     assert_eq!(
         show(&admin, "SHOW STATE")
             .await

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{start, Setup, TestPooler};
+use common::{pgbench, start, Setup, TestPooler};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -56,64 +56,14 @@ fn text(bytes: &[u8]) -> String {
 /// Runs pgbench through the pooler and checks it ran cleanly; returns the
 /// number of transactions it processed.
 fn pgbench_through(pooler: &TestPooler, extra: &[&str]) -> u64 {
-    let port = pooler.port.to_string();
-    let mut args = vec![
-        "-h",
-        "127.0.0.1",
-        "-p",
-        port.as_str(),
-        "-U",
-        "postgres",
-        "-n",
-    ];
-    args.extend_from_slice(extra);
-    args.push("postgres");
-    let output = pooler.run_client("pgbench", &args);
-    let (out, err) = (text(&output.stdout), text(&output.stderr));
-    assert!(
-        output.status.success(),
-        "pgbench {extra:?} failed\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    let all = format!("{out}\n{err}").to_lowercase();
-    assert!(
-        !all.contains("error"),
-        "pgbench {extra:?} reported errors\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(
-        out.contains("number of failed transactions: 0 "),
-        "pgbench {extra:?}: failed transactions\n{out}"
-    );
+    let output = pgbench::run(&pooler.cluster.bin("pgbench"), pooler.port, extra);
+    pgbench::assert_error_free(&output);
+    let out = String::from_utf8_lossy(&output.stdout);
     out.lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("pgbench {extra:?}: no transaction count in\n{out}"))
-}
-
-/// `pgbench -i` straight against the server, not through the pooler.
-fn pgbench_init(pooler: &TestPooler) {
-    let port = pooler.cluster.port().to_string();
-    let output = pooler.run_client(
-        "pgbench",
-        &[
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "pgbench -i: {}",
-        text(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +148,7 @@ async fn session_mode_runs_pgbench_with_prepared_statements() {
     })
     .await;
     tokio::task::block_in_place(|| {
-        pgbench_init(&pooler);
+        pgbench::init(&pooler.cluster.bin("pgbench"), pooler.cluster.port());
         let done = pgbench_through(
             &pooler,
             &["-M", "prepared", "-c", "4", "-j", "2", "-t", "200"],
@@ -351,7 +301,7 @@ async fn transaction_mode_runs_pgbench_simple_and_extended() {
     })
     .await;
     tokio::task::block_in_place(|| {
-        pgbench_init(&pooler);
+        pgbench::init(&pooler.cluster.bin("pgbench"), pooler.cluster.port());
         for mode in ["simple", "extended"] {
             let done = pgbench_through(
                 &pooler,

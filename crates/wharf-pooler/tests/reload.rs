@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, Setup, TestPooler};
+use common::{pgbench, start, Setup, TestPooler};
 use tokio_postgres::SimpleQueryMessage;
 use wharf_pooler::lifecycle::ReloadError;
 
@@ -42,33 +42,8 @@ fn set_in_ini(pooler: &TestPooler, key: &str, value: &str) {
     std::fs::write(pooler.ini(), text.join("\n") + "\n").unwrap();
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn pgbench_init(pooler: &TestPooler) {
-    let port = pooler.cluster.port().to_string();
-    let output = pooler.run_client(
-        "pgbench",
-        &[
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "pgbench -i: {}",
-        text(&output.stderr)
-    );
+    pgbench::init(&pooler.cluster.bin("pgbench"), pooler.cluster.port());
     // pgbench -i went straight to the server; its backend exits a moment
     // after pgbench does, and must not be counted as one of the pool's.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -81,18 +56,14 @@ fn pgbench_init(pooler: &TestPooler) {
     }
 }
 
-/// Asserts a pgbench run through the pooler had no failed transaction.
-fn assert_clean_pgbench(output: &std::process::Output) {
-    let (out, err) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "pgbench failed\n{out}\n{err}");
-    assert!(
-        out.contains("number of failed transactions: 0 "),
-        "pgbench: failed transactions\n{out}\n{err}"
-    );
-    assert!(
-        !format!("{out}{err}").to_lowercase().contains("error"),
-        "pgbench reported errors\n{out}\n{err}"
-    );
+/// The most server connections seen in `polls` looks 100 ms apart.
+async fn peak_servers(pooler: &TestPooler, polls: usize) -> usize {
+    let mut peak = 0;
+    for _ in 0..polls {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(pooler.server_connections());
+    }
+    peak
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,39 +74,12 @@ async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
     })
     .await;
     pgbench_init(&pooler);
-    let port = pooler.port.to_string();
-    let bench = {
-        let args: Vec<String> = [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-n",
-            "-c",
-            "8",
-            "-T",
-            "5",
-            "postgres",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let bin = pooler.cluster.bin("pgbench");
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(bin)
-                .args(&args)
-                .env("PGPASSWORD", "postgres")
-                .output()
-                .expect("pgbench runs")
-        })
-    };
-    let mut before = 0;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        before = before.max(pooler.server_connections());
-    }
+    let bench = pgbench::spawn(
+        pooler.cluster.bin("pgbench"),
+        pooler.port,
+        &["-c", "8", "-T", "5"],
+    );
+    let before = peak_servers(&pooler, 10).await;
     assert!(
         (1..=2).contains(&before),
         "{before} servers with default_pool_size = 2"
@@ -143,11 +87,7 @@ async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
     set_in_ini(&pooler, "default_pool_size", "6");
     let summary = pooler.shared.lifecycle.reload().await.expect("reload");
     assert_eq!(summary.resized, 1, "{summary:?}");
-    let mut after = 0;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = after.max(pooler.server_connections());
-    }
+    let after = peak_servers(&pooler, 20).await;
     assert!(
         (3..=6).contains(&after),
         "{after} servers after default_pool_size = 6"
@@ -155,7 +95,7 @@ async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
     set_in_ini(&pooler, "default_pool_size", "3");
     pooler.shared.lifecycle.reload().await.expect("reload");
     let output = bench.await.expect("pgbench task");
-    assert_clean_pgbench(&output);
+    pgbench::assert_error_free(&output);
     assert!(
         pooler.server_connections() <= 3,
         "the pool did not shrink to 3"

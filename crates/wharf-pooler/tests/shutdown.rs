@@ -6,37 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, Setup, TestPooler};
+use common::{pgbench, start, Setup, TestPooler};
 use wharf_pooler::lifecycle::ShutdownMode;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn pgbench_init(pooler: &TestPooler) {
-    let port = pooler.cluster.port().to_string();
-    let output = pooler.run_client(
-        "pgbench",
-        &[
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "pgbench -i: {}",
-        text(&output.stderr)
-    );
-}
 
 /// Whether a new client can connect (the listener is open).
 async fn accepts(pooler: &TestPooler) -> bool {
@@ -48,29 +19,9 @@ async fn accepts(pooler: &TestPooler) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_clients_lets_running_clients_finish_then_exits() {
     let mut pooler = start(Setup::default()).await;
-    pgbench_init(&pooler);
-    let port = pooler.port.to_string();
     let bin = pooler.cluster.bin("pgbench");
-    let bench = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-n",
-                "-c",
-                "4",
-                "-T",
-                "3",
-                "postgres",
-            ])
-            .env("PGPASSWORD", "postgres")
-            .output()
-            .expect("pgbench runs")
-    });
+    pgbench::init(&bin, pooler.cluster.port());
+    let bench = pgbench::spawn(bin, pooler.port, &["-c", "4", "-T", "3"]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     pooler
         .shared
@@ -82,13 +33,7 @@ async fn wait_for_clients_lets_running_clients_finish_then_exits() {
         !pooler.finished(Duration::from_millis(300)).await,
         "exited with clients still connected"
     );
-    let output = bench.await.expect("pgbench task");
-    let (out, err) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "{out}\n{err}");
-    assert!(
-        out.contains("number of failed transactions: 0 "),
-        "{out}\n{err}"
-    );
+    pgbench::assert_clean(&bench.await.expect("pgbench task"));
     assert!(
         pooler.finished(Duration::from_secs(5)).await,
         "did not exit after the last client"

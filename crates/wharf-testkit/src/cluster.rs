@@ -1,16 +1,17 @@
 //! Starting, stopping, crashing and removing clusters.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::bin::pg_bin_dir;
 use crate::os::{self, run, run_as, Owner};
+use crate::process::{
+    self, free_port, percent_encode, read_log_from, tail, Launch, Readiness, PORT_ATTEMPTS,
+};
 use crate::template::{ensure_template, PASSWORD, SUPERUSER};
 use crate::{io_context, Error};
 
@@ -19,9 +20,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const DROP_TIMEOUT: Duration = Duration::from_secs(10);
 const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often to try another port when the chosen one gets taken between
-/// probing and binding.
-const PORT_ATTEMPTS: u32 = 5;
 const LOG_TAIL_LINES: usize = 30;
 
 /// Configures a [`PgCluster`] before starting it; see [`PgCluster::builder`].
@@ -98,29 +96,28 @@ impl PgClusterBuilder {
         };
         cluster.populate(&template, &self.files)?;
 
-        let mut log_tail = String::new();
-        for _ in 0..PORT_ATTEMPTS {
+        let launched = process::launch_retrying(Duration::ZERO, || {
             cluster.port = free_port()?;
-            match cluster.launch()? {
-                Launch::Ready(server) => {
-                    cluster.server = Some(server);
-                    tracing::debug!(
-                        port = cluster.port,
-                        dir = %cluster.root.display(),
-                        "PostgreSQL cluster started"
-                    );
-                    return Ok(cluster);
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
+            cluster.launch()
+        })?;
+        match launched {
+            Launch::Ready(server) => {
+                cluster.server = Some(server);
+                tracing::debug!(
+                    port = cluster.port,
+                    dir = %cluster.root.display(),
+                    "PostgreSQL cluster started"
+                );
+                Ok(cluster)
             }
+            Launch::PortTaken(log_tail) => Err(Error::Start {
+                reason: format!(
+                    "every one of {PORT_ATTEMPTS} free ports was taken before postgres could bind it"
+                ),
+                log: cluster.log_path.clone(),
+                log_tail,
+            }),
         }
-        Err(Error::Start {
-            reason: format!(
-                "every one of {PORT_ATTEMPTS} free ports was taken before postgres could bind it"
-            ),
-            log: cluster.log_path.clone(),
-            log_tail,
-        })
     }
 
     fn server_settings(&self) -> Vec<String> {
@@ -169,12 +166,6 @@ pub struct PgCluster {
     server_settings: Vec<String>,
     /// The postmaster, while we believe it runs.
     server: Option<Child>,
-}
-
-enum Launch {
-    Ready(Child),
-    /// Another process bound the port first; carries the log tail.
-    PortTaken(String),
 }
 
 impl PgCluster {
@@ -262,9 +253,7 @@ impl PgCluster {
     /// Whether the server process is alive (it may still be starting up or
     /// shutting down).
     pub fn is_running(&mut self) -> bool {
-        self.server
-            .as_mut()
-            .is_some_and(|server| matches!(server.try_wait(), Ok(None)))
+        process::is_running(&mut self.server)
     }
 
     /// Stops the server with a fast shutdown (SIGINT: connections are
@@ -288,13 +277,7 @@ impl PgCluster {
     ///
     /// Fails if a process of the cluster survives SIGKILL for 10 seconds.
     pub fn kill(&mut self) -> Result<(), Error> {
-        if let Some(mut server) = self.server.take() {
-            // Fails only if it already exited, which is fine too.
-            let _ = server.kill();
-            server
-                .wait()
-                .map_err(io_context("waiting for the killed postmaster"))?;
-        }
+        process::kill(&mut self.server, "postmaster")?;
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)
     }
 
@@ -317,24 +300,17 @@ impl PgCluster {
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
         os::clear_crash_leftovers(&self.data_dir)?;
 
-        let mut log_tail = String::new();
-        for attempt in 0..PORT_ATTEMPTS {
-            if attempt > 0 {
-                thread::sleep(Duration::from_millis(200));
+        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
+            Launch::Ready(server) => {
+                self.server = Some(server);
+                Ok(())
             }
-            match self.launch()? {
-                Launch::Ready(server) => {
-                    self.server = Some(server);
-                    return Ok(());
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
-            }
+            Launch::PortTaken(log_tail) => Err(Error::Start {
+                reason: format!("port {} is taken by another process", self.port),
+                log: self.log_path.clone(),
+                log_tail,
+            }),
         }
-        Err(Error::Start {
-            reason: format!("port {} is taken by another process", self.port),
-            log: self.log_path.clone(),
-            log_tail,
-        })
     }
 
     /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).
@@ -439,13 +415,8 @@ impl PgCluster {
 
     /// Spawns the postmaster on `self.port` and waits until it is ready.
     fn launch(&self) -> Result<Launch, Error> {
-        let log_context = || format!("opening {}", self.log_path.display());
-        let log = OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)
-            .map_err(io_context(log_context()))?;
-        let log_start = log.metadata().map_err(io_context(log_context()))?.len();
-        let log_err = log.try_clone().map_err(io_context(log_context()))?;
+        let log = process::open_log(&self.log_path, false)?;
+        let log_start = log.start;
 
         let mut postgres = Command::new(self.bin("postgres"));
         postgres
@@ -460,8 +431,8 @@ impl PgCluster {
         }
         postgres
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+            .stdout(log.stdout)
+            .stderr(log.stderr)
             .current_dir(&self.root);
         let mut server = run_as(&mut postgres, self.owner)
             .spawn()
@@ -470,58 +441,35 @@ impl PgCluster {
                 self.bin("postgres").display()
             )))?;
 
-        match self.wait_ready(&mut server, log_start) {
-            Ok(true) => Ok(Launch::Ready(server)),
-            Ok(false) => {
+        let pid = server.id().to_string();
+        let pid_file = self.data_dir.join("postmaster.pid");
+        // pg_ctl's readiness test: the postmaster marks its lock file
+        // "ready" once it accepts connections. Going by the file in our own
+        // data directory, unlike probing the port, cannot be fooled by
+        // another server that grabbed the port.
+        let is_ready = || {
+            fs::read_to_string(&pid_file).is_ok_and(|contents| {
+                let lines: Vec<&str> = contents.lines().collect();
+                lines.first() == Some(&pid.as_str())
+                    && lines.get(7).is_some_and(|status| status.trim() == "ready")
+            })
+        };
+        let pauses = (Duration::from_millis(2), Duration::from_millis(50));
+        match process::wait_ready(&mut server, "postgres", READY_TIMEOUT, pauses, is_ready)? {
+            Readiness::Ready => Ok(Launch::Ready(server)),
+            Readiness::Exited(_) => {
                 let log = read_log_from(&self.log_path, log_start);
-                if log.contains("Address already in use") {
+                if process::port_taken(&log) {
                     tracing::debug!(port = self.port, "port taken, retrying");
-                    Ok(Launch::PortTaken(tail(&log)))
+                    Ok(Launch::PortTaken(tail(&log, LOG_TAIL_LINES)))
                 } else {
                     Err(self.start_error("postgres exited during startup".into(), log_start))
                 }
             }
-            Err(error) => {
-                let _ = server.kill();
-                let _ = server.wait();
-                Err(error)
-            }
-        }
-    }
-
-    /// `true` once `server` accepts connections, `false` if it exited.
-    fn wait_ready(&self, server: &mut Child, log_start: u64) -> Result<bool, Error> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let pid_file = self.data_dir.join("postmaster.pid");
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if server
-                .try_wait()
-                .map_err(io_context("waiting for postgres to start"))?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            // pg_ctl's readiness test: the postmaster marks its lock file
-            // "ready" once it accepts connections. Going by the file in our
-            // own data directory, unlike probing the port, cannot be fooled
-            // by another server that grabbed the port.
-            if let Ok(contents) = fs::read_to_string(&pid_file) {
-                let lines: Vec<&str> = contents.lines().collect();
-                if lines.first() == Some(&server.id().to_string().as_str())
-                    && lines.get(7).is_some_and(|status| status.trim() == "ready")
-                {
-                    return Ok(true);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.start_error(
-                    format!("not accepting connections after {READY_TIMEOUT:?}"),
-                    log_start,
-                ));
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
+            Readiness::TimedOut => Err(self.start_error(
+                format!("not accepting connections after {READY_TIMEOUT:?}"),
+                log_start,
+            )),
         }
     }
 
@@ -529,7 +477,7 @@ impl PgCluster {
         Error::Start {
             reason,
             log: self.log_path.clone(),
-            log_tail: tail(&read_log_from(&self.log_path, log_start)),
+            log_tail: tail(&read_log_from(&self.log_path, log_start), LOG_TAIL_LINES),
         }
     }
 
@@ -538,20 +486,16 @@ impl PgCluster {
     /// cluster is left.
     fn terminate(&mut self, signal: &str, grace: Duration) -> Result<(), Error> {
         let mut outcome = Ok(());
-        if let Some(mut server) = self.server.take() {
+        if let Some(server) = self.server.take() {
             let pid = server.id();
-            let exited = match server.try_wait() {
-                Ok(Some(_)) => Ok(true),
-                _ => os::signal(pid, signal).and_then(|()| os::wait_timeout(&mut server, grace)),
-            };
-            if !matches!(exited, Ok(true)) {
-                let _ = server.kill();
-                let _ = server.wait();
-                outcome = exited.and(Err(Error::StopTimeout {
+            outcome = match process::stop(server, signal, grace) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::StopTimeout {
                     pid,
                     timeout: grace,
-                }));
-            }
+                }),
+                Err(error) => Err(error),
+            };
         }
         let swept = os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT);
         outcome.and(swept)
@@ -575,37 +519,8 @@ impl Drop for PgCluster {
                 );
             }
         }
-        if let Err(error) = fs::remove_dir_all(&self.root) {
-            eprintln!("wharf-testkit: removing {}: {error}", self.root.display());
-        }
+        process::remove_dir(&self.root);
     }
-}
-
-/// Binding port 0 makes the kernel pick a free port; postgres binds it
-/// moments later, and `launch` notices if someone else was faster.
-fn free_port() -> Result<u16, Error> {
-    let context = "finding a free TCP port";
-    TcpListener::bind((HOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(io_context(context))
-}
-
-/// The log written since byte `start`; empty if unreadable, since it only
-/// decorates errors.
-fn read_log_from(path: &Path, start: u64) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut file) = File::open(path) {
-        let _ = file
-            .seek(SeekFrom::Start(start))
-            .and_then(|_| file.read_to_end(&mut bytes));
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 fn quote_ident(name: &str) -> String {
@@ -615,18 +530,6 @@ fn quote_ident(name: &str) -> String {
 /// Relies on `standard_conforming_strings`, on by default since 9.1.
 fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-fn percent_encode(component: &str) -> String {
-    let mut encoded = String::with_capacity(component.len());
-    for byte in component.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 fn conninfo_value(value: &str) -> String {
@@ -658,13 +561,5 @@ mod tests {
             .server_settings();
         assert!(settings.contains(&"max_connections=7".to_owned()));
         assert_eq!(settings.last().map(String::as_str), Some("work_mem=8MB"));
-    }
-
-    #[test]
-    fn tail_keeps_last_lines() {
-        let log: String = (0..100).map(|n| format!("line {n}\n")).collect();
-        let tail = tail(&log);
-        assert!(tail.starts_with("line 70\n"));
-        assert!(tail.ends_with("line 99"));
     }
 }

@@ -40,6 +40,7 @@ mod bin;
 mod cluster;
 pub mod mariadb;
 mod os;
+mod process;
 pub mod redis;
 mod template;
 

@@ -30,16 +30,17 @@
 //! way after a test process is killed.
 
 use std::env;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::os::{self, base_dir, create_unique_dir, run, DIR_PREFIX};
+use crate::process::{
+    self, free_port, percent_encode, read_log_from, tail, Launch, Readiness, PORT_ATTEMPTS,
+};
 use crate::{io_context, Error};
 
 const HOST: &str = "127.0.0.1";
@@ -52,12 +53,10 @@ const DATABASE: &str = "test";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often to try another port when the chosen one gets taken between
-/// probing and binding.
-const PORT_ATTEMPTS: u32 = 5;
 const LOG_TAIL_LINES: usize = 30;
 /// What mariadbd logs once it accepts connections.
 const READY_LINE: &str = "ready for connections";
+const PROGRAM: &str = "mariadbd";
 
 /// Bump whenever the template's contents or the options it is built with
 /// change, so that templates made by older code are not reused.
@@ -123,27 +122,29 @@ impl MariaDbBuilder {
         };
         db.populate(&template)?;
 
-        let mut log_tail = String::new();
-        for _ in 0..PORT_ATTEMPTS {
+        let launched = process::launch_retrying(Duration::ZERO, || {
             db.port = free_port()?;
-            match db.launch()? {
-                Launch::Ready(server) => {
-                    db.server = Some(server);
-                    tracing::debug!(
-                        port = db.port,
-                        dir = %db.root.display(),
-                        "MariaDB server started"
-                    );
-                    return Ok(db);
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
+            db.launch()
+        })?;
+        match launched {
+            Launch::Ready(server) => {
+                db.server = Some(server);
+                tracing::debug!(
+                    port = db.port,
+                    dir = %db.root.display(),
+                    "MariaDB server started"
+                );
+                Ok(db)
             }
+            Launch::PortTaken(log_tail) => Err(process::start_error(
+                PROGRAM,
+                db.port,
+                format!(
+                    "every one of {PORT_ATTEMPTS} free ports was taken before mariadbd bound it"
+                ),
+                &log_tail,
+            )),
         }
-        Err(start_error(
-            db.port,
-            format!("every one of {PORT_ATTEMPTS} free ports was taken before mariadbd bound it"),
-            &log_tail,
-        ))
     }
 
     /// Options for the running server (the template's build adds its own
@@ -217,12 +218,6 @@ pub struct MariaDb {
     options: Vec<String>,
     /// The server, while we believe it runs.
     server: Option<Child>,
-}
-
-enum Launch {
-    Ready(Child),
-    /// Another process bound the port first; carries the log tail.
-    PortTaken(String),
 }
 
 impl MariaDb {
@@ -301,9 +296,7 @@ impl MariaDb {
     /// Whether the server process is alive (it may still be starting up or
     /// shutting down).
     pub fn is_running(&mut self) -> bool {
-        self.server
-            .as_mut()
-            .is_some_and(|server| matches!(server.try_wait(), Ok(None)))
+        process::is_running(&mut self.server)
     }
 
     /// Shuts the server down cleanly (SIGTERM: connections are closed,
@@ -316,21 +309,16 @@ impl MariaDb {
     /// is killed.
     pub fn stop(&mut self) -> Result<(), Error> {
         let mut outcome = Ok(());
-        if let Some(mut server) = self.server.take() {
+        if let Some(server) = self.server.take() {
             let pid = server.id();
-            let exited = match server.try_wait() {
-                Ok(Some(_)) => Ok(true),
-                _ => os::signal(pid, "TERM")
-                    .and_then(|()| os::wait_timeout(&mut server, STOP_TIMEOUT)),
-            };
-            if !matches!(exited, Ok(true)) {
-                let _ = server.kill();
-                let _ = server.wait();
-                outcome = exited.and(Err(Error::Unexpected {
+            outcome = match process::stop(server, "TERM", STOP_TIMEOUT) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::Unexpected {
                     what: format!("mariadbd (pid {pid}) on port {}", self.port),
                     detail: format!("did not exit within {STOP_TIMEOUT:?} and was killed"),
-                }));
-            }
+                }),
+                Err(error) => Err(error),
+            };
         }
         outcome.and(os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT))
     }
@@ -343,13 +331,7 @@ impl MariaDb {
     ///
     /// Fails if the process survives SIGKILL for 10 seconds.
     pub fn kill(&mut self) -> Result<(), Error> {
-        if let Some(mut server) = self.server.take() {
-            // Fails only if it already exited, which is fine too.
-            let _ = server.kill();
-            server
-                .wait()
-                .map_err(io_context("waiting for the killed mariadbd"))?;
-        }
+        process::kill(&mut self.server, PROGRAM)?;
         // mariadbd works in its data directory, so this also finds a server
         // that outlived our handle on it.
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)
@@ -373,24 +355,18 @@ impl MariaDb {
         self.server = None;
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
 
-        let mut log_tail = String::new();
-        for attempt in 0..PORT_ATTEMPTS {
-            if attempt > 0 {
-                thread::sleep(Duration::from_millis(200));
+        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
+            Launch::Ready(server) => {
+                self.server = Some(server);
+                Ok(())
             }
-            match self.launch()? {
-                Launch::Ready(server) => {
-                    self.server = Some(server);
-                    return Ok(());
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
-            }
+            Launch::PortTaken(log_tail) => Err(process::start_error(
+                PROGRAM,
+                self.port,
+                "the port is taken by another process".into(),
+                &log_tail,
+            )),
         }
-        Err(start_error(
-            self.port,
-            "the port is taken by another process".into(),
-            &log_tail,
-        ))
     }
 
     /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).
@@ -454,13 +430,8 @@ impl MariaDb {
 
     /// Spawns mariadbd on `self.port` and waits until it is ready.
     fn launch(&self) -> Result<Launch, Error> {
-        let log_context = || format!("opening {}", self.log_path.display());
-        let log = OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)
-            .map_err(io_context(log_context()))?;
-        let log_start = log.metadata().map_err(io_context(log_context()))?.len();
-        let log_err = log.try_clone().map_err(io_context(log_context()))?;
+        let log = process::open_log(&self.log_path, false)?;
+        let log_start = log.start;
 
         let mut server = server_command(&self.binaries, &self.data_dir)?;
         server
@@ -473,63 +444,41 @@ impl MariaDb {
             .arg(format!("--tmpdir={}", self.root.display()))
             .args(&self.options)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+            .stdout(log.stdout)
+            .stderr(log.stderr)
             .current_dir(&self.root);
         let mut server = server.spawn().map_err(io_context(format!(
             "starting {}",
             self.binaries.server.display()
         )))?;
 
-        match self.wait_ready(&mut server, log_start) {
-            Ok(true) => Ok(Launch::Ready(server)),
-            Ok(false) => {
-                let log = read_log_from(&self.log_path, log_start);
-                if log.contains("Address already in use") {
+        // The log is this server's alone, so unlike probing the port this
+        // cannot be fooled by another server that grabbed it.
+        let is_ready = || read_log_from(&self.log_path, log_start).contains(READY_LINE);
+        let pauses = (Duration::from_millis(2), Duration::from_millis(50));
+        let readiness = process::wait_ready(&mut server, PROGRAM, READY_TIMEOUT, pauses, is_ready)?;
+        let log_tail = || tail(&read_log_from(&self.log_path, log_start), LOG_TAIL_LINES);
+        match readiness {
+            Readiness::Ready => Ok(Launch::Ready(server)),
+            Readiness::Exited(_) => {
+                if process::port_taken(&read_log_from(&self.log_path, log_start)) {
                     tracing::debug!(port = self.port, "port taken, retrying");
-                    Ok(Launch::PortTaken(tail(&log)))
+                    Ok(Launch::PortTaken(log_tail()))
                 } else {
-                    Err(start_error(
+                    Err(process::start_error(
+                        PROGRAM,
                         self.port,
                         "mariadbd exited during startup".into(),
-                        &tail(&log),
+                        &log_tail(),
                     ))
                 }
             }
-            Err(error) => {
-                let _ = server.kill();
-                let _ = server.wait();
-                Err(error)
-            }
-        }
-    }
-
-    /// `true` once `server` accepts connections, `false` if it exited.
-    fn wait_ready(&self, server: &mut Child, log_start: u64) -> Result<bool, Error> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if server
-                .try_wait()
-                .map_err(io_context("waiting for mariadbd to start"))?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            // The log is this server's alone, so unlike probing the port this
-            // cannot be fooled by another server that grabbed it.
-            if read_log_from(&self.log_path, log_start).contains(READY_LINE) {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Err(start_error(
-                    self.port,
-                    format!("not accepting connections after {READY_TIMEOUT:?}"),
-                    &tail(&read_log_from(&self.log_path, log_start)),
-                ));
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
+            Readiness::TimedOut => Err(process::start_error(
+                PROGRAM,
+                self.port,
+                format!("not accepting connections after {READY_TIMEOUT:?}"),
+                &log_tail(),
+            )),
         }
     }
 }
@@ -543,9 +492,7 @@ impl Drop for MariaDb {
                 self.root.display()
             );
         }
-        if let Err(error) = fs::remove_dir_all(&self.root) {
-            eprintln!("wharf-testkit: removing {}: {error}", self.root.display());
-        }
+        process::remove_dir(&self.root);
     }
 }
 
@@ -754,51 +701,6 @@ fn build_template(binaries: &Binaries, staging: &Path, template: &Path) -> Resul
             template.display()
         ))(error)),
     }
-}
-
-/// Binding port 0 makes the kernel pick a free port; mariadbd binds it
-/// moments later, and `launch` notices if someone else was faster.
-fn free_port() -> Result<u16, Error> {
-    TcpListener::bind((HOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(io_context("finding a free TCP port"))
-}
-
-fn start_error(port: u16, reason: String, log_tail: &str) -> Error {
-    Error::Unexpected {
-        what: format!("mariadbd on port {port}"),
-        detail: format!("failed to start: {reason}\n--- tail of its log ---\n{log_tail}"),
-    }
-}
-
-/// The log written since byte `start`; empty if unreadable, since it only
-/// decorates errors and readiness is polled again anyway.
-fn read_log_from(path: &Path, start: u64) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut file) = File::open(path) {
-        let _ = file
-            .seek(SeekFrom::Start(start))
-            .and_then(|_| file.read_to_end(&mut bytes));
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-}
-
-fn percent_encode(component: &str) -> String {
-    let mut encoded = String::with_capacity(component.len());
-    for byte in component.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 #[cfg(test)]

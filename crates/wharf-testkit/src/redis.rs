@@ -24,15 +24,14 @@
 //! root is fine.
 
 use std::env;
-use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::os;
+use crate::process::{self, free_port, read_log_from, tail, Launch, Readiness, PORT_ATTEMPTS};
 use crate::{io_context, Error};
 
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -41,10 +40,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds every exchange with the server, so that a wedged server fails a
 /// test instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often to try another port (or, restarting, the same one again) when
-/// the port is taken between choosing and binding it.
-const PORT_ATTEMPTS: u32 = 5;
 const LOG_TAIL_LINES: usize = 20;
+const PROGRAM: &str = "redis-server";
 const DEFAULT_BINARY: &str = "/usr/bin/redis-server";
 
 /// A throwaway `redis-server` on `127.0.0.1`. Dropping it kills the server
@@ -62,12 +59,6 @@ pub struct RedisServer {
     port: u16,
     /// The server, while we believe it runs.
     server: Option<Child>,
-}
-
-enum Launch {
-    Ready(Child),
-    /// Another process bound the port first; carries the log tail.
-    PortTaken(String),
 }
 
 impl RedisServer {
@@ -90,27 +81,29 @@ impl RedisServer {
             port: 0,
             server: None,
         };
-        let mut log_tail = String::new();
-        for _ in 0..PORT_ATTEMPTS {
+        let launched = process::launch_retrying(Duration::ZERO, || {
             server.port = free_port()?;
-            match server.launch()? {
-                Launch::Ready(child) => {
-                    server.server = Some(child);
-                    tracing::debug!(
-                        port = server.port,
-                        dir = %server.dir.display(),
-                        "redis-server started"
-                    );
-                    return Ok(server);
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
+            server.launch()
+        })?;
+        match launched {
+            Launch::Ready(child) => {
+                server.server = Some(child);
+                tracing::debug!(
+                    port = server.port,
+                    dir = %server.dir.display(),
+                    "redis-server started"
+                );
+                Ok(server)
             }
+            Launch::PortTaken(log_tail) => Err(process::start_error(
+                PROGRAM,
+                server.port,
+                format!(
+                    "every one of {PORT_ATTEMPTS} free ports was taken before it could bind one"
+                ),
+                &log_tail,
+            )),
         }
-        Err(start_error(
-            server.port,
-            format!("every one of {PORT_ATTEMPTS} free ports was taken before it could bind one"),
-            &log_tail,
-        ))
     }
 
     /// The TCP port the server listens on at `127.0.0.1`.
@@ -140,9 +133,7 @@ impl RedisServer {
 
     /// Whether the server process is alive.
     pub fn is_running(&mut self) -> bool {
-        self.server
-            .as_mut()
-            .is_some_and(|server| matches!(server.try_wait(), Ok(None)))
+        process::is_running(&mut self.server)
     }
 
     /// Simulates a crash: SIGKILLs the server and waits for it to exit. The
@@ -153,14 +144,7 @@ impl RedisServer {
     ///
     /// Fails if waiting for the process fails.
     pub fn kill(&mut self) -> Result<(), Error> {
-        if let Some(mut server) = self.server.take() {
-            // Fails only if it already exited, which is fine too.
-            let _ = server.kill();
-            server
-                .wait()
-                .map_err(io_context("waiting for the killed redis-server"))?;
-        }
-        Ok(())
+        process::kill(&mut self.server, PROGRAM)
     }
 
     /// Shuts the server down with SIGTERM (it closes its clients and exits)
@@ -171,25 +155,16 @@ impl RedisServer {
     ///
     /// Fails if signalling or waiting for the process fails.
     pub fn stop(&mut self) -> Result<(), Error> {
-        let Some(mut server) = self.server.take() else {
+        let Some(server) = self.server.take() else {
             return Ok(());
         };
-        if matches!(server.try_wait(), Ok(None)) {
-            // kill(1) fails if the process exited meanwhile; waiting tells.
-            let _ = os::signal(server.id(), "TERM");
-            if os::wait_timeout(&mut server, STOP_TIMEOUT)? {
-                return Ok(());
-            }
+        if !process::stop(server, "TERM", STOP_TIMEOUT)? {
             tracing::warn!(
                 port = self.port,
-                "redis-server ignored SIGTERM for {STOP_TIMEOUT:?}; killing it"
+                "redis-server ignored SIGTERM for {STOP_TIMEOUT:?}; killed it"
             );
-            let _ = server.kill();
         }
-        server
-            .wait()
-            .map_err(io_context("waiting for redis-server to exit"))
-            .map(drop)
+        Ok(())
     }
 
     /// Starts the server again after [`kill`](Self::kill) or
@@ -208,24 +183,18 @@ impl RedisServer {
             });
         }
         self.server = None;
-        let mut log_tail = String::new();
-        for attempt in 0..PORT_ATTEMPTS {
-            if attempt > 0 {
-                thread::sleep(Duration::from_millis(200));
+        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
+            Launch::Ready(child) => {
+                self.server = Some(child);
+                Ok(())
             }
-            match self.launch()? {
-                Launch::Ready(child) => {
-                    self.server = Some(child);
-                    return Ok(());
-                }
-                Launch::PortTaken(tail) => log_tail = tail,
-            }
+            Launch::PortTaken(log_tail) => Err(process::start_error(
+                PROGRAM,
+                self.port,
+                "the port is taken by another process".into(),
+                &log_tail,
+            )),
         }
-        Err(start_error(
-            self.port,
-            "the port is taken by another process".into(),
-            &log_tail,
-        ))
     }
 
     /// Sends one command over a fresh connection and returns the reply:
@@ -276,14 +245,8 @@ impl RedisServer {
 
     /// Spawns redis-server on `self.port` and waits until it answers PING.
     fn launch(&self) -> Result<Launch, Error> {
-        let log_context = || format!("opening {}", self.log_path.display());
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(io_context(log_context()))?;
-        let log_start = log.metadata().map_err(io_context(log_context()))?.len();
-        let log_err = log.try_clone().map_err(io_context(log_context()))?;
+        let log = process::open_log(&self.log_path, true)?;
+        let log_start = log.start;
 
         let mut command = Command::new(&self.binary);
         command
@@ -301,43 +264,38 @@ impl RedisServer {
             .arg(&self.log_path)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .stdout(log.stdout)
+            .stderr(log.stderr);
         let mut child = command.spawn().map_err(io_context(format!(
             "starting {} (install the Debian package `redis-server`, or set \
              WHARF_REDIS_SERVER to the binary)",
             self.binary.display()
         )))?;
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child
-                .try_wait()
-                .map_err(io_context("waiting for redis-server"))?
-            {
+        let pauses = (Duration::from_millis(20), Duration::from_millis(20));
+        let readiness = process::wait_ready(&mut child, PROGRAM, READY_TIMEOUT, pauses, || {
+            self.answers_ping()
+        })?;
+        match readiness {
+            Readiness::Ready => Ok(Launch::Ready(child)),
+            Readiness::Exited(status) => {
                 let tail = self.log_tail(log_start);
-                if tail.contains("Address already in use") {
+                if process::port_taken(&tail) {
                     return Ok(Launch::PortTaken(tail));
                 }
-                return Err(start_error(
+                Err(process::start_error(
+                    PROGRAM,
                     self.port,
                     format!("it exited ({status})"),
                     &tail,
-                ));
+                ))
             }
-            if self.answers_ping() {
-                return Ok(Launch::Ready(child));
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(start_error(
-                    self.port,
-                    format!("it did not answer PING within {READY_TIMEOUT:?}"),
-                    &self.log_tail(log_start),
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
+            Readiness::TimedOut => Err(process::start_error(
+                PROGRAM,
+                self.port,
+                format!("it did not answer PING within {READY_TIMEOUT:?}"),
+                &self.log_tail(log_start),
+            )),
         }
     }
 
@@ -350,14 +308,7 @@ impl RedisServer {
 
     /// The last lines the server logged since `start` (a byte offset).
     fn log_tail(&self, start: u64) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = fs::File::open(&self.log_path) {
-            if file.seek(SeekFrom::Start(start)).is_ok() {
-                let _ = file.read_to_string(&mut text);
-            }
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        tail(&read_log_from(&self.log_path, start), LOG_TAIL_LINES)
     }
 }
 
@@ -369,9 +320,7 @@ impl Drop for RedisServer {
                 self.port
             );
         }
-        if let Err(error) = fs::remove_dir_all(&self.dir) {
-            eprintln!("wharf-testkit: removing {}: {error}", self.dir.display());
-        }
+        process::remove_dir(&self.dir);
     }
 }
 
@@ -384,22 +333,6 @@ fn binary() -> PathBuf {
         default.to_owned()
     } else {
         PathBuf::from("redis-server")
-    }
-}
-
-/// Binding port 0 makes the kernel pick a free port; redis-server binds it
-/// moments later, and `launch` notices if someone else was faster.
-fn free_port() -> Result<u16, Error> {
-    TcpListener::bind((HOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(io_context("finding a free TCP port"))
-}
-
-fn start_error(port: u16, reason: String, log_tail: &str) -> Error {
-    Error::Unexpected {
-        what: format!("redis-server on port {port}"),
-        detail: format!("failed to start: {reason}\n--- tail of its log ---\n{log_tail}"),
     }
 }
 

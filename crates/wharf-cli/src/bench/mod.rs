@@ -467,6 +467,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration {text:?}: out of range"))
 }
 
+/// A multi-threaded runtime for a subcommand; the `Err` is the exit code
+/// to return, the reason having been printed.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Logs to stderr at `warn` unless `RUST_LOG` says otherwise: the pool and
 /// an in-process pooler log every connection at `info`, which would bury
 /// the report.
@@ -493,15 +505,9 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("error: nothing to run: give --strategy or --sweep-pool-size");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = match runtime.block_on(execute(&plan)) {
         Ok(outcome) => outcome,

@@ -2,7 +2,6 @@
 //! `stats` (stats_users) and `bob` (neither), and results as tables, read
 //! by tokio-postgres or by psql.
 
-use std::process::Command;
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -147,29 +146,13 @@ pub fn psql_table(
     password: &str,
     sql: &str,
 ) -> Result<Table, String> {
-    let mut cmd = Command::new(pooler.cluster.bin("psql"));
-    cmd.args([
-        "-X",
-        "-A",
-        "-F",
-        "|",
-        "-P",
-        "footer=off",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
+    let mut cmd = super::wire::psql_command(
+        &pooler.cluster.bin("psql"),
         conninfo,
-        "-c",
+        password,
+        &["-F", "|", "-P", "footer=off"],
         sql,
-    ])
-    .stdin(std::process::Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10");
+    );
     let output = tokio::task::block_in_place(|| cmd.output()).expect("psql runs");
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());

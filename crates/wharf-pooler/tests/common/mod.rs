@@ -280,4 +280,5 @@ impl TestPooler {
 }
 
 pub mod console;
+pub mod pgbench;
 pub mod wire;

@@ -225,19 +225,28 @@ pub async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<String> {
 /// Runs psql with `conninfo`, `password` as PGPASSWORD and `env` on top of
 /// an environment cleared of other PG* variables; `-X -A -t -c sql`.
 pub fn psql(bin: &Path, conninfo: &str, password: &str, env: &[(&str, &str)], sql: &str) -> Output {
+    let mut cmd = psql_command(bin, conninfo, password, &["-t"], sql);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("psql runs")
+}
+
+/// psql with `conninfo`, `password` as PGPASSWORD and an environment
+/// cleared of other PG* variables (the caller's are not meant for the
+/// pooler under test), running `sql` unaligned with the `output` options.
+pub fn psql_command(
+    bin: &Path,
+    conninfo: &str,
+    password: &str,
+    output: &[&str],
+    sql: &str,
+) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "-X",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
-        conninfo,
-        "-c",
-        sql,
-    ])
-    .stdin(std::process::Stdio::null());
+    cmd.args(["-X", "-A"])
+        .args(output)
+        .args(["-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
+        .stdin(std::process::Stdio::null());
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| k.starts_with("PG")) {
             cmd.env_remove(key);
@@ -245,10 +254,7 @@ pub fn psql(bin: &Path, conninfo: &str, password: &str, env: &[(&str, &str)], sq
     }
     cmd.env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10");
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    cmd.output().expect("psql runs")
+    cmd
 }
 
 /// psql's standard output, trimmed, asserting it succeeded.

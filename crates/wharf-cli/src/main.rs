@@ -44,10 +44,16 @@ enum Command {
 }
 
 /// Logs to `logfile` when the configuration names one (as PgBouncer does),
-/// else to standard error. `RUST_LOG` overrides the level.
-fn init_logging(logfile: Option<&std::path::Path>) -> Result<(), String> {
+/// else to standard error, at PgBouncer's `verbose` level (0: info, 1:
+/// debug, 2 and more: trace). `RUST_LOG` overrides the level.
+fn init_logging(logfile: Option<&std::path::Path>, verbose: u32) -> Result<(), String> {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match logfile {
         Some(path) => {
@@ -119,7 +125,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
-    if let Err(err) = init_logging(config.pgbouncer.logfile.as_deref()) {
+    if let Err(err) = init_logging(
+        config.pgbouncer.logfile.as_deref(),
+        config.pgbouncer.verbose,
+    ) {
         eprintln!("error: {err}");
         return ExitCode::FAILURE;
     }

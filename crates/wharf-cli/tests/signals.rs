@@ -127,6 +127,8 @@ fn spawn_wharf(ini: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_wharf"))
         .arg("serve")
         .arg(ini)
+        // The log level must come from the ini (`verbose`), not the caller.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -355,5 +357,25 @@ async fn two_processes_share_a_port_with_so_reuseport() {
     while !matches!(second.try_wait(), Ok(Some(_))) {
         assert!(Instant::now() < deadline, "the second process did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_turns_on_debug_lines() {
+    for (verbose, debug_expected) in [("verbose = 0", false), ("verbose = 1", true)] {
+        let mut served = Served::new(if debug_expected { "v1" } else { "v0" }, verbose);
+        served.serve().await;
+        let client = served.client().await.expect("login");
+        value(&client, "SELECT 1").await.expect("query");
+        // Opening a server connection is logged at debug level; the query
+        // above needed one, so by now the line is there or never will be.
+        let shown = if debug_expected {
+            log_shows(&served, "opened connection").await
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            served.log().contains("opened connection")
+        };
+        assert_eq!(shown, debug_expected, "{verbose}:\n{}", served.log());
+        assert!(served.log().contains("INFO"), "{}", served.log());
     }
 }

@@ -161,28 +161,17 @@ impl Lifecycle {
     }
 
     /// Resolves once [`clients_must_go`](Self::clients_must_go) says at
-    /// least `mode`. It sleeps on the client's own nudge (sent to every
-    /// client when a shutdown starts or hardens), so polling it on each of
-    /// the relay's events touches nothing shared by other sessions.
+    /// least `mode`. It sleeps on the client's own wake-up slot (nudged for
+    /// every client when a shutdown starts or hardens), so polling it on
+    /// each of the relay's events touches nothing shared by other sessions.
     pub(crate) fn wait_clients_must_go<'a>(
         &'a self,
         mode: ShutdownMode,
         client: &'a ClientEntry,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         let wanted = mode.severity().max(ShutdownMode::WaitForServers.severity());
-        async move {
-            loop {
-                // Armed before the level is read, so a shutdown that lands
-                // in between still wakes us.
-                let nudged = client.nudged();
-                tokio::pin!(nudged);
-                nudged.as_mut().enable();
-                if self.level.load(std::sync::atomic::Ordering::SeqCst) >= wanted {
-                    return;
-                }
-                nudged.await;
-            }
-        }
+        client
+            .attention_until(move || self.level.load(std::sync::atomic::Ordering::SeqCst) >= wanted)
     }
 
     /// Whether a shutdown is in progress.

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use atomic_waker::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::Notify;
 use wharf::AtomicHistogram;
 
 use crate::backend::ServerTarget;
@@ -355,9 +355,9 @@ pub struct ClientEntry {
     link: AtomicU64,
     application_name: Mutex<String>,
     killed: AtomicBool,
-    kill: Notify,
-    /// Wakes the session to look at the pooler's lifecycle again.
-    nudge: Notify,
+    /// Wakes the session to look at its kill flag and the pooler's
+    /// lifecycle again.
+    attention: AtomicWaker,
 }
 
 impl ClientEntry {
@@ -427,32 +427,39 @@ impl ClientEntry {
     /// Asks the client's task to disconnect it (`KILL`, `KILL_CLIENT`).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        self.kill.notify_waiters();
+        self.attention.wake();
     }
 
     /// Wakes the client's session to re-read the pooler's lifecycle phase
     /// (a shutdown started or became more drastic).
     pub fn nudge(&self) {
-        self.nudge.notify_waiters();
+        self.attention.wake();
     }
 
-    /// The next [`nudge`](Self::nudge); enable it before checking what it
-    /// guards, as with any [`Notify`].
-    pub fn nudged(&self) -> tokio::sync::futures::Notified<'_> {
-        self.nudge.notified()
+    /// Resolves once `done()` holds, re-checking it whenever the session is
+    /// killed or nudged. Only the client's own task waits on an entry, so
+    /// one waker slot serves every such wait, and registering the same
+    /// waker again (on each of the relay's events) is a couple of atomic
+    /// operations, with no lock.
+    pub fn attention_until<'a>(
+        &'a self,
+        done: impl Fn() -> bool + Send + 'a,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        std::future::poll_fn(move |cx| {
+            // Registered before the check, so a wake in between is not lost.
+            self.attention.register(cx.waker());
+            if done() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Completes once [`kill`](Self::kill) has been called.
     pub async fn killed(&self) {
-        loop {
-            let notified = self.kill.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.killed.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
+        self.attention_until(|| self.killed.load(Ordering::SeqCst))
+            .await
     }
 }
 
@@ -742,8 +749,7 @@ impl Stats {
             link: AtomicU64::new(0),
             application_name: Mutex::new(info.application_name),
             killed: AtomicBool::new(false),
-            kill: Notify::new(),
-            nudge: Notify::new(),
+            attention: AtomicWaker::new(),
         });
         self.clients.lock().insert(entry.id, entry.clone());
         ClientGuard {

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::console::{console, psql_show, psql_table, setup, show, show_err, try_show};
+use common::console::{
+    console, eventually, psql_show, psql_table, setup, show, show_err, try_show,
+};
 use common::start;
 
 const POOLS: &[&str] = &[
@@ -224,6 +226,14 @@ async fn show_pools_and_servers_match_three_open_transactions() {
     for client in &clients {
         client.simple_query("COMMIT").await.unwrap();
     }
+    // The client hears COMMIT's ReadyForQuery a moment before the relay
+    // hands its server back to the pool.
+    eventually("the three servers are idle again", || async {
+        let pools = show(&admin, "SHOW POOLS").await;
+        let get = |col: &str| pools.value2("database", "postgres", "user", "postgres", col);
+        get("sv_active") == "0" && get("sv_idle") == "3"
+    })
+    .await;
     let pools = show(&admin, "SHOW POOLS").await;
     let get = |col: &str| pools.value2("database", "postgres", "user", "postgres", col);
     assert_eq!(get("cl_active"), "3");

@@ -36,7 +36,7 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
     let mut retire = Vec::new();
     let mut due = Vec::new();
     let idle_timeout = shared.tunables.idle_timeout();
-    let (lifetime_gen, lifetime) = shared.tunables.lifetime();
+    let lifetime = shared.tunables.max_lifetime();
     {
         let mut st = shared.state.lock();
         let min_idle = st.min_idle;
@@ -45,12 +45,10 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
         // The front holds the connections idle the longest, so idle-timeout
         // eviction takes those first and leaves the busiest ones.
         for mut live in st.idle.drain(..) {
-            if live.meta.lifetime_gen != lifetime_gen {
-                let meta = &mut live.meta;
-                meta.expires_at =
-                    crate::pool::expiry(meta.created_at, lifetime, meta.lifetime_share);
-                meta.lifetime_gen = lifetime_gen;
-            }
+            // Brings a changed `max_lifetime` to connections already open
+            // (the same value again when it has not changed).
+            let meta = &mut live.meta;
+            meta.expires_at = crate::pool::expiry(meta.created_at, lifetime, meta.lifetime_share);
             let idle_for = now.saturating_duration_since(live.meta.idle_since);
             let quiet_for = now.saturating_duration_since(live.meta.last_active);
             if live.meta.is_expired(now) {

@@ -259,12 +259,10 @@ impl<M: Manager> Pool<M> {
     /// in line while idle, at the next maintenance round (a connection in
     /// use is never closed under its user).
     pub fn set_max_lifetime(&self, max_lifetime: Option<Duration>) {
-        let tunables = &self.shared().tunables;
-        let _changing = tunables.lifetime_lock.lock();
-        tunables
+        self.shared()
+            .tunables
             .max_lifetime
             .store(encode(max_lifetime), Ordering::Relaxed);
-        tunables.lifetime_gen.fetch_add(1, Ordering::Release);
     }
 
     /// A handle that does not keep the pool open.
@@ -281,12 +279,7 @@ impl<M: Manager> Pool<M> {
     /// needs one.
     pub fn close_idle(&self, max: usize) -> usize {
         let shared = self.shared();
-        let closing: Vec<_> = {
-            let mut st = shared.state.lock();
-            let n = max.min(st.idle.len());
-            st.size -= n;
-            st.idle.drain(..n).collect()
-        };
+        let closing = shared.state.lock().take_idle(max);
         let n = closing.len();
         for live in closing {
             shared.close_conn(live, CloseReason::Idle);
@@ -683,13 +676,11 @@ impl<M: Manager> Shared<M> {
 
     pub(crate) fn new_meta(&self, now: Instant) -> Meta {
         let lifetime_share = 1.0 - fastrand::f64() * self.config.lifetime_jitter;
-        let (lifetime_gen, lifetime) = self.tunables.lifetime();
         Meta {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             created_at: now,
-            expires_at: expiry(now, lifetime, lifetime_share),
+            expires_at: expiry(now, self.tunables.max_lifetime(), lifetime_share),
             lifetime_share,
-            lifetime_gen,
             uses: 0,
             last_active: now,
             idle_since: now,
@@ -777,12 +768,6 @@ pub(crate) struct Tunables {
     idle_timeout: AtomicU64,
     validate_after: AtomicU64,
     max_lifetime: AtomicU64,
-    /// Bumped by every `set_max_lifetime`, so the janitor knows which idle
-    /// connections' expiry to recompute.
-    lifetime_gen: AtomicU64,
-    /// Keeps a (generation, lifetime) pair consistent for readers that
-    /// take both.
-    lifetime_lock: Mutex<()>,
 }
 
 impl Tunables {
@@ -791,8 +776,6 @@ impl Tunables {
             idle_timeout: AtomicU64::new(encode(config.idle_timeout)),
             validate_after: AtomicU64::new(encode(config.validate_after)),
             max_lifetime: AtomicU64::new(encode(config.max_lifetime)),
-            lifetime_gen: AtomicU64::new(0),
-            lifetime_lock: Mutex::new(()),
         }
     }
 
@@ -804,12 +787,7 @@ impl Tunables {
         decode(self.validate_after.load(Ordering::Relaxed))
     }
 
-    /// The current `max_lifetime` and the generation it belongs to.
-    pub(crate) fn lifetime(&self) -> (u64, Option<Duration>) {
-        let _stable = self.lifetime_lock.lock();
-        (
-            self.lifetime_gen.load(Ordering::Acquire),
-            decode(self.max_lifetime.load(Ordering::Relaxed)),
-        )
+    pub(crate) fn max_lifetime(&self) -> Option<Duration> {
+        decode(self.max_lifetime.load(Ordering::Relaxed))
     }
 }

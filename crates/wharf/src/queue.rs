@@ -28,8 +28,6 @@ pub(crate) struct Meta {
     /// The fraction of `max_lifetime` this connection gets (jitter), kept
     /// so a changed `max_lifetime` can be applied with the same spread.
     pub(crate) lifetime_share: f64,
-    /// Which `max_lifetime` setting `expires_at` was computed from.
-    pub(crate) lifetime_gen: u64,
     pub(crate) uses: u64,
     /// Last time the connection was known to work: returned after use, or
     /// passed a check. Drives `validate_after` and `keepalive_interval`.
@@ -182,10 +180,8 @@ impl<C> State<C> {
                 }
                 // The waiter is gone; `send` gives back exactly what it was
                 // given, so this is always the connection.
-                Err(returned) => match returned {
-                    Ok(back) => live = back,
-                    Err(_) => return,
-                },
+                Err(Ok(back)) => live = back,
+                Err(Err(_)) => unreachable!("hand_off sends only connections"),
             }
         }
         self.idle.push_back(live);
@@ -245,9 +241,14 @@ impl<C> State<C> {
     /// Takes idle connections beyond `max_size` out, oldest first, after a
     /// resize down.
     pub(crate) fn take_excess_idle(&mut self) -> Vec<Live<C>> {
-        let excess = self.size.saturating_sub(self.max_size).min(self.idle.len());
-        self.size -= excess;
-        self.idle.drain(..excess).collect()
+        self.take_idle(self.size.saturating_sub(self.max_size))
+    }
+
+    /// Takes up to `max` idle connections out of the pool, oldest first.
+    pub(crate) fn take_idle(&mut self, max: usize) -> Vec<Live<C>> {
+        let n = max.min(self.idle.len());
+        self.size -= n;
+        self.idle.drain(..n).collect()
     }
 }
 
@@ -264,7 +265,6 @@ mod tests {
                 created_at: now,
                 expires_at: None,
                 lifetime_share: 1.0,
-                lifetime_gen: 0,
                 uses: 0,
                 last_active: now,
                 idle_since: now,

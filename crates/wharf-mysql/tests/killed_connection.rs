@@ -21,7 +21,11 @@ async fn killed_idle_connections_are_replaced_on_checkout() {
     for id in &killed {
         admin.query_drop(format!("KILL {id}")).await.unwrap();
     }
-    wait_for_connections(&mut admin, <[u64]>::is_empty).await;
+    assert_eq!(
+        wait_for_connections(&mut admin, <[u64]>::is_empty).await,
+        Vec::<u64>::new(),
+        "the server still has the killed connections"
+    );
 
     let (mut a, mut b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
     for conn in [&mut a, &mut b] {
@@ -44,7 +48,11 @@ async fn a_connection_killed_while_in_use_is_not_returned_to_the_pool() {
     let mut conn = pool.get().await.unwrap();
     let killed = connection_id(&mut conn).await;
     admin.query_drop(format!("KILL {killed}")).await.unwrap();
-    wait_for_connections(&mut admin, <[u64]>::is_empty).await;
+    assert_eq!(
+        wait_for_connections(&mut admin, <[u64]>::is_empty).await,
+        Vec::<u64>::new(),
+        "the server still has the killed connection"
+    );
     conn.query_drop("SELECT 1")
         .await
         .expect_err("the connection was killed");

@@ -139,6 +139,20 @@ async fn refuses_wrong_password_and_unknown_user(pooler: &TestPooler) {
     );
 }
 
+/// Each of `roles` logs in to `sock` with its right password, with
+/// tokio-postgres and with psql, and is who it says.
+async fn logs_in_with_tokio_postgres_and_psql(pooler: &TestPooler, roles: &[(&str, &str)]) {
+    for &(user, password) in roles {
+        let client = pooler
+            .login(user, password, "sock")
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(current_user(&client).await, user);
+        let out = psql_as(pooler, user, password, "sock", "SELECT current_user");
+        assert_eq!(psql_ok(&out), user);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ini_auth_type_overrides_the_harness_default() {
     // The harness writes `auth_type = md5` first; a later line wins.
@@ -190,15 +204,7 @@ async fn plain_checks_cleartext_passwords_against_every_secret_kind() {
     assert_eq!(wire::auth_request(pooler.port, ALICE.0, "sock").await, 3);
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 3);
     refuses_wrong_password_and_unknown_user(&pooler).await;
-    for (user, password) in [ALICE, BOB, CAROL] {
-        let client = pooler
-            .login(user, password, "sock")
-            .await
-            .unwrap_or_else(|e| panic!("{user}: {e}"));
-        assert_eq!(current_user(&client).await, user);
-        let out = psql_as(&pooler, user, password, "sock", "SELECT current_user");
-        assert_eq!(psql_ok(&out), user);
-    }
+    logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, BOB, CAROL]).await;
     pooler.stop().await;
 }
 
@@ -213,15 +219,7 @@ async fn md5_checks_md5_responses_and_upgrades_scram_secrets_to_scram() {
     // An unknown user is asked the same as a known one.
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 5);
     refuses_wrong_password_and_unknown_user(&pooler).await;
-    for (user, password) in [ALICE, BOB, CAROL] {
-        let client = pooler
-            .login(user, password, "sock")
-            .await
-            .unwrap_or_else(|e| panic!("{user}: {e}"));
-        assert_eq!(current_user(&client).await, user);
-        let out = psql_as(&pooler, user, password, "sock", "SELECT current_user");
-        assert_eq!(psql_ok(&out), user);
-    }
+    logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, BOB, CAROL]).await;
     pooler.stop().await;
 }
 
@@ -231,15 +229,7 @@ async fn scram_checks_proofs_against_plain_and_scram_secrets() {
     assert_eq!(wire::auth_request(pooler.port, ALICE.0, "sock").await, 10);
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 10);
     refuses_wrong_password_and_unknown_user(&pooler).await;
-    for (user, password) in [ALICE, CAROL] {
-        let client = pooler
-            .login(user, password, "sock")
-            .await
-            .unwrap_or_else(|e| panic!("{user}: {e}"));
-        assert_eq!(current_user(&client).await, user);
-        let out = psql_as(&pooler, user, password, "sock", "SELECT current_user");
-        assert_eq!(psql_ok(&out), user);
-    }
+    logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, CAROL]).await;
     // An md5 secret cannot verify a SCRAM proof, even of the right password.
     assert_eq!(
         refused(pooler.login(BOB.0, BOB.1, "sock").await),

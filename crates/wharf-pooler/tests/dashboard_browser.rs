@@ -85,7 +85,7 @@ fn figure(tags: &[(String, HashMap<String, String>)], metric: &str, pool: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_charts_and_the_exported_figures() {
-    let port = http::free_port();
+    let port = common::free_port();
     let settings = format!("http_listen_port = {port}\n");
     let pooler = start(Setup {
         pgbouncer: &settings,

@@ -13,7 +13,7 @@ use common::{start, Setup, TestPooler};
 use prometheus_parse::Value;
 
 async fn start_with_http() -> (TestPooler, u16) {
-    let port = http::free_port();
+    let port = common::free_port();
     let settings = format!("admin_users = admin\nhttp_listen_port = {port}\n");
     let pooler = start(Setup {
         pgbouncer: &settings,

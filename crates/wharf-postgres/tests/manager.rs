@@ -1,17 +1,18 @@
 //! `PgManager` as the pool sees it: connect failures that say why, and
 //! connections found broken when they come back.
 
-mod pg_support;
+mod common;
 
 use std::time::Duration;
 
-use pg_support::{cluster, pool, psql};
+use common::{cluster, pool, psql};
 use wharf::CloseReason;
 use wharf_postgres::{Error, PgManager, Pool, PoolExt};
+use wharf_testkit::PgCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_connect_is_explained_in_the_timeout() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let url = format!(
         "postgres://{}:wrong-password@{}:{}/postgres",
         cluster.user(),
@@ -40,7 +41,7 @@ async fn a_failing_connect_is_explained_in_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_died_in_use_is_not_kept() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres")).unwrap(),
         "broken_in_use",

@@ -1,17 +1,18 @@
 //! The pool shortcuts of `PoolExt`: each statement takes a connection, runs
 //! and gives it back, whatever the outcome.
 
-mod pg_support;
+mod common;
 
 use std::time::Duration;
 
-use pg_support::{assert_settled, cluster, pool};
+use common::{assert_settled, cluster, pool};
 use wharf_postgres::tokio_postgres::error::SqlState;
 use wharf_postgres::{Error, PgManager, PoolExt};
+use wharf_testkit::PgCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shortcuts_run_statements_and_return_the_connection() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres")).unwrap(),
         "shortcuts",
@@ -63,7 +64,7 @@ async fn shortcuts_run_statements_and_return_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_reported_and_the_connection_still_comes_back() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres")).unwrap(),
         "shortcut_errors",
@@ -112,7 +113,7 @@ async fn failures_are_reported_and_the_connection_still_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shortcut_futures_are_send_and_share_the_pool() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres"))
             .unwrap()
@@ -140,7 +141,7 @@ async fn shortcut_futures_are_send_and_share_the_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_errors_come_through_as_such() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool =
         wharf_postgres::Pool::builder(PgManager::from_url(&cluster.url("postgres")).unwrap())
             .max_size(1)

@@ -1,12 +1,13 @@
 //! The per-connection statement cache: reuse, eviction, and recovery when
 //! the server has forgotten or outdated a cached statement.
 
-mod pg_support;
+mod common;
 
-use pg_support::{cluster, pool, psql};
+use common::{cluster, pool, psql};
 use wharf_postgres::tokio_postgres::error::SqlState;
 use wharf_postgres::tokio_postgres::SimpleQueryMessage;
 use wharf_postgres::{PgClient, PgManager, PoolExt};
+use wharf_testkit::PgCluster;
 
 /// The SQL of the statements prepared in `client`'s session, sorted.
 /// Asked with the simple protocol, which prepares nothing itself.
@@ -30,7 +31,7 @@ const SQUARE: &str = "SELECT $1::int * $1::int";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_prepared_once_per_connection() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres"))
             .unwrap()
@@ -65,7 +66,7 @@ async fn statements_are_prepared_once_per_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_cache_nothing_stays_prepared() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres")).unwrap(),
         "cache_off",
@@ -89,7 +90,7 @@ async fn without_a_cache_nothing_stays_prepared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cache_drops_the_least_recently_used() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres"))
             .unwrap()
@@ -117,7 +118,7 @@ async fn a_full_cache_drops_the_least_recently_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_when_the_session_is_reset() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres"))
             .unwrap()
@@ -173,7 +174,7 @@ async fn recovers_when_the_session_is_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_when_a_table_changes_shape() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     psql(
         &cluster,
         "CREATE TABLE things (a int); INSERT INTO things VALUES (1)",
@@ -203,7 +204,7 @@ async fn recovers_when_a_table_changes_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inside_a_failed_transaction_the_first_error_is_reported() {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     let pool = pool(
         PgManager::from_url(&cluster.url("postgres"))
             .unwrap()

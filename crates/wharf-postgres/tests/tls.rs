@@ -1,12 +1,12 @@
 //! TLS to a real server with `ssl = on`, its certificate issued by a test
 //! CA that the client trusts (or, to see verification bite, does not).
 
-mod pg_support;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pg_support::{cluster_with, pool};
+use common::{cluster, pool};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use wharf_postgres::rustls::pki_types::CertificateDer;
 use wharf_postgres::{rustls, Error, PgManager, Pool, PoolExt};
@@ -46,7 +46,7 @@ fn issue(common_name: &str) -> Certificates {
 async fn tls_cluster(certs: &Certificates) -> PgCluster {
     // ssl_cert_file and ssl_key_file default to these names in the data
     // directory.
-    cluster_with(
+    cluster(
         PgCluster::builder()
             .file("server.crt", certs.server_pem.clone())
             .file("server.key", certs.server_key_pem.clone())

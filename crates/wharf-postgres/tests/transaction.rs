@@ -1,11 +1,11 @@
 //! `transaction`: commit, rollback on error, and no connection handed back
 //! mid-transaction after a panic or a cancellation.
 
-mod pg_support;
+mod common;
 
 use std::time::Duration;
 
-use pg_support::{assert_settled, await_backend_states, backend_states, cluster, pool, psql};
+use common::{assert_settled, await_backend_states, backend_states, cluster, pool, psql};
 use wharf_postgres::tokio_postgres::error::SqlState;
 use wharf_postgres::{transaction, Error, PgManager, Pool, PoolExt};
 use wharf_testkit::PgCluster;
@@ -25,7 +25,7 @@ impl From<wharf_postgres::tokio_postgres::Error> for AppError {
 }
 
 async fn setup(app: &str) -> (PgCluster, Pool) {
-    let cluster = cluster().await;
+    let cluster = cluster(PgCluster::builder()).await;
     psql(
         &cluster,
         "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \

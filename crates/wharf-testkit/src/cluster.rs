@@ -100,24 +100,20 @@ impl PgClusterBuilder {
             cluster.port = free_port()?;
             cluster.launch()
         })?;
-        match launched {
-            Launch::Ready(server) => {
-                cluster.server = Some(server);
-                tracing::debug!(
-                    port = cluster.port,
-                    dir = %cluster.root.display(),
-                    "PostgreSQL cluster started"
-                );
-                Ok(cluster)
-            }
-            Launch::PortTaken(log_tail) => Err(Error::Start {
-                reason: format!(
-                    "every one of {PORT_ATTEMPTS} free ports was taken before postgres could bind it"
-                ),
-                log: cluster.log_path.clone(),
-                log_tail,
-            }),
-        }
+        let server = launched.ready_or(|log_tail| Error::Start {
+            reason: format!(
+                "every one of {PORT_ATTEMPTS} free ports was taken before postgres could bind it"
+            ),
+            log: cluster.log_path.clone(),
+            log_tail,
+        })?;
+        cluster.server = Some(server);
+        tracing::debug!(
+            port = cluster.port,
+            dir = %cluster.root.display(),
+            "PostgreSQL cluster started"
+        );
+        Ok(cluster)
     }
 
     fn server_settings(&self) -> Vec<String> {
@@ -300,17 +296,14 @@ impl PgCluster {
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
         os::clear_crash_leftovers(&self.data_dir)?;
 
-        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
-            Launch::Ready(server) => {
-                self.server = Some(server);
-                Ok(())
-            }
-            Launch::PortTaken(log_tail) => Err(Error::Start {
-                reason: format!("port {} is taken by another process", self.port),
-                log: self.log_path.clone(),
-                log_tail,
-            }),
-        }
+        let launched = process::launch_retrying(Duration::from_millis(200), || self.launch())?;
+        let server = launched.ready_or(|log_tail| Error::Start {
+            reason: format!("port {} is taken by another process", self.port),
+            log: self.log_path.clone(),
+            log_tail,
+        })?;
+        self.server = Some(server);
+        Ok(())
     }
 
     /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).

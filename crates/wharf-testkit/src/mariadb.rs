@@ -126,25 +126,23 @@ impl MariaDbBuilder {
             db.port = free_port()?;
             db.launch()
         })?;
-        match launched {
-            Launch::Ready(server) => {
-                db.server = Some(server);
-                tracing::debug!(
-                    port = db.port,
-                    dir = %db.root.display(),
-                    "MariaDB server started"
-                );
-                Ok(db)
-            }
-            Launch::PortTaken(log_tail) => Err(process::start_error(
+        let server = launched.ready_or(|log_tail| {
+            process::start_error(
                 PROGRAM,
                 db.port,
                 format!(
                     "every one of {PORT_ATTEMPTS} free ports was taken before mariadbd bound it"
                 ),
                 &log_tail,
-            )),
-        }
+            )
+        })?;
+        db.server = Some(server);
+        tracing::debug!(
+            port = db.port,
+            dir = %db.root.display(),
+            "MariaDB server started"
+        );
+        Ok(db)
     }
 
     /// Options for the running server (the template's build adds its own
@@ -355,18 +353,17 @@ impl MariaDb {
         self.server = None;
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
 
-        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
-            Launch::Ready(server) => {
-                self.server = Some(server);
-                Ok(())
-            }
-            Launch::PortTaken(log_tail) => Err(process::start_error(
+        let launched = process::launch_retrying(Duration::from_millis(200), || self.launch())?;
+        let server = launched.ready_or(|log_tail| {
+            process::start_error(
                 PROGRAM,
                 self.port,
                 "the port is taken by another process".into(),
                 &log_tail,
-            )),
-        }
+            )
+        })?;
+        self.server = Some(server);
+        Ok(())
     }
 
     /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).

@@ -27,6 +27,17 @@ pub(crate) enum Launch {
     PortTaken(String),
 }
 
+impl Launch {
+    /// The started server, or the error `port_taken` makes of the log tail
+    /// when the port was taken.
+    pub(crate) fn ready_or(self, port_taken: impl FnOnce(String) -> Error) -> Result<Child, Error> {
+        match self {
+            Launch::Ready(server) => Ok(server),
+            Launch::PortTaken(log_tail) => Err(port_taken(log_tail)),
+        }
+    }
+}
+
 /// Runs `launch` until it does not find its port taken, at most
 /// [`PORT_ATTEMPTS`] times, pausing `pause` between attempts. Returns the
 /// last attempt's outcome, so `PortTaken` means every attempt lost the race.

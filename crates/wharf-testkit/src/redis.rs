@@ -85,25 +85,23 @@ impl RedisServer {
             server.port = free_port()?;
             server.launch()
         })?;
-        match launched {
-            Launch::Ready(child) => {
-                server.server = Some(child);
-                tracing::debug!(
-                    port = server.port,
-                    dir = %server.dir.display(),
-                    "redis-server started"
-                );
-                Ok(server)
-            }
-            Launch::PortTaken(log_tail) => Err(process::start_error(
+        let child = launched.ready_or(|log_tail| {
+            process::start_error(
                 PROGRAM,
                 server.port,
                 format!(
                     "every one of {PORT_ATTEMPTS} free ports was taken before it could bind one"
                 ),
                 &log_tail,
-            )),
-        }
+            )
+        })?;
+        server.server = Some(child);
+        tracing::debug!(
+            port = server.port,
+            dir = %server.dir.display(),
+            "redis-server started"
+        );
+        Ok(server)
     }
 
     /// The TCP port the server listens on at `127.0.0.1`.
@@ -183,18 +181,17 @@ impl RedisServer {
             });
         }
         self.server = None;
-        match process::launch_retrying(Duration::from_millis(200), || self.launch())? {
-            Launch::Ready(child) => {
-                self.server = Some(child);
-                Ok(())
-            }
-            Launch::PortTaken(log_tail) => Err(process::start_error(
+        let launched = process::launch_retrying(Duration::from_millis(200), || self.launch())?;
+        let child = launched.ready_or(|log_tail| {
+            process::start_error(
                 PROGRAM,
                 self.port,
                 "the port is taken by another process".into(),
                 &log_tail,
-            )),
-        }
+            )
+        })?;
+        self.server = Some(child);
+        Ok(())
     }
 
     /// Sends one command over a fresh connection and returns the reply:

@@ -346,25 +346,20 @@ async fn open_pool(
     }
     let mut held = Vec::with_capacity(size);
     while let Some(taken) = warming.join_next().await {
-        match taken {
-            Ok(Ok(conn)) => held.push(conn),
-            Ok(Err(error)) => {
-                // Dropping the set also drops connections that other gets
-                // took but nobody joined yet; `close` would wait for them.
-                drop(warming);
-                drop(held);
-                pool.close().await;
-                return Err(format!(
-                    "the pool could not open its {size} connections: {error}"
-                ));
+        let failure = match taken {
+            Ok(Ok(conn)) => {
+                held.push(conn);
+                continue;
             }
-            Err(error) => {
-                drop(warming);
-                drop(held);
-                pool.close().await;
-                return Err(format!("warming up the pool: {error}"));
-            }
-        }
+            Ok(Err(error)) => format!("the pool could not open its {size} connections: {error}"),
+            Err(error) => format!("warming up the pool: {error}"),
+        };
+        // Dropping the set also drops connections that other gets took but
+        // nobody joined yet; `close` would wait for them.
+        drop(warming);
+        drop(held);
+        pool.close().await;
+        return Err(failure);
     }
     drop(held);
     let elapsed = started.elapsed();

@@ -1,6 +1,7 @@
-//! Shared by the fault-injection tests: throwaway clusters, the cluster's
-//! blocking lifecycle steps run off the runtime, and a manager that records
-//! every connect attempt the pool makes.
+//! Shared by this crate's integration tests: throwaway clusters, the
+//! cluster's blocking lifecycle steps run off the runtime, pools tagged with
+//! an application name, what the server says about their backends, and a
+//! manager that records every connect attempt the pool makes.
 
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::error::{DbError, SqlState};
-use wharf_postgres::PgManager;
+use wharf_postgres::{PgManager, Pool};
 use wharf_testkit::{PgCluster, PgClusterBuilder};
 
 /// Starts a cluster without blocking the runtime.
@@ -56,6 +57,51 @@ pub fn backends(cluster: &PgCluster, app: &str) -> usize {
     )
     .parse()
     .expect("a count")
+}
+
+/// A pool whose connections carry `application_name = app`, so the tests
+/// can find their backends in `pg_stat_activity`.
+pub fn pool(manager: PgManager, app: &str, max_size: usize) -> Pool {
+    let set_name = format!("SET application_name = '{app}'");
+    Pool::builder(manager)
+        .max_size(max_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .on_connect(move |client| {
+            let set_name = set_name.clone();
+            Box::pin(async move {
+                client.batch_execute(&set_name).await?;
+                Ok(())
+            })
+        })
+        .build()
+        .expect("build the pool")
+}
+
+/// The `state` of every backend serving `app`.
+pub fn backend_states(cluster: &PgCluster, app: &str) -> Vec<String> {
+    let out = psql(
+        cluster,
+        &format!(
+            "SELECT state FROM pg_stat_activity WHERE application_name = '{app}' ORDER BY pid"
+        ),
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Waits (up to 10 s) until the backends serving `app` are in exactly
+/// `expected` states, and returns what it last saw.
+pub async fn await_backend_states(
+    cluster: &PgCluster,
+    app: &str,
+    expected: &[&str],
+) -> Vec<String> {
+    let mut states = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        states = backend_states(cluster, app);
+        states == expected
+    })
+    .await;
+    states
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns

@@ -16,11 +16,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::PoolMode;
 use crate::frontend::Shared;
 use crate::proto::backend::{self, Oid};
 use crate::proto::{cstr, read_message, CancelKey, ProtocolError};
-use crate::stats::{format_time, ClientEntry, ServerState, Totals};
+use crate::stats::{format_time, ClientEntry, ServerEntry, ServerState, Totals};
 
 /// The version PgBouncer's console reports, which tools parse.
 pub const PGBOUNCER_VERSION: &str = "1.25.0";
@@ -460,10 +459,6 @@ const HELP: &str = "Console usage
 /// The admin console's own pool row, as PgBouncer lists it.
 const CONSOLE_DB: &str = "pgbouncer";
 
-fn pool_mode_name(mode: PoolMode) -> &'static str {
-    mode.as_str()
-}
-
 /// One row of `SHOW POOLS`: a pool's clients and servers by state. The
 /// console and the HTTP exporter both read these, so they always agree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,22 +487,30 @@ pub struct PoolRow {
     pub maxwait: Duration,
 }
 
-/// The rows of `SHOW POOLS`, sorted by database then user, the console's
-/// own pools included.
-pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
-    let stats = shared.router.stats();
+/// Whether an idle server counts as `used` (PgBouncer's `sv_used`): idle
+/// longer than `server_check_delay`, when servers are checked at all.
+fn used_servers(shared: &Shared) -> impl Fn(&ServerEntry) -> bool + '_ {
     let config = shared.config();
     let check_delay = match config.pgbouncer.server_check() {
         crate::config::ServerCheck::Disabled => None,
         _ => Some(config.pgbouncer.server_check_delay),
     };
+    let stats = shared.router.stats();
+    move |server| check_delay.is_some_and(|d| stats.idle_for(server) > d)
+}
+
+/// The rows of `SHOW POOLS`, sorted by database then user, the console's
+/// own pools included.
+pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
+    let stats = shared.router.stats();
+    let used = used_servers(shared);
     let clients = stats.clients();
     let servers = stats.servers();
     let mut pools: Vec<(String, String, &'static str)> = shared
         .router
         .pools()
         .iter()
-        .map(|p| (p.database.clone(), p.user.clone(), pool_mode_name(p.mode)))
+        .map(|p| (p.database.clone(), p.user.clone(), p.mode.as_str()))
         .collect();
     for c in clients.iter().filter(|c| c.admin) {
         let key = (CONSOLE_DB.to_owned(), c.user.clone(), "statement");
@@ -539,10 +542,7 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
                 .iter()
                 .filter(|s| s.state() == ServerState::Idle)
                 .collect();
-            let used = idle
-                .iter()
-                .filter(|s| check_delay.is_some_and(|d| stats.idle_for(s) > d))
-                .count();
+            let used = idle.iter().filter(|s| used(s)).count();
             PoolRow {
                 cl_active: cl.len() - waiting.len(),
                 cl_waiting: waiting.len(),
@@ -748,11 +748,7 @@ fn show_clients(shared: &Arc<Shared>, out: &mut BytesMut) {
 
 fn show_servers(shared: &Arc<Shared>, out: &mut BytesMut) {
     let stats = shared.router.stats();
-    let config = shared.config();
-    let check_delay = match config.pgbouncer.server_check() {
-        crate::config::ServerCheck::Disabled => None,
-        _ => Some(config.pgbouncer.server_check_delay),
-    };
+    let used = used_servers(shared);
     let table: Vec<Vec<Option<String>>> = stats
         .servers()
         .iter()
@@ -761,7 +757,7 @@ fn show_servers(shared: &Arc<Shared>, out: &mut BytesMut) {
                 ServerState::Active => "active",
                 ServerState::Tested => "tested",
                 ServerState::Login => "new",
-                ServerState::Idle if check_delay.is_some_and(|d| stats.idle_for(sv) > d) => "used",
+                ServerState::Idle if used(sv) => "used",
                 ServerState::Idle => "idle",
             };
             let link = sv.link();

@@ -32,9 +32,6 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// RELOAD and SHUTDOWN.
     pub lifecycle: Lifecycle,
-    /// Counters and the client/server registry (the router's; here so
-    /// exporters need not go through the router).
-    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Shared {
@@ -167,19 +164,17 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
     if settings.log_connections {
         tracing::info!(%peer, database = %session.pool.database, user = %session.user, "client logged in");
     }
-    let id = NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let client = shared.router.stats().register_client(ClientInfo {
-        id,
-        ..client_info(
-            &stream,
-            &peer,
-            &session.user,
-            &session.pool.database,
-            &session.pool.user,
-            false,
-            &session.params,
-        )
-    });
+    let info = client_info(
+        &stream,
+        &peer,
+        &session.user,
+        &session.pool.database,
+        &session.pool.user,
+        false,
+        &session.params,
+    );
+    let id = info.id;
+    let client = shared.router.stats().register_client(info);
     session
         .pool
         .stats
@@ -576,16 +571,27 @@ struct ClientState {
     /// owed nothing else.
     copy_doubtful: usize,
     /// When the query being answered was first sent to a server.
-    query_start: Option<std::time::Instant>,
+    query_start: Option<tokio::time::Instant>,
     /// When the open transaction's first query was sent to a server.
-    xact_start: Option<std::time::Instant>,
+    xact_start: Option<tokio::time::Instant>,
+}
+
+/// The time of one relay event, read from the clock only if something
+/// needs it, and then once however many messages the event carried.
+#[derive(Debug, Default)]
+struct EventTime(Option<tokio::time::Instant>);
+
+impl EventTime {
+    fn get(&mut self) -> tokio::time::Instant {
+        *self.0.get_or_insert_with(tokio::time::Instant::now)
+    }
 }
 
 impl ClientState {
     /// Stats for a ReadyForQuery: a query ended, and with status `I` a
     /// transaction too.
-    fn ready_for_query(&mut self, status: u8, stats: &PoolStats) {
-        let now = std::time::Instant::now();
+    fn ready_for_query(&mut self, status: u8, stats: &PoolStats, now: &mut EventTime) {
+        let now = now.get();
         stats.query_done(self.query_start.take().map(|t| now - t));
         if status == b'I' {
             stats.xact_done(self.xact_start.take().map(|t| now - t));
@@ -594,9 +600,9 @@ impl ClientState {
 
     /// Bytes went to a server: a query (and maybe a transaction) starts
     /// if none was running.
-    fn sent_to_server(&mut self) {
+    fn sent_to_server(&mut self, now: &mut EventTime) {
         if self.query_start.is_none() {
-            let now = std::time::Instant::now();
+            let now = now.get();
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }
@@ -1228,6 +1234,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             let wake_on_shutdown = self.shutdown.is_some();
             let pending_before = self.state.pending;
             let mut saw_ready = false;
+            let mut now = EventTime::default();
 
             let event = {
                 let Relay {
@@ -1289,7 +1296,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                         .stats
                         .received
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.state.sent_to_server();
+                    self.state.sent_to_server(&mut now);
                 }
                 Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
                     tracing::warn!(error = %err, "server connection failed");
@@ -1324,7 +1331,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                                 }
                                 saw_ready = true;
                                 tx_status = body.first().copied().unwrap_or(b'I');
-                                state.ready_for_query(tx_status, stats);
+                                state.ready_for_query(tx_status, stats, &mut now);
                             }
                             (b'S', Some(body)) if note_parameter(server_params, params, body) => {
                                 // Both sides changed together: still in step.
@@ -1364,10 +1371,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 }
             }
             // The clock moves only when a query starts or ends, so timing
-            // costs one clock read per query, not per message.
+            // costs one clock read per query, not per message (shared with
+            // the stats when they read it for the same event).
             let pending = self.state.pending;
             if timed && (pending != pending_before || saw_ready) {
-                let now = tokio::time::Instant::now();
+                let now = now.get();
                 if pending > 0 {
                     if pending_before == 0 || saw_ready {
                         clock.query_start = Some(now);

@@ -95,17 +95,15 @@ impl Pooler {
             .await
             .map_err(|(addr, source)| StartError::Listen { addr, source })?;
         let router = Router::new(config.clone(), secrets.clone());
-        let stats = router.stats().clone();
         let shared = Arc::new_cyclic(|weak| Shared {
             router,
             cancels: CancelRegistry::default(),
             lifecycle: Lifecycle::new(weak.clone()),
-            stats,
         });
         // SHOW STATS averages, every stats_period (re-read each time).
         let weak = Arc::downgrade(&shared);
         tokio::spawn(crate::stats::run_averages(
-            Arc::downgrade(&shared.stats),
+            Arc::downgrade(shared.router.stats()),
             move || {
                 let shared = weak.upgrade()?;
                 let config = shared.config();

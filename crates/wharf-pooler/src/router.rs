@@ -388,31 +388,13 @@ impl PoolPlan {
     ) -> Option<Self> {
         let entry = config.database(database)?;
         let settings = &config.pgbouncer;
-        let user_entry = config.user(server_user);
-        let mode = user_entry
-            .and_then(|u| u.pool_mode)
-            .or(entry.pool_mode)
-            .unwrap_or(settings.pool_mode);
-        let pool_size = user_entry
-            .and_then(|u| u.pool_size)
-            .or(entry.pool_size)
-            .unwrap_or(settings.default_pool_size)
-            .max(1);
+        let pool = config.settings_of(Some(entry), config.user(server_user));
+        let pool_size = pool.pool_size.max(1);
         // reserve_pool_timeout = 0 turns the reserve off, as in PgBouncer.
         let (reserve_size, reserve_timeout) = match settings.reserve_pool_timeout {
-            Some(timeout) => (
-                user_entry
-                    .and_then(|u| u.reserve_pool_size)
-                    .or(entry.reserve_pool_size)
-                    .unwrap_or(settings.reserve_pool_size),
-                timeout,
-            ),
+            Some(timeout) => (pool.reserve_pool_size, timeout),
             None => (0, Duration::ZERO),
         };
-        let min_pool_size = entry
-            .min_pool_size
-            .unwrap_or(settings.min_pool_size)
-            .min(pool_size);
         let password = entry
             .password
             .clone()
@@ -442,27 +424,15 @@ impl PoolPlan {
                 ServerCheck::Query(query) => Some(query.to_owned()),
             },
         };
-        // A per-entry 0 means "use the global value", as in PgBouncer.
-        let db_max = entry
-            .max_db_connections
-            .filter(|&n| n > 0)
-            .unwrap_or(settings.max_db_connections);
-        let user_max = user_entry
-            .and_then(|u| u.max_user_connections)
-            .filter(|&n| n > 0)
-            .unwrap_or(settings.max_user_connections);
         Some(Self {
-            mode,
+            mode: pool.pool_mode,
             pool_size,
-            min_pool_size,
+            min_pool_size: pool.min_pool_size.min(pool_size),
             reserve_size,
             reserve_timeout,
-            max_db_connections: (db_max > 0).then_some(db_max),
-            max_user_connections: (user_max > 0).then_some(user_max),
-            server_lifetime: entry
-                .server_lifetime
-                .filter(|d| !d.is_zero())
-                .unwrap_or(settings.server_lifetime),
+            max_db_connections: pool.max_db_connections,
+            max_user_connections: pool.max_user_connections,
+            server_lifetime: pool.server_lifetime,
             reset_query: Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty()),
             target,
             auto: entry.is_fallback(),
@@ -567,6 +537,20 @@ impl Router {
         pool.pool.close_idle(usize::MAX);
     }
 
+    /// What PAUSE and KILL start with: new transactions of `db` (of
+    /// every database with `None`) wait for RESUME, and its servers are
+    /// retired.
+    fn hold(&self, db: Option<&str>, command: &str) {
+        match db {
+            Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
+            None => self.global.paused.store(true, Ordering::SeqCst),
+        }
+        tracing::info!(database = db.unwrap_or("*"), "{command}");
+        for pool in self.pools_of(db) {
+            Self::retire_servers(&pool);
+        }
+    }
+
     fn servers_of(&self, db: Option<&str>) -> Vec<Arc<crate::stats::ServerEntry>> {
         self.stats
             .servers()
@@ -581,14 +565,7 @@ impl Router {
     /// in session mode) and closed. RESUME lets the waiting transactions
     /// go on, on new servers.
     pub async fn pause(&self, db: Option<&str>) {
-        match db {
-            Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
-            None => self.global.paused.store(true, Ordering::SeqCst),
-        }
-        tracing::info!(database = db.unwrap_or("*"), "PAUSE");
-        for pool in self.pools_of(db) {
-            Self::retire_servers(&pool);
-        }
+        self.hold(db, "PAUSE");
         while !self.servers_of(db).is_empty() {
             for pool in self.pools_of(db) {
                 pool.pool.close_idle(usize::MAX);
@@ -650,14 +627,7 @@ impl Router {
     /// with `None`) at once, admin console sessions excepted; new
     /// transactions wait for RESUME. Returns how many clients were killed.
     pub fn kill(&self, db: Option<&str>) -> usize {
-        match db {
-            Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
-            None => self.global.paused.store(true, Ordering::SeqCst),
-        }
-        tracing::info!(database = db.unwrap_or("*"), "KILL");
-        for pool in self.pools_of(db) {
-            Self::retire_servers(&pool);
-        }
+        self.hold(db, "KILL");
         let mut killed = 0;
         for client in self.stats.clients() {
             if !client.admin && db.is_none_or(|db| client.database == db) {

@@ -83,7 +83,7 @@ pub struct PoolStats {
     pub query_time: AtomicHistogram,
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -320,7 +320,7 @@ impl ServerState {
 
 /// When something happened, as microseconds since the Unix epoch (0 for
 /// never), so it fits an atomic.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(micros)

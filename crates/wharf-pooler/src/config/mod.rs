@@ -356,10 +356,16 @@ impl Config {
     /// forced `user=` if it has one, else the client's. A database without
     /// an entry (and no `*`) gets the global settings.
     pub fn pool_settings(&self, database: &str, client_user: &str) -> PoolSettings {
-        let g = &self.pgbouncer;
         let db = self.database(database);
         let server_user = db.and_then(|d| d.user.as_deref()).unwrap_or(client_user);
-        let user = self.user(server_user);
+        self.settings_of(db, self.user(server_user))
+    }
+
+    /// The settings of a pool of the `[databases]` entry `db` whose
+    /// servers log in as the user of the `[users]` entry `user` (either
+    /// absent: the global settings).
+    pub(crate) fn settings_of(&self, db: Option<&Database>, user: Option<&User>) -> PoolSettings {
+        let g = &self.pgbouncer;
         let from_user = |f: fn(&User) -> Option<Duration>, global| {
             user.and_then(f).map_or(global, |d| enabled(Some(d)))
         };

@@ -437,7 +437,7 @@ pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     Snapshot {
         version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: shared.stats.uptime().as_secs_f64(),
+        uptime_seconds: shared.router.stats().uptime().as_secs_f64(),
         now_ms: now_ms(),
         sample_interval_ms: u64::try_from(SAMPLE_EVERY.as_millis()).unwrap_or(1000),
         pools,

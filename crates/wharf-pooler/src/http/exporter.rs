@@ -227,13 +227,10 @@ pub fn long_transactions(shared: &Shared, threshold: Duration) -> Vec<((String, 
         .filter(|p| p.mode == crate::config::PoolMode::Session)
         .map(|p| (p.database.clone(), p.user.clone()))
         .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let threshold = u64::try_from(threshold.as_micros()).unwrap_or(u64::MAX);
+    let now = crate::stats::now_us();
+    let threshold = crate::stats::micros(threshold);
     let mut out: Vec<((String, String), usize)> = Vec::new();
-    for client in shared.stats.clients() {
+    for client in shared.router.stats().clients() {
         if client.admin || client.state() != crate::stats::ClientState::Active {
             continue;
         }
@@ -279,7 +276,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let totals = shared.stats.database_totals();
+    let totals = shared.router.stats().database_totals();
     for (name, help, get) in STATS_COUNTERS {
         doc.family(name, "counter", help);
         for (database, t) in &totals {
@@ -344,7 +341,7 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
     doc.sample(
         "wharf_pooler_uptime_seconds",
         &[],
-        shared.stats.uptime().as_secs_f64(),
+        shared.router.stats().uptime().as_secs_f64(),
     );
     doc.family("wharf_pooler_info", "gauge", "The wharf version.");
     doc.sample(
@@ -353,31 +350,29 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
         1,
     );
 
-    let pool_stats = shared.stats.pools();
-    for (name, help, pick) in [
+    let pool_stats = shared.router.stats().pools();
+    type Pick = fn(&crate::stats::PoolStats) -> &wharf::AtomicHistogram;
+    let histograms: [(&str, &str, Pick); 3] = [
         (
             "wharf_pooler_client_wait_seconds",
             "Time clients waited for a server, per assignment.",
-            0,
+            |p| &p.wait_time,
         ),
         (
             "wharf_pooler_transaction_seconds",
             "Time transactions took, from their first query to their end.",
-            1,
+            |p| &p.xact_time,
         ),
         (
             "wharf_pooler_query_seconds",
             "Time queries took, from the client's message to ReadyForQuery.",
-            2,
+            |p| &p.query_time,
         ),
-    ] {
+    ];
+    for (name, help, pick) in histograms {
         doc.family(name, "histogram", help);
         for p in &pool_stats {
-            let h = match pick {
-                0 => &p.wait_time,
-                1 => &p.xact_time,
-                _ => &p.query_time,
-            };
+            let h = pick(p);
             doc.histogram(
                 name,
                 &[("database", &p.database), ("user", &p.user)],

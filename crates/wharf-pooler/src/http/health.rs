@@ -93,7 +93,7 @@ pub fn report(shared: &Shared) -> Health {
     let healthy = pools.iter().all(|p| p.reachable && !p.paused);
     Health {
         status: if healthy { "ok" } else { "degraded" },
-        uptime_seconds: shared.stats.uptime().as_secs_f64(),
+        uptime_seconds: shared.router.stats().uptime().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION"),
         pools,
     }

@@ -301,6 +301,13 @@ async fn show_clients_and_servers_describe_each_connection() {
     // The console session is listed too.
     assert_eq!(clients.rows_where("database", "pgbouncer").len(), 1);
     client.simple_query("COMMIT").await.unwrap();
+    // The client hears COMMIT's ReadyForQuery a moment before the relay
+    // hands its server back to the pool.
+    eventually("the server is idle again", || async {
+        let servers = show(&admin, "SHOW SERVERS").await;
+        servers.value("remote_pid", &pid, "state") == "idle"
+    })
+    .await;
     let servers = show(&admin, "SHOW SERVERS").await;
     assert_eq!(servers.value("remote_pid", &pid, "state"), "idle");
     assert_eq!(servers.value("remote_pid", &pid, "link"), "");

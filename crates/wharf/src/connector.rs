@@ -105,11 +105,8 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             st.opening -= 1;
             st.size -= 1;
             st.consecutive_failures = st.consecutive_failures.saturating_add(1);
-            let delay = backoff_delay(
-                st.consecutive_failures,
-                shared.config.connect_backoff,
-                shared.config.connect_backoff_max,
-            );
+            let (backoff, backoff_max) = shared.tunables.connect_backoff();
+            let delay = backoff_delay(st.consecutive_failures, backoff, backoff_max);
             st.next_attempt_at = Some(now + delay);
             st.last_error = Some(err.clone());
             if shared.config.fail_fast && st.has_no_connections() {
@@ -132,7 +129,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
 /// `connect_timeout`: a hook that hangs is a connect that hangs, and must not
 /// hold a connector (and its slot) forever.
 async fn connect<M: Manager>(shared: &Shared<M>) -> Result<M::Connection, ConnectError> {
-    let limit = shared.config.connect_timeout;
+    let limit = shared.tunables.connect_timeout();
     let open = async {
         let mut conn = shared
             .manager

@@ -107,7 +107,7 @@ fn take_for_keepalive<M: Manager>(
 async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connection>) {
     let check = shared.manager.check(&mut live.conn);
     let healthy = matches!(
-        timeout(shared.config.validation_timeout, check).await,
+        timeout(shared.tunables.validation_timeout(), check).await,
         Ok(Ok(()))
     );
     let mut st = shared.state.lock();

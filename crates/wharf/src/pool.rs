@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,7 +224,11 @@ impl<M: Manager> Pool<M> {
         let excess = {
             let mut st = shared.state.lock();
             st.max_size = max_size;
-            st.min_idle = shared.config.min_idle.min(max_size);
+            st.min_idle = shared
+                .tunables
+                .min_idle
+                .load(Ordering::Relaxed)
+                .min(max_size);
             let excess = st.take_excess_idle();
             shared.spawn_connectors(&mut st);
             excess
@@ -263,6 +267,55 @@ impl<M: Manager> Pool<M> {
             .tunables
             .max_lifetime
             .store(encode(max_lifetime), Ordering::Relaxed);
+    }
+
+    /// Changes `min_idle` (capped at `max_size`); a larger value opens
+    /// the missing connections at once.
+    pub fn set_min_idle(&self, min_idle: usize) {
+        let shared = self.shared();
+        shared.tunables.min_idle.store(min_idle, Ordering::Relaxed);
+        let mut st = shared.state.lock();
+        st.min_idle = min_idle.min(st.max_size);
+        shared.spawn_connectors(&mut st);
+    }
+
+    /// Changes `reserve_size` and `reserve_timeout` from the next waiter
+    /// on. Connections already opened from the reserve are closed as they
+    /// come back, down to the new limit.
+    pub fn set_reserve(&self, reserve_size: usize, reserve_timeout: Duration) {
+        let shared = self.shared();
+        let mut st = shared.state.lock();
+        st.reserve_size = reserve_size;
+        st.reserve_timeout = reserve_timeout;
+        shared.spawn_connectors(&mut st);
+    }
+
+    /// Changes `connect_timeout` for connects that start from now on.
+    pub fn set_connect_timeout(&self, connect_timeout: Duration) {
+        self.shared()
+            .tunables
+            .connect_timeout
+            .store(encode(Some(connect_timeout)), Ordering::Relaxed);
+    }
+
+    /// Changes `connect_backoff` and `connect_backoff_max` from the next
+    /// failed connect on.
+    pub fn set_connect_backoff(&self, connect_backoff: Duration, connect_backoff_max: Duration) {
+        let tunables = &self.shared().tunables;
+        tunables
+            .connect_backoff
+            .store(encode(Some(connect_backoff)), Ordering::Relaxed);
+        tunables
+            .connect_backoff_max
+            .store(encode(Some(connect_backoff_max)), Ordering::Relaxed);
+    }
+
+    /// Changes `validation_timeout` for checks that start from now on.
+    pub fn set_validation_timeout(&self, validation_timeout: Duration) {
+        self.shared()
+            .tunables
+            .validation_timeout
+            .store(encode(Some(validation_timeout)), Ordering::Relaxed);
     }
 
     /// A handle that does not keep the pool open.
@@ -535,7 +588,7 @@ impl<M: Manager> Shared<M> {
         let mut ready = now;
         if needs_check {
             let check = self.manager.check(pooled.conn_mut());
-            match timeout(self.config.validation_timeout, check).await {
+            match timeout(self.tunables.validation_timeout(), check).await {
                 Ok(Ok(())) => {
                     ready = Instant::now();
                     pooled.live_mut().meta.last_active = ready;
@@ -768,6 +821,12 @@ pub(crate) struct Tunables {
     idle_timeout: AtomicU64,
     validate_after: AtomicU64,
     max_lifetime: AtomicU64,
+    validation_timeout: AtomicU64,
+    connect_timeout: AtomicU64,
+    connect_backoff: AtomicU64,
+    connect_backoff_max: AtomicU64,
+    /// `min_idle` as set, before [`Pool::resize`] caps it at `max_size`.
+    min_idle: AtomicUsize,
 }
 
 impl Tunables {
@@ -776,7 +835,27 @@ impl Tunables {
             idle_timeout: AtomicU64::new(encode(config.idle_timeout)),
             validate_after: AtomicU64::new(encode(config.validate_after)),
             max_lifetime: AtomicU64::new(encode(config.max_lifetime)),
+            validation_timeout: AtomicU64::new(encode(Some(config.validation_timeout))),
+            connect_timeout: AtomicU64::new(encode(Some(config.connect_timeout))),
+            connect_backoff: AtomicU64::new(encode(Some(config.connect_backoff))),
+            connect_backoff_max: AtomicU64::new(encode(Some(config.connect_backoff_max))),
+            min_idle: AtomicUsize::new(config.min_idle),
         }
+    }
+
+    pub(crate) fn validation_timeout(&self) -> Duration {
+        decode(self.validation_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        decode(self.connect_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
+    }
+
+    /// The first and the largest delay between failed connects.
+    pub(crate) fn connect_backoff(&self) -> (Duration, Duration) {
+        let base = decode(self.connect_backoff.load(Ordering::Relaxed)).unwrap_or_default();
+        let max = decode(self.connect_backoff_max.load(Ordering::Relaxed)).unwrap_or_default();
+        (base, max)
     }
 
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {

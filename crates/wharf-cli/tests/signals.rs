@@ -1,7 +1,7 @@
 //! `wharf serve` and Unix signals, as PgBouncer: SIGHUP reloads, SIGTERM
 //! waits for clients, SIGINT waits for servers, a second one (or SIGQUIT)
 //! exits at once, SIGUSR1/SIGUSR2 pause and resume; and two processes
-//! sharing a port with `so_reuseport`.
+//! sharing a port with `so_reuseport`; and the log lines of `log_pooler_errors`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -378,4 +378,35 @@ async fn verbose_turns_on_debug_lines() {
         assert_eq!(shown, debug_expected, "{verbose}:\n{}", served.log());
         assert!(served.log().contains("INFO"), "{}", served.log());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_pooler_errors_logs_what_refused_clients_are_told() {
+    let mut served = Served::new("poolererr", "log_pooler_errors = 1");
+    served.serve().await;
+    let wrong = |port: u16| async move {
+        let url = format!(
+            "host=127.0.0.1 port={port} user=postgres password=wrong dbname=postgres connect_timeout=5"
+        );
+        tokio_postgres::connect(&url, NoTls).await.map(drop)
+    };
+    assert!(wrong(served.port).await.is_err());
+    let line = "pooler error: password authentication failed for user \"postgres\"";
+    assert!(log_shows(&served, line).await, "{}", served.log());
+
+    served.write_ini("log_pooler_errors = 0");
+    served.signal("HUP");
+    assert!(log_shows(&served, "configuration reloaded").await);
+    assert!(wrong(served.port).await.is_err());
+    // The refusal itself is still logged as the reason the client closed.
+    let reason = "closing client: password authentication failed";
+    for _ in 0..50 {
+        if served.log().matches(reason).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = served.log();
+    assert_eq!(log.matches(reason).count(), 2, "{log}");
+    assert_eq!(log.matches(line).count(), 1, "{log}");
 }

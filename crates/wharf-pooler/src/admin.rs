@@ -10,6 +10,7 @@
 //! served, one command per query, case-insensitive, with an optional
 //! trailing `;`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::frontend::Shared;
 use crate::proto::backend::{self, Oid};
 use crate::proto::{cstr, read_message, CancelKey, ProtocolError};
-use crate::stats::{format_time, ClientEntry, ServerEntry, ServerState, Totals};
+use crate::stats::{format_time, ClientEntry, PoolStats, ServerEntry, ServerState, Totals};
 
 /// The version PgBouncer's console reports, which tools parse.
 pub const PGBOUNCER_VERSION: &str = "1.25.0";
@@ -105,8 +106,10 @@ enum CommandError {
     AdminNeeded,
     #[error("no such database: {0}")]
     NoDatabase(String),
-    #[error("no such client: {0}")]
-    NoClient(String),
+    #[error("client not found")]
+    NoClient,
+    #[error("invalid client pointer supplied")]
+    BadClientId,
     #[error("{0}")]
     Failed(String),
 }
@@ -250,36 +253,79 @@ async fn execute(
     }
     if command == "SHOW" {
         let what = arg.ok_or_else(syntax)?.to_ascii_uppercase();
+        if let Some(why) = not_supported(&what) {
+            return Err(CommandError::Failed(format!(
+                "SHOW {what} is not supported by wharf: {why}"
+            )));
+        }
         return show(&what, shared, out).ok_or_else(syntax);
     }
     require_admin(console)?;
     let router = &shared.router;
-    let known_db = |db: &Option<String>| -> Result<(), CommandError> {
+    let config = shared.config();
+    // PgBouncer's rules: a named database must exist, and the console's
+    // own database cannot be paused, killed or disabled.
+    let user_db = |db: &Option<String>, verb: &str| -> Result<(), CommandError> {
         match db {
-            Some(db) if shared.config().database(db).is_none() && !is_console(db) => {
-                Err(CommandError::NoDatabase(db.clone()))
-            }
+            Some(db) if is_console(db) => Err(CommandError::Failed(format!(
+                "cannot {verb} admin db: {db}"
+            ))),
+            Some(db) if config.database(db).is_none() => Err(CommandError::NoDatabase(db.clone())),
             _ => Ok(()),
         }
     };
+    let (paused, suspended) = router.global_state();
+    let not_held = || -> Result<(), CommandError> {
+        if paused || suspended {
+            return Err(CommandError::Failed("already suspended/paused".into()));
+        }
+        Ok(())
+    };
     let tag = match command.as_str() {
         "PAUSE" => {
-            known_db(&arg)?;
+            not_held()?;
+            user_db(&arg, "pause")?;
             router.pause(arg.as_deref()).await;
             "PAUSE"
         }
         "RESUME" => {
-            known_db(&arg)?;
+            match arg.as_deref() {
+                None if shared.lifecycle.is_shutting_down() => {
+                    return Err(CommandError::Failed("pooler is shutting down".into()));
+                }
+                None if !paused && !suspended => {
+                    return Err(CommandError::Failed(
+                        "pooler is not paused/suspended".into(),
+                    ));
+                }
+                Some(db) => {
+                    user_db(&arg, "resume")?;
+                    if !router.db_control(db).paused_itself() {
+                        return Err(CommandError::Failed(format!("database {db} is not paused")));
+                    }
+                }
+                None => {}
+            }
             router.resume(arg.as_deref());
             "RESUME"
         }
         "SUSPEND" if arg.is_none() => {
+            not_held()?;
+            // SUSPEND must be able to finish every transaction in flight,
+            // which a paused database would block.
+            if router.any_database_paused() {
+                return Err(CommandError::Failed(
+                    "cannot suspend with paused databases".into(),
+                ));
+            }
             router.suspend();
             "SUSPEND"
         }
         "DISABLE" | "ENABLE" => {
-            let db = arg.clone().ok_or_else(syntax)?;
-            known_db(&arg)?;
+            let db = arg
+                .clone()
+                .ok_or_else(|| CommandError::Failed("a database is required".into()))?;
+            user_db(&arg, &command.to_ascii_lowercase())?;
             router.set_disabled(&db, command == "DISABLE");
             if command == "DISABLE" {
                 "DISABLE"
@@ -288,25 +334,28 @@ async fn execute(
             }
         }
         "RECONNECT" => {
-            known_db(&arg)?;
+            user_db(&arg, "reconnect")?;
             router.reconnect(arg.as_deref());
             "RECONNECT"
         }
         "KILL" => {
-            known_db(&arg)?;
+            not_held()?;
+            user_db(&arg, "kill")?;
             router.kill(arg.as_deref());
             "KILL"
         }
         "KILL_CLIENT" => {
-            let id = arg.ok_or_else(syntax)?;
-            let found = id.parse().is_ok_and(|n| router.kill_client(n));
-            if !found {
-                return Err(CommandError::NoClient(id));
+            let id: u64 = arg
+                .as_deref()
+                .and_then(|id| id.parse().ok())
+                .ok_or(CommandError::BadClientId)?;
+            if !router.kill_client(id) {
+                return Err(CommandError::NoClient);
             }
             "KILL_CLIENT"
         }
         "WAIT_CLOSE" => {
-            known_db(&arg)?;
+            user_db(&arg, "wait in")?;
             router.wait_close(arg.as_deref()).await;
             "WAIT_CLOSE"
         }
@@ -434,9 +483,62 @@ fn show(what: &str, shared: &Arc<Shared>, out: &mut BytesMut) -> Option<()> {
             backend::notice(out, HELP);
             backend::command_complete(out, "SHOW");
         }
+        // wharf has no peers (PgBouncer's `[peers]`) and no DNS cache of
+        // its own (names are resolved at each connect): these lists are
+        // truly empty.
+        "PEERS" => rows(
+            out,
+            &[
+                ("peer_id", Oid::Int4),
+                ("host", Oid::Text),
+                ("port", Oid::Int4),
+                ("pool_size", Oid::Int4),
+            ],
+            &[],
+        ),
+        "PEER_POOLS" => rows(
+            out,
+            &[
+                ("peer_id", Oid::Int4),
+                ("cl_active_cancel_req", Oid::Int4),
+                ("cl_waiting_cancel_req", Oid::Int4),
+                ("sv_active_cancel", Oid::Int4),
+                ("sv_login", Oid::Int4),
+            ],
+            &[],
+        ),
+        "DNS_HOSTS" => rows(
+            out,
+            &[
+                ("hostname", Oid::Text),
+                ("ttl", Oid::Int8),
+                ("addrs", Oid::Text),
+            ],
+            &[],
+        ),
+        "DNS_ZONES" => rows(
+            out,
+            &[
+                ("zonename", Oid::Text),
+                ("serial", Oid::Int8),
+                ("count", Oid::Int4),
+            ],
+            &[],
+        ),
         _ => return None,
     }
     Some(())
+}
+
+/// PgBouncer's SHOW commands that describe its own internals, which wharf
+/// does not have, and why.
+fn not_supported(what: &str) -> Option<&'static str> {
+    match what {
+        "FDS" => Some("online restart by passing sockets (-R) is not implemented; run a second process with so_reuseport instead"),
+        "SOCKETS" | "ACTIVE_SOCKETS" => Some("it lists PgBouncer's I/O buffer positions; SHOW CLIENTS and SHOW SERVERS list the connections"),
+        "MEM" => Some("it lists PgBouncer's slab allocator caches, which wharf does not use"),
+        _ => None,
+    }
 }
 
 const HELP: &str = "Console usage
@@ -473,8 +575,16 @@ pub struct PoolRow {
     pub cl_active: usize,
     /// Clients waiting for a server.
     pub cl_waiting: usize,
+    /// Cancel requests sent to the server and not yet taken.
+    pub cl_active_cancel_req: usize,
+    /// Cancel requests waiting for their connection to the server.
+    pub cl_waiting_cancel_req: usize,
     /// Servers linked to a client.
     pub sv_active: usize,
+    /// Connections to the server carrying a cancel request.
+    pub sv_active_cancel: usize,
+    /// Servers held back until the cancels on their way to them land.
+    pub sv_being_canceled: usize,
     /// Servers idle and ready.
     pub sv_idle: usize,
     /// Servers idle longer than `server_check_delay`.
@@ -506,11 +616,18 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
     let used = used_servers(shared);
     let clients = stats.clients();
     let servers = stats.servers();
-    let mut pools: Vec<(String, String, &'static str)> = shared
-        .router
-        .pools()
+    let server_pools = shared.router.pools();
+    let gauge = |db: &str, user: &str, pick: fn(&PoolStats) -> &AtomicU64| {
+        server_pools
+            .iter()
+            .find(|p| p.database == db && p.user == user)
+            .map_or(0, |p| {
+                usize::try_from(pick(&p.stats).load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+            })
+    };
+    let mut pools: Vec<(String, String, &'static str)> = server_pools
         .iter()
-        .map(|p| (p.database.clone(), p.user.clone(), p.mode.as_str()))
+        .map(|p| (p.database.clone(), p.user.clone(), p.mode().as_str()))
         .collect();
     for c in clients.iter().filter(|c| c.admin) {
         let key = (CONSOLE_DB.to_owned(), c.user.clone(), "statement");
@@ -543,10 +660,15 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
                 .filter(|s| s.state() == ServerState::Idle)
                 .collect();
             let used = idle.iter().filter(|s| used(s)).count();
+            let cancels_active = gauge(&db, &user, |p| &p.cancels_active);
             PoolRow {
                 cl_active: cl.len() - waiting.len(),
                 cl_waiting: waiting.len(),
+                cl_active_cancel_req: cancels_active,
+                cl_waiting_cancel_req: gauge(&db, &user, |p| &p.cancels_waiting),
                 sv_active: count(ServerState::Active),
+                sv_active_cancel: cancels_active,
+                sv_being_canceled: gauge(&db, &user, |p| &p.servers_being_canceled),
                 sv_idle: idle.len() - used,
                 sv_used: used,
                 sv_tested: count(ServerState::Tested),
@@ -569,11 +691,11 @@ fn show_pools(shared: &Arc<Shared>, out: &mut BytesMut) {
                 s(p.user),
                 n(p.cl_active),
                 n(p.cl_waiting),
-                n(0),
-                n(0),
+                n(p.cl_active_cancel_req),
+                n(p.cl_waiting_cancel_req),
                 n(p.sv_active),
-                n(0),
-                n(0),
+                n(p.sv_active_cancel),
+                n(p.sv_being_canceled),
                 n(p.sv_idle),
                 n(p.sv_used),
                 n(p.sv_tested),

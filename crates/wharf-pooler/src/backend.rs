@@ -47,7 +47,7 @@ impl ServerAddr {
         }
     }
 
-    async fn connect(&self) -> io::Result<ServerStream> {
+    pub(crate) async fn connect(&self) -> io::Result<ServerStream> {
         match self {
             ServerAddr::Tcp { host, port } => {
                 let stream = TcpStream::connect((host.as_str(), *port)).await?;
@@ -281,6 +281,9 @@ pub struct ServerConn {
     /// Handed to a client and not yet given back clean: if the client's
     /// task is dropped mid-transaction (KILL), the pool must close it.
     pub(crate) dirty: bool,
+    /// Cancel requests on their way to this server, which must land
+    /// before another client gets it.
+    pub(crate) cancels: Arc<crate::cancel::InFlightCancels>,
 }
 
 /// Server messages during login and the pooler's own queries are small;
@@ -318,6 +321,7 @@ impl ServerConn {
             addr: Arc::new(target.addr.clone()),
             entry: None,
             dirty: false,
+            cancels: Arc::default(),
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
@@ -523,15 +527,14 @@ fn server_error(addr: &str, body: &[u8]) -> ServerError {
     }
 }
 
-/// Sends a CancelRequest for `key` to the server at `addr`, over a new
-/// connection, as the protocol requires.
-pub async fn send_cancel(addr: &ServerAddr, key: CancelKey) -> io::Result<()> {
-    let mut stream = addr.connect().await?;
+/// Sends a CancelRequest for `key` over `stream`, a new connection to the
+/// server as the protocol requires, and waits for the server to close it.
+pub async fn forward_cancel(mut stream: ServerStream, key: CancelKey) -> io::Result<()> {
     let mut out = BytesMut::new();
     frontend::cancel_request(key.pid, key.secret, &mut out);
     stream.write_all(&out).await?;
-    // The server closes the connection when done; wait for that so the
-    // cancel has been delivered before we report success.
+    // The server closes the connection when done; waiting for that means
+    // the cancel has been delivered when this returns.
     let mut sink = BytesMut::new();
     let _ = stream.read_buf(&mut sink).await;
     Ok(())

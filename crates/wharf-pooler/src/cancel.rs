@@ -1,26 +1,123 @@
 //! Cancel keys: each client gets its own random BackendKeyData, and a
 //! CancelRequest carrying it is passed on to whichever server that client is
 //! linked to at that moment, with that server's own key. A key never reaches
-//! a server another client is using.
+//! a server another client is using: the server a cancel is on its way to
+//! is held back from other clients until the cancel has landed (PgBouncer's
+//! `sv_being_canceled`).
 
 use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
-use crate::backend::{send_cancel, ServerAddr};
+use crate::backend::{forward_cancel, ServerAddr};
 use crate::proto::CancelKey;
+use crate::stats::PoolStats;
+
+/// The cancel requests on their way to one server connection.
+#[derive(Debug, Default)]
+pub struct InFlightCancels {
+    count: AtomicUsize,
+    landed: Notify,
+    /// A cancel request was given up (`cancel_wait_timeout`) after it may
+    /// have been sent: the server may still act on it at any time.
+    abandoned: AtomicBool,
+}
+
+impl InFlightCancels {
+    /// Whether a cancel request is on its way.
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether a cancel request may still land at any time, so that the
+    /// server must not serve another client.
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Returns once no cancel request is on its way.
+    pub async fn all_landed(&self) {
+        loop {
+            let mut landed = pin!(self.landed.notified());
+            // Registered before the check, so a landing in between is seen.
+            landed.as_mut().enable();
+            if !self.any() {
+                return;
+            }
+            landed.await;
+        }
+    }
+}
+
+/// One cancel request counted against its server until dropped; dropped
+/// before [`OnItsWay::done`], it marks the server's cancels abandoned.
+struct OnItsWay {
+    in_flight: Arc<InFlightCancels>,
+    done: bool,
+}
+
+impl OnItsWay {
+    /// The request was taken by the server, or never sent.
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        if !self.done {
+            self.in_flight.abandoned.store(true, Ordering::SeqCst);
+        }
+        if self.in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.in_flight.landed.notify_waiters();
+        }
+    }
+}
+
+/// A gauge of the pool's statistics raised for as long as it lives.
+pub(crate) struct Raised<'a>(&'a AtomicU64);
+
+impl<'a> Raised<'a> {
+    pub(crate) fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The server a client is linked to, as its cancel requests need it.
+#[derive(Debug)]
+struct Target {
+    addr: Arc<ServerAddr>,
+    key: CancelKey,
+    in_flight: Arc<InFlightCancels>,
+}
 
 /// What a client's key currently points at.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CancelSlot {
-    target: Mutex<Option<(Arc<ServerAddr>, CancelKey)>>,
+    target: Mutex<Option<Target>>,
+    /// The client's pool, whose SHOW POOLS counts its cancel requests.
+    stats: Arc<PoolStats>,
 }
 
 impl CancelSlot {
     /// The client is now linked to the server at `addr` with `key`.
-    pub fn link(&self, addr: Arc<ServerAddr>, key: CancelKey) {
-        *self.target.lock() = Some((addr, key));
+    pub fn link(&self, addr: Arc<ServerAddr>, key: CancelKey, in_flight: Arc<InFlightCancels>) {
+        *self.target.lock() = Some(Target {
+            addr,
+            key,
+            in_flight,
+        });
     }
 
     /// The client has no server.
@@ -51,9 +148,13 @@ impl Drop for Registered<'_> {
 }
 
 impl CancelRegistry {
-    /// Gives a new client a fresh key, unique among connected clients.
-    pub fn register(&self) -> Registered<'_> {
-        let slot = Arc::new(CancelSlot::default());
+    /// Gives a new client of the pool counted by `stats` a fresh key,
+    /// unique among connected clients.
+    pub fn register(&self, stats: Arc<PoolStats>) -> Registered<'_> {
+        let slot = Arc::new(CancelSlot {
+            target: Mutex::new(None),
+            stats,
+        });
         let mut clients = self.clients.lock();
         let key = loop {
             let key = CancelKey::random();
@@ -88,12 +189,38 @@ impl CancelRegistry {
             tracing::debug!("cancel request with an unknown key ignored");
             return;
         };
-        let target = slot.target.lock().clone();
-        let Some((addr, server_key)) = target else {
-            tracing::debug!("cancel request for a client with no server ignored");
-            return;
+        let (addr, server_key, on_its_way) = {
+            let target = slot.target.lock();
+            let Some(target) = &*target else {
+                tracing::debug!("cancel request for a client with no server ignored");
+                return;
+            };
+            // Counted under the lock the client's unlink takes, so a
+            // release that follows the unlink sees this cancel.
+            target.in_flight.count.fetch_add(1, Ordering::SeqCst);
+            (
+                target.addr.clone(),
+                target.key,
+                OnItsWay {
+                    in_flight: target.in_flight.clone(),
+                    done: false,
+                },
+            )
         };
-        if let Err(err) = send_cancel(&addr, server_key).await {
+        let waiting = Raised::new(&slot.stats.cancels_waiting);
+        let forwarded = match addr.connect().await {
+            Ok(stream) => {
+                drop(waiting);
+                let _active = Raised::new(&slot.stats.cancels_active);
+                forward_cancel(stream, server_key).await
+            }
+            Err(err) => Err(err),
+        };
+        // Dropped before this point (cancel_wait_timeout), the request
+        // counts as abandoned; failed, it may have reached the server all
+        // the same, so it counts as taken.
+        on_its_way.done();
+        if let Err(err) = forwarded {
             tracing::warn!(server = %addr, error = %err, "could not forward cancel request");
         }
     }

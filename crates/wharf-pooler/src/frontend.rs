@@ -149,12 +149,12 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         }
         Ok(Ok(None)) | Ok(Err(Ended)) => return,
         Err(_) => {
-            fatal(&mut stream, "08P01", "client_login_timeout").await;
+            refuse(&mut stream, &shared, &peer, "08P01", "client_login_timeout").await;
             tracing::info!(%peer, "closing client: login timed out");
             return;
         }
     };
-    let registered = shared.cancels.register();
+    let registered = shared.cancels.register(session.pool.stats.clone());
     if send_welcome(&mut stream, &session, registered.key)
         .await
         .is_err()
@@ -318,7 +318,14 @@ async fn login<S: ClientStream>(
             Err(ProtocolError::Closed) => return Err(Ended),
             Err(err) => {
                 tracing::info!(%peer, error = %err, "closing client: bad startup packet");
-                fatal(stream, "08P01", &format!("invalid startup packet: {err}")).await;
+                refuse(
+                    stream,
+                    shared,
+                    peer,
+                    "08P01",
+                    &format!("invalid startup packet: {err}"),
+                )
+                .await;
                 return Err(Ended);
             }
         }
@@ -343,13 +350,20 @@ async fn login<S: ClientStream>(
             _ => {
                 let message = format!("unsupported startup parameter: {name}");
                 tracing::info!(%peer, "closing client: {message}");
-                fatal(stream, "08P01", &message).await;
+                refuse(stream, shared, peer, "08P01", &message).await;
                 return Err(Ended);
             }
         }
     }
     let Some(user) = user.filter(|u| !u.is_empty()) else {
-        fatal(stream, "28000", "no user name specified in startup packet").await;
+        refuse(
+            stream,
+            shared,
+            peer,
+            "28000",
+            "no user name specified in startup packet",
+        )
+        .await;
         return Err(Ended);
     };
     let database = database
@@ -367,7 +381,7 @@ async fn login<S: ClientStream>(
         let message = format!(
             "bouncer config error: auth_type = any needs database \"{database}\" to force a user="
         );
-        fatal(stream, "08P01", &message).await;
+        refuse(stream, shared, peer, "08P01", &message).await;
         return Err(Ended);
     }
     // The console: only admin_users and stats_users, except the pooler's
@@ -381,7 +395,7 @@ async fn login<S: ClientStream>(
         let role = crate::admin::role_of(shared, &user);
         if role.is_none() {
             tracing::info!(%peer, %user, "closing client: not allowed on the admin console");
-            fatal(stream, "08P01", "not allowed").await;
+            refuse(stream, shared, peer, "08P01", "not allowed").await;
             return Err(Ended);
         }
         role
@@ -399,8 +413,10 @@ async fn login<S: ClientStream>(
         Ok(()) => {}
         Err(ClientAuthError::Failed(user)) => {
             tracing::info!(%peer, %user, "closing client: password authentication failed");
-            fatal(
+            refuse(
                 stream,
+                shared,
+                peer,
                 "28P01",
                 &format!("password authentication failed for user \"{user}\""),
             )
@@ -409,7 +425,14 @@ async fn login<S: ClientStream>(
         }
         Err(ClientAuthError::Protocol(err)) => {
             tracing::info!(%peer, error = %err, "closing client during authentication");
-            fatal(stream, "08P01", &format!("authentication failed: {err}")).await;
+            refuse(
+                stream,
+                shared,
+                peer,
+                "08P01",
+                &format!("authentication failed: {err}"),
+            )
+            .await;
             return Err(Ended);
         }
     }
@@ -425,18 +448,18 @@ async fn login<S: ClientStream>(
         Ok(pool) if pool.control.is_disabled() => {
             tracing::info!(%peer, %database, "closing client: database disabled");
             let message = format!("database does not allow connections: {database}");
-            fatal(stream, "08P01", &message).await;
+            refuse(stream, shared, peer, "08P01", &message).await;
             return Err(Ended);
         }
         Ok(pool) => pool,
         Err(err @ RouteError::UnknownDatabase(_)) => {
             tracing::info!(%peer, %database, "closing client: unknown database");
-            fatal(stream, "3D000", &err.to_string()).await;
+            refuse(stream, shared, peer, "3D000", &err.to_string()).await;
             return Err(Ended);
         }
         Err(err) => {
             tracing::warn!(%peer, error = %err, "closing client: pool unusable");
-            fatal(stream, "08P01", &err.to_string()).await;
+            refuse(stream, shared, peer, "08P01", &err.to_string()).await;
             return Err(Ended);
         }
     };
@@ -455,7 +478,7 @@ async fn login<S: ClientStream>(
             }
             Err((code, message)) => {
                 tracing::warn!(%peer, pool = %pool.database, error = %message, "closing client: no server connection");
-                fatal(stream, &code, &message).await;
+                refuse(stream, shared, peer, &code, &message).await;
                 return Err(Ended);
             }
         },
@@ -530,6 +553,42 @@ async fn send_welcome<S: ClientStream>(
     backend::backend_key_data(&mut out, key);
     backend::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await
+}
+
+/// How long a released server waits for a cancel on its way to it when
+/// `cancel_wait_timeout` is off.
+const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
+
+/// Keeps a released server from other clients until the cancel requests on
+/// their way to it have landed: one landing after another client's query
+/// started would cancel that query. A server whose cancel never lands is
+/// closed.
+async fn hold_until_cancels_land(
+    mut server: Pooled<ServerManager>,
+    stats: Arc<PoolStats>,
+    wait: Duration,
+) {
+    let _held = crate::cancel::Raised::new(&stats.servers_being_canceled);
+    let landed = tokio::time::timeout(wait, server.cancels.all_landed()).await;
+    if landed.is_err() || server.cancels.abandoned() {
+        tracing::info!("closing server: a cancel request on its way to it never landed");
+        server.broken = true;
+    }
+}
+
+/// Turns a client away during login: the FATAL error to it, and
+/// PgBouncer's "pooler error" log line when `log_pooler_errors` is on.
+async fn refuse<S: ClientStream>(
+    stream: &mut S,
+    shared: &Shared,
+    peer: &str,
+    code: &str,
+    message: &str,
+) {
+    if shared.config().pgbouncer.log_pooler_errors {
+        tracing::warn!(%peer, code, "pooler error: {message}");
+    }
+    fatal(stream, code, message).await;
 }
 
 /// Sends a FATAL error; the connection is closed after it either way.
@@ -866,7 +925,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     Unlinked::Released => self.release(server, false).await,
                     Unlinked::ClientGone { clean } => {
                         if clean {
-                            self.release(server, self.pool.mode == PoolMode::Session)
+                            self.release(server, self.pool.mode() == PoolMode::Session)
                                 .await;
                         } else {
                             // Left mid-transaction or mid-response: the
@@ -901,7 +960,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     }
                     Unlinked::ShuttingDown { clean } => {
                         if clean {
-                            self.release(server, self.pool.mode == PoolMode::Session)
+                            self.release(server, self.pool.mode() == PoolMode::Session)
                                 .await;
                         } else {
                             server.broken = true;
@@ -1105,7 +1164,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             }
             server.synced_with = Some(me);
         }
-        self.cancel.link(server.addr.clone(), server.key);
+        self.cancel
+            .link(server.addr.clone(), server.key, server.cancels.clone());
         Ok(server)
     }
 
@@ -1137,12 +1197,30 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 server.synced_with = None;
             }
         }
+        if server.cancels.abandoned() {
+            // A cancel given up after it may have been sent can still
+            // land, on whatever query runs there next.
+            tracing::info!("closing server: a cancel request to it was given up");
+            server.broken = true;
+        } else if server.cancels.any() && !server.broken {
+            let wait = self
+                .shared
+                .config()
+                .pgbouncer
+                .cancel_wait_timeout
+                .unwrap_or(CANCEL_HOLD_MAX);
+            tokio::spawn(hold_until_cancels_land(
+                server,
+                self.pool.stats.clone(),
+                wait,
+            ));
+        }
     }
 
     /// Relays between the client and `server` until the server may be
     /// released or either side goes away.
     async fn linked(&mut self, server: &mut ServerConn) -> Unlinked {
-        let mode = self.pool.mode;
+        let mode = self.pool.mode();
         let ServerConn {
             stream,
             rbuf,

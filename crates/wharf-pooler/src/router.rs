@@ -2,7 +2,7 @@
 //! the pools themselves, created on first use from the configuration.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +38,9 @@ pub struct ServerPool {
     pub database: String,
     /// The user the servers are logged in as.
     pub user: String,
-    /// Session, transaction or statement pooling.
-    pub mode: PoolMode,
+    /// Session, transaction or statement pooling (see [`ServerPool::mode`]);
+    /// RELOAD may change it.
+    mode: AtomicU8,
     /// The server connections.
     pub pool: wharf::Pool<ServerManager>,
     /// Where the servers are (for cancel requests).
@@ -62,6 +63,16 @@ pub struct ServerPool {
 }
 
 impl ServerPool {
+    /// Session, transaction or statement pooling, as now configured. A
+    /// session reads it when it takes a server.
+    pub fn mode(&self) -> PoolMode {
+        match self.mode.load(Ordering::Relaxed) {
+            m if m == PoolMode::Transaction as u8 => PoolMode::Transaction,
+            m if m == PoolMode::Statement as u8 => PoolMode::Statement,
+            _ => PoolMode::Session,
+        }
+    }
+
     /// The cached welcome parameters, if a server has logged in yet.
     pub fn welcome(&self) -> Option<Arc<Params>> {
         self.welcome.lock().clone()
@@ -218,8 +229,8 @@ impl Router {
         // PgBouncer's server_login_retry: while logins fail and the pool
         // has no server, clients are told at once rather than queued.
         .fail_fast(true)
-        .connect_backoff(Duration::from_millis(100).min(settings.server_login_retry))
-        .connect_backoff_max(settings.server_login_retry.max(Duration::from_millis(1)))
+        .connect_backoff(login_retry_backoff(settings.server_login_retry).0)
+        .connect_backoff_max(login_retry_backoff(settings.server_login_retry).1)
         .validate_after(check)
         .validation_timeout(settings.server_connect_timeout)
         .idle_timeout(settings.server_idle_timeout)
@@ -236,7 +247,7 @@ impl Router {
         let server_pool = Arc::new(ServerPool {
             database: database.to_owned(),
             user: server_user,
-            mode: plan.mode,
+            mode: AtomicU8::new(plan.mode as u8),
             pool,
             addr: Arc::new(addr),
             reset_query: plan.reset_query,
@@ -279,11 +290,23 @@ impl Router {
                     }
                 }
             }
-            // Engine knobs RELOAD can change on a live pool; the rest
-            // (server_connect_timeout, server_login_retry, min_pool_size,
-            // reserve_pool_*) apply to pools created after it.
+            if pool.mode() != plan.mode {
+                tracing::info!(database = %pool.database, user = %pool.user,
+                    from = pool.mode().as_str(), to = plan.mode.as_str(),
+                    "pool_mode changed; sessions holding a server keep the old mode until they release it");
+                pool.mode.store(plan.mode as u8, Ordering::Relaxed);
+            }
+            let settings = &config.pgbouncer;
+            pool.pool.set_min_idle(plan.min_pool_size);
             pool.pool
-                .set_idle_timeout(config.pgbouncer.server_idle_timeout);
+                .set_reserve(plan.reserve_size, plan.reserve_timeout);
+            pool.pool
+                .set_connect_timeout(settings.server_connect_timeout);
+            pool.pool
+                .set_validation_timeout(settings.server_connect_timeout);
+            let (backoff, backoff_max) = login_retry_backoff(settings.server_login_retry);
+            pool.pool.set_connect_backoff(backoff, backoff_max);
+            pool.pool.set_idle_timeout(settings.server_idle_timeout);
             pool.pool.set_max_lifetime(Some(plan.server_lifetime));
             pool.pool.set_validate_after(
                 plan.target
@@ -351,6 +374,15 @@ impl Router {
         }
         dropped
     }
+}
+
+/// The engine's connect backoff for PgBouncer's `server_login_retry`: the
+/// first retry soon (100 ms at most), later ones spread up to it.
+fn login_retry_backoff(server_login_retry: Duration) -> (Duration, Duration) {
+    (
+        Duration::from_millis(100).min(server_login_retry),
+        server_login_retry.max(Duration::from_millis(1)),
+    )
 }
 
 /// What [`Router::apply`] changed.
@@ -574,21 +606,27 @@ impl Router {
         }
     }
 
-    /// RESUME: undoes PAUSE, KILL and SUSPEND, of one database or (with
-    /// `None`) of all.
+    /// RESUME: undoes PAUSE and KILL of one database, or (with `None`)
+    /// the whole pooler's PAUSE, KILL or SUSPEND. As in PgBouncer, a
+    /// database paused by name stays paused until resumed by name.
     pub fn resume(&self, db: Option<&str>) {
         match db {
             Some(db) => self.db_control(db).paused.store(false, Ordering::SeqCst),
             None => {
                 self.global.paused.store(false, Ordering::SeqCst);
                 self.global.suspended.store(false, Ordering::SeqCst);
-                for control in self.dbs.lock().values() {
-                    control.paused.store(false, Ordering::SeqCst);
-                }
             }
         }
         tracing::info!(database = db.unwrap_or("*"), "RESUME");
         self.global.resumed.notify_waiters();
+    }
+
+    /// Whether some database is paused by name.
+    pub fn any_database_paused(&self) -> bool {
+        self.dbs
+            .lock()
+            .values()
+            .any(|control| control.paused_itself())
     }
 
     /// SUSPEND: no new transaction anywhere starts until RESUME; servers

@@ -75,6 +75,16 @@ pub struct PoolStats {
     pub binds: AtomicU64,
     /// Successful client logins.
     pub client_logins: AtomicU64,
+    /// Cancel requests waiting for their connection to the server
+    /// (`cl_waiting_cancel_req`).
+    pub cancels_waiting: AtomicU64,
+    /// Cancel requests sent to the server, waiting for it to take them
+    /// (`cl_active_cancel_req`; each holds one connection to the server,
+    /// `sv_active_cancel`).
+    pub cancels_active: AtomicU64,
+    /// Servers released by their client but held back until the cancel
+    /// requests on their way to them have landed (`sv_being_canceled`).
+    pub servers_being_canceled: AtomicU64,
     /// How long clients waited for a server, one sample per assignment.
     pub wait_time: AtomicHistogram,
     /// How long transactions took.

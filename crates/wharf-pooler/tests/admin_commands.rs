@@ -104,10 +104,7 @@ async fn disable_refuses_new_logins_until_enable() {
         .simple_query("SELECT 1")
         .await
         .unwrap();
-    assert_eq!(
-        show_err(&admin, "DISABLE").await,
-        "invalid command 'DISABLE', use SHOW HELP;"
-    );
+    assert_eq!(show_err(&admin, "DISABLE").await, "a database is required");
     pooler.stop().await;
 }
 
@@ -307,5 +304,65 @@ async fn reload_and_shutdown() {
             .is_err()
     })
     .await;
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_suspend_and_kill_refuse_what_pgbouncer_refuses() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let refused = [
+        ("RESUME", "pooler is not paused/suspended"),
+        ("RESUME postgres", "database postgres is not paused"),
+        ("RESUME nosuch", "no such database: nosuch"),
+        ("PAUSE pgbouncer", "cannot pause admin db: pgbouncer"),
+        ("KILL wharf", "cannot kill admin db: wharf"),
+        ("PAUSE nosuch", "no such database: nosuch"),
+        ("DISABLE", "a database is required"),
+    ];
+    for (command, message) in refused {
+        assert_eq!(show_err(&admin, command).await, message, "{command}");
+    }
+
+    admin.simple_query("PAUSE postgres").await.unwrap();
+    assert_eq!(
+        show_err(&admin, "SUSPEND").await,
+        "cannot suspend with paused databases"
+    );
+    // A database paused by name stays paused through a pooler-wide
+    // PAUSE and RESUME.
+    admin.simple_query("PAUSE").await.unwrap();
+    for command in ["PAUSE", "KILL", "SUSPEND", "PAUSE postgres"] {
+        assert_eq!(
+            show_err(&admin, command).await,
+            "already suspended/paused",
+            "{command}"
+        );
+    }
+    admin.simple_query("RESUME").await.unwrap();
+    assert_eq!(
+        show(&admin, "SHOW DATABASES")
+            .await
+            .value("name", "postgres", "paused"),
+        "1"
+    );
+    admin.simple_query("RESUME postgres").await.unwrap();
+    pooler
+        .client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+
+    admin.simple_query("SUSPEND").await.unwrap();
+    assert_eq!(show_err(&admin, "PAUSE").await, "already suspended/paused");
+    admin.simple_query("RESUME").await.unwrap();
+    // Every refusal left the session usable.
+    assert_eq!(
+        show(&admin, "SHOW STATE")
+            .await
+            .value("key", "active", "value"),
+        "yes"
+    );
     pooler.stop().await;
 }

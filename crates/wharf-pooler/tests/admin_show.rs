@@ -128,6 +128,16 @@ fn expected_columns(command: &str) -> Vec<String> {
         "LISTS" => vec!["list", "items"],
         "VERSION" => vec!["version"],
         "STATE" => vec!["key", "value"],
+        "PEERS" => vec!["peer_id", "host", "port", "pool_size"],
+        "PEER_POOLS" => vec![
+            "peer_id",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active_cancel",
+            "sv_login",
+        ],
+        "DNS_HOSTS" => vec!["hostname", "ttl", "addrs"],
+        "DNS_ZONES" => vec!["zonename", "serial", "count"],
         other => panic!("no column list for {other}"),
     };
     list.into_iter().map(str::to_owned).collect()
@@ -147,6 +157,10 @@ const SHOWS: &[&str] = &[
     "LISTS",
     "VERSION",
     "STATE",
+    "PEERS",
+    "PEER_POOLS",
+    "DNS_HOSTS",
+    "DNS_ZONES",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,8 +422,19 @@ async fn bad_commands_are_errors_and_the_console_goes_on() {
     );
     assert_eq!(
         show_err(&admin, "KILL_CLIENT 99999").await,
-        "no such client: 99999"
+        "client not found"
     );
+    assert_eq!(
+        show_err(&admin, "KILL_CLIENT abc").await,
+        "invalid client pointer supplied"
+    );
+    for internal in ["FDS", "SOCKETS", "ACTIVE_SOCKETS", "MEM"] {
+        let message = show_err(&admin, &format!("SHOW {internal}")).await;
+        assert!(
+            message.starts_with(&format!("SHOW {internal} is not supported by wharf: ")),
+            "{message}"
+        );
+    }
     // The extended protocol is refused, and the session stays in step.
     let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
     assert!(

@@ -1,11 +1,13 @@
 //! Cancel requests through the pooler: a client's key cancels its own
 //! running query and nothing else, never another client's query on a server
-//! it no longer (or not yet) holds.
+//! it no longer (or not yet) holds; a server a cancel is on its way to is
+//! held back until it lands, and SHOW POOLS counts both.
 
 mod common;
 
 use std::time::Duration;
 
+use common::console::{console, eventually, show, CONSOLE_SETTINGS, CONSOLE_USERLIST};
 use common::{start, wire, Setup, TestPooler};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -197,5 +199,100 @@ async fn cancel_gets_through_when_every_client_place_is_taken() {
     let err = result.expect_err("the query was cancelled");
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     assert_eq!(text(&a, "SELECT 'still here'").await.unwrap(), "still here");
+    pooler.stop().await;
+}
+
+/// The server's postmaster stopped with SIGSTOP until dropped: it still
+/// accepts connections (the kernel's backlog) but takes no cancel request,
+/// while the backends already running go on.
+struct StoppedPostmaster(String);
+
+impl StoppedPostmaster {
+    fn stop(pooler: &TestPooler) -> Self {
+        let pid_file = pooler.cluster.data_dir().join("postmaster.pid");
+        let pid = std::fs::read_to_string(pid_file)
+            .expect("postmaster.pid")
+            .lines()
+            .next()
+            .expect("a pid")
+            .trim()
+            .to_owned();
+        signal("STOP", &pid);
+        Self(pid)
+    }
+}
+
+impl Drop for StoppedPostmaster {
+    fn drop(&mut self) {
+        signal("CONT", &self.0);
+    }
+}
+
+fn signal(name: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+async fn pools_column(admin: &Client, column: &str) -> String {
+    show(admin, "SHOW POOLS")
+        .await
+        .value2("database", "postgres", "user", "postgres", column)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_is_held_back_until_the_cancel_on_its_way_lands() {
+    let pgbouncer = format!("{CONSOLE_SETTINGS}pool_mode = transaction\ndefault_pool_size = 1\n");
+    let pooler = start(Setup {
+        pgbouncer: &pgbouncer,
+        userlist: CONSOLE_USERLIST,
+        ..Setup::default()
+    })
+    .await;
+    let admin = console(&pooler, "admin").await;
+    let watch = observer(&pooler).await;
+    let a = pooler.client().await;
+    let b = pooler.client().await;
+    let a_pid = text(&a, "SELECT pg_backend_pid()::text").await.unwrap();
+    let query = "SELECT pg_sleep(1.5)::text || 'slept'";
+    let token = a.cancel_token();
+    let a_runs = tokio::spawn(async move { text(&a, query).await });
+    wait_until_running(&watch, query).await;
+
+    let postmaster = StoppedPostmaster::stop(&pooler);
+    let cancel = tokio::spawn(async move { token.cancel_query(NoTls).await });
+    eventually("the cancel counted as sent", || async {
+        pools_column(&admin, "cl_active_cancel_req").await == "1"
+            && pools_column(&admin, "sv_active_cancel").await == "1"
+    })
+    .await;
+    // The cancel has not landed, so a's query ends on its own; its server
+    // is then held back, and b, wanting the only server, waits.
+    assert_eq!(a_runs.await.unwrap().expect("a's query"), "slept");
+    eventually("the server held back", || async {
+        pools_column(&admin, "sv_being_canceled").await == "1"
+    })
+    .await;
+    let b_runs = tokio::spawn(async move { text(&b, "SELECT pg_backend_pid()::text").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !b_runs.is_finished(),
+        "b got the server a cancel is on its way to"
+    );
+
+    drop(postmaster);
+    cancel.await.unwrap().expect("cancel request sent");
+    let b_pid = b_runs.await.unwrap().expect("b's query is not cancelled");
+    assert_eq!(b_pid, a_pid, "the same, only server");
+    for column in [
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active_cancel",
+        "sv_being_canceled",
+    ] {
+        assert_eq!(pools_column(&admin, column).await, "0", "{column}");
+    }
     pooler.stop().await;
 }

@@ -263,3 +263,49 @@ async fn reloaded_server_lifetime_and_idle_timeout_apply_to_live_pools() {
     assert_eq!(left, 0, "idle servers outlived the new server_idle_timeout");
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_pool_mode_and_min_pool_size_apply_to_a_live_pool() {
+    let pooler = start(Setup {
+        pgbouncer: "pool_mode = session\ndefault_pool_size = 2",
+        ..Setup::default()
+    })
+    .await;
+    // A session-mode client keeps its server for the whole session.
+    let a = pooler.client().await;
+    let a_pid = value(&a, "SELECT pg_backend_pid()").await;
+    assert_eq!(pooler.server_connections(), 1);
+
+    set_in_ini(&pooler, "pool_mode", "transaction");
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    std::fs::write(
+        pooler.ini(),
+        ini.replace("[pgbouncer]\n", "[pgbouncer]\nmin_pool_size = 2\n"),
+    )
+    .unwrap();
+    pooler.shared.lifecycle.reload().await.expect("reload");
+    // min_pool_size opens the second server with no new client.
+    let mut servers = 0;
+    for _ in 0..50 {
+        servers = pooler.server_connections();
+        if servers == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(servers, 2, "min_pool_size = 2 after RELOAD");
+
+    // Two new clients share the one free server: transaction pooling.
+    // (In session mode the second would wait for a server.)
+    let b = pooler.client().await;
+    let c = pooler.client().await;
+    let b_pid = value(&b, "SELECT pg_backend_pid()").await;
+    let c_pid = tokio::time::timeout(Duration::from_secs(5), value(&c, "SELECT pg_backend_pid()"))
+        .await
+        .expect("the third client is served in transaction mode");
+    assert_eq!(b_pid, c_pid);
+    // The session that held its server before the change keeps it.
+    assert_eq!(value(&a, "SELECT pg_backend_pid()").await, a_pid);
+    assert_ne!(a_pid, b_pid);
+    pooler.stop().await;
+}

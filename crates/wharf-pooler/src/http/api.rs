@@ -427,7 +427,7 @@ pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
             name,
             database: pool.database.clone(),
             user: pool.user.clone(),
-            mode: pool.mode.as_str(),
+            mode: pool.mode().as_str(),
             current,
             alerts,
             history: series,

@@ -105,11 +105,11 @@ type PoolGauge = (&'static str, &'static str, fn(&admin::PoolRow) -> f64);
 const POOL_GAUGES: &[PoolGauge] = &[
     ("client_active_connections", "Client connections linked to a server connection and able to process queries (cl_active).", |p| p.cl_active as f64),
     ("client_waiting_connections", "Client connections waiting on a server connection (cl_waiting).", |p| p.cl_waiting as f64),
-    ("client_active_cancel_connections", "Client connections that have forwarded query cancellations to the server and wait for its answer (cl_active_cancel_req).", |_| 0.0),
-    ("client_waiting_cancel_connections", "Client connections that have not forwarded query cancellations to the server yet (cl_waiting_cancel_req).", |_| 0.0),
+    ("client_active_cancel_connections", "Client connections that have forwarded query cancellations to the server and wait for its answer (cl_active_cancel_req).", |p| p.cl_active_cancel_req as f64),
+    ("client_waiting_cancel_connections", "Client connections that have not forwarded query cancellations to the server yet (cl_waiting_cancel_req).", |p| p.cl_waiting_cancel_req as f64),
     ("server_active_connections", "Server connections linked to a client connection (sv_active).", |p| p.sv_active as f64),
-    ("server_active_cancel_connections", "Server connections forwarding a cancel request (sv_active_cancel).", |_| 0.0),
-    ("server_being_canceled_connections", "Server connections waiting for in-flight cancel requests to complete (sv_being_canceled).", |_| 0.0),
+    ("server_active_cancel_connections", "Server connections forwarding a cancel request (sv_active_cancel).", |p| p.sv_active_cancel as f64),
+    ("server_being_canceled_connections", "Server connections waiting for in-flight cancel requests to complete (sv_being_canceled).", |p| p.sv_being_canceled as f64),
     ("server_idle_connections", "Server connections idle and ready for a client query (sv_idle).", |p| p.sv_idle as f64),
     ("server_used_connections", "Server connections idle more than server_check_delay, needing server_check_query (sv_used).", |p| p.sv_used as f64),
     ("server_testing_connections", "Server connections running server_reset_query or server_check_query (sv_tested).", |p| p.sv_tested as f64),
@@ -224,7 +224,7 @@ pub fn long_transactions(shared: &Shared, threshold: Duration) -> Vec<((String, 
         .router
         .pools()
         .iter()
-        .filter(|p| p.mode == crate::config::PoolMode::Session)
+        .filter(|p| p.mode() == crate::config::PoolMode::Session)
         .map(|p| (p.database.clone(), p.user.clone()))
         .collect();
     let now = crate::stats::now_us();

@@ -75,7 +75,7 @@ pub fn report(shared: &Shared) -> Health {
             PoolHealth {
                 database: p.database.clone(),
                 user: p.user.clone(),
-                mode: p.mode.as_str(),
+                mode: p.mode().as_str(),
                 clients_active: row.map_or(0, |r| r.cl_active),
                 clients_waiting: row.map_or(0, |r| r.cl_waiting),
                 servers_active: row.map_or(0, |r| r.sv_active),

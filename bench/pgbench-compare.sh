@@ -5,6 +5,9 @@
 #
 #   bench/pgbench-compare.sh            # 3 runs of 10 s per row
 #   RUNS=5 SECONDS_PER_RUN=20 bench/pgbench-compare.sh
+#   WHARF_BASELINE=/tmp/wharf-old bench/pgbench-compare.sh
+#                                       # A/B: also an older wharf build,
+#                                       # interleaved with the others
 #
 # Needs the PostgreSQL server binaries and pgbouncer (installed with apt-get
 # when missing). Everything runs on 127.0.0.1 in a temp dir that is removed
@@ -42,7 +45,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port)
+pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port); baseline_port=$(free_port)
+baseline_bin=${WHARF_BASELINE:-}
 
 ulimit -n 8192 2>/dev/null || true
 "${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
@@ -73,14 +77,22 @@ EOF
 }
 write_ini "$bouncer_port" "$work/pgbouncer.ini"
 write_ini "$wharf_port" "$work/wharf.ini"
+write_ini "$baseline_port" "$work/baseline.ini"
 # wharf's own key: worker threads (0 = one per core).
 echo "workers = ${WHARF_WORKERS:-0}" >> "$work/wharf.ini"
+echo "workers = ${WHARF_WORKERS:-0}" >> "$work/baseline.ini"
 chown postgres "$work"/* 2>/dev/null || true
 "${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 RUST_LOG=warn "$wharf_bin" serve "$work/wharf.ini" >"$work/wharf.out" 2>&1 &
 pids+=($!)
-for port in "$bouncer_port" "$wharf_port"; do
+ports=("$bouncer_port" "$wharf_port")
+if [ -n "$baseline_bin" ]; then
+  RUST_LOG=warn "$baseline_bin" serve "$work/baseline.ini" >"$work/baseline.out" 2>&1 &
+  pids+=($!)
+  ports+=("$baseline_port")
+fi
+for port in "${ports[@]}"; do
   for _ in $(seq 100); do
     "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1 && break
     sleep 0.1
@@ -99,23 +111,37 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf $(git rev-parse --short HEAD)"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
 echo
-printf '| %-28s | %10s | %10s | %10s | %14s |\n' "workload" "direct" "pgbouncer" "wharf" "wharf/pgbouncer"
-printf '|%s|%s|%s|%s|%s|\n' "------------------------------" "------------" "------------" "------------" "----------------"
+if [ -n "$baseline_bin" ]; then
+  echo "baseline: $baseline_bin"
+  printf '| %-28s | %10s | %10s | %10s | %10s | %14s | %14s |\n' "workload" "direct" "pgbouncer" "wharf" "baseline" "wharf/pgbouncer" "wharf/baseline"
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "------------" "------------" "------------" "------------" "----------------" "----------------"
+else
+  printf '| %-28s | %10s | %10s | %10s | %14s |\n' "workload" "direct" "pgbouncer" "wharf" "wharf/pgbouncer"
+  printf '|%s|%s|%s|%s|%s|\n' "------------------------------" "------------" "------------" "------------" "----------------"
+fi
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print (b > 0 ? a / b : 0)}'; }
 row() { # label pgbench-args...
   local label=$1; shift
-  local d=() b=() w=()
+  local d=() b=() w=() o=()
   for _ in $(seq "$RUNS"); do
-    # Interleave the three targets so drift hits them alike.
+    # Interleave the targets so drift hits them alike.
     d+=("$(tps "$pg_port" "$@")")
     b+=("$(tps "$bouncer_port" "$@")")
     w+=("$(tps "$wharf_port" "$@")")
+    if [ -n "$baseline_bin" ]; then o+=("$(tps "$baseline_port" "$@")"); fi
   done
   local dm bm wm
   dm=$(printf '%s\n' "${d[@]}" | median)
   bm=$(printf '%s\n' "${b[@]}" | median)
   wm=$(printf '%s\n' "${w[@]}" | median)
-  printf '| %-28s | %10.0f | %10.0f | %10.0f | %14.2f |\n' "$label" "$dm" "$bm" "$wm" \
-    "$(awk -v w="$wm" -v b="$bm" 'BEGIN {print (b > 0 ? w / b : 0)}')"
+  if [ -n "$baseline_bin" ]; then
+    local om
+    om=$(printf '%s\n' "${o[@]}" | median)
+    printf '| %-28s | %10.0f | %10.0f | %10.0f | %10.0f | %14.2f | %14.2f |\n' "$label" "$dm" "$bm" "$wm" "$om" \
+      "$(ratio "$wm" "$bm")" "$(ratio "$wm" "$om")"
+  else
+    printf '| %-28s | %10.0f | %10.0f | %10.0f | %14.2f |\n' "$label" "$dm" "$bm" "$wm" "$(ratio "$wm" "$bm")"
+  fi
 }
 rows=${ROWS:-select,connect,tpcb,select500}
 for r in ${rows//,/ }; do

@@ -229,6 +229,36 @@ impl ServerError {
 /// Run-time parameters as (name, value) pairs, in the order reported.
 pub type Params = Vec<(String, String)>;
 
+/// The distinct sets of tracked parameters a pool's clients have, shared:
+/// a server brought in line with one set then suits, by a pointer
+/// comparison, every client with the same set, so that a transaction that
+/// lands on a server last used by another client with the same settings
+/// (the usual case) compares no parameters at all.
+#[derive(Debug, Default)]
+pub struct ParamSets {
+    sets: parking_lot::Mutex<Vec<Arc<Params>>>,
+}
+
+/// Beyond this many distinct sets, new ones are not shared (clients with
+/// a set of their own each, such as a unique `application_name`, only
+/// lose the shortcut).
+const MAX_PARAM_SETS: usize = 256;
+
+impl ParamSets {
+    /// The shared copy of `params`.
+    pub fn intern(&self, params: &Params) -> Arc<Params> {
+        let mut sets = self.sets.lock();
+        if let Some(set) = sets.iter().find(|set| ***set == *params) {
+            return set.clone();
+        }
+        let set = Arc::new(params.clone());
+        if sets.len() < MAX_PARAM_SETS {
+            sets.push(set.clone());
+        }
+        set
+    }
+}
+
 /// How to reach and log in to one server for one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTarget {
@@ -266,10 +296,10 @@ pub struct ServerConn {
     /// Held for as long as the connection lives: its places under
     /// `max_db_connections` and `max_user_connections`.
     _permits: Vec<OwnedSemaphorePermit>,
-    /// The client session (id, parameter version) whose tracked parameters
-    /// this server last matched, so a client getting back the server it
-    /// just had skips comparing them.
-    pub(crate) synced_with: Option<(u64, u64)>,
+    /// The set of tracked parameters (from the pool's [`ParamSets`]) this
+    /// server is known to match, so that a client with that very set skips
+    /// comparing them.
+    pub(crate) synced_with: Option<Arc<Params>>,
     /// What the connection was opened with: once RELOAD changes the
     /// pool's target, it is closed when released (PgBouncer's
     /// `close_needed`).

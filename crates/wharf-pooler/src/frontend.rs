@@ -180,6 +180,7 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         .stats
         .client_logins
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let params_set = session.pool.param_sets.intern(&session.params);
     let (reader, writer) = stream.halves();
     let mut relay = Relay {
         reader,
@@ -189,7 +190,8 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         params: session.params,
         id,
         entry: &client.entry,
-        params_version: 0,
+        params_set,
+        params_changed: false,
         cbuf: BytesMut::with_capacity(READ_CHUNK),
         cscan: Scanner::default(),
         state: ClientState::default(),
@@ -866,10 +868,12 @@ struct Relay<'a, R, W> {
     pool: &'a ServerPool,
     cancel: &'a CancelSlot,
     params: Vec<(String, String)>,
+    /// `params`, shared with the pool's other clients that have the same.
+    params_set: Arc<crate::backend::Params>,
+    /// `params` changed since the registry last saw its application_name.
+    params_changed: bool,
     /// Identifies this session to the servers it links to.
     id: u64,
-    /// Bumped whenever `params` changes.
-    params_version: u64,
     /// Bytes from the client; the scanned front part goes to the server.
     cbuf: BytesMut,
     cscan: Scanner,
@@ -1145,8 +1149,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 return Err(Ended);
             }
         };
-        let me = (self.id, self.params_version);
-        if server.synced_with != Some(me) {
+        let synced = server
+            .synced_with
+            .as_ref()
+            .is_some_and(|set| Arc::ptr_eq(set, &self.params_set));
+        if !synced {
             let sets: Vec<String> = self
                 .params
                 .iter()
@@ -1162,7 +1169,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     return Err(Ended);
                 }
             }
-            server.synced_with = Some(me);
+            server.synced_with = Some(self.params_set.clone());
         }
         self.cancel
             .link(server.addr.clone(), server.key, server.cancels.clone());
@@ -1172,12 +1179,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     /// Returns a server to its pool, reset first when the mode asks.
     async fn release(&mut self, mut server: Pooled<ServerManager>, session_end: bool) {
         self.entry.set_idle();
-        if let Some((_, app)) = self
-            .params
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
-        {
-            self.entry.set_application_name(app);
+        if self.params_changed {
+            self.params_changed = false;
+            if let Some((_, app)) = self
+                .params
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+            {
+                self.entry.set_application_name(app);
+            }
         }
         if server.broken {
             return;
@@ -1228,7 +1238,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             synced_with,
             ..
         } = server;
-        let id = self.id;
         let (mut sr, mut sw) = stream.split();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
@@ -1253,8 +1262,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 self.state.copy_doubtful = 0;
                 let mut on_param = |body: &[u8]| {
                     if note_parameter(server_params, &mut self.params, body) {
-                        self.params_version += 1;
-                        *synced_with = Some((id, self.params_version));
+                        self.params_set = self.pool.param_sets.intern(&self.params);
+                        self.params_changed = true;
+                        *synced_with = Some(self.params_set.clone());
                     }
                 };
                 match probe(&mut sr, &mut sw, rbuf, &mut self.writer, &mut on_param).await {
@@ -1390,7 +1400,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     let stats = &self.pool.stats;
                     let state = &mut self.state;
                     let params = &mut self.params;
-                    let version = &mut self.params_version;
+                    let params_set = &mut self.params_set;
+                    let params_changed = &mut self.params_changed;
+                    let param_sets = &self.pool.param_sets;
                     let scanned = sscan.scan(
                         rbuf,
                         i32::MAX as usize,
@@ -1413,8 +1425,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                             }
                             (b'S', Some(body)) if note_parameter(server_params, params, body) => {
                                 // Both sides changed together: still in step.
-                                *version += 1;
-                                *synced_with = Some((id, *version));
+                                *params_set = param_sets.intern(params);
+                                *params_changed = true;
+                                *synced_with = Some(params_set.clone());
                             }
                             (tag, _) => state.server_message(tag),
                         },

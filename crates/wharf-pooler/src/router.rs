@@ -60,6 +60,8 @@ pub struct ServerPool {
     pub stats: Arc<PoolStats>,
     /// PAUSE and DISABLE state of the pool's database.
     pub control: Arc<DbControl>,
+    /// The pool's clients' sets of tracked parameters.
+    pub param_sets: crate::backend::ParamSets,
 }
 
 impl ServerPool {
@@ -256,6 +258,7 @@ impl Router {
             welcome: Mutex::new(None),
             stats,
             control,
+            param_sets: crate::backend::ParamSets::default(),
         });
         pools.insert(key, server_pool.clone());
         Ok(server_pool)
@@ -514,6 +517,11 @@ impl DbControl {
 
     /// Returns once the database is not paused.
     pub async fn wait_resumed(&self) {
+        // Every transaction passes here: registering with the shared
+        // `Notify` takes its lock, so only a paused database does.
+        if !self.is_paused() {
+            return;
+        }
         loop {
             let resumed = self.global.resumed.notified();
             tokio::pin!(resumed);

@@ -149,7 +149,7 @@ where
             message = read_message(stream, MAX_QUERY) => message,
             () = entry.killed() => {
                 let mut out = BytesMut::new();
-                backend::error(&mut out, "FATAL", "08P01", "client killed by the admin console");
+                backend::error(&mut out, "FATAL", "08P01", entry.kill_reason().message());
                 let _ = stream.write_all(&out).await;
                 return;
             }
@@ -299,8 +299,11 @@ async fn execute(
                     ));
                 }
                 Some(db) => {
-                    user_db(&arg, "resume")?;
-                    if !router.db_control(db).paused_itself() {
+                    // The console's own database is never paused.
+                    if !is_console(db) {
+                        user_db(&arg, "resume")?;
+                    }
+                    if is_console(db) || !router.db_control(db).paused_itself() {
                         return Err(CommandError::Failed(format!("database {db} is not paused")));
                     }
                 }
@@ -544,6 +547,7 @@ fn not_supported(what: &str) -> Option<&'static str> {
 const HELP: &str = "Console usage
 \tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION
 \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE
+\tSHOW PEERS|PEER_POOLS|DNS_HOSTS|DNS_ZONES
 \tSET key = arg
 \tRELOAD
 \tPAUSE [<db>]
@@ -668,7 +672,7 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
                 cl_waiting_cancel_req: gauge(&db, &user, |p| &p.cancels_waiting),
                 sv_active: count(ServerState::Active),
                 sv_active_cancel: cancels_active,
-                sv_being_canceled: gauge(&db, &user, |p| &p.servers_being_canceled),
+                sv_being_canceled: count(ServerState::BeingCanceled),
                 sv_idle: idle.len() - used,
                 sv_used: used,
                 sv_tested: count(ServerState::Tested),
@@ -879,6 +883,7 @@ fn show_servers(shared: &Arc<Shared>, out: &mut BytesMut) {
                 ServerState::Active => "active",
                 ServerState::Tested => "tested",
                 ServerState::Login => "new",
+                ServerState::BeingCanceled => "being_canceled",
                 ServerState::Idle if used(sv) => "used",
                 ServerState::Idle => "idle",
             };

@@ -236,11 +236,12 @@ pub type Params = Vec<(String, String)>;
 /// (the usual case) compares no parameters at all.
 #[derive(Debug, Default)]
 pub struct ParamSets {
-    sets: parking_lot::Mutex<Vec<Arc<Params>>>,
+    /// Weak: a set no client or server holds any more is forgotten.
+    sets: parking_lot::Mutex<Vec<std::sync::Weak<Params>>>,
 }
 
-/// Beyond this many distinct sets, new ones are not shared (clients with
-/// a set of their own each, such as a unique `application_name`, only
+/// Beyond this many distinct sets in use, new ones are not shared (clients
+/// with a set of their own each, such as a unique `application_name`, only
 /// lose the shortcut).
 const MAX_PARAM_SETS: usize = 256;
 
@@ -248,15 +249,51 @@ impl ParamSets {
     /// The shared copy of `params`.
     pub fn intern(&self, params: &Params) -> Arc<Params> {
         let mut sets = self.sets.lock();
-        if let Some(set) = sets.iter().find(|set| ***set == *params) {
-            return set.clone();
+        if let Some(set) = sets
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|set| **set == *params)
+        {
+            return set;
         }
         let set = Arc::new(params.clone());
+        if sets.len() >= MAX_PARAM_SETS {
+            sets.retain(|set| set.strong_count() > 0);
+        }
         if sets.len() < MAX_PARAM_SETS {
-            sets.push(set.clone());
+            sets.push(Arc::downgrade(&set));
         }
         set
     }
+}
+
+/// The run-time parameters a client may set and the pooler keeps in step
+/// between the client and whichever server it is linked to (PgBouncer's
+/// tracked parameters).
+pub(crate) const TRACKED: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+];
+
+/// Whether a server's value of tracked parameter `name` is the client's:
+/// PostgreSQL reports some values in its own spelling (`UTC` for `utc`,
+/// `ISO, MDY` for `iso, mdy`), and case means nothing in them, except in
+/// `application_name`.
+pub(crate) fn same_value(name: &str, server: Option<&str>, client: &str) -> bool {
+    match server {
+        Some(server) if name.eq_ignore_ascii_case("application_name") => server == client,
+        Some(server) => server.eq_ignore_ascii_case(client),
+        None => false,
+    }
+}
+
+/// Whether `name` is one of the [`TRACKED`] parameters.
+pub(crate) fn is_tracked(name: &str) -> bool {
+    TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// How to reach and log in to one server for one pool.
@@ -495,13 +532,17 @@ impl ServerConn {
         }
     }
 
-    /// Records a ParameterStatus body.
+    /// Records a ParameterStatus body. A tracked parameter that changed
+    /// here (a SET by the pooler, a configuration reload on the server)
+    /// means the server no longer matches the set it was synced to.
     pub(crate) fn note_parameter(&mut self, body: &[u8]) {
         let Some((name, rest)) = cstr(body) else {
             return;
         };
         let Some((value, _)) = cstr(rest) else { return };
-        set_param(&mut self.params, name, value);
+        if set_param(&mut self.params, name, value) && is_tracked(name) {
+            self.synced_with = None;
+        }
     }
 
     /// The server's value of a parameter.
@@ -514,18 +555,21 @@ impl ServerConn {
 }
 
 /// Sets `name` in an ordered parameter list (names compare case-insensitively,
-/// as PostgreSQL's GUC names do).
-pub(crate) fn set_param(params: &mut Params, name: &str, value: &str) {
+/// as PostgreSQL's GUC names do); whether that changed anything.
+pub(crate) fn set_param(params: &mut Params, name: &str, value: &str) -> bool {
     match params
         .iter_mut()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
     {
+        Some((_, v)) if v == value => false,
         Some((_, v)) => {
-            if v != value {
-                *v = value.to_owned();
-            }
+            *v = value.to_owned();
+            true
         }
-        None => params.push((name.to_owned(), value.to_owned())),
+        None => {
+            params.push((name.to_owned(), value.to_owned()));
+            true
+        }
     }
 }
 

@@ -54,9 +54,11 @@ impl InFlightCancels {
 }
 
 /// One cancel request counted against its server until dropped; dropped
-/// before [`OnItsWay::done`], it marks the server's cancels abandoned.
+/// after it was sent but before [`OnItsWay::done`], it marks the server's
+/// cancels abandoned.
 struct OnItsWay {
     in_flight: Arc<InFlightCancels>,
+    sent: bool,
     done: bool,
 }
 
@@ -69,7 +71,7 @@ impl OnItsWay {
 
 impl Drop for OnItsWay {
     fn drop(&mut self) {
-        if !self.done {
+        if self.sent && !self.done {
             self.in_flight.abandoned.store(true, Ordering::SeqCst);
         }
         if self.in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -189,7 +191,7 @@ impl CancelRegistry {
             tracing::debug!("cancel request with an unknown key ignored");
             return;
         };
-        let (addr, server_key, on_its_way) = {
+        let (addr, server_key, mut on_its_way) = {
             let target = slot.target.lock();
             let Some(target) = &*target else {
                 tracing::debug!("cancel request for a client with no server ignored");
@@ -203,6 +205,7 @@ impl CancelRegistry {
                 target.key,
                 OnItsWay {
                     in_flight: target.in_flight.clone(),
+                    sent: false,
                     done: false,
                 },
             )
@@ -212,13 +215,14 @@ impl CancelRegistry {
             Ok(stream) => {
                 drop(waiting);
                 let _active = Raised::new(&slot.stats.cancels_active);
+                on_its_way.sent = true;
                 forward_cancel(stream, server_key).await
             }
             Err(err) => Err(err),
         };
-        // Dropped before this point (cancel_wait_timeout), the request
-        // counts as abandoned; failed, it may have reached the server all
-        // the same, so it counts as taken.
+        // Dropped after sending began and before this point
+        // (cancel_wait_timeout), the request counts as abandoned; failed, it
+        // may have reached the server all the same, so it counts as taken.
         on_its_way.done();
         if let Err(err) = forwarded {
             tracing::warn!(server = %addr, error = %err, "could not forward cancel request");

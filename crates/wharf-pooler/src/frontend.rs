@@ -98,17 +98,6 @@ impl ClientStream for UnixStream {
     }
 }
 
-/// Parameters PostgreSQL reports and the pooler keeps in step between a
-/// client and whichever server it gets (PgBouncer's tracked parameters).
-const TRACKED: &[&str] = &[
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-    "application_name",
-    "IntervalStyle",
-];
-
 /// Startup parameters a client may send besides the tracked ones.
 const ACCEPTED: &[&str] = &["user", "database"];
 
@@ -127,8 +116,15 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
     let login_timeout = settings.client_login_timeout.unwrap_or(NO_LOGIN_TIMEOUT);
     let login = tokio::time::timeout(login_timeout, login(&mut stream, &peer, &shared)).await;
     let session = match login {
-        Ok(Ok(Some(LoggedIn::Pool(session)))) => session,
-        Ok(Ok(Some(LoggedIn::Console(console)))) => {
+        Ok(Ok(LoggedIn::Pool(session))) => session,
+        // Outside the login timeout: a cancel given up midway would leave
+        // its server closed for nothing.
+        Ok(Ok(LoggedIn::Cancel(key))) => {
+            let wait = shared.config().pgbouncer.cancel_wait_timeout;
+            shared.cancels.cancel_within(key, wait).await;
+            return;
+        }
+        Ok(Ok(LoggedIn::Console(console))) => {
             let info = client_info(
                 &stream,
                 &peer,
@@ -147,7 +143,7 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
             crate::admin::serve(&mut stream, &shared, console).await;
             return;
         }
-        Ok(Ok(None)) | Ok(Err(Ended)) => return,
+        Ok(Err(Ended)) => return,
         Err(_) => {
             refuse(&mut stream, &shared, &peer, "08P01", "client_login_timeout").await;
             tracing::info!(%peer, "closing client: login timed out");
@@ -192,6 +188,7 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         entry: &client.entry,
         params_set,
         params_changed: false,
+        linked_mode: session.pool.mode(),
         cbuf: BytesMut::with_capacity(READ_CHUNK),
         cscan: Scanner::default(),
         state: ClientState::default(),
@@ -212,18 +209,16 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
     // held mid-transaction is closed, not pooled (see `ServerConn::dirty`).
     let killed = client.entry.clone();
     let outcome = tokio::select! {
-        reason = relay.run() => Some(reason),
+        // Once killed, not one more message is relayed.
+        biased;
         () = killed.killed() => None,
+        reason = relay.run() => Some(reason),
     };
     let reason = match outcome {
         Some(reason) => reason,
         None => {
-            fatal(
-                &mut relay.writer,
-                "08P01",
-                "client killed by the admin console",
-            )
-            .await;
+            let message = killed.kill_reason().message();
+            relay.pooler_error("08P01", message).await;
             "killed by the admin console"
         }
     };
@@ -238,6 +233,8 @@ enum LoggedIn {
     Pool(Session),
     /// An admin console session.
     Console(ConsoleLogin),
+    /// A cancel request, to be passed on.
+    Cancel(crate::proto::CancelKey),
 }
 
 /// A console login: who, with which rights.
@@ -294,13 +291,12 @@ struct Session {
     welcome: Vec<(String, String)>,
 }
 
-/// Startup, authentication and routing. `None` for connections that were
-/// not sessions (cancel requests).
+/// Startup, authentication and routing; or a cancel request.
 async fn login<S: ClientStream>(
     stream: &mut S,
     peer: &str,
     shared: &Shared,
-) -> Result<Option<LoggedIn>, Ended> {
+) -> Result<LoggedIn, Ended> {
     let params = loop {
         match read_startup(stream).await {
             Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => {
@@ -309,13 +305,7 @@ async fn login<S: ClientStream>(
                     return Err(Ended);
                 }
             }
-            Ok(Startup::Cancel(key)) => {
-                shared
-                    .cancels
-                    .cancel_within(key, shared.config().pgbouncer.cancel_wait_timeout)
-                    .await;
-                return Ok(None);
-            }
+            Ok(Startup::Cancel(key)) => return Ok(LoggedIn::Cancel(key)),
             Ok(Startup::Startup { params, .. }) => break params,
             Err(ProtocolError::Closed) => return Err(Ended),
             Err(err) => {
@@ -341,9 +331,7 @@ async fn login<S: ClientStream>(
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
-            _ if TRACKED.iter().any(|t| t.eq_ignore_ascii_case(&name)) => {
-                client_params.push((name, value))
-            }
+            _ if crate::backend::is_tracked(&name) => client_params.push((name, value)),
             _ if ACCEPTED.contains(&name.as_str())
                 || settings
                     .ignore_startup_parameters
@@ -440,11 +428,11 @@ async fn login<S: ClientStream>(
     }
 
     if let Some(role) = console_role {
-        return Ok(Some(LoggedIn::Console(ConsoleLogin {
+        return Ok(LoggedIn::Console(ConsoleLogin {
             user,
             role,
             params: client_params,
-        })));
+        }));
     }
     let pool = match shared.router.route(&database, &user) {
         Ok(pool) if pool.control.is_disabled() => {
@@ -503,15 +491,15 @@ async fn login<S: ClientStream>(
     }
     let params = welcome
         .iter()
-        .filter(|(name, _)| TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)))
+        .filter(|(name, _)| crate::backend::is_tracked(name))
         .cloned()
         .collect();
-    Ok(Some(LoggedIn::Pool(Session {
+    Ok(LoggedIn::Pool(Session {
         user,
         pool,
         params,
         welcome,
-    })))
+    }))
 }
 
 /// The first server of a pool that has never had one, for the welcome.
@@ -565,17 +553,20 @@ const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
 /// their way to it have landed: one landing after another client's query
 /// started would cancel that query. A server whose cancel never lands is
 /// closed.
-async fn hold_until_cancels_land(
-    mut server: Pooled<ServerManager>,
-    stats: Arc<PoolStats>,
-    wait: Duration,
-) {
-    let _held = crate::cancel::Raised::new(&stats.servers_being_canceled);
+async fn hold_until_cancels_land(mut server: Pooled<ServerManager>, wait: Duration) {
+    if let Some(entry) = &server.entry {
+        entry.set_being_canceled();
+    }
     let landed = tokio::time::timeout(wait, server.cancels.all_landed()).await;
     if landed.is_err() || server.cancels.abandoned() {
         tracing::info!("closing server: a cancel request on its way to it never landed");
         server.broken = true;
+        return;
     }
+    if let Some(entry) = &server.entry {
+        entry.set_idle();
+    }
+    server.dirty = false;
 }
 
 /// Turns a client away during login: the FATAL error to it, and
@@ -872,6 +863,9 @@ struct Relay<'a, R, W> {
     params_set: Arc<crate::backend::Params>,
     /// `params` changed since the registry last saw its application_name.
     params_changed: bool,
+    /// The pool mode of the server link now or last in place: a RELOAD
+    /// that changes the pool's mode must not change how that link ends.
+    linked_mode: PoolMode,
     /// Identifies this session to the servers it links to.
     id: u64,
     /// Bytes from the client; the scanned front part goes to the server.
@@ -929,7 +923,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     Unlinked::Released => self.release(server, false).await,
                     Unlinked::ClientGone { clean } => {
                         if clean {
-                            self.release(server, self.pool.mode() == PoolMode::Session)
+                            self.release(server, self.linked_mode == PoolMode::Session)
                                 .await;
                         } else {
                             // Left mid-transaction or mid-response: the
@@ -944,8 +938,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     }
                     Unlinked::TransactionInStatementMode => {
                         server.broken = true;
-                        fatal(
-                            &mut self.writer,
+                        self.pooler_error(
                             "08P01",
                             "transaction blocks not allowed in statement pooling mode",
                         )
@@ -964,7 +957,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     }
                     Unlinked::ShuttingDown { clean } => {
                         if clean {
-                            self.release(server, self.pool.mode() == PoolMode::Session)
+                            self.release(server, self.linked_mode == PoolMode::Session)
                                 .await;
                         } else {
                             server.broken = true;
@@ -1157,7 +1150,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
             let sets: Vec<String> = self
                 .params
                 .iter()
-                .filter(|(name, value)| server.param(name) != Some(value.as_str()))
+                .filter(|(name, value)| {
+                    !crate::backend::same_value(name, server.param(name), value)
+                })
                 .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
                 .collect();
             if !sets.is_empty() {
@@ -1169,7 +1164,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                     return Err(Ended);
                 }
             }
-            server.synced_with = Some(self.params_set.clone());
+            // Only if the SETs left the server matching: a configuration
+            // reload on the server may have changed a parameter meanwhile.
+            let matches = self
+                .params
+                .iter()
+                .all(|(name, value)| crate::backend::same_value(name, server.param(name), value));
+            if matches {
+                server.synced_with = Some(self.params_set.clone());
+            }
         }
         self.cancel
             .link(server.addr.clone(), server.key, server.cancels.clone());
@@ -1192,10 +1195,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         if server.broken {
             return;
         }
-        server.dirty = false;
-        if let Some(entry) = &server.entry {
-            entry.set_idle();
-        }
+        // `dirty` stays set until the server is handed back: a KILL that
+        // drops this future during the reset must not pool it mid-query.
         if session_end || self.pool.reset_always {
             if let Some(reset) = &self.pool.reset_query {
                 let addr = self.pool.addr.to_string();
@@ -1207,23 +1208,27 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 server.synced_with = None;
             }
         }
+        if server.broken {
+            return;
+        }
         if server.cancels.abandoned() {
             // A cancel given up after it may have been sent can still
             // land, on whatever query runs there next.
             tracing::info!("closing server: a cancel request to it was given up");
             server.broken = true;
-        } else if server.cancels.any() && !server.broken {
+        } else if server.cancels.any() {
             let wait = self
                 .shared
                 .config()
                 .pgbouncer
                 .cancel_wait_timeout
                 .unwrap_or(CANCEL_HOLD_MAX);
-            tokio::spawn(hold_until_cancels_land(
-                server,
-                self.pool.stats.clone(),
-                wait,
-            ));
+            tokio::spawn(hold_until_cancels_land(server, wait));
+        } else {
+            if let Some(entry) = &server.entry {
+                entry.set_idle();
+            }
+            server.dirty = false;
         }
     }
 
@@ -1231,6 +1236,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     /// released or either side goes away.
     async fn linked(&mut self, server: &mut ServerConn) -> Unlinked {
         let mode = self.pool.mode();
+        self.linked_mode = mode;
         let ServerConn {
             stream,
             rbuf,
@@ -1486,13 +1492,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
     /// Ends a session whose client broke the protocol; returns the reason
     /// for the log.
     async fn client_broke(&mut self, err: ProtocolError) -> &'static str {
-        tracing::info!(error = %err, "client sent a malformed message");
-        fatal(
-            &mut self.writer,
-            "08P01",
-            &format!("invalid message: {err}"),
-        )
-        .await;
+        self.pooler_error("08P01", &format!("invalid message: {err}"))
+            .await;
         "protocol error"
     }
 
@@ -1603,11 +1604,8 @@ fn note_parameter(
         return false;
     };
     set_param(server_params, name, value);
-    if TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-        set_param(client_params, name, value);
-        return true;
-    }
-    false
+    // Only a change needs the client's parameter set looked up again.
+    crate::backend::is_tracked(name) && set_param(client_params, name, value)
 }
 
 /// Keeps a read buffer able to take a full chunk: `read_buf` only reads

@@ -260,38 +260,38 @@ async fn refuse_over_limit<S: ClientStream>(
             match read_startup(&mut stream).await {
                 Ok(Startup::SslRequest | Startup::GssEncRequest) => {
                     if stream.write_all(b"N").await.is_err() {
-                        return false;
+                        return None;
                     }
                 }
-                Ok(Startup::Cancel(key)) => {
-                    shared
-                        .cancels
-                        .cancel_within(key, shared.config().pgbouncer.cancel_wait_timeout)
-                        .await;
-                    return false;
-                }
-                Ok(Startup::Startup { .. }) => return true,
+                Ok(Startup::Cancel(key)) => return Some(Err(key)),
+                Ok(Startup::Startup { .. }) => return Some(Ok(())),
                 // Not a client worth an answer.
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
     };
-    let wait = shared
-        .config()
+    let config = shared.config();
+    let wait = config
         .pgbouncer
         .client_login_timeout
         .unwrap_or(Duration::from_secs(60));
-    if !tokio::time::timeout(wait, startup).await.unwrap_or(false) {
-        return;
+    match tokio::time::timeout(wait, startup).await {
+        Ok(Some(Ok(()))) => {}
+        // Passed on outside the login timeout, which is not its to bound.
+        Ok(Some(Err(key))) => {
+            let wait = config.pgbouncer.cancel_wait_timeout;
+            shared.cancels.cancel_within(key, wait).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
     }
+    let message = "no more connections allowed (max_client_conn)";
     tracing::warn!(%peer, max_clients, "closing client: max_client_conn reached");
+    if config.pgbouncer.log_pooler_errors {
+        tracing::warn!(%peer, code = "53300", "pooler error: {message}");
+    }
     let mut out = BytesMut::new();
-    backend::error(
-        &mut out,
-        "FATAL",
-        "53300",
-        "no more connections allowed (max_client_conn)",
-    );
+    backend::error(&mut out, "FATAL", "53300", message);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }

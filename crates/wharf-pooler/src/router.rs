@@ -579,10 +579,17 @@ impl Router {
 
     /// What PAUSE and KILL start with: new transactions of `db` (of
     /// every database with `None`) wait for RESUME, and its servers are
-    /// retired.
+    /// retired. A pooler-wide PAUSE pauses the pooler; a pooler-wide KILL,
+    /// as PgBouncer's, pauses each database that has a pool instead, to be
+    /// resumed by name.
     fn hold(&self, db: Option<&str>, command: &str) {
         match db {
             Some(db) => self.db_control(db).paused.store(true, Ordering::SeqCst),
+            None if command == "KILL" => {
+                for pool in self.pools() {
+                    pool.control.paused.store(true, Ordering::SeqCst);
+                }
+            }
             None => self.global.paused.store(true, Ordering::SeqCst),
         }
         tracing::info!(database = db.unwrap_or("*"), "{command}");
@@ -677,7 +684,7 @@ impl Router {
         let mut killed = 0;
         for client in self.stats.clients() {
             if !client.admin && db.is_none_or(|db| client.database == db) {
-                client.kill();
+                client.kill(crate::stats::KillReason::DatabaseKilled);
                 killed += 1;
             }
         }
@@ -690,7 +697,7 @@ impl Router {
         match self.stats.client(id) {
             Some(client) => {
                 tracing::info!(client = id, "KILL_CLIENT");
-                client.kill();
+                client.kill(crate::stats::KillReason::AdminForced);
                 true
             }
             None => false,

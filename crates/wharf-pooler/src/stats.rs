@@ -82,9 +82,6 @@ pub struct PoolStats {
     /// (`cl_active_cancel_req`; each holds one connection to the server,
     /// `sv_active_cancel`).
     pub cancels_active: AtomicU64,
-    /// Servers released by their client but held back until the cancel
-    /// requests on their way to them have landed (`sv_being_canceled`).
-    pub servers_being_canceled: AtomicU64,
     /// How long clients waited for a server, one sample per assignment.
     pub wait_time: AtomicHistogram,
     /// How long transactions took.
@@ -315,6 +312,9 @@ pub enum ServerState {
     Active = 2,
     /// Running the pool's check query.
     Tested = 3,
+    /// Released by its client, held back until the cancel requests on
+    /// their way to it have landed.
+    BeingCanceled = 4,
 }
 
 impl ServerState {
@@ -323,6 +323,7 @@ impl ServerState {
             1 => ServerState::Idle,
             2 => ServerState::Active,
             3 => ServerState::Tested,
+            4 => ServerState::BeingCanceled,
             _ => ServerState::Login,
         }
     }
@@ -335,6 +336,26 @@ pub(crate) fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(micros)
         .unwrap_or(0)
+}
+
+/// Why the admin console disconnected a client: the error it is told, as
+/// PgBouncer words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// KILL_CLIENT.
+    AdminForced = 0,
+    /// KILL of its database.
+    DatabaseKilled = 1,
+}
+
+impl KillReason {
+    /// The message sent to the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            KillReason::AdminForced => "admin forced disconnect",
+            KillReason::DatabaseKilled => "database removed",
+        }
+    }
 }
 
 /// A logged-in client, as the registry lists it.
@@ -365,6 +386,7 @@ pub struct ClientEntry {
     link: AtomicU64,
     application_name: Mutex<String>,
     killed: AtomicBool,
+    kill_reason: AtomicU8,
     /// Wakes the session to look at its kill flag and the pooler's
     /// lifecycle again.
     attention: AtomicWaker,
@@ -434,10 +456,20 @@ impl ClientEntry {
         }
     }
 
-    /// Asks the client's task to disconnect it (`KILL`, `KILL_CLIENT`).
-    pub fn kill(&self) {
+    /// Asks the client's task to disconnect it, telling the client
+    /// `reason` (`KILL`, `KILL_CLIENT`).
+    pub fn kill(&self, reason: KillReason) {
+        self.kill_reason.store(reason as u8, Ordering::SeqCst);
         self.killed.store(true, Ordering::SeqCst);
         self.attention.wake();
+    }
+
+    /// Why the client was killed, once it was.
+    pub fn kill_reason(&self) -> KillReason {
+        match self.kill_reason.load(Ordering::SeqCst) {
+            r if r == KillReason::DatabaseKilled as u8 => KillReason::DatabaseKilled,
+            _ => KillReason::AdminForced,
+        }
     }
 
     /// Wakes the client's session to re-read the pooler's lifecycle phase
@@ -588,6 +620,13 @@ impl ServerGuard {
     pub fn set_tested(&self) {
         self.entry
             .set_state(ServerState::Tested, self.stats.started);
+    }
+
+    /// Held back until the cancels on their way to it land.
+    pub fn set_being_canceled(&self) {
+        self.entry.link.store(0, Ordering::Relaxed);
+        self.entry
+            .set_state(ServerState::BeingCanceled, self.stats.started);
     }
 }
 
@@ -759,6 +798,7 @@ impl Stats {
             link: AtomicU64::new(0),
             application_name: Mutex::new(info.application_name),
             killed: AtomicBool::new(false),
+            kill_reason: AtomicU8::new(KillReason::AdminForced as u8),
             attention: AtomicWaker::new(),
         });
         self.clients.lock().insert(entry.id, entry.clone());

@@ -160,7 +160,11 @@ async fn kill_drops_clients_and_servers_and_holds_new_ones_until_resume() {
     a.simple_query("SELECT 1").await.unwrap();
     b.simple_query("SELECT 1").await.unwrap();
     admin.simple_query("KILL postgres").await.unwrap();
-    assert!(a.simple_query("SELECT 1").await.is_err());
+    let err = a.simple_query("SELECT 1").await.unwrap_err();
+    match err.as_db_error() {
+        Some(db) => assert_eq!(db.message(), "database removed"),
+        None => assert!(err.is_closed(), "{err:?}"),
+    }
     assert!(b.simple_query("SELECT 1").await.is_err());
     eventually("servers closed", || async {
         server_pids(&pooler).is_empty()
@@ -210,7 +214,10 @@ async fn kill_client_disconnects_exactly_that_client() {
         .await
         .unwrap();
     let err = victim.simple_query("SELECT 1").await.unwrap_err();
-    assert!(err.is_closed() || err.as_db_error().is_some(), "{err:?}");
+    match err.as_db_error() {
+        Some(db) => assert_eq!(db.message(), "admin forced disconnect"),
+        None => assert!(err.is_closed(), "{err:?}"),
+    }
     bystander.simple_query("SELECT 1").await.unwrap();
     assert!(show(&admin, "SHOW CLIENTS")
         .await
@@ -357,6 +364,23 @@ async fn pause_resume_suspend_and_kill_refuse_what_pgbouncer_refuses() {
     admin.simple_query("SUSPEND").await.unwrap();
     assert_eq!(show_err(&admin, "PAUSE").await, "already suspended/paused");
     admin.simple_query("RESUME").await.unwrap();
+
+    // A pooler-wide KILL pauses each database, to be resumed by name, as
+    // in PgBouncer; the pooler itself is not paused.
+    assert_eq!(
+        show_err(&admin, "RESUME pgbouncer").await,
+        "database pgbouncer is not paused"
+    );
+    admin.simple_query("KILL").await.unwrap();
+    assert_eq!(
+        show_err(&admin, "RESUME").await,
+        "pooler is not paused/suspended"
+    );
+    assert_eq!(
+        show_err(&admin, "SUSPEND").await,
+        "cannot suspend with paused databases"
+    );
+    admin.simple_query("RESUME postgres").await.unwrap();
     // Every refusal left the session usable.
     assert_eq!(
         show(&admin, "SHOW STATE")

@@ -275,6 +275,13 @@ async fn a_server_is_held_back_until_the_cancel_on_its_way_lands() {
         pools_column(&admin, "sv_being_canceled").await == "1"
     })
     .await;
+    // Held back is not idle.
+    assert_eq!(pools_column(&admin, "sv_idle").await, "0");
+    let servers = show(&admin, "SHOW SERVERS").await;
+    assert_eq!(
+        servers.value("database", "postgres", "state"),
+        "being_canceled"
+    );
     let b_runs = tokio::spawn(async move { text(&b, "SELECT pg_backend_pid()::text").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -265,6 +265,26 @@ async fn reloaded_server_lifetime_and_idle_timeout_apply_to_live_pools() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_begun_before_a_switch_to_transaction_mode_is_still_reset() {
+    let pooler = start(Setup {
+        pgbouncer: "pool_mode = session\ndefault_pool_size = 1",
+        ..Setup::default()
+    })
+    .await;
+    let a = pooler.client().await;
+    let default = value(&a, "SHOW work_mem").await;
+    a.batch_execute("SET work_mem = '77MB'").await.unwrap();
+    set_in_ini(&pooler, "pool_mode", "transaction");
+    pooler.shared.lifecycle.reload().await.expect("reload");
+    // The session ends under the new mode; its server must still get the
+    // session-end reset (DISCARD ALL) before anyone else has it.
+    drop(a);
+    let b = pooler.client().await;
+    assert_eq!(value(&b, "SHOW work_mem").await, default);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloaded_pool_mode_and_min_pool_size_apply_to_a_live_pool() {
     let pooler = start(Setup {
         pgbouncer: "pool_mode = session\ndefault_pool_size = 2",

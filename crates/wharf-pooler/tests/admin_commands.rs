@@ -23,6 +23,13 @@ async fn pid(client: &Client) -> String {
     }
 }
 
+/// SHOW DATABASES' `paused` for the `postgres` database.
+async fn postgres_paused(admin: &Client) -> String {
+    show(admin, "SHOW DATABASES")
+        .await
+        .value("name", "postgres", "paused")
+}
+
 fn server_pids(pooler: &TestPooler) -> Vec<String> {
     let out = tokio::task::block_in_place(|| {
         pooler.cluster.psql(
@@ -98,12 +105,7 @@ async fn disable_refuses_new_logins_until_enable() {
     // Clients already in go on.
     existing.simple_query("SELECT 1").await.unwrap();
     admin.simple_query("ENABLE postgres").await.unwrap();
-    pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    pooler.serves_a_new_client().await;
     assert_eq!(show_err(&admin, "DISABLE").await, "a database is required");
     pooler.stop().await;
 }
@@ -175,20 +177,10 @@ async fn kill_drops_clients_and_servers_and_holds_new_ones_until_resume() {
         clients.rows_where("database", "postgres").is_empty(),
         "{clients:?}"
     );
-    assert_eq!(
-        show(&admin, "SHOW DATABASES")
-            .await
-            .value("name", "postgres", "paused"),
-        "1"
-    );
+    assert_eq!(postgres_paused(&admin).await, "1");
     // The console itself survives KILL.
     admin.simple_query("RESUME postgres").await.unwrap();
-    pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    pooler.serves_a_new_client().await;
     pooler.stop().await;
 }
 
@@ -347,19 +339,9 @@ async fn pause_resume_suspend_and_kill_refuse_what_pgbouncer_refuses() {
         );
     }
     admin.simple_query("RESUME").await.unwrap();
-    assert_eq!(
-        show(&admin, "SHOW DATABASES")
-            .await
-            .value("name", "postgres", "paused"),
-        "1"
-    );
+    assert_eq!(postgres_paused(&admin).await, "1");
     admin.simple_query("RESUME postgres").await.unwrap();
-    pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    pooler.serves_a_new_client().await;
 
     admin.simple_query("SUSPEND").await.unwrap();
     assert_eq!(show_err(&admin, "PAUSE").await, "already suspended/paused");

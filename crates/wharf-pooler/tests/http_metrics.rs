@@ -163,12 +163,7 @@ async fn health_becomes<F: std::future::Future>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_pause_and_the_server() {
     let (mut pooler, port) = start_with_http().await;
-    pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap();
+    pooler.serves_a_new_client().await;
     let (status, json) = health(port).await;
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["status"], "ok");

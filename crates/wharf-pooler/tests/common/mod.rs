@@ -157,6 +157,15 @@ impl TestPooler {
             .expect("client connects through the pooler")
     }
 
+    /// Asserts that a new client gets a query through.
+    pub async fn serves_a_new_client(&self) {
+        self.client()
+            .await
+            .simple_query("SELECT 1")
+            .await
+            .expect("a new client's query is served");
+    }
+
     /// Server-side connections that are not the test's own psql.
     pub fn server_connections(&self) -> usize {
         self.cluster

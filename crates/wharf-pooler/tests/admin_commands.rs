@@ -372,3 +372,35 @@ async fn pause_resume_suspend_and_kill_refuse_what_pgbouncer_refuses() {
     );
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_lets_go_of_min_pool_size_servers_until_resume() {
+    let pgbouncer = format!("{}min_pool_size = 2\n", common::console::CONSOLE_SETTINGS);
+    let pooler = start(common::Setup {
+        pgbouncer: &pgbouncer,
+        ..setup()
+    })
+    .await;
+    let admin = console(&pooler, "admin").await;
+    // A pool (and its minimum) exists once a client has used it.
+    pooler.serves_a_new_client().await;
+    // (The client's own server may come on top of the two.)
+    eventually("min_pool_size servers open", || async {
+        server_pids(&pooler).len() >= 2
+    })
+    .await;
+    admin.simple_query("PAUSE postgres").await.unwrap();
+    assert!(server_pids(&pooler).is_empty());
+    // A paused database stays without servers: it may be restarting.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        server_pids(&pooler).is_empty(),
+        "servers reopened during PAUSE"
+    );
+    admin.simple_query("RESUME postgres").await.unwrap();
+    eventually("min_pool_size servers back", || async {
+        server_pids(&pooler).len() == 2
+    })
+    .await;
+    pooler.stop().await;
+}

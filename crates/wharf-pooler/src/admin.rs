@@ -633,8 +633,8 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
         .iter()
         .map(|p| (p.database.clone(), p.user.clone(), p.mode().as_str()))
         .collect();
-    for c in clients.iter().filter(|c| c.admin) {
-        let key = (CONSOLE_DB.to_owned(), c.user.clone(), "statement");
+    for c in clients.iter().filter(|c| c.info.admin) {
+        let key = (CONSOLE_DB.to_owned(), c.info.user.clone(), "statement");
         if !pools.contains(&key) {
             pools.push(key);
         }
@@ -645,10 +645,10 @@ pub fn pool_rows(shared: &Shared) -> Vec<PoolRow> {
         .into_iter()
         .map(|(db, user, mode)| {
             let mine = |c: &&Arc<ClientEntry>| {
-                if c.admin {
-                    db == CONSOLE_DB && c.user == user
+                if c.info.admin {
+                    db == CONSOLE_DB && c.info.user == user
                 } else {
-                    c.database == db && c.pool_user == user
+                    c.info.database == db && c.info.pool_user == user
                 }
             };
             let cl: Vec<_> = clients.iter().filter(mine).collect();
@@ -842,30 +842,34 @@ fn show_clients(shared: &Arc<Shared>, out: &mut BytesMut) {
             let link = c.link();
             vec![
                 s("C"),
-                s(c.user.as_str()),
-                s(if c.admin { CONSOLE_DB } else { &c.database }),
+                s(c.info.user.as_str()),
+                s(if c.info.admin {
+                    CONSOLE_DB
+                } else {
+                    &c.info.database
+                }),
                 s("none"),
                 s(c.state().as_str()),
-                s(c.addr.0.as_str()),
-                n(c.addr.1),
-                s(c.local_addr.0.as_str()),
-                n(c.local_addr.1),
+                s(c.info.addr.0.as_str()),
+                n(c.info.addr.1),
+                s(c.info.local_addr.0.as_str()),
+                n(c.info.local_addr.1),
                 s(format_time(c.connect_time)),
                 s(format_time(c.request_time())),
                 n(wait.as_secs()),
                 n(wait.subsec_micros()),
                 n(0),
-                s(client_ptr(c.id)),
+                s(client_ptr(c.info.id)),
                 s(if link == 0 {
                     String::new()
                 } else {
                     server_ptr(link)
                 }),
-                n(c.remote_pid),
+                n(c.info.remote_pid),
                 s(""),
                 s(c.application_name()),
                 n(0),
-                n(c.id),
+                n(c.info.id),
             ]
         })
         .collect();
@@ -1023,7 +1027,7 @@ pub fn database_rows(shared: &Shared) -> Vec<DatabaseRow> {
                 .unwrap_or(settings.max_db_client_connections),
             current_client_connections: clients
                 .iter()
-                .filter(|c| !c.admin && c.database == name)
+                .filter(|c| !c.info.admin && c.info.database == name)
                 .count(),
             paused: control.paused_itself(),
             disabled: control.is_disabled(),
@@ -1076,7 +1080,7 @@ fn show_databases(shared: &Arc<Shared>, out: &mut BytesMut) {
         n(0),
         n(0),
         n(0),
-        n(clients.iter().filter(|c| c.admin).count()),
+        n(clients.iter().filter(|c| c.info.admin).count()),
         n(0),
         n(0),
     ]);
@@ -1113,7 +1117,7 @@ fn show_users(shared: &Arc<Shared>, out: &mut BytesMut) {
     let servers = stats.servers();
     let mut names: Vec<String> = config.users.iter().map(|u| u.name.clone()).collect();
     names.extend(shared.secrets().keys().cloned());
-    names.extend(clients.iter().map(|c| c.user.clone()));
+    names.extend(clients.iter().map(|c| c.info.user.clone()));
     names.extend(servers.iter().map(|s| s.pool.user.clone()));
     names.sort();
     names.dedup();
@@ -1137,7 +1141,7 @@ fn show_users(shared: &Arc<Shared>, out: &mut BytesMut) {
                     .and_then(|u| u.max_user_client_connections)
                     .filter(|&n| n > 0)
                     .unwrap_or(settings.max_user_client_connections)),
-                n(clients.iter().filter(|c| c.user == name).count()),
+                n(clients.iter().filter(|c| c.info.user == name).count()),
             ]
         })
         .collect();

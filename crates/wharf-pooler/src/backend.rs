@@ -341,16 +341,14 @@ pub struct ServerConn {
     /// pool's target, it is closed when released (PgBouncer's
     /// `close_needed`).
     pub(crate) target: Arc<ServerTarget>,
-    /// Where it is, for cancel requests.
-    pub(crate) addr: Arc<ServerAddr>,
     /// Its place in the registry `SHOW SERVERS` lists.
     pub(crate) entry: Option<crate::stats::ServerGuard>,
     /// Handed to a client and not yet given back clean: if the client's
     /// task is dropped mid-transaction (KILL), the pool must close it.
     pub(crate) dirty: bool,
-    /// Cancel requests on their way to this server, which must land
-    /// before another client gets it.
-    pub(crate) cancels: Arc<crate::cancel::InFlightCancels>,
+    /// Where its cancel requests go, and those on their way to it, which
+    /// must land before another client gets it.
+    pub(crate) cancels: Arc<crate::cancel::ServerCancels>,
 }
 
 /// Server messages during login and the pooler's own queries are small;
@@ -385,10 +383,9 @@ impl ServerConn {
             _permits: permits,
             synced_with: None,
             target: target.clone(),
-            addr: Arc::new(target.addr.clone()),
             entry: None,
             dirty: false,
-            cancels: Arc::default(),
+            cancels: Arc::new(crate::cancel::ServerCancels::new(target.addr.clone())),
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =

@@ -17,9 +17,12 @@ use crate::backend::{forward_cancel, ServerAddr};
 use crate::proto::CancelKey;
 use crate::stats::PoolStats;
 
-/// The cancel requests on their way to one server connection.
-#[derive(Debug, Default)]
-pub struct InFlightCancels {
+/// Where one server connection's cancel requests go, and those on their
+/// way to it: one `Arc` per connection, which is all a client's cancel
+/// slot needs of its server.
+#[derive(Debug)]
+pub struct ServerCancels {
+    addr: ServerAddr,
     count: AtomicUsize,
     landed: Notify,
     /// A cancel request was given up (`cancel_wait_timeout`) after it may
@@ -27,7 +30,17 @@ pub struct InFlightCancels {
     abandoned: AtomicBool,
 }
 
-impl InFlightCancels {
+impl ServerCancels {
+    /// No cancel on its way yet to the server at `addr`.
+    pub fn new(addr: ServerAddr) -> Self {
+        Self {
+            addr,
+            count: AtomicUsize::new(0),
+            landed: Notify::new(),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
     /// Whether a cancel request is on its way.
     pub fn any(&self) -> bool {
         self.count.load(Ordering::SeqCst) > 0
@@ -57,7 +70,7 @@ impl InFlightCancels {
 /// after it was sent but before [`OnItsWay::done`], it marks the server's
 /// cancels abandoned.
 struct OnItsWay {
-    in_flight: Arc<InFlightCancels>,
+    in_flight: Arc<ServerCancels>,
     sent: bool,
     done: bool,
 }
@@ -99,9 +112,8 @@ impl Drop for Raised<'_> {
 /// The server a client is linked to, as its cancel requests need it.
 #[derive(Debug)]
 struct Target {
-    addr: Arc<ServerAddr>,
+    server: Arc<ServerCancels>,
     key: CancelKey,
-    in_flight: Arc<InFlightCancels>,
 }
 
 /// What a client's key currently points at.
@@ -113,13 +125,9 @@ pub struct CancelSlot {
 }
 
 impl CancelSlot {
-    /// The client is now linked to the server at `addr` with `key`.
-    pub fn link(&self, addr: Arc<ServerAddr>, key: CancelKey, in_flight: Arc<InFlightCancels>) {
-        *self.target.lock() = Some(Target {
-            addr,
-            key,
-            in_flight,
-        });
+    /// The client is now linked to `server`, whose BackendKeyData is `key`.
+    pub fn link(&self, server: Arc<ServerCancels>, key: CancelKey) {
+        *self.target.lock() = Some(Target { server, key });
     }
 
     /// The client has no server.
@@ -191,7 +199,7 @@ impl CancelRegistry {
             tracing::debug!("cancel request with an unknown key ignored");
             return;
         };
-        let (addr, server_key, mut on_its_way) = {
+        let (server_key, mut on_its_way) = {
             let target = slot.target.lock();
             let Some(target) = &*target else {
                 tracing::debug!("cancel request for a client with no server ignored");
@@ -199,17 +207,18 @@ impl CancelRegistry {
             };
             // Counted under the lock the client's unlink takes, so a
             // release that follows the unlink sees this cancel.
-            target.in_flight.count.fetch_add(1, Ordering::SeqCst);
+            target.server.count.fetch_add(1, Ordering::SeqCst);
             (
-                target.addr.clone(),
                 target.key,
                 OnItsWay {
-                    in_flight: target.in_flight.clone(),
+                    in_flight: target.server.clone(),
                     sent: false,
                     done: false,
                 },
             )
         };
+        let server = on_its_way.in_flight.clone();
+        let addr = &server.addr;
         let waiting = Raised::new(&slot.stats.cancels_waiting);
         let forwarded = match addr.connect().await {
             Ok(stream) => {

@@ -132,9 +132,11 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
                 "pgbouncer",
                 &console.user,
                 true,
-                &console.params,
             );
-            let entry = shared.router.stats().register_client(info);
+            let entry = shared
+                .router
+                .stats()
+                .register_client(info, application_name(&console.params));
             let console = crate::admin::Console {
                 user: console.user,
                 role: console.role,
@@ -167,10 +169,12 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, shared: 
         &session.pool.database,
         &session.pool.user,
         false,
-        &session.params,
     );
     let id = info.id;
-    let client = shared.router.stats().register_client(info);
+    let client = shared
+        .router
+        .stats()
+        .register_client(info, application_name(&session.params));
     session
         .pool
         .stats
@@ -252,7 +256,6 @@ fn client_info<S: ClientStream>(
     database: &str,
     pool_user: &str,
     admin: bool,
-    params: &[(String, String)],
 ) -> ClientInfo {
     let credentials = stream.peer_credentials();
     let addr = match peer.rsplit_once(':') {
@@ -274,12 +277,16 @@ fn client_info<S: ClientStream>(
         local_addr: stream.local_end().unwrap_or_default(),
         remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
         admin,
-        application_name: params
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default(),
     }
+}
+
+/// The `application_name` among a client's parameters, or "".
+fn application_name(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
 }
 
 struct Session {
@@ -1174,8 +1181,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
                 server.synced_with = Some(self.params_set.clone());
             }
         }
-        self.cancel
-            .link(server.addr.clone(), server.key, server.cancels.clone());
+        self.cancel.link(server.cancels.clone(), server.key);
         Ok(server)
     }
 
@@ -1184,13 +1190,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Relay<'_, R, W> 
         self.entry.set_idle();
         if self.params_changed {
             self.params_changed = false;
-            if let Some((_, app)) = self
-                .params
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
-            {
-                self.entry.set_application_name(app);
-            }
+            self.entry
+                .set_application_name(&application_name(&self.params));
         }
         if server.broken {
             return;

@@ -361,22 +361,8 @@ impl KillReason {
 /// A logged-in client, as the registry lists it.
 #[derive(Debug)]
 pub struct ClientEntry {
-    /// Unique id (`SHOW CLIENTS` `id`, `KILL_CLIENT` argument).
-    pub id: u64,
-    /// The user the client logged in as.
-    pub user: String,
-    /// The database it asked for.
-    pub database: String,
-    /// The user of its pool (the database's forced user, else `user`).
-    pub pool_user: String,
-    /// Its address (`unix` for the Unix socket) and port.
-    pub addr: (String, u16),
-    /// The pooler's end of the connection.
-    pub local_addr: (String, u16),
-    /// The client's process id, when known (Unix socket).
-    pub remote_pid: u32,
-    /// Whether this is an admin console session.
-    pub admin: bool,
+    /// Who and where it is, fixed for the session.
+    pub info: ClientInfo,
     /// When it connected, µs since the epoch.
     pub connect_time: u64,
     request_time: AtomicU64,
@@ -597,7 +583,7 @@ pub struct ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.stats.clients.lock().remove(&self.entry.id);
+        self.stats.clients.lock().remove(&self.entry.info.id);
     }
 }
 
@@ -636,7 +622,7 @@ impl Drop for ServerGuard {
     }
 }
 
-/// What a new client entry says about its connection.
+/// Who and where a client is: what its registry entry starts from.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Session id (becomes the entry's id).
@@ -655,8 +641,6 @@ pub struct ClientInfo {
     pub remote_pid: u32,
     /// Admin console session.
     pub admin: bool,
-    /// Initial `application_name`.
-    pub application_name: String,
 }
 
 /// Per-database averages over the last `stats_period`.
@@ -780,28 +764,25 @@ impl Stats {
     }
 
     /// Registers a logged-in client.
-    pub fn register_client(self: &Arc<Self>, info: ClientInfo) -> ClientGuard {
+    pub fn register_client(
+        self: &Arc<Self>,
+        info: ClientInfo,
+        application_name: String,
+    ) -> ClientGuard {
         let now = now_us();
         let entry = Arc::new(ClientEntry {
-            id: info.id,
-            user: info.user,
-            database: info.database,
-            pool_user: info.pool_user,
-            addr: info.addr,
-            local_addr: info.local_addr,
-            remote_pid: info.remote_pid,
-            admin: info.admin,
+            info,
             connect_time: now,
             request_time: AtomicU64::new(now),
             state: AtomicU8::new(ClientState::Idle as u8),
             wait_since: AtomicU64::new(0),
             link: AtomicU64::new(0),
-            application_name: Mutex::new(info.application_name),
+            application_name: Mutex::new(application_name),
             killed: AtomicBool::new(false),
             kill_reason: AtomicU8::new(KillReason::AdminForced as u8),
             attention: AtomicWaker::new(),
         });
-        self.clients.lock().insert(entry.id, entry.clone());
+        self.clients.lock().insert(entry.info.id, entry.clone());
         ClientGuard {
             stats: self.clone(),
             entry,
@@ -840,7 +821,7 @@ impl Stats {
     /// Every logged-in client, by id.
     pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
         let mut clients: Vec<_> = self.clients.lock().values().cloned().collect();
-        clients.sort_by_key(|c| c.id);
+        clients.sort_by_key(|c| c.info.id);
         clients
     }
 
@@ -1006,7 +987,7 @@ mod tests {
         let fresh = Arc::new(ServerTarget::clone(&current.read()));
         *current.write() = fresh;
         assert!(stats.servers()[0].close_needed());
-        let client = stats.register_client(ClientInfo {
+        let info = ClientInfo {
             id: 7,
             user: "u".into(),
             database: "db".into(),
@@ -1015,10 +996,10 @@ mod tests {
             local_addr: ("b".into(), 2),
             remote_pid: 0,
             admin: false,
-            application_name: String::new(),
-        });
+        };
+        let client = stats.register_client(info, String::new());
         assert_eq!(stats.servers().len(), 1);
-        assert_eq!(stats.client(7).map(|c| c.id), Some(7));
+        assert_eq!(stats.client(7).map(|c| c.info.id), Some(7));
         drop((server, client));
         assert!(stats.servers().is_empty());
         assert!(stats.clients().is_empty());

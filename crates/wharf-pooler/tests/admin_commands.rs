@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::console::{console, eventually, setup, show, show_err};
+use common::console::{console, eventually, setup, show, show_err, state};
 use common::{pgbench, start, TestPooler};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -55,12 +55,7 @@ async fn pause_holds_pgbench_and_resume_lets_it_finish_without_failures() {
     pause.unwrap();
     // Every server of the database was released and closed.
     assert!(show(&admin, "SHOW SERVERS").await.rows.is_empty());
-    assert_eq!(
-        show(&admin, "SHOW STATE")
-            .await
-            .value("key", "paused", "value"),
-        "yes"
-    );
+    assert_eq!(state(&admin, "paused").await, "yes");
     // pgbench's clients now wait, and a new query is held too.
     eventually("pgbench clients waiting", || async {
         let pools = show(&admin, "SHOW POOLS").await;
@@ -78,12 +73,7 @@ async fn pause_holds_pgbench_and_resume_lets_it_finish_without_failures() {
         .unwrap()
         .unwrap();
     pgbench::assert_clean(&bench.await.unwrap());
-    assert_eq!(
-        show(&admin, "SHOW STATE")
-            .await
-            .value("key", "active", "value"),
-        "yes"
-    );
+    assert_eq!(state(&admin, "active").await, "yes");
     pooler.stop().await;
 }
 
@@ -229,12 +219,7 @@ async fn suspend_holds_queries_until_resume() {
     let admin = console(&pooler, "admin").await;
     let client = pooler.client().await;
     admin.simple_query("SUSPEND").await.unwrap();
-    assert_eq!(
-        show(&admin, "SHOW STATE")
-            .await
-            .value("key", "suspended", "value"),
-        "yes"
-    );
+    assert_eq!(state(&admin, "suspended").await, "yes");
     let held = tokio::spawn(async move { client.simple_query("SELECT 1").await.map(drop) });
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!held.is_finished());
@@ -244,12 +229,7 @@ async fn suspend_holds_queries_until_resume() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(
-        show(&admin, "SHOW STATE")
-            .await
-            .value("key", "active", "value"),
-        "yes"
-    );
+    assert_eq!(state(&admin, "active").await, "yes");
     pooler.stop().await;
 }
 
@@ -364,12 +344,7 @@ async fn pause_resume_suspend_and_kill_refuse_what_pgbouncer_refuses() {
     );
     admin.simple_query("RESUME postgres").await.unwrap();
     // Every refusal left the session usable.
-    assert_eq!(
-        show(&admin, "SHOW STATE")
-            .await
-            .value("key", "active", "value"),
-        "yes"
-    );
+    assert_eq!(state(&admin, "active").await, "yes");
     pooler.stop().await;
 }
 

@@ -231,10 +231,10 @@ pub fn long_transactions(shared: &Shared, threshold: Duration) -> Vec<((String, 
     let threshold = crate::stats::micros(threshold);
     let mut out: Vec<((String, String), usize)> = Vec::new();
     for client in shared.router.stats().clients() {
-        if client.admin || client.state() != crate::stats::ClientState::Active {
+        if client.info.admin || client.state() != crate::stats::ClientState::Active {
             continue;
         }
-        let key = (client.database.clone(), client.pool_user.clone());
+        let key = (client.info.database.clone(), client.info.pool_user.clone());
         if session.contains(&key) || now.saturating_sub(client.request_time()) <= threshold {
             continue;
         }

@@ -76,6 +76,11 @@ impl Table {
     }
 }
 
+/// SHOW STATE's value for `key` (`active`, `paused`, `suspended`).
+pub async fn state(admin: &Client, key: &str) -> String {
+    show(admin, "SHOW STATE").await.value("key", key, "value")
+}
+
 /// Logs in to the console as `user` (password = user name).
 pub async fn console(pooler: &TestPooler, user: &str) -> Client {
     pooler

@@ -94,10 +94,10 @@ impl Drop for OnItsWay {
 }
 
 /// A gauge of the pool's statistics raised for as long as it lives.
-pub(crate) struct Raised<'a>(&'a AtomicU64);
+struct Raised<'a>(&'a AtomicU64);
 
 impl<'a> Raised<'a> {
-    pub(crate) fn new(gauge: &'a AtomicU64) -> Self {
+    fn new(gauge: &'a AtomicU64) -> Self {
         gauge.fetch_add(1, Ordering::Relaxed);
         Self(gauge)
     }

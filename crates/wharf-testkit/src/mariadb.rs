@@ -38,9 +38,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::os::{self, base_dir, create_unique_dir, run, DIR_PREFIX};
-use crate::process::{
-    self, free_port, percent_encode, read_log_from, tail, Launch, Readiness, PORT_ATTEMPTS,
-};
+use crate::process::{self, free_port, percent_encode, read_log_from, tail, Launch, Readiness};
 use crate::{io_context, Error};
 
 const HOST: &str = "127.0.0.1";
@@ -126,16 +124,7 @@ impl MariaDbBuilder {
             db.port = free_port()?;
             db.launch()
         })?;
-        let server = launched.ready_or(|log_tail| {
-            process::start_error(
-                PROGRAM,
-                db.port,
-                format!(
-                    "every one of {PORT_ATTEMPTS} free ports was taken before mariadbd bound it"
-                ),
-                &log_tail,
-            )
-        })?;
+        let server = launched.ready_on(PROGRAM, db.port, true)?;
         db.server = Some(server);
         tracing::debug!(
             port = db.port,
@@ -354,14 +343,7 @@ impl MariaDb {
         os::kill_all_working_in(&self.data_dir, STRAGGLER_TIMEOUT)?;
 
         let launched = process::launch_retrying(Duration::from_millis(200), || self.launch())?;
-        let server = launched.ready_or(|log_tail| {
-            process::start_error(
-                PROGRAM,
-                self.port,
-                "the port is taken by another process".into(),
-                &log_tail,
-            )
-        })?;
+        let server = launched.ready_on(PROGRAM, self.port, false)?;
         self.server = Some(server);
         Ok(())
     }

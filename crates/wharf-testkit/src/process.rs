@@ -36,6 +36,27 @@ impl Launch {
             Launch::PortTaken(log_tail) => Err(port_taken(log_tail)),
         }
     }
+
+    /// [`ready_or`](Self::ready_or) for a server other than PostgreSQL,
+    /// whose error says that every fresh port tried was taken
+    /// (`fresh_ports`), or that its own port was.
+    pub(crate) fn ready_on(
+        self,
+        program: &str,
+        port: u16,
+        fresh_ports: bool,
+    ) -> Result<Child, Error> {
+        self.ready_or(|log_tail| {
+            let reason = if fresh_ports {
+                format!(
+                    "every one of {PORT_ATTEMPTS} free ports was taken before it could bind one"
+                )
+            } else {
+                "the port is taken by another process".to_owned()
+            };
+            start_error(program, port, reason, &log_tail)
+        })
+    }
 }
 
 /// Runs `launch` until it does not find its port taken, at most

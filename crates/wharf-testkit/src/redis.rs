@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::os;
-use crate::process::{self, free_port, read_log_from, tail, Launch, Readiness, PORT_ATTEMPTS};
+use crate::process::{self, free_port, read_log_from, tail, Launch, Readiness};
 use crate::{io_context, Error};
 
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -85,16 +85,7 @@ impl RedisServer {
             server.port = free_port()?;
             server.launch()
         })?;
-        let child = launched.ready_or(|log_tail| {
-            process::start_error(
-                PROGRAM,
-                server.port,
-                format!(
-                    "every one of {PORT_ATTEMPTS} free ports was taken before it could bind one"
-                ),
-                &log_tail,
-            )
-        })?;
+        let child = launched.ready_on(PROGRAM, server.port, true)?;
         server.server = Some(child);
         tracing::debug!(
             port = server.port,
@@ -182,14 +173,7 @@ impl RedisServer {
         }
         self.server = None;
         let launched = process::launch_retrying(Duration::from_millis(200), || self.launch())?;
-        let child = launched.ready_or(|log_tail| {
-            process::start_error(
-                PROGRAM,
-                self.port,
-                "the port is taken by another process".into(),
-                &log_tail,
-            )
-        })?;
+        let child = launched.ready_on(PROGRAM, self.port, false)?;
         self.server = Some(child);
         Ok(())
     }

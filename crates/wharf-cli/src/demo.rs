@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wharf_pooler::stats::civil_from_days;
+use wharf_pooler::calendar::civil_from_days;
 use wharf_testkit::PgCluster;
 
 use crate::bench::strategy::Strategy;

@@ -172,9 +172,9 @@ fn run_pooler(config: config::Config) -> ExitCode {
         }
         // SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (twice: now),
         // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume.
-        let shared = std::sync::Arc::downgrade(&pooler.shared());
+        let state = std::sync::Arc::downgrade(&pooler.state());
         let signals = tokio::spawn(async move {
-            if let Err(err) = wharf_pooler::lifecycle::handle_signals(shared).await {
+            if let Err(err) = wharf_pooler::signals::handle_signals(state).await {
                 tracing::error!("cannot install signal handlers: {err}");
             }
         });

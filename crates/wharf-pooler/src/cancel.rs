@@ -10,10 +10,12 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use parking_lot::Mutex;
+use postgres_protocol::message::frontend;
 use tokio::sync::Notify;
 
-use crate::backend::{forward_cancel, ServerAddr};
+use crate::net::{ServerAddr, ServerStream};
 use crate::proto::CancelKey;
 use crate::stats::PoolStats;
 
@@ -237,4 +239,17 @@ impl CancelRegistry {
             tracing::warn!(server = %addr, error = %err, "could not forward cancel request");
         }
     }
+}
+
+/// Sends a CancelRequest for `key` over `stream`, a new connection to the
+/// server as the protocol requires, and waits for the server to close it.
+async fn forward_cancel(mut stream: ServerStream, key: CancelKey) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.pid, key.secret, &mut out);
+    stream.write_all(&out).await?;
+    // The server closes the connection when done; waiting for that means
+    // the cancel has been delivered when this returns.
+    let mut sink = BytesMut::new();
+    let _ = stream.read_buf(&mut sink).await;
+    Ok(())
 }

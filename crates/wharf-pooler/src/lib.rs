@@ -5,20 +5,41 @@
 //! speaks the v3 wire protocol to clients and servers, and keeps its server
 //! connections in [`wharf`] pools shared by every thread, so its limits hold
 //! exactly however many cores it uses.
+//!
+//! The modules are layers, each importing only from those below it:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | wiring | `pooler`, `listener`, [`signals`], `janitor` |
+//! | views | `http` (`/metrics`, `/health`, dashboard) |
+//! | client side | `client` (startup, login, session, link, relay, protocol state, timeouts) |
+//! | console | `admin` |
+//! | shared rows and state | `views`, [`state`], [`lifecycle`] |
+//! | routing and pools | `router`, `pool` |
+//! | one server | `server` |
+//! | ground | `cancel`, `auth`, `net`, [`proto`], `stats`, [`calendar`], [`config`] |
 #![warn(missing_docs)]
 
+mod admin;
+mod auth;
+pub mod calendar;
+mod cancel;
+mod client;
 pub mod config;
-
-pub mod admin;
-pub mod auth;
-pub mod backend;
-pub mod cancel;
-pub mod frontend;
-pub mod http;
+mod http;
+mod janitor;
 pub mod lifecycle;
-pub mod pooler;
+mod listener;
+mod net;
+mod pool;
+mod pooler;
 pub mod proto;
-pub mod router;
-pub mod stats;
+mod router;
+mod server;
+pub mod signals;
+pub mod state;
+mod stats;
+mod views;
 
 pub use pooler::{Pooler, StartError};
+pub use state::PoolerState;

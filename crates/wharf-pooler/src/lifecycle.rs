@@ -1,28 +1,16 @@
 //! The pooler's life as an operator sees it: RELOAD (re-reading the
-//! configuration without dropping clients), SHUTDOWN in PgBouncer's three
-//! modes, the Unix signals that trigger them, and the housekeeping that
-//! runs while the pooler lives (dropping unused `*` pools).
-//!
-//! Signals, as in PgBouncer 1.23 and later:
-//!
-//! | signal  | effect                                              |
-//! |---------|-----------------------------------------------------|
-//! | SIGHUP  | RELOAD                                              |
-//! | SIGTERM | SHUTDOWN WAIT_FOR_CLIENTS (again: immediate)        |
-//! | SIGINT  | SHUTDOWN WAIT_FOR_SERVERS (again: immediate)        |
-//! | SIGQUIT | immediate shutdown                                  |
-//! | SIGUSR1 | PAUSE                                               |
-//! | SIGUSR2 | RESUME                                              |
+//! configuration without dropping clients) and SHUTDOWN in PgBouncer's
+//! three modes. Both act on the router they are given; the lifecycle holds
+//! only the phase.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::config::{self, Config, ConfigError, Settings};
-use crate::frontend::Shared;
-use crate::stats::ClientEntry;
+use crate::router::Router;
+use crate::stats::{ClientEntry, Stats};
 
 /// How a SHUTDOWN ends the pooler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,10 +82,9 @@ pub enum ReloadError {
     ShuttingDown,
 }
 
-/// RELOAD and SHUTDOWN, reachable from every client task as
-/// `shared.lifecycle` (the admin console and the signal handler use it).
+/// RELOAD and SHUTDOWN: the phase every client task checks, and the
+/// operations that change it.
 pub struct Lifecycle {
-    shared: Weak<Shared>,
     phase: watch::Sender<Phase>,
     /// The phase's severity (0 running), for the relay's per-event check:
     /// a plain load, where reading the watch would take its lock.
@@ -107,11 +94,9 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// The lifecycle of the pooler whose state is `shared` (made with
-    /// `Arc::new_cyclic`, as the lifecycle lives inside it).
-    pub fn new(shared: Weak<Shared>) -> Self {
+    /// A running pooler's lifecycle.
+    pub fn new() -> Self {
         Self {
-            shared,
             phase: watch::Sender::new(Phase::Running),
             level: std::sync::atomic::AtomicU8::new(0),
             reloading: tokio::sync::Mutex::new(()),
@@ -121,7 +106,8 @@ impl Lifecycle {
     /// Starts a shutdown, or makes the one in progress more drastic
     /// (a gentler mode than the current one is ignored). Returns at once;
     /// [`Pooler::run`](crate::Pooler::run) finishes when it completes.
-    pub fn shutdown(&self, mode: ShutdownMode) {
+    /// Every client in `clients` is woken to see it.
+    pub fn shutdown(&self, mode: ShutdownMode, clients: &Stats) {
         let changed = self.phase.send_if_modified(|phase| {
             let stronger = match *phase {
                 Phase::Running => true,
@@ -136,10 +122,8 @@ impl Lifecycle {
         });
         if changed {
             tracing::info!(?mode, "shutdown requested");
-            if let Some(shared) = self.shared.upgrade() {
-                for client in shared.router.stats().clients() {
-                    client.nudge();
-                }
+            for client in clients.clients() {
+                client.nudge();
             }
         }
     }
@@ -164,7 +148,7 @@ impl Lifecycle {
     /// least `mode`. It sleeps on the client's own wake-up slot (nudged for
     /// every client when a shutdown starts or hardens), so polling it on
     /// each of the relay's events touches nothing shared by other sessions.
-    pub(crate) fn wait_clients_must_go<'a>(
+    pub fn wait_clients_must_go<'a>(
         &'a self,
         mode: ShutdownMode,
         client: &'a ClientEntry,
@@ -190,8 +174,8 @@ impl Lifecycle {
     /// server targets for new server connections (servers with the old one
     /// close as they are released). A broken file is logged with its
     /// file, line and key, and the old configuration stays.
-    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let result = self.try_reload().await;
+    pub async fn reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
+        let result = self.try_reload(router).await;
         match &result {
             Ok(summary) => tracing::info!(
                 resized = summary.resized,
@@ -211,10 +195,9 @@ impl Lifecycle {
         result
     }
 
-    async fn try_reload(&self) -> Result<ReloadSummary, ReloadError> {
+    async fn try_reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let shared = self.shared.upgrade().ok_or(ReloadError::ShuttingDown)?;
-        let old = shared.router.config();
+        let old = router.config();
         if old.path.as_os_str().is_empty() {
             return Err(ReloadError::NoFile);
         }
@@ -240,8 +223,8 @@ impl Lifecycle {
                 "RELOAD: {key} changes only on restart; keeping the old value"
             );
         }
-        shared.router.replace(Arc::new(new), Arc::new(secrets));
-        let applied = shared.router.apply();
+        router.replace(Arc::new(new), Arc::new(secrets));
+        let applied = router.apply();
         Ok(ReloadSummary {
             resized: applied.resized,
             retargeted: applied.retargeted,
@@ -286,92 +269,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     changed
 }
 
-/// Housekeeping for as long as the pooler runs: drops pools made from the
-/// `*` entry once unused for `autodb_idle_timeout`.
-pub(crate) async fn maintain(shared: Weak<Shared>) {
-    let mut unused = HashMap::new();
-    loop {
-        let tick = {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            let now = std::time::Instant::now();
-            shared.router.drop_idle_autodb(&mut unused, now);
-            let timeout = shared.router.config().pgbouncer.autodb_idle_timeout;
-            (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-        };
-        tokio::time::sleep(tick).await;
-    }
-}
-
-/// Turns Unix signals into RELOAD, SHUTDOWN, PAUSE and RESUME (see the
-/// module documentation) until the pooler is gone. Fails only if the
-/// signal handlers cannot be installed.
-pub async fn handle_signals(shared: Weak<Shared>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
-    enum Got {
-        Hup,
-        Term,
-        Int,
-        Quit,
-        Usr1,
-        Usr2,
-    }
-    loop {
-        let got = tokio::select! {
-            _ = hup.recv() => Got::Hup,
-            _ = term.recv() => Got::Term,
-            _ = int.recv() => Got::Int,
-            _ = quit.recv() => Got::Quit,
-            _ = usr1.recv() => Got::Usr1,
-            _ = usr2.recv() => Got::Usr2,
-        };
-        let Some(shared) = shared.upgrade() else {
-            return Ok(());
-        };
-        let lifecycle = &shared.lifecycle;
-        // A second SIGTERM or SIGINT means "now", as in PgBouncer.
-        let graceful = |mode| {
-            if lifecycle.is_shutting_down() {
-                ShutdownMode::Immediate
-            } else {
-                mode
-            }
-        };
-        match got {
-            Got::Hup => {
-                tracing::info!("got SIGHUP: reloading the configuration");
-                let _ = lifecycle.reload().await;
-            }
-            Got::Term => {
-                tracing::info!("got SIGTERM: shutting down after the last client");
-                lifecycle.shutdown(graceful(ShutdownMode::WaitForClients));
-            }
-            Got::Int => {
-                tracing::info!("got SIGINT: shutting down once servers are released");
-                lifecycle.shutdown(graceful(ShutdownMode::WaitForServers));
-            }
-            Got::Quit => {
-                tracing::info!("got SIGQUIT: shutting down now");
-                lifecycle.shutdown(ShutdownMode::Immediate);
-            }
-            Got::Usr1 => {
-                tracing::info!("got SIGUSR1: pausing");
-                // PAUSE returns once every server is released: meanwhile
-                // the other signals (RESUME, SHUTDOWN) must still work.
-                let shared = shared.clone();
-                tokio::spawn(async move { shared.router.pause(None).await });
-            }
-            Got::Usr2 => {
-                tracing::info!("got SIGUSR2: resuming");
-                shared.router.resume(None);
-            }
-        }
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
     }
 }

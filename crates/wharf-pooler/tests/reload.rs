@@ -85,7 +85,7 @@ async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
         "{before} servers with default_pool_size = 2"
     );
     set_in_ini(&pooler, "default_pool_size", "6");
-    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    let summary = pooler.shared.reload().await.expect("reload");
     assert_eq!(summary.resized, 1, "{summary:?}");
     let after = peak_servers(&pooler, 20).await;
     assert!(
@@ -93,7 +93,7 @@ async fn reload_under_load_resizes_pools_without_failing_a_transaction() {
         "{after} servers after default_pool_size = 6"
     );
     set_in_ini(&pooler, "default_pool_size", "3");
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     let output = bench.await.expect("pgbench task");
     pgbench::assert_error_free(&output);
     assert!(
@@ -114,7 +114,6 @@ async fn a_broken_config_is_refused_and_the_old_one_kept() {
     set_in_ini(&pooler, "default_pool_size", "lots");
     let err = pooler
         .shared
-        .lifecycle
         .reload()
         .await
         .expect_err("a broken file is refused");
@@ -158,7 +157,7 @@ async fn a_new_target_applies_to_new_servers_and_spares_open_transactions() {
         ini.replacen("dbname=postgres", "dbname=other", 1),
     )
     .unwrap();
-    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    let summary = pooler.shared.reload().await.expect("reload");
     assert_eq!(summary.retargeted, 1, "{summary:?}");
     // The open transaction keeps its server to the end.
     assert_eq!(value(&busy, "SELECT current_database()").await, "postgres");
@@ -199,7 +198,7 @@ async fn reloaded_timeouts_apply_to_clients_already_connected() {
         ),
     )
     .unwrap();
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     watched.client.batch_execute("BEGIN").await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), watched.ended)
         .await
@@ -219,7 +218,7 @@ async fn settings_that_need_a_restart_keep_their_old_value() {
     let pooler = start(Setup::default()).await;
     let port = pooler.port;
     set_in_ini(&pooler, "listen_port", &(port + 1).to_string());
-    let summary = pooler.shared.lifecycle.reload().await.expect("reload");
+    let summary = pooler.shared.reload().await.expect("reload");
     assert_eq!(summary.need_restart, vec!["listen_port"]);
     assert_eq!(pooler.shared.config().pgbouncer.listen_port, port);
     let client = pooler.client().await;
@@ -245,7 +244,7 @@ async fn reloaded_server_lifetime_and_idle_timeout_apply_to_live_pools() {
         ),
     )
     .unwrap();
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let second = value(&client, "SELECT pg_backend_pid()").await;
     assert_ne!(
@@ -275,7 +274,7 @@ async fn a_session_begun_before_a_switch_to_transaction_mode_is_still_reset() {
     let default = value(&a, "SHOW work_mem").await;
     a.batch_execute("SET work_mem = '77MB'").await.unwrap();
     set_in_ini(&pooler, "pool_mode", "transaction");
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     // The session ends under the new mode; its server must still get the
     // session-end reset (DISCARD ALL) before anyone else has it.
     drop(a);
@@ -303,7 +302,7 @@ async fn reloaded_pool_mode_and_min_pool_size_apply_to_a_live_pool() {
         ini.replace("[pgbouncer]\n", "[pgbouncer]\nmin_pool_size = 2\n"),
     )
     .unwrap();
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     // min_pool_size opens the second server with no new client.
     let mut servers = 0;
     for _ in 0..50 {

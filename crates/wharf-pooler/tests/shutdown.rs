@@ -23,10 +23,7 @@ async fn wait_for_clients_lets_running_clients_finish_then_exits() {
     pgbench::init(&bin, pooler.cluster.port());
     let bench = pgbench::spawn(bin, pooler.port, &["-c", "4", "-T", "3"]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    pooler
-        .shared
-        .lifecycle
-        .shutdown(ShutdownMode::WaitForClients);
+    pooler.shared.shutdown(ShutdownMode::WaitForClients);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!accepts(&pooler).await, "still accepting new clients");
     assert!(
@@ -50,10 +47,7 @@ async fn wait_for_servers_finishes_open_transactions_and_closes_idle_clients() {
         .batch_execute("BEGIN; CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
         .await
         .unwrap();
-    pooler
-        .shared
-        .lifecycle
-        .shutdown(ShutdownMode::WaitForServers);
+    pooler.shared.shutdown(ShutdownMode::WaitForServers);
     // A client between transactions is told at once.
     let ended = tokio::time::timeout(Duration::from_secs(5), idle.ended)
         .await
@@ -97,10 +91,7 @@ async fn wait_for_servers_in_session_mode_waits_for_the_transaction() {
     .await;
     let busy = pooler.watched_client().await;
     busy.client.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    pooler
-        .shared
-        .lifecycle
-        .shutdown(ShutdownMode::WaitForServers);
+    pooler.shared.shutdown(ShutdownMode::WaitForServers);
     assert!(!pooler.finished(Duration::from_millis(300)).await);
     busy.client.batch_execute("COMMIT").await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(5), busy.ended)
@@ -117,13 +108,10 @@ async fn immediate_shutdown_ends_everything_at_once() {
     let busy = pooler.client().await;
     let query = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(10)").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    pooler
-        .shared
-        .lifecycle
-        .shutdown(ShutdownMode::WaitForClients);
+    pooler.shared.shutdown(ShutdownMode::WaitForClients);
     assert!(!pooler.finished(Duration::from_millis(200)).await);
     // A stronger mode takes over the one in progress.
-    pooler.shared.lifecycle.shutdown(ShutdownMode::Immediate);
+    pooler.shared.shutdown(ShutdownMode::Immediate);
     assert!(pooler.finished(Duration::from_secs(2)).await);
     let result = tokio::time::timeout(Duration::from_secs(5), query)
         .await

@@ -358,7 +358,7 @@ async fn autodb_idle_timeout_drops_unused_fallback_pools() {
         ),
     )
     .unwrap();
-    pooler.shared.lifecycle.reload().await.expect("reload");
+    pooler.shared.reload().await.expect("reload");
     let named = pooler.client().await;
     value(&named, "SELECT 1").await.unwrap();
     drop(named);
@@ -370,10 +370,10 @@ async fn autodb_idle_timeout_drops_unused_fallback_pools() {
     let pools = |db: &str| {
         pooler
             .shared
-            .router
+            .router()
             .pools()
             .iter()
-            .filter(|p| p.database == db)
+            .filter(|p| p.database() == db)
             .count()
     };
     assert_eq!(pools("template1"), 1);

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::exporter::{long_transactions, utilization, LONG_TRANSACTION};
-use crate::admin;
-use crate::frontend::Shared;
+use crate::state::PoolerState;
+use crate::views;
 
 /// How often [`sample`] records.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -91,35 +91,35 @@ fn window_quantile(delta: &[u64], total: u64, q: f64) -> f64 {
 
 /// Records a sample of every pool every [`SAMPLE_EVERY`] until the pooler
 /// is gone.
-pub async fn sample(shared: Weak<Shared>, history: Arc<History>) {
+pub async fn sample(state: Weak<PoolerState>, history: Arc<History>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(state) = state.upgrade() else {
             return;
         };
-        history.record(&shared);
+        history.record(&state);
     }
 }
 
 impl History {
     /// Takes one sample of every pool now.
-    pub fn record(&self, shared: &Shared) {
-        let rows = admin::pool_rows(shared);
+    pub fn record(&self, state: &PoolerState) {
+        let rows = views::pool_rows(state);
         let now = Instant::now();
         let t_ms = now_ms();
         let mut taken = Vec::new();
-        for pool in shared.router.pools() {
+        for pool in state.router().pools() {
             let row = rows
                 .iter()
-                .find(|r| r.database == pool.database && r.user == pool.user);
-            let totals = pool.stats.totals();
-            let wait = pool.stats.wait_time.snapshot();
+                .find(|r| r.database == pool.database() && r.user == pool.user());
+            let totals = pool.stats().totals();
+            let wait = pool.stats().wait_time.snapshot();
             let counts = wait.cumulative(quantile_bounds());
-            let timeouts = pool.pool.metrics().timeouts;
+            let timeouts = pool.metrics().timeouts;
             taken.push((
-                format!("{}/{}", pool.database, pool.user),
+                format!("{}/{}", pool.database(), pool.user()),
                 row.cloned(),
                 totals,
                 wait.count(),
@@ -295,20 +295,20 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Everything the dashboard shows, now.
-pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
-    let rows = admin::pool_rows(shared);
-    let long = long_transactions(shared, LONG_TRANSACTION);
+pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
+    let rows = views::pool_rows(state);
+    let long = long_transactions(state, LONG_TRANSACTION);
     let mut pools = Vec::new();
     let histories = history.pools.lock();
-    for pool in shared.router.pools() {
-        let name = format!("{}/{}", pool.database, pool.user);
+    for pool in state.router().pools() {
+        let name = format!("{}/{}", pool.database(), pool.user());
         let row = rows
             .iter()
-            .find(|r| r.database == pool.database && r.user == pool.user);
-        let metrics = pool.pool.metrics();
-        let (failures, last_error) = pool.pool.connect_failures();
-        let totals = pool.stats.totals();
-        let wait = pool.stats.wait_time.snapshot();
+            .find(|r| r.database == pool.database() && r.user == pool.user());
+        let metrics = pool.metrics();
+        let (failures, last_error) = pool.connect_failures();
+        let totals = pool.stats().totals();
+        let wait = pool.stats().wait_time.snapshot();
         let h = histories.get(&name);
         let mut series = Series::default();
         for s in h.iter().flat_map(|h| h.samples.iter()) {
@@ -336,16 +336,16 @@ pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
             tps: series.tps.last().copied().unwrap_or(0.0),
             wait_p50_ms: ms(wait.p50()),
             wait_p99_ms: ms(wait.p99()),
-            xact_p99_ms: ms(pool.stats.xact_time.snapshot().p99()),
-            query_p99_ms: ms(pool.stats.query_time.snapshot().p99()),
+            xact_p99_ms: ms(pool.stats().xact_time.snapshot().p99()),
+            query_p99_ms: ms(pool.stats().query_time.snapshot().p99()),
             timeouts_total: metrics.timeouts,
             connect_errors_total: metrics.create_errors,
             long_transactions: long
                 .iter()
-                .find(|((d, u), _)| *d == pool.database && *u == pool.user)
+                .find(|((d, u), _)| *d == pool.database() && *u == pool.user())
                 .map_or(0, |(_, n)| *n),
-            paused: pool.control.is_paused(),
-            disabled: pool.control.is_disabled(),
+            paused: pool.control().is_paused(),
+            disabled: pool.control().is_disabled(),
             reachable: failures == 0,
         };
         let mut alerts = Vec::new();
@@ -425,8 +425,8 @@ pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
         }
         pools.push(PoolSnapshot {
             name,
-            database: pool.database.clone(),
-            user: pool.user.clone(),
+            database: pool.database().to_owned(),
+            user: pool.user().to_owned(),
             mode: pool.mode().as_str(),
             current,
             alerts,
@@ -437,7 +437,7 @@ pub fn snapshot(shared: &Shared, history: &History) -> Snapshot {
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     Snapshot {
         version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: shared.router.stats().uptime().as_secs_f64(),
+        uptime_seconds: state.router().stats().uptime().as_secs_f64(),
         now_ms: now_ms(),
         sample_interval_ms: u64::try_from(SAMPLE_EVERY.as_millis()).unwrap_or(1000),
         pools,

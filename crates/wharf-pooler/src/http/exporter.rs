@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use wharf::{Histogram, PROMETHEUS_BOUNDS_SECS};
 
-use crate::admin;
-use crate::frontend::Shared;
+use crate::state::PoolerState;
+use crate::views;
 
 /// Clients holding a server longer than this are reported as long (or
 /// idle-in-) transactions.
@@ -100,7 +100,7 @@ fn secs(us: u64) -> f64 {
 }
 
 /// The `SHOW POOLS` gauges: (pgbouncer_exporter name suffix, help, value).
-type PoolGauge = (&'static str, &'static str, fn(&admin::PoolRow) -> f64);
+type PoolGauge = (&'static str, &'static str, fn(&views::PoolRow) -> f64);
 
 const POOL_GAUGES: &[PoolGauge] = &[
     ("client_active_connections", "Client connections linked to a server connection and able to process queries (cl_active).", |p| p.cl_active as f64),
@@ -134,7 +134,7 @@ const STATS_COUNTERS: &[StatsCounter] = &[
 ];
 
 /// The `SHOW DATABASES` gauges.
-type DatabaseGauge = (&'static str, &'static str, fn(&admin::DatabaseRow) -> f64);
+type DatabaseGauge = (&'static str, &'static str, fn(&views::DatabaseRow) -> f64);
 
 const DATABASE_GAUGES: &[DatabaseGauge] = &[
     (
@@ -219,18 +219,21 @@ const LISTS: &[(&str, &str, &str)] = &[
 /// Clients of each pool holding a server longer than `threshold` in a
 /// transaction- or statement-mode pool, where holding one that long means
 /// a long or idle-in-transaction client (in session mode it is the norm).
-pub fn long_transactions(shared: &Shared, threshold: Duration) -> Vec<((String, String), usize)> {
-    let session: Vec<(String, String)> = shared
-        .router
+pub fn long_transactions(
+    state: &PoolerState,
+    threshold: Duration,
+) -> Vec<((String, String), usize)> {
+    let session: Vec<(String, String)> = state
+        .router()
         .pools()
         .iter()
         .filter(|p| p.mode() == crate::config::PoolMode::Session)
-        .map(|p| (p.database.clone(), p.user.clone()))
+        .map(|p| (p.database().to_owned(), p.user().to_owned()))
         .collect();
     let now = crate::stats::now_us();
     let threshold = crate::stats::micros(threshold);
     let mut out: Vec<((String, String), usize)> = Vec::new();
-    for client in shared.router.stats().clients() {
+    for client in state.router().stats().clients() {
         if client.info.admin || client.state() != crate::stats::ClientState::Active {
             continue;
         }
@@ -247,9 +250,9 @@ pub fn long_transactions(shared: &Shared, threshold: Duration) -> Vec<((String, 
 }
 
 /// Renders every family.
-pub fn render(shared: &Shared) -> String {
+pub fn render(state: &PoolerState) -> String {
     let mut doc = Doc(String::with_capacity(32 * 1024));
-    let config = shared.config();
+    let config = state.config();
     let settings = &config.pgbouncer;
 
     doc.family("pgbouncer_up", "gauge", "The pgbouncer scrape succeeded.");
@@ -261,11 +264,11 @@ pub fn render(shared: &Shared) -> String {
     );
     doc.sample(
         "pgbouncer_version_info",
-        &[("version", admin::PGBOUNCER_VERSION)],
+        &[("version", views::PGBOUNCER_VERSION)],
         1,
     );
 
-    let pools = admin::pool_rows(shared);
+    let pools = views::pool_rows(state);
     for (suffix, help, get) in POOL_GAUGES {
         doc.gauge_rows(
             &format!("pgbouncer_pools_{suffix}"),
@@ -276,7 +279,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let totals = shared.router.stats().database_totals();
+    let totals = state.router().stats().database_totals();
     for (name, help, get) in STATS_COUNTERS {
         doc.family(name, "counter", help);
         for (database, t) in &totals {
@@ -284,7 +287,7 @@ pub fn render(shared: &Shared) -> String {
         }
     }
 
-    let databases = admin::database_rows(shared);
+    let databases = views::database_rows(state);
     for (name, help, get) in DATABASE_GAUGES {
         doc.gauge_rows(
             name,
@@ -304,7 +307,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let lists = admin::lists(shared);
+    let lists = views::lists(state);
     for (list, name, help) in LISTS {
         if let Some((_, n)) = lists.iter().find(|(l, _)| l == list) {
             doc.family(name, "gauge", help);
@@ -327,12 +330,12 @@ pub fn render(shared: &Shared) -> String {
         doc.sample(name, &[], value);
     }
 
-    render_wharf(&mut doc, shared);
+    render_wharf(&mut doc, state);
     doc.0
 }
 
 /// wharf's own families.
-fn render_wharf(doc: &mut Doc, shared: &Shared) {
+fn render_wharf(doc: &mut Doc, state: &PoolerState) {
     doc.family(
         "wharf_pooler_uptime_seconds",
         "gauge",
@@ -341,7 +344,7 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
     doc.sample(
         "wharf_pooler_uptime_seconds",
         &[],
-        shared.router.stats().uptime().as_secs_f64(),
+        state.router().stats().uptime().as_secs_f64(),
     );
     doc.family("wharf_pooler_info", "gauge", "The wharf version.");
     doc.sample(
@@ -350,7 +353,7 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
         1,
     );
 
-    let pool_stats = shared.router.stats().pools();
+    let pool_stats = state.router().stats().pools();
     type Pick = fn(&crate::stats::PoolStats) -> &wharf::AtomicHistogram;
     let histograms: [(&str, &str, Pick); 3] = [
         (
@@ -381,10 +384,13 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
         }
     }
 
-    let server_pools = shared.router.pools();
-    let engine: Vec<wharf::Metrics> = server_pools.iter().map(|p| p.pool.metrics()).collect();
-    let labels = |p: &crate::router::ServerPool| {
-        [("database", p.database.clone()), ("user", p.user.clone())]
+    let server_pools = state.router().pools();
+    let engine: Vec<wharf::Metrics> = server_pools.iter().map(|p| p.metrics()).collect();
+    let labels = |p: &crate::pool::ServerPool| {
+        [
+            ("database", p.database().to_owned()),
+            ("user", p.user().to_owned()),
+        ]
     };
     doc.family(
         "wharf_pooler_pool_utilization_ratio",
@@ -412,7 +418,7 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
     );
     for p in &server_pools {
         let [db, user] = labels(p);
-        let (failures, _) = p.pool.connect_failures();
+        let (failures, _) = p.connect_failures();
         let l = [(db.0, db.1.as_str()), (user.0, user.1.as_str())];
         doc.sample("wharf_pooler_backend_up", &l, u8::from(failures == 0));
         doc.sample("wharf_pooler_connect_failures", &l, failures);
@@ -422,15 +428,15 @@ fn render_wharf(doc: &mut Doc, shared: &Shared) {
         "gauge",
         "Clients holding a server for more than 10 s in a transaction- or statement-mode pool (long or idle-in-transaction).",
     );
-    let long = long_transactions(shared, LONG_TRANSACTION);
+    let long = long_transactions(state, LONG_TRANSACTION);
     for p in &server_pools {
         let n = long
             .iter()
-            .find(|((d, u), _)| *d == p.database && *u == p.user)
+            .find(|((d, u), _)| *d == p.database() && *u == p.user())
             .map_or(0, |(_, n)| *n);
         doc.sample(
             "wharf_pooler_long_transaction_clients",
-            &[("database", &p.database), ("user", &p.user)],
+            &[("database", p.database()), ("user", p.user())],
             n,
         );
     }

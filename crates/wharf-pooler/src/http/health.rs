@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
-use crate::admin;
-use crate::frontend::Shared;
+use crate::state::PoolerState;
+use crate::views;
 
 /// The `/health` document.
 #[derive(Debug, Clone, Serialize)]
@@ -61,28 +61,28 @@ pub struct PoolHealth {
 }
 
 /// The health of every pool now.
-pub fn report(shared: &Shared) -> Health {
-    let rows = admin::pool_rows(shared);
-    let pools: Vec<PoolHealth> = shared
-        .router
+pub fn report(state: &PoolerState) -> Health {
+    let rows = views::pool_rows(state);
+    let pools: Vec<PoolHealth> = state
+        .router()
         .pools()
         .iter()
         .map(|p| {
             let row = rows
                 .iter()
-                .find(|r| r.database == p.database && r.user == p.user);
-            let (failures, last_error) = p.pool.connect_failures();
+                .find(|r| r.database == p.database() && r.user == p.user());
+            let (failures, last_error) = p.connect_failures();
             PoolHealth {
-                database: p.database.clone(),
-                user: p.user.clone(),
+                database: p.database().to_owned(),
+                user: p.user().to_owned(),
                 mode: p.mode().as_str(),
                 clients_active: row.map_or(0, |r| r.cl_active),
                 clients_waiting: row.map_or(0, |r| r.cl_waiting),
                 servers_active: row.map_or(0, |r| r.sv_active),
                 servers_idle: row.map_or(0, |r| r.sv_idle + r.sv_used),
-                max_size: p.pool.status().max_size,
-                paused: p.control.is_paused(),
-                disabled: p.control.is_disabled(),
+                max_size: p.status().max_size,
+                paused: p.control().is_paused(),
+                disabled: p.control().is_disabled(),
                 reachable: failures == 0,
                 last_error: (failures > 0).then(|| {
                     last_error.map_or_else(|| "connect failed".to_owned(), |e| e.to_string())
@@ -93,7 +93,7 @@ pub fn report(shared: &Shared) -> Health {
     let healthy = pools.iter().all(|p| p.reachable && !p.paused);
     Health {
         status: if healthy { "ok" } else { "degraded" },
-        uptime_seconds: shared.router.stats().uptime().as_secs_f64(),
+        uptime_seconds: state.router().stats().uptime().as_secs_f64(),
         version: env!("CARGO_PKG_VERSION"),
         pools,
     }

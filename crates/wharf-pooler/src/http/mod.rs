@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
-use crate::frontend::Shared;
+use crate::state::PoolerState;
 
 /// The dashboard page: one file, no external resources.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -66,20 +66,20 @@ impl Drop for Server {
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
-    shared: Arc<Shared>,
+    state: Arc<PoolerState>,
     history: Arc<api::History>,
 }
 
 /// Serves the endpoint on `listener` until the returned [`Server`] is
 /// dropped.
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> Server {
+pub fn spawn(listener: TcpListener, state: Arc<PoolerState>) -> Server {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP endpoint listening (/metrics, /health, /)");
     }
     Server(tokio::spawn(async move {
         let history = Arc::new(api::History::default());
         let sampler = Server(tokio::spawn(api::sample(
-            Arc::downgrade(&shared),
+            Arc::downgrade(&state),
             history.clone(),
         )));
         let app = axum::Router::new()
@@ -87,7 +87,7 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> Server {
             .route("/metrics", get(metrics))
             .route("/health", get(health))
             .route("/api/stats", get(stats))
-            .with_state(App { shared, history });
+            .with_state(App { state, history });
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!(error = %err, "HTTP endpoint stopped");
         }
@@ -100,12 +100,12 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let body = exporter::render(&app.shared);
+    let body = exporter::render(&app.state);
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], body).into_response()
 }
 
 async fn health(State(app): State<App>) -> Response {
-    let report = health::report(&app.shared);
+    let report = health::report(&app.state);
     let code = if report.is_healthy() {
         StatusCode::OK
     } else {
@@ -115,6 +115,6 @@ async fn health(State(app): State<App>) -> Response {
 }
 
 async fn stats(State(app): State<App>) -> Response {
-    let body = api::snapshot(&app.shared, &app.history);
+    let body = api::snapshot(&app.state, &app.history);
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

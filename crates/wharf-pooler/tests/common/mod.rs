@@ -17,7 +17,7 @@ pub struct TestPooler {
     pub port: u16,
     pub dir: PathBuf,
     /// The pooler's shared state (its lifecycle: reload, shutdown).
-    pub shared: std::sync::Arc<wharf_pooler::frontend::Shared>,
+    pub shared: std::sync::Arc<wharf_pooler::PoolerState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -102,7 +102,7 @@ pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
     let pooler = wharf_pooler::Pooler::bind(loaded.config)
         .await
         .expect("pooler binds");
-    let shared = pooler.shared();
+    let shared = pooler.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(pooler.run(async {
         let _ = stopped.await;

@@ -1,0 +1,547 @@
+//! `SHOW` rendering: PgBouncer's result sets, column for column.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::calendar::format_time;
+use crate::proto::messages::{self, Oid};
+use crate::state::PoolerState;
+use crate::stats::{ServerState, Totals};
+use crate::views::{database_rows, lists, pool_rows, used_servers, CONSOLE_DB, PGBOUNCER_VERSION};
+
+/// Writes a result set: the columns, the rows, and `SHOW`.
+fn rows(out: &mut BytesMut, columns: &[(&str, Oid)], rows: &[Vec<Option<String>>]) {
+    messages::row_description(out, columns);
+    for row in rows {
+        let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+        messages::data_row(out, &values);
+    }
+    messages::command_complete(out, "SHOW");
+}
+
+fn text(v: impl Into<String>) -> Option<String> {
+    Some(v.into())
+}
+
+fn num(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// Answers `SHOW what`; `None` for an unknown `what`.
+pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> Option<()> {
+    match what {
+        "POOLS" => show_pools(state, out),
+        "STATS" => show_stats(state, out, true, true),
+        "STATS_TOTALS" => show_stats(state, out, true, false),
+        "STATS_AVERAGES" => show_stats(state, out, false, true),
+        "TOTALS" => show_totals(state, out),
+        "CLIENTS" => show_clients(state, out),
+        "SERVERS" => show_servers(state, out),
+        "DATABASES" => show_databases(state, out),
+        "USERS" => show_users(state, out),
+        "CONFIG" => show_config(state, out),
+        "LISTS" => show_lists(state, out),
+        "VERSION" => rows(
+            out,
+            &[("version", Oid::Text)],
+            &[vec![text(format!(
+                "PgBouncer {PGBOUNCER_VERSION} (wharf {})",
+                env!("CARGO_PKG_VERSION")
+            ))]],
+        ),
+        "STATE" => {
+            let (paused, suspended) = state.router().global_state();
+            let yes = |b: bool| text(if b { "yes" } else { "no" });
+            rows(
+                out,
+                &[("key", Oid::Text), ("value", Oid::Text)],
+                &[
+                    vec![text("active"), yes(!paused && !suspended)],
+                    vec![text("paused"), yes(paused && !suspended)],
+                    vec![text("suspended"), yes(suspended)],
+                ],
+            );
+        }
+        "HELP" => {
+            messages::notice(out, HELP);
+            messages::command_complete(out, "SHOW");
+        }
+        // wharf has no peers (PgBouncer's `[peers]`) and no DNS cache of
+        // its own (names are resolved at each connect): these lists are
+        // truly empty.
+        "PEERS" => rows(
+            out,
+            &[
+                ("peer_id", Oid::Int4),
+                ("host", Oid::Text),
+                ("port", Oid::Int4),
+                ("pool_size", Oid::Int4),
+            ],
+            &[],
+        ),
+        "PEER_POOLS" => rows(
+            out,
+            &[
+                ("peer_id", Oid::Int4),
+                ("cl_active_cancel_req", Oid::Int4),
+                ("cl_waiting_cancel_req", Oid::Int4),
+                ("sv_active_cancel", Oid::Int4),
+                ("sv_login", Oid::Int4),
+            ],
+            &[],
+        ),
+        "DNS_HOSTS" => rows(
+            out,
+            &[
+                ("hostname", Oid::Text),
+                ("ttl", Oid::Int8),
+                ("addrs", Oid::Text),
+            ],
+            &[],
+        ),
+        "DNS_ZONES" => rows(
+            out,
+            &[
+                ("zonename", Oid::Text),
+                ("serial", Oid::Int8),
+                ("count", Oid::Int4),
+            ],
+            &[],
+        ),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// PgBouncer's SHOW commands that describe its own internals, which wharf
+/// does not have, and why.
+pub(super) fn not_supported(what: &str) -> Option<&'static str> {
+    match what {
+        "FDS" => Some("online restart by passing sockets (-R) is not implemented; run a second process with so_reuseport instead"),
+        "SOCKETS" | "ACTIVE_SOCKETS" => Some("it lists PgBouncer's I/O buffer positions; SHOW CLIENTS and SHOW SERVERS list the connections"),
+        "MEM" => Some("it lists PgBouncer's slab allocator caches, which wharf does not use"),
+        _ => None,
+    }
+}
+
+const HELP: &str = "Console usage
+\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION
+\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE
+\tSHOW PEERS|PEER_POOLS|DNS_HOSTS|DNS_ZONES
+\tSET key = arg
+\tRELOAD
+\tPAUSE [<db>]
+\tRESUME [<db>]
+\tDISABLE <db>
+\tENABLE <db>
+\tRECONNECT [<db>]
+\tKILL [<db>]
+\tKILL_CLIENT <client_id>
+\tSUSPEND
+\tSHUTDOWN
+\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
+\tWAIT_CLOSE [<db>]";
+
+fn show_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let table: Vec<Vec<Option<String>>> = pool_rows(state)
+        .into_iter()
+        .map(|p| {
+            vec![
+                text(p.database),
+                text(p.user),
+                num(p.cl_active),
+                num(p.cl_waiting),
+                num(p.cl_active_cancel_req),
+                num(p.cl_waiting_cancel_req),
+                num(p.sv_active),
+                num(p.sv_active_cancel),
+                num(p.sv_being_canceled),
+                num(p.sv_idle),
+                num(p.sv_used),
+                num(p.sv_tested),
+                num(p.sv_login),
+                num(p.maxwait.as_secs()),
+                num(p.maxwait.subsec_micros()),
+                text(p.mode),
+                None,
+            ]
+        })
+        .collect();
+    let mut columns = vec![("database", Oid::Text), ("user", Oid::Text)];
+    for name in [
+        "cl_active",
+        "cl_waiting",
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active",
+        "sv_active_cancel",
+        "sv_being_canceled",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+    ] {
+        columns.push((name, Oid::Int4));
+    }
+    columns.push(("pool_mode", Oid::Text));
+    columns.push(("load_balance_hosts", Oid::Text));
+    rows(out, &columns, &table);
+}
+
+fn stats_columns(totals: bool, averages: bool) -> Vec<(String, Oid)> {
+    let mut columns = Vec::new();
+    let names = Totals::default().fields();
+    if totals {
+        for (name, _) in names {
+            columns.push((format!("total_{name}"), Oid::Int8));
+        }
+    }
+    if averages {
+        for (name, _) in names {
+            // PgBouncer shortens these two.
+            let name = match name {
+                "received" => "recv",
+                other => other,
+            };
+            columns.push((format!("avg_{name}"), Oid::Int8));
+        }
+    }
+    columns
+}
+
+fn show_stats(state: &Arc<PoolerState>, out: &mut BytesMut, totals: bool, averages: bool) {
+    let stats = state.router().stats();
+    let mut columns = vec![("database".to_owned(), Oid::Text)];
+    columns.extend(stats_columns(totals, averages));
+    // PgBouncer's order of the totals puts server assignments first; ours
+    // already does.
+    let table: Vec<Vec<Option<String>>> = stats
+        .database_totals()
+        .into_iter()
+        .map(|(db, total)| {
+            let mut row = vec![text(db.as_str())];
+            if totals {
+                row.extend(total.fields().iter().map(|(_, v)| num(v)));
+            }
+            if averages {
+                let avg = stats.database_averages(&db);
+                row.extend(avg.fields().iter().map(|(_, v)| num(v)));
+            }
+            row
+        })
+        .collect();
+    let columns: Vec<(&str, Oid)> = columns.iter().map(|(c, o)| (c.as_str(), *o)).collect();
+    rows(out, &columns, &table);
+}
+
+fn show_totals(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let stats = state.router().stats();
+    let names = stats_columns(true, true);
+    let values = stats
+        .overall_totals()
+        .fields()
+        .into_iter()
+        .chain(stats.overall_averages().fields())
+        .map(|(_, v)| v);
+    let table: Vec<Vec<Option<String>>> = names
+        .iter()
+        .zip(values)
+        .map(|((name, _), value)| vec![text(name.as_str()), num(value)])
+        .collect();
+    rows(out, &[("name", Oid::Text), ("value", Oid::Int8)], &table);
+}
+
+const SOCKET_COLUMNS: &[(&str, Oid)] = &[
+    ("type", Oid::Text),
+    ("user", Oid::Text),
+    ("database", Oid::Text),
+    ("replication", Oid::Text),
+    ("state", Oid::Text),
+    ("addr", Oid::Text),
+    ("port", Oid::Int4),
+    ("local_addr", Oid::Text),
+    ("local_port", Oid::Int4),
+    ("connect_time", Oid::Timestamptz),
+    ("request_time", Oid::Timestamptz),
+    ("wait", Oid::Int4),
+    ("wait_us", Oid::Int4),
+    ("close_needed", Oid::Int4),
+    ("ptr", Oid::Text),
+    ("link", Oid::Text),
+    ("remote_pid", Oid::Int4),
+    ("tls", Oid::Text),
+    ("application_name", Oid::Text),
+    ("prepared_statements", Oid::Int4),
+    ("id", Oid::Int8),
+];
+
+/// `ptr`/`link` values: clients and servers get distinct made-up
+/// addresses from their ids (there is no C struct to point at).
+fn client_ptr(id: u64) -> String {
+    format!("0x{:x}", 0x1000_0000_0000_u64 + id)
+}
+
+fn server_ptr(id: u64) -> String {
+    format!("0x{:x}", 0x2000_0000_0000_u64 + id)
+}
+
+fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let table: Vec<Vec<Option<String>>> = state
+        .router()
+        .stats()
+        .clients()
+        .iter()
+        .map(|c| {
+            let wait = c.waiting_for().unwrap_or_default();
+            let link = c.link();
+            vec![
+                text("C"),
+                text(c.info.user.as_str()),
+                text(if c.info.admin {
+                    CONSOLE_DB
+                } else {
+                    &c.info.database
+                }),
+                text("none"),
+                text(c.state().as_str()),
+                text(c.info.addr.0.as_str()),
+                num(c.info.addr.1),
+                text(c.info.local_addr.0.as_str()),
+                num(c.info.local_addr.1),
+                text(format_time(c.connect_time)),
+                text(format_time(c.request_time())),
+                num(wait.as_secs()),
+                num(wait.subsec_micros()),
+                num(0),
+                text(client_ptr(c.info.id)),
+                text(if link == 0 {
+                    String::new()
+                } else {
+                    server_ptr(link)
+                }),
+                num(c.info.remote_pid),
+                text(""),
+                text(c.application_name()),
+                num(0),
+                num(c.info.id),
+            ]
+        })
+        .collect();
+    rows(out, SOCKET_COLUMNS, &table);
+}
+
+fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let stats = state.router().stats();
+    let used = used_servers(state);
+    let table: Vec<Vec<Option<String>>> = stats
+        .servers()
+        .iter()
+        .map(|sv| {
+            let state = match sv.state() {
+                ServerState::Active => "active",
+                ServerState::Tested => "tested",
+                ServerState::Login => "new",
+                ServerState::BeingCanceled => "being_canceled",
+                ServerState::Idle if used(sv) => "used",
+                ServerState::Idle => "idle",
+            };
+            let link = sv.link();
+            let app = (link != 0)
+                .then(|| stats.client(link))
+                .flatten()
+                .map(|c| c.application_name())
+                .unwrap_or_default();
+            let (local, local_port) = sv.local_addr();
+            vec![
+                text("S"),
+                text(sv.pool.user.as_str()),
+                text(sv.pool.database.as_str()),
+                text("none"),
+                text(state),
+                text(sv.addr.0.as_str()),
+                num(sv.addr.1),
+                text(local),
+                num(local_port),
+                text(format_time(sv.connect_time)),
+                text(format_time(sv.request_time())),
+                num(0),
+                num(0),
+                num(u8::from(sv.close_needed())),
+                text(server_ptr(sv.id)),
+                text(if link == 0 {
+                    String::new()
+                } else {
+                    client_ptr(link)
+                }),
+                num(sv.remote_pid()),
+                text(""),
+                text(app),
+                num(0),
+                num(sv.id),
+            ]
+        })
+        .collect();
+    rows(out, SOCKET_COLUMNS, &table);
+}
+
+fn show_databases(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let config = state.config();
+    let settings = &config.pgbouncer;
+    let clients = state.router().stats().clients();
+    let mut table: Vec<Vec<Option<String>>> = database_rows(state)
+        .into_iter()
+        .map(|d| {
+            vec![
+                text(d.name),
+                d.host,
+                num(d.port),
+                text(d.dbname),
+                d.force_user,
+                num(d.pool_size),
+                num(d.min_pool_size),
+                num(d.reserve_pool_size),
+                num(d.server_lifetime),
+                d.pool_mode,
+                d.load_balance_hosts,
+                num(d.max_connections),
+                num(d.current_connections),
+                num(d.max_client_connections),
+                num(d.current_client_connections),
+                num(u8::from(d.paused)),
+                num(u8::from(d.disabled)),
+            ]
+        })
+        .collect();
+    table.push(vec![
+        text(CONSOLE_DB),
+        None,
+        num(settings.listen_port),
+        text(CONSOLE_DB),
+        text(CONSOLE_DB),
+        num(2),
+        num(0),
+        num(0),
+        num(0),
+        text("statement"),
+        None,
+        num(0),
+        num(0),
+        num(0),
+        num(clients.iter().filter(|c| c.info.admin).count()),
+        num(0),
+        num(0),
+    ]);
+    rows(
+        out,
+        &[
+            ("name", Oid::Text),
+            ("host", Oid::Text),
+            ("port", Oid::Int4),
+            ("database", Oid::Text),
+            ("force_user", Oid::Text),
+            ("pool_size", Oid::Int4),
+            ("min_pool_size", Oid::Int4),
+            ("reserve_pool_size", Oid::Int4),
+            ("server_lifetime", Oid::Int4),
+            ("pool_mode", Oid::Text),
+            ("load_balance_hosts", Oid::Text),
+            ("max_connections", Oid::Int4),
+            ("current_connections", Oid::Int4),
+            ("max_client_connections", Oid::Int4),
+            ("current_client_connections", Oid::Int4),
+            ("paused", Oid::Int4),
+            ("disabled", Oid::Int4),
+        ],
+        &table,
+    );
+}
+
+fn show_users(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let config = state.config();
+    let settings = &config.pgbouncer;
+    let stats = state.router().stats();
+    let clients = stats.clients();
+    let servers = stats.servers();
+    let mut names: Vec<String> = config.users.iter().map(|u| u.name.clone()).collect();
+    names.extend(state.secrets().keys().cloned());
+    names.extend(clients.iter().map(|c| c.info.user.clone()));
+    names.extend(servers.iter().map(|s| s.pool.user.clone()));
+    names.sort();
+    names.dedup();
+    let table: Vec<Vec<Option<String>>> = names
+        .into_iter()
+        .map(|name| {
+            let user = config.user(&name);
+            vec![
+                text(name.as_str()),
+                user.and_then(|u| u.pool_size).map(|v| v.to_string()),
+                user.and_then(|u| u.reserve_pool_size)
+                    .map(|v| v.to_string()),
+                user.and_then(|u| u.pool_mode)
+                    .map(|m| m.as_str().to_owned()),
+                num(user
+                    .and_then(|u| u.max_user_connections)
+                    .filter(|&n| n > 0)
+                    .unwrap_or(settings.max_user_connections)),
+                num(servers.iter().filter(|s| s.pool.user == name).count()),
+                num(user
+                    .and_then(|u| u.max_user_client_connections)
+                    .filter(|&n| n > 0)
+                    .unwrap_or(settings.max_user_client_connections)),
+                num(clients.iter().filter(|c| c.info.user == name).count()),
+            ]
+        })
+        .collect();
+    rows(
+        out,
+        &[
+            ("name", Oid::Text),
+            ("pool_size", Oid::Text),
+            ("reserve_pool_size", Oid::Text),
+            ("pool_mode", Oid::Text),
+            ("max_user_connections", Oid::Int4),
+            ("current_connections", Oid::Int4),
+            ("max_user_client_connections", Oid::Int4),
+            ("current_client_connections", Oid::Int4),
+        ],
+        &table,
+    );
+}
+
+fn show_config(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let table: Vec<Vec<Option<String>>> = state
+        .config()
+        .describe()
+        .into_iter()
+        .map(|row| {
+            vec![
+                text(row.key),
+                text(row.value),
+                text(row.default),
+                text(if row.changeable { "yes" } else { "no" }),
+            ]
+        })
+        .collect();
+    rows(
+        out,
+        &[
+            ("key", Oid::Text),
+            ("value", Oid::Text),
+            ("default", Oid::Text),
+            ("changeable", Oid::Text),
+        ],
+        &table,
+    );
+}
+
+fn show_lists(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let list = lists(state);
+    let table: Vec<Vec<Option<String>>> = list
+        .iter()
+        .map(|(name, items)| vec![text(*name), num(items)])
+        .collect();
+    rows(out, &[("list", Oid::Text), ("items", Oid::Int4)], &table);
+}

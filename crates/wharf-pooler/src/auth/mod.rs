@@ -1,0 +1,10 @@
+//! Authentication, both ways: the pooler checks clients' passwords against
+//! the auth file (trust, plain, md5, SCRAM-SHA-256), and logs in to servers
+//! with the configured password (cleartext, md5, SCRAM-SHA-256).
+
+mod client;
+mod secrets;
+mod server;
+
+pub use client::{authenticate_client, ClientAuthError};
+pub use server::{ServerAuth, ServerAuthError, ServerLogin};

@@ -1,0 +1,220 @@
+//! Taking a server for a client and giving it back: the wait for one
+//! (bounded by `query_wait_timeout`, held by PAUSE), bringing its
+//! parameters in line with the client's, and on release the reset query,
+//! the hold for cancel requests on their way, or closing it when it cannot
+//! be trusted.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use wharf::Pooled;
+
+use super::relay::Unlinked;
+use super::session::{shutdown_fired, Session};
+use super::{application_name, fatal, Ended, SHUTTING_DOWN};
+use crate::config::PoolMode;
+use crate::pool::ServerManager;
+use crate::server::params::same_value;
+
+/// How long a released server waits for a cancel on its way to it when
+/// `cancel_wait_timeout` is off.
+const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
+
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
+    /// Takes a server from the pool and brings it in line with the client.
+    pub(super) async fn link(&mut self) -> Result<Pooled<ServerManager>, Ended> {
+        let wait = self.timeouts.query_wait.unwrap_or(super::NO_TIMEOUT);
+        self.entry.set_waiting();
+        let waited = std::time::Instant::now();
+        let got = {
+            let pool = self.pool;
+            let watching = self.shutdown.is_some();
+            let shutdown = shutdown_fired(&mut self.shutdown);
+            tokio::select! {
+                got = pool.get(Some(wait)) => Some(got),
+                _ = shutdown, if watching => None,
+            }
+        };
+        let mut server = match got {
+            Some(Ok(mut server)) => {
+                self.pool.stats().assigned(waited.elapsed());
+                // Until given back clean by `release`, the pool must not
+                // reuse it (a killed session drops it anywhere).
+                let server_id = server.hand_to(self.entry.info.id);
+                self.entry.set_active(server_id);
+                server
+            }
+            // A waiting client has no server work to finish.
+            None => {
+                self.shutdown_seen();
+                self.pooler_error("08P01", SHUTTING_DOWN).await;
+                return Err(Ended);
+            }
+            Some(Err(err)) => {
+                let message = match &err {
+                    wharf::Error::Timeout { .. } => "query_wait_timeout".to_owned(),
+                    wharf::Error::Unavailable { .. } => format!(
+                        "server login has been failing, try again later (server_login_retry): {err}"
+                    ),
+                    other => other.to_string(),
+                };
+                tracing::info!(pool = %self.pool.database(), user = %self.pool.user(), error = %err, "no server for the client");
+                self.pooler_error("08P01", &message).await;
+                return Err(Ended);
+            }
+        };
+        if !server.params().is_synced_with(&self.params_set) {
+            self.sync_params(&mut server).await?;
+        }
+        self.cancel.link(server.cancels().clone(), server.key());
+        Ok(server)
+    }
+
+    /// SETs on `server` the client's tracked parameters it lacks.
+    async fn sync_params(&mut self, server: &mut Pooled<ServerManager>) -> Result<(), Ended> {
+        let sets: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(name, value)| !same_value(name, server.params().get(name), value))
+            .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
+            .collect();
+        if !sets.is_empty() {
+            if let Err(err) = server.simple_query(&sets.join(";")).await {
+                tracing::warn!(error = %err, "could not restore client parameters on server");
+                server.mark_broken();
+                fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
+                return Err(Ended);
+            }
+        }
+        // Only if the SETs left the server matching: a configuration
+        // reload on the server may have changed a parameter meanwhile.
+        let matches = self
+            .params
+            .iter()
+            .all(|(name, value)| same_value(name, server.params().get(name), value));
+        if matches {
+            server.params_mut().mark_synced(self.params_set.clone());
+        }
+        Ok(())
+    }
+
+    /// What follows a linked period: the server goes back, or is closed;
+    /// `Break` with the reason for the log when the session ends too.
+    pub(super) async fn unlinked(
+        &mut self,
+        mut server: Pooled<ServerManager>,
+        outcome: Unlinked,
+    ) -> ControlFlow<&'static str> {
+        let session_end = self.linked_mode == PoolMode::Session;
+        match outcome {
+            Unlinked::Released => {
+                self.release(server, false).await;
+                ControlFlow::Continue(())
+            }
+            Unlinked::ClientGone { clean } => {
+                if clean {
+                    self.release(server, session_end).await;
+                } else {
+                    // Left mid-transaction or mid-response: the server's
+                    // state is unknown, so it is closed.
+                    server.mark_broken();
+                }
+                ControlFlow::Break("client disconnected")
+            }
+            Unlinked::ServerGone => {
+                server.mark_broken();
+                ControlFlow::Break("server connection failed")
+            }
+            Unlinked::TransactionInStatementMode => {
+                server.mark_broken();
+                self.pooler_error(
+                    "08P01",
+                    "transaction blocks not allowed in statement pooling mode",
+                )
+                .await;
+                ControlFlow::Break("transaction in statement mode")
+            }
+            Unlinked::ClientBroke(err) => {
+                server.mark_broken();
+                ControlFlow::Break(self.client_broke(err).await)
+            }
+            Unlinked::TimedOut(which) => {
+                // Mid-transaction or mid-query: never back to the pool.
+                server.mark_broken();
+                self.pooler_error("08P01", which.message()).await;
+                ControlFlow::Break(which.message())
+            }
+            Unlinked::ShuttingDown { clean } => {
+                if clean {
+                    self.release(server, session_end).await;
+                } else {
+                    server.mark_broken();
+                }
+                self.pooler_error("08P01", SHUTTING_DOWN).await;
+                ControlFlow::Break(SHUTTING_DOWN)
+            }
+        }
+    }
+
+    /// Returns a server to its pool, reset first when the mode asks.
+    async fn release(&mut self, mut server: Pooled<ServerManager>, session_end: bool) {
+        self.entry.set_idle();
+        if self.params_changed {
+            self.params_changed = false;
+            self.entry
+                .set_application_name(&application_name(&self.params));
+        }
+        if server.is_broken() {
+            return;
+        }
+        // The server stays handed out until given back: a KILL that drops
+        // this future during the reset must not pool it mid-query.
+        if session_end || self.pool.resets_always() {
+            if let Some(reset) = self.pool.reset_query() {
+                if let Err(err) = server.simple_query(reset).await {
+                    tracing::warn!(error = %err, "server reset query failed; closing server");
+                    server.mark_broken();
+                }
+                // Reset puts parameters back to the server's defaults.
+                server.params_mut().forget_sync();
+            }
+        }
+        if server.is_broken() {
+            return;
+        }
+        let cancels = server.cancels();
+        if cancels.abandoned() {
+            // A cancel given up after it may have been sent can still
+            // land, on whatever query runs there next.
+            tracing::info!("closing server: a cancel request to it was given up");
+            server.mark_broken();
+        } else if cancels.any() {
+            let wait = self
+                .state
+                .config()
+                .pgbouncer
+                .cancel_wait_timeout
+                .unwrap_or(CANCEL_HOLD_MAX);
+            tokio::spawn(hold_until_cancels_land(server, wait));
+        } else {
+            server.give_back();
+        }
+    }
+}
+
+/// Keeps a released server from other clients until the cancel requests on
+/// their way to it have landed: one landing after another client's query
+/// started would cancel that query. A server whose cancel never lands is
+/// closed.
+async fn hold_until_cancels_land(mut server: Pooled<ServerManager>, wait: Duration) {
+    server.hold_for_cancels();
+    let cancels = server.cancels().clone();
+    let landed = tokio::time::timeout(wait, cancels.all_landed()).await;
+    if landed.is_err() || cancels.abandoned() {
+        tracing::info!("closing server: a cancel request on its way to it never landed");
+        server.mark_broken();
+        return;
+    }
+    server.give_back();
+}

@@ -1,0 +1,264 @@
+//! Logging a client in: who may connect to what, the password check, the
+//! pool the client will use, and the welcome it is sent (the parameters a
+//! server of its pool reported, with the client's own on top).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use wharf::Pooled;
+
+use super::startup::{open, Opening};
+use super::{refuse, Ended};
+use crate::admin::{self, Role};
+use crate::auth::{authenticate_client, ClientAuthError};
+use crate::config::AuthType;
+use crate::net::ClientStream;
+use crate::pool::{ServerManager, ServerPool};
+use crate::proto::{messages, CancelKey};
+use crate::router::RouteError;
+use crate::server::params::{is_tracked, set_param};
+use crate::server::{Params, ServerError};
+use crate::state::PoolerState;
+
+/// What a login turned out to be.
+pub(super) enum LoggedIn {
+    /// A client of a server pool.
+    Pool(Login),
+    /// An admin console session.
+    Console {
+        user: String,
+        role: Role,
+        params: Params,
+    },
+    /// A cancel request, to be passed on.
+    Cancel(CancelKey),
+}
+
+/// A client logged in to a server pool.
+pub(super) struct Login {
+    pub(super) user: String,
+    pub(super) pool: Arc<ServerPool>,
+    /// The client's tracked parameters, as it should see them.
+    pub(super) params: Params,
+    /// Every parameter to report in the welcome.
+    pub(super) welcome: Params,
+}
+
+/// Startup, authentication and routing; or a cancel request.
+pub(super) async fn login<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+) -> Result<LoggedIn, Ended> {
+    let (user, database, client_params) = match open(stream, peer, state).await? {
+        Opening::Cancel(key) => return Ok(LoggedIn::Cancel(key)),
+        Opening::Session {
+            user,
+            database,
+            params,
+        } => (user, database, params),
+    };
+    let config = state.config();
+    // auth_type = any logs every client in as the database's forced user;
+    // without one there is nobody to log in as (PgBouncer refuses too).
+    if config.pgbouncer.auth_type == AuthType::Any
+        && config
+            .database(&database)
+            .is_some_and(|db| db.user.is_none())
+    {
+        tracing::warn!(%peer, %database, "closing client: auth_type = any needs a forced user");
+        let message = format!(
+            "bouncer config error: auth_type = any needs database \"{database}\" to force a user="
+        );
+        refuse(stream, state, peer, "08P01", &message).await;
+        return Err(Ended);
+    }
+    let door = door(stream, peer, state, &database, &user).await?;
+    if !matches!(door, Door::OwnUser(_)) {
+        authenticate(stream, peer, state, &user).await?;
+    }
+    if let Door::Console(role) | Door::OwnUser(role) = door {
+        return Ok(LoggedIn::Console {
+            user,
+            role,
+            params: client_params,
+        });
+    }
+    let pool = route(stream, peer, state, &database, &user).await?;
+    let server_params = match pool.welcome() {
+        Some(params) => params,
+        // A paused database opens no server, not even for a welcome.
+        None => match first_server(&pool).await {
+            Ok(server) => {
+                pool.set_welcome(server.params().values());
+                pool.welcome().unwrap_or_default()
+            }
+            Err((code, message)) => {
+                tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing client: no server connection");
+                refuse(stream, state, peer, &code, &message).await;
+                return Err(Ended);
+            }
+        },
+    };
+    let mut client_params = client_params;
+    if config.pgbouncer.application_name_add_host {
+        let app = super::application_name(&client_params);
+        set_param(
+            &mut client_params,
+            "application_name",
+            &format!("{app} - {peer}"),
+        );
+    }
+    let mut welcome = server_params.to_vec();
+    for (name, value) in &client_params {
+        set_param(&mut welcome, name, value);
+    }
+    let params = welcome
+        .iter()
+        .filter(|(name, _)| is_tracked(name))
+        .cloned()
+        .collect();
+    Ok(LoggedIn::Pool(Login {
+        user,
+        pool,
+        params,
+        welcome,
+    }))
+}
+
+/// Which way a client comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// To a database of servers.
+    Pool,
+    /// To the console, as a user of `admin_users` or `stats_users`.
+    Console(Role),
+    /// To the console, as the pooler's own OS user over the Unix socket,
+    /// who needs no password.
+    OwnUser(Role),
+}
+
+/// Which door the client takes; a user the console does not know is
+/// refused.
+async fn door<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    database: &str,
+    user: &str,
+) -> Result<Door, Ended> {
+    if !admin::is_console(database) {
+        return Ok(Door::Pool);
+    }
+    let peer_uid = stream.peer_credentials().map(|(uid, _)| uid);
+    if admin::peer_is_own_user(peer_uid, user) {
+        return Ok(Door::OwnUser(Role::Admin));
+    }
+    match admin::role_of(state, user) {
+        Some(role) => Ok(Door::Console(role)),
+        None => {
+            tracing::info!(%peer, %user, "closing client: not allowed on the admin console");
+            refuse(stream, state, peer, "08P01", "not allowed").await;
+            Err(Ended)
+        }
+    }
+}
+
+/// Checks the client's password.
+async fn authenticate<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    user: &str,
+) -> Result<(), Ended> {
+    let secrets = state.secrets();
+    let auth_type = state.config().pgbouncer.auth_type;
+    match authenticate_client(stream, auth_type, user, secrets.get(user)).await {
+        Ok(()) => Ok(()),
+        Err(ClientAuthError::Failed(user)) => {
+            tracing::info!(%peer, %user, "closing client: password authentication failed");
+            let message = format!("password authentication failed for user \"{user}\"");
+            refuse(stream, state, peer, "28P01", &message).await;
+            Err(Ended)
+        }
+        Err(ClientAuthError::Protocol(err)) => {
+            tracing::info!(%peer, error = %err, "closing client during authentication");
+            let message = format!("authentication failed: {err}");
+            refuse(stream, state, peer, "08P01", &message).await;
+            Err(Ended)
+        }
+    }
+}
+
+/// The pool for the client's database and user, refusing a disabled or
+/// unknown database.
+async fn route<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    database: &str,
+    user: &str,
+) -> Result<Arc<ServerPool>, Ended> {
+    match state.router().route(database, user) {
+        Ok(pool) if pool.control().is_disabled() => {
+            tracing::info!(%peer, %database, "closing client: database disabled");
+            let message = format!("database does not allow connections: {database}");
+            refuse(stream, state, peer, "08P01", &message).await;
+            Err(Ended)
+        }
+        Ok(pool) => Ok(pool),
+        Err(err @ RouteError::UnknownDatabase(_)) => {
+            tracing::info!(%peer, %database, "closing client: unknown database");
+            refuse(stream, state, peer, "3D000", &err.to_string()).await;
+            Err(Ended)
+        }
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "closing client: pool unusable");
+            refuse(stream, state, peer, "08P01", &err.to_string()).await;
+            Err(Ended)
+        }
+    }
+}
+
+/// The first server of a pool that has never had one, for the welcome.
+/// Server pools fail fast, so a failed server login reaches the client at
+/// once, with the server's own SQLSTATE and message when it sent one (a
+/// wrong password does not get better by waiting).
+async fn first_server(pool: &ServerPool) -> Result<Pooled<ServerManager>, (String, String)> {
+    pool.get(None).await.map_err(|err| server_unavailable(&err))
+}
+
+/// The SQLSTATE and message to give a client for a pool error.
+fn server_unavailable(err: &wharf::Error) -> (String, String) {
+    let cause = match err {
+        wharf::Error::Unavailable { last_error } | wharf::Error::Timeout { last_error, .. } => {
+            last_error.as_ref()
+        }
+        _ => None,
+    };
+    match cause.and_then(|c| c.downcast_ref::<ServerError>()) {
+        Some(ServerError::Server { code, message, .. }) => (code.clone(), message.clone()),
+        _ => (
+            "08006".to_owned(),
+            format!("pooler could not connect to server: {err}"),
+        ),
+    }
+}
+
+/// AuthenticationOk, the welcome parameters, the client's cancel key and
+/// ReadyForQuery, in one write.
+pub(super) async fn send_welcome<S: ClientStream>(
+    stream: &mut S,
+    login: &Login,
+    key: CancelKey,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (name, value) in &login.welcome {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, key);
+    messages::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await
+}

@@ -1,0 +1,197 @@
+//! The client side: one task per client connection. It reads the startup
+//! packets ([`startup`]), logs the client in ([`login`]), then runs its
+//! [`Session`](session::Session): relaying bytes between the client and
+//! whichever server it is linked to ([`relay`]), taking a server on the
+//! first message that needs one and giving it back at the end of each
+//! transaction, statement or session ([`link`]), as the protocol state
+//! machine ([`state`]) and the timeouts ([`timeouts`]) allow.
+
+mod link;
+mod login;
+mod relay;
+mod session;
+mod startup;
+mod state;
+mod timeouts;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::admin;
+use crate::net::ClientStream;
+use crate::proto::messages;
+use crate::state::PoolerState;
+use crate::stats::ClientInfo;
+use login::{login, send_welcome, LoggedIn};
+use session::Session;
+
+/// How long login may take when `client_login_timeout` is off.
+const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What clients are told when a shutdown ends their session
+/// (PgBouncer's words).
+const SHUTTING_DOWN: &str = "server shutting down";
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a client session ended early, already reported to the client when
+/// it was still there to hear it.
+#[derive(Debug)]
+struct Ended;
+
+/// Serves one client connection from its first byte to its last.
+pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: Arc<PoolerState>) {
+    let config = state.config();
+    let settings = &config.pgbouncer;
+    let login_timeout = settings.client_login_timeout.unwrap_or(NO_TIMEOUT);
+    let logged_in = tokio::time::timeout(login_timeout, login(&mut stream, &peer, &state)).await;
+    let login = match logged_in {
+        Ok(Ok(LoggedIn::Pool(login))) => login,
+        // Outside the login timeout: a cancel given up midway would leave
+        // its server closed for nothing.
+        Ok(Ok(LoggedIn::Cancel(key))) => {
+            let wait = state.config().pgbouncer.cancel_wait_timeout;
+            state.cancels().cancel_within(key, wait).await;
+            return;
+        }
+        Ok(Ok(LoggedIn::Console { user, role, params })) => {
+            let info = client_info(&stream, &peer, &user, "pgbouncer", &user, true);
+            let entry = state
+                .router()
+                .stats()
+                .register_client(info, application_name(&params));
+            let console = admin::Console { user, role, entry };
+            admin::serve(&mut stream, &state, console).await;
+            return;
+        }
+        Ok(Err(Ended)) => return,
+        Err(_) => {
+            refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
+            tracing::info!(%peer, "closing client: login timed out");
+            return;
+        }
+    };
+    let registered = state.cancels().register(login.pool.stats().clone());
+    if send_welcome(&mut stream, &login, registered.key)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if settings.log_connections {
+        tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
+    }
+    let info = client_info(
+        &stream,
+        &peer,
+        &login.user,
+        login.pool.database(),
+        login.pool.user(),
+        false,
+    );
+    let client = state
+        .router()
+        .stats()
+        .register_client(info, application_name(&login.params));
+    login
+        .pool
+        .stats()
+        .client_logins
+        .fetch_add(1, Ordering::Relaxed);
+    let (reader, writer) = stream.halves();
+    let mut session = Session::new(
+        (reader, writer),
+        &login,
+        &registered.slot,
+        &client.entry,
+        &state,
+    );
+    // KILL and KILL_CLIENT drop the session wherever it is; a server it
+    // held mid-transaction is closed, not pooled (see `ServerConn::hand_to`).
+    let killed = client.entry.clone();
+    let outcome = tokio::select! {
+        // Once killed, not one more message is relayed.
+        biased;
+        () = killed.killed() => None,
+        reason = session.run() => Some(reason),
+    };
+    let reason = match outcome {
+        Some(reason) => reason,
+        None => {
+            let message = killed.kill_reason().message();
+            session.pooler_error("08P01", message).await;
+            "killed by the admin console"
+        }
+    };
+    if settings.log_disconnections {
+        tracing::info!(%peer, database = %login.pool.database(), user = %login.user, reason, "client closed");
+    }
+}
+
+/// The registry's description of a client connection.
+fn client_info<S: ClientStream>(
+    stream: &S,
+    peer: &str,
+    user: &str,
+    database: &str,
+    pool_user: &str,
+    admin: bool,
+) -> ClientInfo {
+    let credentials = stream.peer_credentials();
+    let addr = match peer.rsplit_once(':') {
+        _ if peer.starts_with("unix:") => ("unix".to_owned(), 0),
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (peer.to_owned(), 0),
+    };
+    ClientInfo {
+        id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+        user: user.to_owned(),
+        database: database.to_owned(),
+        pool_user: pool_user.to_owned(),
+        addr,
+        local_addr: stream.local_end().unwrap_or_default(),
+        remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
+        admin,
+    }
+}
+
+/// The `application_name` among a client's parameters, or "".
+fn application_name(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("application_name"))
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
+}
+
+/// Turns a client away during login: the FATAL error to it, and
+/// PgBouncer's "pooler error" log line when `log_pooler_errors` is on.
+async fn refuse<S: ClientStream>(
+    stream: &mut S,
+    state: &PoolerState,
+    peer: &str,
+    code: &str,
+    message: &str,
+) {
+    if state.config().pgbouncer.log_pooler_errors {
+        tracing::warn!(%peer, code, "pooler error: {message}");
+    }
+    fatal(stream, code, message).await;
+}
+
+/// Sends a FATAL error; the connection is closed after it either way.
+async fn fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    messages::error(&mut out, "FATAL", code, message);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,381 @@
+//! The hot path: bytes between a client and its server, as they come,
+//! with only message headers read. One task moves both directions, and
+//! the protocol state machine says when the server may go back.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::session::{shutdown_fired, Session};
+use super::state::EventTime;
+use super::timeouts::{Clock, Timeout};
+use crate::config::PoolMode;
+use crate::lifecycle::ShutdownMode;
+use crate::proto::{ProtocolError, Scanner};
+use crate::server::ServerConn;
+
+/// How much a read asks for at once.
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// How a linked period ended.
+pub(super) enum Unlinked {
+    /// At a transaction (or statement) boundary: the server may go back.
+    Released,
+    /// The client is gone or said Terminate; `clean` if its server is idle
+    /// and may go back to the pool.
+    ClientGone {
+        /// Whether the server is outside any transaction.
+        clean: bool,
+    },
+    /// The server failed; the client was told.
+    ServerGone,
+    /// A statement-mode client opened a transaction.
+    TransactionInStatementMode,
+    /// The client broke the protocol.
+    ClientBroke(ProtocolError),
+    /// A timeout ran out mid-transaction: the server cannot go back.
+    TimedOut(Timeout),
+    /// A shutdown says the client must go; `clean` if its server is idle
+    /// outside any transaction and may go back to the pool.
+    ShuttingDown {
+        /// Whether the server is outside any transaction.
+        clean: bool,
+    },
+}
+
+/// One thing that happened while linked: a read or write on either side,
+/// the session's timer, or a shutdown.
+enum Event {
+    Timer,
+    Shutdown,
+    WroteServer(std::io::Result<usize>),
+    ReadClient(std::io::Result<usize>),
+    WroteClient(std::io::Result<usize>),
+    ReadServer(std::io::Result<usize>),
+}
+
+impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
+    /// Relays between the client and `server` until the server may be
+    /// released or either side goes away.
+    pub(super) async fn relay(&mut self, server: &mut ServerConn) -> Unlinked {
+        let mode = self.pool.mode();
+        self.linked_mode = mode;
+        let wire = server.wire();
+        let (mut sr, mut sw, rbuf, server_params) =
+            (wire.reader, wire.writer, wire.rbuf, wire.params);
+        let mut sscan = Scanner::default();
+        let mut tx_status = b'I';
+        let timeouts = self.timeouts;
+        let timed = timeouts.linked();
+        let linked_at = tokio::time::Instant::now();
+        let busy = self.protocol.pending() > 0;
+        let mut clock = Clock {
+            query_start: busy.then_some(linked_at),
+            xact_start: busy.then_some(linked_at),
+            idle_since: linked_at,
+        };
+        loop {
+            let idle = self.protocol.owes_nothing() && sscan.ready() == 0 && sscan.at_boundary();
+            if idle && self.protocol.take_copy_doubtful() > 0 {
+                // A COPY failed with Syncs the server may or may not have
+                // answered: ask it, relaying whatever else it still sends.
+                let mut on_param = |body: &[u8]| {
+                    if server_params.note_relayed(body, &mut self.params) {
+                        self.params_set = self.pool.param_sets().intern(&self.params);
+                        self.params_changed = true;
+                        server_params.mark_synced(self.params_set.clone());
+                    }
+                };
+                match probe(&mut sr, &mut sw, rbuf, &mut self.writer, &mut on_param).await {
+                    Ok(status) => tx_status = status,
+                    Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
+                    Err(Probe::Server(err)) => {
+                        tracing::warn!(error = %err, "server connection failed");
+                        self.server_failed().await;
+                        return Unlinked::ServerGone;
+                    }
+                }
+                continue;
+            }
+            if idle && mode == PoolMode::Statement && tx_status != b'I' {
+                return Unlinked::TransactionInStatementMode;
+            }
+            let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary();
+            // Gone in the middle of a message, of an extended-protocol batch
+            // or of a COPY: the server waits for bytes that will never come.
+            if self.protocol.terminated()
+                && (self.protocol.mid_exchange() || !self.cscan.at_boundary())
+            {
+                return Unlinked::ClientGone { clean: false };
+            }
+            if idle && quiet_client && self.protocol.terminated() {
+                return Unlinked::ClientGone {
+                    clean: tx_status == b'I',
+                };
+            }
+            let between = idle && quiet_client && self.cbuf.is_empty() && tx_status == b'I';
+            match self.state.lifecycle().clients_must_go() {
+                Some(ShutdownMode::Immediate) => {
+                    return Unlinked::ShuttingDown { clean: between };
+                }
+                Some(ShutdownMode::WaitForServers) if between => {
+                    return Unlinked::ShuttingDown { clean: true };
+                }
+                _ => {}
+            }
+            if between && mode != PoolMode::Session {
+                return Unlinked::Released;
+            }
+            let deadline = if timed {
+                clock.deadline(&timeouts, self.protocol.pending() > 0, tx_status != b'I')
+            } else {
+                None
+            };
+            self.rearm(deadline.map(|(at, _)| at));
+            let timer_on = deadline.is_some();
+            // The watch future persists across events (polling it only
+            // re-checks its registration): an immediate shutdown must cut
+            // a session stuck waiting on a long query.
+            let wake_on_shutdown = self.shutdown.is_some();
+            let pending_before = self.protocol.pending();
+            let mut saw_ready = false;
+            let mut now = EventTime::default();
+
+            let event = {
+                let Session {
+                    reader,
+                    writer,
+                    cbuf,
+                    cscan,
+                    protocol,
+                    timer,
+                    shutdown,
+                    ..
+                } = &mut *self;
+                let client_side = async {
+                    let ready = cscan.ready();
+                    if ready > 0 {
+                        Event::WroteServer(sw.write(&cbuf[..ready]).await)
+                    } else if protocol.terminated() {
+                        std::future::pending().await
+                    } else {
+                        make_room(cbuf);
+                        Event::ReadClient(reader.read_buf(cbuf).await)
+                    }
+                };
+                let server_side = async {
+                    let ready = sscan.ready();
+                    if ready > 0 {
+                        Event::WroteClient(writer.write(&rbuf[..ready]).await)
+                    } else {
+                        make_room(rbuf);
+                        Event::ReadServer(sr.read_buf(rbuf).await)
+                    }
+                };
+                let shutdown = shutdown_fired(shutdown);
+                tokio::select! {
+                    event = client_side => event,
+                    event = server_side => event,
+                    _ = timer.as_mut(), if timer_on => Event::Timer,
+                    _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                }
+            };
+            match event {
+                Event::Timer => {
+                    self.armed = None;
+                    if let Some((due, which)) = deadline {
+                        if due <= tokio::time::Instant::now() {
+                            return Unlinked::TimedOut(which);
+                        }
+                    }
+                    continue;
+                }
+                Event::Shutdown => {
+                    self.shutdown_seen();
+                    continue;
+                }
+                Event::WroteServer(Ok(n)) => {
+                    self.cbuf.advance(n);
+                    self.cscan.consumed(n);
+                    self.pool
+                        .stats()
+                        .received
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.protocol.sent_to_server(&mut now);
+                }
+                Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
+                    tracing::warn!(error = %err, "server connection failed");
+                    self.server_failed().await;
+                    return Unlinked::ServerGone;
+                }
+                Event::ReadServer(Ok(0)) => {
+                    tracing::warn!("server closed the connection unexpectedly");
+                    self.server_failed().await;
+                    return Unlinked::ServerGone;
+                }
+                Event::ReadServer(Ok(_)) => {
+                    let stats = self.pool.stats();
+                    let protocol = &mut self.protocol;
+                    let params = &mut self.params;
+                    let params_set = &mut self.params_set;
+                    let params_changed = &mut self.params_changed;
+                    let param_sets = self.pool.param_sets();
+                    let scanned = sscan.scan(
+                        rbuf,
+                        i32::MAX as usize,
+                        |tag| tag == b'Z' || tag == b'S',
+                        |tag, body| match (tag, body) {
+                            (b'Z', Some(body)) => {
+                                saw_ready = true;
+                                tx_status = body.first().copied().unwrap_or(b'I');
+                                protocol.server_ready(tx_status, stats, &mut now);
+                            }
+                            (b'S', Some(body)) if server_params.note_relayed(body, params) => {
+                                // Both sides changed together: still in step.
+                                *params_set = param_sets.intern(params);
+                                *params_changed = true;
+                                server_params.mark_synced(params_set.clone());
+                            }
+                            (tag, _) => protocol.server_message(tag),
+                        },
+                    );
+                    if let Err(err) = scanned {
+                        tracing::warn!(error = %err, "server sent a malformed message");
+                        self.server_failed().await;
+                        return Unlinked::ServerGone;
+                    }
+                }
+                Event::ReadClient(Ok(0)) | Event::ReadClient(Err(_)) => {
+                    self.protocol.set_terminated();
+                }
+                Event::ReadClient(Ok(_)) => {
+                    if let Err(err) = self.scan_client() {
+                        return Unlinked::ClientBroke(err);
+                    }
+                }
+                Event::WroteClient(Ok(n)) => {
+                    rbuf.advance(n);
+                    sscan.consumed(n);
+                    self.pool
+                        .stats()
+                        .sent
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Event::WroteClient(Err(_)) => {
+                    // The client is gone mid-response; the server is still
+                    // sending, so it cannot go back to the pool.
+                    rbuf.clear();
+                    return Unlinked::ClientGone { clean: false };
+                }
+            }
+            // The clock moves only when a query starts or ends, so timing
+            // costs one clock read per query, not per message (shared with
+            // the stats when they read it for the same event).
+            let pending = self.protocol.pending();
+            if timed && (pending != pending_before || saw_ready) {
+                let now = now.get();
+                if pending > 0 {
+                    if pending_before == 0 || saw_ready {
+                        clock.query_start = Some(now);
+                    }
+                    clock.xact_start.get_or_insert(now);
+                } else {
+                    clock.query_start = None;
+                    clock.idle_since = now;
+                    if tx_status == b'I' {
+                        clock.xact_start = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why [`probe`] failed.
+enum Probe {
+    /// The client could not be written to.
+    Client,
+    /// The server failed.
+    Server(std::io::Error),
+}
+
+/// Sends the server an empty query and relays to the client everything
+/// the server sends before answering it (ReadyForQuery for Syncs the
+/// pooler could not tell the server had ignored, and any responses behind
+/// them), swallowing the answer itself. Called only when everything
+/// scanned has been relayed, so `rbuf` starts at a message. Returns the
+/// server's transaction status.
+async fn probe<R, S, W>(
+    sr: &mut R,
+    sw: &mut S,
+    rbuf: &mut BytesMut,
+    client: &mut W,
+    on_param: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<u8, Probe>
+where
+    R: AsyncRead + Unpin,
+    S: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    const EMPTY_QUERY: [u8; 6] = [b'Q', 0, 0, 0, 5, 0];
+    sw.write_all(&EMPTY_QUERY).await.map_err(Probe::Server)?;
+    let mut answered = false;
+    // Bytes of the message being relayed that are still to go.
+    let mut relaying = 0usize;
+    loop {
+        if relaying > 0 && !rbuf.is_empty() {
+            let n = relaying.min(rbuf.len());
+            client
+                .write_all(&rbuf[..n])
+                .await
+                .map_err(|_| Probe::Client)?;
+            rbuf.advance(n);
+            relaying -= n;
+            continue;
+        }
+        if relaying == 0 && rbuf.len() >= 5 {
+            let tag = rbuf[0];
+            let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
+            let Ok(len) = usize::try_from(len) else {
+                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
+            };
+            if len < 4 {
+                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
+            }
+            let whole = rbuf.len() > len;
+            match tag {
+                b'I' if len == 4 => {
+                    rbuf.advance(5);
+                    answered = true;
+                    continue;
+                }
+                // Read whole before deciding.
+                b'Z' | b'S' if !whole => {}
+                b'Z' if answered => {
+                    let status = rbuf.get(5).copied().unwrap_or(b'I');
+                    rbuf.advance(1 + len);
+                    return Ok(status);
+                }
+                _ => {
+                    if tag == b'S' {
+                        on_param(&rbuf[5..1 + len]);
+                    }
+                    relaying = 1 + len;
+                    continue;
+                }
+            }
+        }
+        match sr.read_buf(rbuf).await {
+            Ok(0) => return Err(Probe::Server(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(err) => return Err(Probe::Server(err)),
+        }
+    }
+}
+
+/// Keeps a read buffer able to take a full chunk: `read_buf` only reads
+/// into spare capacity, and a buffer drained by `advance` may have little.
+pub(super) fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}

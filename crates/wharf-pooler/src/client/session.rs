@@ -1,0 +1,290 @@
+//! A logged-in client's session: waiting for the client while it has no
+//! server, taking one when a message needs it, and the session-wide
+//! settings the relay reads (timeouts, shutdown, kill).
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::login::Login;
+use super::relay::make_room;
+use super::state::ProtocolState;
+use super::timeouts::{Timeout, Timeouts};
+use super::{fatal, NO_TIMEOUT, SHUTTING_DOWN};
+use crate::cancel::CancelSlot;
+use crate::config::PoolMode;
+use crate::lifecycle::ShutdownMode;
+use crate::pool::ServerPool;
+use crate::proto::{ProtocolError, Scanner};
+use crate::server::Params;
+use crate::state::PoolerState;
+use crate::stats::ClientEntry;
+
+/// Resolves once a shutdown says the session's client must go.
+pub(super) type ShutdownWait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A logged-in client of a server pool, from its welcome to its end. The
+/// client's socket halves are `R` and `W`.
+pub(super) struct Session<'a, R, W> {
+    pub(super) reader: R,
+    pub(super) writer: W,
+    pub(super) pool: &'a ServerPool,
+    pub(super) cancel: &'a CancelSlot,
+    /// The client's tracked parameters, as it should see them.
+    pub(super) params: Params,
+    /// `params`, shared with the pool's other clients that have the same.
+    pub(super) params_set: Arc<Params>,
+    /// `params` changed since the registry last saw its application_name.
+    pub(super) params_changed: bool,
+    /// The pool mode of the server link now or last in place: a RELOAD
+    /// that changes the pool's mode must not change how that link ends.
+    pub(super) linked_mode: PoolMode,
+    /// Bytes from the client; the scanned front part goes to the server.
+    pub(super) cbuf: BytesMut,
+    pub(super) cscan: Scanner,
+    pub(super) protocol: ProtocolState,
+    pub(super) max_packet: usize,
+    pub(super) state: &'a PoolerState,
+    /// This session in the client registry (`SHOW CLIENTS`).
+    pub(super) entry: &'a ClientEntry,
+    /// The user the client logged in as (for per-user timeouts).
+    pub(super) user: &'a str,
+    pub(super) timeouts: Timeouts,
+    /// The configuration generation `timeouts` were read from: re-read
+    /// only when a RELOAD has put another in force.
+    timeouts_from: Option<u64>,
+    /// The session's one timer, moved to whichever deadline is nearest
+    /// when that changes (not a timer per message).
+    pub(super) timer: Pin<Box<tokio::time::Sleep>>,
+    pub(super) armed: Option<tokio::time::Instant>,
+    /// Wakes the session when a shutdown says clients must go; `None`
+    /// once that has happened at the strongest mode.
+    pub(super) shutdown: Option<ShutdownWait<'a>>,
+}
+
+/// Waits for `shutdown`, or forever without one, so that a `select!` arm
+/// can name it either way.
+pub(super) async fn shutdown_fired(shutdown: &mut Option<ShutdownWait<'_>>) {
+    match shutdown {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What an unlinked session's wait for its client ended with.
+enum Waited {
+    Read(std::io::Result<usize>),
+    Timer,
+    Shutdown,
+}
+
+impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, R, W> {
+    /// A session for `login`'s client, whose socket halves are `halves`.
+    pub(super) fn new(
+        (reader, writer): (R, W),
+        login: &'a Login,
+        cancel: &'a CancelSlot,
+        entry: &'a ClientEntry,
+        state: &'a PoolerState,
+    ) -> Self {
+        let pool = &*login.pool;
+        Self {
+            reader,
+            writer,
+            pool,
+            cancel,
+            params_set: pool.param_sets().intern(&login.params),
+            params: login.params.clone(),
+            params_changed: false,
+            linked_mode: pool.mode(),
+            cbuf: BytesMut::with_capacity(super::relay::READ_CHUNK),
+            cscan: Scanner::default(),
+            protocol: ProtocolState::default(),
+            max_packet: state.config().pgbouncer.max_packet_size,
+            state,
+            entry,
+            user: &login.user,
+            timeouts: Timeouts::default(),
+            timeouts_from: None,
+            timer: Box::pin(tokio::time::sleep(NO_TIMEOUT)),
+            armed: None,
+            shutdown: Some(Box::pin(
+                state
+                    .lifecycle()
+                    .wait_clients_must_go(ShutdownMode::WaitForServers, entry),
+            )),
+        }
+    }
+
+    /// Serves the session until it ends; returns why, for the log.
+    pub(super) async fn run(&mut self) -> &'static str {
+        loop {
+            self.refresh_timeouts();
+            if self.state.lifecycle().clients_must_go().is_some() {
+                // Between transactions: no server work is cut.
+                self.pooler_error("08P01", SHUTTING_DOWN).await;
+                return SHUTTING_DOWN;
+            }
+            if self.cscan.ready() > 0 {
+                let Ok(mut server) = self.link().await else {
+                    return "no server available";
+                };
+                let outcome = self.relay(&mut server).await;
+                self.cancel.unlink();
+                if let ControlFlow::Break(reason) = self.unlinked(server, outcome).await {
+                    return reason;
+                }
+                continue;
+            }
+            if self.protocol.terminated() {
+                return "client disconnected";
+            }
+            if let ControlFlow::Break(reason) = self.wait_for_client().await {
+                return reason;
+            }
+        }
+    }
+
+    /// Waits, without a server, for the client's next bytes, bounded by
+    /// `client_idle_timeout` and cut short by a shutdown.
+    async fn wait_for_client(&mut self) -> ControlFlow<&'static str> {
+        make_room(&mut self.cbuf);
+        // client_idle_timeout counts while the client has no server.
+        let idle_deadline = self
+            .timeouts
+            .client_idle
+            .map(|t| tokio::time::Instant::now() + t);
+        self.rearm(idle_deadline);
+        let watching = self.shutdown.is_some();
+        let event = {
+            let shutdown = shutdown_fired(&mut self.shutdown);
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.cbuf) => Waited::Read(read),
+                _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
+                _ = shutdown, if watching => Waited::Shutdown,
+            }
+        };
+        match event {
+            Waited::Read(Ok(0) | Err(_)) => return ControlFlow::Break("client disconnected"),
+            Waited::Read(Ok(_)) => {
+                if let Err(err) = self.scan_client() {
+                    return ControlFlow::Break(self.client_broke(err).await);
+                }
+            }
+            Waited::Timer => {
+                self.armed = None;
+                let message = Timeout::ClientIdle.message();
+                self.pooler_error("08P01", message).await;
+                return ControlFlow::Break(message);
+            }
+            Waited::Shutdown => self.shutdown_seen(),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Re-reads the timeouts when a RELOAD has put a new configuration in
+    /// force (one atomic load per transaction otherwise).
+    fn refresh_timeouts(&mut self) {
+        let generation = self.state.router().config_generation();
+        if self.timeouts_from == Some(generation) {
+            return;
+        }
+        let config = self.state.config();
+        let pool = config.pool_settings(self.pool.database(), self.user);
+        self.timeouts = Timeouts {
+            query: pool.query_timeout,
+            query_wait: pool.query_wait_timeout,
+            idle_transaction: pool.idle_transaction_timeout,
+            transaction: pool.transaction_timeout,
+            client_idle: pool.client_idle_timeout,
+            log_pooler_errors: config.pgbouncer.log_pooler_errors,
+        };
+        self.timeouts_from = Some(generation);
+    }
+
+    /// Moves the session's timer to `deadline`, if that is a change.
+    pub(super) fn rearm(&mut self, deadline: Option<tokio::time::Instant>) {
+        if deadline != self.armed {
+            if let Some(at) = deadline {
+                self.timer.as_mut().reset(at);
+            }
+            self.armed = deadline;
+        }
+    }
+
+    /// The shutdown watch fired: from now on only an immediate shutdown
+    /// can tell the session anything new.
+    pub(super) fn shutdown_seen(&mut self) {
+        let lifecycle = self.state.lifecycle();
+        self.shutdown = match lifecycle.clients_must_go() {
+            Some(ShutdownMode::Immediate) => None,
+            _ => Some(Box::pin(
+                lifecycle.wait_clients_must_go(ShutdownMode::Immediate, self.entry),
+            )),
+        };
+    }
+
+    /// Ends the session with an error from the pooler itself (PgBouncer's
+    /// pooler errors), logged when `log_pooler_errors` is on.
+    pub(super) async fn pooler_error(&mut self, code: &str, message: &str) {
+        if self.timeouts.log_pooler_errors {
+            tracing::warn!(
+                database = %self.pool.database(),
+                user = %self.user,
+                code,
+                "pooler error: {message}"
+            );
+        }
+        tracing::info!(database = %self.pool.database(), user = %self.user, "closing client: {message}");
+        fatal(&mut self.writer, code, message).await;
+    }
+
+    /// Scans what the client sent since the last scan, noting each message
+    /// in the protocol state and the pool's counters.
+    pub(super) fn scan_client(&mut self) -> Result<(), ProtocolError> {
+        let protocol = &mut self.protocol;
+        let stats = self.pool.stats();
+        let ready = self.cscan.scan_until(
+            &self.cbuf,
+            self.max_packet,
+            |tag| tag == b'X',
+            |tag, _| {
+                protocol.note(tag);
+                stats.client_message(tag);
+                // Terminate is for the pooler, not the server, and nothing
+                // a client sends after it counts.
+                if tag == b'X' {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        if protocol.terminated() {
+            self.cbuf.truncate(ready);
+        }
+        Ok(())
+    }
+
+    /// Ends a session whose client broke the protocol; returns the reason
+    /// for the log.
+    pub(super) async fn client_broke(&mut self, err: ProtocolError) -> &'static str {
+        self.pooler_error("08P01", &format!("invalid message: {err}"))
+            .await;
+        "protocol error"
+    }
+
+    /// Tells the client its server failed.
+    pub(super) async fn server_failed(&mut self) {
+        fatal(
+            &mut self.writer,
+            "08006",
+            "server closed the connection unexpectedly",
+        )
+        .await;
+    }
+}

@@ -1,0 +1,129 @@
+//! The timeouts that end a session (PgBouncer's `query_timeout`,
+//! `idle_transaction_timeout`, `transaction_timeout`,
+//! `client_idle_timeout`), and the clock the relay keeps for them.
+
+use std::time::Duration;
+
+/// The timeouts that end a session, with PgBouncer's message for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timeout {
+    /// `query_timeout`.
+    Query,
+    /// `idle_transaction_timeout`.
+    IdleTransaction,
+    /// `transaction_timeout`.
+    Transaction,
+    /// `client_idle_timeout`.
+    ClientIdle,
+}
+
+impl Timeout {
+    /// What the client is told (SQLSTATE 08P01), as PgBouncer says it.
+    pub(super) fn message(self) -> &'static str {
+        match self {
+            Timeout::Query => "query timeout",
+            Timeout::IdleTransaction => "idle transaction timeout",
+            Timeout::Transaction => "transaction timeout",
+            Timeout::ClientIdle => "client_idle_timeout",
+        }
+    }
+}
+
+/// The session's timeouts, as the configuration in force says for its
+/// (database, user); `None` is off.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Timeouts {
+    pub(super) query: Option<Duration>,
+    pub(super) query_wait: Option<Duration>,
+    pub(super) idle_transaction: Option<Duration>,
+    pub(super) transaction: Option<Duration>,
+    pub(super) client_idle: Option<Duration>,
+    pub(super) log_pooler_errors: bool,
+}
+
+impl Timeouts {
+    /// Whether any timeout needs the linked loop's clock.
+    pub(super) fn linked(&self) -> bool {
+        self.query.is_some() || self.idle_transaction.is_some() || self.transaction.is_some()
+    }
+}
+
+/// When the linked loop's transaction and query began, and since when the
+/// server has been waiting on the client.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    pub(super) query_start: Option<tokio::time::Instant>,
+    pub(super) xact_start: Option<tokio::time::Instant>,
+    pub(super) idle_since: tokio::time::Instant,
+}
+
+impl Clock {
+    /// The nearest deadline, and which timeout it is.
+    pub(super) fn deadline(
+        &self,
+        t: &Timeouts,
+        pending: bool,
+        in_tx: bool,
+    ) -> Option<(tokio::time::Instant, Timeout)> {
+        let mut nearest: Option<(tokio::time::Instant, Timeout)> = None;
+        let mut offer = |at: Option<tokio::time::Instant>, limit: Option<Duration>, which| {
+            if let (Some(at), Some(limit)) = (at, limit) {
+                let due = at + limit;
+                if nearest.is_none_or(|(d, _)| due < d) {
+                    nearest = Some((due, which));
+                }
+            }
+        };
+        if pending {
+            offer(self.query_start, t.query, Timeout::Query);
+        } else if in_tx {
+            offer(
+                Some(self.idle_since),
+                t.idle_transaction,
+                Timeout::IdleTransaction,
+            );
+        }
+        offer(self.xact_start, t.transaction, Timeout::Transaction);
+        nearest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nearest_deadline_wins_and_only_the_ones_that_apply() {
+        let t0 = tokio::time::Instant::now();
+        let limits = Timeouts {
+            query: Some(Duration::from_secs(5)),
+            idle_transaction: Some(Duration::from_secs(2)),
+            transaction: Some(Duration::from_secs(30)),
+            ..Timeouts::default()
+        };
+        let clock = Clock {
+            query_start: Some(t0),
+            xact_start: Some(t0),
+            idle_since: t0,
+        };
+        // A query running: its timeout, not the idle one.
+        assert_eq!(
+            clock.deadline(&limits, true, true),
+            Some((t0 + Duration::from_secs(5), Timeout::Query))
+        );
+        // Idle in a transaction: the idle timeout is nearer.
+        assert_eq!(
+            clock.deadline(&limits, false, true),
+            Some((t0 + Duration::from_secs(2), Timeout::IdleTransaction))
+        );
+        // Outside a transaction nothing but the transaction's own.
+        let idle = Clock {
+            xact_start: None,
+            query_start: None,
+            ..clock
+        };
+        assert_eq!(idle.deadline(&limits, false, false), None);
+        assert!(!Timeouts::default().linked());
+        assert!(limits.linked());
+    }
+}

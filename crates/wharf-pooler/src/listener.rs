@@ -1,0 +1,218 @@
+//! The listening sockets: accepts clients on TCP and on a Unix socket,
+//! enforces `max_client_conn`, and hands each client to its own task.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::client::serve_client;
+use crate::net::ClientStream;
+use crate::proto::{messages, read_startup, Startup};
+use crate::state::PoolerState;
+use crate::StartError;
+
+/// The clients connected, and a wake-up for when the last one goes.
+#[derive(Default)]
+pub(crate) struct Clients {
+    count: AtomicUsize,
+    gone: tokio::sync::Notify,
+}
+
+impl Clients {
+    /// How many are connected.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no client is connected.
+    pub(crate) async fn all_gone(&self) {
+        loop {
+            let mut gone = std::pin::pin!(self.gone.notified());
+            gone.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+/// Accepts clients on `listener` until the task is aborted.
+pub(crate) async fn accept_tcp(
+    listener: TcpListener,
+    state: Arc<PoolerState>,
+    clients: Arc<Clients>,
+    max_clients: usize,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                admit(stream, peer.to_string(), &state, &clients, max_clients);
+            }
+            Err(err) => accept_failed(err).await,
+        }
+    }
+}
+
+/// Accepts clients on the Unix socket `listener` until the task is aborted.
+pub(crate) async fn accept_unix(
+    listener: tokio::net::UnixListener,
+    peer: String,
+    state: Arc<PoolerState>,
+    clients: Arc<Clients>,
+    max_clients: usize,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => admit(stream, peer.clone(), &state, &clients, max_clients),
+            Err(err) => accept_failed(err).await,
+        }
+    }
+}
+
+/// Starts a client's task, or turns it away when `max_client_conn` clients
+/// are already connected.
+fn admit<S: ClientStream + 'static>(
+    stream: S,
+    peer: String,
+    state: &Arc<PoolerState>,
+    clients: &Arc<Clients>,
+    max_clients: usize,
+) {
+    let count = ClientCount::new(clients.clone());
+    let state = state.clone();
+    tokio::spawn(async move {
+        if count.current > max_clients {
+            refuse_over_limit(stream, &peer, &state, max_clients).await;
+            return;
+        }
+        serve_client(stream, peer, state).await;
+        drop(count);
+    });
+}
+
+/// Turns away a client over `max_client_conn`, after its startup packet
+/// as PgBouncer does: libpq only shows an error sent in place of the answer
+/// to its SSL request as "error response during SSL exchange", and a cancel
+/// request must get through even when every client place is taken.
+async fn refuse_over_limit<S: ClientStream>(
+    mut stream: S,
+    peer: &str,
+    state: &PoolerState,
+    max_clients: usize,
+) {
+    let startup = async {
+        loop {
+            match read_startup(&mut stream).await {
+                Ok(Startup::SslRequest | Startup::GssEncRequest) => {
+                    if stream.write_all(b"N").await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(Startup::Cancel(key)) => return Some(Err(key)),
+                Ok(Startup::Startup { .. }) => return Some(Ok(())),
+                // Not a client worth an answer.
+                Err(_) => return None,
+            }
+        }
+    };
+    let config = state.config();
+    let wait = config
+        .pgbouncer
+        .client_login_timeout
+        .unwrap_or(Duration::from_secs(60));
+    match tokio::time::timeout(wait, startup).await {
+        Ok(Some(Ok(()))) => {}
+        // Passed on outside the login timeout, which is not its to bound.
+        Ok(Some(Err(key))) => {
+            let wait = config.pgbouncer.cancel_wait_timeout;
+            state.cancels().cancel_within(key, wait).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    }
+    let message = "no more connections allowed (max_client_conn)";
+    tracing::warn!(%peer, max_clients, "closing client: max_client_conn reached");
+    if config.pgbouncer.log_pooler_errors {
+        tracing::warn!(%peer, code = "53300", "pooler error: {message}");
+    }
+    let mut out = BytesMut::new();
+    messages::error(&mut out, "FATAL", "53300", message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Counts a connected client for as long as it lives.
+struct ClientCount {
+    clients: Arc<Clients>,
+    current: usize,
+}
+
+impl ClientCount {
+    fn new(clients: Arc<Clients>) -> Self {
+        let current = clients.count.fetch_add(1, Ordering::SeqCst) + 1;
+        Self { clients, current }
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        if self.clients.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.clients.gone.notify_waiters();
+        }
+    }
+}
+
+/// Accept errors are mostly running out of file descriptors; pausing keeps
+/// the loop from spinning while connections close.
+async fn accept_failed(err: io::Error) {
+    tracing::warn!(error = %err, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAddr>, StartError> {
+    let mut addrs = Vec::new();
+    for addr in listen {
+        let addr = addr.trim();
+        if addr.is_empty() {
+            continue;
+        }
+        if addr == "*" {
+            addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+            continue;
+        }
+        let ip = if addr == "localhost" {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.parse::<IpAddr>()
+                .map_err(|_| StartError::BadAddress(addr.to_owned()))?
+        };
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    Ok(addrs)
+}
+
+pub(crate) fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // "*" binds both families; keep the v6 socket to v6 so they don't clash.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

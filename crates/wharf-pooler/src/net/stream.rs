@@ -1,0 +1,172 @@
+//! The sockets: a server connection (TCP or Unix) and the client socket
+//! trait, each able to split into a reading and a writing half so the relay
+//! can read and write at once.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A socket to a server, TCP or Unix.
+#[derive(Debug)]
+pub enum ServerStream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix domain socket.
+    Unix(UnixStream),
+}
+
+/// The reading half of a split [`ServerStream`].
+pub enum ServerReader<'a> {
+    /// TCP.
+    Tcp(tokio::net::tcp::ReadHalf<'a>),
+    /// Unix.
+    Unix(tokio::net::unix::ReadHalf<'a>),
+}
+
+impl AsyncRead for ServerReader<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerReader::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ServerReader::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The writing half of a split [`ServerStream`].
+pub enum ServerWriter<'a> {
+    /// TCP.
+    Tcp(tokio::net::tcp::WriteHalf<'a>),
+    /// Unix.
+    Unix(tokio::net::unix::WriteHalf<'a>),
+}
+
+impl AsyncWrite for ServerWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ServerWriter::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ServerWriter::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ServerWriter::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl ServerStream {
+    /// Borrows the stream as separate read and write halves, so the relay
+    /// can read and write at once.
+    pub fn split(&mut self) -> (ServerReader<'_>, ServerWriter<'_>) {
+        match self {
+            ServerStream::Tcp(s) => {
+                let (r, w) = s.split();
+                (ServerReader::Tcp(r), ServerWriter::Tcp(w))
+            }
+            ServerStream::Unix(s) => {
+                let (r, w) = s.split();
+                (ServerReader::Unix(r), ServerWriter::Unix(w))
+            }
+        }
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            ServerStream::Tcp(s) => s.write_all(bytes).await,
+            ServerStream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    /// The pooler's end of the connection (`unix`, 0 for a Unix socket).
+    pub fn local(&self) -> (String, u16) {
+        match self {
+            ServerStream::Tcp(s) => s
+                .local_addr()
+                .map(|a| (a.ip().to_string(), a.port()))
+                .unwrap_or_default(),
+            ServerStream::Unix(_) => ("unix".to_owned(), 0),
+        }
+    }
+
+    /// Reads what is there into `buf`; 0 at end of stream.
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            ServerStream::Tcp(s) => s.read_buf(buf).await,
+            ServerStream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
+/// A client socket that can be split into halves for relaying.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The reading half.
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The writing half.
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Borrows the socket as two halves.
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+
+    /// The pooler's end of the connection (`SHOW CLIENTS` local_addr).
+    fn local_end(&self) -> Option<(String, u16)> {
+        None
+    }
+
+    /// The peer's OS user and process id, when the socket can tell (Unix).
+    fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
+        None
+    }
+}
+
+impl ClientStream for TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+    fn local_end(&self) -> Option<(String, u16)> {
+        self.local_addr()
+            .ok()
+            .map(|a| (a.ip().to_string(), a.port()))
+    }
+}
+
+impl ClientStream for UnixStream {
+    type Reader<'a> = tokio::net::unix::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::unix::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+    fn local_end(&self) -> Option<(String, u16)> {
+        Some(("unix".to_owned(), 0))
+    }
+    fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
+        let cred = self.peer_cred().ok()?;
+        Some((cred.uid(), cred.pid().and_then(|p| u32::try_from(p).ok())))
+    }
+}

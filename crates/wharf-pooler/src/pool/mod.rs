@@ -1,0 +1,290 @@
+//! Server pools on the `wharf` engine: one [`ServerPool`] per (database,
+//! user), its engine [`ServerManager`], the connection limits several
+//! pools share, and the PAUSE/DISABLE state its clients check.
+
+mod control;
+mod limit;
+mod manager;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wharf::Pooled;
+
+pub use control::{DbControl, GlobalControl};
+pub use limit::ConnectionLimit;
+pub use manager::{ServerManager, Tracking};
+
+use crate::config::PoolMode;
+use crate::server::{ParamSets, Params, ServerTarget};
+use crate::stats::PoolStats;
+
+/// `0` means "no limit" in PgBouncer's timeouts; a year is as good.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How a server pool is sized and timed: what the configuration in force
+/// says for one (database, user), in the engine's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolShape {
+    /// Session, transaction or statement pooling.
+    pub mode: PoolMode,
+    /// Most servers (`pool_size`).
+    pub pool_size: usize,
+    /// Servers kept open (`min_pool_size`).
+    pub min_pool_size: usize,
+    /// Extra servers for clients that waited `reserve_timeout`.
+    pub reserve_size: usize,
+    /// How long a client waits before the reserve opens.
+    pub reserve_timeout: Duration,
+    /// `server_lifetime`.
+    pub server_lifetime: Duration,
+    /// `server_idle_timeout` (`None`: off).
+    pub idle_timeout: Option<Duration>,
+    /// `server_connect_timeout`, also the check query's timeout.
+    pub connect_timeout: Duration,
+    /// `server_login_retry`.
+    pub login_retry: Duration,
+    /// `server_check_delay`, when servers are checked at all.
+    pub check_delay: Option<Duration>,
+    /// `query_wait_timeout` (`None`: off).
+    pub query_wait_timeout: Option<Duration>,
+    /// Run when a client releases its server in session mode, or always
+    /// with `reset_always`.
+    pub reset_query: Option<String>,
+    /// `server_reset_query_always`.
+    pub reset_always: bool,
+}
+
+/// What [`ServerPool::apply`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// The pool's size changed.
+    pub resized: bool,
+    /// The server target changed: servers with the old one close when
+    /// released.
+    pub retargeted: bool,
+}
+
+/// One server pool: the servers for a (database, user) pair, and how
+/// clients use them.
+pub struct ServerPool {
+    database: String,
+    user: String,
+    /// A [`PoolMode`] as a byte: RELOAD may change it under live sessions.
+    mode: AtomicU8,
+    engine: wharf::Pool<ServerManager>,
+    reset_query: Option<String>,
+    reset_always: bool,
+    /// Made from the `*` entry: dropped after `autodb_idle_timeout` unused.
+    auto: bool,
+    /// The ParameterStatus set a server sent at login, cached for the
+    /// welcome of later clients.
+    welcome: Mutex<Option<Arc<Params>>>,
+    stats: Arc<PoolStats>,
+    control: Arc<DbControl>,
+    param_sets: ParamSets,
+}
+
+impl ServerPool {
+    /// A pool of `database`'s servers logged in as `user`, opened for
+    /// `target` under `limits`. Must be called inside the Tokio runtime
+    /// (the engine starts its tasks).
+    pub fn new(
+        (database, user): (&str, &str),
+        shape: &PoolShape,
+        target: ServerTarget,
+        limits: Vec<Arc<ConnectionLimit>>,
+        tracking: Tracking,
+        auto: bool,
+    ) -> Result<Self, wharf::ConfigError> {
+        let (stats, control) = (tracking.pool.clone(), tracking.control.clone());
+        let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
+        let engine = wharf::Pool::builder(ServerManager::new(target, limits, tracking))
+            .name(format!("{database}/{user}"))
+            .max_size(shape.pool_size)
+            .min_idle(shape.min_pool_size)
+            .reserve_size(shape.reserve_size)
+            .reserve_timeout(shape.reserve_timeout)
+            .acquire_timeout(shape.query_wait_timeout.unwrap_or(FOREVER))
+            .connect_timeout(shape.connect_timeout)
+            .max_connecting(4)
+            // PgBouncer's server_login_retry: while logins fail and the
+            // pool has no server, clients are told at once, not queued.
+            .fail_fast(true)
+            .connect_backoff(backoff)
+            .connect_backoff_max(backoff_max)
+            .validate_after(shape.check_delay)
+            .validation_timeout(shape.connect_timeout)
+            .idle_timeout(shape.idle_timeout)
+            .max_lifetime(shape.server_lifetime)
+            .build()?;
+        for limit in engine.manager().limits() {
+            limit.watch(&engine);
+        }
+        Ok(Self {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            mode: AtomicU8::new(shape.mode as u8),
+            engine,
+            reset_query: shape.reset_query.clone(),
+            reset_always: shape.reset_always,
+            auto,
+            welcome: Mutex::new(None),
+            stats,
+            control,
+            param_sets: ParamSets::default(),
+        })
+    }
+
+    /// Brings the live pool in line with `shape` and `target` (a RELOAD):
+    /// sizes and timeouts at once, a new target for new servers.
+    pub fn apply(&self, shape: &PoolShape, target: ServerTarget) -> Changed {
+        let mut changed = Changed::default();
+        let status = self.engine.status();
+        if status.max_size != shape.pool_size {
+            match self.engine.resize(shape.pool_size) {
+                Ok(()) => {
+                    tracing::info!(database = %self.database, user = %self.user,
+                        from = status.max_size, to = shape.pool_size, "pool resized");
+                    changed.resized = true;
+                }
+                Err(err) => {
+                    tracing::warn!(database = %self.database, user = %self.user, error = %err, "pool not resized");
+                }
+            }
+        }
+        if self.mode() != shape.mode {
+            tracing::info!(database = %self.database, user = %self.user,
+                from = self.mode().as_str(), to = shape.mode.as_str(),
+                "pool_mode changed; sessions holding a server keep the old mode until they release it");
+            self.mode.store(shape.mode as u8, Ordering::Relaxed);
+        }
+        let engine = &self.engine;
+        engine.set_min_idle(shape.min_pool_size);
+        engine.set_reserve(shape.reserve_size, shape.reserve_timeout);
+        engine.set_connect_timeout(shape.connect_timeout);
+        engine.set_validation_timeout(shape.connect_timeout);
+        let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
+        engine.set_connect_backoff(backoff, backoff_max);
+        engine.set_idle_timeout(shape.idle_timeout);
+        engine.set_max_lifetime(Some(shape.server_lifetime));
+        engine.set_validate_after(shape.check_delay);
+        if engine.manager().retarget(target) {
+            let closed = engine.close_idle(usize::MAX);
+            tracing::info!(database = %self.database, user = %self.user, closed_idle = closed,
+                "server target changed; servers with the old one close when released");
+            changed.retargeted = true;
+        }
+        changed
+    }
+
+    /// The database name clients asked for.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The user the servers are logged in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Session, transaction or statement pooling, as now configured. A
+    /// session reads it when it takes a server.
+    pub fn mode(&self) -> PoolMode {
+        match self.mode.load(Ordering::Relaxed) {
+            m if m == PoolMode::Transaction as u8 => PoolMode::Transaction,
+            m if m == PoolMode::Statement as u8 => PoolMode::Statement,
+            _ => PoolMode::Session,
+        }
+    }
+
+    /// Takes a server, waiting first while the database is paused (PAUSE,
+    /// KILL, SUSPEND), then at most `wait` for a server (`None`: the
+    /// pool's `query_wait_timeout` as it was when the pool was made).
+    pub async fn get(&self, wait: Option<Duration>) -> Result<Pooled<ServerManager>, wharf::Error> {
+        self.control.wait_resumed().await;
+        match wait {
+            Some(wait) => self.engine.get_timeout(wait).await,
+            None => self.engine.get().await,
+        }
+    }
+
+    /// The engine's figures: size, idle, in use, waiting.
+    pub fn status(&self) -> wharf::Status {
+        self.engine.status()
+    }
+
+    /// The engine's counters and histograms.
+    pub fn metrics(&self) -> wharf::Metrics {
+        self.engine.metrics()
+    }
+
+    /// Connect failures in a row, and the last one.
+    pub fn connect_failures(&self) -> (u32, Option<wharf::ConnectError>) {
+        self.engine.connect_failures()
+    }
+
+    /// Closes up to `max` idle servers now; how many it closed.
+    pub fn close_idle(&self, max: usize) -> usize {
+        self.engine.close_idle(max)
+    }
+
+    /// Every server is closed when next released; idle ones now.
+    pub fn retire_servers(&self) {
+        self.engine.manager().retire_all();
+        self.engine.close_idle(usize::MAX);
+    }
+
+    /// The query that resets a server's session state, if any.
+    pub fn reset_query(&self) -> Option<&str> {
+        self.reset_query.as_deref()
+    }
+
+    /// Whether servers are reset after every transaction, not only at
+    /// session end.
+    pub fn resets_always(&self) -> bool {
+        self.reset_always
+    }
+
+    /// Whether the pool was made from the `*` entry.
+    pub fn is_auto(&self) -> bool {
+        self.auto
+    }
+
+    /// The pool's counters, held by every client of the pool for the
+    /// whole session so the relay updates them without a lookup.
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.stats
+    }
+
+    /// PAUSE and DISABLE state of the pool's database.
+    pub fn control(&self) -> &Arc<DbControl> {
+        &self.control
+    }
+
+    /// The pool's clients' sets of tracked parameters.
+    pub fn param_sets(&self) -> &ParamSets {
+        &self.param_sets
+    }
+
+    /// The cached welcome parameters, if a server has logged in yet.
+    pub fn welcome(&self) -> Option<Arc<Params>> {
+        self.welcome.lock().clone()
+    }
+
+    /// Caches a server's login parameters for later welcomes.
+    pub fn set_welcome(&self, params: &[(String, String)]) {
+        *self.welcome.lock() = Some(Arc::new(params.to_vec()));
+    }
+}
+
+/// The engine's connect backoff for PgBouncer's `server_login_retry`: the
+/// first retry soon (100 ms at most), later ones spread up to it.
+fn login_retry_backoff(server_login_retry: Duration) -> (Duration, Duration) {
+    (
+        Duration::from_millis(100).min(server_login_retry),
+        server_login_retry.max(Duration::from_millis(1)),
+    )
+}

@@ -1,0 +1,131 @@
+//! The startup phase: the first packet of a connection, which has no type
+//! byte (a startup message, an SSL or GSSAPI encryption request, or a
+//! cancel request).
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{cstr, CancelKey, ProtocolError};
+
+/// Protocol 3.0.
+pub const PROTOCOL_3: i32 = 196_608;
+const SSL_REQUEST: i32 = 80_877_103;
+const GSSENC_REQUEST: i32 = 80_877_104;
+const CANCEL_REQUEST: i32 = 80_877_102;
+
+/// The largest startup packet accepted (PostgreSQL's own limit is 10,000).
+const MAX_STARTUP_LEN: usize = 10_000;
+
+/// The first packet of a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// The client asks for TLS.
+    SslRequest,
+    /// The client asks for GSSAPI encryption.
+    GssEncRequest,
+    /// A cancel request for the session with this key.
+    Cancel(CancelKey),
+    /// A normal session start, with its parameters in order.
+    Startup {
+        /// The minor protocol version asked for (3.x).
+        minor_version: i32,
+        /// `user`, `database`, `application_name`, …
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Reads a startup-phase packet (no type byte: length, then code).
+pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startup, ProtocolError> {
+    let len = match reader.read_i32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+        return Err(ProtocolError::BadLength {
+            what: "startup packet",
+            len: len.into(),
+        });
+    }
+    let mut body = vec![0; len as usize - 4];
+    reader.read_exact(&mut body).await?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let rest = &body[4..];
+    match code {
+        SSL_REQUEST if rest.is_empty() => Ok(Startup::SslRequest),
+        GSSENC_REQUEST if rest.is_empty() => Ok(Startup::GssEncRequest),
+        CANCEL_REQUEST if rest.len() == 8 => Ok(Startup::Cancel(CancelKey {
+            pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
+            secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
+        })),
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+            Err(ProtocolError::Malformed("special startup request"))
+        }
+        version if version >> 16 == 3 => Ok(Startup::Startup {
+            minor_version: version & 0xffff,
+            params: parse_params(rest)?,
+        }),
+        version => Err(ProtocolError::UnsupportedVersion {
+            major: version >> 16,
+            minor: version & 0xffff,
+        }),
+    }
+}
+
+fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+    let mut params = Vec::new();
+    loop {
+        let (key, after) = cstr(rest).ok_or(ProtocolError::Malformed("startup parameters"))?;
+        if key.is_empty() {
+            return if after.is_empty() {
+                Ok(params)
+            } else {
+                Err(ProtocolError::Malformed("startup parameters"))
+            };
+        }
+        let (value, after) = cstr(after).ok_or(ProtocolError::Malformed("startup parameters"))?;
+        params.push((key.to_owned(), value.to_owned()));
+        rest = after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_packets_parse_and_garbage_is_an_error() {
+        let mut packet = Vec::new();
+        let body = b"\0\x03\0\0user\0alice\0database\0db\0\0";
+        packet.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        packet.extend_from_slice(body);
+        let parsed = read_startup(&mut &packet[..]).await.unwrap();
+        assert_eq!(
+            parsed,
+            Startup::Startup {
+                minor_version: 0,
+                params: vec![
+                    ("user".into(), "alice".into()),
+                    ("database".into(), "db".into())
+                ]
+            }
+        );
+        let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
+        assert_eq!(
+            read_startup(&mut &ssl[..]).await.unwrap(),
+            Startup::SslRequest
+        );
+        for garbage in [
+            &[0xff, 0xff, 0xff, 0xff][..],
+            &[0, 0, 0, 3][..],
+            &[0, 0, 0, 12, 0, 2, 0, 0, b'a', 0, b'b', 0][..],
+            &[0, 0, 0, 10, 0, 3, 0, 0, b'a', b'b'][..],
+        ] {
+            assert!(
+                read_startup(&mut &garbage[..]).await.is_err(),
+                "{garbage:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! A logged-in server connection as a pool keeps it, and the narrow API
+//! the client side uses while it holds one: its cancel key, its parameters,
+//! the bytes to relay, and whether it may go back to the pool.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::frontend;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::error::server_error;
+use super::{ServerError, ServerParams, ServerTarget};
+use crate::cancel::ServerCancels;
+use crate::net::{ServerReader, ServerStream, ServerWriter};
+use crate::proto::{CancelKey, ProtocolError};
+use crate::stats::ServerGuard;
+
+/// Server messages during login and the pooler's own queries are small;
+/// cap them anyway.
+const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+
+/// A logged-in server connection, as kept in a pool.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(super) stream: ServerStream,
+    /// Bytes read from the server and not yet passed on.
+    pub(super) rbuf: BytesMut,
+    /// The server's BackendKeyData, for cancelling its queries.
+    pub(super) key: CancelKey,
+    pub(super) params: ServerParams,
+    /// Set when the connection can no longer be trusted (I/O or protocol
+    /// error, or left mid-transaction); the pool closes it on return.
+    pub(super) broken: bool,
+    /// Handed to a client and not yet given back clean: if the client's
+    /// task is dropped mid-transaction (KILL), the pool must close it.
+    pub(super) dirty: bool,
+    /// Held for as long as the connection lives: its places under
+    /// `max_db_connections` and `max_user_connections`.
+    pub(super) _permits: Vec<OwnedSemaphorePermit>,
+    /// What the connection was opened with.
+    pub(super) target: Arc<ServerTarget>,
+    /// The pool's generation it was opened in: once the pool's has moved
+    /// on, it is closed when released (PgBouncer's `close_needed`).
+    pub(super) born: u64,
+    /// Its place in the registry `SHOW SERVERS` lists.
+    pub(super) entry: ServerGuard,
+    /// Where its cancel requests go, and those on their way to it, which
+    /// must land before another client gets it.
+    pub(super) cancels: Arc<ServerCancels>,
+}
+
+/// A server connection's halves and buffers, borrowed for relaying.
+pub struct Wire<'a> {
+    /// Bytes from the server.
+    pub reader: ServerReader<'a>,
+    /// Bytes to the server.
+    pub writer: ServerWriter<'a>,
+    /// Bytes read from the server and not yet passed on.
+    pub rbuf: &'a mut BytesMut,
+    /// The server's parameters, which relayed ParameterStatus messages
+    /// change.
+    pub params: &'a mut ServerParams,
+}
+
+impl ServerConn {
+    /// Borrows the connection for relaying.
+    pub fn wire(&mut self) -> Wire<'_> {
+        let (reader, writer) = self.stream.split();
+        Wire {
+            reader,
+            writer,
+            rbuf: &mut self.rbuf,
+            params: &mut self.params,
+        }
+    }
+
+    /// The server's BackendKeyData.
+    pub fn key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// Where its cancel requests go.
+    pub fn cancels(&self) -> &Arc<ServerCancels> {
+        &self.cancels
+    }
+
+    /// Its parameters.
+    pub fn params(&self) -> &ServerParams {
+        &self.params
+    }
+
+    /// Its parameters, to record a sync.
+    pub fn params_mut(&mut self) -> &mut ServerParams {
+        &mut self.params
+    }
+
+    /// The connection can no longer be trusted: the pool closes it when it
+    /// comes back.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether [`mark_broken`](Self::mark_broken) was called or an error
+    /// left it unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Handed to client `client` (a registry id): until
+    /// [`give_back`](Self::give_back), the pool must not reuse it. Returns
+    /// its own registry id.
+    pub fn hand_to(&mut self, client: u64) -> u64 {
+        self.dirty = true;
+        self.entry.entry.set_active(client);
+        self.entry.entry.id
+    }
+
+    /// Released clean by its client: the pool may reuse it.
+    pub fn give_back(&mut self) {
+        self.entry.set_idle();
+        self.dirty = false;
+    }
+
+    /// Released, and held back until the cancels on their way to it land.
+    pub fn hold_for_cancels(&self) {
+        self.entry.set_being_canceled();
+    }
+
+    /// Whether the pool must close it rather than reuse it, the pool's
+    /// generation being `generation`.
+    pub fn unusable(&self, generation: u64) -> bool {
+        self.broken || self.dirty || self.born != generation
+    }
+
+    /// Runs the pool's liveness check (`server_check_query`), if any.
+    pub async fn check(&mut self) -> Result<(), ServerError> {
+        let target = self.target.clone();
+        let Some(query) = &target.check_query else {
+            return Ok(());
+        };
+        self.entry.set_tested();
+        let checked = self.simple_query(query).await;
+        self.entry.set_idle();
+        checked
+    }
+
+    /// The server's address, for errors.
+    fn addr(&self) -> String {
+        self.target.addr.to_string()
+    }
+
+    fn io_error(&mut self, source: io::Error) -> ServerError {
+        self.broken = true;
+        ServerError::Io {
+            addr: self.addr(),
+            source,
+        }
+    }
+
+    fn protocol_error(&mut self, source: ProtocolError) -> ServerError {
+        self.broken = true;
+        ServerError::Protocol {
+            addr: self.addr(),
+            source,
+        }
+    }
+
+    /// Reads one whole message into owned memory (login and the pooler's
+    /// own queries only; relayed traffic never comes through here).
+    pub(super) async fn read_control(&mut self) -> Result<(u8, Vec<u8>), ServerError> {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len =
+                    i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+                if len < 4 || len as usize > MAX_CONTROL_MESSAGE {
+                    return Err(self.protocol_error(ProtocolError::BadLength {
+                        what: "server message",
+                        len: len.into(),
+                    }));
+                }
+                let total = 1 + len as usize;
+                if self.rbuf.len() >= total {
+                    let tag = self.rbuf[0];
+                    let body = self.rbuf[5..total].to_vec();
+                    self.rbuf.advance(total);
+                    return Ok((tag, body));
+                }
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(self.io_error(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(source) => return Err(self.io_error(source)),
+            }
+        }
+    }
+
+    /// Runs a query the pooler itself needs (check, reset, SET), swallowing
+    /// its results. An error from the server fails it but leaves the
+    /// connection usable once ReadyForQuery arrives.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|source| ServerError::Io {
+            addr: self.addr(),
+            source,
+        })?;
+        if let Err(source) = self.stream.write_all(&out).await {
+            return Err(self.io_error(source));
+        }
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.read_control().await?;
+            match tag {
+                b'S' => self.params.note(&body),
+                b'E' => failure = Some(server_error(&self.addr(), &body)),
+                b'Z' => {
+                    if body.first() != Some(&b'I') {
+                        // The pooler's own statements never open a
+                        // transaction; one left open is not safe to pool.
+                        self.broken = true;
+                    }
+                    return failure.map_or(Ok(()), Err);
+                }
+                // COPY from a check query: refuse to guess, drop it.
+                b'G' | b'H' | b'W' => {
+                    return Err(
+                        self.protocol_error(ProtocolError::Malformed("COPY in a pooler query"))
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}

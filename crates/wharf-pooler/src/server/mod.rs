@@ -1,0 +1,14 @@
+//! One server connection: opened and logged in ([`login`]), its parameters
+//! ([`params`]), what it was opened for ([`target`]), and the narrow API the
+//! client side uses while a client holds it ([`ServerConn`]).
+
+mod conn;
+mod error;
+mod login;
+pub mod params;
+mod target;
+
+pub use conn::ServerConn;
+pub use error::ServerError;
+pub use params::{ParamSets, Params, ServerParams};
+pub use target::ServerTarget;

@@ -1,0 +1,68 @@
+//! The pooler-wide state every client task, the admin console, the HTTP
+//! views and the signal handler share: the router (pools, configuration,
+//! statistics), the cancel keys and the lifecycle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, Secret};
+use crate::lifecycle::{Lifecycle, ReloadError, ReloadSummary, ShutdownMode};
+use crate::router::Router;
+
+/// What every part of a running pooler shares.
+pub struct PoolerState {
+    router: Router,
+    cancels: CancelRegistry,
+    lifecycle: Lifecycle,
+}
+
+impl PoolerState {
+    /// A running pooler's state over `config`, with the auth file's
+    /// `secrets`.
+    pub fn new(config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) -> Self {
+        Self {
+            router: Router::new(config, secrets),
+            cancels: CancelRegistry::default(),
+            lifecycle: Lifecycle::new(),
+        }
+    }
+
+    /// The server pools, and the configuration and secrets in force.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Client cancel keys.
+    pub fn cancels(&self) -> &CancelRegistry {
+        &self.cancels
+    }
+
+    /// The pooler's phase (running, shutting down).
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// The configuration in force now (a snapshot: RELOAD may replace it).
+    pub fn config(&self) -> Arc<Config> {
+        self.router.config()
+    }
+
+    /// The auth file's secrets in force now.
+    pub fn secrets(&self) -> Arc<HashMap<String, Secret>> {
+        self.router.secrets()
+    }
+
+    /// RELOAD: re-reads the configuration file and the auth file and puts
+    /// them in force without dropping a client (see
+    /// [`Lifecycle::reload`]).
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        self.lifecycle.reload(&self.router).await
+    }
+
+    /// SHUTDOWN in `mode`, or a more drastic one than in progress; returns
+    /// at once ([`Pooler::run`](crate::Pooler::run) ends when it is done).
+    pub fn shutdown(&self, mode: ShutdownMode) {
+        self.lifecycle.shutdown(mode, self.router.stats());
+    }
+}

@@ -15,7 +15,6 @@ use crate::client::serve_client;
 use crate::net::ClientStream;
 use crate::proto::{messages, read_startup, Startup};
 use crate::state::PoolerState;
-use crate::StartError;
 
 /// The clients connected, and a wake-up for when the last one goes.
 #[derive(Default)]
@@ -177,7 +176,9 @@ async fn accept_failed(err: io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAddr>, StartError> {
+/// The addresses `listen_addr` names (`*` is every IPv4 and IPv6 address);
+/// the first word that is not an address is the error.
+pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAddr>, String> {
     let mut addrs = Vec::new();
     for addr in listen {
         let addr = addr.trim();
@@ -192,8 +193,7 @@ pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAdd
         let ip = if addr == "localhost" {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
-            addr.parse::<IpAddr>()
-                .map_err(|_| StartError::BadAddress(addr.to_owned()))?
+            addr.parse::<IpAddr>().map_err(|_| addr.to_owned())?
         };
         addrs.push(SocketAddr::new(ip, port));
     }

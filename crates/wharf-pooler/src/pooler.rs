@@ -54,7 +54,9 @@ impl Pooler {
             None => HashMap::new(),
         };
         let mut tcp = Vec::new();
-        for addr in listener::listen_addrs(&settings.listen_addr, settings.listen_port)? {
+        let addrs = listener::listen_addrs(&settings.listen_addr, settings.listen_port)
+            .map_err(StartError::BadAddress)?;
+        for addr in addrs {
             tcp.push(
                 listener::listen_tcp(addr, settings.so_reuseport).map_err(|source| {
                     StartError::Listen {

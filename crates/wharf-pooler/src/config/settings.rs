@@ -510,36 +510,6 @@ settings! {
     workers: usize = 0, Uint<usize>, Some("0"), false;
 }
 
-/// Edit distance, for "did you mean" hints.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                previous
-            } else {
-                1 + previous.min(row[j]).min(current)
-            };
-            previous = current;
-        }
-    }
-    row[b.len()]
-}
-
-/// The closest name among `names`, if close enough to be a typo.
-pub(crate) fn suggest<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .into_iter()
-        .map(|name| (edit_distance(key, name), name))
-        .filter(|(distance, _)| *distance <= 2)
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, name)| name)
-}
-
 impl Settings {
     /// Every key in `SHOW CONFIG` order (alphabetical).
     pub fn keys() -> impl Iterator<Item = &'static str> {
@@ -762,9 +732,12 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(
-            suggest("listen_prot", Settings::keys()),
+            super::super::suggest::suggest("listen_prot", Settings::keys()),
             Some("listen_port")
         );
-        assert_eq!(suggest("completely_different", Settings::keys()), None);
+        assert_eq!(
+            super::super::suggest::suggest("completely_different", Settings::keys()),
+            None
+        );
     }
 }

@@ -310,18 +310,7 @@ pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
         let totals = pool.stats().totals();
         let wait = pool.stats().wait_time.snapshot();
         let h = histories.get(&name);
-        let mut series = Series::default();
-        for s in h.iter().flat_map(|h| h.samples.iter()) {
-            series.t.push(s.t_ms);
-            series.cl_active.push(s.cl_active);
-            series.cl_waiting.push(s.cl_waiting);
-            series.sv_active.push(s.sv_active);
-            series.sv_idle.push(s.sv_idle);
-            series.tps.push(s.tps);
-            series.qps.push(s.qps);
-            series.wait_p50_ms.push(s.wait_p50_ms);
-            series.wait_p99_ms.push(s.wait_p99_ms);
-        }
+        let series = Series::of(h);
         let current = Current {
             cl_active: row.map_or(0, |r| r.cl_active),
             cl_waiting: row.map_or(0, |r| r.cl_waiting),
@@ -348,81 +337,23 @@ pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
             disabled: pool.control().is_disabled(),
             reachable: failures == 0,
         };
-        let mut alerts = Vec::new();
-        let mut alert = |kind, severity, message| {
-            alerts.push(Alert {
-                kind,
-                severity,
-                message,
-            })
-        };
-        if failures > 0 {
-            let why = last_error.map_or_else(String::new, |e| format!(": {e}"));
-            alert(
-                "unreachable",
-                "critical",
-                format!("server unreachable, {failures} connects failed{why}"),
-            );
-        }
-        if current.paused {
-            alert("paused", "warning", "paused: clients wait".to_owned());
-        }
-        if current.disabled {
-            alert(
-                "disabled",
-                "warning",
-                "disabled: new clients refused".to_owned(),
-            );
-        }
-        if current.utilization > UTILIZATION_ALERT {
-            alert(
-                "utilization",
-                "warning",
-                format!(
-                    "{:.0} % of servers in use ({} of {})",
-                    current.utilization * 100.0,
-                    metrics.status.in_use,
-                    current.max_size
-                ),
-            );
-        }
         let waiting_for = h
             .and_then(|h| h.waiting_since)
             .map_or(Duration::ZERO, |since| since.elapsed())
             .max(row.map_or(Duration::ZERO, |r| r.maxwait));
-        if current.cl_waiting > 0 && waiting_for >= WAITING_ALERT {
-            alert(
-                "waiting",
-                "critical",
-                format!(
-                    "{} clients waiting for a server, for {:.0} s",
-                    current.cl_waiting,
-                    waiting_for.as_secs_f64()
-                ),
-            );
-        }
         let timeouts_before = h.and_then(|h| h.samples.front()).map_or(0, |s| s.timeouts);
         let recent_timeouts = metrics.timeouts.saturating_sub(timeouts_before);
-        if recent_timeouts > 0 {
-            alert(
-                "timeouts",
-                "critical",
-                format!(
-                    "{recent_timeouts} clients timed out waiting for a server in the last 5 min"
-                ),
-            );
-        }
-        if current.long_transactions > 0 {
-            alert(
-                "long_transactions",
-                "warning",
-                format!(
-                    "{} clients holding a server for over {} s (idle in transaction?)",
-                    current.long_transactions,
-                    LONG_TRANSACTION.as_secs()
-                ),
-            );
-        }
+        let unreachable = (failures > 0).then(|| {
+            let why = last_error.map_or_else(String::new, |e| format!(": {e}"));
+            format!("server unreachable, {failures} connects failed{why}")
+        });
+        let alerts = alerts(
+            &current,
+            metrics.status.in_use,
+            unreachable,
+            waiting_for,
+            recent_timeouts,
+        );
         pools.push(PoolSnapshot {
             name,
             database: pool.database().to_owned(),
@@ -441,5 +372,97 @@ pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
         now_ms: now_ms(),
         sample_interval_ms: u64::try_from(SAMPLE_EVERY.as_millis()).unwrap_or(1000),
         pools,
+    }
+}
+
+/// The dashboard's alerts for a pool in the state `current`.
+fn alerts(
+    current: &Current,
+    in_use: usize,
+    unreachable: Option<String>,
+    waiting_for: Duration,
+    recent_timeouts: u64,
+) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    let mut alert = |kind, severity, message| {
+        alerts.push(Alert {
+            kind,
+            severity,
+            message,
+        })
+    };
+    if let Some(message) = unreachable {
+        alert("unreachable", "critical", message);
+    }
+    if current.paused {
+        alert("paused", "warning", "paused: clients wait".to_owned());
+    }
+    if current.disabled {
+        alert(
+            "disabled",
+            "warning",
+            "disabled: new clients refused".to_owned(),
+        );
+    }
+    if current.utilization > UTILIZATION_ALERT {
+        alert(
+            "utilization",
+            "warning",
+            format!(
+                "{:.0} % of servers in use ({} of {})",
+                current.utilization * 100.0,
+                in_use,
+                current.max_size
+            ),
+        );
+    }
+    if current.cl_waiting > 0 && waiting_for >= WAITING_ALERT {
+        alert(
+            "waiting",
+            "critical",
+            format!(
+                "{} clients waiting for a server, for {:.0} s",
+                current.cl_waiting,
+                waiting_for.as_secs_f64()
+            ),
+        );
+    }
+    if recent_timeouts > 0 {
+        alert(
+            "timeouts",
+            "critical",
+            format!("{recent_timeouts} clients timed out waiting for a server in the last 5 min"),
+        );
+    }
+    if current.long_transactions > 0 {
+        alert(
+            "long_transactions",
+            "warning",
+            format!(
+                "{} clients holding a server for over {} s (idle in transaction?)",
+                current.long_transactions,
+                LONG_TRANSACTION.as_secs()
+            ),
+        );
+    }
+    alerts
+}
+
+impl Series {
+    /// The series of a pool's samples (empty without any).
+    fn of(history: Option<&PoolHistory>) -> Self {
+        let mut series = Series::default();
+        for s in history.iter().flat_map(|h| h.samples.iter()) {
+            series.t.push(s.t_ms);
+            series.cl_active.push(s.cl_active);
+            series.cl_waiting.push(s.cl_waiting);
+            series.sv_active.push(s.sv_active);
+            series.sv_idle.push(s.sv_idle);
+            series.tps.push(s.tps);
+            series.qps.push(s.qps);
+            series.wait_p50_ms.push(s.wait_p50_ms);
+            series.wait_p99_ms.push(s.wait_p99_ms);
+        }
+        series
     }
 }

@@ -353,6 +353,14 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
         1,
     );
 
+    render_latencies(doc, state);
+    let engine = render_pool_health(doc, state);
+    render_runtime(doc);
+    wharf::render_prometheus(&engine, &mut doc.0);
+}
+
+/// Per-pool latency histograms: client wait, transaction and query time.
+fn render_latencies(doc: &mut Doc, state: &PoolerState) {
     let pool_stats = state.router().stats().pools();
     type Pick = fn(&crate::stats::PoolStats) -> &wharf::AtomicHistogram;
     let histograms: [(&str, &str, Pick); 3] = [
@@ -383,7 +391,11 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
             );
         }
     }
+}
 
+/// Per-pool utilization, reachability and long transactions; returns the
+/// engine's metrics of every pool, rendered last.
+fn render_pool_health(doc: &mut Doc, state: &PoolerState) -> Vec<wharf::Metrics> {
     let server_pools = state.router().pools();
     let engine: Vec<wharf::Metrics> = server_pools.iter().map(|p| p.metrics()).collect();
     let labels = |p: &crate::pool::ServerPool| {
@@ -440,7 +452,11 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
             n,
         );
     }
+    engine
+}
 
+/// The Tokio runtime's load, per worker thread.
+fn render_runtime(doc: &mut Doc) {
     let runtime = tokio::runtime::Handle::current().metrics();
     doc.family(
         "wharf_runtime_workers",
@@ -477,8 +493,6 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
             runtime.worker_total_busy_duration(worker).as_secs_f64(),
         );
     }
-
-    wharf::render_prometheus(&engine, &mut doc.0);
 }
 
 /// In use over the maximum size, 0 for a pool of size 0.

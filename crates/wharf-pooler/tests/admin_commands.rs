@@ -258,6 +258,18 @@ async fn set_changes_changeable_settings_only() {
     assert!(show_err(&admin, "SET default_pool_size = lots")
         .await
         .contains("invalid value"));
+    // Asking for encryption wharf cannot give is refused, never weakened.
+    let refused = show_err(&admin, "SET server_tls_sslmode = require").await;
+    assert!(
+        refused.starts_with("server_tls_sslmode: \"require\" requires TLS"),
+        "{refused}"
+    );
+    assert_eq!(
+        show(&admin, "SHOW CONFIG")
+            .await
+            .value("key", "server_tls_sslmode", "value"),
+        "prefer"
+    );
     assert_eq!(
         show(&admin, "SHOW CONFIG")
             .await

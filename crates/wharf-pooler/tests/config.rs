@@ -388,7 +388,7 @@ fn unknown_keys_and_unsupported_features_are_warnings() {
     let path = dir.write(
         "pgbouncer.ini",
         "[pgbouncer]\nauth_file = u.txt\nlisten_prot = 6000\nfrobnicate = 1\nauth_user = pgbouncer\n\
-         server_tls_sslmode = verify-full\nlogfile = \"/var/log/pgb.log\"\n\
+         server_tls_sslmode = prefer\nlogfile = \"/var/log/pgb.log\"\n\
          [databases]\napp = host=db target_session_attrs=read-write\n",
     );
     let loaded = config::load(&path).unwrap();
@@ -403,7 +403,6 @@ fn unknown_keys_and_unsupported_features_are_warnings() {
             "DIR/pgbouncer.ini:3: listen_prot: unknown setting, ignored (did you mean \"listen_port\"?)",
             "DIR/pgbouncer.ini:4: frobnicate: unknown setting, ignored",
             "DIR/pgbouncer.ini:5: auth_user: auth_user/auth_query lookups are not supported by wharf yet; only users in auth_file can log in",
-            "DIR/pgbouncer.ini:6: server_tls_sslmode: TLS is not supported by wharf yet: server connections are made without TLS, so \"verify-full\" cannot be honoured",
             "DIR/pgbouncer.ini:7: logfile: the value keeps its double quotes: pgbouncer.ini values are taken literally",
             "DIR/pgbouncer.ini:9: target_session_attrs: target_session_attrs \"read-write\" is not enforced by wharf yet; any server is accepted",
         ]
@@ -777,4 +776,44 @@ fn arbitrary_input_never_panics() {
         }
     }
     let _ = Config::default().describe();
+}
+
+#[test]
+fn settings_that_demand_tls_are_refused_not_weakened() {
+    let dir = TempDir::new();
+    for side in ["client", "server"] {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let path = dir.write(
+                "pgbouncer.ini",
+                &format!("[pgbouncer]\nauth_type = trust\n{side}_tls_sslmode = {mode}\n"),
+            );
+            let err = config::load(&path).expect_err("TLS demanded, TLS not available");
+            assert_eq!(err.key(), Some(format!("{side}_tls_sslmode").as_str()));
+            assert_eq!(err.line(), Some(3));
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("\"{mode}\" requires TLS"))
+                    && shown.contains("refusing to run")
+                    && shown.contains(&format!("{side} connections in plain text")),
+                "{shown}"
+            );
+            let toml = dir.write(
+                "wharf.toml",
+                &format!("[pgbouncer]\nauth_type = \"trust\"\n{side}_tls_sslmode = \"{mode}\"\n"),
+            );
+            let err = config::load(&toml).expect_err("the same in TOML");
+            assert_eq!(
+                err.key(),
+                Some(format!("pgbouncer.{side}_tls_sslmode").as_str())
+            );
+        }
+        // Modes that allow plain text are what wharf does today.
+        for mode in ["disable", "allow", "prefer"] {
+            let path = dir.write(
+                "pgbouncer.ini",
+                &format!("[pgbouncer]\nauth_type = trust\n{side}_tls_sslmode = {mode}\n"),
+            );
+            config::load(&path).expect("a mode that allows plain text loads");
+        }
+    }
 }

@@ -328,3 +328,35 @@ async fn reloaded_pool_mode_and_min_pool_size_apply_to_a_live_pool() {
     assert_ne!(a_pid, b_pid);
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_demands_tls_is_refused_and_clients_stay_in_plain_text() {
+    let pooler = start(Setup::default()).await;
+    let client = pooler.client().await;
+    let mut ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    ini = ini.replace(
+        "[pgbouncer]\n",
+        "[pgbouncer]\nclient_tls_sslmode = verify-full\n",
+    );
+    std::fs::write(pooler.ini(), ini).unwrap();
+    let err = pooler
+        .shared
+        .reload()
+        .await
+        .expect_err("TLS demanded, TLS not available");
+    let ReloadError::Config(inner) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(inner.key(), Some("client_tls_sslmode"));
+    assert!(err.to_string().contains("refusing to run"), "{err}");
+    assert_eq!(
+        pooler.shared.config().pgbouncer.client_tls_sslmode,
+        wharf_pooler::config::SslMode::Disable,
+        "the old configuration stays"
+    );
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("clients go on");
+    pooler.stop().await;
+}

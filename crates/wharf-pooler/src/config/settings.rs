@@ -551,6 +551,12 @@ impl Settings {
         let mut updated = self.clone();
         match updated.apply(key, &Raw::Str(value)) {
             Some(Ok(())) => {
+                if let Some(message) = updated.key_refusal(key) {
+                    return Err(SetError::Unsupported {
+                        key: key.to_owned(),
+                        message,
+                    });
+                }
                 *self = updated;
                 Ok(())
             }
@@ -586,23 +592,33 @@ impl Settings {
         ))
     }
 
-    /// A warning about `key`'s current value, if wharf cannot honour it.
-    pub(crate) fn key_warning(&self, key: &str) -> Option<String> {
-        let tls_unsupported = |mode: SslMode| {
+    /// Why wharf refuses `key`'s current value, if it does: a setting that
+    /// asks for encryption wharf cannot give is never weakened to
+    /// plain text, so the configuration is refused instead (at start, on
+    /// RELOAD and by `SET`).
+    pub(crate) fn key_refusal(&self, key: &str) -> Option<String> {
+        let demands_tls = |mode: SslMode| {
             matches!(
                 mode,
                 SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
             )
         };
         match key {
-            "client_tls_sslmode" if tls_unsupported(self.client_tls_sslmode) => Some(format!(
-                "TLS is not supported by wharf yet: clients cannot use TLS, so \"{}\" cannot be honoured",
+            "client_tls_sslmode" if demands_tls(self.client_tls_sslmode) => Some(format!(
+                "\"{}\" requires TLS, which wharf does not support yet: refusing to run with client connections in plain text (use disable, allow or prefer)",
                 self.client_tls_sslmode
             )),
-            "server_tls_sslmode" if tls_unsupported(self.server_tls_sslmode) => Some(format!(
-                "TLS is not supported by wharf yet: server connections are made without TLS, so \"{}\" cannot be honoured",
+            "server_tls_sslmode" if demands_tls(self.server_tls_sslmode) => Some(format!(
+                "\"{}\" requires TLS, which wharf does not support yet: refusing to run with server connections in plain text (use disable, allow or prefer)",
                 self.server_tls_sslmode
             )),
+            _ => None,
+        }
+    }
+
+    /// A warning about `key`'s current value, if wharf cannot honour it.
+    pub(crate) fn key_warning(&self, key: &str) -> Option<String> {
+        match key {
             "auth_user" if self.auth_user.is_some() => Some(
                 "auth_user/auth_query lookups are not supported by wharf yet; only users in auth_file can log in"
                     .to_owned(),

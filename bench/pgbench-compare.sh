@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Compares pgbench throughput directly against PostgreSQL, through PgBouncer
 # and through wharf, on this machine, with the same pooler settings
-# (transaction mode, pool of 20). Prints TPS medians and wharf/PgBouncer.
+# (transaction mode, pool of 20). Prints TPS medians, wharf/PgBouncer, and
+# each pooler's CPU time and context switches per transaction.
 #
 #   bench/pgbench-compare.sh            # 3 runs of 10 s per row
+#   ROWS=select,extended bench/pgbench-compare.sh   # some rows only
 #   RUNS=5 SECONDS_PER_RUN=20 bench/pgbench-compare.sh
 #   WHARF_BASELINE=/tmp/wharf-old bench/pgbench-compare.sh
 #                                       # A/B: also an older wharf build,
@@ -99,56 +101,91 @@ for port in "${ports[@]}"; do
   done
 done
 
+pid_of() { cat "$work/$1.pid" 2>/dev/null || echo 0; }
+bouncer_pid=$(pid_of pgbouncer); wharf_pid=$(pid_of wharf); baseline_pid=$(pid_of baseline)
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-tps() { # port args...
+tps() { # port args...: "TPS transactions"
   local port=$1; shift
   "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null \
-    | awk '/^tps = / {print $3; found=1} END {if (!found) print 0}' | head -n 1
+    | awk '/^number of transactions actually processed: / {split($6, n, "/"); x=n[1]} /^tps = / {t=$3} END {print (t ? t : 0), (x ? x : 0)}'
+}
+
+clk_tck=$(getconf CLK_TCK)
+# CPU time (utime + stime of every thread, in clock ticks) and context
+# switches (voluntary + involuntary, summed over its threads) of a process.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null \
+    | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+
+measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact"
+  local port=$1 pid=$2; shift 2
+  local c0 s0 out c1 s1
+  c0=$(cpu_ticks "$pid"); s0=$(ctx_switches "$pid")
+  out=$(tps "$port" "$@")
+  c1=$(cpu_ticks "$pid"); s1=$(ctx_switches "$pid")
+  awk -v out="$out" -v dc=$((c1 - c0)) -v ds=$((s1 - s0)) -v hz="$clk_tck" 'BEGIN {
+    split(out, f, " "); x = f[2] + 0
+    printf "%s %.2f %.3f\n", f[1], (x > 0 ? dc * 1e6 / hz / x : 0), (x > 0 ? ds / x : 0) }'
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf $(git rev-parse --short HEAD)"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
 echo
-if [ -n "$baseline_bin" ]; then
-  echo "baseline: $baseline_bin"
-  printf '| %-28s | %10s | %10s | %10s | %10s | %14s | %14s |\n' "workload" "direct" "pgbouncer" "wharf" "baseline" "wharf/pgbouncer" "wharf/baseline"
-  printf '|%s|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "------------" "------------" "------------" "------------" "----------------" "----------------"
-else
-  printf '| %-28s | %10s | %10s | %10s | %14s |\n' "workload" "direct" "pgbouncer" "wharf" "wharf/pgbouncer"
-  printf '|%s|%s|%s|%s|%s|\n' "------------------------------" "------------" "------------" "------------" "----------------"
-fi
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print (b > 0 ? a / b : 0)}'; }
+echo "CPU/xact: the pooler's utime+stime over the transactions pgbench counted (µs); cs/xact: its context switches per transaction"
+[ -n "$baseline_bin" ] && echo "baseline: $baseline_bin"
+cols="| workload | direct | pgbouncer | wharf |"
+sep="|---|---:|---:|---:|"
+[ -n "$baseline_bin" ] && { cols+=" baseline |"; sep+="---:|"; }
+cols+=" wharf/pgbouncer |"; sep+="---:|"
+[ -n "$baseline_bin" ] && { cols+=" wharf/baseline |"; sep+="---:|"; }
+cols+=" CPU/xact pgbouncer | CPU/xact wharf |"; sep+="---:|---:|"
+[ -n "$baseline_bin" ] && { cols+=" CPU/xact baseline |"; sep+="---:|"; }
+cols+=" cs/xact pgbouncer | cs/xact wharf |"; sep+="---:|---:|"
+[ -n "$baseline_bin" ] && { cols+=" cs/xact baseline |"; sep+="---:|"; }
+echo "$cols"; echo "$sep"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
+col() { # n: the median of field n of the lines on stdin
+  awk -v n="$1" '{print $n}' | median
+}
 row() { # label pgbench-args...
   local label=$1; shift
   local d=() b=() w=() o=()
   for _ in $(seq "$RUNS"); do
     # Interleave the targets so drift hits them alike.
     d+=("$(tps "$pg_port" "$@")")
-    b+=("$(tps "$bouncer_port" "$@")")
-    w+=("$(tps "$wharf_port" "$@")")
-    if [ -n "$baseline_bin" ]; then o+=("$(tps "$baseline_port" "$@")"); fi
+    b+=("$(measure "$bouncer_port" "$bouncer_pid" "$@")")
+    w+=("$(measure "$wharf_port" "$wharf_pid" "$@")")
+    if [ -n "$baseline_bin" ]; then o+=("$(measure "$baseline_port" "$baseline_pid" "$@")"); fi
   done
-  local dm bm wm
-  dm=$(printf '%s\n' "${d[@]}" | median)
-  bm=$(printf '%s\n' "${b[@]}" | median)
-  wm=$(printf '%s\n' "${w[@]}" | median)
+  local dm bm wm om=0 line
+  dm=$(printf '%s\n' "${d[@]}" | col 1)
+  bm=$(printf '%s\n' "${b[@]}" | col 1)
+  wm=$(printf '%s\n' "${w[@]}" | col 1)
+  line=$(printf '| %s | %.0f | %.0f | %.0f |' "$label" "$dm" "$bm" "$wm")
   if [ -n "$baseline_bin" ]; then
-    local om
-    om=$(printf '%s\n' "${o[@]}" | median)
-    printf '| %-28s | %10.0f | %10.0f | %10.0f | %10.0f | %14.2f | %14.2f |\n' "$label" "$dm" "$bm" "$wm" "$om" \
-      "$(ratio "$wm" "$bm")" "$(ratio "$wm" "$om")"
-  else
-    printf '| %-28s | %10.0f | %10.0f | %10.0f | %14.2f |\n' "$label" "$dm" "$bm" "$wm" "$(ratio "$wm" "$bm")"
+    om=$(printf '%s\n' "${o[@]}" | col 1)
+    line+=$(printf ' %.0f |' "$om")
   fi
+  line+=" $(ratio "$wm" "$bm") |"
+  [ -n "$baseline_bin" ] && line+=" $(ratio "$wm" "$om") |"
+  for field in 2 3; do
+    line+=" $(printf '%s\n' "${b[@]}" | col $field) | $(printf '%s\n' "${w[@]}" | col $field) |"
+    [ -n "$baseline_bin" ] && line+=" $(printf '%s\n' "${o[@]}" | col $field) |"
+  done
+  echo "$line"
 }
-rows=${ROWS:-select,connect,tpcb,select500}
+rows=${ROWS:-select,connect,tpcb,select500,extended}
 for r in ${rows//,/ }; do
   case $r in
     select) row "-S -c 50 -j 2" -S -c 50 -j 2 ;;
     connect) row "-S -c 50 -j 2 -C" -S -c 50 -j 2 -C ;;
     tpcb) row "TPC-B -c 20 -j 2" -c 20 -j 2 ;;
     select500) row "-S -c 500 -j 2" -S -c 500 -j 2 ;;
+    extended) row "-S -c 50 -j 2 -M extended" -S -c 50 -j 2 -M extended ;;
   esac
 done

@@ -17,7 +17,7 @@
 //! | shared rows and state | `views`, [`state`], [`lifecycle`] |
 //! | routing and pools | `router`, `pool` |
 //! | one server | `server` |
-//! | ground | `cancel`, `auth`, `net`, [`proto`], `stats`, [`calendar`], [`config`] |
+//! | ground | `cancel`, `prepared`, `auth`, `net`, [`proto`], `stats`, [`calendar`], [`config`] |
 #![warn(missing_docs)]
 
 mod admin;
@@ -33,6 +33,7 @@ mod listener;
 mod net;
 mod pool;
 mod pooler;
+mod prepared;
 pub mod proto;
 mod router;
 mod server;

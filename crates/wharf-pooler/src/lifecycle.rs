@@ -107,7 +107,7 @@ impl Lifecycle {
     /// (a gentler mode than the current one is ignored). Returns at once;
     /// [`Pooler::run`](crate::Pooler::run) finishes when it completes.
     /// Every client in `clients` is woken to see it.
-    pub fn shutdown(&self, mode: ShutdownMode, clients: &Stats) {
+    pub(crate) fn shutdown(&self, mode: ShutdownMode, clients: &Stats) {
         let changed = self.phase.send_if_modified(|phase| {
             let stronger = match *phase {
                 Phase::Running => true,
@@ -148,7 +148,7 @@ impl Lifecycle {
     /// least `mode`. It sleeps on the client's own wake-up slot (nudged for
     /// every client when a shutdown starts or hardens), so polling it on
     /// each of the relay's events touches nothing shared by other sessions.
-    pub fn wait_clients_must_go<'a>(
+    pub(crate) fn wait_clients_must_go<'a>(
         &'a self,
         mode: ShutdownMode,
         client: &'a ClientEntry,
@@ -174,7 +174,7 @@ impl Lifecycle {
     /// server targets for new server connections (servers with the old one
     /// close as they are released). A broken file is logged with its
     /// file, line and key, and the old configuration stays.
-    pub async fn reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
+    pub(crate) async fn reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
         let result = self.try_reload(router).await;
         match &result {
             Ok(summary) => tracing::info!(

@@ -33,6 +33,14 @@ pub enum StartError {
     /// The auth file could not be read.
     #[error(transparent)]
     AuthFile(#[from] config::ConfigError),
+    /// A setting asks for what wharf cannot give (TLS it does not have).
+    #[error("{key}: {why}")]
+    Refused {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        why: String,
+    },
 }
 
 /// A pooler with its sockets open, ready to serve.
@@ -47,6 +55,9 @@ impl Pooler {
     /// Opens the listening sockets the configuration names and loads the
     /// auth file. Must run inside a Tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        if let Some((key, why)) = config.pgbouncer.refusals().into_iter().next() {
+            return Err(StartError::Refused { key, why });
+        }
         let config = Arc::new(config);
         let settings = &config.pgbouncer;
         let secrets: HashMap<String, Secret> = match &settings.auth_file {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, Secret};
 use crate::lifecycle::{Lifecycle, ReloadError, ReloadSummary, ShutdownMode};
+use crate::prepared::Registry;
 use crate::router::Router;
 
 /// What every part of a running pooler shares.
@@ -15,6 +16,7 @@ pub struct PoolerState {
     router: Router,
     cancels: CancelRegistry,
     lifecycle: Lifecycle,
+    statements: Registry,
 }
 
 impl PoolerState {
@@ -25,6 +27,7 @@ impl PoolerState {
             router: Router::new(config, secrets),
             cancels: CancelRegistry::default(),
             lifecycle: Lifecycle::new(),
+            statements: Registry::default(),
         }
     }
 
@@ -36,6 +39,11 @@ impl PoolerState {
     /// Client cancel keys.
     pub fn cancels(&self) -> &CancelRegistry {
         &self.cancels
+    }
+
+    /// Every prepared statement some client or server holds.
+    pub fn statements(&self) -> &Registry {
+        &self.statements
     }
 
     /// The pooler's phase (running, shutting down).

@@ -325,7 +325,7 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 num(c.info.remote_pid),
                 text(""),
                 text(c.application_name()),
-                num(0),
+                num(c.prepared()),
                 num(c.info.id),
             ]
         })
@@ -379,7 +379,7 @@ fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 num(sv.remote_pid()),
                 text(""),
                 text(app),
-                num(0),
+                num(sv.prepared()),
                 num(sv.id),
             ]
         })

@@ -51,7 +51,11 @@ pub(super) async fn login<S: ClientStream>(
     peer: &str,
     state: &PoolerState,
 ) -> Result<LoggedIn, Ended> {
-    let (user, database, client_params) = match open(stream, peer, state).await? {
+    // One snapshot for the whole login: a RELOAD in between must not mix
+    // two configurations' rules.
+    let config = state.config();
+    let (user, database, client_params) = match open(stream, peer, state, &config.pgbouncer).await?
+    {
         Opening::Cancel(key) => return Ok(LoggedIn::Cancel(key)),
         Opening::Session {
             user,
@@ -59,7 +63,6 @@ pub(super) async fn login<S: ClientStream>(
             params,
         } => (user, database, params),
     };
-    let config = state.config();
     // auth_type = any logs every client in as the database's forced user;
     // without one there is nobody to log in as (PgBouncer refuses too).
     if config.pgbouncer.auth_type == AuthType::Any
@@ -76,7 +79,7 @@ pub(super) async fn login<S: ClientStream>(
     }
     let door = door(stream, peer, state, &database, &user).await?;
     if !matches!(door, Door::OwnUser(_)) {
-        authenticate(stream, peer, state, &user).await?;
+        authenticate(stream, peer, state, config.pgbouncer.auth_type, &user).await?;
     }
     if let Door::Console(role) | Door::OwnUser(role) = door {
         return Ok(LoggedIn::Console {
@@ -170,10 +173,10 @@ async fn authenticate<S: ClientStream>(
     stream: &mut S,
     peer: &str,
     state: &PoolerState,
+    auth_type: AuthType,
     user: &str,
 ) -> Result<(), Ended> {
     let secrets = state.secrets();
-    let auth_type = state.config().pgbouncer.auth_type;
     match authenticate_client(stream, auth_type, user, secrets.get(user)).await {
         Ok(()) => Ok(()),
         Err(ClientAuthError::Failed(user)) => {

@@ -8,6 +8,7 @@
 
 mod link;
 mod login;
+mod prepare;
 mod relay;
 mod session;
 mod startup;

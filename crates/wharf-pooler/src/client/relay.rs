@@ -62,6 +62,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let wire = server.wire();
         let (mut sr, mut sw, rbuf, server_params) =
             (wire.reader, wire.writer, wire.rbuf, wire.params);
+        let (statements, server_entry) = (wire.statements, wire.entry);
+        let registry = self.state.statements();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
         let timeouts = self.timeouts;
@@ -74,7 +76,27 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             idle_since: linked_at,
         };
         loop {
-            let idle = self.protocol.owes_nothing() && sscan.ready() == 0 && sscan.at_boundary();
+            if let Some(tracker) = &mut self.tracker {
+                // Client bytes go to this server's names, and replies the
+                // pooler makes go out once nothing is owed before them.
+                let ready = self.cscan.ready();
+                if ready > 0 {
+                    tracker.outgoing(&self.cbuf[..ready], statements, registry, self.pool.stats());
+                    self.cbuf.advance(ready);
+                    self.cscan.consumed(ready);
+                    self.entry.set_prepared(tracker.client_statements());
+                    server_entry.entry.set_prepared(statements.len());
+                }
+                if tracker.due() && sscan.at_boundary() {
+                    tracker.make_pending(sscan.ready());
+                    sscan.resized(tracker.apply_edits(rbuf));
+                }
+            }
+            let settled = self.tracker.as_ref().is_none_or(|t| t.settled());
+            let idle = self.protocol.owes_nothing()
+                && settled
+                && sscan.ready() == 0
+                && sscan.at_boundary();
             if idle && self.protocol.take_copy_doubtful() > 0 {
                 // A COPY failed with Syncs the server may or may not have
                 // answered: ask it, relaying whatever else it still sends.
@@ -99,7 +121,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             if idle && mode == PoolMode::Statement && tx_status != b'I' {
                 return Unlinked::TransactionInStatementMode;
             }
-            let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary();
+            let unsent = self.tracker.as_mut().is_some_and(|t| !t.out().is_empty());
+            let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary() && !unsent;
             // Gone in the middle of a message, of an extended-protocol batch
             // or of a COPY: the server waits for bytes that will never come.
             if self.protocol.terminated()
@@ -147,13 +170,17 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     cbuf,
                     cscan,
                     protocol,
+                    tracker,
                     timer,
                     shutdown,
                     ..
                 } = &mut *self;
                 let client_side = async {
                     let ready = cscan.ready();
-                    if ready > 0 {
+                    let rewritten = tracker.as_mut().map(|t| t.out());
+                    if let Some(out) = rewritten.filter(|out| !out.is_empty()) {
+                        Event::WroteServer(sw.write(out).await)
+                    } else if ready > 0 {
                         Event::WroteServer(sw.write(&cbuf[..ready]).await)
                     } else if protocol.terminated() {
                         std::future::pending().await
@@ -194,8 +221,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     continue;
                 }
                 Event::WroteServer(Ok(n)) => {
-                    self.cbuf.advance(n);
-                    self.cscan.consumed(n);
+                    match &mut self.tracker {
+                        Some(tracker) => tracker.out().advance(n),
+                        None => {
+                            self.cbuf.advance(n);
+                            self.cscan.consumed(n);
+                        }
+                    }
                     self.pool
                         .stats()
                         .received
@@ -219,11 +251,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     let params_set = &mut self.params_set;
                     let params_changed = &mut self.params_changed;
                     let param_sets = self.pool.param_sets();
-                    let scanned = sscan.scan(
-                        rbuf,
-                        i32::MAX as usize,
-                        |tag| tag == b'Z' || tag == b'S',
-                        |tag, body| match (tag, body) {
+                    let mut tracker = self.tracker.as_mut();
+                    let tracked = tracker.is_some();
+                    let wants = |tag| {
+                        tag == b'Z' || tag == b'S' || (tracked && super::prepare::reply_wanted(tag))
+                    };
+                    let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {
+                        if let Some(tracker) = tracker.as_mut() {
+                            tracker.reply(tag, at, body, statements);
+                        }
+                        match (tag, body) {
                             (b'Z', Some(body)) => {
                                 saw_ready = true;
                                 tx_status = body.first().copied().unwrap_or(b'I');
@@ -236,8 +273,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                                 server_params.mark_synced(params_set.clone());
                             }
                             (tag, _) => protocol.server_message(tag),
-                        },
-                    );
+                        }
+                        std::ops::ControlFlow::Continue(())
+                    });
+                    if let Some(tracker) = &mut self.tracker {
+                        sscan.resized(tracker.apply_edits(rbuf));
+                        self.entry.set_prepared(tracker.client_statements());
+                        server_entry.entry.set_prepared(statements.len());
+                    }
                     if let Err(err) = scanned {
                         tracing::warn!(error = %err, "server sent a malformed message");
                         self.server_failed().await;

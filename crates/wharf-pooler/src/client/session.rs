@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::login::Login;
+use super::prepare::{self, Tracker};
 use super::relay::make_room;
 use super::state::ProtocolState;
 use super::timeouts::{Timeout, Timeouts};
@@ -47,6 +48,9 @@ pub(super) struct Session<'a, R, W> {
     pub(super) cbuf: BytesMut,
     pub(super) cscan: Scanner,
     pub(super) protocol: ProtocolState,
+    /// The client's prepared statements, in transaction and statement
+    /// mode with `max_prepared_statements` on.
+    pub(super) tracker: Option<Tracker>,
     pub(super) max_packet: usize,
     pub(super) state: &'a PoolerState,
     /// This session in the client registry (`SHOW CLIENTS`).
@@ -92,6 +96,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         state: &'a PoolerState,
     ) -> Self {
         let pool = &*login.pool;
+        let config = state.config();
+        let cap = config.pgbouncer.max_prepared_statements;
         Self {
             reader,
             writer,
@@ -104,7 +110,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             cbuf: BytesMut::with_capacity(super::relay::READ_CHUNK),
             cscan: Scanner::default(),
             protocol: ProtocolState::default(),
-            max_packet: state.config().pgbouncer.max_packet_size,
+            tracker: (cap > 0 && pool.mode() != PoolMode::Session).then(|| Tracker::new(cap)),
+            max_packet: config.pgbouncer.max_packet_size,
             state,
             entry,
             user: &login.user,
@@ -248,22 +255,37 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     pub(super) fn scan_client(&mut self) -> Result<(), ProtocolError> {
         let protocol = &mut self.protocol;
         let stats = self.pool.stats();
-        let ready = self.cscan.scan_until(
-            &self.cbuf,
-            self.max_packet,
-            |tag| tag == b'X',
-            |tag, _| {
+        let mut tracker = self.tracker.as_mut();
+        let tracked = tracker.is_some();
+        let cbuf = &self.cbuf;
+        let wants = |tag| {
+            if tracked {
+                prepare::wants_whole(tag)
+            } else {
+                tag == b'X'
+            }
+        };
+        let ready = self
+            .cscan
+            .scan_at(cbuf, self.max_packet, wants, |tag, at, _| {
                 protocol.note(tag);
-                stats.client_message(tag);
+                stats.client_message(tag, tracked);
                 // Terminate is for the pooler, not the server, and nothing
                 // a client sends after it counts.
                 if tag == b'X' {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
+                    return ControlFlow::Break(());
                 }
-            },
-        )?;
+                if let Some(tracker) = tracker.as_mut() {
+                    let len = i32::from_be_bytes([
+                        cbuf[at + 1],
+                        cbuf[at + 2],
+                        cbuf[at + 3],
+                        cbuf[at + 4],
+                    ]);
+                    tracker.scanned(tag, 1 + usize::try_from(len).unwrap_or(0));
+                }
+                ControlFlow::Continue(())
+            })?;
         if protocol.terminated() {
             self.cbuf.truncate(ready);
         }

@@ -34,6 +34,7 @@ pub(super) async fn open<S: ClientStream>(
     stream: &mut S,
     peer: &str,
     state: &PoolerState,
+    settings: &Settings,
 ) -> Result<Opening, Ended> {
     let params = loop {
         match read_startup(stream).await {
@@ -58,7 +59,7 @@ pub(super) async fn open<S: ClientStream>(
         user,
         database,
         tracked,
-    } = match sort_params(params, &state.config().pgbouncer) {
+    } = match sort_params(params, settings) {
         Ok(sorted) => sorted,
         Err(name) => {
             let message = format!("unsupported startup parameter: {name}");

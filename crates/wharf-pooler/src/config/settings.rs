@@ -61,7 +61,8 @@ impl Named for AuthType {
 }
 
 /// A TLS mode (`client_tls_sslmode`, `server_tls_sslmode`). Wharf does not
-/// speak TLS yet: anything stronger than `prefer` draws a warning.
+/// speak TLS yet: a mode that demands it (`require` and stronger) is
+/// refused rather than run in plain text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SslMode {
     /// No TLS.
@@ -310,8 +311,8 @@ settings! {
     client_tls_key_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
     /// TLS protocol versions for clients. Stored only. Default `secure`.
     client_tls_protocols: String = "secure".to_owned(), Text, Some("secure"), true;
-    /// TLS mode for clients; wharf has no TLS yet, so modes above `prefer`
-    /// draw a warning. Default `disable`.
+    /// TLS mode for clients; wharf has no TLS yet, so modes that demand it
+    /// are refused. Default `disable`.
     client_tls_sslmode: SslMode = SslMode::Disable, Lookup<SslMode>, Some("disable"), true;
     /// The configuration file, as `SHOW CONFIG` shows it. Unset unless
     /// written in the file; [`Config::describe`](super::Config::describe)
@@ -453,7 +454,7 @@ settings! {
     /// TLS protocol versions for servers. Stored only. Default `secure`.
     server_tls_protocols: String = "secure".to_owned(), Text, Some("secure"), true;
     /// TLS mode for servers; wharf has no TLS yet (plain connections), so
-    /// modes above `prefer` draw a warning. Default `prefer`.
+    /// modes that demand it are refused. Default `prefer`.
     server_tls_sslmode: SslMode = SslMode::Prefer, Lookup<SslMode>, Some("prefer"), true;
     /// Set `SO_REUSEPORT` on listening sockets. Default off.
     so_reuseport: bool = false, Flag, Some("0"), false;
@@ -614,6 +615,15 @@ impl Settings {
             )),
             _ => None,
         }
+    }
+
+    /// Every refused value in force, as (key, why): a configuration built
+    /// in code must meet the same rules as one read from a file.
+    pub fn refusals(&self) -> Vec<(&'static str, String)> {
+        ["client_tls_sslmode", "server_tls_sslmode"]
+            .into_iter()
+            .filter_map(|key| self.key_refusal(key).map(|why| (key, why)))
+            .collect()
     }
 
     /// A warning about `key`'s current value, if wharf cannot honour it.

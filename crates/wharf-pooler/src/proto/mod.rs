@@ -66,6 +66,13 @@ impl CancelKey {
     }
 }
 
+/// Splits a NUL-terminated byte string off the front of `bytes` (without
+/// its NUL).
+pub fn cstr_bytes(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = bytes.iter().position(|&b| b == 0)?;
+    Some((&bytes[..end], &bytes[end + 1..]))
+}
+
 /// Splits a NUL-terminated UTF-8 string off the front of `bytes`.
 pub fn cstr(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let end = bytes.iter().position(|&b| b == 0)?;

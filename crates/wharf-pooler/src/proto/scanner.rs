@@ -49,6 +49,19 @@ impl Scanner {
         wants: impl Fn(u8) -> bool,
         mut on_message: impl FnMut(u8, Option<&[u8]>) -> ControlFlow<()>,
     ) -> Result<usize, ProtocolError> {
+        self.scan_at(buf, max_len, wants, |tag, _, body| on_message(tag, body))
+    }
+
+    /// Like [`scan_until`](Self::scan_until), also telling `on_message`
+    /// where in `buf` each message starts, for a caller that edits the
+    /// scanned part (then [`resized`](Self::resized)).
+    pub fn scan_at(
+        &mut self,
+        buf: &[u8],
+        max_len: usize,
+        wants: impl Fn(u8) -> bool,
+        mut on_message: impl FnMut(u8, usize, Option<&[u8]>) -> ControlFlow<()>,
+    ) -> Result<usize, ProtocolError> {
         let mut pos = self.ready;
         loop {
             if self.skip > 0 {
@@ -75,12 +88,12 @@ impl Scanner {
                 if buf.len() - pos < total {
                     break;
                 }
-                if on_message(tag, Some(&buf[pos + 5..pos + total])).is_break() {
+                if on_message(tag, pos, Some(&buf[pos + 5..pos + total])).is_break() {
                     break;
                 }
                 pos += total;
             } else {
-                if on_message(tag, None).is_break() {
+                if on_message(tag, pos, None).is_break() {
                     break;
                 }
                 pos += 5;
@@ -89,6 +102,12 @@ impl Scanner {
         }
         self.ready = pos;
         Ok(pos)
+    }
+
+    /// The scanned part of the buffer grew or shrank by `delta` bytes:
+    /// whole scanned messages were edited in place.
+    pub fn resized(&mut self, delta: isize) {
+        self.ready = self.ready.saturating_add_signed(delta);
     }
 
     /// Bytes scanned and not yet consumed.

@@ -13,6 +13,7 @@ use super::error::server_error;
 use super::{ServerError, ServerParams, ServerTarget};
 use crate::cancel::ServerCancels;
 use crate::net::{ServerReader, ServerStream, ServerWriter};
+use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
 
@@ -45,6 +46,8 @@ pub struct ServerConn {
     pub(super) born: u64,
     /// Its place in the registry `SHOW SERVERS` lists.
     pub(super) entry: ServerGuard,
+    /// The statements prepared on it (`max_prepared_statements`).
+    pub(super) statements: ServerStatements,
     /// Where its cancel requests go, and those on their way to it, which
     /// must land before another client gets it.
     pub(super) cancels: Arc<ServerCancels>,
@@ -61,6 +64,10 @@ pub struct Wire<'a> {
     /// The server's parameters, which relayed ParameterStatus messages
     /// change.
     pub params: &'a mut ServerParams,
+    /// The statements prepared on it.
+    pub statements: &'a mut ServerStatements,
+    /// Its registry entry, for its figures.
+    pub entry: &'a ServerGuard,
 }
 
 impl ServerConn {
@@ -72,6 +79,8 @@ impl ServerConn {
             writer,
             rbuf: &mut self.rbuf,
             params: &mut self.params,
+            statements: &mut self.statements,
+            entry: &self.entry,
         }
     }
 
@@ -212,6 +221,11 @@ impl ServerConn {
             let (tag, body) = self.read_control().await?;
             match tag {
                 b'S' => self.params.note(&body),
+                // The pooler's reset query dropped the prepared statements.
+                b'C' if matches!(&body[..], b"DISCARD ALL\0" | b"DEALLOCATE ALL\0") => {
+                    self.statements.clear();
+                    self.entry.entry.set_prepared(0);
+                }
                 b'E' => failure = Some(server_error(&self.addr(), &body)),
                 b'Z' => {
                     if body.first() != Some(&b'I') {

@@ -12,6 +12,7 @@ use super::error::server_error;
 use super::{ServerConn, ServerError, ServerParams, ServerTarget};
 use crate::auth::{ServerAuth, ServerLogin};
 use crate::cancel::ServerCancels;
+use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
 
@@ -42,6 +43,7 @@ impl ServerConn {
             target: target.clone(),
             born,
             entry,
+            statements: ServerStatements::default(),
             cancels: Arc::new(ServerCancels::new(target.addr.clone())),
         };
         let mut out = BytesMut::new();

@@ -35,8 +35,8 @@ pub struct PoolStats {
     pub wait_time_us: AtomicU64,
     /// Parse messages from clients.
     pub client_parses: AtomicU64,
-    /// Parse messages sent to servers (every client Parse: wharf does not
-    /// rewrite prepared statements).
+    /// Parse messages sent to servers: with prepared statements tracked,
+    /// only those a server did not have yet.
     pub server_parses: AtomicU64,
     /// Bind messages from clients.
     pub binds: AtomicU64,
@@ -98,12 +98,16 @@ impl PoolStats {
         }
     }
 
-    /// Counts a client message by its tag (Parse and Bind).
-    pub fn client_message(&self, tag: u8) {
+    /// Counts a client message by its tag (Parse and Bind). Unless the
+    /// session tracks prepared statements (which counts the Parses it
+    /// sends itself), every client Parse goes to the server as it is.
+    pub fn client_message(&self, tag: u8, tracked: bool) {
         match tag {
             b'P' => {
                 self.client_parses.fetch_add(1, Ordering::Relaxed);
-                self.server_parses.fetch_add(1, Ordering::Relaxed);
+                if !tracked {
+                    self.server_parses.fetch_add(1, Ordering::Relaxed);
+                }
             }
             b'B' => {
                 self.binds.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! twice per connection, never per query); their state is an atomic the
 //! relay sets as it links and releases servers.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,9 +129,22 @@ pub struct ClientEntry {
     /// Wakes the session to look at its kill flag and the pooler's
     /// lifecycle again.
     attention: AtomicWaker,
+    /// Its prepared statement names (`SHOW CLIENTS` prepared_statements).
+    prepared: AtomicU32,
 }
 
 impl ClientEntry {
+    /// Its prepared statement names.
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// Records how many prepared statement names it has.
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
     /// What it is doing.
     pub fn state(&self) -> ClientState {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
@@ -267,9 +280,22 @@ pub struct ServerEntry {
     pub(super) idle_since: AtomicU64,
     state: AtomicU8,
     link: AtomicU64,
+    /// Statements prepared on it (`SHOW SERVERS` prepared_statements).
+    prepared: AtomicU32,
 }
 
 impl ServerEntry {
+    /// Statements prepared on it.
+    pub fn prepared(&self) -> u32 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// Records how many statements are prepared on it.
+    pub fn set_prepared(&self, n: usize) {
+        self.prepared
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
     /// What it is doing.
     pub fn state(&self) -> ServerState {
         ServerState::from_u8(self.state.load(Ordering::Relaxed))
@@ -414,6 +440,7 @@ impl Stats {
             killed: AtomicBool::new(false),
             kill_reason: AtomicU8::new(KillReason::AdminForced as u8),
             attention: AtomicWaker::new(),
+            prepared: AtomicU32::new(0),
         });
         self.clients.lock().insert(entry.info.id, entry.clone());
         ClientGuard {
@@ -442,6 +469,7 @@ impl Stats {
             idle_since: AtomicU64::new(0),
             state: AtomicU8::new(ServerState::Login as u8),
             link: AtomicU64::new(0),
+            prepared: AtomicU32::new(0),
         });
         self.servers.lock().insert(entry.id, entry.clone());
         ServerGuard {

@@ -1,0 +1,564 @@
+//! Prepared statements in transaction and statement mode: a client's
+//! named statements follow it from server to server.
+//!
+//! Going to the server, a named Parse is renamed to the statement's
+//! pooler-wide name (or not sent at all when the server already has it), a
+//! Bind or Describe of a named statement is renamed and preceded by a Parse
+//! when the server lacks it, and a Close of a named statement is answered
+//! by the pooler. Coming back, every request the server owes a reply is in
+//! a queue, in order, saying whether its reply goes to the client, is
+//! swallowed (a Parse or Close the pooler added), or is made by the pooler
+//! (a Parse or Close the pooler did not send). After an error the server
+//! skips to the next Sync, and so does the queue, undoing what the skipped
+//! requests would have done. Unnamed statements and portals pass through.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
+use crate::proto::cstr_bytes;
+use crate::stats::PoolStats;
+
+/// The client messages whose bodies the tracker reads (a named Parse and
+/// Bind are held whole, up to `max_packet_size`), and Terminate, which the
+/// session keeps for itself.
+pub(super) fn wants_whole(tag: u8) -> bool {
+    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'X')
+}
+
+/// A request whose reply the server owes, in the order sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// A simple Query or a FunctionCall: answered up to ReadyForQuery.
+    Simple,
+}
+
+/// Who answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The server's reply goes to the client.
+    Relay,
+    /// The pooler added the request: its reply is dropped.
+    Swallow,
+    /// The pooler did not send it: it answers with an empty message of
+    /// this tag (ParseComplete, CloseComplete) when its turn comes.
+    Make(u8),
+}
+
+/// What a request changes, settled when its reply comes (or never does).
+#[derive(Debug)]
+enum Effect {
+    None,
+    /// A Parse of `statement` sent to the server, recorded there at once:
+    /// if it fails, it is not prepared there, and the client's name for
+    /// it (when the client sent it) goes too.
+    Prepared {
+        statement: Arc<Statement>,
+        client_name: Option<Vec<u8>>,
+    },
+    /// The client's Parse of a statement the server had: the name is the
+    /// client's once answered (kept across a reset sent before it).
+    Named {
+        statement: Arc<Statement>,
+        client_name: Vec<u8>,
+    },
+    /// A Close the pooler sent to make room: if it never runs, the
+    /// statement is still there.
+    Evicted(Arc<Statement>),
+    /// The client's Close of its name, answered by the pooler: if it is
+    /// skipped after an error, the name stays.
+    Unnamed {
+        statement: Arc<Statement>,
+        client_name: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct Outstanding {
+    request: Request,
+    answer: Answer,
+    effect: Effect,
+}
+
+/// An edit of the server's bytes on their way to the client: at `at`,
+/// `remove` bytes go and the bytes `insert` of the tracker's scratch
+/// buffer come in.
+#[derive(Debug, Clone, Copy)]
+struct Edit {
+    at: usize,
+    remove: usize,
+    insert: (usize, usize),
+}
+
+/// One client's prepared statements and the replies its server owes.
+#[derive(Debug)]
+pub(super) struct Tracker {
+    /// `max_prepared_statements`: statements kept per server.
+    cap: usize,
+    client: ClientStatements,
+    queue: VecDeque<Outstanding>,
+    /// Client messages scanned and not yet sent, by tag and length.
+    unsent: VecDeque<(u8, usize)>,
+    /// Bytes of a streamed client message still to move.
+    partial: usize,
+    /// Client bytes for the server, rewritten.
+    out: BytesMut,
+    edits: Vec<Edit>,
+    made: Vec<u8>,
+}
+
+impl Tracker {
+    /// A tracker keeping at most `cap` statements on each server.
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            client: ClientStatements::default(),
+            queue: VecDeque::new(),
+            unsent: VecDeque::new(),
+            partial: 0,
+            out: BytesMut::new(),
+            edits: Vec::new(),
+            made: Vec::new(),
+        }
+    }
+
+    /// The client's statement names.
+    pub(super) fn client_statements(&self) -> usize {
+        self.client.len()
+    }
+
+    /// Whether the server owes nothing and the pooler has nothing to say.
+    pub(super) fn settled(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Rewritten bytes waiting for the server.
+    pub(super) fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Whether a reply the pooler makes is due now.
+    pub(super) fn due(&self) -> bool {
+        matches!(self.queue.front(), Some(o) if matches!(o.answer, Answer::Make(_)))
+    }
+
+    /// A client message the scanner found (`len` counts the whole
+    /// message, tag included).
+    pub(super) fn scanned(&mut self, tag: u8, len: usize) {
+        self.unsent.push_back((tag, len));
+    }
+
+    /// Moves the scanned client bytes `from[..ready]` to [`out`](Self::out),
+    /// rewritten for a server whose statements are `server`; the caller
+    /// then drops them from `from`.
+    pub(super) fn outgoing(
+        &mut self,
+        from: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        stats: &PoolStats,
+    ) {
+        let mut at = 0;
+        while at < from.len() {
+            if self.partial > 0 {
+                let n = self.partial.min(from.len() - at);
+                self.out.put_slice(&from[at..at + n]);
+                self.partial -= n;
+                at += n;
+                continue;
+            }
+            let Some((tag, len)) = self.unsent.pop_front() else {
+                // Nothing scanned is left unsent: cannot happen, but the
+                // bytes must still go.
+                self.out.put_slice(&from[at..]);
+                return;
+            };
+            if wants_whole(tag) && at + len <= from.len() {
+                self.message(tag, &from[at..at + len], server, registry, stats);
+                at += len;
+            } else {
+                self.request(tag);
+                let n = len.min(from.len() - at);
+                self.out.put_slice(&from[at..at + n]);
+                self.partial = len - n;
+                at += n;
+            }
+        }
+    }
+
+    /// Queues the reply owed for a message passed on as it is.
+    fn request(&mut self, tag: u8) {
+        let request = match tag {
+            b'P' => Request::Parse,
+            b'B' => Request::Bind,
+            b'D' => Request::Describe,
+            b'E' => Request::Execute,
+            b'C' => Request::Close,
+            b'S' => Request::Sync,
+            b'Q' | b'F' => Request::Simple,
+            // Flush, COPY data: nothing owed.
+            _ => return,
+        };
+        self.queue.push_back(Outstanding {
+            request,
+            answer: Answer::Relay,
+            effect: Effect::None,
+        });
+    }
+
+    /// Handles one whole client message.
+    fn message(
+        &mut self,
+        tag: u8,
+        whole: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        stats: &PoolStats,
+    ) {
+        let body = &whole[5..];
+        let handled = match tag {
+            b'P' => self.parse(body, server, registry, stats),
+            b'B' => self.bind(body, server, stats),
+            b'D' => self.describe_or_close(b'D', body, server, stats),
+            b'C' => self.describe_or_close(b'C', body, server, stats),
+            _ => false,
+        };
+        if !handled {
+            if tag == b'P' {
+                stats.server_parses.fetch_add(1, Ordering::Relaxed);
+            }
+            self.request(tag);
+            self.out.put_slice(whole);
+        }
+    }
+
+    /// A Parse. Named ones are the client's from now on, and go to the
+    /// server under the statement's own name unless it has it already.
+    fn parse(
+        &mut self,
+        body: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        stats: &PoolStats,
+    ) -> bool {
+        let Some((name, definition)) = cstr_bytes(body) else {
+            return false;
+        };
+        if name.is_empty() {
+            return false;
+        }
+        let statement = registry.statement(definition);
+        self.client.insert(name, statement.clone());
+        if server.touch(&statement) {
+            self.queue.push_back(Outstanding {
+                request: Request::Parse,
+                answer: Answer::Make(b'1'),
+                effect: Effect::Named {
+                    statement,
+                    client_name: name.to_vec(),
+                },
+            });
+        } else {
+            self.prepare(statement, Some(name.to_vec()), Answer::Relay, server, stats);
+        }
+        true
+    }
+
+    /// Sends a Parse of `statement` (closing the least recently used
+    /// statement first when the server has as many as it may keep).
+    fn prepare(
+        &mut self,
+        statement: Arc<Statement>,
+        client_name: Option<Vec<u8>>,
+        answer: Answer,
+        server: &mut ServerStatements,
+        stats: &PoolStats,
+    ) {
+        if let Some(evicted) = server.insert(statement.clone(), self.cap) {
+            evicted.write_close(&mut self.out);
+            self.queue.push_back(Outstanding {
+                request: Request::Close,
+                answer: Answer::Swallow,
+                effect: Effect::Evicted(evicted),
+            });
+        }
+        statement.write_parse(&mut self.out);
+        stats.server_parses.fetch_add(1, Ordering::Relaxed);
+        self.queue.push_back(Outstanding {
+            request: Request::Parse,
+            answer,
+            effect: Effect::Prepared {
+                statement,
+                client_name,
+            },
+        });
+    }
+
+    /// The client's statement `name`, prepared on the server if it is not
+    /// there yet; `None` for a name the client does not have.
+    fn ensure(
+        &mut self,
+        name: &[u8],
+        server: &mut ServerStatements,
+        stats: &PoolStats,
+    ) -> Option<Arc<Statement>> {
+        let statement = self.client.get(name)?.clone();
+        if !server.touch(&statement) {
+            self.prepare(statement.clone(), None, Answer::Swallow, server, stats);
+        }
+        Some(statement)
+    }
+
+    /// A Bind: of a named statement the client has, renamed.
+    fn bind(&mut self, body: &[u8], server: &mut ServerStatements, stats: &PoolStats) -> bool {
+        let Some((portal, rest)) = cstr_bytes(body) else {
+            return false;
+        };
+        let Some((name, params)) = cstr_bytes(rest) else {
+            return false;
+        };
+        if name.is_empty() {
+            return false;
+        }
+        let Some(statement) = self.ensure(name, server, stats) else {
+            // An unknown name goes as it is: the server says it does not
+            // exist, in its own words, and skips to the Sync.
+            return false;
+        };
+        let server_name = statement.server_name();
+        let len = 4 + portal.len() + 1 + server_name.len() + params.len();
+        self.out.put_u8(b'B');
+        self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
+        self.out.put_slice(portal);
+        self.out.put_u8(0);
+        self.out.put_slice(server_name);
+        self.out.put_slice(params);
+        self.request(b'B');
+        true
+    }
+
+    /// A Describe or Close of a named statement the client has: a
+    /// Describe is renamed, a Close answered by the pooler (the statement
+    /// stays on the server for other clients).
+    fn describe_or_close(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut ServerStatements,
+        stats: &PoolStats,
+    ) -> bool {
+        let Some((&b'S', rest)) = body.split_first() else {
+            return false;
+        };
+        let Some((name, _)) = cstr_bytes(rest) else {
+            return false;
+        };
+        let Some(statement) = self.client.get(name).cloned() else {
+            return false;
+        };
+        if tag == b'C' {
+            self.client.remove(name);
+            self.queue.push_back(Outstanding {
+                request: Request::Close,
+                answer: Answer::Make(b'3'),
+                effect: Effect::Unnamed {
+                    statement,
+                    client_name: name.to_vec(),
+                },
+            });
+            return true;
+        }
+        let Some(statement) = self.ensure(name, server, stats) else {
+            return false;
+        };
+        let server_name = statement.server_name();
+        self.out.put_u8(b'D');
+        self.out
+            .put_i32(i32::try_from(4 + 1 + server_name.len()).unwrap_or(i32::MAX));
+        self.out.put_u8(b'S');
+        self.out.put_slice(server_name);
+        self.request(b'D');
+        true
+    }
+
+    /// A server message at `at` in the client-bound buffer, whole for the
+    /// tags [`reply_wanted`] names. Records the edits to make.
+    pub(super) fn reply(
+        &mut self,
+        tag: u8,
+        at: usize,
+        body: Option<&[u8]>,
+        server: &mut ServerStatements,
+    ) {
+        let end = at + 5 + body.map_or(0, <[u8]>::len);
+        let head = self.queue.front().map(|o| o.request);
+
+        let completes = match (tag, head) {
+            (b'E', Some(Request::Simple | Request::Sync)) | (b'E', None) => false,
+            (b'E', Some(_)) => {
+                self.failed(server);
+                self.make_due(end);
+                return;
+            }
+            (b'Z', Some(Request::Sync | Request::Simple)) => true,
+            (b'1', Some(Request::Parse)) | (b'2', Some(Request::Bind)) => true,
+            (b'3', Some(Request::Close)) => true,
+            (b'T' | b'n', Some(Request::Describe)) => true,
+            (b'C' | b'I' | b's', Some(Request::Execute)) => true,
+            // COPY FROM STDIN: the Syncs already sent are ignored.
+            (b'G', Some(_)) => {
+                while self.queue.get(1).map(|o| o.request) == Some(Request::Sync) {
+                    self.queue.remove(1);
+                }
+                false
+            }
+            _ => false,
+        };
+        if tag == b'C' && body.is_some_and(resets_tag) {
+            self.reset(server);
+        }
+        if completes {
+            let done = self.queue.pop_front().expect("a head was matched");
+            if done.answer == Answer::Swallow {
+                self.edits.push(Edit {
+                    at,
+                    remove: end - at,
+                    insert: (0, 0),
+                });
+            }
+            self.make_due(end);
+        }
+    }
+
+    /// The head request failed: it and everything up to the next Sync is
+    /// skipped by the server, and undone here.
+    fn failed(&mut self, server: &mut ServerStatements) {
+        if let Some(head) = self.queue.pop_front() {
+            self.undo(head, server);
+        }
+        while self
+            .queue
+            .front()
+            .is_some_and(|o| o.request != Request::Sync)
+        {
+            let skipped = self.queue.pop_front().expect("checked");
+            self.undo(skipped, server);
+        }
+    }
+
+    fn undo(&mut self, outstanding: Outstanding, server: &mut ServerStatements) {
+        match outstanding.effect {
+            Effect::None => {}
+            Effect::Prepared {
+                statement,
+                client_name,
+            } => {
+                server.remove(&statement);
+                if let Some(name) = client_name {
+                    self.client.remove_if(&name, &statement);
+                }
+            }
+            Effect::Named {
+                statement,
+                client_name,
+            } => self.client.remove_if(&client_name, &statement),
+            Effect::Evicted(statement) => server.restore(statement),
+            Effect::Unnamed {
+                statement,
+                client_name,
+            } => self.client.insert(&client_name, statement),
+        }
+    }
+
+    /// DEALLOCATE ALL or DISCARD ALL ran: nothing the server had is left,
+    /// and the client's names are gone, except what was sent after it.
+    fn reset(&mut self, server: &mut ServerStatements) {
+        server.clear();
+        self.client.clear();
+        for outstanding in &self.queue {
+            match &outstanding.effect {
+                Effect::Prepared {
+                    statement,
+                    client_name,
+                } => {
+                    server.restore(statement.clone());
+                    if let Some(name) = client_name {
+                        self.client.insert(name, statement.clone());
+                    }
+                }
+                Effect::Named {
+                    statement,
+                    client_name,
+                } => self.client.insert(client_name, statement.clone()),
+                Effect::Unnamed { client_name, .. } => {
+                    self.client.remove(client_name);
+                }
+                Effect::None | Effect::Evicted(_) => {}
+            }
+        }
+    }
+
+    /// Makes the replies now due, inserted at `at`.
+    fn make_due(&mut self, at: usize) {
+        let start = self.made.len();
+        while let Some(Answer::Make(tag)) = self.queue.front().map(|o| o.answer) {
+            self.made.extend_from_slice(&[tag, 0, 0, 0, 4]);
+            self.queue.pop_front();
+        }
+        if self.made.len() > start {
+            self.edits.push(Edit {
+                at,
+                remove: 0,
+                insert: (start, self.made.len()),
+            });
+        }
+    }
+
+    /// Makes the replies due with nothing owed before them, at `at` (the
+    /// end of what the client is to get so far).
+    pub(super) fn make_pending(&mut self, at: usize) {
+        self.make_due(at);
+    }
+
+    /// Applies the recorded edits to `buf`; how much the edited front
+    /// part grew (negative: shrank).
+    pub(super) fn apply_edits(&mut self, buf: &mut BytesMut) -> isize {
+        if self.edits.is_empty() {
+            return 0;
+        }
+        let before = buf.len();
+        let mut edited = BytesMut::with_capacity(before + self.made.len());
+        let mut cursor = 0;
+        for edit in &self.edits {
+            edited.put_slice(&buf[cursor..edit.at]);
+            edited.put_slice(&self.made[edit.insert.0..edit.insert.1]);
+            cursor = edit.at + edit.remove;
+        }
+        edited.put_slice(&buf[cursor..]);
+        *buf = edited;
+        self.edits.clear();
+        self.made.clear();
+        buf.len() as isize - before as isize
+    }
+}
+
+/// The server messages whose bodies the tracker reads, or whose bytes it
+/// may drop.
+pub(super) fn reply_wanted(tag: u8) -> bool {
+    matches!(tag, b'1' | b'3' | b'C' | b'Z' | b'S')
+}
+
+/// A CommandComplete tag of a statement that drops every prepared
+/// statement of the session.
+fn resets_tag(body: &[u8]) -> bool {
+    matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0")
+}

@@ -1,0 +1,472 @@
+//! Prepared statements in transaction mode (`max_prepared_statements`):
+//! named statements follow a client from server to server, with raw
+//! protocol sequences that pin every reply, tokio-postgres under
+//! concurrency, and pgbench -M prepared.
+
+mod common;
+
+use common::wire::{login_trusted, message, parse_error, read_message};
+use common::{pgbench, start, Setup, TestPooler};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn setup(extra: &str) -> String {
+    format!("auth_type = trust\n{extra}\n")
+}
+
+async fn pooler(extra: &str) -> TestPooler {
+    let pgbouncer = setup(extra);
+    start(Setup {
+        pgbouncer: &pgbouncer,
+        ..Setup::default()
+    })
+    .await
+}
+
+fn cstr(s: &[u8]) -> Vec<u8> {
+    let mut v = s.to_vec();
+    v.push(0);
+    v
+}
+
+fn parse(name: &[u8], sql: &str) -> Vec<u8> {
+    let mut body = cstr(name);
+    body.extend(cstr(sql.as_bytes()));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &body)
+}
+
+/// A Bind of statement `name` to the unnamed portal with text parameters.
+fn bind(name: &[u8], params: &[&str]) -> Vec<u8> {
+    let mut body = cstr(b"");
+    body.extend(cstr(name));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &body)
+}
+
+fn execute() -> Vec<u8> {
+    let mut body = cstr(b"");
+    body.extend_from_slice(&0i32.to_be_bytes());
+    message(b'E', &body)
+}
+
+fn describe(name: &[u8]) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend(cstr(name));
+    message(b'D', &body)
+}
+
+fn close(name: &[u8]) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend(cstr(name));
+    message(b'C', &body)
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+fn flush() -> Vec<u8> {
+    message(b'H', b"")
+}
+
+/// Parse, Bind, Execute and Sync of one statement.
+fn run(name: &[u8], sql: &str, params: &[&str]) -> Vec<u8> {
+    [parse(name, sql), bind(name, params), execute(), sync()].concat()
+}
+
+/// Bind, Execute and Sync of a statement prepared before.
+fn call(name: &[u8], params: &[&str]) -> Vec<u8> {
+    [bind(name, params), execute(), sync()].concat()
+}
+
+/// What the pooler answered: the tags in order, the first column of each
+/// row, and each error's SQLSTATE and message.
+#[derive(Debug, Default)]
+struct Replies {
+    tags: String,
+    rows: Vec<String>,
+    errors: Vec<(String, String)>,
+}
+
+/// Sends `bytes` and reads replies up to the `readies`-th ReadyForQuery.
+async fn exchange(stream: &mut TcpStream, bytes: &[u8], readies: usize) -> Replies {
+    stream.write_all(bytes).await.expect("sent");
+    read_replies(stream, readies, usize::MAX).await
+}
+
+/// Reads replies up to the `readies`-th ReadyForQuery, or with 0 readies,
+/// `most` messages.
+async fn read_replies(stream: &mut TcpStream, readies: usize, most: usize) -> Replies {
+    let mut replies = Replies::default();
+    let mut seen = 0;
+    while seen < readies || (readies == 0 && replies.tags.len() < most) {
+        let (tag, body) = read_message(stream)
+            .await
+            .unwrap_or_else(|| panic!("closed after {replies:?}"));
+        replies.tags.push(tag as char);
+        match tag {
+            b'Z' => seen += 1,
+            b'D' => {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                replies
+                    .rows
+                    .push(String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned());
+            }
+            b'E' => {
+                let e = parse_error(&body);
+                replies.errors.push((e.code, e.message));
+            }
+            _ => {}
+        }
+    }
+    replies
+}
+
+async fn client(pooler: &TestPooler) -> TcpStream {
+    login_trusted(pooler.port, "postgres", "postgres").await
+}
+
+/// The rows of `SHOW what` on the console.
+async fn show(pooler: &TestPooler, what: &str) -> Vec<tokio_postgres::SimpleQueryRow> {
+    let admin = pooler
+        .login("postgres", "postgres", "pgbouncer")
+        .await
+        .expect("console");
+    admin
+        .simple_query(&format!("SHOW {what}"))
+        .await
+        .expect("show")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_follow_the_client_to_another_server() {
+    let pooler = pooler("default_pool_size = 2\nadmin_users = postgres").await;
+    let mut a = client(&pooler).await;
+    let first = exchange(
+        &mut a,
+        &[
+            run(b"add", "SELECT $1::int + 1", &["41"]),
+            run(b"pid", "SELECT pg_backend_pid()", &[]),
+        ]
+        .concat(),
+        2,
+    )
+    .await;
+    assert_eq!(first.tags, "12DCZ12DCZ", "{first:?}");
+    assert_eq!(first.rows[0], "42");
+    // Another client takes the only server, so the next transaction of the
+    // first one runs on a new server that has never seen its statements.
+    let other = pooler.client().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    let moved = exchange(
+        &mut a,
+        &[call(b"add", &["1"]), call(b"pid", &[])].concat(),
+        2,
+    )
+    .await;
+    assert_eq!(
+        moved.tags, "2DCZ2DCZ",
+        "the Parses the pooler added are not seen: {moved:?}"
+    );
+    assert_eq!(moved.rows[0], "2");
+    assert_ne!(moved.rows[1], first.rows[1], "ran on another server");
+    other.batch_execute("COMMIT").await.unwrap();
+    // Describe of a statement works on whichever server too.
+    let described = exchange(&mut a, &[describe(b"add"), sync()].concat(), 1).await;
+    assert_eq!(described.tags, "tTZ");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_a_server_has_is_not_parsed_again() {
+    let pooler = pooler("default_pool_size = 1\nadmin_users = postgres").await;
+    let mut a = client(&pooler).await;
+    let mut b = client(&pooler).await;
+    let sql = "SELECT $1::text || '!'";
+    assert_eq!(
+        exchange(&mut a, &run(b"s1", sql, &["a"]), 1).await.rows,
+        ["a!"]
+    );
+    // Another client, another name, the same text: answered by the pooler.
+    let replies = exchange(&mut b, &run(b"other", sql, &["b"]), 1).await;
+    assert_eq!(
+        (replies.tags.as_str(), replies.rows[0].as_str()),
+        ("12DCZ", "b!")
+    );
+    let stats = show(&pooler, "STATS").await;
+    let row = stats
+        .iter()
+        .find(|r| r.get("database") == Some("postgres"))
+        .expect("postgres stats");
+    assert_eq!(row.get("total_client_parse_count"), Some("2"));
+    assert_eq!(row.get("total_server_parse_count"), Some("1"));
+    assert_eq!(row.get("total_bind_count"), Some("2"));
+    let clients = show(&pooler, "CLIENTS").await;
+    let named: Vec<_> = clients
+        .iter()
+        .filter(|c| c.get("database") == Some("postgres"))
+        .map(|c| c.get("prepared_statements").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(named, ["1", "1"], "each client has its one name");
+    let servers = show(&pooler, "SERVERS").await;
+    assert_eq!(servers[0].get("prepared_statements"), Some("1"));
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_mid_pipeline_forgets_what_never_ran() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let pipeline = [
+        parse(b"good", "SELECT $1::int * 2"),
+        bind(b"good", &["21"]),
+        execute(),
+        parse(b"bad", "SELEC nonsense"),
+        bind(b"bad", &[]),
+        execute(),
+        parse(b"later", "SELECT 3"),
+        sync(),
+    ]
+    .concat();
+    let replies = exchange(&mut c, &pipeline, 1).await;
+    assert_eq!(replies.tags, "12DCEZ", "{replies:?}");
+    assert_eq!(replies.rows, ["42"]);
+    assert_eq!(replies.errors[0].0, "42601");
+    // A failed Parse and one skipped after it prepared nothing.
+    for name in [&b"bad"[..], b"later"] {
+        let replies = exchange(&mut c, &call(name, &[]), 1).await;
+        assert_eq!(replies.tags, "EZ", "{replies:?}");
+        assert_eq!(replies.errors[0].0, "26000", "{replies:?}");
+    }
+    let replies = exchange(&mut c, &call(b"good", &["5"]), 1).await;
+    assert_eq!(replies.rows, ["10"]);
+    // The statement that was skipped can be prepared now.
+    let replies = exchange(&mut c, &run(b"later", "SELECT 3", &[]), 1).await;
+    assert_eq!(replies.rows, ["3"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_is_answered_by_the_pooler_and_forgets_the_name() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let prepared = exchange(&mut c, &[parse(b"s", "SELECT 1"), sync()].concat(), 1).await;
+    assert_eq!(prepared.tags, "1Z");
+    let closed = exchange(&mut c, &[close(b"s"), close(b"s"), sync()].concat(), 1).await;
+    assert_eq!(
+        closed.tags, "33Z",
+        "a second Close is fine, as in PostgreSQL"
+    );
+    let gone = exchange(&mut c, &call(b"s", &[]), 1).await;
+    assert_eq!(gone.errors[0].0, "26000", "{gone:?}");
+    // Delayed Sync: a Flush gets the replies so far, the Sync the rest.
+    c.write_all(&[parse(b"s", "SELECT 7"), bind(b"s", &[]), execute(), flush()].concat())
+        .await
+        .expect("sent");
+    let replies = read_replies(&mut c, 0, 4).await;
+    assert_eq!(
+        (replies.tags.as_str(), replies.rows[0].as_str()),
+        ("12DC", "7")
+    );
+    let rest = exchange(&mut c, &sync(), 1).await;
+    assert_eq!(rest.tags, "Z");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_all_and_discard_all_drop_every_statement() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    for reset in ["DEALLOCATE ALL", "DISCARD ALL"] {
+        let replies = exchange(&mut c, &run(b"s", "SELECT 11", &[]), 1).await;
+        assert_eq!(replies.rows, ["11"], "{reset}");
+        let replies = exchange(&mut c, &common::wire::query(reset), 1).await;
+        assert!(replies.errors.is_empty(), "{reset}: {replies:?}");
+        let gone = exchange(&mut c, &call(b"s", &[]), 1).await;
+        assert_eq!(gone.errors[0].0, "26000", "{reset}: {gone:?}");
+        // Prepared again from scratch: the server lost its copy too.
+        let again = exchange(&mut c, &run(b"s", "SELECT 11", &[]), 1).await;
+        assert_eq!(again.rows, ["11"], "{reset}: {again:?}");
+        let closed = exchange(&mut c, &[close(b"s"), sync()].concat(), 1).await;
+        assert_eq!(closed.tags, "3Z");
+    }
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_the_buffer_and_long_names_go_through() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    // The relay reads 16 KiB at a time: ten times that and more.
+    let literal = "x".repeat(170 * 1024);
+    let name = vec![b'n'; 40 * 1024];
+    let sql = format!("SELECT length('{literal}') + length($1::text)");
+    let param = "y".repeat(170 * 1024);
+    let replies = exchange(&mut c, &run(&name, &sql, &[&param]), 1).await;
+    assert_eq!(replies.tags, "12DCZ", "{:?}", replies.errors);
+    assert_eq!(replies.rows, [(340 * 1024).to_string()]);
+    let again = exchange(&mut c, &call(&name, &["z"]), 1).await;
+    assert_eq!(again.rows, [(170 * 1024 + 1).to_string()]);
+    pooler.stop().await;
+}
+
+/// Runs `ops` random operations over `statements` statements through a
+/// pooler keeping at most `cap` per server; every result is checked.
+async fn random_stress(cap: usize, seed: u64) {
+    let pooler = pooler(&format!(
+        "default_pool_size = 2\nmax_prepared_statements = {cap}"
+    ))
+    .await;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut clients = [client(&pooler).await, client(&pooler).await];
+    let mut prepared: Vec<Vec<Option<i32>>> = vec![vec![None; 12]; clients.len()];
+    let holder = pooler.client().await;
+    for op in 0..100 {
+        // Now and then another client holds a server, moving the others.
+        if op % 10 == 0 {
+            holder.batch_execute("BEGIN").await.unwrap();
+        } else if op % 10 == 5 {
+            holder.batch_execute("COMMIT").await.unwrap();
+        }
+        let who = rng.usize(..clients.len());
+        let which = rng.usize(..12);
+        let name = format!("st{which}");
+        let k = i32::try_from(which).unwrap() * 100;
+        let arg = rng.i32(0..1000);
+        let replies = match prepared[who][which] {
+            Some(_) if rng.bool() => {
+                exchange(
+                    &mut clients[who],
+                    &call(name.as_bytes(), &[&arg.to_string()]),
+                    1,
+                )
+                .await
+            }
+            Some(_) if rng.u8(..4) == 0 => {
+                let closed = exchange(
+                    &mut clients[who],
+                    &[close(name.as_bytes()), sync()].concat(),
+                    1,
+                )
+                .await;
+                assert_eq!(closed.tags, "3Z");
+                prepared[who][which] = None;
+                continue;
+            }
+            _ => {
+                if prepared[who][which].is_some() {
+                    exchange(
+                        &mut clients[who],
+                        &[close(name.as_bytes()), sync()].concat(),
+                        1,
+                    )
+                    .await;
+                }
+                prepared[who][which] = Some(k);
+                let sql = format!("SELECT {k} + $1::int");
+                exchange(
+                    &mut clients[who],
+                    &run(name.as_bytes(), &sql, &[&arg.to_string()]),
+                    1,
+                )
+                .await
+            }
+        };
+        assert!(replies.errors.is_empty(), "cap {cap}, op {op}: {replies:?}");
+        assert_eq!(replies.rows, [(k + arg).to_string()], "cap {cap}, op {op}");
+    }
+    holder.batch_execute("COMMIT").await.ok();
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_every_statement_usable() {
+    for (cap, seed) in [(1, 1), (2, 2), (5, 5)] {
+        random_stress(cap, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_clients_share_two_servers() {
+    let pooler = pooler("default_pool_size = 2").await;
+    pooler
+        .client()
+        .await
+        .batch_execute("CREATE TABLE ps_items (id int, v text)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let client = pooler.client().await;
+        tasks.push(tokio::spawn(async move {
+            let add = client.prepare("SELECT $1::int + $2::int").await.unwrap();
+            let insert = client
+                .prepare("INSERT INTO ps_items VALUES ($1, $2)")
+                .await
+                .unwrap();
+            for i in 0..40 {
+                let row = client.query_one(&add, &[&n, &i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), n + i);
+                client.batch_execute("BEGIN").await.unwrap();
+                client
+                    .execute(&insert, &[&n, &format!("{i}")])
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    client.batch_execute("COMMIT").await.unwrap();
+                } else {
+                    client.batch_execute("ROLLBACK").await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let count: i64 = pooler
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM ps_items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 8 * 20, "committed rows only");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_in_prepared_mode_has_no_failures() {
+    let pooler = pooler("default_pool_size = 2").await;
+    let bin = pooler.cluster.bin("pgbench");
+    pgbench::init(&bin, pooler.cluster.port());
+    // One thread per client: pgbench prepares each statement right before
+    // its first use, synchronously, so with more clients per thread than
+    // servers a client inside a transaction waits on a thread that waits
+    // on a server it holds (through any transaction-mode pooler).
+    let output = pgbench::run(
+        &bin,
+        pooler.port,
+        &["-M", "prepared", "-c", "8", "-j", "8", "-T", "3"],
+    );
+    pgbench::assert_error_free(&output);
+    let output = pgbench::run(
+        &bin,
+        pooler.port,
+        &["-M", "prepared", "-S", "-c", "8", "-T", "2"],
+    );
+    pgbench::assert_error_free(&output);
+    pooler.stop().await;
+}

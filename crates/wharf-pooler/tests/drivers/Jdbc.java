@@ -64,7 +64,6 @@ public class Jdbc {
         p.setProperty("prepareThreshold", "1");
         p.setProperty("preparedStatementCacheQueries", Integer.toString(cacheQueries));
         p.setProperty("connectTimeout", "10");
-        p.setProperty("sslmode", "disable");
         return DriverManager.getConnection(url, p);
     }
 

@@ -137,26 +137,29 @@ def main():
     signal.signal(signal.SIGALRM, timeout)
     signal.alarm(TIMEOUT)
     started = time.monotonic()
-    with connect() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-        conn.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, client int NOT NULL, val text)")
     try:
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        with connect() as conn:
-            rows = conn.execute(
-                f"SELECT count(*) FILTER (WHERE client < 1000), "
-                f"count(*) FILTER (WHERE client >= 1000), "
-                f"count(*) FILTER (WHERE (id % 1000) % 2 = 1 AND client < 1000) FROM {TABLE}"
-            ).fetchone()
-            check(rows == (CLIENTS * 5, CLIENTS * COPY_ROWS, 0),
-                  f"table totals (committed, copied, rolled back) {rows}")
-    finally:
         with connect() as conn:
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            conn.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, client int NOT NULL, val text)")
+        try:
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            with connect() as conn:
+                rows = conn.execute(
+                    f"SELECT count(*) FILTER (WHERE client < 1000), "
+                    f"count(*) FILTER (WHERE client >= 1000), "
+                    f"count(*) FILTER (WHERE (id % 1000) % 2 = 1 AND client < 1000) FROM {TABLE}"
+                ).fetchone()
+                check(rows == (CLIENTS * 5, CLIENTS * COPY_ROWS, 0),
+                      f"table totals (committed, copied, rolled back) {rows}")
+        finally:
+            with connect() as conn:
+                conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    except Exception as e:  # noqa: BLE001 - setup, totals or cleanup failed
+        fail(f"{type(e).__name__}: {e}")
     took = time.monotonic() - started
     if failures:
         print(f"psycopg {psycopg.__version__}: {len(failures)} check(s) failed "

@@ -21,10 +21,12 @@ const CLIENTS: usize = 8;
 /// Server connections per pool.
 const SERVERS: usize = 2;
 /// The pooler of these tests: transaction mode, few servers, prepared
-/// statements on.
+/// statements on. The JDBC driver sends `extra_float_digits` in its startup
+/// packet, which PgBouncer's users let through this way.
 const POOLER: &str = "pool_mode = transaction\n\
                       default_pool_size = 2\n\
-                      max_prepared_statements = 100";
+                      max_prepared_statements = 100\n\
+                      ignore_startup_parameters = extra_float_digits";
 /// A driver program that has not finished by then is killed (the programs
 /// give up on their own after `DRIVER_TIMEOUT`, 120 s).
 const PATIENCE: Duration = Duration::from_secs(180);

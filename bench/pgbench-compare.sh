@@ -179,7 +179,7 @@ row() { # label pgbench-args...
   done
   echo "$line"
 }
-rows=${ROWS:-select,connect,tpcb,select500,extended}
+rows=${ROWS:-select,connect,tpcb,select500,extended,prepared}
 for r in ${rows//,/ }; do
   case $r in
     select) row "-S -c 50 -j 2" -S -c 50 -j 2 ;;
@@ -187,5 +187,6 @@ for r in ${rows//,/ }; do
     tpcb) row "TPC-B -c 20 -j 2" -c 20 -j 2 ;;
     select500) row "-S -c 500 -j 2" -S -c 500 -j 2 ;;
     extended) row "-S -c 50 -j 2 -M extended" -S -c 50 -j 2 -M extended ;;
+    prepared) row "-S -c 50 -j 2 -M prepared" -S -c 50 -j 2 -M prepared ;;
   esac
 done

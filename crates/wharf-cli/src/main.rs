@@ -105,7 +105,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!();
     println!("[databases]");
     for db in &config.databases {
-        println!("  {}", db.name);
+        let mode = config.pool_mode_for(&db.name, "");
+        println!(
+            "  {:<20} pool_mode = {:<12} prepared statements: {}",
+            db.name,
+            mode.as_str(),
+            prepared_statements(&config, mode)
+        );
     }
     println!();
     println!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
@@ -119,6 +125,19 @@ fn check(path: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// What happens to a database's named prepared statements.
+fn prepared_statements(config: &config::Config, mode: config::PoolMode) -> String {
+    let max = config.pgbouncer.max_prepared_statements;
+    match mode {
+        config::PoolMode::Session => "kept on the client's own server (session mode)".to_owned(),
+        _ if max == 0 => {
+            "not tracked (max_prepared_statements = 0): named statements fail across servers"
+                .to_owned()
+        }
+        _ => format!("tracked across servers, at most {max} per server"),
+    }
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {

@@ -24,7 +24,7 @@ fn check(path: &PathBuf) -> std::process::Output {
 fn a_good_config_prints_the_effective_settings() {
     let (dir, path) = write_config(
         "good",
-        "[databases]\napp = host=127.0.0.1 port=5432\n[pgbouncer]\nlisten_port = 6543\npool_mode = transaction\nauth_type = trust\nauth_file = /dev/null\n",
+        "[databases]\napp = host=127.0.0.1 port=5432\nold = host=127.0.0.1 pool_mode=session\n[pgbouncer]\nlisten_port = 6543\npool_mode = transaction\nauth_type = trust\nauth_file = /dev/null\n",
     );
     let out = check(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,7 +34,23 @@ fn a_good_config_prints_the_effective_settings() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("OK"), "{stdout}");
-    assert!(stdout.contains("  app"), "{stdout}");
+    let app = stdout
+        .lines()
+        .find(|l| l.starts_with("  app "))
+        .expect("a line for app");
+    assert!(
+        app.contains("pool_mode = transaction")
+            && app.contains("prepared statements: tracked across servers, at most 200 per server"),
+        "{app}"
+    );
+    let old = stdout
+        .lines()
+        .find(|l| l.starts_with("  old "))
+        .expect("a line for old");
+    assert!(
+        old.contains("pool_mode = session") && old.contains("session mode"),
+        "{old}"
+    );
     let listen = stdout
         .lines()
         .find(|l| l.starts_with("listen_port "))

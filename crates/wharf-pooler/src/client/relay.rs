@@ -81,7 +81,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 // pooler makes go out once nothing is owed before them.
                 let ready = self.cscan.ready();
                 if ready > 0 {
-                    tracker.outgoing(&self.cbuf[..ready], statements, registry, self.pool.stats());
+                    let stats = self.pool.stats();
+                    tracker.outgoing(&self.cbuf[..ready], statements, registry, stats);
+                    stats
+                        .received
+                        .fetch_add(ready as u64, std::sync::atomic::Ordering::Relaxed);
                     self.cbuf.advance(ready);
                     self.cscan.consumed(ready);
                     self.entry.set_prepared(tracker.client_statements());
@@ -222,16 +226,18 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
                 Event::WroteServer(Ok(n)) => {
                     match &mut self.tracker {
+                        // Counted as received when taken from the client's
+                        // bytes: the rewritten ones differ in length.
                         Some(tracker) => tracker.out().advance(n),
                         None => {
                             self.cbuf.advance(n);
                             self.cscan.consumed(n);
+                            self.pool
+                                .stats()
+                                .received
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                    self.pool
-                        .stats()
-                        .received
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.protocol.sent_to_server(&mut now);
                 }
                 Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {

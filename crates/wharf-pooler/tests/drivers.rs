@@ -176,3 +176,34 @@ async fn pgbench_prepared_in_transaction_mode() {
     });
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_reads_every_console_show() {
+    let pooler = start(Setup {
+        pgbouncer: &format!("{POOLER}\nadmin_users = postgres"),
+        ..Setup::default()
+    })
+    .await;
+    // A client and its server, so that SHOW CLIENTS and SHOW SERVERS have
+    // rows with times in them.
+    let client = pooler.client().await;
+    client.simple_query("SELECT 1").await.expect("a query");
+    let port = pooler.port;
+    let result = tokio::task::block_in_place(|| {
+        let mut command = Command::new("python3");
+        command
+            .arg("console_shows.py")
+            .current_dir(drivers_dir())
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PGPASSWORD", "postgres")
+            .env("PGDATABASE", "pgbouncer")
+            .env("PGCONNECT_TIMEOUT", "10");
+        let started = Instant::now();
+        (command.output().expect("python3 runs"), started.elapsed())
+    });
+    assert_passed("psycopg reading the console", &result);
+    drop(client);
+    pooler.stop().await;
+}

@@ -264,8 +264,10 @@ const SOCKET_COLUMNS: &[(&str, Oid)] = &[
     ("port", Oid::Int4),
     ("local_addr", Oid::Text),
     ("local_port", Oid::Int4),
-    ("connect_time", Oid::Timestamptz),
-    ("request_time", Oid::Timestamptz),
+    // Text, as PgBouncer sends them: a timestamptz OID with PgBouncer's
+    // `2024-05-01 10:20:30 UTC` format breaks drivers that parse it.
+    ("connect_time", Oid::Text),
+    ("request_time", Oid::Text),
     ("wait", Oid::Int4),
     ("wait_us", Oid::Int4),
     ("close_needed", Oid::Int4),

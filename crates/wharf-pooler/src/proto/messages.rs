@@ -167,8 +167,6 @@ pub enum Oid {
     Int4 = 23,
     /// `numeric`
     Numeric = 1700,
-    /// `timestamptz`
-    Timestamptz = 1184,
     /// `bool`
     Bool = 16,
 }
@@ -176,7 +174,7 @@ pub enum Oid {
 impl Oid {
     fn size(self) -> i16 {
         match self {
-            Oid::Int8 | Oid::Timestamptz => 8,
+            Oid::Int8 => 8,
             Oid::Int4 => 4,
             Oid::Bool => 1,
             Oid::Text | Oid::Numeric => -1,

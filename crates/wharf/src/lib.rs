@@ -70,6 +70,7 @@ mod janitor;
 mod leak;
 mod manager;
 mod metrics;
+mod padded;
 mod pool;
 mod pooled;
 mod queue;

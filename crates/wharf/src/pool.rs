@@ -18,6 +18,7 @@ use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
+use crate::padded::CachePadded;
 use crate::queue::{Handoff, Live, Meta, State};
 use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
 
@@ -88,11 +89,16 @@ impl<M: Manager> fmt::Debug for Pool<M> {
     }
 }
 
+// Aligned so that the `Arc`'s reference count, written by every checkout
+// and return, has a cache line of its own instead of sharing one with the
+// settings every checkout reads.
+#[repr(align(128))]
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) hooks: Hooks<M::Connection>,
-    pub(crate) state: Mutex<State<M::Connection>>,
+    /// Padded for the same reason: the lock is the pool's busiest line.
+    pub(crate) state: CachePadded<Mutex<State<M::Connection>>>,
     pub(crate) recorder: Recorder,
     pub(crate) leaks: Option<LeakRegistry>,
     runtime: Handle,
@@ -122,12 +128,12 @@ impl<M: Manager> Pool<M> {
         runtime: Handle,
     ) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::with_reserve(
+            state: CachePadded(Mutex::new(State::with_reserve(
                 config.max_size,
                 config.min_idle,
                 config.reserve_size,
                 config.reserve_timeout,
-            )),
+            ))),
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
@@ -431,6 +437,9 @@ impl<M: Manager> Shared<M> {
         wait: Duration,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, Error> {
+        // The future's own reference becomes the handle's: one `Arc` count
+        // per checkout, not two.
+        let mut shared = self;
         let start = Instant::now();
         let deadline = start + wait;
         let mut now = start;
@@ -438,7 +447,7 @@ impl<M: Manager> Shared<M> {
         let mut ticket = None;
         loop {
             let taken = {
-                let mut st = self.state.lock();
+                let mut st = shared.state.lock();
                 if st.closed {
                     return Err(Error::Closed);
                 }
@@ -463,13 +472,13 @@ impl<M: Manager> Shared<M> {
                             st.idle.push_back(live);
                         }
                         // A caller already let in is not refused on a retry.
-                        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
+                        if let Some(max_waiting) = shared.config.max_waiting.filter(|_| !retrying) {
                             if st.waiters.len() >= max_waiting {
                                 drop(st);
-                                Recorder::count(&self.recorder.counters.rejected);
+                                Recorder::count(&shared.recorder.counters.rejected);
                                 return Err(Error::QueueFull {
                                     max_waiting,
-                                    status: self.status(),
+                                    status: shared.status(),
                                 });
                             }
                         }
@@ -477,19 +486,19 @@ impl<M: Manager> Shared<M> {
                         // has none, a fail-fast pool answers at once instead
                         // of queueing (PgBouncer's server_login_retry), and
                         // asks for one probe to find out when it is back.
-                        if self.config.fail_fast
+                        if shared.config.fail_fast
                             && st.consecutive_failures > 0
                             && st.has_no_connections()
                         {
                             st.probe_wanted = true;
-                            self.spawn_connectors(&mut st);
+                            shared.spawn_connectors(&mut st);
                             let last_error = st.last_error.clone();
                             drop(st);
-                            Recorder::count(&self.recorder.counters.rejected);
+                            Recorder::count(&shared.recorder.counters.rejected);
                             return Err(Error::Unavailable { last_error });
                         }
                         let rx = st.queue_waiter(id, start);
-                        self.spawn_connectors(&mut st);
+                        shared.spawn_connectors(&mut st);
                         Taken::Wait(id, rx)
                     }
                 }
@@ -497,23 +506,33 @@ impl<M: Manager> Shared<M> {
             let live = match taken {
                 Taken::Idle(live) => live,
                 Taken::Wait(id, rx) => {
-                    let live = self.wait(id, rx, deadline, start).await?;
+                    let live = shared.wait(id, rx, deadline, start).await?;
                     now = Instant::now();
                     live
                 }
             };
-            let mut pooled = Pooled::new(self.clone(), live, now);
-            if let Some(ready) = self.prepare(&mut pooled, now).await {
+            let mut pooled = Pooled::new(shared, live, now);
+            if let Some(ready) = Self::prepare(&mut pooled, now).await {
                 // Checking the connection and running `on_checkout` were
                 // part of the caller's wait: it holds the connection (for
                 // `in_use_time` and leak detection) only from here.
                 pooled.checked_out_at = ready;
-                self.recorder.acquire_wait.record(ready - start);
-                if let Some(leaks) = &self.leaks {
+                let shared = &pooled.shared;
+                // An immediate hit reads the clock once: `ready` is `start`.
+                let waited = if ready == start {
+                    Duration::ZERO
+                } else {
+                    ready - start
+                };
+                shared.recorder.acquire_wait.record(waited);
+                if let Some(leaks) = &shared.leaks {
                     pooled.leak_key = Some(leaks.register(ready, caller));
                 }
                 return Ok(pooled);
             }
+            // Closed in `prepare`: only the rare retry pays for a clone.
+            shared = pooled.shared.clone();
+            drop(pooled);
             now = Instant::now();
         }
     }
@@ -572,7 +591,7 @@ impl<M: Manager> Shared<M> {
     /// (`now` itself when nothing had to run: reading the clock is a good
     /// share of an uncontended checkout), or `None` when it was closed and
     /// the caller should try again.
-    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
+    async fn prepare(pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
         // A get() cancelled during the check or hook must not return a
         // connection in an unknown state to the pool.
         pooled.close_on_drop = Some(CloseReason::FailedCheck);
@@ -581,41 +600,51 @@ impl<M: Manager> Shared<M> {
             pooled.close(CloseReason::Lifetime);
             return None;
         }
-        let needs_check = self
+        // Borrowing the handle's fields apart lets the pool's settings be
+        // read while its connection is lent to the check or the hook.
+        let Pooled { live, shared, .. } = &mut *pooled;
+        let live = live
+            .as_mut()
+            .expect("a Pooled holds its connection until it is consumed");
+        let needs_check = shared
             .tunables
             .validate_after()
             .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
         let mut ready = now;
+        let mut refused = false;
         if needs_check {
-            let check = self.manager.check(pooled.conn_mut());
-            match timeout(self.tunables.validation_timeout(), check).await {
+            let check = shared.manager.check(&mut live.conn);
+            match timeout(shared.tunables.validation_timeout(), check).await {
                 Ok(Ok(())) => {
                     ready = Instant::now();
-                    pooled.live_mut().meta.last_active = ready;
+                    live.meta.last_active = ready;
                 }
                 Ok(Err(err)) => {
-                    tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
-                    pooled.close(CloseReason::FailedCheck);
-                    return None;
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
+                    refused = true;
                 }
                 Err(_) => {
-                    tracing::debug!(pool = %self.config.name, conn = meta.id, "connection check timed out before checkout");
-                    pooled.close(CloseReason::FailedCheck);
-                    return None;
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, "connection check timed out before checkout");
+                    refused = true;
                 }
             }
         }
-        if let Some(hook) = &self.hooks.on_checkout {
-            let outcome = hook(pooled.conn_mut()).await;
-            ready = Instant::now();
-            if let Err(err) = outcome {
-                tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
-                pooled.close(CloseReason::FailedCheck);
-                return None;
+        if !refused {
+            if let Some(hook) = &shared.hooks.on_checkout {
+                let outcome = hook(&mut live.conn).await;
+                ready = Instant::now();
+                if let Err(err) = outcome {
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
+                    refused = true;
+                }
             }
         }
+        if refused {
+            pooled.close(CloseReason::FailedCheck);
+            return None;
+        }
+        live.meta.uses += 1;
         pooled.close_on_drop = None;
-        pooled.live_mut().meta.uses += 1;
         Some(ready)
     }
 

@@ -19,8 +19,8 @@ use crate::Manager;
 /// "leaked client" bug is ruled out by construction). To close it instead,
 /// call [`discard`](Self::discard); to keep it for good, [`detach`](Self::detach).
 pub struct Pooled<M: Manager> {
-    live: Option<Live<M::Connection>>,
-    shared: Arc<Shared<M>>,
+    pub(crate) live: Option<Live<M::Connection>>,
+    pub(crate) shared: Arc<Shared<M>>,
     pub(crate) checked_out_at: Instant,
     pub(crate) leak_key: Option<usize>,
     /// Set while the pool is still checking the connection, so that a `get()`

@@ -121,7 +121,11 @@ async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connec
         CloseReason::Resized
     } else {
         live.meta.last_active = Instant::now();
-        st.hand_off(live);
+        let waiter = st.hand_off(live);
+        drop(st);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
         return;
     };
     st.size -= 1;

@@ -61,6 +61,7 @@
 
 mod config;
 mod connector;
+mod deadline;
 mod error;
 #[cfg(feature = "metrics")]
 mod facade;
@@ -74,6 +75,7 @@ mod padded;
 mod pool;
 mod pooled;
 mod queue;
+mod waiters;
 
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;

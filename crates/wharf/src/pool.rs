@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Notify};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use tokio::sync::Notify;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::config::Builder;
@@ -19,8 +22,9 @@ use crate::hooks::{CloseReason, Hooks};
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
 use crate::padded::CachePadded;
-use crate::queue::{Handoff, Live, Meta, State};
-use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
+use crate::queue::{Live, Meta, State};
+use crate::waiters::{Outcome, Watch};
+use crate::{connector, deadline, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
 
 /// An async pool of connections made by a [`Manager`].
 ///
@@ -107,12 +111,15 @@ pub(crate) struct Shared<M: Manager> {
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
+    /// Tells the deadline watcher about a deadline earlier than it knew.
+    deadline_told: Arc<Notify>,
     next_conn_id: AtomicU64,
 }
 
 enum Taken<C> {
     Idle(Live<C>),
-    Wait(u64, oneshot::Receiver<Handoff<C>>),
+    /// Queued under this ticket, in this waiter slot.
+    Wait(u64, usize),
 }
 
 impl<M: Manager> Pool<M> {
@@ -141,6 +148,7 @@ impl<M: Manager> Pool<M> {
             tunables: Tunables::new(&config),
             runtime,
             changed: Notify::new(),
+            deadline_told: Arc::new(Notify::new()),
             next_conn_id: AtomicU64::new(1),
             config,
         });
@@ -446,67 +454,15 @@ impl<M: Manager> Shared<M> {
         // Our place in line, kept across retries after a failed check.
         let mut ticket = None;
         loop {
-            let taken = {
-                let mut st = shared.state.lock();
-                if st.closed {
-                    return Err(Error::Closed);
-                }
-                let retrying = ticket.is_some();
-                let id = *ticket.get_or_insert_with(|| st.take_ticket());
-                // Only a caller retrying after a failed check can be ahead of
-                // a waiter.
-                let first_in_line = match st.waiters.front() {
-                    Some(waiter) => id < waiter.id,
-                    None => true,
-                };
-                match st.idle.pop_back() {
-                    // Only when nobody is ahead of us: a newcomer must not
-                    // overtake the queue (returned connections go to waiters
-                    // first, so this is rare, but validation can race with it).
-                    Some(live) if first_in_line => {
-                        st.in_use += 1;
-                        Taken::Idle(live)
-                    }
-                    popped => {
-                        if let Some(live) = popped {
-                            st.idle.push_back(live);
-                        }
-                        // A caller already let in is not refused on a retry.
-                        if let Some(max_waiting) = shared.config.max_waiting.filter(|_| !retrying) {
-                            if st.waiters.len() >= max_waiting {
-                                drop(st);
-                                Recorder::count(&shared.recorder.counters.rejected);
-                                return Err(Error::QueueFull {
-                                    max_waiting,
-                                    status: shared.status(),
-                                });
-                            }
-                        }
-                        // While the backend refuses connections and the pool
-                        // has none, a fail-fast pool answers at once instead
-                        // of queueing (PgBouncer's server_login_retry), and
-                        // asks for one probe to find out when it is back.
-                        if shared.config.fail_fast
-                            && st.consecutive_failures > 0
-                            && st.has_no_connections()
-                        {
-                            st.probe_wanted = true;
-                            shared.spawn_connectors(&mut st);
-                            let last_error = st.last_error.clone();
-                            drop(st);
-                            Recorder::count(&shared.recorder.counters.rejected);
-                            return Err(Error::Unavailable { last_error });
-                        }
-                        let rx = st.queue_waiter(id, start);
-                        shared.spawn_connectors(&mut st);
-                        Taken::Wait(id, rx)
-                    }
-                }
-            };
+            // The waker is needed only to queue, but then under the lock.
+            let taken = poll_fn(|cx| {
+                Poll::Ready(shared.take_or_queue(&mut ticket, start, deadline, cx.waker()))
+            })
+            .await?;
             let live = match taken {
                 Taken::Idle(live) => live,
-                Taken::Wait(id, rx) => {
-                    let live = shared.wait(id, rx, deadline, start).await?;
+                Taken::Wait(id, slot) => {
+                    let live = shared.wait(id, slot, start).await?;
                     now = Instant::now();
                     live
                 }
@@ -537,43 +493,116 @@ impl<M: Manager> Shared<M> {
         }
     }
 
+    /// Takes an idle connection if nobody is ahead of the caller, or queues
+    /// it (under its ticket, kept across retries) with `waker` to be woken
+    /// when served; or refuses it at once.
+    fn take_or_queue(
+        self: &Arc<Self>,
+        ticket: &mut Option<u64>,
+        start: Instant,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> Result<Taken<M::Connection>, Error> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let retrying = ticket.is_some();
+        let id = *ticket.get_or_insert_with(|| st.take_ticket());
+        // Only a caller retrying after a failed check can be ahead of a
+        // waiter.
+        let first_in_line = match st.waiters.front() {
+            Some(waiter) => id < waiter.id,
+            None => true,
+        };
+        if first_in_line {
+            // Only when nobody is ahead of us: a newcomer must not overtake
+            // the queue (returned connections go to waiters first, so this
+            // is rare, but validation can race with it).
+            if let Some(live) = st.idle.pop_back() {
+                st.in_use += 1;
+                return Ok(Taken::Idle(live));
+            }
+        }
+        // A caller already let in is not refused on a retry.
+        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
+            if st.waiters.len() >= max_waiting {
+                drop(st);
+                Recorder::count(&self.recorder.counters.rejected);
+                return Err(Error::QueueFull {
+                    max_waiting,
+                    status: self.status(),
+                });
+            }
+        }
+        // While the backend refuses connections and the pool has none, a
+        // fail-fast pool answers at once instead of queueing (PgBouncer's
+        // server_login_retry), and asks for one probe to find out when it
+        // is back.
+        if self.config.fail_fast && st.consecutive_failures > 0 && st.has_no_connections() {
+            st.probe_wanted = true;
+            self.spawn_connectors(&mut st);
+            let last_error = st.last_error.clone();
+            drop(st);
+            Recorder::count(&self.recorder.counters.rejected);
+            return Err(Error::Unavailable { last_error });
+        }
+        let (slot, watch) = st.waiters.push(id, start, deadline, waker);
+        self.spawn_connectors(&mut st);
+        drop(st);
+        match watch {
+            Watch::Nothing => {}
+            Watch::Tell => self.deadline_told.notify_one(),
+            Watch::Start => {
+                self.runtime.spawn(deadline::run(
+                    Arc::downgrade(self),
+                    self.deadline_told.clone(),
+                ));
+            }
+        }
+        Ok(Taken::Wait(id, slot))
+    }
+
     async fn wait(
         self: &Arc<Self>,
         id: u64,
-        rx: oneshot::Receiver<Handoff<M::Connection>>,
-        deadline: Instant,
+        slot: usize,
         start: Instant,
     ) -> Result<Live<M::Connection>, Error> {
         let mut guard = WaitGuard {
             shared: self,
             id,
-            rx,
+            slot,
             done: false,
         };
-        match timeout_at(deadline, &mut guard.rx).await {
-            Ok(Ok(Ok(live))) => {
-                guard.done = true;
-                Ok(live)
+        // The waker was registered when queueing, in this same poll: the
+        // first look would find nothing, so it is skipped (a hand-off in
+        // between has already woken this task again).
+        let mut queued_now = true;
+        let outcome = poll_fn(|cx| {
+            if std::mem::take(&mut queued_now) {
+                return Poll::Pending;
             }
-            Ok(Ok(Err(err))) => {
-                guard.done = true;
+            match self.state.lock().waiters.poll(slot, cx.waker()) {
+                Some(outcome) => Poll::Ready(outcome),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        guard.done = true;
+        match outcome {
+            Outcome::Conn(live) => Ok(live),
+            Outcome::Failed(err) => {
                 Recorder::count(&self.recorder.counters.rejected);
                 Err(Error::Unavailable {
                     last_error: Some(err),
                 })
             }
-            Ok(Err(_)) => {
-                guard.done = true;
-                Err(Error::Closed)
+            Outcome::Closed => Err(Error::Closed),
+            Outcome::TimedOut => {
+                Recorder::count(&self.recorder.counters.timeouts);
+                Err(self.timeout_error(start))
             }
-            Err(_) => match guard.give_up() {
-                // Handed over just as the deadline passed: take it.
-                Some(live) => Ok(live),
-                None => {
-                    Recorder::count(&self.recorder.counters.timeouts);
-                    Err(self.timeout_error(start))
-                }
-            },
         }
     }
 
@@ -677,7 +706,11 @@ impl<M: Manager> Shared<M> {
             None => {
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
-                st.hand_off(live);
+                let waiter = st.hand_off(live);
+                drop(st);
+                if let Some(waiter) = waiter {
+                    waiter.wake();
+                }
             }
             Some(reason) => {
                 st.size -= 1;
@@ -781,43 +814,37 @@ impl<M: Manager> Shared<M> {
             st.closed = true;
             let idle: Vec<_> = st.idle.drain(..).collect();
             st.size -= idle.len();
-            (std::mem::take(&mut st.waiters), idle)
+            (st.waiters.end_all(|| Outcome::Closed), idle)
         };
-        drop(waiters);
+        for waiter in waiters {
+            waiter.wake();
+        }
         for live in idle {
             self.close_conn(live, CloseReason::Closed);
         }
         self.changed.notify_waiters();
+        // It exits when it sees the pool closed.
+        self.deadline_told.notify_one();
     }
 }
 
-/// Keeps a queued waiter honest when its `get()` is cancelled or times out:
-/// either it is still queued and leaves the queue, or a connection was
-/// already handed to it and goes back to the pool (or to the caller).
+/// Keeps a queued waiter honest when its `get()` is cancelled: either it is
+/// still queued and leaves the queue, or a connection was already handed to
+/// it and goes back to the pool (to the next waiter, most likely).
 struct WaitGuard<'a, M: Manager> {
     shared: &'a Arc<Shared<M>>,
     id: u64,
-    rx: oneshot::Receiver<Handoff<M::Connection>>,
+    slot: usize,
     done: bool,
-}
-
-impl<M: Manager> WaitGuard<'_, M> {
-    fn give_up(&mut self) -> Option<Live<M::Connection>> {
-        if std::mem::replace(&mut self.done, true) {
-            return None;
-        }
-        if self.shared.state.lock().remove_waiter(self.id) {
-            return None;
-        }
-        // Not queued any more: it was served (under the lock, so the
-        // connection is in the channel by now) or woken by close.
-        self.rx.try_recv().ok().and_then(Result::ok)
-    }
 }
 
 impl<M: Manager> Drop for WaitGuard<'_, M> {
     fn drop(&mut self) {
-        if let Some(live) = self.give_up() {
+        if self.done {
+            return;
+        }
+        let handed = self.shared.state.lock().waiters.abandon(self.id, self.slot);
+        if let Some(live) = handed {
             self.shared.checkin(live, None, None);
         }
     }

@@ -40,11 +40,13 @@ pub enum CloseReason {
     /// The pool was above its size: resized below it, or a reserve
     /// connection came back with nobody waiting.
     Resized,
+    /// Turned down by the predicate of [`Pool::retain`](crate::Pool::retain).
+    Removed,
 }
 
 impl CloseReason {
     /// Every reason, in the order used for metrics.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Idle,
         CloseReason::Lifetime,
         CloseReason::MaxUses,
@@ -54,6 +56,7 @@ impl CloseReason {
         CloseReason::Discarded,
         CloseReason::Closed,
         CloseReason::Resized,
+        CloseReason::Removed,
     ];
 
     /// A short snake_case name, used in logs and metric labels.
@@ -68,6 +71,7 @@ impl CloseReason {
             CloseReason::Discarded => "discarded",
             CloseReason::Closed => "closed",
             CloseReason::Resized => "resized",
+            CloseReason::Removed => "removed",
         }
     }
 

@@ -59,6 +59,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod acquire;
 mod config;
 mod connector;
 mod deadline;
@@ -69,12 +70,14 @@ mod histogram;
 mod hooks;
 mod janitor;
 mod leak;
+mod manage;
 mod manager;
 mod metrics;
 mod padded;
 mod pool;
 mod pooled;
 mod queue;
+mod tunables;
 mod waiters;
 
 pub use config::{Builder, Config};
@@ -82,6 +85,7 @@ pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
 pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
 pub use hooks::{CloseReason, HookFuture};
+pub use manage::{AddError, AddRefusal};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};

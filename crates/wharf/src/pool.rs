@@ -4,17 +4,14 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use std::future::poll_fn;
-use std::task::{Poll, Waker};
-
 use tokio::sync::Notify;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use crate::config::Builder;
 use crate::error::HumanDuration;
@@ -23,8 +20,9 @@ use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
 use crate::padded::CachePadded;
 use crate::queue::{Live, Meta, State};
-use crate::waiters::{Outcome, Watch};
-use crate::{connector, deadline, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
+use crate::tunables::Tunables;
+use crate::waiters::Outcome;
+use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
 
 /// An async pool of connections made by a [`Manager`].
 ///
@@ -105,21 +103,15 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) state: CachePadded<Mutex<State<M::Connection>>>,
     pub(crate) recorder: Recorder,
     pub(crate) leaks: Option<LeakRegistry>,
-    runtime: Handle,
+    pub(crate) runtime: Handle,
     /// The settings that may change while the pool runs.
     pub(crate) tunables: Tunables,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
     /// Tells the deadline watcher about a deadline earlier than it knew.
-    deadline_told: Arc<Notify>,
+    pub(crate) deadline_told: Arc<Notify>,
     next_conn_id: AtomicU64,
-}
-
-enum Taken<C> {
-    Idle(Live<C>),
-    /// Queued under this ticket, in this waiter slot.
-    Wait(u64, usize),
 }
 
 impl<M: Manager> Pool<M> {
@@ -162,7 +154,7 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    fn shared(&self) -> &Arc<Shared<M>> {
+    pub(crate) fn shared(&self) -> &Arc<Shared<M>> {
         &self.handle.shared
     }
 
@@ -251,85 +243,6 @@ impl<M: Manager> Pool<M> {
             shared.close_conn(live, CloseReason::Resized);
         }
         Ok(())
-    }
-
-    /// Changes `idle_timeout` (`None` turns it off) from the next
-    /// maintenance round on, for every idle connection. [`config`](Self::config)
-    /// keeps showing the value the pool was built with.
-    pub fn set_idle_timeout(&self, idle_timeout: Option<Duration>) {
-        self.shared()
-            .tunables
-            .idle_timeout
-            .store(encode(idle_timeout), Ordering::Relaxed);
-    }
-
-    /// Changes `validate_after` (`None`: never check) from the next
-    /// `get()` on.
-    pub fn set_validate_after(&self, validate_after: Option<Duration>) {
-        self.shared()
-            .tunables
-            .validate_after
-            .store(encode(validate_after), Ordering::Relaxed);
-    }
-
-    /// Changes `max_lifetime` (`None`: unlimited). New connections get it
-    /// at once; existing ones keep their jitter share of it and are brought
-    /// in line while idle, at the next maintenance round (a connection in
-    /// use is never closed under its user).
-    pub fn set_max_lifetime(&self, max_lifetime: Option<Duration>) {
-        self.shared()
-            .tunables
-            .max_lifetime
-            .store(encode(max_lifetime), Ordering::Relaxed);
-    }
-
-    /// Changes `min_idle` (capped at `max_size`); a larger value opens
-    /// the missing connections at once.
-    pub fn set_min_idle(&self, min_idle: usize) {
-        let shared = self.shared();
-        shared.tunables.min_idle.store(min_idle, Ordering::Relaxed);
-        let mut st = shared.state.lock();
-        st.min_idle = min_idle.min(st.max_size);
-        shared.spawn_connectors(&mut st);
-    }
-
-    /// Changes `reserve_size` and `reserve_timeout` from the next waiter
-    /// on. Connections already opened from the reserve are closed as they
-    /// come back, down to the new limit.
-    pub fn set_reserve(&self, reserve_size: usize, reserve_timeout: Duration) {
-        let shared = self.shared();
-        let mut st = shared.state.lock();
-        st.reserve_size = reserve_size;
-        st.reserve_timeout = reserve_timeout;
-        shared.spawn_connectors(&mut st);
-    }
-
-    /// Changes `connect_timeout` for connects that start from now on.
-    pub fn set_connect_timeout(&self, connect_timeout: Duration) {
-        self.shared()
-            .tunables
-            .connect_timeout
-            .store(encode(Some(connect_timeout)), Ordering::Relaxed);
-    }
-
-    /// Changes `connect_backoff` and `connect_backoff_max` from the next
-    /// failed connect on.
-    pub fn set_connect_backoff(&self, connect_backoff: Duration, connect_backoff_max: Duration) {
-        let tunables = &self.shared().tunables;
-        tunables
-            .connect_backoff
-            .store(encode(Some(connect_backoff)), Ordering::Relaxed);
-        tunables
-            .connect_backoff_max
-            .store(encode(Some(connect_backoff_max)), Ordering::Relaxed);
-    }
-
-    /// Changes `validation_timeout` for checks that start from now on.
-    pub fn set_validation_timeout(&self, validation_timeout: Duration) {
-        self.shared()
-            .tunables
-            .validation_timeout
-            .store(encode(Some(validation_timeout)), Ordering::Relaxed);
     }
 
     /// A handle that does not keep the pool open.
@@ -438,243 +351,6 @@ impl<M: Manager> Shared<M> {
             waiting: st.waiters.len(),
             max_size: st.max_size,
         }
-    }
-
-    async fn acquire(
-        self: Arc<Self>,
-        wait: Duration,
-        caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        // The future's own reference becomes the handle's: one `Arc` count
-        // per checkout, not two.
-        let mut shared = self;
-        let start = Instant::now();
-        let deadline = start + wait;
-        let mut now = start;
-        // Our place in line, kept across retries after a failed check.
-        let mut ticket = None;
-        loop {
-            // The waker is needed only to queue, but then under the lock.
-            let taken = poll_fn(|cx| {
-                Poll::Ready(shared.take_or_queue(&mut ticket, start, deadline, cx.waker()))
-            })
-            .await?;
-            let live = match taken {
-                Taken::Idle(live) => live,
-                Taken::Wait(id, slot) => {
-                    let live = shared.wait(id, slot, start).await?;
-                    now = Instant::now();
-                    live
-                }
-            };
-            let mut pooled = Pooled::new(shared, live, now);
-            if let Some(ready) = Self::prepare(&mut pooled, now).await {
-                // Checking the connection and running `on_checkout` were
-                // part of the caller's wait: it holds the connection (for
-                // `in_use_time` and leak detection) only from here.
-                pooled.checked_out_at = ready;
-                let shared = &pooled.shared;
-                // An immediate hit reads the clock once: `ready` is `start`.
-                let waited = if ready == start {
-                    Duration::ZERO
-                } else {
-                    ready - start
-                };
-                shared.recorder.acquire_wait.record(waited);
-                if let Some(leaks) = &shared.leaks {
-                    pooled.leak_key = Some(leaks.register(ready, caller));
-                }
-                return Ok(pooled);
-            }
-            // Closed in `prepare`: only the rare retry pays for a clone.
-            shared = pooled.shared.clone();
-            drop(pooled);
-            now = Instant::now();
-        }
-    }
-
-    /// Takes an idle connection if nobody is ahead of the caller, or queues
-    /// it (under its ticket, kept across retries) with `waker` to be woken
-    /// when served; or refuses it at once.
-    fn take_or_queue(
-        self: &Arc<Self>,
-        ticket: &mut Option<u64>,
-        start: Instant,
-        deadline: Instant,
-        waker: &Waker,
-    ) -> Result<Taken<M::Connection>, Error> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Err(Error::Closed);
-        }
-        let retrying = ticket.is_some();
-        let id = *ticket.get_or_insert_with(|| st.take_ticket());
-        // Only a caller retrying after a failed check can be ahead of a
-        // waiter.
-        let first_in_line = match st.waiters.front() {
-            Some(waiter) => id < waiter.id,
-            None => true,
-        };
-        if first_in_line {
-            // Only when nobody is ahead of us: a newcomer must not overtake
-            // the queue (returned connections go to waiters first, so this
-            // is rare, but validation can race with it).
-            if let Some(live) = st.idle.pop_back() {
-                st.in_use += 1;
-                return Ok(Taken::Idle(live));
-            }
-        }
-        // A caller already let in is not refused on a retry.
-        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
-            if st.waiters.len() >= max_waiting {
-                drop(st);
-                Recorder::count(&self.recorder.counters.rejected);
-                return Err(Error::QueueFull {
-                    max_waiting,
-                    status: self.status(),
-                });
-            }
-        }
-        // While the backend refuses connections and the pool has none, a
-        // fail-fast pool answers at once instead of queueing (PgBouncer's
-        // server_login_retry), and asks for one probe to find out when it
-        // is back.
-        if self.config.fail_fast && st.consecutive_failures > 0 && st.has_no_connections() {
-            st.probe_wanted = true;
-            self.spawn_connectors(&mut st);
-            let last_error = st.last_error.clone();
-            drop(st);
-            Recorder::count(&self.recorder.counters.rejected);
-            return Err(Error::Unavailable { last_error });
-        }
-        let (slot, watch) = st.waiters.push(id, start, deadline, waker);
-        self.spawn_connectors(&mut st);
-        drop(st);
-        match watch {
-            Watch::Nothing => {}
-            Watch::Tell => self.deadline_told.notify_one(),
-            Watch::Start => {
-                self.runtime.spawn(deadline::run(
-                    Arc::downgrade(self),
-                    self.deadline_told.clone(),
-                ));
-            }
-        }
-        Ok(Taken::Wait(id, slot))
-    }
-
-    async fn wait(
-        self: &Arc<Self>,
-        id: u64,
-        slot: usize,
-        start: Instant,
-    ) -> Result<Live<M::Connection>, Error> {
-        let mut guard = WaitGuard {
-            shared: self,
-            id,
-            slot,
-            done: false,
-        };
-        // The waker was registered when queueing, in this same poll: the
-        // first look would find nothing, so it is skipped (a hand-off in
-        // between has already woken this task again).
-        let mut queued_now = true;
-        let outcome = poll_fn(|cx| {
-            if std::mem::take(&mut queued_now) {
-                return Poll::Pending;
-            }
-            match self.state.lock().waiters.poll(slot, cx.waker()) {
-                Some(outcome) => Poll::Ready(outcome),
-                None => Poll::Pending,
-            }
-        })
-        .await;
-        guard.done = true;
-        match outcome {
-            Outcome::Conn(live) => Ok(live),
-            Outcome::Failed(err) => {
-                Recorder::count(&self.recorder.counters.rejected);
-                Err(Error::Unavailable {
-                    last_error: Some(err),
-                })
-            }
-            Outcome::Closed => Err(Error::Closed),
-            Outcome::TimedOut => {
-                Recorder::count(&self.recorder.counters.timeouts);
-                Err(self.timeout_error(start))
-            }
-        }
-    }
-
-    fn timeout_error(&self, start: Instant) -> Error {
-        let last_error = self.state.lock().last_error.clone();
-        Error::Timeout {
-            waited: start.elapsed(),
-            status: self.status(),
-            last_error,
-        }
-    }
-
-    /// Makes a connection just taken fit to hand out: not expired, checked
-    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
-    /// (`now` itself when nothing had to run: reading the clock is a good
-    /// share of an uncontended checkout), or `None` when it was closed and
-    /// the caller should try again.
-    async fn prepare(pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
-        // A get() cancelled during the check or hook must not return a
-        // connection in an unknown state to the pool.
-        pooled.close_on_drop = Some(CloseReason::FailedCheck);
-        let meta = pooled.meta();
-        if meta.is_expired(now) {
-            pooled.close(CloseReason::Lifetime);
-            return None;
-        }
-        // Borrowing the handle's fields apart lets the pool's settings be
-        // read while its connection is lent to the check or the hook.
-        let Pooled { live, shared, .. } = &mut *pooled;
-        let live = live
-            .as_mut()
-            .expect("a Pooled holds its connection until it is consumed");
-        let needs_check = shared
-            .tunables
-            .validate_after()
-            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
-        let mut ready = now;
-        let mut refused = false;
-        if needs_check {
-            let check = shared.manager.check(&mut live.conn);
-            match timeout(shared.tunables.validation_timeout(), check).await {
-                Ok(Ok(())) => {
-                    ready = Instant::now();
-                    live.meta.last_active = ready;
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
-                    refused = true;
-                }
-                Err(_) => {
-                    tracing::debug!(pool = %shared.config.name, conn = meta.id, "connection check timed out before checkout");
-                    refused = true;
-                }
-            }
-        }
-        if !refused {
-            if let Some(hook) = &shared.hooks.on_checkout {
-                let outcome = hook(&mut live.conn).await;
-                ready = Instant::now();
-                if let Err(err) = outcome {
-                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
-                    refused = true;
-                }
-            }
-        }
-        if refused {
-            pooled.close(CloseReason::FailedCheck);
-            return None;
-        }
-        live.meta.uses += 1;
-        pooled.close_on_drop = None;
-        Some(ready)
     }
 
     /// Takes back a connection from a caller (or from a waiter that left,
@@ -828,28 +504,6 @@ impl<M: Manager> Shared<M> {
     }
 }
 
-/// Keeps a queued waiter honest when its `get()` is cancelled: either it is
-/// still queued and leaves the queue, or a connection was already handed to
-/// it and goes back to the pool (to the next waiter, most likely).
-struct WaitGuard<'a, M: Manager> {
-    shared: &'a Arc<Shared<M>>,
-    id: u64,
-    slot: usize,
-    done: bool,
-}
-
-impl<M: Manager> Drop for WaitGuard<'_, M> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let handed = self.shared.state.lock().waiters.abandon(self.id, self.slot);
-        if let Some(live) = handed {
-            self.shared.checkin(live, None, None);
-        }
-    }
-}
-
 /// When a connection made at `created_at` with this share of `lifetime`
 /// expires.
 pub(crate) fn expiry(
@@ -858,71 +512,4 @@ pub(crate) fn expiry(
     share: f64,
 ) -> Option<Instant> {
     lifetime.map(|lifetime| created_at + lifetime.mul_f64(share))
-}
-
-/// `None` for a setting that is off.
-const OFF: u64 = u64::MAX;
-
-fn encode(value: Option<Duration>) -> u64 {
-    value.map_or(OFF, |d| u64::try_from(d.as_nanos()).unwrap_or(OFF - 1))
-}
-
-fn decode(value: u64) -> Option<Duration> {
-    (value != OFF).then(|| Duration::from_nanos(value))
-}
-
-/// The settings a running pool can change, read without a lock on the
-/// paths that use them.
-pub(crate) struct Tunables {
-    idle_timeout: AtomicU64,
-    validate_after: AtomicU64,
-    max_lifetime: AtomicU64,
-    validation_timeout: AtomicU64,
-    connect_timeout: AtomicU64,
-    connect_backoff: AtomicU64,
-    connect_backoff_max: AtomicU64,
-    /// `min_idle` as set, before [`Pool::resize`] caps it at `max_size`.
-    min_idle: AtomicUsize,
-}
-
-impl Tunables {
-    fn new(config: &Config) -> Self {
-        Self {
-            idle_timeout: AtomicU64::new(encode(config.idle_timeout)),
-            validate_after: AtomicU64::new(encode(config.validate_after)),
-            max_lifetime: AtomicU64::new(encode(config.max_lifetime)),
-            validation_timeout: AtomicU64::new(encode(Some(config.validation_timeout))),
-            connect_timeout: AtomicU64::new(encode(Some(config.connect_timeout))),
-            connect_backoff: AtomicU64::new(encode(Some(config.connect_backoff))),
-            connect_backoff_max: AtomicU64::new(encode(Some(config.connect_backoff_max))),
-            min_idle: AtomicUsize::new(config.min_idle),
-        }
-    }
-
-    pub(crate) fn validation_timeout(&self) -> Duration {
-        decode(self.validation_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
-    }
-
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        decode(self.connect_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
-    }
-
-    /// The first and the largest delay between failed connects.
-    pub(crate) fn connect_backoff(&self) -> (Duration, Duration) {
-        let base = decode(self.connect_backoff.load(Ordering::Relaxed)).unwrap_or_default();
-        let max = decode(self.connect_backoff_max.load(Ordering::Relaxed)).unwrap_or_default();
-        (base, max)
-    }
-
-    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
-        decode(self.idle_timeout.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn validate_after(&self) -> Option<Duration> {
-        decode(self.validate_after.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn max_lifetime(&self) -> Option<Duration> {
-        decode(self.max_lifetime.load(Ordering::Relaxed))
-    }
 }

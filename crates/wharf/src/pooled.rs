@@ -35,8 +35,11 @@ pub struct ConnInfo {
     pub id: u64,
     /// Time since the connection was opened.
     pub age: Duration,
-    /// How many times it has been checked out, this time included.
+    /// How many times it has been checked out, this time included (for an
+    /// idle connection: so far).
     pub uses: u64,
+    /// Time since it was last returned to the pool; zero while in use.
+    pub idle_for: Duration,
 }
 
 impl<M: Manager> Pooled<M> {
@@ -93,9 +96,8 @@ impl<M: Manager> Pooled<M> {
     pub fn info(&self) -> ConnInfo {
         let meta = self.meta();
         ConnInfo {
-            id: meta.id,
-            age: meta.created_at.elapsed(),
-            uses: meta.uses,
+            idle_for: Duration::ZERO,
+            ..meta.info(Instant::now())
         }
     }
 

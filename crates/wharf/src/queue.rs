@@ -40,6 +40,16 @@ impl Meta {
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
+
+    /// What users are told about the connection, as of `now`.
+    pub(crate) fn info(&self, now: Instant) -> crate::ConnInfo {
+        crate::ConnInfo {
+            id: self.id,
+            age: now.saturating_duration_since(self.created_at),
+            uses: self.uses,
+            idle_for: now.saturating_duration_since(self.idle_since),
+        }
+    }
 }
 
 pub(crate) struct State<C> {

@@ -225,7 +225,7 @@ impl Config {
 pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
-    hooks: Hooks<M::Connection>,
+    pub(crate) hooks: Hooks<M::Connection>,
 }
 
 // Plain settings take their own type, so that integer literals infer

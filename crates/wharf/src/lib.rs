@@ -84,7 +84,7 @@ pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
 pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
-pub use hooks::{CloseReason, HookFuture};
+pub use hooks::{CloseReason, ConnHook, HookFuture, StateHook};
 pub use manage::{AddError, AddRefusal};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};

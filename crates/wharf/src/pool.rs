@@ -206,6 +206,16 @@ impl<M: Manager> Pool<M> {
         (st.consecutive_failures, st.last_error.clone())
     }
 
+    /// The manager's own error behind `err` (see [`Error::backend`]), with
+    /// its type taken from this pool's manager.
+    ///
+    /// `wharf::Error` itself stays one type for every manager, so that code
+    /// handling the errors of several pools (and `From<wharf::Error>`
+    /// conversions in adapters) need not be generic.
+    pub fn backend_error<'e>(&self, err: &'e Error) -> Option<&'e M::Error> {
+        err.backend::<M::Error>()
+    }
+
     /// The settings the pool was built with (`max_size` may since have been
     /// changed by [`resize`](Self::resize); [`status`](Self::status) has the
     /// current one).

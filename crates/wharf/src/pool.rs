@@ -392,6 +392,14 @@ impl<M: Manager> Shared<M> {
             None => {
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
+                // Only after use: a connection given back by a waiter that
+                // left was never in anyone's hands.
+                if held_since.is_some() && self.manager.recycles() {
+                    st.testing += 1;
+                    drop(st);
+                    self.runtime.spawn(janitor::recycle(self.clone(), live));
+                    return;
+                }
                 let waiter = st.hand_off(live);
                 drop(st);
                 if let Some(waiter) = waiter {

@@ -145,6 +145,9 @@ mod tests {
         assert_eq!(config, Config::default());
         let config: Config = toml::from_str(r#"recycling = { query = "RESET ALL" }"#).unwrap();
         assert_eq!(config.recycling, Recycling::Query("RESET ALL".into()));
-        assert!(toml::from_str::<Config>("max_size = 3").is_err(), "pool settings go under [pool]");
+        assert!(
+            toml::from_str::<Config>("max_size = 3").is_err(),
+            "pool settings go under [pool]"
+        );
     }
 }

@@ -131,13 +131,18 @@ async fn clean_recycling_empties_the_statement_cache_with_the_session() {
             .recycling(Recycling::Clean),
     );
     let conn = pool.get().await.unwrap();
-    conn.query_one_cached("SELECT $1::int + 1", &[&1]).await.unwrap();
+    conn.query_one_cached("SELECT $1::int + 1", &[&1])
+        .await
+        .unwrap();
     assert_eq!(conn.cached_statements(), 1);
     drop(conn);
     let conn = pool.get().await.unwrap();
     assert_eq!(conn.cached_statements(), 0);
     // And caching works again afterwards.
-    let row = conn.query_one_cached("SELECT $1::int + 1", &[&1]).await.unwrap();
+    let row = conn
+        .query_one_cached("SELECT $1::int + 1", &[&1])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
     drop(conn);
     pool.close().await;

@@ -291,7 +291,13 @@ fn main() {
                 let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
                 let peer = median(rounds.iter().map(|r| r[1] / r[2].max(r[3])).collect());
                 let floor = median(rounds.iter().map(|r| r[1] / r[0]).collect());
-                table.push((*tasks, size, std::array::from_fn::<_, 4, _>(column), peer, floor));
+                table.push((
+                    *tasks,
+                    size,
+                    std::array::from_fn::<_, 4, _>(column),
+                    peer,
+                    floor,
+                ));
             }
         }
         table

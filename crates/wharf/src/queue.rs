@@ -231,9 +231,7 @@ mod tests {
 
     fn queue_waiter(st: &mut State<u64>, id: u64) -> usize {
         let far = Instant::now() + Duration::from_secs(60);
-        st.waiters
-            .push(id, Instant::now(), far, Waker::noop())
-            .0
+        st.waiters.push(id, Instant::now(), far, Waker::noop()).0
     }
 
     fn received(st: &mut State<u64>, slot: usize) -> Option<u64> {

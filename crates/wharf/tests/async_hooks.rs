@@ -35,18 +35,29 @@ async fn on_connect_fn_runs_an_async_closure_on_each_new_connection_before_use()
     drop((a, b));
     let again = pool.get().await.unwrap();
     assert!(again.dirty);
-    assert_eq!(script.attempts(), 2, "the hook runs per connection, not per get");
+    assert_eq!(
+        script.attempts(),
+        2,
+        "the hook runs per connection, not per get"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn on_checkout_fn_takes_an_async_fn_and_runs_it_on_every_checkout() {
     let (builder, _script) = scripted();
-    let pool = builder.max_size(1).on_checkout_fn(mark_dirty).build().unwrap();
+    let pool = builder
+        .max_size(1)
+        .on_checkout_fn(mark_dirty)
+        .build()
+        .unwrap();
     let mut conn = pool.get().await.unwrap();
     assert!(conn.dirty);
     conn.dirty = false;
     drop(conn);
-    assert!(pool.get().await.unwrap().dirty, "ran again on the next checkout");
+    assert!(
+        pool.get().await.unwrap().dirty,
+        "ran again on the next checkout"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -63,7 +63,11 @@ async fn the_next_caller_gets_a_returned_connection_only_once_it_is_reset() {
 
     let start = Instant::now();
     let conn = pool.get().await.unwrap();
-    assert_eq!(start.elapsed(), RESET_TAKES, "served when the reset was done");
+    assert_eq!(
+        start.elapsed(),
+        RESET_TAKES,
+        "served when the reset was done"
+    );
     assert!(conn.is_empty(), "{conn:?}");
     assert_eq!(conn.info().id, 1, "the same connection");
     assert_eq!(manager.resets.load(Ordering::SeqCst), 1);

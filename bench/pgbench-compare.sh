@@ -8,6 +8,7 @@
 #   ROWS=select,extended bench/pgbench-compare.sh   # some rows only
 #   RUNS=5 SECONDS_PER_RUN=20 bench/pgbench-compare.sh
 #   WHARF_BASELINE=/tmp/wharf-old bench/pgbench-compare.sh
+#   WHARF_BIN=/tmp/wharf-new WHARF_BASELINE=/tmp/wharf-old bench/pgbench-compare.sh
 #                                       # A/B: also an older wharf build,
 #                                       # interleaved with the others
 #
@@ -29,8 +30,13 @@ fi
 # The Debian package starts its own service on 6432; it is not ours.
 systemctl stop pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true
 
-cargo build --release -q -p wharf-cli
-wharf_bin=$PWD/target/release/wharf
+# WHARF_BIN measures a given build instead of this tree's.
+if [ -n "${WHARF_BIN:-}" ]; then
+  wharf_bin=$WHARF_BIN
+else
+  cargo build --release -q -p wharf-cli
+  wharf_bin=$PWD/target/release/wharf
+fi
 
 run_as=()
 if [ "$(id -u)" = 0 ]; then run_as=(runuser -u postgres --); fi
@@ -133,7 +139,7 @@ measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf $(git rev-parse --short HEAD)"
+echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf ${WHARF_BIN:-$(git rev-parse --short HEAD)}"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
 echo
 echo "CPU/xact: the pooler's utime+stime over the transactions pgbench counted (µs); cs/xact: its context switches per transaction"

@@ -85,13 +85,13 @@ fn figure(tags: &[(String, HashMap<String, String>)], metric: &str, pool: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_charts_and_the_exported_figures() {
-    let port = common::free_port();
-    let settings = format!("http_listen_port = {port}\n");
+    let settings = format!("http_listen_port = {}\n", common::free_port());
     let pooler = start(Setup {
         pgbouncer: &settings,
         ..Setup::default()
     })
     .await;
+    let port = pooler.http_port.expect("the HTTP endpoint listens");
     let running = Arc::new(AtomicBool::new(true));
     let mut load = Vec::new();
     for i in 0..4 {

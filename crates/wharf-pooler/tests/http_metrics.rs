@@ -13,14 +13,17 @@ use common::{start, Setup, TestPooler};
 use prometheus_parse::Value;
 
 async fn start_with_http() -> (TestPooler, u16) {
-    let port = common::free_port();
-    let settings = format!("admin_users = admin\nhttp_listen_port = {port}\n");
+    let settings = format!(
+        "admin_users = admin\nhttp_listen_port = {}\n",
+        common::free_port()
+    );
     let pooler = start(Setup {
         pgbouncer: &settings,
         userlist: CONSOLE_USERLIST,
         ..Setup::default()
     })
     .await;
+    let port = pooler.http_port.expect("the HTTP endpoint listens");
     (pooler, port)
 }
 

@@ -15,6 +15,8 @@ use wharf_testkit::PgCluster;
 pub struct TestPooler {
     pub cluster: PgCluster,
     pub port: u16,
+    /// The HTTP endpoint's port, when `http_listen_port` is set.
+    pub http_port: Option<u16>,
     pub dir: PathBuf,
     /// The pooler's shared state (its lifecycle: reload, shutdown).
     pub shared: std::sync::Arc<wharf_pooler::PoolerState>,
@@ -76,32 +78,54 @@ pub async fn start(setup: Setup<'_>) -> TestPooler {
 
 pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
     let dir = temp_dir();
-    let port = free_port();
     let pg = cluster.port();
     std::fs::write(dir.join("userlist.txt"), setup.userlist).expect("userlist");
-    let ini = format!(
-        "[databases]\n\
-         postgres = host=127.0.0.1 port={pg} dbname=postgres\n\
-         {databases}\n\
-         [pgbouncer]\n\
-         listen_addr = 127.0.0.1\n\
-         listen_port = {port}\n\
-         unix_socket_dir = {dir}\n\
-         auth_type = md5\n\
-         auth_file = {dir}/userlist.txt\n\
-         pool_mode = transaction\n\
-         default_pool_size = 5\n\
-         {pgbouncer}\n",
-        databases = setup.databases,
-        pgbouncer = setup.pgbouncer,
-        dir = dir.display(),
-    );
-    let path = dir.join("pgbouncer.ini");
-    std::fs::write(&path, ini).expect("ini");
-    let loaded = config::load(&path).expect("config loads");
-    let pooler = wharf_pooler::Pooler::bind(loaded.config)
-        .await
-        .expect("pooler binds");
+    let mut pgbouncer = setup.pgbouncer.to_owned();
+    // A port free when picked may be taken by another test before the
+    // pooler binds it: pick again (the HTTP port too) and retry.
+    let mut attempts = 0;
+    let (pooler, port) = loop {
+        let port = free_port();
+        let ini = format!(
+            "[databases]\n\
+             postgres = host=127.0.0.1 port={pg} dbname=postgres\n\
+             {databases}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir = {dir}\n\
+             auth_type = md5\n\
+             auth_file = {dir}/userlist.txt\n\
+             pool_mode = transaction\n\
+             default_pool_size = 5\n\
+             {pgbouncer}\n",
+            databases = setup.databases,
+            dir = dir.display(),
+        );
+        let path = dir.join("pgbouncer.ini");
+        std::fs::write(&path, ini).expect("ini");
+        let loaded = config::load(&path).expect("config loads");
+        match wharf_pooler::Pooler::bind(loaded.config).await {
+            Ok(pooler) => break (pooler, port),
+            Err(wharf_pooler::StartError::Listen { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
+            {
+                attempts += 1;
+                pgbouncer = pgbouncer
+                    .lines()
+                    .map(|line| match line.split_once('=') {
+                        Some((key, _)) if key.trim() == "http_listen_port" => {
+                            format!("http_listen_port = {}", free_port())
+                        }
+                        _ => line.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+            Err(err) => panic!("pooler binds: {err:?}"),
+        }
+    };
+    let http_port = pooler.http_addr().map(|addr| addr.port());
     let shared = pooler.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(pooler.run(async {
@@ -110,6 +134,7 @@ pub async fn start_with(cluster: PgCluster, setup: Setup<'_>) -> TestPooler {
     TestPooler {
         cluster,
         port,
+        http_port,
         dir,
         shared,
         stop: Some(stop),

@@ -60,6 +60,7 @@ mod error;
 mod ini;
 mod settings;
 mod suggest;
+mod support;
 mod toml_file;
 mod userlist;
 mod value;

@@ -592,7 +592,6 @@ impl Settings {
             port,
         ))
     }
-
 }
 
 #[cfg(test)]

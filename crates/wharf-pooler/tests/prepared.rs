@@ -470,3 +470,82 @@ async fn pgbench_in_prepared_mode_has_no_failures() {
     pgbench::assert_error_free(&output);
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_made_reply_after_a_row_description_goes_after_it() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut other = client(&pooler).await;
+    let known = "SELECT 2 AS two";
+    exchange(&mut other, &run(b"k", known, &[]), 1).await;
+    let mut c = client(&pooler).await;
+    // Describe ends with a RowDescription; the Parse of a statement the
+    // server has is answered by the pooler right after it.
+    let replies = exchange(
+        &mut c,
+        &[
+            parse(b"s1", "SELECT 1 AS one"),
+            describe(b"s1"),
+            parse(b"s2", known),
+            sync(),
+        ]
+        .concat(),
+        1,
+    )
+    .await;
+    assert_eq!(replies.tags, "1tT1Z", "{replies:?}");
+    let replies = exchange(&mut c, &call(b"s2", &[]), 1).await;
+    assert_eq!(replies.rows, ["2"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_before_the_sync_is_sent_skips_what_follows_until_it() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let prepared = exchange(&mut c, &[parse(b"good", "SELECT 5"), sync()].concat(), 1).await;
+    assert_eq!(prepared.tags, "1Z");
+    // The error comes back on a Flush, before the client sent its Sync.
+    c.write_all(&[bind(b"missing", &[]), execute(), flush()].concat())
+        .await
+        .unwrap();
+    let failed = read_replies(&mut c, 0, 1).await;
+    assert_eq!(failed.tags, "E");
+    // Discarded by the server up to the Sync: only ReadyForQuery comes.
+    let skipped = exchange(
+        &mut c,
+        &[parse(b"later", "SELECT 6"), call(b"good", &[])].concat(),
+        1,
+    )
+    .await;
+    assert_eq!(skipped.tags, "Z", "{skipped:?}");
+    // The server goes back to the pool, and the session goes on.
+    let mut other = client(&pooler).await;
+    let replies = exchange(&mut other, &common::wire::query("SELECT 7"), 1).await;
+    assert_eq!(replies.rows, ["7"]);
+    let again = exchange(&mut c, &call(b"good", &[]), 1).await;
+    assert_eq!(again.rows, ["5"]);
+    let never = exchange(&mut c, &call(b"later", &[]), 1).await;
+    assert_eq!(
+        never.errors[0].0, "26000",
+        "a skipped Parse prepared nothing"
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_name() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut owner = client(&pooler).await;
+    exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
+    let mut intruder = client(&pooler).await;
+    for n in 1..4 {
+        let name = format!("wharf_{n}");
+        let closed = exchange(&mut intruder, &[close(name.as_bytes()), sync()].concat(), 1).await;
+        assert_eq!(closed.tags, "3Z", "closing a name one never had is fine");
+        let reached = exchange(&mut intruder, &call(name.as_bytes(), &[]), 1).await;
+        assert_eq!(reached.errors[0].0, "26000", "{reached:?}");
+    }
+    let replies = exchange(&mut owner, &call(b"mine", &[]), 1).await;
+    assert_eq!(replies.rows, ["8"], "{replies:?}");
+    pooler.stop().await;
+}

@@ -114,6 +114,9 @@ pub(super) struct Tracker {
     out: BytesMut,
     edits: Vec<Edit>,
     made: Vec<u8>,
+    /// The server met an error and discards everything up to the next
+    /// Sync, which the client has not sent yet.
+    skipping: bool,
 }
 
 impl Tracker {
@@ -128,6 +131,7 @@ impl Tracker {
             out: BytesMut::new(),
             edits: Vec::new(),
             made: Vec::new(),
+            skipping: false,
         }
     }
 
@@ -186,7 +190,7 @@ impl Tracker {
                 self.message(tag, &from[at..at + len], server, registry, stats);
                 at += len;
             } else {
-                self.request(tag);
+                self.request(tag, server);
                 let n = len.min(from.len() - at);
                 self.out.put_slice(&from[at..at + n]);
                 self.partial = len - n;
@@ -195,8 +199,21 @@ impl Tracker {
         }
     }
 
+    /// Queues a request whose reply is owed; while the server skips to the
+    /// next Sync after an error, a request it will discard is undone at
+    /// once instead (and a reply the pooler would make is not made).
+    fn push(&mut self, server: &mut ServerStatements, outstanding: Outstanding) {
+        if outstanding.request == Request::Sync {
+            self.skipping = false;
+        } else if self.skipping {
+            self.undo(outstanding, server);
+            return;
+        }
+        self.queue.push_back(outstanding);
+    }
+
     /// Queues the reply owed for a message passed on as it is.
-    fn request(&mut self, tag: u8) {
+    fn request(&mut self, tag: u8, server: &mut ServerStatements) {
         let request = match tag {
             b'P' => Request::Parse,
             b'B' => Request::Bind,
@@ -208,11 +225,14 @@ impl Tracker {
             // Flush, COPY data: nothing owed.
             _ => return,
         };
-        self.queue.push_back(Outstanding {
-            request,
-            answer: Answer::Relay,
-            effect: Effect::None,
-        });
+        self.push(
+            server,
+            Outstanding {
+                request,
+                answer: Answer::Relay,
+                effect: Effect::None,
+            },
+        );
     }
 
     /// Handles one whole client message.
@@ -236,7 +256,7 @@ impl Tracker {
             if tag == b'P' {
                 stats.server_parses.fetch_add(1, Ordering::Relaxed);
             }
-            self.request(tag);
+            self.request(tag, server);
             self.out.put_slice(whole);
         }
     }
@@ -259,14 +279,17 @@ impl Tracker {
         let statement = registry.statement(definition);
         self.client.insert(name, statement.clone());
         if server.touch(&statement) {
-            self.queue.push_back(Outstanding {
-                request: Request::Parse,
-                answer: Answer::Make(b'1'),
-                effect: Effect::Named {
-                    statement,
-                    client_name: name.to_vec(),
+            self.push(
+                server,
+                Outstanding {
+                    request: Request::Parse,
+                    answer: Answer::Make(b'1'),
+                    effect: Effect::Named {
+                        statement,
+                        client_name: name.to_vec(),
+                    },
                 },
-            });
+            );
         } else {
             self.prepare(statement, Some(name.to_vec()), Answer::Relay, server, stats);
         }
@@ -285,22 +308,28 @@ impl Tracker {
     ) {
         if let Some(evicted) = server.insert(statement.clone(), self.cap) {
             evicted.write_close(&mut self.out);
-            self.queue.push_back(Outstanding {
-                request: Request::Close,
-                answer: Answer::Swallow,
-                effect: Effect::Evicted(evicted),
-            });
+            self.push(
+                server,
+                Outstanding {
+                    request: Request::Close,
+                    answer: Answer::Swallow,
+                    effect: Effect::Evicted(evicted),
+                },
+            );
         }
         statement.write_parse(&mut self.out);
         stats.server_parses.fetch_add(1, Ordering::Relaxed);
-        self.queue.push_back(Outstanding {
-            request: Request::Parse,
-            answer,
-            effect: Effect::Prepared {
-                statement,
-                client_name,
+        self.push(
+            server,
+            Outstanding {
+                request: Request::Parse,
+                answer,
+                effect: Effect::Prepared {
+                    statement,
+                    client_name,
+                },
             },
-        });
+        );
     }
 
     /// The client's statement `name`, prepared on the server if it is not
@@ -329,12 +358,20 @@ impl Tracker {
         if name.is_empty() {
             return false;
         }
-        let Some(statement) = self.ensure(name, server, stats) else {
-            // An unknown name goes as it is: the server says it does not
-            // exist, in its own words, and skips to the Sync.
-            return false;
+        let statement = self.ensure(name, server, stats);
+        // An unknown name goes to the server, which says it does not exist
+        // in its own words and skips to the Sync; one that looks like the
+        // pooler's own names is changed so that it cannot reach another
+        // client's statement.
+        let foreign;
+        let server_name: &[u8] = match &statement {
+            Some(statement) => statement.server_name(),
+            None if name.starts_with(OWN_PREFIX) => {
+                foreign = foreign_name(name);
+                &foreign
+            }
+            None => return false,
         };
-        let server_name = statement.server_name();
         let len = 4 + portal.len() + 1 + server_name.len() + params.len();
         self.out.put_u8(b'B');
         self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
@@ -342,7 +379,7 @@ impl Tracker {
         self.out.put_u8(0);
         self.out.put_slice(server_name);
         self.out.put_slice(params);
-        self.request(b'B');
+        self.request(b'B', server);
         true
     }
 
@@ -363,31 +400,56 @@ impl Tracker {
             return false;
         };
         let Some(statement) = self.client.get(name).cloned() else {
-            return false;
+            if tag == b'C' {
+                // Closing a name that does not exist is no error in
+                // PostgreSQL; it must not close another client's statement.
+                self.push(
+                    server,
+                    Outstanding {
+                        request: Request::Close,
+                        answer: Answer::Make(b'3'),
+                        effect: Effect::None,
+                    },
+                );
+                return true;
+            }
+            if !name.starts_with(OWN_PREFIX) {
+                return false;
+            }
+            self.write_describe(&foreign_name(name));
+            self.request(b'D', server);
+            return true;
         };
         if tag == b'C' {
             self.client.remove(name);
-            self.queue.push_back(Outstanding {
-                request: Request::Close,
-                answer: Answer::Make(b'3'),
-                effect: Effect::Unnamed {
-                    statement,
-                    client_name: name.to_vec(),
+            self.push(
+                server,
+                Outstanding {
+                    request: Request::Close,
+                    answer: Answer::Make(b'3'),
+                    effect: Effect::Unnamed {
+                        statement,
+                        client_name: name.to_vec(),
+                    },
                 },
-            });
+            );
             return true;
         }
         let Some(statement) = self.ensure(name, server, stats) else {
             return false;
         };
-        let server_name = statement.server_name();
+        self.write_describe(statement.server_name());
+        self.request(b'D', server);
+        true
+    }
+
+    /// Appends a Describe of the statement `server_name` (NUL included).
+    fn write_describe(&mut self, server_name: &[u8]) {
         self.out.put_u8(b'D');
         self.out
             .put_i32(i32::try_from(4 + 1 + server_name.len()).unwrap_or(i32::MAX));
         self.out.put_u8(b'S');
         self.out.put_slice(server_name);
-        self.request(b'D');
-        true
     }
 
     /// A server message at `at` in the client-bound buffer, whole for the
@@ -400,6 +462,11 @@ impl Tracker {
         server: &mut ServerStatements,
     ) {
         let end = at + 5 + body.map_or(0, <[u8]>::len);
+        // Replies the pooler makes that became due while the server was
+        // part-way through an asynchronous message go before this one.
+        if self.due() {
+            self.make_due(at);
+        }
         let head = self.queue.front().map(|o| o.request);
 
         let completes = match (tag, head) {
@@ -442,16 +509,20 @@ impl Tracker {
     /// The head request failed: it and everything up to the next Sync is
     /// skipped by the server, and undone here.
     fn failed(&mut self, server: &mut ServerStatements) {
-        if let Some(head) = self.queue.pop_front() {
-            self.undo(head, server);
-        }
+        let mut undone: Vec<Outstanding> = self.queue.pop_front().into_iter().collect();
         while self
             .queue
             .front()
             .is_some_and(|o| o.request != Request::Sync)
         {
-            let skipped = self.queue.pop_front().expect("checked");
-            self.undo(skipped, server);
+            undone.extend(self.queue.pop_front());
+        }
+        // No Sync sent yet: the server discards what comes until one is.
+        self.skipping = self.queue.is_empty();
+        // Newest first: a statement a later request evicted was recorded
+        // as evicted after the Parse that put it there.
+        for outstanding in undone.into_iter().rev() {
+            self.undo(outstanding, server);
         }
     }
 
@@ -551,10 +622,28 @@ impl Tracker {
     }
 }
 
+/// The start of the names the pooler gives statements on servers.
+const OWN_PREFIX: &[u8] = b"wharf_";
+
+/// A name a client used without preparing it that looks like one of the
+/// pooler's, changed so that it names nothing on a server (NUL included):
+/// the server still answers that it does not exist.
+fn foreign_name(name: &[u8]) -> Vec<u8> {
+    let mut foreign = b"client:".to_vec();
+    foreign.extend_from_slice(name);
+    foreign.push(0);
+    foreign
+}
+
 /// The server messages whose bodies the tracker reads, or whose bytes it
 /// may drop.
 pub(super) fn reply_wanted(tag: u8) -> bool {
-    matches!(tag, b'1' | b'3' | b'C' | b'Z' | b'S')
+    // Every reply that can end a request is read whole, so that a reply
+    // the pooler makes goes in after it, not inside it.
+    matches!(
+        tag,
+        b'1' | b'2' | b'3' | b'C' | b'E' | b'I' | b'n' | b's' | b'T' | b'Z' | b'S'
+    )
 }
 
 /// A CommandComplete tag of a statement that drops every prepared

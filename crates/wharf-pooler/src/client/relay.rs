@@ -179,6 +179,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     shutdown,
                     ..
                 } = &mut *self;
+                // Replies the pooler makes take no server bytes: a client
+                // that does not read them must not grow the buffer for ever.
+                let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
                 let client_side = async {
                     let ready = cscan.ready();
                     let rewritten = tracker.as_mut().map(|t| t.out());
@@ -186,7 +189,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                         Event::WroteServer(sw.write(out).await)
                     } else if ready > 0 {
                         Event::WroteServer(sw.write(&cbuf[..ready]).await)
-                    } else if protocol.terminated() {
+                    } else if protocol.terminated() || backlog {
                         std::future::pending().await
                     } else {
                         make_room(cbuf);

@@ -40,6 +40,15 @@ impl Router {
         }
     }
 
+    /// Whether a server of `db` (of any with `None`) is still saying
+    /// goodbye to PostgreSQL.
+    fn closing(&self, db: Option<&str>) -> bool {
+        self.stats().pools().iter().any(|p| {
+            db.is_none_or(|db| p.database == db)
+                && p.closing.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+    }
+
     fn servers_of(&self, db: Option<&str>) -> Vec<Arc<ServerEntry>> {
         self.stats
             .servers()
@@ -55,7 +64,7 @@ impl Router {
     /// go on, on new servers.
     pub async fn pause(&self, db: Option<&str>) {
         self.hold(db, "PAUSE");
-        while !self.servers_of(db).is_empty() {
+        while !self.servers_of(db).is_empty() || self.closing(db) {
             for pool in self.pools_of(db) {
                 pool.close_idle(usize::MAX);
             }

@@ -17,6 +17,12 @@ use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
 
+/// A connection's socket and registry entry are there until it is dropped.
+pub(super) const OPEN: &str = "a server connection is open until dropped";
+
+/// How long a closing server gets to answer Terminate by hanging up.
+const GOODBYE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Server messages during login and the pooler's own queries are small;
 /// cap them anyway.
 const MAX_CONTROL_MESSAGE: usize = 1 << 20;
@@ -24,7 +30,8 @@ const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 /// A logged-in server connection, as kept in a pool.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(super) stream: ServerStream,
+    /// `None` only while being dropped.
+    pub(super) stream: Option<ServerStream>,
     /// Bytes read from the server and not yet passed on.
     pub(super) rbuf: BytesMut,
     /// The server's BackendKeyData, for cancelling its queries.
@@ -44,8 +51,9 @@ pub struct ServerConn {
     /// The pool's generation it was opened in: once the pool's has moved
     /// on, it is closed when released (PgBouncer's `close_needed`).
     pub(super) born: u64,
-    /// Its place in the registry `SHOW SERVERS` lists.
-    pub(super) entry: ServerGuard,
+    /// Its place in the registry `SHOW SERVERS` lists; `None` only while
+    /// being dropped.
+    pub(super) entry: Option<ServerGuard>,
     /// The statements prepared on it (`max_prepared_statements`).
     pub(super) statements: ServerStatements,
     /// Where its cancel requests go, and those on their way to it, which
@@ -71,16 +79,21 @@ pub struct Wire<'a> {
 }
 
 impl ServerConn {
+    /// Its registry entry.
+    fn entry(&self) -> &ServerGuard {
+        self.entry.as_ref().expect(OPEN)
+    }
+
     /// Borrows the connection for relaying.
     pub fn wire(&mut self) -> Wire<'_> {
-        let (reader, writer) = self.stream.split();
+        let (reader, writer) = self.stream.as_mut().expect(OPEN).split();
         Wire {
             reader,
             writer,
             rbuf: &mut self.rbuf,
             params: &mut self.params,
             statements: &mut self.statements,
-            entry: &self.entry,
+            entry: self.entry.as_ref().expect(OPEN),
         }
     }
 
@@ -121,19 +134,19 @@ impl ServerConn {
     /// its own registry id.
     pub fn hand_to(&mut self, client: u64) -> u64 {
         self.dirty = true;
-        self.entry.entry.set_active(client);
-        self.entry.entry.id
+        self.entry().entry.set_active(client);
+        self.entry().entry.id
     }
 
     /// Released clean by its client: the pool may reuse it.
     pub fn give_back(&mut self) {
-        self.entry.set_idle();
+        self.entry().set_idle();
         self.dirty = false;
     }
 
     /// Released, and held back until the cancels on their way to it land.
     pub fn hold_for_cancels(&self) {
-        self.entry.set_being_canceled();
+        self.entry().set_being_canceled();
     }
 
     /// Whether the pool must close it rather than reuse it, the pool's
@@ -148,9 +161,9 @@ impl ServerConn {
         let Some(query) = &target.check_query else {
             return Ok(());
         };
-        self.entry.set_tested();
+        self.entry().set_tested();
         let checked = self.simple_query(query).await;
-        self.entry.set_idle();
+        self.entry().set_idle();
         checked
     }
 
@@ -196,7 +209,13 @@ impl ServerConn {
                     return Ok((tag, body));
                 }
             }
-            match self.stream.read_buf(&mut self.rbuf).await {
+            match self
+                .stream
+                .as_mut()
+                .expect(OPEN)
+                .read_buf(&mut self.rbuf)
+                .await
+            {
                 Ok(0) => return Err(self.io_error(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
                 Err(source) => return Err(self.io_error(source)),
@@ -213,7 +232,7 @@ impl ServerConn {
             addr: self.addr(),
             source,
         })?;
-        if let Err(source) = self.stream.write_all(&out).await {
+        if let Err(source) = self.stream.as_mut().expect(OPEN).write_all(&out).await {
             return Err(self.io_error(source));
         }
         let mut failure = None;
@@ -224,7 +243,7 @@ impl ServerConn {
                 // The pooler's reset query dropped the prepared statements.
                 b'C' if matches!(&body[..], b"DISCARD ALL\0" | b"DEALLOCATE ALL\0") => {
                     self.statements.clear();
-                    self.entry.entry.set_prepared(0);
+                    self.entry().entry.set_prepared(0);
                 }
                 b'E' => failure = Some(server_error(&self.addr(), &body)),
                 b'Z' => {
@@ -244,5 +263,40 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+}
+
+impl Drop for ServerConn {
+    /// Says Terminate and waits (a little) for the server to hang up before
+    /// its place under the connection limits goes to another; PAUSE waits
+    /// for these goodbyes (the pool's `closing` count), so that a paused
+    /// database has no backend left in PostgreSQL either.
+    fn drop(&mut self) {
+        let (Some(mut stream), Some(entry)) = (self.stream.take(), self.entry.take()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = entry.entry.pool.clone();
+        pool.closing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Out of SHOW SERVERS at once: it serves no one any more.
+        drop(entry);
+        let permits = std::mem::take(&mut self._permits);
+        runtime.spawn(async move {
+            let goodbye = async {
+                stream.write_all(&[b'X', 0, 0, 0, 4]).await?;
+                let mut sink = BytesMut::with_capacity(64);
+                while stream.read_buf(&mut sink).await? > 0 {
+                    sink.clear();
+                }
+                Ok::<_, io::Error>(())
+            };
+            let _ = tokio::time::timeout(GOODBYE, goodbye).await;
+            drop(permits);
+            pool.closing
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 }

@@ -12,6 +12,7 @@ use super::error::server_error;
 use super::{ServerConn, ServerError, ServerParams, ServerTarget};
 use crate::auth::{ServerAuth, ServerLogin};
 use crate::cancel::ServerCancels;
+use crate::net::ServerStream;
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
@@ -33,7 +34,7 @@ impl ServerConn {
         };
         let stream = target.addr.connect().await.map_err(io_err)?;
         let mut conn = ServerConn {
-            stream,
+            stream: Some(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
             key: CancelKey { pid: 0, secret: 0 },
             params: ServerParams::default(),
@@ -42,7 +43,7 @@ impl ServerConn {
             _permits: permits,
             target: target.clone(),
             born,
-            entry,
+            entry: Some(entry),
             statements: ServerStatements::default(),
             cancels: Arc::new(ServerCancels::new(target.addr.clone())),
         };
@@ -56,7 +57,12 @@ impl ServerConn {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;
-        conn.stream.write_all(&out).await.map_err(io_err)?;
+        conn.stream
+            .as_mut()
+            .expect(super::conn::OPEN)
+            .write_all(&out)
+            .await
+            .map_err(io_err)?;
 
         let mut login = ServerLogin::new(&target.user, target.password.as_ref());
         loop {
@@ -65,7 +71,12 @@ impl ServerConn {
                 b'R' => match login.respond(&body) {
                     Ok(ServerAuth::Reply(reply)) => {
                         if !reply.is_empty() {
-                            conn.stream.write_all(&reply).await.map_err(io_err)?;
+                            conn.stream
+                                .as_mut()
+                                .expect(super::conn::OPEN)
+                                .write_all(&reply)
+                                .await
+                                .map_err(io_err)?;
                         }
                     }
                     Ok(ServerAuth::Done) => {}
@@ -97,10 +108,10 @@ impl ServerConn {
         if let Some(query) = &target.connect_query {
             conn.simple_query(query).await?;
         }
-        conn.entry
-            .entry
-            .logged_in(conn.key.pid, Some(conn.stream.local()));
-        conn.entry.set_idle();
+        let local = conn.stream.as_ref().map(ServerStream::local);
+        let entry = conn.entry.as_ref().expect(super::conn::OPEN);
+        entry.entry.logged_in(conn.key.pid, local);
+        entry.set_idle();
         Ok(conn)
     }
 }

@@ -49,6 +49,9 @@ pub struct PoolStats {
     /// (`cl_active_cancel_req`; each holds one connection to the server,
     /// `sv_active_cancel`).
     pub cancels_active: AtomicU64,
+    /// Servers closed and saying goodbye (Terminate, then waiting for the
+    /// server to hang up).
+    pub closing: AtomicU64,
     /// How long clients waited for a server, one sample per assignment.
     pub wait_time: AtomicHistogram,
     /// How long transactions took.

@@ -4,24 +4,21 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
-use tokio::time::{timeout_at, Instant};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::config::Builder;
 use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
-use crate::padded::CachePadded;
-use crate::queue::{Live, Meta, State};
-use crate::tunables::Tunables;
-use crate::waiters::Outcome;
+use crate::queue::{Handoff, Live, Meta, State};
 use crate::{connector, janitor, Config, ConfigError, Error, Manager, Metrics, Pooled};
 
 /// An async pool of connections made by a [`Manager`].
@@ -91,27 +88,25 @@ impl<M: Manager> fmt::Debug for Pool<M> {
     }
 }
 
-// Aligned so that the `Arc`'s reference count, written by every checkout
-// and return, has a cache line of its own instead of sharing one with the
-// settings every checkout reads.
-#[repr(align(128))]
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) hooks: Hooks<M::Connection>,
-    /// Padded for the same reason: the lock is the pool's busiest line.
-    pub(crate) state: CachePadded<Mutex<State<M::Connection>>>,
+    pub(crate) state: Mutex<State<M::Connection>>,
     pub(crate) recorder: Recorder,
     pub(crate) leaks: Option<LeakRegistry>,
-    pub(crate) runtime: Handle,
+    runtime: Handle,
     /// The settings that may change while the pool runs.
     pub(crate) tunables: Tunables,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
-    /// Tells the deadline watcher about a deadline earlier than it knew.
-    pub(crate) deadline_told: Arc<Notify>,
     next_conn_id: AtomicU64,
+}
+
+enum Taken<C> {
+    Idle(Live<C>),
+    Wait(u64, oneshot::Receiver<Handoff<C>>),
 }
 
 impl<M: Manager> Pool<M> {
@@ -127,12 +122,12 @@ impl<M: Manager> Pool<M> {
         runtime: Handle,
     ) -> Self {
         let shared = Arc::new(Shared {
-            state: CachePadded(Mutex::new(State::with_reserve(
+            state: Mutex::new(State::with_reserve(
                 config.max_size,
                 config.min_idle,
                 config.reserve_size,
                 config.reserve_timeout,
-            ))),
+            )),
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
@@ -140,7 +135,6 @@ impl<M: Manager> Pool<M> {
             tunables: Tunables::new(&config),
             runtime,
             changed: Notify::new(),
-            deadline_told: Arc::new(Notify::new()),
             next_conn_id: AtomicU64::new(1),
             config,
         });
@@ -154,7 +148,7 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared<M>> {
+    fn shared(&self) -> &Arc<Shared<M>> {
         &self.handle.shared
     }
 
@@ -206,16 +200,6 @@ impl<M: Manager> Pool<M> {
         (st.consecutive_failures, st.last_error.clone())
     }
 
-    /// The manager's own error behind `err` (see [`Error::backend`]), with
-    /// its type taken from this pool's manager.
-    ///
-    /// `wharf::Error` itself stays one type for every manager, so that code
-    /// handling the errors of several pools (and `From<wharf::Error>`
-    /// conversions in adapters) need not be generic.
-    pub fn backend_error<'e>(&self, err: &'e Error) -> Option<&'e M::Error> {
-        err.backend::<M::Error>()
-    }
-
     /// The settings the pool was built with (`max_size` may since have been
     /// changed by [`resize`](Self::resize); [`status`](Self::status) has the
     /// current one).
@@ -253,6 +237,85 @@ impl<M: Manager> Pool<M> {
             shared.close_conn(live, CloseReason::Resized);
         }
         Ok(())
+    }
+
+    /// Changes `idle_timeout` (`None` turns it off) from the next
+    /// maintenance round on, for every idle connection. [`config`](Self::config)
+    /// keeps showing the value the pool was built with.
+    pub fn set_idle_timeout(&self, idle_timeout: Option<Duration>) {
+        self.shared()
+            .tunables
+            .idle_timeout
+            .store(encode(idle_timeout), Ordering::Relaxed);
+    }
+
+    /// Changes `validate_after` (`None`: never check) from the next
+    /// `get()` on.
+    pub fn set_validate_after(&self, validate_after: Option<Duration>) {
+        self.shared()
+            .tunables
+            .validate_after
+            .store(encode(validate_after), Ordering::Relaxed);
+    }
+
+    /// Changes `max_lifetime` (`None`: unlimited). New connections get it
+    /// at once; existing ones keep their jitter share of it and are brought
+    /// in line while idle, at the next maintenance round (a connection in
+    /// use is never closed under its user).
+    pub fn set_max_lifetime(&self, max_lifetime: Option<Duration>) {
+        self.shared()
+            .tunables
+            .max_lifetime
+            .store(encode(max_lifetime), Ordering::Relaxed);
+    }
+
+    /// Changes `min_idle` (capped at `max_size`); a larger value opens
+    /// the missing connections at once.
+    pub fn set_min_idle(&self, min_idle: usize) {
+        let shared = self.shared();
+        shared.tunables.min_idle.store(min_idle, Ordering::Relaxed);
+        let mut st = shared.state.lock();
+        st.min_idle = min_idle.min(st.max_size);
+        shared.spawn_connectors(&mut st);
+    }
+
+    /// Changes `reserve_size` and `reserve_timeout` from the next waiter
+    /// on. Connections already opened from the reserve are closed as they
+    /// come back, down to the new limit.
+    pub fn set_reserve(&self, reserve_size: usize, reserve_timeout: Duration) {
+        let shared = self.shared();
+        let mut st = shared.state.lock();
+        st.reserve_size = reserve_size;
+        st.reserve_timeout = reserve_timeout;
+        shared.spawn_connectors(&mut st);
+    }
+
+    /// Changes `connect_timeout` for connects that start from now on.
+    pub fn set_connect_timeout(&self, connect_timeout: Duration) {
+        self.shared()
+            .tunables
+            .connect_timeout
+            .store(encode(Some(connect_timeout)), Ordering::Relaxed);
+    }
+
+    /// Changes `connect_backoff` and `connect_backoff_max` from the next
+    /// failed connect on.
+    pub fn set_connect_backoff(&self, connect_backoff: Duration, connect_backoff_max: Duration) {
+        let tunables = &self.shared().tunables;
+        tunables
+            .connect_backoff
+            .store(encode(Some(connect_backoff)), Ordering::Relaxed);
+        tunables
+            .connect_backoff_max
+            .store(encode(Some(connect_backoff_max)), Ordering::Relaxed);
+    }
+
+    /// Changes `validation_timeout` for checks that start from now on.
+    pub fn set_validation_timeout(&self, validation_timeout: Duration) {
+        self.shared()
+            .tunables
+            .validation_timeout
+            .store(encode(Some(validation_timeout)), Ordering::Relaxed);
     }
 
     /// A handle that does not keep the pool open.
@@ -363,6 +426,199 @@ impl<M: Manager> Shared<M> {
         }
     }
 
+    async fn acquire(
+        self: Arc<Self>,
+        wait: Duration,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error> {
+        let start = Instant::now();
+        let deadline = start + wait;
+        let mut now = start;
+        // Our place in line, kept across retries after a failed check.
+        let mut ticket = None;
+        loop {
+            let taken = {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return Err(Error::Closed);
+                }
+                let retrying = ticket.is_some();
+                let id = *ticket.get_or_insert_with(|| st.take_ticket());
+                // Only a caller retrying after a failed check can be ahead of
+                // a waiter.
+                let first_in_line = match st.waiters.front() {
+                    Some(waiter) => id < waiter.id,
+                    None => true,
+                };
+                match st.idle.pop_back() {
+                    // Only when nobody is ahead of us: a newcomer must not
+                    // overtake the queue (returned connections go to waiters
+                    // first, so this is rare, but validation can race with it).
+                    Some(live) if first_in_line => {
+                        st.in_use += 1;
+                        Taken::Idle(live)
+                    }
+                    popped => {
+                        if let Some(live) = popped {
+                            st.idle.push_back(live);
+                        }
+                        // A caller already let in is not refused on a retry.
+                        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
+                            if st.waiters.len() >= max_waiting {
+                                drop(st);
+                                Recorder::count(&self.recorder.counters.rejected);
+                                return Err(Error::QueueFull {
+                                    max_waiting,
+                                    status: self.status(),
+                                });
+                            }
+                        }
+                        // While the backend refuses connections and the pool
+                        // has none, a fail-fast pool answers at once instead
+                        // of queueing (PgBouncer's server_login_retry), and
+                        // asks for one probe to find out when it is back.
+                        if self.config.fail_fast
+                            && st.consecutive_failures > 0
+                            && st.has_no_connections()
+                        {
+                            st.probe_wanted = true;
+                            self.spawn_connectors(&mut st);
+                            let last_error = st.last_error.clone();
+                            drop(st);
+                            Recorder::count(&self.recorder.counters.rejected);
+                            return Err(Error::Unavailable { last_error });
+                        }
+                        let rx = st.queue_waiter(id, start);
+                        self.spawn_connectors(&mut st);
+                        Taken::Wait(id, rx)
+                    }
+                }
+            };
+            let live = match taken {
+                Taken::Idle(live) => live,
+                Taken::Wait(id, rx) => {
+                    let live = self.wait(id, rx, deadline, start).await?;
+                    now = Instant::now();
+                    live
+                }
+            };
+            let mut pooled = Pooled::new(self.clone(), live, now);
+            if let Some(ready) = self.prepare(&mut pooled, now).await {
+                // Checking the connection and running `on_checkout` were
+                // part of the caller's wait: it holds the connection (for
+                // `in_use_time` and leak detection) only from here.
+                pooled.checked_out_at = ready;
+                self.recorder.acquire_wait.record(ready - start);
+                if let Some(leaks) = &self.leaks {
+                    pooled.leak_key = Some(leaks.register(ready, caller));
+                }
+                return Ok(pooled);
+            }
+            now = Instant::now();
+        }
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        id: u64,
+        rx: oneshot::Receiver<Handoff<M::Connection>>,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<Live<M::Connection>, Error> {
+        let mut guard = WaitGuard {
+            shared: self,
+            id,
+            rx,
+            done: false,
+        };
+        match timeout_at(deadline, &mut guard.rx).await {
+            Ok(Ok(Ok(live))) => {
+                guard.done = true;
+                Ok(live)
+            }
+            Ok(Ok(Err(err))) => {
+                guard.done = true;
+                Recorder::count(&self.recorder.counters.rejected);
+                Err(Error::Unavailable {
+                    last_error: Some(err),
+                })
+            }
+            Ok(Err(_)) => {
+                guard.done = true;
+                Err(Error::Closed)
+            }
+            Err(_) => match guard.give_up() {
+                // Handed over just as the deadline passed: take it.
+                Some(live) => Ok(live),
+                None => {
+                    Recorder::count(&self.recorder.counters.timeouts);
+                    Err(self.timeout_error(start))
+                }
+            },
+        }
+    }
+
+    fn timeout_error(&self, start: Instant) -> Error {
+        let last_error = self.state.lock().last_error.clone();
+        Error::Timeout {
+            waited: start.elapsed(),
+            status: self.status(),
+            last_error,
+        }
+    }
+
+    /// Makes a connection just taken fit to hand out: not expired, checked
+    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
+    /// (`now` itself when nothing had to run: reading the clock is a good
+    /// share of an uncontended checkout), or `None` when it was closed and
+    /// the caller should try again.
+    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
+        // A get() cancelled during the check or hook must not return a
+        // connection in an unknown state to the pool.
+        pooled.close_on_drop = Some(CloseReason::FailedCheck);
+        let meta = pooled.meta();
+        if meta.is_expired(now) {
+            pooled.close(CloseReason::Lifetime);
+            return None;
+        }
+        let needs_check = self
+            .tunables
+            .validate_after()
+            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
+        let mut ready = now;
+        if needs_check {
+            let check = self.manager.check(pooled.conn_mut());
+            match timeout(self.tunables.validation_timeout(), check).await {
+                Ok(Ok(())) => {
+                    ready = Instant::now();
+                    pooled.live_mut().meta.last_active = ready;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
+                    pooled.close(CloseReason::FailedCheck);
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(pool = %self.config.name, conn = meta.id, "connection check timed out before checkout");
+                    pooled.close(CloseReason::FailedCheck);
+                    return None;
+                }
+            }
+        }
+        if let Some(hook) = &self.hooks.on_checkout {
+            let outcome = hook(pooled.conn_mut()).await;
+            ready = Instant::now();
+            if let Err(err) = outcome {
+                tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
+                pooled.close(CloseReason::FailedCheck);
+                return None;
+            }
+        }
+        pooled.close_on_drop = None;
+        pooled.live_mut().meta.uses += 1;
+        Some(ready)
+    }
+
     /// Takes back a connection from a caller (or from a waiter that left,
     /// with no `held_since`): keeps it for the next caller unless it must be
     /// retired.
@@ -392,19 +648,7 @@ impl<M: Manager> Shared<M> {
             None => {
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
-                // Only after use: a connection given back by a waiter that
-                // left was never in anyone's hands.
-                if held_since.is_some() && self.manager.recycles() {
-                    st.testing += 1;
-                    drop(st);
-                    self.runtime.spawn(janitor::recycle(self.clone(), live));
-                    return;
-                }
-                let waiter = st.hand_off(live);
-                drop(st);
-                if let Some(waiter) = waiter {
-                    waiter.wake();
-                }
+                st.hand_off(live);
             }
             Some(reason) => {
                 st.size -= 1;
@@ -508,17 +752,45 @@ impl<M: Manager> Shared<M> {
             st.closed = true;
             let idle: Vec<_> = st.idle.drain(..).collect();
             st.size -= idle.len();
-            (st.waiters.end_all(|| Outcome::Closed), idle)
+            (std::mem::take(&mut st.waiters), idle)
         };
-        for waiter in waiters {
-            waiter.wake();
-        }
+        drop(waiters);
         for live in idle {
             self.close_conn(live, CloseReason::Closed);
         }
         self.changed.notify_waiters();
-        // It exits when it sees the pool closed.
-        self.deadline_told.notify_one();
+    }
+}
+
+/// Keeps a queued waiter honest when its `get()` is cancelled or times out:
+/// either it is still queued and leaves the queue, or a connection was
+/// already handed to it and goes back to the pool (or to the caller).
+struct WaitGuard<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    id: u64,
+    rx: oneshot::Receiver<Handoff<M::Connection>>,
+    done: bool,
+}
+
+impl<M: Manager> WaitGuard<'_, M> {
+    fn give_up(&mut self) -> Option<Live<M::Connection>> {
+        if std::mem::replace(&mut self.done, true) {
+            return None;
+        }
+        if self.shared.state.lock().remove_waiter(self.id) {
+            return None;
+        }
+        // Not queued any more: it was served (under the lock, so the
+        // connection is in the channel by now) or woken by close.
+        self.rx.try_recv().ok().and_then(Result::ok)
+    }
+}
+
+impl<M: Manager> Drop for WaitGuard<'_, M> {
+    fn drop(&mut self) {
+        if let Some(live) = self.give_up() {
+            self.shared.checkin(live, None, None);
+        }
     }
 }
 
@@ -530,4 +802,71 @@ pub(crate) fn expiry(
     share: f64,
 ) -> Option<Instant> {
     lifetime.map(|lifetime| created_at + lifetime.mul_f64(share))
+}
+
+/// `None` for a setting that is off.
+const OFF: u64 = u64::MAX;
+
+fn encode(value: Option<Duration>) -> u64 {
+    value.map_or(OFF, |d| u64::try_from(d.as_nanos()).unwrap_or(OFF - 1))
+}
+
+fn decode(value: u64) -> Option<Duration> {
+    (value != OFF).then(|| Duration::from_nanos(value))
+}
+
+/// The settings a running pool can change, read without a lock on the
+/// paths that use them.
+pub(crate) struct Tunables {
+    idle_timeout: AtomicU64,
+    validate_after: AtomicU64,
+    max_lifetime: AtomicU64,
+    validation_timeout: AtomicU64,
+    connect_timeout: AtomicU64,
+    connect_backoff: AtomicU64,
+    connect_backoff_max: AtomicU64,
+    /// `min_idle` as set, before [`Pool::resize`] caps it at `max_size`.
+    min_idle: AtomicUsize,
+}
+
+impl Tunables {
+    fn new(config: &Config) -> Self {
+        Self {
+            idle_timeout: AtomicU64::new(encode(config.idle_timeout)),
+            validate_after: AtomicU64::new(encode(config.validate_after)),
+            max_lifetime: AtomicU64::new(encode(config.max_lifetime)),
+            validation_timeout: AtomicU64::new(encode(Some(config.validation_timeout))),
+            connect_timeout: AtomicU64::new(encode(Some(config.connect_timeout))),
+            connect_backoff: AtomicU64::new(encode(Some(config.connect_backoff))),
+            connect_backoff_max: AtomicU64::new(encode(Some(config.connect_backoff_max))),
+            min_idle: AtomicUsize::new(config.min_idle),
+        }
+    }
+
+    pub(crate) fn validation_timeout(&self) -> Duration {
+        decode(self.validation_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        decode(self.connect_timeout.load(Ordering::Relaxed)).unwrap_or(Duration::MAX)
+    }
+
+    /// The first and the largest delay between failed connects.
+    pub(crate) fn connect_backoff(&self) -> (Duration, Duration) {
+        let base = decode(self.connect_backoff.load(Ordering::Relaxed)).unwrap_or_default();
+        let max = decode(self.connect_backoff_max.load(Ordering::Relaxed)).unwrap_or_default();
+        (base, max)
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        decode(self.idle_timeout.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn validate_after(&self) -> Option<Duration> {
+        decode(self.validate_after.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn max_lifetime(&self) -> Option<Duration> {
+        decode(self.max_lifetime.load(Ordering::Relaxed))
+    }
 }

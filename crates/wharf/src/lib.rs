@@ -73,6 +73,7 @@ mod metrics;
 mod pool;
 mod pooled;
 mod queue;
+mod tunables;
 
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;

@@ -75,18 +75,10 @@ impl ServerManager {
     }
 }
 
-impl wharf::Manager for ServerManager {
-    type Connection = ServerConn;
-    type Error = ServerError;
-
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
-        // A paused database opens no servers (PAUSE waits for them all to
-        // close); the engine's connect_timeout bounds this wait.
-        self.tracking.control.wait_resumed().await;
-        let (target, born) = {
-            let current = self.target.read();
-            (current.clone(), self.generation.current())
-        };
+impl ServerManager {
+    /// Registers, takes places under the limits and logs in one server for
+    /// `target`, in generation `born`.
+    async fn open(&self, target: &Arc<ServerTarget>, born: u64) -> Result<ServerConn, ServerError> {
         let addr = match &target.addr {
             ServerAddr::Tcp { host, port } => (host.clone(), *port),
             ServerAddr::Unix(path) => (path.display().to_string(), 0),
@@ -102,7 +94,32 @@ impl wharf::Manager for ServerManager {
         for limit in &self.limits {
             permits.push(limit.acquire(&target.addr).await?);
         }
-        ServerConn::connect(&target, born, permits, entry).await
+        ServerConn::connect(target, born, permits, entry).await
+    }
+}
+
+impl wharf::Manager for ServerManager {
+    type Connection = ServerConn;
+    type Error = ServerError;
+
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        loop {
+            // A paused database opens no servers (PAUSE waits for them all
+            // to close); the engine's connect_timeout bounds this wait.
+            self.tracking.control.wait_resumed().await;
+            let (target, born) = {
+                let current = self.target.read();
+                (current.clone(), self.generation.current())
+            };
+            let conn = self.open(&target, born).await?;
+            // Retired while logging in (RELOAD with a new target,
+            // RECONNECT, PAUSE): it would be handed out before anything
+            // looks at its generation, so it goes now and another comes.
+            if conn.unusable(self.generation.current()) {
+                continue;
+            }
+            return Ok(conn);
+        }
     }
 
     async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {

@@ -578,8 +578,9 @@ impl Tracker {
         }
     }
 
-    /// Makes the replies now due, inserted at `at`.
-    fn make_due(&mut self, at: usize) {
+    /// Makes the replies now due, inserted at `at` (after the reply that
+    /// made them due, or at the end of what the client is to get so far).
+    pub(super) fn make_due(&mut self, at: usize) {
         let start = self.made.len();
         while let Some(Answer::Make(tag)) = self.queue.front().map(|o| o.answer) {
             self.made.extend_from_slice(&[tag, 0, 0, 0, 4]);
@@ -592,12 +593,6 @@ impl Tracker {
                 insert: (start, self.made.len()),
             });
         }
-    }
-
-    /// Makes the replies due with nothing owed before them, at `at` (the
-    /// end of what the client is to get so far).
-    pub(super) fn make_pending(&mut self, at: usize) {
-        self.make_due(at);
     }
 
     /// Applies the recorded edits to `buf`; how much the edited front

@@ -92,7 +92,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     server_entry.entry.set_prepared(statements.len());
                 }
                 if tracker.due() && sscan.at_boundary() {
-                    tracker.make_pending(sscan.ready());
+                    tracker.make_due(sscan.ready());
                     sscan.resized(tracker.apply_edits(rbuf));
                 }
             }

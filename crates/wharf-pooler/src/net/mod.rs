@@ -7,4 +7,4 @@ mod addr;
 mod stream;
 
 pub use addr::ServerAddr;
-pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
+pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter, TlsSummary};

@@ -141,6 +141,47 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
         None
     }
+
+    /// What the TLS handshake agreed on; `None` for a plain connection.
+    fn tls(&self) -> Option<TlsSummary> {
+        None
+    }
+}
+
+/// What a TLS handshake agreed on: shown in `SHOW CLIENTS` and
+/// `SHOW SERVERS`, and read by hba rules and certificate logins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSummary {
+    protocol: String,
+    cipher: String,
+    peer_common_name: Option<String>,
+}
+
+impl TlsSummary {
+    /// A summary from its parts.
+    pub fn new(protocol: String, cipher: String, peer_common_name: Option<String>) -> Self {
+        TlsSummary {
+            protocol,
+            cipher,
+            peer_common_name,
+        }
+    }
+
+    /// The protocol version, as PgBouncer names it (`TLSv1.3`).
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// The cipher suite's IANA name.
+    pub fn cipher(&self) -> &str {
+        &self.cipher
+    }
+
+    /// The common name (CN) of the certificate the peer presented and the
+    /// pooler verified, if any.
+    pub fn peer_common_name(&self) -> Option<&str> {
+        self.peer_common_name.as_deref()
+    }
 }
 
 impl ClientStream for TcpStream {

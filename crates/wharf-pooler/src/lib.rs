@@ -17,7 +17,7 @@
 //! | shared rows and state | `views`, [`state`], [`lifecycle`] |
 //! | routing and pools | `router`, `pool` |
 //! | one server | `server` |
-//! | ground | `cancel`, `prepared`, `auth`, `net`, [`proto`], `stats`, [`calendar`], [`config`] |
+//! | ground | `cancel`, `prepared`, `auth`, [`tls`], `net`, [`proto`], `stats`, [`calendar`], [`config`] |
 #![warn(missing_docs)]
 
 mod admin;
@@ -40,6 +40,7 @@ mod server;
 pub mod signals;
 pub mod state;
 mod stats;
+pub mod tls;
 mod views;
 
 pub use pooler::{Pooler, StartError};

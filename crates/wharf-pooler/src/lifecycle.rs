@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::{self, Config, ConfigError, Settings};
 use crate::router::Router;
 use crate::stats::{ClientEntry, Stats};
+use crate::tls::{TlsContexts, TlsError};
 
 /// How a SHUTDOWN ends the pooler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +78,9 @@ pub enum ReloadError {
     /// The new auth file cannot be read.
     #[error("RELOAD: auth_file: {0}; keeping the old configuration")]
     AuthFile(#[source] ConfigError),
+    /// A TLS file cannot be used or a TLS setting cannot be honoured.
+    #[error("RELOAD: {0}; keeping the old configuration")]
+    Tls(#[source] TlsError),
     /// The pooler is shutting down or gone.
     #[error("RELOAD: the pooler is shutting down")]
     ShuttingDown,
@@ -202,17 +206,22 @@ impl Lifecycle {
             return Err(ReloadError::NoFile);
         }
         let path = old.path.clone();
-        let (loaded, secrets) = tokio::task::spawn_blocking(move || {
+        let (loaded, secrets, tls) = tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path).map_err(ReloadError::Config)?;
             let secrets = match &loaded.config.pgbouncer.auth_file {
                 Some(file) => config::load_auth_file(file).map_err(ReloadError::AuthFile)?,
                 None => HashMap::new(),
             };
-            Ok::<_, ReloadError>((loaded, secrets))
+            let tls =
+                TlsContexts::from_settings(&loaded.config.pgbouncer).map_err(ReloadError::Tls)?;
+            Ok::<_, ReloadError>((loaded, secrets, tls))
         })
         .await
         .map_err(|_| ReloadError::ShuttingDown)??;
         for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        for warning in tls.warnings() {
             tracing::warn!("{warning}");
         }
         let mut new: Config = loaded.config;
@@ -223,7 +232,7 @@ impl Lifecycle {
                 "RELOAD: {key} changes only on restart; keeping the old value"
             );
         }
-        router.replace(Arc::new(new), Arc::new(secrets));
+        router.replace(Arc::new(new), Arc::new(secrets), Arc::new(tls));
         let applied = router.apply();
         Ok(ReloadSummary {
             resized: applied.resized,

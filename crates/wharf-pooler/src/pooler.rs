@@ -15,6 +15,7 @@ use crate::config::{self, Config, Secret};
 use crate::lifecycle::{Phase, ShutdownMode};
 use crate::listener::{self, Clients};
 use crate::state::PoolerState;
+use crate::tls::{TlsContexts, TlsError};
 
 /// Why the pooler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +34,10 @@ pub enum StartError {
     /// The auth file could not be read.
     #[error(transparent)]
     AuthFile(#[from] config::ConfigError),
-    /// A setting asks for what wharf cannot give (TLS it does not have).
-    #[error("{key}: {why}")]
-    Refused {
-        /// The key.
-        key: &'static str,
-        /// Why.
-        why: String,
-    },
+    /// A TLS file cannot be used or a TLS setting cannot be honoured:
+    /// never run with less encryption than asked.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A pooler with its sockets open, ready to serve.
@@ -55,8 +52,9 @@ impl Pooler {
     /// Opens the listening sockets the configuration names and loads the
     /// auth file. Must run inside a Tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        if let Some((key, why)) = config.pgbouncer.refusals().into_iter().next() {
-            return Err(StartError::Refused { key, why });
+        let tls = TlsContexts::from_settings(&config.pgbouncer)?;
+        for warning in tls.warnings() {
+            tracing::warn!("{warning}");
         }
         let config = Arc::new(config);
         let settings = &config.pgbouncer;
@@ -95,7 +93,11 @@ impl Pooler {
         let http = crate::http::bind(settings)
             .await
             .map_err(|(addr, source)| StartError::Listen { addr, source })?;
-        let state = Arc::new(PoolerState::new(config.clone(), Arc::new(secrets)));
+        let state = Arc::new(PoolerState::new(
+            config.clone(),
+            Arc::new(secrets),
+            Arc::new(tls),
+        ));
         // SHOW STATS averages, every stats_period (re-read each time).
         let weak = Arc::downgrade(&state);
         tokio::spawn(crate::stats::run_averages(

@@ -10,6 +10,7 @@ use crate::config::{Config, Secret};
 use crate::lifecycle::{Lifecycle, ReloadError, ReloadSummary, ShutdownMode};
 use crate::prepared::Registry;
 use crate::router::Router;
+use crate::tls::TlsContexts;
 
 /// What every part of a running pooler shares.
 pub struct PoolerState {
@@ -21,10 +22,14 @@ pub struct PoolerState {
 
 impl PoolerState {
     /// A running pooler's state over `config`, with the auth file's
-    /// `secrets`.
-    pub fn new(config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) -> Self {
+    /// `secrets` and the `tls` contexts the configuration describes.
+    pub fn new(
+        config: Arc<Config>,
+        secrets: Arc<HashMap<String, Secret>>,
+        tls: Arc<TlsContexts>,
+    ) -> Self {
         Self {
-            router: Router::new(config, secrets),
+            router: Router::new(config, secrets, tls),
             cancels: CancelRegistry::default(),
             lifecycle: Lifecycle::new(),
             statements: Registry::default(),
@@ -54,6 +59,11 @@ impl PoolerState {
     /// The configuration in force now (a snapshot: RELOAD may replace it).
     pub fn config(&self) -> Arc<Config> {
         self.router.config()
+    }
+
+    /// The TLS contexts in force now.
+    pub fn tls(&self) -> Arc<TlsContexts> {
+        self.router.tls()
     }
 
     /// The auth file's secrets in force now.

@@ -12,6 +12,7 @@ use super::{is_console, show, Role};
 use crate::config::Config;
 use crate::proto::messages;
 use crate::state::PoolerState;
+use crate::tls::TlsContexts;
 
 /// Runs `text` and writes its results (or its error) to `out`.
 pub(super) async fn run(
@@ -215,9 +216,21 @@ fn set(
         .pgbouncer
         .set(key, value)
         .map_err(|err| CommandError::Failed(err.to_string()))?;
-    tracing::info!(%key, %value, "SET from the admin console");
     let router = state.router();
-    router.replace(Arc::new(config), router.secrets());
+    // New TLS files or modes apply to new connections; a broken one keeps
+    // the old setting.
+    let tls = if key.contains("tls") {
+        let tls = TlsContexts::from_settings(&config.pgbouncer)
+            .map_err(|err| CommandError::Failed(err.to_string()))?;
+        for warning in tls.warnings() {
+            tracing::warn!("{warning}");
+        }
+        Arc::new(tls)
+    } else {
+        router.tls()
+    };
+    tracing::info!(%key, %value, "SET from the admin console");
+    router.replace(Arc::new(config), router.secrets(), tls);
     router.apply();
     messages::command_complete(out, &format!("SET {key}={value}"));
     Ok(())

@@ -325,7 +325,7 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
                     server_ptr(link)
                 }),
                 num(c.info.remote_pid),
-                text(""),
+                text(c.info.tls.as_str()),
                 text(c.application_name()),
                 num(c.prepared()),
                 num(c.info.id),
@@ -379,7 +379,7 @@ fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
                     client_ptr(link)
                 }),
                 num(sv.remote_pid()),
-                text(""),
+                text(sv.tls()),
                 text(app),
                 num(sv.prepared()),
                 num(sv.id),

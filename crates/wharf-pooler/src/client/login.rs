@@ -15,7 +15,7 @@ use crate::auth::{authenticate_client, ClientAuthError};
 use crate::config::AuthType;
 use crate::net::ClientStream;
 use crate::pool::{ServerManager, ServerPool};
-use crate::proto::{messages, CancelKey};
+use crate::proto::{messages, CancelKey, Startup};
 use crate::router::RouteError;
 use crate::server::params::{is_tracked, set_param};
 use crate::server::{Params, ServerError};
@@ -48,14 +48,15 @@ pub(super) struct Login {
 /// Startup, authentication and routing; or a cancel request.
 pub(super) async fn login<S: ClientStream>(
     stream: &mut S,
+    first: Option<Startup>,
     peer: &str,
     state: &PoolerState,
 ) -> Result<LoggedIn, Ended> {
     // One snapshot for the whole login: a RELOAD in between must not mix
     // two configurations' rules.
     let config = state.config();
-    let (user, database, client_params) = match open(stream, peer, state, &config.pgbouncer).await?
-    {
+    let opening = open(stream, first, peer, state, &config.pgbouncer).await?;
+    let (user, database, client_params) = match opening {
         Opening::Cancel(key) => return Ok(LoggedIn::Cancel(key)),
         Opening::Session {
             user,

@@ -24,11 +24,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::admin;
 use crate::net::ClientStream;
-use crate::proto::messages;
+use crate::proto::{messages, Startup};
 use crate::state::PoolerState;
 use crate::stats::ClientInfo;
 use login::{login, send_welcome, LoggedIn};
 use session::Session;
+use startup::{negotiate, First};
 
 /// How long login may take when `client_login_timeout` is off.
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -44,12 +45,63 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 struct Ended;
 
-/// Serves one client connection from its first byte to its last.
+/// Serves one client connection from its first byte to its last: the
+/// encryption request and TLS handshake, then the session, plain or
+/// encrypted. The handshake counts against `client_login_timeout`, so a
+/// client that stalls in it holds nothing for longer than a slow login.
 pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: Arc<PoolerState>) {
+    let login_timeout = state
+        .config()
+        .pgbouncer
+        .client_login_timeout
+        .unwrap_or(NO_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + login_timeout;
+    let tls = state.tls();
+    let tls = tls.client();
+    let first = tokio::time::timeout_at(deadline, negotiate(&mut stream, &peer, &state, tls)).await;
+    match first {
+        Ok(Ok(First::Packet(packet))) => {
+            // Cancel requests come in plain text from every libpq before 17.
+            let plain_session = !matches!(packet, Startup::Cancel(_)) && !stream.is_local();
+            if plain_session && tls.required() {
+                tracing::info!(%peer, "closing client: TLS required");
+                refuse(&mut stream, &state, &peer, "08P01", "SSL required").await;
+                return;
+            }
+            serve(stream, Some(packet), peer, state, deadline).await;
+        }
+        Ok(Ok(First::Encrypt)) => {
+            let Ok(tcp) = stream.into_tcp() else {
+                return;
+            };
+            match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
+                Ok(Ok(encrypted)) => serve(encrypted, None, peer, state, deadline).await,
+                Ok(Err(err)) => {
+                    tracing::info!(%peer, error = %err, "closing client: TLS handshake failed");
+                }
+                Err(_) => tracing::info!(%peer, "closing client: TLS handshake timed out"),
+            }
+        }
+        Ok(Err(Ended)) => {}
+        Err(_) => {
+            refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
+            tracing::info!(%peer, "closing client: login timed out");
+        }
+    }
+}
+
+/// The login and the session, once the stream is what it will stay.
+async fn serve<S: ClientStream>(
+    mut stream: S,
+    first: Option<Startup>,
+    peer: String,
+    state: Arc<PoolerState>,
+    deadline: tokio::time::Instant,
+) {
     let config = state.config();
     let settings = &config.pgbouncer;
-    let login_timeout = settings.client_login_timeout.unwrap_or(NO_TIMEOUT);
-    let logged_in = tokio::time::timeout(login_timeout, login(&mut stream, &peer, &state)).await;
+    let logged_in =
+        tokio::time::timeout_at(deadline, login(&mut stream, first, &peer, &state)).await;
     let login = match logged_in {
         Ok(Ok(LoggedIn::Pool(login))) => login,
         // Outside the login timeout: a cancel given up midway would leave
@@ -160,6 +212,7 @@ fn client_info<S: ClientStream>(
         pool_user: pool_user.to_owned(),
         addr,
         local_addr: stream.local_end().unwrap_or_default(),
+        tls: stream.tls().map(|t| t.describe()).unwrap_or_default(),
         remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
         admin,
     }

@@ -10,6 +10,7 @@ use crate::net::ClientStream;
 use crate::proto::{read_startup, CancelKey, ProtocolError, Startup};
 use crate::server::params::is_tracked;
 use crate::state::PoolerState;
+use crate::tls::ClientTls;
 
 /// Startup parameters a client may send besides the tracked ones.
 const ACCEPTED: &[&str] = &["user", "database"];
@@ -27,32 +28,72 @@ pub(super) enum Opening {
     Cancel(CancelKey),
 }
 
-/// Reads the startup packets. A client that breaks the protocol, sends a
-/// parameter the pooler does not accept or names no user is told why
-/// (FATAL) and `Ended`.
+/// What a client's first packet turned out to be, once the encryption
+/// requests the pooler declines are answered.
+pub(super) enum First {
+    /// An SSLRequest the pooler answered 'S': the TLS handshake is next.
+    Encrypt,
+    /// A startup message or a cancel request, in plain text.
+    Packet(Startup),
+}
+
+/// Reads the client's first packets: an SSLRequest is answered 'S' when
+/// client TLS is set up (never on a Unix socket), and any other
+/// encryption request 'N' (go on in plain text).
+pub(super) async fn negotiate<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    tls: &ClientTls,
+) -> Result<First, Ended> {
+    loop {
+        let answer = match read_startup(stream).await {
+            Ok(Startup::SslRequest) if tls.offered() && !stream.is_local() => b"S",
+            Ok(Startup::SslRequest | Startup::GssEncRequest) => b"N",
+            Ok(packet) => return Ok(First::Packet(packet)),
+            Err(err) => return Err(bad_startup(stream, peer, state, err).await),
+        };
+        if stream.write_all(answer).await.is_err() {
+            return Err(Ended);
+        }
+        if answer == b"S" {
+            return Ok(First::Encrypt);
+        }
+    }
+}
+
+/// Reads the startup packets, starting with `first` when it was read
+/// already. A client that breaks the protocol, sends a parameter the
+/// pooler does not accept or names no user is told why (FATAL) and
+/// `Ended`.
 pub(super) async fn open<S: ClientStream>(
     stream: &mut S,
+    first: Option<Startup>,
     peer: &str,
     state: &PoolerState,
     settings: &Settings,
 ) -> Result<Opening, Ended> {
+    let mut next = first;
     let params = loop {
-        match read_startup(stream).await {
+        let packet = match next.take() {
+            Some(packet) => Ok(packet),
+            None => read_startup(stream).await,
+        };
+        match packet {
+            // Inside TLS already: a second request is a protocol violation.
+            Ok(Startup::SslRequest | Startup::GssEncRequest) if stream.tls().is_some() => {
+                let message = "encryption requested on an encrypted connection";
+                refuse(stream, state, peer, "08P01", message).await;
+                return Err(Ended);
+            }
             Ok(Startup::SslRequest) | Ok(Startup::GssEncRequest) => {
-                // No encryption yet: 'N' tells the client to go on in plain text.
                 if stream.write_all(b"N").await.is_err() {
                     return Err(Ended);
                 }
             }
             Ok(Startup::Cancel(key)) => return Ok(Opening::Cancel(key)),
             Ok(Startup::Startup { params, .. }) => break params,
-            Err(ProtocolError::Closed) => return Err(Ended),
-            Err(err) => {
-                tracing::info!(%peer, error = %err, "closing client: bad startup packet");
-                let message = format!("invalid startup packet: {err}");
-                refuse(stream, state, peer, "08P01", &message).await;
-                return Err(Ended);
-            }
+            Err(err) => return Err(bad_startup(stream, peer, state, err).await),
         }
     };
     let Sorted {
@@ -81,6 +122,21 @@ pub(super) async fn open<S: ClientStream>(
         database,
         params: tracked,
     })
+}
+
+/// Ends a client whose startup packet is broken, telling it why.
+async fn bad_startup<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    err: ProtocolError,
+) -> Ended {
+    if !matches!(err, ProtocolError::Closed) {
+        tracing::info!(%peer, error = %err, "closing client: bad startup packet");
+        let message = format!("invalid startup packet: {err}");
+        refuse(stream, state, peer, "08P01", &message).await;
+    }
+    Ended
 }
 
 /// A startup message's parameters, sorted.

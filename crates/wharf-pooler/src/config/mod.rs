@@ -391,9 +391,6 @@ impl Builder {
             }
             Some(Err(e)) => Err(pos.value_error(shown, raw, e, "")),
             Some(Ok(())) => {
-                if let Some(refusal) = self.config.pgbouncer.key_refusal(key) {
-                    return Err(pos.invalid(shown, refusal));
-                }
                 if let Some(warning) = self.config.pgbouncer.key_warning(key) {
                     self.warn(pos, Some(shown), warning);
                 }

@@ -60,9 +60,8 @@ impl Named for AuthType {
     const UNSUPPORTED: &'static [&'static str] = &["cert", "hba", "ldap", "pam"];
 }
 
-/// A TLS mode (`client_tls_sslmode`, `server_tls_sslmode`). Wharf does not
-/// speak TLS yet: a mode that demands it (`require` and stronger) is
-/// refused rather than run in plain text.
+/// A TLS mode (`client_tls_sslmode`, `server_tls_sslmode`), with
+/// PgBouncer's meaning on each side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SslMode {
     /// No TLS.
@@ -295,24 +294,29 @@ settings! {
     /// A client that has not logged in within this is disconnected; `None`
     /// (0) disables. Default 60 s.
     client_login_timeout: Option<Duration> = Some(secs(60)), OptSecs, Some("60"), true;
-    /// TLS 1.3 ciphers for clients. Stored only. Default unset.
+    /// TLS 1.3 suites for clients (IANA names joined by `:`). Default unset: all.
     client_tls13_ciphers: Option<String> = None, OptText, None, true;
-    /// CA file for client certificates. Stored only. Default empty.
+    /// Root certificates client certificates are verified against
+    /// (`verify-ca`, `verify-full`). Default empty.
     client_tls_ca_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// Certificate shown to clients. Stored only. Default empty.
+    /// Certificate chain shown to clients (PEM). Default empty.
     client_tls_cert_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// TLS ciphers for clients. Stored only. Default `default`.
+    /// TLS 1.2 ciphers for clients, in OpenSSL syntax or a shortcut, mapped
+    /// onto rustls's suites. Default `default`.
     client_tls_ciphers: String = "default".to_owned(), Text, Some("default"), true;
-    /// DHE parameters for clients. Stored only. Default `auto`.
+    /// DHE parameters for clients; rustls has no DHE, so anything but
+    /// `auto`/`none` gets a warning. Default `auto`.
     client_tls_dheparams: String = "auto".to_owned(), Text, Some("auto"), true;
-    /// ECDH curve for clients. Stored only. Default `auto`.
+    /// ECDH curves for clients (X25519, P-256, P-384). Default `auto`.
     client_tls_ecdhcurve: String = "auto".to_owned(), Text, Some("auto"), true;
-    /// Private key for client TLS. Stored only. Default empty.
+    /// Private key for client TLS (PEM). Default empty.
     client_tls_key_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// TLS protocol versions for clients. Stored only. Default `secure`.
+    /// TLS protocol versions for clients (rustls has 1.2 and 1.3). Default
+    /// `secure`.
     client_tls_protocols: String = "secure".to_owned(), Text, Some("secure"), true;
-    /// TLS mode for clients; wharf has no TLS yet, so modes that demand it
-    /// are refused. Default `disable`.
+    /// TLS mode for clients: `require` and stronger turn away plain TCP
+    /// clients, `verify-*` also demand a certificate signed by
+    /// `client_tls_ca_file`. Default `disable`.
     client_tls_sslmode: SslMode = SslMode::Disable, Lookup<SslMode>, Some("disable"), true;
     /// The configuration file, as `SHOW CONFIG` shows it. Unset unless
     /// written in the file; [`Config::describe`](super::Config::describe)
@@ -441,20 +445,23 @@ settings! {
     server_reset_query_always: bool = false, Flag, Some("0"), true;
     /// Reuse server connections round-robin instead of LIFO. Default off.
     server_round_robin: bool = false, Flag, Some("0"), true;
-    /// TLS 1.3 ciphers for servers. Stored only. Default unset.
+    /// TLS 1.3 suites for servers. Default unset: all.
     server_tls13_ciphers: Option<String> = None, OptText, None, true;
-    /// CA file for server certificates. Stored only. Default empty.
+    /// Root certificates servers are verified against (`verify-ca`,
+    /// `verify-full`); empty means the system's. Default empty.
     server_tls_ca_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// Client certificate shown to servers. Stored only. Default empty.
+    /// Certificate chain the pooler shows servers (PEM). Default empty.
     server_tls_cert_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// TLS ciphers for servers. Stored only. Default `default`.
+    /// TLS 1.2 ciphers for servers, as `client_tls_ciphers`. Default
+    /// `default`.
     server_tls_ciphers: String = "default".to_owned(), Text, Some("default"), true;
-    /// Private key for server TLS. Stored only. Default empty.
+    /// Private key for `server_tls_cert_file` (PEM). Default empty.
     server_tls_key_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// TLS protocol versions for servers. Stored only. Default `secure`.
+    /// TLS protocol versions for servers. Default `secure`.
     server_tls_protocols: String = "secure".to_owned(), Text, Some("secure"), true;
-    /// TLS mode for servers; wharf has no TLS yet (plain connections), so
-    /// modes that demand it are refused. Default `prefer`.
+    /// TLS mode for servers: `prefer` asks and falls back to plain text,
+    /// `require` refuses a server without TLS, `verify-ca` checks the
+    /// chain, `verify-full` the host name too. Default `prefer`.
     server_tls_sslmode: SslMode = SslMode::Prefer, Lookup<SslMode>, Some("prefer"), true;
     /// Set `SO_REUSEPORT` on listening sockets. Default off.
     so_reuseport: bool = false, Flag, Some("0"), false;
@@ -552,12 +559,6 @@ impl Settings {
         let mut updated = self.clone();
         match updated.apply(key, &Raw::Str(value)) {
             Some(Ok(())) => {
-                if let Some(message) = updated.key_refusal(key) {
-                    return Err(SetError::Unsupported {
-                        key: key.to_owned(),
-                        message,
-                    });
-                }
                 *self = updated;
                 Ok(())
             }

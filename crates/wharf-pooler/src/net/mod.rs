@@ -1,10 +1,12 @@
 //! Addresses and byte streams, both ways: where servers listen, the
 //! sockets to them, and the client sockets the relay splits in halves.
-//! Encryption will plug in here, inside the stream types, so that nothing
+//! Encryption plugs in here, inside the stream types, so that nothing
 //! above knows whether a connection is TLS.
 
 mod addr;
 mod stream;
+mod tls;
 
 pub use addr::ServerAddr;
 pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter, TlsSummary};
+pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

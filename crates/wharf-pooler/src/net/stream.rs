@@ -8,15 +8,58 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
-/// A socket to a server, TCP or Unix.
+use super::tls::TlsServerStream;
+
+/// A socket to a server, TCP or Unix, plain or TLS.
 #[derive(Debug)]
 pub enum ServerStream {
     /// TCP.
     Tcp(TcpStream),
     /// Unix domain socket.
     Unix(UnixStream),
+    /// TLS over TCP.
+    Tls(Box<TlsServer>),
+}
+
+/// A server's TLS connection, split once when it is opened (the halves
+/// share a lock, taken per read or write, instead of a split per
+/// transaction).
+#[derive(Debug)]
+pub struct TlsServer {
+    reader: ReadHalf<TlsServerStream>,
+    writer: WriteHalf<TlsServerStream>,
+    local: (String, u16),
+    summary: TlsSummary,
+}
+
+impl ServerStream {
+    /// A server connection whose TLS handshake is done.
+    pub fn encrypted(stream: TlsServerStream) -> Self {
+        let (tcp, state) = stream.get_ref().get_ref();
+        let local = tcp
+            .local_addr()
+            .map(|a| (a.ip().to_string(), a.port()))
+            .unwrap_or_default();
+        let summary = super::tls::summarize(state, None);
+        let (reader, writer) = tokio::io::split(stream);
+        ServerStream::Tls(Box::new(TlsServer {
+            reader,
+            writer,
+            local,
+            summary,
+        }))
+    }
+
+    /// What the TLS handshake agreed on; `None` for a plain connection.
+    pub fn tls(&self) -> Option<&TlsSummary> {
+        match self {
+            ServerStream::Tls(tls) => Some(&tls.summary),
+            _ => None,
+        }
+    }
 }
 
 /// The reading half of a split [`ServerStream`].
@@ -25,6 +68,8 @@ pub enum ServerReader<'a> {
     Tcp(tokio::net::tcp::ReadHalf<'a>),
     /// Unix.
     Unix(tokio::net::unix::ReadHalf<'a>),
+    /// TLS.
+    Tls(&'a mut ReadHalf<TlsServerStream>),
 }
 
 impl AsyncRead for ServerReader<'_> {
@@ -36,6 +81,7 @@ impl AsyncRead for ServerReader<'_> {
         match self.get_mut() {
             ServerReader::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ServerReader::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ServerReader::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -46,6 +92,8 @@ pub enum ServerWriter<'a> {
     Tcp(tokio::net::tcp::WriteHalf<'a>),
     /// Unix.
     Unix(tokio::net::unix::WriteHalf<'a>),
+    /// TLS.
+    Tls(&'a mut WriteHalf<TlsServerStream>),
 }
 
 impl AsyncWrite for ServerWriter<'_> {
@@ -57,6 +105,7 @@ impl AsyncWrite for ServerWriter<'_> {
         match self.get_mut() {
             ServerWriter::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ServerWriter::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            ServerWriter::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -64,6 +113,7 @@ impl AsyncWrite for ServerWriter<'_> {
         match self.get_mut() {
             ServerWriter::Tcp(s) => Pin::new(s).poll_flush(cx),
             ServerWriter::Unix(s) => Pin::new(s).poll_flush(cx),
+            ServerWriter::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -71,6 +121,7 @@ impl AsyncWrite for ServerWriter<'_> {
         match self.get_mut() {
             ServerWriter::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ServerWriter::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            ServerWriter::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -88,6 +139,10 @@ impl ServerStream {
                 let (r, w) = s.split();
                 (ServerReader::Unix(r), ServerWriter::Unix(w))
             }
+            ServerStream::Tls(tls) => (
+                ServerReader::Tls(&mut tls.reader),
+                ServerWriter::Tls(&mut tls.writer),
+            ),
         }
     }
 
@@ -96,6 +151,10 @@ impl ServerStream {
         match self {
             ServerStream::Tcp(s) => s.write_all(bytes).await,
             ServerStream::Unix(s) => s.write_all(bytes).await,
+            ServerStream::Tls(tls) => {
+                tls.writer.write_all(bytes).await?;
+                tls.writer.flush().await
+            }
         }
     }
 
@@ -107,6 +166,7 @@ impl ServerStream {
                 .map(|a| (a.ip().to_string(), a.port()))
                 .unwrap_or_default(),
             ServerStream::Unix(_) => ("unix".to_owned(), 0),
+            ServerStream::Tls(tls) => tls.local.clone(),
         }
     }
 
@@ -115,6 +175,7 @@ impl ServerStream {
         match self {
             ServerStream::Tcp(s) => s.read_buf(buf).await,
             ServerStream::Unix(s) => s.read_buf(buf).await,
+            ServerStream::Tls(tls) => tls.reader.read_buf(buf).await,
         }
     }
 }
@@ -145,6 +206,19 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// What the TLS handshake agreed on; `None` for a plain connection.
     fn tls(&self) -> Option<TlsSummary> {
         None
+    }
+
+    /// A Unix socket: local, so encryption is neither offered nor asked.
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    /// The TCP socket, for a TLS handshake; itself back if it is not one.
+    fn into_tcp(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
     }
 }
 
@@ -177,6 +251,12 @@ impl TlsSummary {
         &self.cipher
     }
 
+    /// As `SHOW CLIENTS` and `SHOW SERVERS` show it:
+    /// `TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519`.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.protocol, self.cipher)
+    }
+
     /// The common name (CN) of the certificate the peer presented and the
     /// pooler verified, if any.
     pub fn peer_common_name(&self) -> Option<&str> {
@@ -195,6 +275,9 @@ impl ClientStream for TcpStream {
             .ok()
             .map(|a| (a.ip().to_string(), a.port()))
     }
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
 }
 
 impl ClientStream for UnixStream {
@@ -205,6 +288,9 @@ impl ClientStream for UnixStream {
     }
     fn local_end(&self) -> Option<(String, u16)> {
         Some(("unix".to_owned(), 0))
+    }
+    fn is_local(&self) -> bool {
+        true
     }
     fn peer_credentials(&self) -> Option<(u32, Option<u32>)> {
         let cred = self.peer_cred().ok()?;

@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::config::{Config, Secret};
 use crate::pool::{ConnectionLimit, DbControl, GlobalControl, ServerPool, Tracking};
 use crate::stats::Stats;
+use crate::tls::TlsContexts;
 use plan::PoolPlan;
 
 /// Why a client's database could not be routed.
@@ -46,6 +47,7 @@ pub struct Router {
     /// (a shared counter every core would write) per transaction.
     generation: AtomicU64,
     secrets: RwLock<Arc<HashMap<String, Secret>>>,
+    tls: RwLock<Arc<TlsContexts>>,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
     /// `max_db_connections` and `max_user_connections`, by "db:NAME" and
     /// "user:NAME", shared by every pool they cover.
@@ -60,12 +62,18 @@ pub struct Router {
 
 impl Router {
     /// A router over `config`, with the auth file's secrets for logging in
-    /// to servers as users whose password is not in `[databases]`.
-    pub fn new(config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) -> Self {
+    /// to servers as users whose password is not in `[databases]`, and the
+    /// TLS contexts the configuration describes.
+    pub fn new(
+        config: Arc<Config>,
+        secrets: Arc<HashMap<String, Secret>>,
+        tls: Arc<TlsContexts>,
+    ) -> Self {
         Self {
             config: RwLock::new(config),
             generation: AtomicU64::new(0),
             secrets: RwLock::new(secrets),
+            tls: RwLock::new(tls),
             pools: RwLock::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
@@ -85,12 +93,23 @@ impl Router {
         self.secrets.read().clone()
     }
 
-    /// Puts a reloaded configuration and auth file in force for new
-    /// clients, transactions and pools. Existing pools are brought in line
-    /// by [`Router::apply`].
-    pub fn replace(&self, config: Arc<Config>, secrets: Arc<HashMap<String, Secret>>) {
+    /// The TLS contexts in force now.
+    pub fn tls(&self) -> Arc<TlsContexts> {
+        self.tls.read().clone()
+    }
+
+    /// Puts a reloaded configuration, auth file and TLS contexts in force
+    /// for new clients, transactions and pools. Existing pools are brought
+    /// in line by [`Router::apply`].
+    pub fn replace(
+        &self,
+        config: Arc<Config>,
+        secrets: Arc<HashMap<String, Secret>>,
+        tls: Arc<TlsContexts>,
+    ) {
         *self.config.write() = config;
         *self.secrets.write() = secrets;
+        *self.tls.write() = tls;
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -143,8 +162,14 @@ impl Router {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let plan = PoolPlan::new(&config, &self.secrets(), database, &server_user)
-            .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
+        let plan = PoolPlan::new(
+            &config,
+            &self.secrets(),
+            self.tls().server(),
+            database,
+            &server_user,
+        )
+        .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
         let mut limits = Vec::new();
         if let Some(db_max) = plan.max_db_connections {
             limits.push(self.limit(

@@ -9,6 +9,7 @@ use crate::config::{Config, Secret, ServerCheck};
 use crate::net::ServerAddr;
 use crate::pool::PoolShape;
 use crate::server::ServerTarget;
+use crate::tls::ServerTls;
 
 /// What the configuration says one pool should be.
 pub(super) struct PoolPlan {
@@ -25,6 +26,7 @@ impl PoolPlan {
     pub(super) fn new(
         config: &Config,
         secrets: &HashMap<String, Secret>,
+        tls: &ServerTls,
         database: &str,
         server_user: &str,
     ) -> Option<Self> {
@@ -81,6 +83,7 @@ impl PoolPlan {
             startup_params,
             connect_query: entry.connect_query.clone(),
             check_query,
+            tls: tls.clone(),
         };
         Some(Self {
             shape,

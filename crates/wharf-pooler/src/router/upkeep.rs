@@ -28,9 +28,16 @@ impl Router {
     pub fn apply(&self) -> Applied {
         let config = self.config();
         let secrets = self.secrets();
+        let tls = self.tls();
         let mut applied = Applied::default();
         for pool in self.pools() {
-            let Some(plan) = PoolPlan::new(&config, &secrets, pool.database(), pool.user()) else {
+            let Some(plan) = PoolPlan::new(
+                &config,
+                &secrets,
+                tls.server(),
+                pool.database(),
+                pool.user(),
+            ) else {
                 tracing::warn!(database = %pool.database(), user = %pool.user(),
                     "database no longer in the configuration; its pool keeps running until unused");
                 applied.orphaned += 1;

@@ -36,6 +36,15 @@ pub enum ServerError {
         /// The cause.
         source: ProtocolError,
     },
+    /// TLS was required and could not be had, or the server failed the
+    /// certificate check.
+    #[error("server {addr}: {reason}")]
+    Tls {
+        /// The server.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// Logging in failed on the pooler's side.
     #[error("server {addr}: {source}")]
     Auth {

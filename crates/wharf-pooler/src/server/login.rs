@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::server_error;
 use super::{ServerConn, ServerError, ServerParams, ServerTarget};
 use crate::auth::{ServerAuth, ServerLogin};
 use crate::cancel::ServerCancels;
-use crate::net::ServerStream;
+use crate::net::{ServerAddr, ServerStream};
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
@@ -33,6 +34,7 @@ impl ServerConn {
             source,
         };
         let stream = target.addr.connect().await.map_err(io_err)?;
+        let stream = encrypt(stream, target, &addr).await?;
         let mut conn = ServerConn {
             stream: Some(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -109,9 +111,65 @@ impl ServerConn {
             conn.simple_query(query).await?;
         }
         let local = conn.stream.as_ref().map(ServerStream::local);
+        let tls = conn
+            .stream
+            .as_ref()
+            .and_then(ServerStream::tls)
+            .map(|t| t.describe())
+            .unwrap_or_default();
         let entry = conn.entry.as_ref().expect(super::conn::OPEN);
-        entry.entry.logged_in(conn.key.pid, local);
+        entry.entry.logged_in(conn.key.pid, local, tls);
         entry.set_idle();
         Ok(conn)
+    }
+}
+
+/// SSLRequest: length 8, then the request code 1234/5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks a TCP server for TLS when `server_tls_sslmode` says to, and does
+/// the handshake if it agrees. Unix sockets stay plain: PostgreSQL offers
+/// no TLS on them (libpq ignores `sslmode` there too).
+async fn encrypt(
+    stream: ServerStream,
+    target: &ServerTarget,
+    addr: &str,
+) -> Result<ServerStream, ServerError> {
+    let tls = &target.tls;
+    let ServerAddr::Tcp { host, .. } = &target.addr else {
+        return Ok(stream);
+    };
+    let ServerStream::Tcp(mut tcp) = stream else {
+        return Ok(stream);
+    };
+    let io_err = |source| ServerError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    if !tls.asked() {
+        return Ok(ServerStream::Tcp(tcp));
+    }
+    tcp.write_all(&SSL_REQUEST).await.map_err(io_err)?;
+    // One byte and no more: anything the server sent after it before the
+    // handshake would be unencrypted bytes passed off as encrypted ones.
+    let answer = tcp.read_u8().await.map_err(io_err)?;
+    let refused = |reason: String| ServerError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    match answer {
+        b'S' => match tls.connect(tcp, host).await {
+            Ok(encrypted) => Ok(ServerStream::encrypted(encrypted)),
+            Err(err) => Err(refused(format!("TLS handshake failed: {err}"))),
+        },
+        b'N' if tls.required() => Err(refused(format!(
+            "the server does not accept TLS connections, and server_tls_sslmode = {}",
+            tls.mode()
+        ))),
+        b'N' => Ok(ServerStream::Tcp(tcp)),
+        _ => Err(ServerError::Protocol {
+            addr: addr.to_owned(),
+            source: ProtocolError::Malformed("answer to SSLRequest"),
+        }),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::config::Secret;
 use crate::net::ServerAddr;
+use crate::tls::ServerTls;
 
 use super::Params;
 
@@ -25,4 +26,7 @@ pub struct ServerTarget {
     /// The liveness check (PgBouncer's `server_check_query`); an empty
     /// string sends an empty query, which costs the server nothing.
     pub check_query: Option<String>,
+    /// Whether and how to ask for TLS (`server_tls_*`); a change retires
+    /// the pool's servers as any other target change does.
+    pub tls: ServerTls,
 }

@@ -274,6 +274,8 @@ pub struct ServerEntry {
     /// target, RECONNECT, PAUSE, KILL), the server closes when released.
     generation: Arc<Generation>,
     local_addr: Mutex<(String, u16)>,
+    /// The TLS protocol and cipher, empty for plain text.
+    tls: Mutex<String>,
     remote_pid: AtomicI32,
     request_time: AtomicU64,
     /// When it last went idle (monotonic, µs since the registry started).
@@ -301,12 +303,19 @@ impl ServerEntry {
         ServerState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Logged in: records its backend pid and local address.
-    pub fn logged_in(&self, pid: i32, local: Option<(String, u16)>) {
+    /// Logged in: records its backend pid, local address and TLS.
+    pub fn logged_in(&self, pid: i32, local: Option<(String, u16)>, tls: String) {
         self.remote_pid.store(pid, Ordering::Relaxed);
         if let Some(local) = local {
             *self.local_addr.lock() = local;
         }
+        *self.tls.lock() = tls;
+    }
+
+    /// The TLS protocol and cipher (`SHOW SERVERS` tls), empty for plain
+    /// text.
+    pub fn tls(&self) -> String {
+        self.tls.lock().clone()
     }
 
     /// Sets its state; `epoch` is the registry's start, for idle times.
@@ -416,6 +425,8 @@ pub struct ClientInfo {
     pub addr: (String, u16),
     /// Local address and port.
     pub local_addr: (String, u16),
+    /// The TLS protocol and cipher, empty for plain text.
+    pub tls: String,
     /// Peer process id when known, else 0.
     pub remote_pid: u32,
     /// Admin console session.
@@ -464,6 +475,7 @@ impl Stats {
             born: generation.1,
             generation: generation.0,
             local_addr: Mutex::new((String::new(), 0)),
+            tls: Mutex::new(String::new()),
             remote_pid: AtomicI32::new(0),
             request_time: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -520,6 +532,7 @@ mod tests {
             pool_user: "u".into(),
             addr: ("a".into(), 1),
             local_addr: ("b".into(), 2),
+            tls: String::new(),
             remote_pid: 0,
             admin: false,
         };

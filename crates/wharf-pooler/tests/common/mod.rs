@@ -314,6 +314,7 @@ impl TestPooler {
     }
 }
 
+pub mod certs;
 pub mod console;
 pub mod pgbench;
 pub mod wire;

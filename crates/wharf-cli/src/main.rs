@@ -101,7 +101,19 @@ fn check(path: &std::path::Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    let tls = match wharf_pooler::tls::TlsContexts::from_settings(&config.pgbouncer) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in tls.warnings() {
+        eprintln!("warning: {warning}");
+    }
     println!("{}: OK", path.display());
+    println!();
+    println!("clients: {}", client_tls(&config));
     println!();
     println!("[databases]");
     for db in &config.databases {
@@ -112,6 +124,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             mode.as_str(),
             prepared_statements(&config, mode)
         );
+        println!("  {:<20} server TLS: {}", "", server_tls(&config, db));
     }
     println!();
     println!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
@@ -125,6 +138,39 @@ fn check(path: &std::path::Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// What TLS clients get.
+fn client_tls(config: &config::Config) -> String {
+    let settings = &config.pgbouncer;
+    let mode = settings.client_tls_sslmode;
+    let what = match mode {
+        config::SslMode::Disable => "plain text only (SSLRequest answered 'N')",
+        config::SslMode::Allow | config::SslMode::Prefer => {
+            "TLS when the client asks, plain otherwise"
+        }
+        config::SslMode::Require => "TLS required on TCP (Unix sockets stay plain)",
+        config::SslMode::VerifyCa | config::SslMode::VerifyFull => {
+            "TLS with a client certificate signed by client_tls_ca_file"
+        }
+    };
+    format!("client_tls_sslmode = {}: {what}", mode.as_str())
+}
+
+/// What TLS a database's server connections get.
+fn server_tls(config: &config::Config, db: &config::Database) -> String {
+    if db.host.as_deref().is_none_or(|h| h.starts_with('/')) {
+        return "none (Unix socket)".to_owned();
+    }
+    let mode = config.pgbouncer.server_tls_sslmode;
+    let what = match mode {
+        config::SslMode::Disable | config::SslMode::Allow => "plain text",
+        config::SslMode::Prefer => "TLS if the server offers it, certificate not checked",
+        config::SslMode::Require => "TLS required, certificate not checked",
+        config::SslMode::VerifyCa => "TLS required, certificate chain checked, host name not",
+        config::SslMode::VerifyFull => "TLS required, certificate chain and host name checked",
+    };
+    format!("{} ({what})", mode.as_str())
 }
 
 /// What happens to a database's named prepared statements.

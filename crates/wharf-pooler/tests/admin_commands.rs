@@ -258,17 +258,18 @@ async fn set_changes_changeable_settings_only() {
     assert!(show_err(&admin, "SET default_pool_size = lots")
         .await
         .contains("invalid value"));
-    // Asking for encryption wharf cannot give is refused, never weakened.
-    let refused = show_err(&admin, "SET server_tls_sslmode = require").await;
+    // Asking for encryption without a certificate to offer is refused,
+    // and the old mode stays.
+    let refused = show_err(&admin, "SET client_tls_sslmode = require").await;
     assert!(
-        refused.starts_with("server_tls_sslmode: \"require\" requires TLS"),
+        refused.contains("client_tls_sslmode = require needs client_tls_key_file"),
         "{refused}"
     );
     assert_eq!(
         show(&admin, "SHOW CONFIG")
             .await
-            .value("key", "server_tls_sslmode", "value"),
-        "prefer"
+            .value("key", "client_tls_sslmode", "value"),
+        "disable"
     );
     assert_eq!(
         show(&admin, "SHOW CONFIG")

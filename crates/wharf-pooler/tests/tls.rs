@@ -82,8 +82,10 @@ async fn verify_full_encrypts_server_connections_and_reload_closes_them_only_on_
     let certs = issue(&["127.0.0.1", "localhost"], "postgres");
     let cluster = tls_cluster(&certs).await;
     let pgbouncer = format!(
-        "admin_users = postgres\ndefault_pool_size = 1\nserver_tls_sslmode = verify-full\nserver_tls_ca_file = {}\n",
-        certs.ca.display()
+        "admin_users = postgres\ndefault_pool_size = 1\nserver_tls_sslmode = verify-full\n\
+         server_tls_ca_file = {}\nhttp_listen_port = {}\n",
+        certs.ca.display(),
+        common::free_port()
     );
     let pooler = start_with(
         cluster,

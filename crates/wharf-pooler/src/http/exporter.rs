@@ -353,10 +353,37 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
         1,
     );
 
+    render_tls(doc, state);
     render_latencies(doc, state);
     let engine = render_pool_health(doc, state);
     render_runtime(doc);
     wharf::render_prometheus(&engine, &mut doc.0);
+}
+
+/// Open connections by side and encryption.
+fn render_tls(doc: &mut Doc, state: &PoolerState) {
+    let stats = state.router().stats();
+    let clients = stats.clients();
+    let servers = stats.servers();
+    let tls_clients = clients.iter().filter(|c| !c.info.tls.is_empty()).count();
+    let tls_servers = servers.iter().filter(|s| !s.tls().is_empty()).count();
+    doc.family(
+        "wharf_pooler_connections",
+        "gauge",
+        "Open client and server connections, by whether they are TLS.",
+    );
+    for (side, tls, count) in [
+        ("client", "true", tls_clients),
+        ("client", "false", clients.len() - tls_clients),
+        ("server", "true", tls_servers),
+        ("server", "false", servers.len() - tls_servers),
+    ] {
+        doc.sample(
+            "wharf_pooler_connections",
+            &[("side", side), ("tls", tls)],
+            count,
+        );
+    }
 }
 
 /// Per-pool latency histograms: client wait, transaction and query time.

@@ -8,5 +8,5 @@ mod stream;
 mod tls;
 
 pub use addr::ServerAddr;
-pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter, TlsSummary};
+pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
 pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

@@ -177,7 +177,7 @@ fn words(value: &str) -> impl Iterator<Item = &str> {
 }
 
 fn push_unique<T: PartialEq + ?Sized>(list: &mut Vec<&'static T>, item: &'static T) {
-    if !list.iter().any(|i| *i == item) {
+    if !list.contains(&item) {
         list.push(item);
     }
 }

@@ -11,6 +11,11 @@
 #   WHARF_BIN=/tmp/wharf-new WHARF_BASELINE=/tmp/wharf-old bench/pgbench-compare.sh
 #                                       # A/B: also an older wharf build,
 #                                       # interleaved with the others
+#   TLS=1 ROWS=select bench/pgbench-compare.sh
+#                                       # TLS everywhere: PostgreSQL with
+#                                       # ssl = on, both poolers with
+#                                       # client and server TLS required,
+#                                       # pgbench with sslmode=require
 #
 # Needs the PostgreSQL server binaries and pgbouncer (installed with apt-get
 # when missing). Everything runs on 127.0.0.1 in a temp dir that is removed
@@ -58,8 +63,18 @@ baseline_bin=${WHARF_BASELINE:-}
 
 ulimit -n 8192 2>/dev/null || true
 "${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
+pg_tls=""
+if [ "${TLS:-0}" = 1 ]; then
+  # One P-256 certificate for 127.0.0.1, used by PostgreSQL and both poolers.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$work/tls.key" -out "$work/tls.crt" -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
+  chmod 600 "$work/tls.key"; chown postgres "$work/tls.key" "$work/tls.crt" 2>/dev/null || true
+  pg_tls="-c ssl=on -c ssl_cert_file=$work/tls.crt -c ssl_key_file=$work/tls.key"
+  export PGSSLMODE=require
+fi
 "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=700 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" \
+  -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=700 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off $pg_tls" \
   start >/dev/null
 "$pg_bin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
 
@@ -82,6 +97,14 @@ pidfile = $work/$(basename "$2" .ini).pid
 log_connections = 0
 log_disconnections = 0
 EOF
+  if [ "${TLS:-0}" = 1 ]; then
+    cat >> "$2" <<EOF
+client_tls_sslmode = require
+client_tls_key_file = $work/tls.key
+client_tls_cert_file = $work/tls.crt
+server_tls_sslmode = require
+EOF
+  fi
 }
 write_ini "$bouncer_port" "$work/pgbouncer.ini"
 write_ini "$wharf_port" "$work/wharf.ini"
@@ -141,6 +164,7 @@ measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf ${WHARF_BIN:-$(git rev-parse --short HEAD)}"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
+[ "${TLS:-0}" = 1 ] && echo "TLS: every client and server connection (sslmode=require, P-256 certificate)"
 echo
 echo "CPU/xact: the pooler's utime+stime over the transactions pgbench counted (µs); cs/xact: its context switches per transaction"
 [ -n "$baseline_bin" ] && echo "baseline: $baseline_bin"

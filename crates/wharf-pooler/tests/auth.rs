@@ -381,16 +381,48 @@ async fn wrong_server_password_fails_the_client_login_without_hanging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_scram_needs_a_plain_text_password() {
-    // Only a SCRAM secret for carol: enough to check her, not to log in
-    // to a server that asks for SCRAM.
+async fn server_scram_pass_through_needs_the_servers_own_secret() {
+    // The auth file's SCRAM secret for carol is not the server's (another
+    // salt): her key opens the pooler's check, not the server.
     let pooler = server_login_pooler(&[CAROL], &userlist(), |_| String::new()).await;
     let (code, message) = server_login_fails(&pooler, CAROL.0, CAROL.1, "postgres").await;
     assert_eq!(code, "08006", "{message}");
     assert!(
-        message.contains("needs a plain-text password in the configuration"),
+        message.contains("has another salt or iteration count"),
         "{message}"
     );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_logs_in_to_the_server_with_no_plain_text_password() {
+    let cluster = cluster().await;
+    cluster.create_user(CAROL.0, CAROL.1).expect("role created");
+    let secret = cluster
+        .psql(
+            "postgres",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'carol'",
+        )
+        .expect("carol's secret");
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let userlist = format!("\"postgres\" \"postgres\"\n\"carol\" \"{secret}\"\n");
+    let pooler = start_with(
+        cluster,
+        Setup {
+            userlist: &userlist,
+            ..Setup::default()
+        },
+    )
+    .await;
+    // Over TCP the server takes only SCRAM: the pooler logs in with the
+    // key carol's own login revealed.
+    let client = pooler.login(CAROL.0, CAROL.1, "postgres").await.unwrap();
+    assert_eq!(current_user(&client).await, CAROL.0);
+    let out = psql_as(&pooler, CAROL.0, CAROL.1, "postgres", "SELECT current_user");
+    assert_eq!(psql_ok(&out), CAROL.0);
+    // A wrong password teaches the pooler nothing.
+    let (code, _) = refused(pooler.login(CAROL.0, "wrong", "postgres").await);
+    assert_eq!(code, "28P01");
     pooler.stop().await;
 }
 

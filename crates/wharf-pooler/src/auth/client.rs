@@ -6,6 +6,7 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::passthrough::ClientKey;
 use super::secrets::{
     constant_time_eq, hmac, scram_secret_from_password, sha256, verify_cleartext, verify_md5,
 };
@@ -29,13 +30,15 @@ pub enum ClientAuthError {
 
 /// Runs the client side of the login for `user` with `method`, against the
 /// user's secret from the auth file (`None` if the user is not there).
-/// On success the caller sends AuthenticationOk and the rest of the welcome.
+/// On success the caller sends AuthenticationOk and the rest of the welcome;
+/// a SCRAM login against a SCRAM secret also gives the client's key, for
+/// logging in to servers with the same secret.
 pub async fn authenticate_client<S>(
     stream: &mut S,
     method: AuthType,
     user: &str,
     secret: Option<&Secret>,
-) -> Result<(), ClientAuthError>
+) -> Result<Option<ClientKey>, ClientAuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -48,8 +51,8 @@ where
         // PgBouncer: "No authentication is done. The user name must still
         // exist in auth_file." (`any` ignores the name: the database's
         // forced user logs in.)
-        AuthType::Trust => listed.then_some(()).ok_or_else(failed),
-        AuthType::Any => Ok(()),
+        AuthType::Trust => listed.then_some(None).ok_or_else(failed),
+        AuthType::Any => Ok(None),
         AuthType::Plain => {
             let mut out = BytesMut::new();
             messages::auth_cleartext(&mut out);
@@ -57,17 +60,15 @@ where
             let password = read_password(stream).await?;
             let secret = secret.ok_or_else(failed)?;
             verify_cleartext(secret, user, &password)
-                .then_some(())
+                .then_some(None)
                 .ok_or_else(failed)
         }
         AuthType::Md5 => {
             // PostgreSQL upgrades md5 to SCRAM when it only has a SCRAM
             // secret; so does the pooler.
             if let Some(secret @ Secret::Scram { .. }) = secret {
-                return scram_exchange(stream, secret)
-                    .await?
-                    .then_some(())
-                    .ok_or_else(failed);
+                let key = scram_exchange(stream, secret).await?.ok_or_else(failed)?;
+                return Ok(Some(key));
             }
             let salt: [u8; 4] = fastrand::u32(..).to_be_bytes();
             let mut out = BytesMut::new();
@@ -76,7 +77,7 @@ where
             let response = read_password(stream).await?;
             let secret = secret.ok_or_else(failed)?;
             verify_md5(secret, user, salt, &response)
-                .then_some(())
+                .then_some(None)
                 .ok_or_else(failed)
         }
         AuthType::ScramSha256 => {
@@ -87,15 +88,14 @@ where
                 scram_exchange(stream, &decoy).await?;
                 return Err(failed());
             };
-            let secret = match secret {
-                Secret::Plain(password) => scram_secret_from_password(password, user),
+            let (secret, stored) = match secret {
+                Secret::Plain(password) => (scram_secret_from_password(password, user), false),
                 Secret::Md5(_) => return Err(failed()),
-                scram => scram.clone(),
+                scram => (scram.clone(), true),
             };
-            scram_exchange(stream, &secret)
-                .await?
-                .then_some(())
-                .ok_or_else(failed)
+            let key = scram_exchange(stream, &secret).await?.ok_or_else(failed)?;
+            // A key for a secret the pooler made up opens no server.
+            Ok(stored.then_some(key))
         }
     }
 }
@@ -112,9 +112,12 @@ async fn read_password<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, P
     Ok(password.to_owned())
 }
 
-/// The server side of SCRAM-SHA-256 (RFC 5802/7677, no channel binding);
-/// `Ok(false)` means the proof did not match.
-async fn scram_exchange<S>(stream: &mut S, secret: &Secret) -> Result<bool, ClientAuthError>
+/// The server side of SCRAM-SHA-256 (RFC 5802/7677, no channel binding):
+/// the client's key when its proof matched, `None` when it did not.
+async fn scram_exchange<S>(
+    stream: &mut S,
+    secret: &Secret,
+) -> Result<Option<ClientKey>, ClientAuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -125,7 +128,7 @@ where
         server_key,
     } = secret
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let malformed = || ClientAuthError::Protocol(ProtocolError::Malformed("SCRAM message"));
     let mut out = BytesMut::new();
@@ -179,26 +182,25 @@ where
         }
     }
     if channel != Some(B64.encode(gs2_header).as_str()) || final_nonce != Some(nonce.as_str()) {
-        return Ok(false);
+        return Ok(None);
     }
     let proof = B64.decode(proof).map_err(|_| malformed())?;
     if proof.len() != 32 {
-        return Ok(false);
+        return Ok(None);
     }
     let auth_message = format!("{bare},{server_first},{without_proof}");
     let client_signature = hmac(stored_key, &[auth_message.as_bytes()]);
-    let client_key: Vec<u8> = proof
-        .iter()
-        .zip(client_signature)
-        .map(|(p, s)| p ^ s)
-        .collect();
+    let mut client_key = [0u8; 32];
+    for ((k, p), s) in client_key.iter_mut().zip(&proof).zip(client_signature) {
+        *k = p ^ s;
+    }
     if !constant_time_eq(&sha256(&client_key), stored_key) {
-        return Ok(false);
+        return Ok(None);
     }
     let server_signature = hmac(server_key, &[auth_message.as_bytes()]);
     let server_final = format!("v={}", B64.encode(server_signature));
     let mut out = BytesMut::new();
     messages::auth_sasl_final(&mut out, server_final.as_bytes());
     stream.write_all(&out).await.map_err(ProtocolError::from)?;
-    Ok(true)
+    Ok(Some(ClientKey::new(client_key)))
 }

@@ -1,10 +1,13 @@
 //! Authentication, both ways: the pooler checks clients' passwords against
 //! the auth file (trust, plain, md5, SCRAM-SHA-256), and logs in to servers
-//! with the configured password (cleartext, md5, SCRAM-SHA-256).
+//! with the configured password (cleartext, md5, SCRAM-SHA-256) or, for
+//! SCRAM secrets, with the key a client's SCRAM login revealed.
 
 mod client;
+mod passthrough;
 mod secrets;
 mod server;
 
 pub use client::{authenticate_client, ClientAuthError};
+pub use passthrough::ClientKey;
 pub use server::{ServerAuth, ServerAuthError, ServerLogin};

@@ -86,7 +86,7 @@ pub(super) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+pub(super) fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut u = hmac(password, &[salt, &[0, 0, 0, 1]]);
     let mut out = u;
     for _ in 1..iterations {

@@ -1,11 +1,13 @@
 //! The server side of a login: the pooler answers a server's
 //! authentication requests with the configured password (cleartext, md5,
-//! SCRAM-SHA-256).
+//! SCRAM-SHA-256), or with a SCRAM ClientKey a client revealed
+//! (pass-through).
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 
+use super::passthrough::{ClientKey, KeyExchange, PassThroughError};
 use super::secrets::{hex, md5_hex, md5_secret};
 use crate::config::Secret;
 
@@ -24,9 +26,13 @@ pub enum ServerAuthError {
     /// The server wants a password and none is configured.
     #[error("server requested a password for user \"{0}\" but none is configured (set password= in [databases] or add the user to auth_file)")]
     NoPassword(String),
-    /// The server wants SCRAM but only an md5 secret is known.
-    #[error("server requested SCRAM-SHA-256 for user \"{0}\", which needs a plain-text password in the configuration")]
+    /// The server wants SCRAM but only an md5 secret is known, or a SCRAM
+    /// secret no client has logged in with yet.
+    #[error("server requested SCRAM-SHA-256 for user \"{0}\", which needs a plain-text password in the configuration, or a SCRAM secret that a client has logged in with (pass-through)")]
     NeedsPlainPassword(String),
+    /// Pass-through: the server's SCRAM secret is not the auth file's.
+    #[error("SCRAM pass-through for user \"{0}\" failed: the server's secret {1}")]
+    PassThrough(String, &'static str),
     /// A method the pooler does not implement.
     #[error("server requested an unsupported authentication method (code {0})")]
     Unsupported(i32),
@@ -35,19 +41,34 @@ pub enum ServerAuthError {
     Scram(std::io::Error),
 }
 
+/// A SCRAM exchange with a server in progress.
+enum Scram {
+    /// From a plain-text password.
+    Password(ScramSha256),
+    /// From a client's key (pass-through).
+    Keys(KeyExchange),
+}
+
 /// Answers a server's authentication requests during login, one at a time.
 pub struct ServerLogin<'a> {
     user: &'a str,
     password: Option<&'a Secret>,
-    scram: Option<ScramSha256>,
+    client_key: Option<&'a ClientKey>,
+    scram: Option<Scram>,
 }
 
 impl<'a> ServerLogin<'a> {
-    /// Prepares to log in as `user`, with `password` if one is configured.
-    pub fn new(user: &'a str, password: Option<&'a Secret>) -> Self {
+    /// Prepares to log in as `user`, with `password` if one is configured
+    /// and the ClientKey a client revealed for a SCRAM `password`.
+    pub fn new(
+        user: &'a str,
+        password: Option<&'a Secret>,
+        client_key: Option<&'a ClientKey>,
+    ) -> Self {
         Self {
             user,
             password,
+            client_key,
             scram: None,
         }
     }
@@ -87,33 +108,64 @@ impl<'a> ServerLogin<'a> {
                     .map_err(ServerAuthError::Scram)?;
             }
             10 => {
-                let Secret::Plain(password) = self.password.ok_or_else(no_password)? else {
-                    return Err(ServerAuthError::NeedsPlainPassword(self.user.to_owned()));
+                let password = self.password.ok_or_else(no_password)?;
+                let (scram, first) = match (password, self.client_key) {
+                    (Secret::Plain(password), _) => {
+                        let scram =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        let first = scram.message().to_vec();
+                        (Scram::Password(scram), first)
+                    }
+                    (secret, Some(key)) => {
+                        let exchange = KeyExchange::new(secret, key).ok_or_else(|| {
+                            ServerAuthError::NeedsPlainPassword(self.user.to_owned())
+                        })?;
+                        let first = exchange.client_first();
+                        (Scram::Keys(exchange), first)
+                    }
+                    _ => return Err(ServerAuthError::NeedsPlainPassword(self.user.to_owned())),
                 };
-                let scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out)
                     .map_err(ServerAuthError::Scram)?;
                 self.scram = Some(scram);
             }
             11 => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(ServerAuthError::Unsupported(code))?;
-                scram.update(data).map_err(ServerAuthError::Scram)?;
-                frontend::sasl_response(scram.message(), &mut out)
-                    .map_err(ServerAuthError::Scram)?;
+                let user = self.user;
+                let reply = match self.scram.as_mut() {
+                    Some(Scram::Password(scram)) => {
+                        scram.update(data).map_err(ServerAuthError::Scram)?;
+                        scram.message().to_vec()
+                    }
+                    Some(Scram::Keys(exchange)) => exchange
+                        .client_final(data)
+                        .map_err(|err| pass_through_error(user, err))?,
+                    None => return Err(ServerAuthError::Unsupported(code)),
+                };
+                frontend::sasl_response(&reply, &mut out).map_err(ServerAuthError::Scram)?;
             }
             12 => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(ServerAuthError::Unsupported(code))?;
-                scram.finish(data).map_err(ServerAuthError::Scram)?;
+                match self.scram.as_mut() {
+                    Some(Scram::Password(scram)) => {
+                        scram.finish(data).map_err(ServerAuthError::Scram)?
+                    }
+                    Some(Scram::Keys(exchange)) => exchange
+                        .verify_server_final(data)
+                        .map_err(|err| pass_through_error(self.user, err))?,
+                    None => return Err(ServerAuthError::Unsupported(code)),
+                }
                 return Ok(ServerAuth::Reply(out));
             }
             other => return Err(ServerAuthError::Unsupported(other)),
         }
         Ok(ServerAuth::Reply(out))
     }
+}
+
+fn pass_through_error(user: &str, err: PassThroughError) -> ServerAuthError {
+    let why = match err {
+        PassThroughError::OtherSecret => "has another salt or iteration count than the auth file's",
+        PassThroughError::Malformed => "sent a malformed SCRAM message",
+        PassThroughError::BadServerSignature => "is not the auth file's (wrong server signature)",
+    };
+    ServerAuthError::PassThrough(user.to_owned(), why)
 }

@@ -179,7 +179,11 @@ async fn authenticate<S: ClientStream>(
 ) -> Result<(), Ended> {
     let secrets = state.secrets();
     match authenticate_client(stream, auth_type, user, secrets.get(user)).await {
-        Ok(()) => Ok(()),
+        Ok(Some(key)) => {
+            state.router().learn_client_key(user, key);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
         Err(ClientAuthError::Failed(user)) => {
             tracing::info!(%peer, %user, "closing client: password authentication failed");
             let message = format!("password authentication failed for user \"{user}\"");

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::auth::ClientKey;
 use crate::config::{Config, Secret};
 use crate::pool::{ConnectionLimit, DbControl, GlobalControl, ServerPool, Tracking};
 use crate::stats::Stats;
@@ -48,6 +49,9 @@ pub struct Router {
     generation: AtomicU64,
     secrets: RwLock<Arc<HashMap<String, Secret>>>,
     tls: RwLock<Arc<TlsContexts>>,
+    /// SCRAM ClientKeys clients revealed, by user: they log the pooler in
+    /// to servers whose secret is the auth file's (pass-through).
+    client_keys: RwLock<HashMap<String, ClientKey>>,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
     /// `max_db_connections` and `max_user_connections`, by "db:NAME" and
     /// "user:NAME", shared by every pool they cover.
@@ -74,6 +78,7 @@ impl Router {
             generation: AtomicU64::new(0),
             secrets: RwLock::new(secrets),
             tls: RwLock::new(tls),
+            client_keys: RwLock::new(HashMap::new()),
             pools: RwLock::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
@@ -111,6 +116,18 @@ impl Router {
         *self.secrets.write() = secrets;
         *self.tls.write() = tls;
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Keeps the ClientKey a SCRAM login as `user` revealed; pools that
+    /// log in as `user` with a SCRAM secret it opens use it from now on.
+    pub fn learn_client_key(&self, user: &str, key: ClientKey) {
+        if self.client_keys.read().get(user) == Some(&key) {
+            return;
+        }
+        self.client_keys.write().insert(user.to_owned(), key);
+        if self.pools().iter().any(|pool| pool.user() == user) {
+            self.apply();
+        }
     }
 
     /// Changes whenever RELOAD puts a new configuration in force.
@@ -165,6 +182,7 @@ impl Router {
         let plan = PoolPlan::new(
             &config,
             &self.secrets(),
+            &self.client_keys.read(),
             self.tls().server(),
             database,
             &server_user,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::auth::ClientKey;
 use crate::config::{Config, Secret, ServerCheck};
 use crate::net::ServerAddr;
 use crate::pool::PoolShape;
@@ -26,6 +27,7 @@ impl PoolPlan {
     pub(super) fn new(
         config: &Config,
         secrets: &HashMap<String, Secret>,
+        client_keys: &HashMap<String, ClientKey>,
         tls: &ServerTls,
         database: &str,
         server_user: &str,
@@ -44,6 +46,12 @@ impl PoolPlan {
             .clone()
             .map(Secret::Plain)
             .or_else(|| secrets.get(server_user).cloned());
+        let client_key = password.as_ref().and_then(|secret| {
+            client_keys
+                .get(server_user)
+                .filter(|key| key.opens(secret))
+                .cloned()
+        });
         let mut startup_params = Vec::new();
         for (name, value) in [
             ("client_encoding", &entry.client_encoding),
@@ -80,6 +88,7 @@ impl PoolPlan {
             database: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
             user: server_user.to_owned(),
             password,
+            client_key,
             startup_params,
             connect_query: entry.connect_query.clone(),
             check_query,

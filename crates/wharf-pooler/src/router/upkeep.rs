@@ -29,11 +29,13 @@ impl Router {
         let config = self.config();
         let secrets = self.secrets();
         let tls = self.tls();
+        let client_keys = self.client_keys.read().clone();
         let mut applied = Applied::default();
         for pool in self.pools() {
             let Some(plan) = PoolPlan::new(
                 &config,
                 &secrets,
+                &client_keys,
                 tls.server(),
                 pool.database(),
                 pool.user(),

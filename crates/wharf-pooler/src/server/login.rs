@@ -66,7 +66,11 @@ impl ServerConn {
             .await
             .map_err(io_err)?;
 
-        let mut login = ServerLogin::new(&target.user, target.password.as_ref());
+        let mut login = ServerLogin::new(
+            &target.user,
+            target.password.as_ref(),
+            target.client_key.as_ref(),
+        );
         loop {
             let (tag, body) = conn.read_control().await?;
             match tag {

@@ -1,6 +1,7 @@
 //! How to reach and log in to one server for one pool: what a server
 //! connection is opened with.
 
+use crate::auth::ClientKey;
 use crate::config::Secret;
 use crate::net::ServerAddr;
 use crate::tls::ServerTls;
@@ -18,6 +19,9 @@ pub struct ServerTarget {
     pub user: String,
     /// The password, if one is configured.
     pub password: Option<Secret>,
+    /// For a SCRAM `password`: the key a client logging in as this user
+    /// revealed, which logs the pooler in without the plain text.
+    pub client_key: Option<ClientKey>,
     /// Extra startup parameters (client_encoding, DateStyle, TimeZone,
     /// application_name).
     pub startup_params: Params,

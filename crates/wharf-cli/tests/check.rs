@@ -64,6 +64,27 @@ fn a_good_config_prints_the_effective_settings() {
         .find(|l| l.starts_with("pool_mode "))
         .expect("a pool_mode row");
     assert!(mode.contains("transaction"), "{mode}");
+    assert!(
+        stdout.contains("client_tls_sslmode = disable: plain text only")
+            && stdout.contains("server TLS: prefer (TLS if the server offers it"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_tls_mode_without_its_files_fails_the_check() {
+    let (dir, path) = write_config(
+        "tls",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nclient_tls_sslmode = require\n",
+    );
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("client_tls_sslmode = require needs client_tls_key_file"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

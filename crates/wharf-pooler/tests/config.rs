@@ -404,7 +404,6 @@ fn unknown_keys_and_unsupported_features_are_warnings() {
             "DIR/pgbouncer.ini:4: frobnicate: unknown setting, ignored",
             "DIR/pgbouncer.ini:5: auth_user: auth_user/auth_query lookups are not supported by wharf yet; only users in auth_file can log in",
             "DIR/pgbouncer.ini:7: logfile: the value keeps its double quotes: pgbouncer.ini values are taken literally",
-            "DIR/pgbouncer.ini:9: target_session_attrs: target_session_attrs \"read-write\" is not enforced by wharf yet; any server is accepted",
         ]
     );
     let w = &loaded.warnings[0];

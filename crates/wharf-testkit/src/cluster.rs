@@ -306,6 +306,80 @@ impl PgCluster {
         Ok(())
     }
 
+    /// A streaming replica of this cluster: a new cluster made with
+    /// `pg_basebackup -R` from this one (which must be running), started on
+    /// a port of its own and replaying this one's WAL in hot standby.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the base backup fails or the replica does not start.
+    pub fn replica(&self) -> Result<PgCluster, Error> {
+        let root = os::create_unique_dir()?;
+        let mut replica = PgCluster {
+            data_dir: root.join("data"),
+            socket_dir: root.join("socket"),
+            log_path: root.join("server.log"),
+            root,
+            bin_dir: self.bin_dir.clone(),
+            owner: self.owner,
+            port: 0,
+            server_settings: self.server_settings.clone(),
+            server: None,
+        };
+        fs::create_dir(&replica.socket_dir).map_err(io_context(format!(
+            "creating {}",
+            replica.socket_dir.display()
+        )))?;
+        File::create(&replica.log_path).map_err(io_context(format!(
+            "creating {}",
+            replica.log_path.display()
+        )))?;
+        if let Some(owner) = self.owner {
+            os::chown_tree(&replica.root, owner)?;
+        }
+        run(run_as(
+            Command::new(self.bin("pg_basebackup"))
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+                .arg("-D")
+                .arg(&replica.data_dir)
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+                .current_dir(&replica.root),
+            self.owner,
+        ))?;
+        let launched = process::launch_retrying(Duration::ZERO, || {
+            replica.port = free_port()?;
+            replica.launch()
+        })?;
+        let server = launched.ready_or(|log_tail| Error::Start {
+            reason: "no free port for the replica".to_owned(),
+            log: replica.log_path.clone(),
+            log_tail,
+        })?;
+        replica.server = Some(server);
+        Ok(replica)
+    }
+
+    /// Promotes a replica made by [`replica`](Self::replica) to a primary,
+    /// waiting until it takes writes.
+    ///
+    /// # Errors
+    ///
+    /// Fails if it is not a standby or the promotion does not finish.
+    pub fn promote(&self) -> Result<(), Error> {
+        match self
+            .psql("postgres", "SELECT pg_promote(true, 30)")?
+            .as_str()
+        {
+            "t" => Ok(()),
+            other => Err(Error::Unexpected {
+                what: "pg_promote()".to_owned(),
+                detail: format!("returned {other:?}"),
+            }),
+        }
+    }
+
     /// [`stop`](Self::stop) followed by [`start_again`](Self::start_again).
     ///
     /// # Errors
@@ -444,7 +518,10 @@ impl PgCluster {
             fs::read_to_string(&pid_file).is_ok_and(|contents| {
                 let lines: Vec<&str> = contents.lines().collect();
                 lines.first() == Some(&pid.as_str())
-                    && lines.get(7).is_some_and(|status| status.trim() == "ready")
+                    // A hot standby says "standby" once it takes connections.
+                    && lines
+                        .get(7)
+                        .is_some_and(|status| matches!(status.trim(), "ready" | "standby"))
             })
         };
         let pauses = (Duration::from_millis(2), Duration::from_millis(50));

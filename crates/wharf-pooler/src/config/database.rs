@@ -18,8 +18,11 @@ pub struct Database {
     /// `/`); may be a comma-separated list. Unset means the Unix socket in
     /// `unix_socket_dir`.
     pub host: Option<String>,
-    /// Server port. Unset means 5432.
+    /// Server port (the first, when `port` is a list). Unset means 5432.
     pub port: Option<u16>,
+    /// Every port of a comma-separated `port`, one per host; empty when
+    /// `port` is a single number, which then applies to every host.
+    pub ports: Vec<u16>,
     /// Server-side database name. Unset means the name the client asked for.
     pub dbname: Option<String>,
     /// Forced server user: every client shares this user's pool.
@@ -61,11 +64,17 @@ pub struct Database {
     pub timezone: Option<String>,
     /// `application_name` asked of the server.
     pub application_name: Option<String>,
-    /// `disable` or `round-robin`, for host lists. Stored only.
+    /// `disable` or `round-robin` (the default), for host lists: whether
+    /// each new server goes to the next host, or to the same host until it
+    /// fails.
     pub load_balance_hosts: Option<String>,
-    /// `any`, `read-write`, `read-only`, `primary` or `standby`. Stored;
-    /// not enforced by wharf yet.
+    /// Which hosts' servers are used, with libpq's meanings: `any`,
+    /// `read-write`, `read-only`, `primary`, `standby` or `prefer-standby`
+    /// (a wharf extension to PgBouncer's configuration).
     pub target_session_attrs: Option<String>,
+    /// A standby replaying more than this far behind its primary is not
+    /// used (a wharf extension).
+    pub max_replica_lag: Option<Duration>,
 }
 
 impl Database {
@@ -83,6 +92,35 @@ impl Database {
     /// `port`, or PostgreSQL's 5432.
     pub fn port_or_default(&self) -> u16 {
         self.port.unwrap_or(5432)
+    }
+
+    /// Each host with its port: `port` lists pair with `host` lists by
+    /// position, a single port goes with every host. An unset host is one
+    /// `None` (the Unix socket).
+    ///
+    /// # Errors
+    ///
+    /// A `port` list whose length is not the `host` list's.
+    pub fn host_ports(&self) -> Result<Vec<(Option<&str>, u16)>, String> {
+        let hosts: Vec<Option<&str>> = match self.hosts() {
+            hosts if hosts.is_empty() => vec![None],
+            hosts => hosts.into_iter().map(Some).collect(),
+        };
+        if self.ports.len() > 1 && self.ports.len() != hosts.len() {
+            return Err(format!(
+                "{} ports for {} hosts: give one port, or one per host",
+                self.ports.len(),
+                hosts.len()
+            ));
+        }
+        Ok(hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = self.ports.get(i).copied();
+                (*host, port.unwrap_or_else(|| self.port_or_default()))
+            })
+            .collect())
     }
 
     /// The hosts of a comma-separated `host`; empty when unset.
@@ -169,6 +207,7 @@ pub(crate) const DATABASE_KEYS: &[&str] = &[
     "application_name",
     "load_balance_hosts",
     "target_session_attrs",
+    "max_replica_lag",
 ];
 
 /// The keys a `[users]` entry accepts.
@@ -221,7 +260,17 @@ pub(crate) fn apply_database_key(
     let text = || Text::parse(raw).map(Some);
     match key {
         "host" => db.host = text()?,
-        "port" => db.port = Some(Port::parse(raw)?),
+        "port" => {
+            let ports = match raw {
+                Raw::Str(list) if list.contains(',') => list
+                    .split(',')
+                    .map(|p| Port::parse(&Raw::Str(p.trim())))
+                    .collect::<Result<Vec<u16>, _>>()?,
+                _ => vec![Port::parse(raw)?],
+            };
+            db.port = ports.first().copied();
+            db.ports = if ports.len() > 1 { ports } else { Vec::new() };
+        }
         "dbname" => db.dbname = text()?,
         "user" => db.user = text()?,
         "password" => db.password = text()?,
@@ -256,15 +305,19 @@ pub(crate) fn apply_database_key(
             db.load_balance_hosts = Some(choice(raw, &["disable", "round-robin"])?)
         }
         "target_session_attrs" => {
-            let value = choice(
+            db.target_session_attrs = Some(choice(
                 raw,
-                &["any", "read-write", "read-only", "primary", "standby"],
-            )?;
-            let warning = (value != "any")
-                .then(|| format!("target_session_attrs \"{value}\" is not enforced by wharf yet; any server is accepted"));
-            db.target_session_attrs = Some(value);
-            return Ok(warning);
+                &[
+                    "any",
+                    "read-write",
+                    "read-only",
+                    "primary",
+                    "standby",
+                    "prefer-standby",
+                ],
+            )?)
         }
+        "max_replica_lag" => db.max_replica_lag = Some(Secs::parse(raw)?),
         _ => return Err(KeyError::Unknown),
     }
     Ok(None)
@@ -416,8 +469,23 @@ mod tests {
         ));
         let warning =
             apply_database_key(&mut db, "target_session_attrs", &Raw::Str("primary")).unwrap();
-        assert!(warning.is_some());
+        assert!(warning.is_none(), "enforced, so no warning");
+        assert!(matches!(
+            apply_database_key(&mut db, "target_session_attrs", &Raw::Str("master")),
+            Err(KeyError::Value(_))
+        ));
         db.host = Some("a, b,,c".into());
         assert_eq!(db.hosts(), vec!["a", "b", "c"]);
+        assert_eq!(
+            db.host_ports().unwrap(),
+            vec![(Some("a"), 6000), (Some("b"), 6000), (Some("c"), 6000)]
+        );
+        apply_database_key(&mut db, "port", &Raw::Str("7001, 7002,7003")).unwrap();
+        assert_eq!(
+            db.host_ports().unwrap(),
+            vec![(Some("a"), 7001), (Some("b"), 7002), (Some("c"), 7003)]
+        );
+        apply_database_key(&mut db, "port", &Raw::Str("7001,7002")).unwrap();
+        assert!(db.host_ports().unwrap_err().contains("2 ports for 3 hosts"));
     }
 }

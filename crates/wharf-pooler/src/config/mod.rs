@@ -455,6 +455,9 @@ impl Builder {
                 )?,
             }
         }
+        if let Err(message) = db.host_ports() {
+            return Err(pos.invalid(&shown("port"), message));
+        }
         if replace_or_push(&mut self.config.databases, db, |d| d.name == name) {
             self.warn(
                 pos,

@@ -2,13 +2,16 @@
 //! opens servers for the pool's current target under its connection
 //! limits, checks them, and tells the engine which ones to close.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use super::hosts::{HostBook, HostStatus};
 use super::{ConnectionLimit, DbControl};
 use crate::net::ServerAddr;
-use crate::server::{ServerConn, ServerError, ServerTarget};
+use crate::server::{Role, ServerConn, ServerError, ServerTarget};
 use crate::stats::{Generation, PoolStats, Stats};
 
 /// What a pool's server manager needs to register its servers and honour
@@ -34,6 +37,10 @@ pub struct ServerManager {
     /// Limits shared with other pools, in acquisition order.
     limits: Vec<Arc<ConnectionLimit>>,
     tracking: Tracking,
+    /// Which hosts are up, and the round-robin cursor.
+    hosts: HostBook,
+    /// `server_connect_timeout`, per host tried.
+    host_timeout_ms: AtomicU64,
 }
 
 impl ServerManager {
@@ -48,6 +55,8 @@ impl ServerManager {
             generation: Arc::new(Generation::default()),
             limits,
             tracking,
+            hosts: HostBook::default(),
+            host_timeout_ms: AtomicU64::new(15_000),
         }
     }
 
@@ -76,10 +85,15 @@ impl ServerManager {
 }
 
 impl ServerManager {
-    /// Registers, takes places under the limits and logs in one server for
-    /// `target`, in generation `born`.
-    async fn open(&self, target: &Arc<ServerTarget>, born: u64) -> Result<ServerConn, ServerError> {
-        let addr = match &target.addr {
+    /// Registers, takes places under the limits and logs in one server on
+    /// `host` for `target`, in generation `born`.
+    async fn open(
+        &self,
+        target: &Arc<ServerTarget>,
+        host: &ServerAddr,
+        born: u64,
+    ) -> Result<ServerConn, ServerError> {
+        let addr = match host {
             ServerAddr::Tcp { host, port } => (host.clone(), *port),
             ServerAddr::Unix(path) => (path.display().to_string(), 0),
         };
@@ -92,10 +106,119 @@ impl ServerManager {
         // Always in the same order (database, then user), so two pools
         // waiting on each other's limits cannot deadlock.
         for limit in &self.limits {
-            permits.push(limit.acquire(&target.addr).await?);
+            permits.push(limit.acquire(host).await?);
         }
-        ServerConn::connect(target, born, permits, entry).await
+        ServerConn::connect(target, host, born, permits, entry).await
     }
+
+    /// One server from the first host that gives one the pool can use:
+    /// hosts in the order the book says, each within the host timeout; a
+    /// host that is down is skipped and backs off, one of the wrong role
+    /// (or too far behind) is passed over. `prefer-standby` takes a
+    /// standby, or else the first other server it saw.
+    async fn open_any(
+        &self,
+        target: &Arc<ServerTarget>,
+        born: u64,
+    ) -> Result<ServerConn, ServerError> {
+        let timeout = Duration::from_millis(self.host_timeout_ms.load(Ordering::Relaxed));
+        let mut last_error = None;
+        let mut passed_over = false;
+        let mut fallback = None;
+        for i in self.hosts.order(&target.hosts, target.balance) {
+            let host = &target.hosts[i];
+            let opened = tokio::time::timeout(timeout, self.open(target, host, born)).await;
+            let mut conn = match opened {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) if err.host_is_down() && target.hosts.len() > 1 => {
+                    tracing::warn!(host = %host, error = %err, "host skipped");
+                    self.hosts.failed(i, target.balance);
+                    last_error = Some(err);
+                    continue;
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    tracing::warn!(host = %host, ?timeout, "host skipped: connect timed out");
+                    self.hosts.failed(i, target.balance);
+                    last_error = Some(ServerError::Io {
+                        addr: host.to_string(),
+                        source: std::io::ErrorKind::TimedOut.into(),
+                    });
+                    continue;
+                }
+            };
+            self.hosts.succeeded(i, target.balance);
+            match self.suits(&mut conn, target, i).await {
+                Ok(Suits::Yes) => return Ok(conn),
+                Ok(Suits::Fallback) if fallback.is_none() => fallback = Some(conn),
+                Ok(_) => passed_over = true,
+                Err(err) => last_error = Some(err),
+            }
+        }
+        // Hosts that answered but did not suit say more than those down.
+        let last_error = last_error.filter(|_| !passed_over);
+        fallback.ok_or_else(|| {
+            last_error.unwrap_or_else(|| ServerError::Unsuitable {
+                hosts: target
+                    .hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                wanted: target.attrs.describe(),
+            })
+        })
+    }
+
+    /// Whether `conn` (on host `i`) is a server `target` may use.
+    async fn suits(
+        &self,
+        conn: &mut ServerConn,
+        target: &ServerTarget,
+        i: usize,
+    ) -> Result<Suits, ServerError> {
+        if !target.attrs.checks_role() && target.max_replica_lag.is_none() {
+            return Ok(Suits::Yes);
+        }
+        let (role, read_only) = conn.probe_role().await?;
+        let lagging = match (role, target.max_replica_lag) {
+            (Role::Standby, Some(limit)) => conn.replay_lag().await? > limit,
+            _ => false,
+        };
+        self.hosts.seen(i, role, lagging);
+        if lagging {
+            return Ok(Suits::No);
+        }
+        if target.attrs.checks_role() {
+            conn.set_role(role);
+        }
+        Ok(if target.attrs.accepts(role, read_only, true) {
+            Suits::Yes
+        } else if target.attrs.accepts(role, read_only, false) {
+            Suits::Fallback
+        } else {
+            Suits::No
+        })
+    }
+
+    /// How long one host gets to give a server (`server_connect_timeout`).
+    pub(super) fn set_host_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.host_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The pool's hosts and what is known of each.
+    pub(super) fn host_status(&self) -> Vec<HostStatus> {
+        self.hosts.status()
+    }
+}
+
+/// Whether a server fits a pool.
+enum Suits {
+    Yes,
+    /// Only if nothing better turns up (`prefer-standby` on a primary).
+    Fallback,
+    No,
 }
 
 impl wharf::Manager for ServerManager {
@@ -111,7 +234,7 @@ impl wharf::Manager for ServerManager {
                 let current = self.target.read();
                 (current.clone(), self.generation.current())
             };
-            let conn = self.open(&target, born).await?;
+            let conn = self.open_any(&target, born).await?;
             // Retired while logging in (RELOAD with a new target,
             // RECONNECT, PAUSE): it would be handed out before anything
             // looks at its generation, so it goes now and another comes.
@@ -123,10 +246,18 @@ impl wharf::Manager for ServerManager {
     }
 
     async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
-        conn.check().await
+        conn.check().await?;
+        if conn.role_changed() {
+            return Err(ServerError::Unsuitable {
+                hosts: conn.host().to_string(),
+                wanted: self.target.read().attrs.describe(),
+            });
+        }
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.unusable(self.generation.current())
+        // A standby promoted (or a primary demoted) under its sessions.
+        conn.unusable(self.generation.current()) || conn.role_changed()
     }
 }

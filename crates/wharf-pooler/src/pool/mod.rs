@@ -3,6 +3,7 @@
 //! pools share, and the PAUSE/DISABLE state its clients check.
 
 mod control;
+mod hosts;
 mod limit;
 mod manager;
 
@@ -14,6 +15,7 @@ use parking_lot::Mutex;
 use wharf::Pooled;
 
 pub use control::{DbControl, GlobalControl};
+pub use hosts::HostStatus;
 pub use limit::ConnectionLimit;
 pub use manager::{ServerManager, Tracking};
 
@@ -101,14 +103,17 @@ impl ServerPool {
     ) -> Result<Self, wharf::ConfigError> {
         let (stats, control) = (tracking.pool.clone(), tracking.control.clone());
         let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
-        let engine = wharf::Pool::builder(ServerManager::new(target, limits, tracking))
+        let connect_timeout = all_hosts_timeout(shape.connect_timeout, &target);
+        let manager = ServerManager::new(target, limits, tracking);
+        manager.set_host_timeout(shape.connect_timeout);
+        let engine = wharf::Pool::builder(manager)
             .name(format!("{database}/{user}"))
             .max_size(shape.pool_size)
             .min_idle(shape.min_pool_size)
             .reserve_size(shape.reserve_size)
             .reserve_timeout(shape.reserve_timeout)
             .acquire_timeout(shape.query_wait_timeout.unwrap_or(FOREVER))
-            .connect_timeout(shape.connect_timeout)
+            .connect_timeout(connect_timeout)
             .max_connecting(4)
             // PgBouncer's server_login_retry: while logins fail and the
             // pool has no server, clients are told at once, not queued.
@@ -164,7 +169,8 @@ impl ServerPool {
         let engine = &self.engine;
         engine.set_min_idle(shape.min_pool_size);
         engine.set_reserve(shape.reserve_size, shape.reserve_timeout);
-        engine.set_connect_timeout(shape.connect_timeout);
+        engine.set_connect_timeout(all_hosts_timeout(shape.connect_timeout, &target));
+        engine.manager().set_host_timeout(shape.connect_timeout);
         engine.set_validation_timeout(shape.connect_timeout);
         let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
         engine.set_connect_backoff(backoff, backoff_max);
@@ -178,6 +184,11 @@ impl ServerPool {
             changed.retargeted = true;
         }
         changed
+    }
+
+    /// The pool's hosts and what is known of each (up, role, lag).
+    pub fn hosts(&self) -> Vec<HostStatus> {
+        self.engine.manager().host_status()
     }
 
     /// The database name clients asked for.
@@ -278,6 +289,14 @@ impl ServerPool {
     pub fn set_welcome(&self, params: &[(String, String)]) {
         *self.welcome.lock() = Some(Arc::new(params.to_vec()));
     }
+}
+
+/// How long one new server may take: each host gets
+/// `server_connect_timeout`, and a pool that checks roles one more for
+/// its queries.
+fn all_hosts_timeout(per_host: Duration, target: &ServerTarget) -> Duration {
+    let tries = target.hosts.len().max(1) + usize::from(target.attrs.checks_role());
+    per_host.saturating_mul(u32::try_from(tries).unwrap_or(u32::MAX))
 }
 
 /// The engine's connect backoff for PgBouncer's `server_login_retry`: the

@@ -9,7 +9,7 @@ use crate::auth::ClientKey;
 use crate::config::{Config, Secret, ServerCheck};
 use crate::net::ServerAddr;
 use crate::pool::PoolShape;
-use crate::server::ServerTarget;
+use crate::server::{Balance, ServerTarget, SessionAttrs};
 use crate::tls::ServerTls;
 
 /// What the configuration says one pool should be.
@@ -83,8 +83,17 @@ impl PoolPlan {
             reset_query: Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty()),
             reset_always: settings.server_reset_query_always,
         };
+        let hosts = entry
+            .host_ports()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(host, port)| ServerAddr::new(host, port))
+            .collect();
         let target = ServerTarget {
-            addr: ServerAddr::new(entry.host.as_deref(), entry.port.unwrap_or(5432)),
+            hosts,
+            balance: Balance::from_setting(entry.load_balance_hosts.as_deref()),
+            attrs: SessionAttrs::from_setting(entry.target_session_attrs.as_deref()),
+            max_replica_lag: entry.max_replica_lag,
             database: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
             user: server_user.to_owned(),
             password,

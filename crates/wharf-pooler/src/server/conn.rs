@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::error::server_error;
 use super::{ServerError, ServerParams, ServerTarget};
 use crate::cancel::ServerCancels;
-use crate::net::{ServerReader, ServerStream, ServerWriter};
+use crate::net::{ServerAddr, ServerReader, ServerStream, ServerWriter};
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
@@ -48,6 +48,11 @@ pub struct ServerConn {
     pub(super) _permits: Vec<OwnedSemaphorePermit>,
     /// What the connection was opened with.
     pub(super) target: Arc<ServerTarget>,
+    /// Which of the target's hosts it is connected to.
+    pub(super) host: ServerAddr,
+    /// What it was when the pool took it, for pools that care
+    /// (`target_session_attrs`).
+    pub(super) role: Option<super::Role>,
     /// The pool's generation it was opened in: once the pool's has moved
     /// on, it is closed when released (PgBouncer's `close_needed`).
     pub(super) born: u64,
@@ -168,8 +173,13 @@ impl ServerConn {
     }
 
     /// The server's address, for errors.
-    fn addr(&self) -> String {
-        self.target.addr.to_string()
+    pub(super) fn addr(&self) -> String {
+        self.host.to_string()
+    }
+
+    /// The host it is connected to (one of its target's).
+    pub fn host(&self) -> &ServerAddr {
+        &self.host
     }
 
     fn io_error(&mut self, source: io::Error) -> ServerError {
@@ -227,6 +237,12 @@ impl ServerConn {
     /// its results. An error from the server fails it but leaves the
     /// connection usable once ReadyForQuery arrives.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.query_value(sql).await.map(drop)
+    }
+
+    /// Runs a query of the pooler's own and returns the first column of
+    /// its first row, as text (`None` for no row or NULL).
+    pub(super) async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).map_err(|source| ServerError::Io {
             addr: self.addr(),
@@ -236,10 +252,12 @@ impl ServerConn {
             return Err(self.io_error(source));
         }
         let mut failure = None;
+        let mut value = None;
         loop {
             let (tag, body) = self.read_control().await?;
             match tag {
                 b'S' => self.params.note(&body),
+                b'D' if value.is_none() => value = Some(first_column(&body)),
                 // The pooler's reset query dropped the prepared statements.
                 b'C' if matches!(&body[..], b"DISCARD ALL\0" | b"DEALLOCATE ALL\0") => {
                     self.statements.clear();
@@ -252,7 +270,7 @@ impl ServerConn {
                         // transaction; one left open is not safe to pool.
                         self.broken = true;
                     }
-                    return failure.map_or(Ok(()), Err);
+                    return failure.map_or(Ok(value.flatten()), Err);
                 }
                 // COPY from a check query: refuse to guess, drop it.
                 b'G' | b'H' | b'W' => {
@@ -264,6 +282,14 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// The first column of a DataRow body, as text.
+fn first_column(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let value = body.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 impl Drop for ServerConn {

@@ -45,6 +45,14 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// No host gave a server of the role the pool wants.
+    #[error("no server among {hosts} is {wanted}")]
+    Unsuitable {
+        /// The hosts tried.
+        hosts: String,
+        /// What the pool wants (`read-write`, `a standby`...).
+        wanted: &'static str,
+    },
     /// Logging in failed on the pooler's side.
     #[error("server {addr}: {source}")]
     Auth {
@@ -56,6 +64,19 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// Whether the failure says the host is down or not taking
+    /// connections (so another host may be tried), rather than that the
+    /// login itself is wrong (which another host would refuse too).
+    pub fn host_is_down(&self) -> bool {
+        match self {
+            ServerError::Io { .. } | ServerError::Protocol { .. } | ServerError::Tls { .. } => true,
+            // 57P01-57P03: shutting down, crashed, not accepting yet; 08:
+            // connection exceptions.
+            ServerError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08"),
+            ServerError::Unsuitable { .. } | ServerError::Auth { .. } => false,
+        }
+    }
+
     /// The SQLSTATE to show a client for this failure.
     pub fn sqlstate(&self) -> &str {
         match self {

@@ -19,22 +19,24 @@ use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
 
 impl ServerConn {
-    /// Opens a connection to `target` and logs in. `permits` are its
-    /// places under the connection limits, held for as long as it lives;
-    /// `entry` is its place in the registry, `born` the pool's generation.
+    /// Opens a connection to `host`, one of `target`'s, and logs in.
+    /// `permits` are its places under the connection limits, held for as
+    /// long as it lives; `entry` is its place in the registry, `born` the
+    /// pool's generation.
     pub async fn connect(
         target: &Arc<ServerTarget>,
+        host: &ServerAddr,
         born: u64,
         permits: Vec<OwnedSemaphorePermit>,
         entry: ServerGuard,
     ) -> Result<Self, ServerError> {
-        let addr = target.addr.to_string();
+        let addr = host.to_string();
         let io_err = |source| ServerError::Io {
             addr: addr.clone(),
             source,
         };
-        let stream = target.addr.connect().await.map_err(io_err)?;
-        let stream = encrypt(stream, target, &addr).await?;
+        let stream = host.connect().await.map_err(io_err)?;
+        let stream = encrypt(stream, target, host, &addr).await?;
         let mut conn = ServerConn {
             stream: Some(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -44,10 +46,12 @@ impl ServerConn {
             dirty: false,
             _permits: permits,
             target: target.clone(),
+            host: host.clone(),
+            role: None,
             born,
             entry: Some(entry),
             statements: ServerStatements::default(),
-            cancels: Arc::new(ServerCancels::new(target.addr.clone())),
+            cancels: Arc::new(ServerCancels::new(host.clone())),
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
@@ -137,10 +141,11 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 async fn encrypt(
     stream: ServerStream,
     target: &ServerTarget,
+    host: &ServerAddr,
     addr: &str,
 ) -> Result<ServerStream, ServerError> {
     let tls = &target.tls;
-    let ServerAddr::Tcp { host, .. } = &target.addr else {
+    let ServerAddr::Tcp { host, .. } = host else {
         return Ok(stream);
     };
     let ServerStream::Tcp(mut tcp) = stream else {

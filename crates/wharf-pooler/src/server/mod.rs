@@ -6,9 +6,10 @@ mod conn;
 mod error;
 mod login;
 pub mod params;
+mod role;
 mod target;
 
 pub use conn::ServerConn;
 pub use error::ServerError;
 pub use params::{ParamSets, Params, ServerParams};
-pub use target::ServerTarget;
+pub use target::{Balance, Role, ServerTarget, SessionAttrs};

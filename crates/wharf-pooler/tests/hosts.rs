@@ -64,7 +64,10 @@ async fn round_robin_spreads_servers_and_a_stopped_host_is_skipped_then_rejoins(
         a,
         Setup {
             databases: &databases,
-            pgbouncer: "server_connect_timeout = 5\n",
+            pgbouncer: &format!(
+                "server_connect_timeout = 5\nadmin_users = postgres\nhttp_listen_port = {}\n",
+                common::free_port()
+            ),
             ..Setup::default()
         },
     )

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use crate::calendar::format_time;
 use crate::proto::messages::{self, Oid};
+use crate::server::Role;
 use crate::state::PoolerState;
 use crate::stats::{ServerState, Totals};
 use crate::views::{database_rows, lists, pool_rows, used_servers, CONSOLE_DB, PGBOUNCER_VERSION};
@@ -42,6 +43,7 @@ pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> 
         "USERS" => show_users(state, out),
         "CONFIG" => show_config(state, out),
         "LISTS" => show_lists(state, out),
+        "HOSTS" => show_hosts(state, out),
         "VERSION" => rows(
             out,
             &[("version", Oid::Text)],
@@ -546,4 +548,41 @@ fn show_lists(state: &Arc<PoolerState>, out: &mut BytesMut) {
         .map(|(name, items)| vec![text(*name), num(items)])
         .collect();
     rows(out, &[("list", Oid::Text), ("items", Oid::Int4)], &table);
+}
+
+/// `SHOW HOSTS` (wharf's own): each pool's hosts and what is known of
+/// them: up or backing off after failures, the role last seen, and whether
+/// a standby was over `max_replica_lag`.
+fn show_hosts(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    const COLUMNS: &[(&str, Oid)] = &[
+        ("database", Oid::Text),
+        ("user", Oid::Text),
+        ("host", Oid::Text),
+        ("port", Oid::Int4),
+        ("state", Oid::Text),
+        ("failures", Oid::Int4),
+        ("role", Oid::Text),
+        ("lagging", Oid::Int4),
+    ];
+    let mut table = Vec::new();
+    for pool in state.router().pools() {
+        for status in pool.hosts() {
+            let (host, port) = status.addr.host_port();
+            table.push(vec![
+                text(pool.database()),
+                text(pool.user()),
+                text(host),
+                num(port),
+                text(if status.up { "up" } else { "backing_off" }),
+                num(status.failures),
+                text(match status.role {
+                    Some(Role::Primary) => "primary",
+                    Some(Role::Standby) => "standby",
+                    None => "",
+                }),
+                num(u8::from(status.lagging)),
+            ]);
+        }
+    }
+    rows(out, COLUMNS, &table);
 }

@@ -354,6 +354,7 @@ fn render_wharf(doc: &mut Doc, state: &PoolerState) {
     );
 
     render_tls(doc, state);
+    render_hosts(doc, state);
     render_latencies(doc, state);
     let engine = render_pool_health(doc, state);
     render_runtime(doc);
@@ -383,6 +384,49 @@ fn render_tls(doc: &mut Doc, state: &PoolerState) {
             &[("side", side), ("tls", tls)],
             count,
         );
+    }
+}
+
+/// Each pool's hosts: up or backing off, role, lag.
+fn render_hosts(doc: &mut Doc, state: &PoolerState) {
+    let families = [
+        (
+            "wharf_pooler_host_up",
+            "1 while a host takes connections, 0 while it backs off after failures.",
+        ),
+        (
+            "wharf_pooler_host_standby",
+            "1 if the host was last seen in recovery, 0 if a primary (pools that check roles).",
+        ),
+        (
+            "wharf_pooler_host_lagging",
+            "1 if the standby was over max_replica_lag when last seen.",
+        ),
+    ];
+    let pools = state.router().pools();
+    for (name, help) in families {
+        doc.family(name, "gauge", help);
+        for pool in &pools {
+            for host in pool.hosts() {
+                let (addr, port) = host.addr.host_port();
+                let addr = format!("{addr}:{port}");
+                let labels = [
+                    ("database", pool.database()),
+                    ("user", pool.user()),
+                    ("host", addr.as_str()),
+                ];
+                let value = match name {
+                    "wharf_pooler_host_up" => u8::from(host.up),
+                    "wharf_pooler_host_lagging" => u8::from(host.lagging),
+                    _ => match host.role {
+                        Some(crate::server::Role::Standby) => 1,
+                        Some(crate::server::Role::Primary) => 0,
+                        None => continue,
+                    },
+                };
+                doc.sample(name, &labels, value);
+            }
+        }
     }
 }
 

@@ -37,6 +37,14 @@ impl ServerAddr {
         }
     }
 
+    /// As `SHOW` lists it: the host and port, or the socket path and 0.
+    pub fn host_port(&self) -> (String, u16) {
+        match self {
+            ServerAddr::Tcp { host, port } => (host.clone(), *port),
+            ServerAddr::Unix(path) => (path.display().to_string(), 0),
+        }
+    }
+
     /// Opens a connection (TCP without Nagle: the relay writes whole
     /// messages and must not wait on acknowledgements).
     pub async fn connect(&self) -> io::Result<ServerStream> {

@@ -93,13 +93,9 @@ impl ServerManager {
         host: &ServerAddr,
         born: u64,
     ) -> Result<ServerConn, ServerError> {
-        let addr = match host {
-            ServerAddr::Tcp { host, port } => (host.clone(), *port),
-            ServerAddr::Unix(path) => (path.display().to_string(), 0),
-        };
         let entry = self.tracking.registry.register_server(
             self.tracking.pool.clone(),
-            addr,
+            host.host_port(),
             (self.generation.clone(), born),
         );
         let mut permits = Vec::with_capacity(self.limits.len());

@@ -127,6 +127,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         println!("  {:<20} server TLS: {}", "", server_tls(&config, db));
     }
     println!();
+    print_auth(&config);
+    println!();
     println!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
     for row in config.pgbouncer.describe() {
         println!(
@@ -171,6 +173,32 @@ fn server_tls(config: &config::Config, db: &config::Database) -> String {
         config::SslMode::VerifyFull => "TLS required, certificate chain and host name checked",
     };
     format!("{} ({what})", mode.as_str())
+}
+
+/// How clients authenticate: `auth_type`, and with `hba` the rules that
+/// can apply to each database, first match first.
+fn print_auth(config: &config::Config) {
+    let Some(rules) = config.hba.as_deref() else {
+        println!("auth_type = {}", config.pgbouncer.auth_type);
+        return;
+    };
+    println!(
+        "auth_type = hba, rules from {} (first match wins; no match is refused):",
+        rules.path().display()
+    );
+    for db in &config.databases {
+        let applying: Vec<String> = rules
+            .rules()
+            .iter()
+            .filter(|rule| rule.may_apply_to_database(&db.name))
+            .map(|rule| format!("line {}: {rule}", rule.line))
+            .collect();
+        let summary = match applying.is_empty() {
+            true => "no rule: every client is refused".to_owned(),
+            false => applying.join("; "),
+        };
+        println!("  {:<20} {summary}", db.name);
+    }
 }
 
 /// What happens to a database's named prepared statements.

@@ -104,3 +104,60 @@ fn a_bad_value_names_the_file_line_and_key() {
     assert!(stderr.contains("\"abc\""), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn hba_rules_are_checked_and_shown_per_database() {
+    let (dir, path) = write_config(
+        "hba",
+        "[databases]\napp = host=127.0.0.1\nother = host=127.0.0.1\n[pgbouncer]\nauth_type = hba\nauth_file = /dev/null\nauth_hba_file = hba.conf\n",
+    );
+    let hba = dir.join("hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all peer\nhost app all 10.0.0.0/8 scram-sha-256\nhost sameuser all all md5\n",
+    )
+    .unwrap();
+    let config_text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config_text.replace("hba.conf", &hba.display().to_string()),
+    )
+    .unwrap();
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |db: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("  {db} ")) && l.contains("line 1"))
+            .unwrap_or_else(|| panic!("an auth line for {db}: {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        line("app").contains(
+            "line 1: local all all peer; line 2: host app all 10.0.0.0/8 scram-sha-256; line 3: host sameuser all all md5"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        line("other").ends_with("line 1: local all all peer; line 3: host sameuser all all md5"),
+        "{stdout}"
+    );
+
+    std::fs::write(&hba, "local all all peer\nhost all all 10.0.0.0/99 md5\n").unwrap();
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: invalid CIDR mask in \"10.0.0.0/99\"",
+            hba.display()
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

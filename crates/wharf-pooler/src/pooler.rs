@@ -31,7 +31,7 @@ pub enum StartError {
     /// `listen_addr` holds something that is not an address.
     #[error("listen_addr: invalid address {0:?}")]
     BadAddress(String),
-    /// The auth file could not be read.
+    /// The auth file (or the hba file) could not be read.
     #[error(transparent)]
     AuthFile(#[from] config::ConfigError),
     /// A TLS file cannot be used or a TLS setting cannot be honoured:
@@ -50,11 +50,19 @@ pub struct Pooler {
 
 impl Pooler {
     /// Opens the listening sockets the configuration names and loads the
-    /// auth file. Must run inside a Tokio runtime.
+    /// auth file (and the hba file, with `auth_type = hba`, if the
+    /// configuration does not hold its rules yet). Must run inside a Tokio
+    /// runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let tls = TlsContexts::from_settings(&config.pgbouncer)?;
         for warning in tls.warnings() {
             tracing::warn!("{warning}");
+        }
+        let mut config = config;
+        if config.pgbouncer.auth_type == config::AuthType::Hba && config.hba.is_none() {
+            // A configuration made in code: read its hba rules now (a bad
+            // record stops the start, as with config::load).
+            config.load_hba()?;
         }
         let config = Arc::new(config);
         let settings = &config.pgbouncer;

@@ -216,6 +216,13 @@ fn set(
         .pgbouncer
         .set(key, value)
         .map_err(|err| CommandError::Failed(err.to_string()))?;
+    if matches!(key, "auth_type" | "auth_hba_file") {
+        // The hba rules follow at once; a broken file refuses the SET. (A
+        // small file read on the console's task, as PgBouncer does.)
+        config
+            .load_hba()
+            .map_err(|err| CommandError::Failed(err.to_string()))?;
+    }
     let router = state.router();
     // New TLS files or modes apply to new connections; a broken one keeps
     // the old setting.

@@ -39,16 +39,7 @@ pub enum Role {
 pub fn own_user() -> Option<(u32, Option<String>)> {
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self").ok()?.uid();
-    let name = std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let id: u32 = fields.nth(1)?.parse().ok()?;
-                (id == uid).then(|| name.to_owned())
-            })
-        });
+    let name = crate::auth::os_user_name(uid);
     Some((uid, name))
 }
 

@@ -33,6 +33,8 @@ pub enum ClientAuthError {
 /// On success the caller sends AuthenticationOk and the rest of the welcome;
 /// a SCRAM login against a SCRAM secret also gives the client's key, for
 /// logging in to servers with the same secret.
+/// `AuthType::Hba` is not a method: the caller picks one from the hba
+/// rules, and passing it fails the login.
 pub async fn authenticate_client<S>(
     stream: &mut S,
     method: AuthType,
@@ -53,6 +55,7 @@ where
         // forced user logs in.)
         AuthType::Trust => listed.then_some(None).ok_or_else(failed),
         AuthType::Any => Ok(None),
+        AuthType::Hba => Err(failed()),
         AuthType::Plain => {
             let mut out = BytesMut::new();
             messages::auth_cleartext(&mut out);

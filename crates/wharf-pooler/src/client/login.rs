@@ -8,10 +8,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use wharf::Pooled;
 
+mod auth;
+
 use super::startup::{open, Opening};
 use super::{refuse, Ended};
 use crate::admin::{self, Role};
-use crate::auth::{authenticate_client, ClientAuthError};
 use crate::config::AuthType;
 use crate::net::ClientStream;
 use crate::pool::{ServerManager, ServerPool};
@@ -80,7 +81,7 @@ pub(super) async fn login<S: ClientStream>(
     }
     let door = door(stream, peer, state, &database, &user).await?;
     if !matches!(door, Door::OwnUser(_)) {
-        authenticate(stream, peer, state, config.pgbouncer.auth_type, &user).await?;
+        auth::authenticate(stream, peer, state, &config, &database, &user).await?;
     }
     if let Door::Console(role) | Door::OwnUser(role) = door {
         return Ok(LoggedIn::Console {
@@ -164,36 +165,6 @@ async fn door<S: ClientStream>(
         None => {
             tracing::info!(%peer, %user, "closing client: not allowed on the admin console");
             refuse(stream, state, peer, "08P01", "not allowed").await;
-            Err(Ended)
-        }
-    }
-}
-
-/// Checks the client's password.
-async fn authenticate<S: ClientStream>(
-    stream: &mut S,
-    peer: &str,
-    state: &PoolerState,
-    auth_type: AuthType,
-    user: &str,
-) -> Result<(), Ended> {
-    let secrets = state.secrets();
-    match authenticate_client(stream, auth_type, user, secrets.get(user)).await {
-        Ok(Some(key)) => {
-            state.router().learn_client_key(user, key);
-            Ok(())
-        }
-        Ok(None) => Ok(()),
-        Err(ClientAuthError::Failed(user)) => {
-            tracing::info!(%peer, %user, "closing client: password authentication failed");
-            let message = format!("password authentication failed for user \"{user}\"");
-            refuse(stream, state, peer, "28P01", &message).await;
-            Err(Ended)
-        }
-        Err(ClientAuthError::Protocol(err)) => {
-            tracing::info!(%peer, error = %err, "closing client during authentication");
-            let message = format!("authentication failed: {err}");
-            refuse(stream, state, peer, "08P01", &message).await;
             Err(Ended)
         }
     }

@@ -57,6 +57,7 @@
 
 mod database;
 mod error;
+mod hba;
 mod ini;
 mod settings;
 mod suggest;
@@ -66,10 +67,12 @@ mod userlist;
 mod value;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use database::{Database, User};
 pub use error::{ConfigError, ConfigWarning};
+pub use hba::{HbaAddress, HbaConnection, HbaDatabase, HbaMethod, HbaRule, HbaRules, HbaUser};
 pub use settings::{
     AuthType, PoolMode, ServerCheck, SetError, SettingRow, Settings, SslMode, UnknownName,
 };
@@ -91,6 +94,9 @@ pub struct Config {
     pub users: Vec<User>,
     /// The file the configuration was loaded from.
     pub path: PathBuf,
+    /// The rules of `auth_hba_file` when `auth_type = hba` (see
+    /// [`Config::load_hba`]), else `None`.
+    pub hba: Option<Arc<HbaRules>>,
 }
 
 /// A loaded configuration and what was worth telling about it.
@@ -118,13 +124,17 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// anchors relative `%include`s).
 pub fn parse_ini_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     let builder = ini::load(text, path)?;
-    Ok(builder.finish())
+    let mut loaded = builder.finish();
+    loaded.config.load_hba()?;
+    Ok(loaded)
 }
 
 /// Parses TOML text as if read from `path` (which names it in messages).
 pub fn parse_toml_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     let builder = toml_file::load(text, path)?;
-    Ok(builder.finish())
+    let mut loaded = builder.finish();
+    loaded.config.load_hba()?;
+    Ok(loaded)
 }
 
 fn is_toml(path: &Path) -> bool {

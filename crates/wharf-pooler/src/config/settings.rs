@@ -31,8 +31,8 @@ impl Named for PoolMode {
     ];
 }
 
-/// How clients are authenticated (`auth_type`). PgBouncer's `cert`, `hba`,
-/// `ldap` and `pam` are refused with a "not supported by wharf yet" error.
+/// How clients are authenticated (`auth_type`). PgBouncer's `cert`, `ldap`
+/// and `pam` are refused with a "not supported by wharf yet" error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AuthType {
     /// No password; the user must still be in `auth_file`.
@@ -47,6 +47,9 @@ pub enum AuthType {
     Md5,
     /// SCRAM-SHA-256.
     ScramSha256,
+    /// The method comes from the first rule of `auth_hba_file` that matches
+    /// the client's connection type, address, database and user.
+    Hba,
 }
 
 impl Named for AuthType {
@@ -56,8 +59,9 @@ impl Named for AuthType {
         ("plain", AuthType::Plain),
         ("md5", AuthType::Md5),
         ("scram-sha-256", AuthType::ScramSha256),
+        ("hba", AuthType::Hba),
     ];
-    const UNSUPPORTED: &'static [&'static str] = &["cert", "hba", "ldap", "pam"];
+    const UNSUPPORTED: &'static [&'static str] = &["cert", "ldap", "pam"];
 }
 
 /// A TLS mode (`client_tls_sslmode`, `server_tls_sslmode`), with
@@ -267,7 +271,9 @@ settings! {
     /// relative path is kept as written (PgBouncer reads it relative to its
     /// working directory).
     auth_file: Option<PathBuf> = None, OptPath, None, true;
-    /// HBA file for `auth_type = hba`. Stored only. Default empty.
+    /// HBA file (pg_hba.conf syntax) for `auth_type = hba`, read when the
+    /// configuration is loaded, on RELOAD and on `SET`; see
+    /// [`HbaRules`](super::HbaRules). Default empty.
     auth_hba_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
     /// Ident map file for `auth_type = hba`. Stored only. Default unset.
     auth_ident_file: Option<PathBuf> = None, OptPath, None, true;
@@ -681,7 +687,7 @@ mod tests {
             "default_pool_size: invalid value \"lots\": expected an integer from 0 to 18446744073709551615"
         );
         assert!(matches!(
-            s.set("auth_type", "hba"),
+            s.set("auth_type", "ldap"),
             Err(SetError::Unsupported { .. })
         ));
         assert_eq!(s.default_pool_size, 50, "failed SETs change nothing");

@@ -1,0 +1,194 @@
+//! Who the client is: the password exchange `auth_type` names or, with
+//! `auth_type = hba`, what the first matching rule of the hba file says
+//! (a password method, `cert`, `peer` or `reject`), with PgBouncer's words
+//! for each refusal.
+
+use crate::auth::{
+    authenticate_client, find_rule, os_user_name, ClientAuthError, ClientOrigin, HbaClient,
+};
+use crate::client::{refuse, Ended};
+use crate::config::{AuthType, Config, HbaMethod, Secret};
+use crate::net::ClientStream;
+use crate::state::PoolerState;
+
+/// PgBouncer's words when no hba rule matches the client.
+const NO_RULE: &str = "no authentication method is found";
+/// PgBouncer's words when the matching hba rule is `reject`.
+const REJECTED: &str = "login rejected";
+/// PgBouncer's words when a `cert` login fails.
+const CERT_FAILED: &str = "certificate authentication failed";
+/// PgBouncer's words when a `peer` login fails.
+const PEER_FAILED: &str = "unix socket login rejected";
+
+/// How the client must prove who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// A password exchange (or none, for trust and any).
+    Password(AuthType),
+    /// The TLS client certificate's common name is the user name.
+    Cert,
+    /// The Unix socket peer's OS user name is the user name.
+    Peer,
+}
+
+/// Checks the client's identity for `database` and `user`; a client that
+/// fails is told why (FATAL) and `Ended`.
+pub(in crate::client) async fn authenticate<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    config: &Config,
+    database: &str,
+    user: &str,
+) -> Result<(), Ended> {
+    let proof = match config.pgbouncer.auth_type {
+        AuthType::Hba => match hba_proof(stream, peer, config, database, user) {
+            Ok(proof) => proof,
+            Err(message) => {
+                refuse(stream, state, peer, "08P01", message).await;
+                return Err(Ended);
+            }
+        },
+        other => Proof::Password(other),
+    };
+    let secrets = state.secrets();
+    let secret = secrets.get(user);
+    let refusal = match proof {
+        Proof::Password(method) => {
+            return password(stream, peer, state, method, user, secret).await
+        }
+        Proof::Cert => cert_refusal(stream, user, secret).map(|why| (why, CERT_FAILED)),
+        Proof::Peer => peer_refusal(stream, user, secret).map(|why| (why, PEER_FAILED)),
+    };
+    match refusal {
+        None => Ok(()),
+        Some((why, message)) => {
+            tracing::info!(%peer, %user, "closing client: {why}");
+            refuse(stream, state, peer, "08P01", message).await;
+            Err(Ended)
+        }
+    }
+}
+
+/// What the first matching hba rule asks of the client, or PgBouncer's
+/// words for turning it away.
+fn hba_proof<S: ClientStream>(
+    stream: &S,
+    peer: &str,
+    config: &Config,
+    database: &str,
+    user: &str,
+) -> Result<Proof, &'static str> {
+    let Some(rules) = config.hba.as_deref() else {
+        tracing::warn!(%peer, "closing client: auth_type = hba but no hba rules are loaded");
+        return Err(NO_RULE);
+    };
+    let Some(origin) = ClientOrigin::from_peer(peer) else {
+        tracing::warn!(%peer, "closing client: cannot tell its address for the hba rules");
+        return Err(NO_RULE);
+    };
+    let client = HbaClient {
+        origin,
+        tls: stream.tls().is_some(),
+        database,
+        user,
+    };
+    let Some(rule) = find_rule(rules, &client) else {
+        tracing::info!(%peer, %database, %user, tls = client.tls, file = %rules.path().display(), "closing client: no hba rule matches");
+        return Err(NO_RULE);
+    };
+    let place = format!("{}:{}", rules.path().display(), rule.line);
+    tracing::debug!(%peer, %database, %user, rule = %place, method = %rule.method, "hba rule matches");
+    Ok(match rule.method {
+        HbaMethod::Reject => {
+            tracing::info!(%peer, %database, %user, rule = %place, "closing client: hba rule rejects it");
+            return Err(REJECTED);
+        }
+        HbaMethod::Trust => Proof::Password(AuthType::Trust),
+        HbaMethod::Md5 => Proof::Password(AuthType::Md5),
+        HbaMethod::ScramSha256 => Proof::Password(AuthType::ScramSha256),
+        HbaMethod::Password => Proof::Password(AuthType::Plain),
+        HbaMethod::Cert => Proof::Cert,
+        HbaMethod::Peer => Proof::Peer,
+    })
+}
+
+/// Why a `cert` login fails, if it does: the user must be known (in
+/// `auth_file`), the connection TLS, and the verified client certificate's
+/// common name the user name.
+fn cert_refusal<S: ClientStream>(
+    stream: &S,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Option<String> {
+    if secret.is_none() {
+        return Some(format!(
+            "cert login of user \"{user}\", who is not in auth_file"
+        ));
+    }
+    let Some(tls) = stream.tls() else {
+        return Some("cert login needs a TLS connection".to_owned());
+    };
+    match tls.peer_common_name() {
+        None => Some("cert login needs a client certificate".to_owned()),
+        Some(cn) if cn != user => Some(format!(
+            "client certificate is for \"{cn}\", not user \"{user}\""
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Why a `peer` login fails, if it does: the user must be known (in
+/// `auth_file`) and the OS user at the other end of the Unix socket named
+/// like it.
+fn peer_refusal<S: ClientStream>(
+    stream: &S,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Option<String> {
+    if secret.is_none() {
+        return Some(format!(
+            "peer login of user \"{user}\", who is not in auth_file"
+        ));
+    }
+    let Some((uid, _)) = stream.peer_credentials() else {
+        return Some("peer login needs a Unix socket".to_owned());
+    };
+    match os_user_name(uid) {
+        Some(name) if name == user => None,
+        Some(name) => Some(format!("peer is OS user \"{name}\", not \"{user}\"")),
+        None => Some(format!("peer's uid {uid} has no name in /etc/passwd")),
+    }
+}
+
+/// A password exchange (or none, for trust and any).
+async fn password<S: ClientStream>(
+    stream: &mut S,
+    peer: &str,
+    state: &PoolerState,
+    method: AuthType,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<(), Ended> {
+    match authenticate_client(stream, method, user, secret).await {
+        Ok(Some(key)) => {
+            // SCRAM pass-through: the key logs the pooler in to servers
+            // that hold the same secret.
+            state.router().learn_client_key(user, key);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(ClientAuthError::Failed(user)) => {
+            tracing::info!(%peer, %user, "closing client: password authentication failed");
+            let message = format!("password authentication failed for user \"{user}\"");
+            refuse(stream, state, peer, "28P01", &message).await;
+            Err(Ended)
+        }
+        Err(ClientAuthError::Protocol(err)) => {
+            tracing::info!(%peer, error = %err, "closing client during authentication");
+            let message = format!("authentication failed: {err}");
+            refuse(stream, state, peer, "08P01", &message).await;
+            Err(Ended)
+        }
+    }
+}

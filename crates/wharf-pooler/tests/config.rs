@@ -403,7 +403,6 @@ fn unknown_keys_and_unsupported_features_are_warnings() {
         vec![
             "DIR/pgbouncer.ini:3: listen_prot: unknown setting, ignored (did you mean \"listen_port\"?)",
             "DIR/pgbouncer.ini:4: frobnicate: unknown setting, ignored",
-            "DIR/pgbouncer.ini:5: auth_user: auth_user/auth_query lookups are not supported by wharf yet; only users in auth_file can log in",
             "DIR/pgbouncer.ini:7: logfile: the value keeps its double quotes: pgbouncer.ini values are taken literally",
         ]
     );

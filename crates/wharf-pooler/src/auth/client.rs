@@ -84,20 +84,27 @@ where
                 .ok_or_else(failed)
         }
         AuthType::ScramSha256 => {
-            let Some(secret) = secret else {
-                // Run the exchange anyway with a made-up secret, so an
-                // unknown user looks the same as a wrong password.
-                let decoy = scram_secret_from_password("", &fastrand::u64(..).to_string());
+            // `true` with a SCRAM secret as PostgreSQL stores it: its key
+            // may open servers (pass-through); one the pooler made up opens
+            // none.
+            let usable = match secret {
+                Some(Secret::Plain(password)) => {
+                    Some((scram_secret_from_password(password, user), false))
+                }
+                Some(scram @ Secret::Scram { .. }) => Some((scram.clone(), true)),
+                // No SCRAM secret comes from an md5 hash.
+                Some(Secret::Md5(_)) | None => None,
+            };
+            let Some((secret, stored)) = usable else {
+                // Run the exchange anyway, with a made-up password and the
+                // salt this user name always gets, so that an unknown user
+                // (or one without a SCRAM secret) looks like a wrong
+                // password, attempt after attempt.
+                let decoy = scram_secret_from_password(&fastrand::u64(..).to_string(), user);
                 scram_exchange(stream, &decoy).await?;
                 return Err(failed());
             };
-            let (secret, stored) = match secret {
-                Secret::Plain(password) => (scram_secret_from_password(password, user), false),
-                Secret::Md5(_) => return Err(failed()),
-                scram => (scram.clone(), true),
-            };
             let key = scram_exchange(stream, &secret).await?.ok_or_else(failed)?;
-            // A key for a secret the pooler made up opens no server.
             Ok(stored.then_some(key))
         }
     }

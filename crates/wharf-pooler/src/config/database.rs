@@ -29,11 +29,13 @@ pub struct Database {
     pub user: Option<String>,
     /// Password of the forced user; unset means the one in `auth_file`.
     pub password: Option<String>,
-    /// Per-database `auth_user`. Stored; not supported by wharf yet.
+    /// Per-database `auth_user`: clients of this database who are not in
+    /// `auth_file` are looked up with `auth_query` as this user.
     pub auth_user: Option<String>,
-    /// Per-database `auth_query`. Stored; not supported by wharf yet.
+    /// Per-database `auth_query`, over the global one.
     pub auth_query: Option<String>,
-    /// Per-database `auth_dbname`. Stored; not supported by wharf yet.
+    /// Per-database `auth_dbname`: the `[databases]` entry whose server
+    /// runs `auth_query` (unset: this database's).
     pub auth_dbname: Option<String>,
     /// Pool size for this database (below a `[users]` `pool_size`).
     pub pool_size: Option<usize>,
@@ -274,19 +276,8 @@ pub(crate) fn apply_database_key(
         "dbname" => db.dbname = text()?,
         "user" => db.user = text()?,
         "password" => db.password = text()?,
-        "auth_user" => {
-            db.auth_user = text()?;
-            return Ok(Some(
-                "auth_user lookups are not supported by wharf yet; only users in auth_file can log in".to_owned(),
-            ));
-        }
-        "auth_query" => {
-            db.auth_query = text()?;
-            return Ok(Some(
-                "auth_query is not supported by wharf yet; the value is stored but not used"
-                    .to_owned(),
-            ));
-        }
+        "auth_user" => db.auth_user = text()?,
+        "auth_query" => db.auth_query = text()?,
         "auth_dbname" => db.auth_dbname = text()?,
         "pool_size" => db.pool_size = Some(count(raw)?),
         "min_pool_size" => db.min_pool_size = Some(count(raw)?),

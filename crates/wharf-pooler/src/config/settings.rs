@@ -264,8 +264,8 @@ settings! {
     admin_users: Vec<String> = Vec::new(), List, Some(""), true;
     /// Append the client's address and port to `application_name`. Default off.
     application_name_add_host: bool = false, Flag, Some("0"), true;
-    /// Database `auth_query` runs in. Stored; wharf does not run
-    /// `auth_query` yet. Default unset.
+    /// The `[databases]` entry whose server runs `auth_query`; unset, the
+    /// client's database. Default unset.
     auth_dbname: Option<String> = None, OptText, None, true;
     /// The `userlist.txt` of user names and secrets. Default unset. A
     /// relative path is kept as written (PgBouncer reads it relative to its
@@ -279,14 +279,15 @@ settings! {
     auth_ident_file: Option<PathBuf> = None, OptPath, None, true;
     /// LDAP options for `auth_type = ldap`. Stored only. Default unset.
     auth_ldap_options: Option<String> = None, OptText, None, true;
-    /// Query that looks up users missing from `auth_file`. Stored; not
-    /// supported by wharf yet (a warning says so when set).
+    /// Query that looks up users missing from `auth_file` (`$1` is the
+    /// user name; it returns the name and the secret, NULL for none).
     auth_query: String = DEFAULT_AUTH_QUERY.to_owned(), Text,
         Some(DEFAULT_AUTH_QUERY), true;
     /// How clients authenticate. Default `md5`.
     auth_type: AuthType = AuthType::Md5, Lookup<AuthType>, Some("md5"), true;
-    /// User that runs `auth_query`. Stored; not supported by wharf yet (a
-    /// warning says so when set). Default unset.
+    /// User that runs `auth_query` for users missing from `auth_file`; its
+    /// own password comes from `auth_file` (or none). Unset, there are no
+    /// lookups. Default unset.
     auth_user: Option<String> = None, OptText, None, true;
     /// Pools made from the `*` entry are dropped after being unused this
     /// long. Default 3600 s.

@@ -6,14 +6,7 @@ use super::Settings;
 
 impl Settings {
     /// A warning about `key`'s current value, if wharf cannot honour it.
-    pub(crate) fn key_warning(&self, key: &str) -> Option<String> {
-        match key {
-            "auth_user" if self.auth_user.is_some() => Some(
-                "auth_user/auth_query lookups are not supported by wharf yet; only users in auth_file can log in"
-                    .to_owned(),
-            ),
-            "auth_query" => Some("auth_query is not supported by wharf yet; the value is stored but not used".to_owned()),
-            _ => None,
-        }
+    pub(crate) fn key_warning(&self, _key: &str) -> Option<String> {
+        None
     }
 }

@@ -3,6 +3,7 @@
 //! and the operations on them (RELOAD's changes, autodb upkeep, PAUSE,
 //! KILL, SUSPEND).
 
+mod auth_query;
 mod control;
 mod plan;
 mod upkeep;
@@ -18,6 +19,8 @@ use crate::config::{Config, Secret};
 use crate::pool::{ConnectionLimit, DbControl, GlobalControl, ServerPool, Tracking};
 use crate::stats::Stats;
 use crate::tls::TlsContexts;
+use auth_query::AuthCache;
+pub use auth_query::Lookup;
 use plan::PoolPlan;
 
 /// Why a client's database could not be routed.
@@ -52,6 +55,8 @@ pub struct Router {
     /// SCRAM ClientKeys clients revealed, by user: they log the pooler in
     /// to servers whose secret is the auth file's (pass-through).
     client_keys: RwLock<HashMap<String, ClientKey>>,
+    /// `auth_query` lookups of users not in `auth_file`.
+    auth_cache: AuthCache,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
     /// `max_db_connections` and `max_user_connections`, by "db:NAME" and
     /// "user:NAME", shared by every pool they cover.
@@ -79,6 +84,7 @@ impl Router {
             secrets: RwLock::new(secrets),
             tls: RwLock::new(tls),
             client_keys: RwLock::new(HashMap::new()),
+            auth_cache: AuthCache::default(),
             pools: RwLock::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             stats: Arc::new(Stats::default()),
@@ -105,7 +111,8 @@ impl Router {
 
     /// Puts a reloaded configuration, auth file and TLS contexts in force
     /// for new clients, transactions and pools. Existing pools are brought
-    /// in line by [`Router::apply`].
+    /// in line by [`Router::apply`]. Users found by `auth_query` are looked
+    /// up again at their next login.
     pub fn replace(
         &self,
         config: Arc<Config>,
@@ -115,6 +122,7 @@ impl Router {
         *self.config.write() = config;
         *self.secrets.write() = secrets;
         *self.tls.write() = tls;
+        self.auth_cache.make_all_stale();
         self.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -179,6 +187,7 @@ impl Router {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
+        let looked_up = self.auth_cache.secret(database, &server_user);
         let plan = PoolPlan::new(
             &config,
             &self.secrets(),
@@ -186,6 +195,7 @@ impl Router {
             self.tls().server(),
             database,
             &server_user,
+            looked_up.as_ref(),
         )
         .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
         let mut limits = Vec::new();

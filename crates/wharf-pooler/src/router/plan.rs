@@ -23,7 +23,10 @@ pub(super) struct PoolPlan {
 }
 
 impl PoolPlan {
-    /// `None` when the database is not in the configuration (not even by `*`).
+    /// `None` when the database is not in the configuration (not even by
+    /// `*`). The servers log in with the entry's `password=`, else the
+    /// auth file's secret for the user, else `looked_up` (what
+    /// `auth_query` found).
     pub(super) fn new(
         config: &Config,
         secrets: &HashMap<String, Secret>,
@@ -31,6 +34,7 @@ impl PoolPlan {
         tls: &ServerTls,
         database: &str,
         server_user: &str,
+        looked_up: Option<&Secret>,
     ) -> Option<Self> {
         let entry = config.database(database)?;
         let settings = &config.pgbouncer;
@@ -45,7 +49,8 @@ impl PoolPlan {
             .password
             .clone()
             .map(Secret::Plain)
-            .or_else(|| secrets.get(server_user).cloned());
+            .or_else(|| secrets.get(server_user).cloned())
+            .or_else(|| looked_up.cloned());
         let client_key = password.as_ref().and_then(|secret| {
             client_keys
                 .get(server_user)

@@ -32,6 +32,7 @@ impl Router {
         let client_keys = self.client_keys.read().clone();
         let mut applied = Applied::default();
         for pool in self.pools() {
+            let looked_up = self.auth_cache.secret(pool.database(), pool.user());
             let Some(plan) = PoolPlan::new(
                 &config,
                 &secrets,
@@ -39,6 +40,7 @@ impl Router {
                 tls.server(),
                 pool.database(),
                 pool.user(),
+                looked_up.as_ref(),
             ) else {
                 tracing::warn!(database = %pool.database(), user = %pool.user(),
                     "database no longer in the configuration; its pool keeps running until unused");

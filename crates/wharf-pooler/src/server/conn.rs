@@ -2,6 +2,8 @@
 //! the client side uses while it holds one: its cancel key, its parameters,
 //! the bytes to relay, and whether it may go back to the pool.
 
+mod query;
+
 use std::io;
 use std::sync::Arc;
 

@@ -1,14 +1,19 @@
 //! Who the client is: the password exchange `auth_type` names or, with
 //! `auth_type = hba`, what the first matching rule of the hba file says
 //! (a password method, `cert`, `peer` or `reject`), with PgBouncer's words
-//! for each refusal.
+//! for each refusal. A user not in `auth_file` is looked up with
+//! `auth_query` when the database has an `auth_user`; an unknown user, or
+//! a lookup that fails, gets the same exchange and the same error as a
+//! wrong password.
 
+use crate::admin;
 use crate::auth::{
     authenticate_client, find_rule, os_user_name, ClientAuthError, ClientOrigin, HbaClient,
 };
 use crate::client::{refuse, Ended};
 use crate::config::{AuthType, Config, HbaMethod, Secret};
 use crate::net::ClientStream;
+use crate::router::Lookup;
 use crate::state::PoolerState;
 
 /// PgBouncer's words when no hba rule matches the client.
@@ -19,6 +24,42 @@ const REJECTED: &str = "login rejected";
 const CERT_FAILED: &str = "certificate authentication failed";
 /// PgBouncer's words when a `peer` login fails.
 const PEER_FAILED: &str = "unix socket login rejected";
+
+/// A user as the pooler knows it.
+#[derive(Debug, Clone, Default)]
+struct Account {
+    /// In `auth_file`, or found by `auth_query`.
+    known: bool,
+    /// Its secret, if it has one.
+    secret: Option<Secret>,
+    /// The secret came from `auth_query` (and is forgotten if the password
+    /// does not match it).
+    looked_up: bool,
+}
+
+/// The user's account: from `auth_file`, else from `auth_query` when the
+/// database has an `auth_user` (never for the console, as in PgBouncer).
+async fn account(state: &PoolerState, config: &Config, database: &str, user: &str) -> Account {
+    if let Some(secret) = state.secrets().get(user) {
+        return Account {
+            known: true,
+            secret: Some(secret.clone()),
+            looked_up: false,
+        };
+    }
+    let router = state.router();
+    if admin::is_console(database) || !router.looks_up_users(config, database) {
+        return Account::default();
+    }
+    match router.look_up(config, database, user).await {
+        Lookup::Found(secret) => Account {
+            known: true,
+            secret,
+            looked_up: true,
+        },
+        Lookup::Unknown | Lookup::Failed => Account::default(),
+    }
+}
 
 /// How the client must prove who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +92,20 @@ pub(in crate::client) async fn authenticate<S: ClientStream>(
         },
         other => Proof::Password(other),
     };
-    let secrets = state.secrets();
-    let secret = secrets.get(user);
+    // auth_type = any takes no one's word: no lookup either.
+    let account = match proof {
+        Proof::Password(AuthType::Any) => Account::default(),
+        _ => account(state, config, database, user).await,
+    };
     let refusal = match proof {
+        // PgBouncer: "The user name must still exist in auth_file" (or be
+        // found by auth_query).
+        Proof::Password(AuthType::Trust) if account.known => return Ok(()),
         Proof::Password(method) => {
-            return password(stream, peer, state, method, user, secret).await
+            return password(stream, peer, state, method, (database, user), &account).await
         }
-        Proof::Cert => cert_refusal(stream, user, secret).map(|why| (why, CERT_FAILED)),
-        Proof::Peer => peer_refusal(stream, user, secret).map(|why| (why, PEER_FAILED)),
+        Proof::Cert => cert_refusal(stream, user, account.known).map(|why| (why, CERT_FAILED)),
+        Proof::Peer => peer_refusal(stream, user, account.known).map(|why| (why, PEER_FAILED)),
     };
     match refusal {
         None => Ok(()),
@@ -114,17 +161,11 @@ fn hba_proof<S: ClientStream>(
 }
 
 /// Why a `cert` login fails, if it does: the user must be known (in
-/// `auth_file`), the connection TLS, and the verified client certificate's
-/// common name the user name.
-fn cert_refusal<S: ClientStream>(
-    stream: &S,
-    user: &str,
-    secret: Option<&Secret>,
-) -> Option<String> {
-    if secret.is_none() {
-        return Some(format!(
-            "cert login of user \"{user}\", who is not in auth_file"
-        ));
+/// `auth_file` or to `auth_query`), the connection TLS, and the verified
+/// client certificate's common name the user name.
+fn cert_refusal<S: ClientStream>(stream: &S, user: &str, known: bool) -> Option<String> {
+    if !known {
+        return Some(format!("cert login of unknown user \"{user}\""));
     }
     let Some(tls) = stream.tls() else {
         return Some("cert login needs a TLS connection".to_owned());
@@ -139,17 +180,11 @@ fn cert_refusal<S: ClientStream>(
 }
 
 /// Why a `peer` login fails, if it does: the user must be known (in
-/// `auth_file`) and the OS user at the other end of the Unix socket named
-/// like it.
-fn peer_refusal<S: ClientStream>(
-    stream: &S,
-    user: &str,
-    secret: Option<&Secret>,
-) -> Option<String> {
-    if secret.is_none() {
-        return Some(format!(
-            "peer login of user \"{user}\", who is not in auth_file"
-        ));
+/// `auth_file` or to `auth_query`) and the OS user at the other end of the
+/// Unix socket named like it.
+fn peer_refusal<S: ClientStream>(stream: &S, user: &str, known: bool) -> Option<String> {
+    if !known {
+        return Some(format!("peer login of unknown user \"{user}\""));
     }
     let Some((uid, _)) = stream.peer_credentials() else {
         return Some("peer login needs a Unix socket".to_owned());
@@ -161,16 +196,17 @@ fn peer_refusal<S: ClientStream>(
     }
 }
 
-/// A password exchange (or none, for trust and any).
+/// A password exchange (or none, for trust and any) for `user` of
+/// `database`.
 async fn password<S: ClientStream>(
     stream: &mut S,
     peer: &str,
     state: &PoolerState,
     method: AuthType,
-    user: &str,
-    secret: Option<&Secret>,
+    (database, user): (&str, &str),
+    account: &Account,
 ) -> Result<(), Ended> {
-    match authenticate_client(stream, method, user, secret).await {
+    match authenticate_client(stream, method, user, account.secret.as_ref()).await {
         Ok(Some(key)) => {
             // SCRAM pass-through: the key logs the pooler in to servers
             // that hold the same secret.
@@ -179,7 +215,10 @@ async fn password<S: ClientStream>(
         }
         Ok(None) => Ok(()),
         Err(ClientAuthError::Failed(user)) => {
-            tracing::info!(%peer, %user, "closing client: password authentication failed");
+            if account.looked_up {
+                state.router().forget_lookup(database, &user);
+            }
+            tracing::info!(%peer, %user, known = account.known, "closing client: password authentication failed");
             let message = format!("password authentication failed for user \"{user}\"");
             refuse(stream, state, peer, "28P01", &message).await;
             Err(Ended)

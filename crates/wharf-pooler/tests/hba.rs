@@ -2,9 +2,10 @@
 //! takes each client's method from the first matching rule of
 //! `auth_hba_file` (by connection type, address, database and user),
 //! refuses with PgBouncer's words when a rule says `reject` or none
-//! matches, checks `peer` logins on the Unix socket, and reads the file at
-//! start (a bad line stops it) and on RELOAD (a bad line keeps the old
-//! rules).
+//! matches, checks `peer` logins on the Unix socket and `cert` logins
+//! against the TLS client certificate, tells `hostssl` from `hostnossl`
+//! by the client's TLS, and reads the file at start (a bad line stops it),
+//! on RELOAD and on SET (a bad line keeps the old rules).
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::certs::{issue, Certs};
 use common::wire::{self, refused};
 use common::{start_with, Setup, TestPooler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,6 +87,11 @@ fn hba_dir() -> PathBuf {
 /// that reaches the server over its trusted Unix socket, so that only the
 /// pooler's own client authentication is under test.
 async fn hba_pooler(hba: &str) -> (TestPooler, PathBuf) {
+    hba_pooler_with(hba, "").await
+}
+
+/// As [`hba_pooler`], with more `[pgbouncer]` lines.
+async fn hba_pooler_with(hba: &str, extra: &str) -> (TestPooler, PathBuf) {
     let me = os_user();
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
@@ -100,7 +107,10 @@ async fn hba_pooler(hba: &str) -> (TestPooler, PathBuf) {
         cluster.socket_dir().display(),
         cluster.port()
     );
-    let pgbouncer = format!("auth_type = hba\nauth_hba_file = {}\n", hba_path.display());
+    let pgbouncer = format!(
+        "auth_type = hba\nauth_hba_file = {}\n{extra}",
+        hba_path.display()
+    );
     let pooler = start_with(
         cluster,
         Setup {
@@ -453,5 +463,69 @@ async fn set_auth_hba_file_on_the_console_reads_the_new_file_at_once() {
         .await
         .expect("SET auth_type");
     assert_eq!(wire::auth_request(pooler.port, BOB.0, "sock").await, 5);
+    pooler.stop().await;
+}
+
+/// `[pgbouncer]` lines for client TLS in `mode` with the test certificates.
+fn client_tls(certs: &Certs, mode: &str) -> String {
+    format!(
+        "client_tls_sslmode = {mode}\nclient_tls_key_file = {}\nclient_tls_cert_file = {}\nclient_tls_ca_file = {}\n",
+        certs.server_key.display(),
+        certs.server_cert.display(),
+        certs.ca.display()
+    )
+}
+
+/// psql through the pooler over TCP as `user` with libpq `options`: its
+/// output, or its error.
+fn psql_tls(pooler: &TestPooler, user: &str, options: &str) -> Result<String, String> {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={user} dbname=sock {options}",
+        pooler.port
+    );
+    let bin = pooler.cluster.bin("psql");
+    let out = tokio::task::block_in_place(|| {
+        wire::psql(&bin, &conninfo, "not-checked", &[], "SELECT current_user")
+    });
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostssl_matches_tls_connections_and_hostnossl_plain_ones() {
+    let certs = issue(&["127.0.0.1"], "alice");
+    let hba = "hostssl sock alice all trust\nhostnossl sock alice all reject\n";
+    let (pooler, _hba) = hba_pooler_with(hba, &client_tls(&certs, "prefer")).await;
+    let verified = format!("sslmode=verify-full sslrootcert={}", certs.ca.display());
+    assert_eq!(
+        psql_tls(&pooler, ALICE.0, &verified).as_deref(),
+        Ok(ALICE.0)
+    );
+    let err = psql_tls(&pooler, ALICE.0, "sslmode=disable").unwrap_err();
+    assert!(err.contains(REJECTED), "{err}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_logs_in_the_user_the_client_certificate_names() {
+    let certs = issue(&["127.0.0.1"], "alice");
+    let hba = "hostssl sock alice,bob 127.0.0.1/32 cert\n";
+    let (pooler, _hba) = hba_pooler_with(hba, &client_tls(&certs, "verify-ca")).await;
+    let with_cert = format!(
+        "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    assert_eq!(
+        psql_tls(&pooler, ALICE.0, &with_cert).as_deref(),
+        Ok(ALICE.0)
+    );
+    // alice's certificate does not make anyone else.
+    let err = psql_tls(&pooler, BOB.0, &with_cert).unwrap_err();
+    assert!(err.contains("certificate authentication failed"), "{err}");
     pooler.stop().await;
 }

@@ -70,28 +70,51 @@ fn userlist(me: &str) -> String {
 }
 
 /// A directory of its own for an hba file (the pooler's is made when it
-/// starts, and the file must exist before).
-fn hba_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "wharf-hba-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// starts, and the file must exist before), removed when dropped.
+struct HbaDir(PathBuf);
+
+impl HbaDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wharf-hba-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        HbaDir(dir)
+    }
+}
+
+impl Drop for HbaDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An hba file; its directory goes when it does.
+struct HbaFile {
+    path: PathBuf,
+    _dir: HbaDir,
+}
+
+impl std::ops::Deref for HbaFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// A pooler with `auth_type = hba` and `hba` as its rules (`{me}` stands
 /// for the OS user), the roles above on the server, and a database `sock`
 /// that reaches the server over its trusted Unix socket, so that only the
 /// pooler's own client authentication is under test.
-async fn hba_pooler(hba: &str) -> (TestPooler, PathBuf) {
+async fn hba_pooler(hba: &str) -> (TestPooler, HbaFile) {
     hba_pooler_with(hba, "").await
 }
 
 /// As [`hba_pooler`], with more `[pgbouncer]` lines.
-async fn hba_pooler_with(hba: &str, extra: &str) -> (TestPooler, PathBuf) {
+async fn hba_pooler_with(hba: &str, extra: &str) -> (TestPooler, HbaFile) {
     let me = os_user();
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
@@ -100,7 +123,8 @@ async fn hba_pooler_with(hba: &str, extra: &str) -> (TestPooler, PathBuf) {
     for (user, password) in [ALICE, BOB, CAROL, ERIN, TRUSTY, (me.as_str(), "unused")] {
         cluster.create_user(user, password).expect("role created");
     }
-    let hba_path = hba_dir().join("hba.conf");
+    let dir = HbaDir::new();
+    let hba_path = dir.0.join("hba.conf");
     std::fs::write(&hba_path, hba.replace("{me}", &me)).expect("hba file");
     let databases = format!(
         "sock = host={} port={} dbname=postgres\n",
@@ -121,7 +145,13 @@ async fn hba_pooler_with(hba: &str, extra: &str) -> (TestPooler, PathBuf) {
         },
     )
     .await;
-    (pooler, hba_path)
+    (
+        pooler,
+        HbaFile {
+            path: hba_path,
+            _dir: dir,
+        },
+    )
 }
 
 /// A tokio-postgres login over the pooler's Unix socket.
@@ -186,8 +216,18 @@ fn auth_failed(user: &str) -> (String, String) {
     )
 }
 
-fn server_connections(pooler: &TestPooler) -> usize {
-    tokio::task::block_in_place(|| pooler.server_connections())
+/// The server's client backends once the test's own setup psql sessions
+/// have gone (their backends exit a moment after psql does); the
+/// pooler's servers would stay.
+async fn server_connections(pooler: &TestPooler) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = tokio::task::block_in_place(|| pooler.server_connections());
+        if count == 0 || tokio::time::Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const RULES: &str = "\
@@ -288,7 +328,7 @@ async fn reject_and_no_matching_rule_refuse_with_pgbouncers_words() {
     assert_eq!(tag, b'E', "a refusal, not an authentication request");
     assert_eq!(wire::parse_error(&body).message, REJECTED);
     assert_eq!(
-        server_connections(&pooler),
+        server_connections(&pooler).await,
         0,
         "refused logins opened servers"
     );
@@ -315,11 +355,11 @@ async fn peer_lets_the_unix_sockets_own_os_user_in() {
 
 /// Writes a configuration with `auth_type = hba` and `hba` as its rules;
 /// returns the ini and hba paths.
-fn write_config(hba: &str) -> (PathBuf, PathBuf) {
-    let dir = hba_dir();
-    let hba_path = dir.join("hba.conf");
+fn write_config(hba: &str) -> (PathBuf, HbaFile) {
+    let dir = HbaDir::new();
+    let hba_path = dir.0.join("hba.conf");
     std::fs::write(&hba_path, hba).expect("hba file");
-    let ini = dir.join("pgbouncer.ini");
+    let ini = dir.0.join("pgbouncer.ini");
     std::fs::write(
         &ini,
         format!(
@@ -328,14 +368,20 @@ fn write_config(hba: &str) -> (PathBuf, PathBuf) {
         ),
     )
     .expect("ini");
-    (ini, hba_path)
+    (
+        ini,
+        HbaFile {
+            path: hba_path,
+            _dir: dir,
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_hba_line_stops_the_start_with_its_file_and_line() {
     let (ini, hba) = write_config("local all all peer\n\nhost all all 10.0.0.0/8 md5 map=x\n");
     let err = wharf_pooler::config::load(&ini).expect_err("the hba line is refused");
-    assert_eq!(err.file(), hba.as_path());
+    assert_eq!(err.file(), &*hba);
     assert_eq!(err.line(), Some(3));
     assert_eq!(
         err.to_string(),
@@ -345,14 +391,14 @@ async fn a_bad_hba_line_stops_the_start_with_its_file_and_line() {
         )
     );
     // A configuration made in code gets its rules read by Pooler::bind.
-    let (ini, _) = write_config("local all all trust\n");
+    let (ini, _kept) = write_config("local all all trust\n");
     let mut config = wharf_pooler::config::load(&ini).expect("loads").config;
     assert_eq!(config.hba.as_ref().map(|r| r.rules().len()), Some(1));
     config.hba = None;
-    config.pgbouncer.auth_hba_file = Some(hba.clone());
+    config.pgbouncer.auth_hba_file = Some(hba.to_path_buf());
     match wharf_pooler::Pooler::bind(config).await {
         Err(wharf_pooler::StartError::AuthFile(err)) => {
-            assert_eq!((err.file(), err.line()), (hba.as_path(), Some(3)), "{err}")
+            assert_eq!((err.file(), err.line()), (&*hba, Some(3)), "{err}")
         }
         Err(other) => panic!("expected the hba file's error, got {other}"),
         Ok(_) => panic!("a pooler started with a broken hba file"),

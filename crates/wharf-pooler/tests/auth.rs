@@ -93,8 +93,20 @@ fn auth_failed(user: &str) -> (String, String) {
     )
 }
 
+/// The server's client backends, once the setup's own psql sessions have
+/// gone (their backends exit a moment after psql does); the pooler's
+/// servers would stay.
 fn server_connections(pooler: &TestPooler) -> usize {
-    tokio::task::block_in_place(|| pooler.server_connections())
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let count = pooler.server_connections();
+            if count == 0 || std::time::Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 fn psql_as(

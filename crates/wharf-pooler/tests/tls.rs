@@ -332,6 +332,61 @@ async fn verify_ca_demands_a_client_certificate_from_the_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_type_cert_logs_in_the_user_the_certificate_names() {
+    let certs = issue(&["127.0.0.1"], "postgres");
+    let pgbouncer = format!("{}auth_type = cert\n", client_tls(&certs, "verify-full"));
+    let pooler = start(Setup {
+        pgbouncer: &pgbouncer,
+        userlist: "\"postgres\" \"postgres\"\n\"bob\" \"bob\"\n",
+        ..Setup::default()
+    })
+    .await;
+    let with_cert = format!(
+        "{} sslcert={} sslkey={}",
+        verified_by(&certs.ca),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    // No password asked: PGPASSWORD is set, but a wrong one would not do.
+    let out = pooler.run_client(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres password=wrong {with_cert}",
+                pooler.port
+            ),
+            "-c",
+            "SELECT current_user",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "postgres",
+        "{out:?}"
+    );
+    let out = pooler.run_client(
+        "psql",
+        &[
+            "-X",
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=bob dbname=postgres {with_cert}",
+                pooler.port
+            ),
+            "-c",
+            "SELECT 1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate authentication failed"), "{err}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_garbled_handshake_holds_nothing_and_disturbs_no_one() {
     let certs = issue(&["127.0.0.1"], "postgres");
     let pgbouncer = format!(

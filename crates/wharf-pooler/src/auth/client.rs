@@ -33,8 +33,9 @@ pub enum ClientAuthError {
 /// On success the caller sends AuthenticationOk and the rest of the welcome;
 /// a SCRAM login against a SCRAM secret also gives the client's key, for
 /// logging in to servers with the same secret.
-/// `AuthType::Hba` is not a method: the caller picks one from the hba
-/// rules, and passing it fails the login.
+/// `AuthType::Hba` and `AuthType::Cert` are not password exchanges: the
+/// caller picks a method from the hba rules or checks the certificate, and
+/// passing either fails the login.
 pub async fn authenticate_client<S>(
     stream: &mut S,
     method: AuthType,
@@ -55,7 +56,8 @@ where
         // forced user logs in.)
         AuthType::Trust => listed.then_some(None).ok_or_else(failed),
         AuthType::Any => Ok(None),
-        AuthType::Hba => Err(failed()),
+        // Not password exchanges: the caller checks these itself.
+        AuthType::Hba | AuthType::Cert => Err(failed()),
         AuthType::Plain => {
             let mut out = BytesMut::new();
             messages::auth_cleartext(&mut out);

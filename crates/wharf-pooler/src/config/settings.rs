@@ -50,6 +50,10 @@ pub enum AuthType {
     /// The method comes from the first rule of `auth_hba_file` that matches
     /// the client's connection type, address, database and user.
     Hba,
+    /// The client's TLS certificate, verified against `client_tls_ca_file`,
+    /// names the user in its common name (needs `client_tls_sslmode`
+    /// `verify-ca` or `verify-full`).
+    Cert,
 }
 
 impl Named for AuthType {
@@ -60,8 +64,9 @@ impl Named for AuthType {
         ("md5", AuthType::Md5),
         ("scram-sha-256", AuthType::ScramSha256),
         ("hba", AuthType::Hba),
+        ("cert", AuthType::Cert),
     ];
-    const UNSUPPORTED: &'static [&'static str] = &["cert", "ldap", "pam"];
+    const UNSUPPORTED: &'static [&'static str] = &["ldap", "pam"];
 }
 
 /// A TLS mode (`client_tls_sslmode`, `server_tls_sslmode`), with

@@ -119,6 +119,17 @@ impl TlsContexts {
     /// needs, or a protocol or cipher list rustls has nothing for.
     pub fn from_settings(settings: &Settings) -> Result<Self, TlsError> {
         let mut warnings = Vec::new();
+        if settings.auth_type == crate::config::AuthType::Cert
+            && !matches!(
+                settings.client_tls_sslmode,
+                SslMode::VerifyCa | SslMode::VerifyFull
+            )
+        {
+            warnings.push(format!(
+                "auth_type = cert with client_tls_sslmode = {}: no client certificate is verified, so every login will fail (use verify-ca or verify-full)",
+                settings.client_tls_sslmode
+            ));
+        }
         let client = ClientTls::from_settings(settings, &mut warnings)?;
         let server = ServerTls::from_settings(settings, &mut warnings)?;
         Ok(TlsContexts {

@@ -90,6 +90,7 @@ pub(in crate::client) async fn authenticate<S: ClientStream>(
                 return Err(Ended);
             }
         },
+        AuthType::Cert => Proof::Cert,
         other => Proof::Password(other),
     };
     // auth_type = any takes no one's word: no lookup either.

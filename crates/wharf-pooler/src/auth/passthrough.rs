@@ -223,6 +223,24 @@ mod tests {
     }
 
     #[test]
+    fn garbage_from_a_server_is_an_error_never_a_panic() {
+        let secret = scram_secret_from_password("pa55", "alice");
+        let key = key_of("pa55", &secret);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in 0..200 {
+            let mut exchange = KeyExchange::new(&secret, &key).unwrap();
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if len % 3 == 0 {
+                // Well-formed prefixes with junk after them.
+                let prefix = format!("r={}x,s=", exchange.nonce);
+                junk.splice(0..0, prefix.bytes());
+            }
+            assert!(exchange.client_final(&junk).is_err());
+            assert!(exchange.verify_server_final(&junk).is_err());
+        }
+    }
+
+    #[test]
     fn a_server_with_another_salt_is_refused_before_any_proof() {
         let secret = scram_secret_from_password("pa55", "alice");
         let other = scram_secret_from_password("pa55", "bob");

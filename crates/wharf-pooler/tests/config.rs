@@ -322,10 +322,10 @@ fn every_bad_value_names_file_line_and_key() {
         ("max_client_conn = -5", "DIR/pgbouncer.ini:3: max_client_conn: invalid value \"-5\": expected an integer from 0 to 18446744073709551615"),
         ("default_pool_size = 20 ; comment", "DIR/pgbouncer.ini:3: default_pool_size: invalid value \"20 ; comment\": expected an integer from 0 to 18446744073709551615 (comments must be on a line of their own)"),
         ("pool_mode = sessions", "DIR/pgbouncer.ini:3: pool_mode: invalid value \"sessions\": expected one of: session, transaction, statement"),
-        ("auth_type = magic", "DIR/pgbouncer.ini:3: auth_type: invalid value \"magic\": expected one of: trust, any, plain, md5, scram-sha-256, hba"),
+        ("auth_type = magic", "DIR/pgbouncer.ini:3: auth_type: invalid value \"magic\": expected one of: trust, any, plain, md5, scram-sha-256, hba, cert"),
         ("auth_type = hba", "DIR/pgbouncer.ini: auth_hba_file: not set, and auth_type = hba takes its rules from it"),
         ("auth_type = hba\nauth_hba_file = DIR/none.conf", "DIR/pgbouncer.ini: auth_hba_file: could not read \"DIR/none.conf\": No such file or directory (os error 2)"),
-        ("auth_type = pam", "DIR/pgbouncer.ini:3: auth_type: \"pam\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba)"),
+        ("auth_type = pam", "DIR/pgbouncer.ini:3: auth_type: \"pam\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba, cert)"),
         ("server_lifetime = forever", "DIR/pgbouncer.ini:3: server_lifetime: invalid value \"forever\": expected a time in seconds (e.g. 15 or 0.5) or with a unit (e.g. 500ms, 15s, 5min)"),
         ("query_timeout = -1", "DIR/pgbouncer.ini:3: query_timeout: invalid value \"-1\": expected a time in seconds (e.g. 15 or 0.5) or with a unit (e.g. 500ms, 15s, 5min)"),
         ("stats_period = 1.5", "DIR/pgbouncer.ini:3: stats_period: invalid value \"1.5\": expected a whole number of seconds"),
@@ -591,7 +591,7 @@ fn toml_errors_and_warnings_name_the_key_path() {
         ("[databases]\napp = 5\n", "wharf.toml:2: databases.app: expected a table or a connection string, found integer"),
         ("[users.\"bob smith\"]\npool_size = -2\n", "wharf.toml:2: users.\"bob smith\".pool_size: invalid value -2 for user \"bob smith\": expected an integer from 0 to 18446744073709551615"),
         ("pgbouncer = 3\n", "wharf.toml:1: pgbouncer: expected a table, found integer"),
-        ("[pgbouncer]\nauth_type = \"ldap\"\n", "wharf.toml:2: pgbouncer.auth_type: \"ldap\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba)"),
+        ("[pgbouncer]\nauth_type = \"ldap\"\n", "wharf.toml:2: pgbouncer.auth_type: \"ldap\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba, cert)"),
     ];
     for (text, expected) in cases {
         let path = dir.write("wharf.toml", text);

@@ -161,9 +161,16 @@ fn client_tls(config: &config::Config) -> String {
 
 /// What TLS a database's server connections get.
 fn server_tls(config: &config::Config, db: &config::Database) -> String {
-    if db.host.as_deref().is_none_or(|h| h.starts_with('/')) {
+    let hosts = db.host_ports().unwrap_or_default();
+    let on_socket = |(host, _): &(Option<&str>, u16)| host.is_none_or(|h| h.starts_with('/'));
+    if hosts.iter().all(on_socket) {
         return "none (Unix socket)".to_owned();
     }
+    let sockets = if hosts.iter().any(on_socket) {
+        "; its Unix-socket hosts stay plain"
+    } else {
+        ""
+    };
     let mode = config.pgbouncer.server_tls_sslmode;
     let what = match mode {
         config::SslMode::Disable | config::SslMode::Allow => "plain text",
@@ -172,7 +179,7 @@ fn server_tls(config: &config::Config, db: &config::Database) -> String {
         config::SslMode::VerifyCa => "TLS required, certificate chain checked, host name not",
         config::SslMode::VerifyFull => "TLS required, certificate chain and host name checked",
     };
-    format!("{} ({what})", mode.as_str())
+    format!("{} ({what}{sockets})", mode.as_str())
 }
 
 /// How clients authenticate: `auth_type`, and with `hba` the rules that

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::net::{ServerAddr, ServerStream};
 use crate::proto::CancelKey;
 use crate::stats::PoolStats;
+use crate::tls::ServerTls;
 
 /// Where one server connection's cancel requests go, and those on their
 /// way to it: one `Arc` per connection, which is all a client's cancel
@@ -25,6 +26,10 @@ use crate::stats::PoolStats;
 #[derive(Debug)]
 pub struct ServerCancels {
     addr: ServerAddr,
+    /// Cancel requests go the way the server's connection did: over TLS
+    /// when `server_tls_sslmode` asks for it, so the key is never sent in
+    /// plain text where the login was not.
+    tls: ServerTls,
     count: AtomicUsize,
     landed: Notify,
     /// A cancel request was given up (`cancel_wait_timeout`) after it may
@@ -33,10 +38,12 @@ pub struct ServerCancels {
 }
 
 impl ServerCancels {
-    /// No cancel on its way yet to the server at `addr`.
-    pub fn new(addr: ServerAddr) -> Self {
+    /// No cancel on its way yet to the server at `addr`, reached with
+    /// `tls`.
+    pub fn new(addr: ServerAddr, tls: ServerTls) -> Self {
         Self {
             addr,
+            tls,
             count: AtomicUsize::new(0),
             landed: Notify::new(),
             abandoned: AtomicBool::new(false),
@@ -227,7 +234,10 @@ impl CancelRegistry {
                 drop(waiting);
                 let _active = Raised::new(&slot.stats.cancels_active);
                 on_its_way.sent = true;
-                forward_cancel(stream, server_key).await
+                match server.tls.negotiate(stream, addr).await {
+                    Ok(stream) => forward_cancel(stream, server_key).await,
+                    Err(err) => Err(std::io::Error::other(err)),
+                }
             }
             Err(err) => Err(err),
         };

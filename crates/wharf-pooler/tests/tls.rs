@@ -110,6 +110,23 @@ async fn verify_full_encrypts_server_connections_and_reload_closes_them_only_on_
         "SHOW SERVERS tls column: {tls:?}"
     );
 
+    // A cancel reaches a server whose connection is TLS (the request goes
+    // over TLS too).
+    let sleeper = pooler.client().await;
+    let cancel = sleeper.cancel_token();
+    let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancel lands")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        cancelled.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+
     pooler.shared.reload().await.expect("an unchanged reload");
     assert_eq!(
         server_side(&pooler).await,

@@ -81,6 +81,27 @@ fn scram_keys(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
     }
 }
 
+/// The key salts are made under, drawn from the system's randomness once
+/// per process.
+fn salt_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use rustls::crypto::ring::default_provider;
+        let mut key = [0u8; 32];
+        if default_provider().secure_random.fill(&mut key).is_err() {
+            // No system randomness: a time-seeded key still differs per
+            // process, which is all a decoy needs to stay unguessable
+            // from outside.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            key = sha256(&seed.to_le_bytes());
+        }
+        key
+    })
+}
+
 pub(super) fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     Sha256::digest(data).into()
@@ -98,11 +119,14 @@ pub(super) fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> [u
     out
 }
 
-/// A SCRAM secret for a plain-text password, with a salt derived from the
-/// user name so the same user always gets the same secret (the pooler keeps
-/// no state between logins).
+/// A SCRAM secret for a plain-text password (or a decoy for a user with
+/// no usable secret), with a salt made from the user name under a key
+/// drawn at start: the same user gets the same salt on every attempt, and
+/// no one outside can compute it, so a decoy's salt does not tell an
+/// unknown user from a known one (PostgreSQL's mock salt works the same
+/// way).
 pub fn scram_secret_from_password(password: &str, user: &str) -> Secret {
-    let salt = sha256(format!("wharf scram salt for {user}").as_bytes())[..16].to_vec();
+    let salt = hmac(salt_key(), &[b"wharf scram salt", user.as_bytes()])[..16].to_vec();
     let iterations = 4096;
     let salted = pbkdf2_sha256(password.as_bytes(), &salt, iterations);
     let client_key = hmac(&salted, &[b"Client Key"]);

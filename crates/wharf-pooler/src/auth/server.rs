@@ -55,6 +55,8 @@ pub struct ServerLogin<'a> {
     password: Option<&'a Secret>,
     client_key: Option<&'a ClientKey>,
     scram: Option<Scram>,
+    /// The server's SCRAM signature has been checked.
+    scram_verified: bool,
 }
 
 impl<'a> ServerLogin<'a> {
@@ -70,6 +72,7 @@ impl<'a> ServerLogin<'a> {
             password,
             client_key,
             scram: None,
+            scram_verified: false,
         }
     }
 
@@ -83,6 +86,13 @@ impl<'a> ServerLogin<'a> {
         let no_password = || ServerAuthError::NoPassword(self.user.to_owned());
         let mut out = BytesMut::new();
         match code {
+            // A server that skips SCRAM's last step never proved it holds
+            // the secret.
+            0 if self.scram.is_some() && !self.scram_verified => {
+                return Err(ServerAuthError::Scram(std::io::Error::other(
+                    "the server ended SCRAM before proving itself",
+                )))
+            }
             0 => return Ok(ServerAuth::Done),
             3 => match self.password.ok_or_else(no_password)? {
                 Secret::Plain(password) => {
@@ -153,6 +163,7 @@ impl<'a> ServerLogin<'a> {
                         .map_err(|err| pass_through_error(self.user, err))?,
                     None => return Err(ServerAuthError::Unsupported(code)),
                 }
+                self.scram_verified = true;
                 return Ok(ServerAuth::Reply(out));
             }
             other => return Err(ServerAuthError::Unsupported(other)),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::net::ServerAddr;
-use crate::server::{Balance, Role};
+use crate::server::{Balance, Role, SessionAttrs};
 
 /// The first retry of a host that failed comes this soon...
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -23,6 +23,8 @@ struct HostState {
     failures: u32,
     retry_at: Option<Instant>,
     role: Option<Role>,
+    /// Read-only by default when last seen.
+    read_only: bool,
     /// Its replay lag was over `max_replica_lag` when last looked at.
     lagging: bool,
 }
@@ -50,6 +52,12 @@ struct Book {
     cursor: usize,
 }
 
+impl Book {
+    fn index(&self, host: &ServerAddr) -> Option<usize> {
+        self.hosts.iter().position(|h| h == host)
+    }
+}
+
 /// The health of a pool's hosts, shared by its connect attempts.
 #[derive(Debug, Default)]
 pub(super) struct HostBook {
@@ -58,10 +66,16 @@ pub(super) struct HostBook {
 
 impl HostBook {
     /// The order to try `hosts` in for one new server: hosts not backing
-    /// off first (from the round-robin cursor, or the sticky host), then
-    /// those backing off, soonest retry first, so that a dead host is
-    /// tried only when every live one has failed.
-    pub(super) fn order(&self, hosts: &[ServerAddr], balance: Balance) -> Vec<usize> {
+    /// off first (from the round-robin cursor, or the sticky host), those
+    /// last seen in a role `attrs` does not take after them, then those
+    /// backing off, soonest retry first, so that a dead host is tried only
+    /// when every live one has failed.
+    pub(super) fn order(
+        &self,
+        hosts: &[ServerAddr],
+        balance: Balance,
+        attrs: SessionAttrs,
+    ) -> Vec<usize> {
         let mut book = self.book.lock();
         if book.hosts != hosts {
             *book = Book {
@@ -76,22 +90,31 @@ impl HostBook {
             book.cursor = (start + 1) % n.max(1);
         }
         let now = Instant::now();
-        let (mut ready, mut waiting) = (Vec::with_capacity(n), Vec::new());
+        let (mut ready, mut miscast, mut waiting) = (Vec::with_capacity(n), Vec::new(), Vec::new());
         for i in (0..n).map(|k| (start + k) % n) {
             let state = &book.states[i];
+            let fits = state
+                .role
+                .is_none_or(|role| attrs.accepts(role, state.read_only, true));
             match state.retry_at {
                 Some(at) if at > now => waiting.push((at, i)),
+                _ if !fits => miscast.push(i),
                 _ => ready.push(i),
             }
         }
         waiting.sort();
+        ready.extend(miscast);
         ready.extend(waiting.into_iter().map(|(_, i)| i));
         ready
     }
 
-    /// Host `i` took a connection.
-    pub(super) fn succeeded(&self, i: usize, balance: Balance) {
+    /// Host `host` took a connection.
+    pub(super) fn succeeded(&self, host: &ServerAddr, balance: Balance) {
         let mut book = self.book.lock();
+        // A report from a connect begun under an older host list.
+        let Some(i) = book.index(host) else {
+            return;
+        };
         if let Some(state) = book.states.get_mut(i) {
             state.failures = 0;
             state.retry_at = None;
@@ -104,8 +127,11 @@ impl HostBook {
     /// Host `i` refused, timed out or broke: it backs off, doubling with
     /// each failure in a row, with jitter so that pools do not retry in
     /// step.
-    pub(super) fn failed(&self, i: usize, balance: Balance) {
+    pub(super) fn failed(&self, host: &ServerAddr, balance: Balance) {
         let mut book = self.book.lock();
+        let Some(i) = book.index(host) else {
+            return;
+        };
         let n = book.hosts.len().max(1);
         if let Some(state) = book.states.get_mut(i) {
             state.failures = state.failures.saturating_add(1);
@@ -120,11 +146,17 @@ impl HostBook {
         }
     }
 
-    /// Host `i` was seen in `role`, its lag over the limit or not; a
-    /// lagging standby is looked at again after [`LAG_RECHECK`].
-    pub(super) fn seen(&self, i: usize, role: Role, lagging: bool) {
-        if let Some(state) = self.book.lock().states.get_mut(i) {
+    /// Host `host` was seen in `role`, read-only by default or not, its lag
+    /// over the limit or not; a lagging standby is looked at again after
+    /// [`LAG_RECHECK`].
+    pub(super) fn seen(&self, host: &ServerAddr, role: Role, read_only: bool, lagging: bool) {
+        let mut book = self.book.lock();
+        let Some(i) = book.index(host) else {
+            return;
+        };
+        if let Some(state) = book.states.get_mut(i) {
             state.role = Some(role);
+            state.read_only = read_only;
             state.lagging = lagging;
             if lagging {
                 state.retry_at = Some(Instant::now() + LAG_RECHECK);
@@ -154,6 +186,10 @@ impl HostBook {
 mod tests {
     use super::*;
 
+    const RR: Balance = Balance::RoundRobin;
+    const STICKY: Balance = Balance::Disable;
+    const ANY: SessionAttrs = SessionAttrs::Any;
+
     fn hosts(n: u16) -> Vec<ServerAddr> {
         (0..n)
             .map(|i| ServerAddr::Tcp {
@@ -167,21 +203,21 @@ mod tests {
     fn round_robin_starts_each_attempt_at_the_next_host() {
         let book = HostBook::default();
         let h = hosts(3);
-        assert_eq!(book.order(&h, Balance::RoundRobin), vec![0, 1, 2]);
-        assert_eq!(book.order(&h, Balance::RoundRobin), vec![1, 2, 0]);
-        assert_eq!(book.order(&h, Balance::RoundRobin), vec![2, 0, 1]);
+        assert_eq!(book.order(&h, RR, ANY), vec![0, 1, 2]);
+        assert_eq!(book.order(&h, RR, ANY), vec![1, 2, 0]);
+        assert_eq!(book.order(&h, RR, ANY), vec![2, 0, 1]);
     }
 
     #[test]
     fn a_failed_host_goes_last_until_its_backoff_ends() {
         let book = HostBook::default();
         let h = hosts(3);
-        book.order(&h, Balance::RoundRobin);
-        book.failed(1, Balance::RoundRobin);
-        assert_eq!(book.order(&h, Balance::RoundRobin), vec![2, 0, 1]);
-        assert_eq!(book.order(&h, Balance::RoundRobin), vec![2, 0, 1]);
+        book.order(&h, RR, ANY);
+        book.failed(&h[1], RR);
+        assert_eq!(book.order(&h, RR, ANY), vec![2, 0, 1]);
+        assert_eq!(book.order(&h, RR, ANY), vec![2, 0, 1]);
         assert!(!book.status()[1].up);
-        book.succeeded(1, Balance::RoundRobin);
+        book.succeeded(&h[1], RR);
         assert!(book.status()[1].up);
         assert_eq!(book.status()[1].failures, 0);
     }
@@ -190,21 +226,25 @@ mod tests {
     fn sticky_keeps_one_host_until_it_fails() {
         let book = HostBook::default();
         let h = hosts(3);
-        assert_eq!(book.order(&h, Balance::Disable), vec![0, 1, 2]);
-        book.succeeded(0, Balance::Disable);
-        assert_eq!(book.order(&h, Balance::Disable), vec![0, 1, 2]);
-        book.failed(0, Balance::Disable);
-        assert_eq!(book.order(&h, Balance::Disable), vec![1, 2, 0]);
-        book.succeeded(1, Balance::Disable);
-        assert_eq!(book.order(&h, Balance::Disable), vec![1, 2, 0]);
+        assert_eq!(book.order(&h, STICKY, ANY), vec![0, 1, 2]);
+        book.succeeded(&h[0], STICKY);
+        assert_eq!(book.order(&h, STICKY, ANY), vec![0, 1, 2]);
+        book.failed(&h[0], STICKY);
+        assert_eq!(book.order(&h, STICKY, ANY), vec![1, 2, 0]);
+        book.succeeded(&h[1], STICKY);
+        assert_eq!(book.order(&h, STICKY, ANY), vec![1, 2, 0]);
     }
 
     #[test]
     fn a_new_host_list_starts_afresh() {
         let book = HostBook::default();
-        book.order(&hosts(2), Balance::RoundRobin);
-        book.failed(0, Balance::RoundRobin);
-        assert_eq!(book.order(&hosts(3), Balance::RoundRobin), vec![0, 1, 2]);
+        let two = hosts(2);
+        book.order(&two, RR, ANY);
+        book.failed(&two[0], RR);
+        assert_eq!(book.order(&hosts(3), RR, ANY), vec![0, 1, 2]);
+        assert!(book.status().iter().all(|h| h.up));
+        // A late report about a host no longer listed changes nothing.
+        book.failed(&hosts(5)[4], RR);
         assert!(book.status().iter().all(|h| h.up));
     }
 
@@ -212,8 +252,22 @@ mod tests {
     fn a_lagging_standby_is_tried_after_the_others() {
         let book = HostBook::default();
         let h = hosts(2);
-        book.order(&h, Balance::Disable);
-        book.seen(0, Role::Standby, true);
-        assert_eq!(book.order(&h, Balance::Disable), vec![1, 0]);
+        book.order(&h, STICKY, ANY);
+        book.seen(&h[0], Role::Standby, true, true);
+        assert_eq!(book.order(&h, STICKY, ANY), vec![1, 0]);
+    }
+
+    #[test]
+    fn a_host_seen_in_the_wrong_role_is_tried_after_the_others() {
+        let book = HostBook::default();
+        let h = hosts(3);
+        book.order(&h, STICKY, SessionAttrs::ReadWrite);
+        book.seen(&h[0], Role::Standby, true, false);
+        book.seen(&h[1], Role::Primary, false, false);
+        assert_eq!(
+            book.order(&h, STICKY, SessionAttrs::ReadWrite),
+            vec![1, 2, 0]
+        );
+        assert_eq!(book.order(&h, STICKY, SessionAttrs::Standby), vec![0, 2, 1]);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::hosts::{HostBook, HostStatus};
 use super::{ConnectionLimit, DbControl};
@@ -85,76 +86,105 @@ impl ServerManager {
 }
 
 impl ServerManager {
-    /// Registers, takes places under the limits and logs in one server on
-    /// `host` for `target`, in generation `born`.
-    async fn open(
+    /// Places under the pool's connection limits for one server, taken
+    /// once for all the hosts it may be tried on: a full limit is not a
+    /// host that is down.
+    async fn take_places(
         &self,
-        target: &Arc<ServerTarget>,
-        host: &ServerAddr,
-        born: u64,
-    ) -> Result<ServerConn, ServerError> {
-        let entry = self.tracking.registry.register_server(
-            self.tracking.pool.clone(),
-            host.host_port(),
-            (self.generation.clone(), born),
-        );
+        target: &ServerTarget,
+    ) -> Result<Vec<OwnedSemaphorePermit>, ServerError> {
+        let named = target
+            .hosts
+            .first()
+            .cloned()
+            .unwrap_or(ServerAddr::Unix(Default::default()));
         let mut permits = Vec::with_capacity(self.limits.len());
         // Always in the same order (database, then user), so two pools
         // waiting on each other's limits cannot deadlock.
         for limit in &self.limits {
-            permits.push(limit.acquire(host).await?);
+            permits.push(limit.acquire(&named).await?);
         }
-        ServerConn::connect(target, host, born, permits, entry).await
+        Ok(permits)
+    }
+
+    /// Registers and logs in one server on `host`, then sees whether the
+    /// pool can use it; all within the host timeout.
+    async fn try_host(
+        &self,
+        target: &Arc<ServerTarget>,
+        host: &ServerAddr,
+        born: u64,
+    ) -> Result<(ServerConn, Suits), ServerError> {
+        let attempt = async {
+            let entry = self.tracking.registry.register_server(
+                self.tracking.pool.clone(),
+                host.host_port(),
+                (self.generation.clone(), born),
+            );
+            let mut conn = ServerConn::connect(target, host, born, entry).await?;
+            let suits = self.suits(&mut conn, target, host).await?;
+            Ok((conn, suits))
+        };
+        let timeout = Duration::from_millis(self.host_timeout_ms.load(Ordering::Relaxed));
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Io {
+                addr: host.to_string(),
+                source: std::io::ErrorKind::TimedOut.into(),
+            }),
+        }
     }
 
     /// One server from the first host that gives one the pool can use:
-    /// hosts in the order the book says, each within the host timeout; a
-    /// host that is down is skipped and backs off, one of the wrong role
-    /// (or too far behind) is passed over. `prefer-standby` takes a
-    /// standby, or else the first other server it saw.
+    /// hosts in the order the book says (any host may be tried, as libpq
+    /// does); a host that is down backs off, one of the wrong role (or too
+    /// far behind) is passed over. `prefer-standby` takes a standby, or
+    /// else the first other server it saw.
     async fn open_any(
         &self,
         target: &Arc<ServerTarget>,
         born: u64,
     ) -> Result<ServerConn, ServerError> {
-        let timeout = Duration::from_millis(self.host_timeout_ms.load(Ordering::Relaxed));
+        let permits = self.take_places(target).await?;
         let mut last_error = None;
         let mut passed_over = false;
         let mut fallback = None;
-        for i in self.hosts.order(&target.hosts, target.balance) {
+        for i in self
+            .hosts
+            .order(&target.hosts, target.balance, target.attrs)
+        {
             let host = &target.hosts[i];
-            let opened = tokio::time::timeout(timeout, self.open(target, host, born)).await;
-            let mut conn = match opened {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(err)) if err.host_is_down() && target.hosts.len() > 1 => {
-                    tracing::warn!(host = %host, error = %err, "host skipped");
-                    self.hosts.failed(i, target.balance);
+            match self.try_host(target, host, born).await {
+                Ok((conn, Suits::Yes)) => {
+                    self.hosts.succeeded(host, target.balance);
+                    fallback = Some(conn);
+                    break;
+                }
+                Ok((conn, Suits::Fallback)) => {
+                    self.hosts.succeeded(host, target.balance);
+                    fallback.get_or_insert(conn);
+                }
+                Ok((_, Suits::No)) => {
+                    self.hosts.succeeded(host, target.balance);
+                    passed_over = true;
+                }
+                Err(err) => {
+                    if err.host_is_down() {
+                        tracing::warn!(host = %host, error = %err, "host skipped");
+                        self.hosts.failed(host, target.balance);
+                    }
                     last_error = Some(err);
-                    continue;
                 }
-                Ok(Err(err)) => return Err(err),
-                Err(_) => {
-                    tracing::warn!(host = %host, ?timeout, "host skipped: connect timed out");
-                    self.hosts.failed(i, target.balance);
-                    last_error = Some(ServerError::Io {
-                        addr: host.to_string(),
-                        source: std::io::ErrorKind::TimedOut.into(),
-                    });
-                    continue;
-                }
-            };
-            self.hosts.succeeded(i, target.balance);
-            match self.suits(&mut conn, target, i).await {
-                Ok(Suits::Yes) => return Ok(conn),
-                Ok(Suits::Fallback) if fallback.is_none() => fallback = Some(conn),
-                Ok(_) => passed_over = true,
-                Err(err) => last_error = Some(err),
             }
         }
+        if let Some(mut conn) = fallback {
+            conn.hold_places(permits);
+            return Ok(conn);
+        }
         // Hosts that answered but did not suit say more than those down.
-        let last_error = last_error.filter(|_| !passed_over);
-        fallback.ok_or_else(|| {
-            last_error.unwrap_or_else(|| ServerError::Unsuitable {
+        Err(match last_error.filter(|_| !passed_over) {
+            Some(err) => err,
+            None => ServerError::Unsuitable {
                 hosts: target
                     .hosts
                     .iter()
@@ -162,16 +192,16 @@ impl ServerManager {
                     .collect::<Vec<_>>()
                     .join(", "),
                 wanted: target.attrs.describe(),
-            })
+            },
         })
     }
 
-    /// Whether `conn` (on host `i`) is a server `target` may use.
+    /// Whether `conn` (on `host`) is a server `target` may use.
     async fn suits(
         &self,
         conn: &mut ServerConn,
         target: &ServerTarget,
-        i: usize,
+        host: &ServerAddr,
     ) -> Result<Suits, ServerError> {
         if !target.attrs.checks_role() && target.max_replica_lag.is_none() {
             return Ok(Suits::Yes);
@@ -181,7 +211,7 @@ impl ServerManager {
             (Role::Standby, Some(limit)) => conn.replay_lag().await? > limit,
             _ => false,
         };
-        self.hosts.seen(i, role, lagging);
+        self.hosts.seen(host, role, read_only, lagging);
         if lagging {
             return Ok(Suits::No);
         }

@@ -41,6 +41,9 @@ pub enum RouteError {
     },
 }
 
+/// ClientKeys kept per user: one per SCRAM secret it logs in with.
+const MAX_KEYS_PER_USER: usize = 4;
+
 /// Finds or creates the pool for each (database, user).
 pub struct Router {
     /// Swapped whole by RELOAD; readers clone the `Arc` once per client or
@@ -54,7 +57,7 @@ pub struct Router {
     tls: RwLock<Arc<TlsContexts>>,
     /// SCRAM ClientKeys clients revealed, by user: they log the pooler in
     /// to servers whose secret is the auth file's (pass-through).
-    client_keys: RwLock<HashMap<String, ClientKey>>,
+    client_keys: RwLock<HashMap<String, Vec<ClientKey>>>,
     /// `auth_query` lookups of users not in `auth_file`.
     auth_cache: AuthCache,
     pools: RwLock<HashMap<(String, String), Arc<ServerPool>>>,
@@ -128,11 +131,25 @@ impl Router {
 
     /// Keeps the ClientKey a SCRAM login as `user` revealed; pools that
     /// log in as `user` with a SCRAM secret it opens use it from now on.
+    /// A user may have several secrets (`auth_file` for one database,
+    /// `auth_query` on another cluster): each keeps its own key.
     pub fn learn_client_key(&self, user: &str, key: ClientKey) {
-        if self.client_keys.read().get(user) == Some(&key) {
+        if self
+            .client_keys
+            .read()
+            .get(user)
+            .is_some_and(|keys| keys.contains(&key))
+        {
             return;
         }
-        self.client_keys.write().insert(user.to_owned(), key);
+        {
+            let mut keys = self.client_keys.write();
+            let keys = keys.entry(user.to_owned()).or_default();
+            if keys.len() >= MAX_KEYS_PER_USER {
+                keys.remove(0);
+            }
+            keys.push(key);
+        }
         if self.pools().iter().any(|pool| pool.user() == user) {
             self.apply();
         }

@@ -30,7 +30,7 @@ impl PoolPlan {
     pub(super) fn new(
         config: &Config,
         secrets: &HashMap<String, Secret>,
-        client_keys: &HashMap<String, ClientKey>,
+        client_keys: &HashMap<String, Vec<ClientKey>>,
         tls: &ServerTls,
         database: &str,
         server_user: &str,
@@ -53,8 +53,9 @@ impl PoolPlan {
             .or_else(|| looked_up.cloned());
         let client_key = password.as_ref().and_then(|secret| {
             client_keys
-                .get(server_user)
-                .filter(|key| key.opens(secret))
+                .get(server_user)?
+                .iter()
+                .find(|key| key.opens(secret))
                 .cloned()
         });
         let mut startup_params = Vec::new();

@@ -124,6 +124,12 @@ impl ServerConn {
         &mut self.params
     }
 
+    /// Takes its places under the connection limits, held for as long as
+    /// it lives.
+    pub fn hold_places(&mut self, permits: Vec<OwnedSemaphorePermit>) {
+        self._permits = permits;
+    }
+
     /// The connection can no longer be trusted: the pool closes it when it
     /// comes back.
     pub fn mark_broken(&mut self) {

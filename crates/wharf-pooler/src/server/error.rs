@@ -71,8 +71,13 @@ impl ServerError {
         match self {
             ServerError::Io { .. } | ServerError::Protocol { .. } | ServerError::Tls { .. } => true,
             // 57P01-57P03: shutting down, crashed, not accepting yet; 08:
-            // connection exceptions.
-            ServerError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08"),
+            // connection exceptions; 53300/53400: too many connections,
+            // a configured limit reached.
+            ServerError::Server { code, .. } => {
+                code.starts_with("57P")
+                    || code.starts_with("08")
+                    || matches!(code.as_str(), "53300" | "53400")
+            }
             ServerError::Unsuitable { .. } | ServerError::Auth { .. } => false,
         }
     }

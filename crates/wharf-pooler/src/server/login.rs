@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::server_error;
 use super::{ServerConn, ServerError, ServerParams, ServerTarget};
@@ -17,17 +15,17 @@ use crate::net::{ServerAddr, ServerStream};
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
 use crate::stats::ServerGuard;
+use crate::tls::OpenError;
 
 impl ServerConn {
     /// Opens a connection to `host`, one of `target`'s, and logs in.
-    /// `permits` are its places under the connection limits, held for as
-    /// long as it lives; `entry` is its place in the registry, `born` the
-    /// pool's generation.
+    /// `entry` is its place in the registry, `born` the pool's generation;
+    /// its places under the connection limits are given to it after
+    /// ([`hold_places`](Self::hold_places)).
     pub async fn connect(
         target: &Arc<ServerTarget>,
         host: &ServerAddr,
         born: u64,
-        permits: Vec<OwnedSemaphorePermit>,
         entry: ServerGuard,
     ) -> Result<Self, ServerError> {
         let addr = host.to_string();
@@ -35,8 +33,17 @@ impl ServerConn {
             addr: addr.clone(),
             source,
         };
-        let stream = host.connect().await.map_err(io_err)?;
-        let stream = encrypt(stream, target, host, &addr).await?;
+        let stream = target.tls.open(host).await.map_err(|err| match err {
+            OpenError::Io(source) => io_err(source),
+            OpenError::Refused(reason) => ServerError::Tls {
+                addr: addr.clone(),
+                reason,
+            },
+            OpenError::BadAnswer => ServerError::Protocol {
+                addr: addr.clone(),
+                source: ProtocolError::Malformed("answer to SSLRequest"),
+            },
+        })?;
         let mut conn = ServerConn {
             stream: Some(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -44,14 +51,14 @@ impl ServerConn {
             params: ServerParams::default(),
             broken: false,
             dirty: false,
-            _permits: permits,
+            _permits: Vec::new(),
             target: target.clone(),
             host: host.clone(),
             role: None,
             born,
             entry: Some(entry),
             statements: ServerStatements::default(),
-            cancels: Arc::new(ServerCancels::new(host.clone())),
+            cancels: Arc::new(ServerCancels::new(host.clone(), target.tls.clone())),
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
@@ -129,56 +136,5 @@ impl ServerConn {
         entry.entry.logged_in(conn.key.pid, local, tls);
         entry.set_idle();
         Ok(conn)
-    }
-}
-
-/// SSLRequest: length 8, then the request code 1234/5679.
-const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-
-/// Asks a TCP server for TLS when `server_tls_sslmode` says to, and does
-/// the handshake if it agrees. Unix sockets stay plain: PostgreSQL offers
-/// no TLS on them (libpq ignores `sslmode` there too).
-async fn encrypt(
-    stream: ServerStream,
-    target: &ServerTarget,
-    host: &ServerAddr,
-    addr: &str,
-) -> Result<ServerStream, ServerError> {
-    let tls = &target.tls;
-    let ServerAddr::Tcp { host, .. } = host else {
-        return Ok(stream);
-    };
-    let ServerStream::Tcp(mut tcp) = stream else {
-        return Ok(stream);
-    };
-    let io_err = |source| ServerError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
-    if !tls.asked() {
-        return Ok(ServerStream::Tcp(tcp));
-    }
-    tcp.write_all(&SSL_REQUEST).await.map_err(io_err)?;
-    // One byte and no more: anything the server sent after it before the
-    // handshake would be unencrypted bytes passed off as encrypted ones.
-    let answer = tcp.read_u8().await.map_err(io_err)?;
-    let refused = |reason: String| ServerError::Tls {
-        addr: addr.to_owned(),
-        reason,
-    };
-    match answer {
-        b'S' => match tls.connect(tcp, host).await {
-            Ok(encrypted) => Ok(ServerStream::encrypted(encrypted)),
-            Err(err) => Err(refused(format!("TLS handshake failed: {err}"))),
-        },
-        b'N' if tls.required() => Err(refused(format!(
-            "the server does not accept TLS connections, and server_tls_sslmode = {}",
-            tls.mode()
-        ))),
-        b'N' => Ok(ServerStream::Tcp(tcp)),
-        _ => Err(ServerError::Protocol {
-            addr: addr.to_owned(),
-            source: ProtocolError::Malformed("answer to SSLRequest"),
-        }),
     }
 }

@@ -20,11 +20,12 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{Settings, SslMode};
-use crate::net::{Encrypted, TlsClientStream, TlsServerStream};
+use crate::net::{Encrypted, ServerAddr, ServerStream, TlsClientStream, TlsServerStream};
 use files::Fingerprint;
 
 /// Why a TLS setting cannot be put in force.
@@ -100,6 +101,25 @@ impl TlsError {
             | TlsError::Rustls { key, .. } => key,
         }
     }
+}
+
+/// SSLRequest: length 8, then the request code 1234/5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Why a server connection could not be opened as `server_tls_sslmode`
+/// asks.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Connecting, writing or reading failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// TLS was required and could not be had, or the server failed the
+    /// certificate check.
+    #[error("{0}")]
+    Refused(String),
+    /// The server answered the SSLRequest with neither 'S' nor 'N'.
+    #[error("the server answered the SSLRequest with neither S nor N")]
+    BadAnswer,
 }
 
 /// Both sides' TLS, as the settings in force describe them.
@@ -383,6 +403,60 @@ impl ServerTls {
     /// Whether a server that answers 'N' is refused.
     pub fn required(&self) -> bool {
         demands_tls(self.mode)
+    }
+
+    /// Opens a connection to `host` as the mode says: the SSLRequest and
+    /// handshake on TCP (Unix sockets stay plain: PostgreSQL offers no TLS
+    /// there, and libpq ignores `sslmode` there too). Under `prefer` a
+    /// server that answers 'N', or fails the handshake, gets plain text,
+    /// as libpq does; under `require` and stronger neither does.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed, or TLS was required and could not be had.
+    pub(crate) async fn open(&self, host: &ServerAddr) -> Result<ServerStream, OpenError> {
+        self.negotiate(host.connect().await?, host).await
+    }
+
+    /// [`open`](Self::open) on a connection to `host` already made.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub(crate) async fn negotiate(
+        &self,
+        stream: ServerStream,
+        host: &ServerAddr,
+    ) -> Result<ServerStream, OpenError> {
+        let ServerAddr::Tcp { host: name, .. } = host else {
+            return Ok(stream);
+        };
+        let ServerStream::Tcp(mut tcp) = stream else {
+            return Ok(stream);
+        };
+        if !self.asked() {
+            return Ok(ServerStream::Tcp(tcp));
+        }
+        tcp.write_all(&SSL_REQUEST).await?;
+        // One byte and no more: anything the server sent after it before
+        // the handshake would be unencrypted bytes passed off as encrypted.
+        match tcp.read_u8().await? {
+            b'S' => match self.connect(tcp, name).await {
+                Ok(encrypted) => Ok(ServerStream::encrypted(encrypted)),
+                Err(err) if self.mode == SslMode::Prefer => {
+                    tracing::warn!(server = %host, error = %err,
+                        "TLS handshake failed; server_tls_sslmode = prefer goes on in plain text");
+                    Ok(host.connect().await?)
+                }
+                Err(err) => Err(OpenError::Refused(format!("TLS handshake failed: {err}"))),
+            },
+            b'N' if self.required() => Err(OpenError::Refused(format!(
+                "the server does not accept TLS connections, and server_tls_sslmode = {}",
+                self.mode
+            ))),
+            b'N' => Ok(ServerStream::Tcp(tcp)),
+            _ => Err(OpenError::BadAnswer),
+        }
     }
 
     /// The TLS handshake with a server that answered 'S', verifying it as

@@ -264,6 +264,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         listen_addr,
         listen_backlog,
         listen_port,
+        peer_id,
         pidfile,
         pkt_buf,
         resolv_conf,

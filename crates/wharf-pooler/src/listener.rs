@@ -131,8 +131,7 @@ async fn refuse_over_limit<S: ClientStream>(
         Ok(Some(Ok(()))) => {}
         // Passed on outside the login timeout, which is not its to bound.
         Ok(Some(Err(key))) => {
-            let wait = config.pgbouncer.cancel_wait_timeout;
-            state.cancels().cancel_within(key, wait).await;
+            state.cancel(key).await;
             return;
         }
         Ok(None) | Err(_) => return,

@@ -9,6 +9,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::{Config, Secret};
 use crate::lifecycle::{Lifecycle, ReloadError, ReloadSummary, ShutdownMode};
 use crate::prepared::Registry;
+use crate::proto::CancelKey;
 use crate::router::Router;
 use crate::tls::TlsContexts;
 
@@ -28,9 +29,10 @@ impl PoolerState {
         secrets: Arc<HashMap<String, Secret>>,
         tls: Arc<TlsContexts>,
     ) -> Self {
+        let peer_id = config.pgbouncer.peer_id;
         Self {
             router: Router::new(config, secrets, tls),
-            cancels: CancelRegistry::default(),
+            cancels: CancelRegistry::new(peer_id),
             lifecycle: Lifecycle::new(),
             statements: Registry::default(),
         }
@@ -44,6 +46,14 @@ impl PoolerState {
     /// Client cancel keys.
     pub fn cancels(&self) -> &CancelRegistry {
         &self.cancels
+    }
+
+    /// Handles a CancelRequest with `key`: cancels its client's query, or
+    /// forwards it to the peer process the key names, under the
+    /// configuration in force now.
+    pub async fn cancel(&self, key: CancelKey) {
+        let config = self.config();
+        self.cancels.cancel_within(key, &config).await;
     }
 
     /// Every prepared statement some client or server holds.

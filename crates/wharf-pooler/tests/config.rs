@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wharf_pooler::config::{
-    self, AuthType, Config, ConfigError, Database, PoolMode, Secret, SettingRow, SslMode, User,
+    self, AuthType, Config, ConfigError, Database, Peer, PoolMode, Secret, SettingRow, SslMode,
+    User,
 };
 
 /// A directory under the system temp dir, removed on drop.
@@ -62,6 +63,7 @@ bob = query_timeout=30
 [pgbouncer]
 listen_addr = 127.0.0.1, ::1
 listen_port = 6433
+peer_id = 2
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = /etc/pgbouncer/userlist.txt
@@ -128,9 +130,13 @@ max_user_connections = 8
 [users.bob]
 query_timeout = "30s"
 
+[peers.1]
+host = "/tmp/pgbouncer1"
+
 [pgbouncer]
 listen_addr = ["127.0.0.1", "::1"]
 listen_port = 6433
+peer_id = 2
 unix_socket_dir = ""
 auth_type = "scram-sha-256"
 auth_file = "/etc/pgbouncer/userlist.txt"
@@ -263,15 +269,18 @@ fn realistic_ini_loads_every_section() {
     assert_eq!(s.client_login_timeout, Some(Duration::from_secs(60)));
     assert_eq!(s.max_packet_size, 2_147_483_647);
 
-    // [peers] is the only thing worth a warning here.
-    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    // [peers] names the other process of the group.
+    assert_eq!(s.peer_id, 2);
     assert_eq!(
-        warnings,
-        vec![format!(
-            "{}:15: [peers] is not supported by wharf yet; the section is ignored",
-            path.display()
-        )]
+        c.peers,
+        vec![Peer {
+            id: 1,
+            host: Some("/tmp/pgbouncer1".into()),
+            port: None,
+            pool_size: None,
+        }]
     );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 
     // The "*" entry answers for databases without their own.
     assert_eq!(c.database("app").unwrap().name, "app");
@@ -591,6 +600,7 @@ fn toml_errors_and_warnings_name_the_key_path() {
         ("[databases]\napp = 5\n", "wharf.toml:2: databases.app: expected a table or a connection string, found integer"),
         ("[users.\"bob smith\"]\npool_size = -2\n", "wharf.toml:2: users.\"bob smith\".pool_size: invalid value -2 for user \"bob smith\": expected an integer from 0 to 18446744073709551615"),
         ("pgbouncer = 3\n", "wharf.toml:1: pgbouncer: expected a table, found integer"),
+        ("[peers.0]\nhost = \"x\"\n", "wharf.toml:1: peers.0: \"0\" is not a peer id: expected an integer from 1 to 16383"),
         ("[pgbouncer]\nauth_type = \"ldap\"\n", "wharf.toml:2: pgbouncer.auth_type: \"ldap\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba, cert)"),
     ];
     for (text, expected) in cases {
@@ -611,7 +621,7 @@ fn toml_errors_and_warnings_name_the_key_path() {
 
     let path = dir.write(
         "warn.toml",
-        "[pgbouncer]\nauth_file = \"u\"\nlisten_prot = 1\n[databases.app]\nhots = \"x\"\n[peers]\n[extra]\n",
+        "[pgbouncer]\nauth_file = \"u\"\nlisten_prot = 1\n[databases.app]\nhots = \"x\"\n[peers]\n2 = \"host=x prot=1\"\n[extra]\n",
     );
     let loaded = config::load(&path).unwrap();
     let shown: Vec<String> = loaded
@@ -624,8 +634,9 @@ fn toml_errors_and_warnings_name_the_key_path() {
         vec![
             "warn.toml:3: pgbouncer.listen_prot: unknown setting, ignored (did you mean \"listen_port\"?)",
             "warn.toml:5: databases.app.hots: unknown connection parameter for database \"app\" (did you mean \"host\"?), ignored",
-            "warn.toml:6: peers: [peers] is not supported by wharf yet; ignored",
-            "warn.toml:7: extra: unknown key, ignored",
+            "warn.toml:7: peers.2.prot: unknown peer parameter for peer 2 (did you mean \"port\"?), ignored",
+            "warn.toml:8: extra: unknown key, ignored",
+            "warn.toml: peer_id: 0, so peering is off and the [peers] section is not used",
         ]
     );
 }

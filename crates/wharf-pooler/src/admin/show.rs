@@ -69,30 +69,10 @@ pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> 
             messages::notice(out, HELP);
             messages::command_complete(out, "SHOW");
         }
-        // wharf has no peers (PgBouncer's `[peers]`) and no DNS cache of
-        // its own (names are resolved at each connect): these lists are
-        // truly empty.
-        "PEERS" => rows(
-            out,
-            &[
-                ("peer_id", Oid::Int4),
-                ("host", Oid::Text),
-                ("port", Oid::Int4),
-                ("pool_size", Oid::Int4),
-            ],
-            &[],
-        ),
-        "PEER_POOLS" => rows(
-            out,
-            &[
-                ("peer_id", Oid::Int4),
-                ("cl_active_cancel_req", Oid::Int4),
-                ("cl_waiting_cancel_req", Oid::Int4),
-                ("sv_active_cancel", Oid::Int4),
-                ("sv_login", Oid::Int4),
-            ],
-            &[],
-        ),
+        "PEERS" => show_peers(state, out),
+        "PEER_POOLS" => show_peer_pools(state, out),
+        // wharf has no DNS cache of its own (names are resolved at each
+        // connect): these lists are truly empty.
         "DNS_HOSTS" => rows(
             out,
             &[
@@ -144,6 +124,57 @@ const HELP: &str = "Console usage
 \tSHUTDOWN
 \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
 \tWAIT_CLOSE [<db>]";
+
+/// SHOW PEERS: the `[peers]` entries but this process's own.
+fn show_peers(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let config = state.config();
+    let table: Vec<Vec<Option<String>>> = state
+        .cancels()
+        .peer_rows(&config)
+        .into_iter()
+        .map(|p| vec![num(p.peer_id), p.host, num(p.port), num(p.pool_size)])
+        .collect();
+    rows(
+        out,
+        &[
+            ("peer_id", Oid::Int4),
+            ("host", Oid::Text),
+            ("port", Oid::Int4),
+            ("pool_size", Oid::Int4),
+        ],
+        &table,
+    );
+}
+
+/// SHOW PEER_POOLS: the cancel requests on their way to each peer.
+fn show_peer_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
+    let config = state.config();
+    let table: Vec<Vec<Option<String>>> = state
+        .cancels()
+        .peer_pool_rows(&config)
+        .into_iter()
+        .map(|p| {
+            vec![
+                num(p.peer_id),
+                num(p.cl_active_cancel_req),
+                num(p.cl_waiting_cancel_req),
+                num(p.sv_active_cancel),
+                num(p.sv_login),
+            ]
+        })
+        .collect();
+    rows(
+        out,
+        &[
+            ("peer_id", Oid::Int4),
+            ("cl_active_cancel_req", Oid::Int4),
+            ("cl_waiting_cancel_req", Oid::Int4),
+            ("sv_active_cancel", Oid::Int4),
+            ("sv_login", Oid::Int4),
+        ],
+        &table,
+    );
+}
 
 fn show_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
     let table: Vec<Vec<Option<String>>> = pool_rows(state)

@@ -107,8 +107,7 @@ async fn serve<S: ClientStream>(
         // Outside the login timeout: a cancel given up midway would leave
         // its server closed for nothing.
         Ok(Ok(LoggedIn::Cancel(key))) => {
-            let wait = state.config().pgbouncer.cancel_wait_timeout;
-            state.cancels().cancel_within(key, wait).await;
+            state.cancel(key).await;
             return;
         }
         Ok(Ok(LoggedIn::Console { user, role, params })) => {

@@ -181,14 +181,7 @@ impl Loader {
             }
             "databases" => Section::Databases,
             "users" => Section::Users,
-            "peers" => {
-                self.builder.warn(
-                    pos,
-                    None,
-                    "[peers] is not supported by wharf yet; the section is ignored",
-                );
-                Section::Peers
-            }
+            "peers" => Section::Peers,
             _ => {
                 return Err(ConfigError::Syntax {
                     file: pos.file.clone(),
@@ -211,8 +204,7 @@ impl Loader {
         };
         match section {
             Section::Pgbouncer => self.builder.set_setting(pos, key, key, &Raw::Str(value)),
-            Section::Peers => Ok(()),
-            Section::Databases | Section::Users => {
+            Section::Databases | Section::Users | Section::Peers => {
                 let pairs = split_connstring(value).map_err(|message| ConfigError::Invalid {
                     file: pos.file.clone(),
                     line: pos.line,
@@ -233,10 +225,10 @@ impl Loader {
                         k.to_owned()
                     }
                 };
-                if section == Section::Databases {
-                    self.builder.add_database(pos, key, raws, shown, true)
-                } else {
-                    self.builder.add_user(pos, key, raws, shown, true)
+                match section {
+                    Section::Databases => self.builder.add_database(pos, key, raws, shown, true),
+                    Section::Users => self.builder.add_user(pos, key, raws, shown, true),
+                    _ => self.builder.add_peer(pos, key, raws, shown, true),
                 }
             }
         }

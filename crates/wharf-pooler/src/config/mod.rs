@@ -16,8 +16,8 @@
 //!
 //! # The ini format
 //!
-//! As PgBouncer reads it: `[databases]`, `[users]` and `[pgbouncer]`
-//! sections (`[peers]` is accepted and ignored with a warning); `key = value`
+//! As PgBouncer reads it: `[databases]`, `[users]`, `[peers]` and
+//! `[pgbouncer]` sections; `key = value`
 //! lines; lines starting with `;` or `#` are comments (those characters are
 //! not special later in a line); values run to the end of the line and are
 //! taken literally, quotes included. `%include FILE` reads another file in
@@ -50,15 +50,19 @@
 //!
 //! [users.report]
 //! pool_mode = "session"
+//!
+//! [peers.2]
+//! host = "/tmp/wharf2"
 //! ```
 //!
-//! A `[databases]` or `[users]` entry may also be a connection string:
-//! `app = "host=10.0.0.5 pool_size=40"`. Unknown keys are warnings.
+//! A `[databases]`, `[users]` or `[peers]` entry may also be a connection
+//! string: `app = "host=10.0.0.5 pool_size=40"`. Unknown keys are warnings.
 
 mod database;
 mod error;
 mod hba;
 mod ini;
+mod peers;
 mod settings;
 mod suggest;
 mod support;
@@ -73,6 +77,7 @@ use std::time::Duration;
 pub use database::{Database, User};
 pub use error::{ConfigError, ConfigWarning};
 pub use hba::{HbaAddress, HbaConnection, HbaDatabase, HbaMethod, HbaRule, HbaRules, HbaUser};
+pub use peers::{Peer, MAX_PEER_ID};
 pub use settings::{
     AuthType, PoolMode, ServerCheck, SetError, SettingRow, Settings, SslMode, UnknownName,
 };
@@ -92,6 +97,10 @@ pub struct Config {
     pub databases: Vec<Database>,
     /// The `[users]` entries in file order.
     pub users: Vec<User>,
+    /// The `[peers]` entries in file order, this process's own `peer_id`
+    /// among them if the file lists it. A peer id defined twice keeps its
+    /// first place and its last definition.
+    pub peers: Vec<Peer>,
     /// The file the configuration was loaded from.
     pub path: PathBuf,
     /// The rules of `auth_hba_file` when `auth_type = hba` (see
@@ -104,8 +113,8 @@ pub struct Config {
 pub struct Loaded {
     /// The configuration.
     pub config: Config,
-    /// Things accepted but ignored or not honoured: unknown keys, `[peers]`,
-    /// features wharf lacks.
+    /// Things accepted but ignored or not honoured: unknown keys, peering
+    /// that cannot work, features wharf lacks.
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -220,6 +229,17 @@ impl Config {
     /// The `[users]` entry for `name`.
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The `[peers]` entry for `peer_id`.
+    pub fn peer(&self, peer_id: u16) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == peer_id)
+    }
+
+    /// How many cancel requests may be in flight to `peer` at once: its
+    /// `pool_size`, else `default_pool_size`.
+    pub fn peer_pool_size(&self, peer: &Peer) -> usize {
+        peer.pool_size.unwrap_or(self.pgbouncer.default_pool_size)
     }
 
     /// The settings of the pool a client of `database` logged in as
@@ -576,6 +596,7 @@ impl Builder {
         for (key, message) in late {
             self.warn(&pos, Some(key), message);
         }
+        self.check_peers(&pos);
         Loaded {
             config: self.config,
             warnings: self.warnings,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::peers::PeerId;
 use super::value::{
     Codec, Flag, List, Lookup, Named, OptPath, OptPort, OptSecs, OptText, OptWholeSecs,
     PathOrEmpty, Port, Raw, Secs, Text, TextOrEmpty, Uint, ValueError, WholeSecs,
@@ -395,9 +396,10 @@ settings! {
     max_user_connections: usize = 0, Uint<usize>, Some("0"), true;
     /// Server connections kept open in each pool. Default 0.
     min_pool_size: usize = 0, Uint<usize>, Some("0"), true;
-    /// This process's id among peers; 0 disables peering. Stored only
-    /// (`[peers]` is ignored). Default 0.
-    peer_id: u32 = 0, Uint<u32>, Some("0"), true;
+    /// This process's id in a group of peered processes (see `[peers]`),
+    /// carried in every cancel key it hands out; 0 turns peering off, at
+    /// most 16383. Only read at startup. Default 0.
+    peer_id: u16 = 0, PeerId, Some("0"), false;
     /// PID file. Default unset.
     pidfile: Option<PathBuf> = None, PathOrEmpty, Some(""), false;
     /// Packet buffer size. Default 4096.

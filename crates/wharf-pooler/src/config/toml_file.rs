@@ -1,5 +1,5 @@
-//! The TOML form of the configuration: `[pgbouncer]`, `[databases.NAME]`
-//! and `[users.NAME]` tables with PgBouncer's keys.
+//! The TOML form of the configuration: `[pgbouncer]`, `[databases.NAME]`,
+//! `[users.NAME]` and `[peers.ID]` tables with PgBouncer's keys.
 
 use std::path::Path;
 
@@ -108,17 +108,12 @@ pub(crate) fn load(text: &str, path: &Path) -> Result<Builder, ConfigError> {
                     )?;
                 }
             }
-            "databases" | "users" => {
+            "databases" | "users" | "peers" => {
                 let table = value.get_ref().as_table().ok_or_else(not_table)?;
                 for (k, v) in entries(table) {
                     read_entry(&reader, &mut builder, name, k.get_ref(), k.span().start, v)?;
                 }
             }
-            "peers" => builder.warn(
-                &pos,
-                Some("peers"),
-                "[peers] is not supported by wharf yet; ignored",
-            ),
             _ => builder.warn(&pos, Some(&path_part(name)), "unknown key, ignored"),
         }
     }
@@ -184,9 +179,9 @@ fn read_entry(
             })
         }
     };
-    if section == "databases" {
-        builder.add_database(&pos, name, pairs, shown, false)
-    } else {
-        builder.add_user(&pos, name, pairs, shown, false)
+    match section {
+        "databases" => builder.add_database(&pos, name, pairs, shown, false),
+        "users" => builder.add_user(&pos, name, pairs, shown, false),
+        _ => builder.add_peer(&pos, name, pairs, shown, false),
     }
 }

@@ -4,6 +4,13 @@
 //! a server another client is using: the server a cancel is on its way to
 //! is held back from other clients until the cancel has landed (PgBouncer's
 //! `sv_being_canceled`).
+//!
+//! With peering on (`peer_id`, `[peers]`), each key also names the process
+//! that made it ([`key`]), and a request whose key names another process
+//! of the group is forwarded to it ([`peers`]).
+
+mod key;
+mod peers;
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -15,10 +22,12 @@ use parking_lot::Mutex;
 use postgres_protocol::message::frontend;
 use tokio::sync::Notify;
 
+use crate::config::Config;
 use crate::net::{ServerAddr, ServerStream};
 use crate::proto::CancelKey;
 use crate::stats::PoolStats;
 use crate::tls::ServerTls;
+pub use peers::{PeerPoolRow, PeerRow};
 
 /// Where one server connection's cancel requests go, and those on their
 /// way to it: one `Arc` per connection, which is all a client's cancel
@@ -102,7 +111,8 @@ impl Drop for OnItsWay {
     }
 }
 
-/// A gauge of the pool's statistics raised for as long as it lives.
+/// A gauge (of a pool's or a peer's cancel requests) raised for as long
+/// as it lives.
 struct Raised<'a>(&'a AtomicU64);
 
 impl<'a> Raised<'a> {
@@ -145,10 +155,15 @@ impl CancelSlot {
     }
 }
 
-/// Every connected client's cancel key.
+/// Every connected client's cancel key, and the peers cancel requests
+/// for other processes go to.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     clients: Mutex<HashMap<CancelKey, Arc<CancelSlot>>>,
+    /// This process's `peer_id`, read once at startup: the keys handed
+    /// out carry it; 0 is peering off.
+    peer_id: u16,
+    peers: peers::PeerPools,
 }
 
 /// Removes a client's key when its session ends.
@@ -167,6 +182,26 @@ impl Drop for Registered<'_> {
 }
 
 impl CancelRegistry {
+    /// No client yet; the keys handed out will name `peer_id` (0: peering
+    /// off, fully random keys).
+    pub fn new(peer_id: u16) -> Self {
+        Self {
+            peer_id,
+            ..Self::default()
+        }
+    }
+
+    /// A fresh random key, carrying this process's peer id if peering is
+    /// on.
+    fn fresh_key(&self) -> CancelKey {
+        let random = CancelKey::random();
+        if self.peer_id == 0 {
+            random
+        } else {
+            key::stamp(random, self.peer_id)
+        }
+    }
+
     /// Gives a new client of the pool counted by `stats` a fresh key,
     /// unique among connected clients.
     pub fn register(&self, stats: Arc<PoolStats>) -> Registered<'_> {
@@ -176,7 +211,7 @@ impl CancelRegistry {
         });
         let mut clients = self.clients.lock();
         let key = loop {
-            let key = CancelKey::random();
+            let key = self.fresh_key();
             if !clients.contains_key(&key) {
                 break key;
             }
@@ -189,16 +224,42 @@ impl CancelRegistry {
         }
     }
 
-    /// [`cancel`](Self::cancel), given up after `wait` (PgBouncer's
-    /// `cancel_wait_timeout`; `None` waits for ever): a server that does
-    /// not take the request must not hold the client's connection.
-    pub async fn cancel_within(&self, key: CancelKey, wait: Option<std::time::Duration>) {
-        let Some(wait) = wait else {
-            return self.cancel(key).await;
+    /// Handles a CancelRequest under `config`: [`cancel`](Self::cancel)s
+    /// the query of this process's client, or forwards the request to the
+    /// peer its key names. Given up after `cancel_wait_timeout` (`None`
+    /// waits for ever): a server or peer that does not take the request
+    /// must not hold the client's connection.
+    pub async fn cancel_within(&self, key: CancelKey, config: &Config) {
+        let handled = self.dispatch(key, config);
+        let Some(wait) = config.pgbouncer.cancel_wait_timeout else {
+            return handled.await;
         };
-        if tokio::time::timeout(wait, self.cancel(key)).await.is_err() {
+        if tokio::time::timeout(wait, handled).await.is_err() {
             tracing::info!("closing cancel request: cancel_wait_timeout");
         }
+    }
+
+    /// Local or forwarded, as the key's peer id says (PgBouncer's rule:
+    /// with peering on, a key naming another peer is never looked up here).
+    async fn dispatch(&self, key: CancelKey, config: &Config) {
+        if self.peer_id == 0 {
+            self.cancel(key).await;
+        } else if key::peer_of(key) == self.peer_id {
+            // Keys are stored with a full TTL; a forwarded request's is lower.
+            self.cancel(key::with_full_ttl(key)).await;
+        } else {
+            self.peers.forward(key, config).await;
+        }
+    }
+
+    /// SHOW PEERS under `config`.
+    pub fn peer_rows(&self, config: &Config) -> Vec<PeerRow> {
+        peers::peer_rows(self.peer_id, config)
+    }
+
+    /// SHOW PEER_POOLS under `config`.
+    pub fn peer_pool_rows(&self, config: &Config) -> Vec<PeerPoolRow> {
+        self.peers.rows(self.peer_id, config)
     }
 
     /// Handles a CancelRequest: forwards it to the server the key's client
@@ -252,7 +313,8 @@ impl CancelRegistry {
 }
 
 /// Sends a CancelRequest for `key` over `stream`, a new connection to the
-/// server as the protocol requires, and waits for the server to close it.
+/// server (or peer) as the protocol requires, and waits for it to close the
+/// connection.
 async fn forward_cancel(mut stream: ServerStream, key: CancelKey) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     frontend::cancel_request(key.pid, key.secret, &mut out);

@@ -83,7 +83,7 @@ impl PoolerState {
 
     /// RELOAD: re-reads the configuration file and the auth file and puts
     /// them in force without dropping a client (see
-    /// [`Lifecycle::reload`]).
+    /// `Lifecycle::reload`).
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
         self.lifecycle.reload(&self.router).await
     }

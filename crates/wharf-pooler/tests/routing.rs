@@ -274,41 +274,97 @@ async fn clients_connect_over_the_unix_socket() {
     pooler.stop().await;
 }
 
+/// `options` (libpq's `options=` and `PGOPTIONS`): `-c name=value` and
+/// `--name=value` with backslash escapes set tracked parameters as if sent
+/// as startup parameters, kept on whichever server a transaction-mode
+/// client gets; anything else is refused with PgBouncer's words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_startup_parameters_are_refused_unless_ignored() {
-    let pooler = start(Setup::default()).await;
+async fn options_set_tracked_parameters_and_refuse_the_rest() {
+    let pooler = start(Setup {
+        pgbouncer: "pool_mode = transaction\ndefault_pool_size = 1\n\
+                    ignore_startup_parameters = extra_float_digits\n",
+        ..Setup::default()
+    })
+    .await;
     let mut with_options = config(&pooler, "postgres", "postgres", "postgres");
-    with_options.options("-c geqo=off");
-    assert_eq!(
-        refused(connect_with(&with_options).await),
-        (
-            "08P01".to_owned(),
-            "unsupported startup parameter: options".to_owned()
-        )
+    with_options.options(r"-c TimeZone=Europe/Lisbon  --application_name=from\ options");
+    let lisbon = connect_with(&with_options).await.expect("options accepted");
+    let plain = connect_with(&config(&pooler, "postgres", "postgres", "postgres"))
+        .await
+        .expect("plain login");
+    // One server, shared in turn: each client keeps its own settings.
+    for _ in 0..2 {
+        assert_eq!(one(&lisbon, "SHOW TimeZone").await, "Europe/Lisbon");
+        assert_eq!(one(&lisbon, "SHOW application_name").await, "from options");
+        assert_ne!(one(&plain, "SHOW TimeZone").await, "Europe/Lisbon");
+        assert_ne!(one(&plain, "SHOW application_name").await, "from options");
+    }
+    // Named in ignore_startup_parameters: accepted, not passed on.
+    let mut ignored = config(&pooler, "postgres", "postgres", "postgres");
+    ignored.options("-c extra_float_digits=2 -c DateStyle=SQL,\\ YMD");
+    let client = connect_with(&ignored).await.expect("ignored setting");
+    assert_eq!(one(&client, "SHOW extra_float_digits").await, "1");
+    assert_eq!(one(&client, "SHOW DateStyle").await, "SQL, YMD");
+
+    // psql: options= in the connection string, and PGOPTIONS.
+    let conninfo = format!(
+        "{} options='-c timezone=Asia/Tokyo'",
+        tcp(&pooler, "postgres")
     );
-    let pgoptions = [("PGOPTIONS", "-c geqo=off")];
-    let err = psql_err(&psql_at(
+    let out = psql_at(&pooler, &conninfo, &[], "SHOW TimeZone");
+    assert_eq!(psql_ok(&out), "Asia/Tokyo");
+    let pgoptions = [(
+        "PGOPTIONS",
+        r"--DateStyle=ISO,\ YMD -c IntervalStyle=postgres\_verbose",
+    )];
+    let out = psql_at(
         &pooler,
         &tcp(&pooler, "postgres"),
         &pgoptions,
-        "SELECT 1",
-    ));
-    assert!(
-        err.contains("unsupported startup parameter: options"),
-        "{err}"
+        "SELECT current_setting('DateStyle') || ' ' || current_setting('IntervalStyle')",
     );
+    assert_eq!(psql_ok(&out), "ISO, YMD postgres_verbose");
+
+    // Refusals, as PgBouncer words them.
+    let mut untracked = config(&pooler, "postgres", "postgres", "postgres");
+    untracked.options("-c geqo=off");
+    assert_eq!(
+        refused(connect_with(&untracked).await),
+        (
+            "08P01".to_owned(),
+            "unsupported startup parameter in options: geqo".to_owned()
+        )
+    );
+    for bad in ["-d 5", "-c timezone"] {
+        let err = psql_err(&psql_at(
+            &pooler,
+            &tcp(&pooler, "postgres"),
+            &[("PGOPTIONS", bad)],
+            "SELECT 1",
+        ));
+        assert!(
+            err.contains(
+                "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed"
+            ),
+            "{bad}: {err}"
+        );
+    }
     pooler.stop().await;
 
+    // `options` itself in ignore_startup_parameters: untracked settings in
+    // it are ignored, tracked ones still apply.
     let pooler = start(Setup {
         pgbouncer: "ignore_startup_parameters = extra_float_digits, options\n",
         ..Setup::default()
     })
     .await;
     let mut with_options = config(&pooler, "postgres", "postgres", "postgres");
-    with_options.options("-c geqo=off");
+    with_options.options("-c geqo=off -c TimeZone=Asia/Tokyo");
     let client = connect_with(&with_options).await.expect("options ignored");
     // Ignored means not passed on: the server keeps its default.
     assert_eq!(one(&client, "SHOW geqo").await, "on");
+    assert_eq!(one(&client, "SHOW TimeZone").await, "Asia/Tokyo");
+    let pgoptions = [("PGOPTIONS", "-c geqo=off")];
     let out = psql_at(&pooler, &tcp(&pooler, "postgres"), &pgoptions, "SHOW geqo");
     assert_eq!(psql_ok(&out), "on");
     pooler.stop().await;

@@ -1,5 +1,5 @@
 //! The client side: one task per client connection. It reads the startup
-//! packets ([`startup`]), logs the client in ([`login`]), then runs its
+//! packets ([`startup`], with the `options` parameter in [`options`]), logs the client in ([`login`]), then runs its
 //! [`Session`](session::Session): relaying bytes between the client and
 //! whichever server it is linked to ([`relay`]), taking a server on the
 //! first message that needs one and giving it back at the end of each
@@ -8,6 +8,7 @@
 
 mod link;
 mod login;
+mod options;
 mod prepare;
 mod relay;
 mod session;

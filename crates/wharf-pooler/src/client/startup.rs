@@ -4,11 +4,12 @@
 
 use tokio::io::AsyncWriteExt;
 
+use super::options::{parse_options, OptionsError};
 use super::{refuse, Ended};
 use crate::config::Settings;
 use crate::net::ClientStream;
 use crate::proto::{read_startup, CancelKey, ProtocolError, Startup};
-use crate::server::params::is_tracked;
+use crate::server::params::{is_tracked, set_param};
 use crate::state::PoolerState;
 use crate::tls::ClientTls;
 
@@ -102,8 +103,8 @@ pub(super) async fn open<S: ClientStream>(
         tracked,
     } = match sort_params(params, settings) {
         Ok(sorted) => sorted,
-        Err(name) => {
-            let message = format!("unsupported startup parameter: {name}");
+        Err(refusal) => {
+            let message = refusal.to_string();
             tracing::info!(%peer, "closing client: {message}");
             refuse(stream, state, peer, "08P01", &message).await;
             return Err(Ended);
@@ -146,9 +147,34 @@ struct Sorted {
     tracked: Vec<(String, String)>,
 }
 
-/// Sorts a startup message's parameters; the name of the first one the
-/// pooler does not accept is the error.
-fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sorted, String> {
+/// Why a startup message's parameters are refused (PgBouncer's words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    /// A parameter the pooler neither tracks nor is told to ignore.
+    #[error("unsupported startup parameter: {0}")]
+    Parameter(String),
+    /// A setting inside `options` the pooler neither tracks nor is told
+    /// to ignore.
+    #[error("unsupported startup parameter in options: {0}")]
+    InOptions(String),
+    /// An `options` switch the pooler does not take.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+}
+
+/// Sorts a startup message's parameters: `user`, `database`, the tracked
+/// ones (also from inside `options`, applied where `options` stands), and
+/// the ones `ignore_startup_parameters` lets through; the first other one
+/// is refused. With `options` itself in `ignore_startup_parameters`, the
+/// settings inside it that are not tracked are ignored too (its switches
+/// must still be `-c`/`--`, as in PgBouncer).
+fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sorted, Refusal> {
+    let ignored = |name: &str| {
+        settings
+            .ignore_startup_parameters
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    };
     let mut user = None;
     let mut database = None;
     let mut tracked = Vec::new();
@@ -156,13 +182,20 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
-            _ if is_tracked(&name) => tracked.push((name, value)),
-            _ if ACCEPTED.contains(&name.as_str())
-                || settings
-                    .ignore_startup_parameters
-                    .iter()
-                    .any(|p| p.eq_ignore_ascii_case(&name)) => {}
-            _ => return Err(name),
+            "options" => {
+                for (name, value) in parse_options(&value)? {
+                    if is_tracked(&name) {
+                        set_param(&mut tracked, &name, &value);
+                    } else if !ignored(&name) && !ignored("options") {
+                        return Err(Refusal::InOptions(name));
+                    }
+                }
+            }
+            _ if is_tracked(&name) => {
+                set_param(&mut tracked, &name, &value);
+            }
+            _ if ACCEPTED.contains(&name.as_str()) || ignored(&name) => {}
+            _ => return Err(Refusal::Parameter(name)),
         }
     }
     Ok(Sorted {
@@ -170,4 +203,58 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
         database,
         tracked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn options_set_tracked_parameters_and_refuse_others() {
+        let settings = Settings::default();
+        let sorted = sort_params(
+            params(&[
+                ("user", "u"),
+                ("options", "-c TimeZone=UTC --application_name=a"),
+                ("application_name", "b"),
+            ]),
+            &settings,
+        )
+        .expect("accepted");
+        assert_eq!(
+            sorted.tracked,
+            params(&[("TimeZone", "UTC"), ("application_name", "b")])
+        );
+        let refused = sort_params(params(&[("options", "-c enable_seqscan=off")]), &settings);
+        assert_eq!(
+            refused.err().map(|e| e.to_string()).as_deref(),
+            Some("unsupported startup parameter in options: enable_seqscan")
+        );
+        let refused = sort_params(params(&[("options", "-d")]), &settings);
+        assert!(matches!(refused, Err(Refusal::Options(OptionsError::Form))));
+    }
+
+    #[test]
+    fn ignore_startup_parameters_reaches_inside_options() {
+        let mut settings = Settings {
+            ignore_startup_parameters: vec!["extra_float_digits".into()],
+            ..Settings::default()
+        };
+        let sorted = sort_params(
+            params(&[("options", "-c extra_float_digits=3 -c datestyle=ISO")]),
+            &settings,
+        )
+        .expect("accepted");
+        assert_eq!(sorted.tracked, params(&[("datestyle", "ISO")]));
+        settings.ignore_startup_parameters = vec!["options".into()];
+        assert!(sort_params(params(&[("options", "-c enable_seqscan=off")]), &settings).is_ok());
+        // Still only -c and --, as PgBouncer.
+        assert!(sort_params(params(&[("options", "-d 5")]), &settings).is_err());
+    }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pgbench, start, Setup, TestPooler};
+use common::{pgbench, shows, start, Setup, TestPooler};
 
 /// Clients per driver: four times the servers.
 const CLIENTS: usize = 8;
@@ -204,6 +204,30 @@ async fn psycopg_reads_every_console_show() {
         (command.output().expect("python3 runs"), started.elapsed())
     });
     assert_passed("psycopg reading the console", &result);
+    // Each SHOW's columns as psycopg saw them: PgBouncer's names and types.
+    let out = text(&result.0.stdout);
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("COLUMNS "))
+        .unwrap_or_else(|| panic!("no COLUMNS line in\n{out}"));
+    let described: serde_json::Value = serde_json::from_str(line).expect("COLUMNS is JSON");
+    for command in shows::SHOWS {
+        let seen: Vec<(String, u32)> = described[command]
+            .as_array()
+            .unwrap_or_else(|| panic!("SHOW {command} not described: {line}"))
+            .iter()
+            .map(|c| {
+                let name = c[0].as_str().expect("a name").to_owned();
+                let oid = c[1].as_u64().expect("a type OID") as u32;
+                (name, oid)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            shows::columns(command),
+            "SHOW {command} through psycopg"
+        );
+    }
     drop(client);
     pooler.stop().await;
 }

@@ -44,16 +44,27 @@ async fn totals_count_transactions_queries_and_messages() {
     // the background, one more transaction that would race the SHOWs below.
     let statement = client.prepare("SELECT $1::int").await.unwrap();
     client.query(&statement, &[&7i32]).await.unwrap();
+    // STATS_TOTALS: PgBouncer's names, without `total_`.
     let totals = show(&admin, "SHOW STATS_TOTALS").await;
-    assert_eq!(num(&totals, "total_client_parse_count"), 1);
-    assert_eq!(num(&totals, "total_server_parse_count"), 1);
-    assert_eq!(num(&totals, "total_bind_count"), 1);
-    // SHOW TOTALS sums every database.
+    assert_eq!(num(&totals, "client_parse_count"), 1);
+    assert_eq!(num(&totals, "server_parse_count"), 1);
+    assert_eq!(num(&totals, "bind_count"), 1);
+    assert_eq!(
+        num(&totals, "bytes_received"),
+        num(&show(&admin, "SHOW STATS").await, "total_received")
+    );
+    // SHOW TOTALS sums every database, its rows named after PgBouncer's
+    // counters.
     let overall = show(&admin, "SHOW TOTALS").await;
     assert_eq!(
         overall.number("name", "total_xact_count", "value"),
-        num(&totals, "total_xact_count")
+        num(&totals, "xact_count")
     );
+    assert_eq!(
+        overall.number("name", "total_client_bytes", "value"),
+        num(&totals, "bytes_received")
+    );
+    assert_eq!(overall.number("name", "total_ps_bind_count", "value"), 1);
     drop(statement);
     pooler.stop().await;
 }
@@ -132,14 +143,15 @@ async fn averages_are_computed_every_stats_period() {
         client.simple_query("SELECT 1").await.unwrap();
     }
     let averages = show(&admin, "SHOW STATS_AVERAGES").await;
-    assert!(num(&averages, "avg_xact_count") > 0, "{averages:?}");
-    assert!(num(&averages, "avg_query_count") > 0);
-    assert!(num(&averages, "avg_query_time") > 0);
-    assert!(num(&averages, "avg_recv") > 0);
+    // STATS_AVERAGES: PgBouncer's names, without `avg_`.
+    assert!(num(&averages, "xact_count") > 0, "{averages:?}");
+    assert!(num(&averages, "query_count") > 0);
+    assert!(num(&averages, "query_time") > 0);
+    assert!(num(&averages, "bytes_received") > 0);
     // Once the load stops, the next period's averages drop to zero.
     eventually("averages back to zero", || async {
         let averages = show(&admin, "SHOW STATS_AVERAGES").await;
-        num(&averages, "avg_xact_count") == 0
+        num(&averages, "xact_count") == 0
     })
     .await;
     pooler.stop().await;

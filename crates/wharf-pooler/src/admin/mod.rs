@@ -10,6 +10,7 @@
 //! served, one command per query, case-insensitive, with an optional
 //! trailing `;`.
 
+mod columns;
 mod command;
 mod execute;
 mod session;

@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::columns::{self, Column};
 use crate::calendar::format_time;
-use crate::proto::messages::{self, Oid};
+use crate::proto::messages;
 use crate::server::Role;
 use crate::state::PoolerState;
-use crate::stats::{ServerState, Totals};
+use crate::stats::ServerState;
 use crate::views::{database_rows, lists, pool_rows, used_servers, CONSOLE_DB, PGBOUNCER_VERSION};
 
 /// Writes a result set: the columns, the rows, and `SHOW`.
-fn rows(out: &mut BytesMut, columns: &[(&str, Oid)], rows: &[Vec<Option<String>>]) {
+fn rows(out: &mut BytesMut, columns: &[Column], rows: &[Vec<Option<String>>]) {
     messages::row_description(out, columns);
     for row in rows {
         let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
@@ -46,7 +47,7 @@ pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> 
         "HOSTS" => show_hosts(state, out),
         "VERSION" => rows(
             out,
-            &[("version", Oid::Text)],
+            columns::VERSION,
             &[vec![text(format!(
                 "PgBouncer {PGBOUNCER_VERSION} (wharf {})",
                 env!("CARGO_PKG_VERSION")
@@ -57,7 +58,7 @@ pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> 
             let yes = |b: bool| text(if b { "yes" } else { "no" });
             rows(
                 out,
-                &[("key", Oid::Text), ("value", Oid::Text)],
+                columns::STATE,
                 &[
                     vec![text("active"), yes(!paused && !suspended)],
                     vec![text("paused"), yes(paused && !suspended)],
@@ -73,24 +74,8 @@ pub(super) fn show(what: &str, state: &Arc<PoolerState>, out: &mut BytesMut) -> 
         "PEER_POOLS" => show_peer_pools(state, out),
         // wharf has no DNS cache of its own (names are resolved at each
         // connect): these lists are truly empty.
-        "DNS_HOSTS" => rows(
-            out,
-            &[
-                ("hostname", Oid::Text),
-                ("ttl", Oid::Int8),
-                ("addrs", Oid::Text),
-            ],
-            &[],
-        ),
-        "DNS_ZONES" => rows(
-            out,
-            &[
-                ("zonename", Oid::Text),
-                ("serial", Oid::Int8),
-                ("count", Oid::Int4),
-            ],
-            &[],
-        ),
+        "DNS_HOSTS" => rows(out, columns::DNS_HOSTS, &[]),
+        "DNS_ZONES" => rows(out, columns::DNS_ZONES, &[]),
         _ => return None,
     }
     Some(())
@@ -134,16 +119,7 @@ fn show_peers(state: &Arc<PoolerState>, out: &mut BytesMut) {
         .into_iter()
         .map(|p| vec![num(p.peer_id), p.host, num(p.port), num(p.pool_size)])
         .collect();
-    rows(
-        out,
-        &[
-            ("peer_id", Oid::Int4),
-            ("host", Oid::Text),
-            ("port", Oid::Int4),
-            ("pool_size", Oid::Int4),
-        ],
-        &table,
-    );
+    rows(out, columns::PEERS, &table);
 }
 
 /// SHOW PEER_POOLS: the cancel requests on their way to each peer.
@@ -163,17 +139,7 @@ fn show_peer_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    rows(
-        out,
-        &[
-            ("peer_id", Oid::Int4),
-            ("cl_active_cancel_req", Oid::Int4),
-            ("cl_waiting_cancel_req", Oid::Int4),
-            ("sv_active_cancel", Oid::Int4),
-            ("sv_login", Oid::Int4),
-        ],
-        &table,
-    );
+    rows(out, columns::PEER_POOLS, &table);
 }
 
 fn show_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -201,56 +167,16 @@ fn show_pools(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    let mut columns = vec![("database", Oid::Text), ("user", Oid::Text)];
-    for name in [
-        "cl_active",
-        "cl_waiting",
-        "cl_active_cancel_req",
-        "cl_waiting_cancel_req",
-        "sv_active",
-        "sv_active_cancel",
-        "sv_being_canceled",
-        "sv_idle",
-        "sv_used",
-        "sv_tested",
-        "sv_login",
-        "maxwait",
-        "maxwait_us",
-    ] {
-        columns.push((name, Oid::Int4));
-    }
-    columns.push(("pool_mode", Oid::Text));
-    columns.push(("load_balance_hosts", Oid::Text));
-    rows(out, &columns, &table);
-}
-
-fn stats_columns(totals: bool, averages: bool) -> Vec<(String, Oid)> {
-    let mut columns = Vec::new();
-    let names = Totals::default().fields();
-    if totals {
-        for (name, _) in names {
-            columns.push((format!("total_{name}"), Oid::Int8));
-        }
-    }
-    if averages {
-        for (name, _) in names {
-            // PgBouncer shortens these two.
-            let name = match name {
-                "received" => "recv",
-                other => other,
-            };
-            columns.push((format!("avg_{name}"), Oid::Int8));
-        }
-    }
-    columns
+    rows(out, columns::POOLS, &table);
 }
 
 fn show_stats(state: &Arc<PoolerState>, out: &mut BytesMut, totals: bool, averages: bool) {
     let stats = state.router().stats();
-    let mut columns = vec![("database".to_owned(), Oid::Text)];
-    columns.extend(stats_columns(totals, averages));
-    // PgBouncer's order of the totals puts server assignments first; ours
-    // already does.
+    let columns = match (totals, averages) {
+        (true, true) => columns::STATS,
+        (true, false) => columns::STATS_TOTALS,
+        _ => columns::STATS_AVERAGES,
+    };
     let table: Vec<Vec<Option<String>>> = stats
         .database_totals()
         .into_iter()
@@ -266,13 +192,19 @@ fn show_stats(state: &Arc<PoolerState>, out: &mut BytesMut, totals: bool, averag
             row
         })
         .collect();
-    let columns: Vec<(&str, Oid)> = columns.iter().map(|(c, o)| (c.as_str(), *o)).collect();
-    rows(out, &columns, &table);
+    rows(out, columns, &table);
 }
 
 fn show_totals(state: &Arc<PoolerState>, out: &mut BytesMut) {
     let stats = state.router().stats();
-    let names = stats_columns(true, true);
+    let names = columns::TOTALS_ROWS
+        .iter()
+        .map(|name| format!("total_{name}"))
+        .chain(
+            columns::TOTALS_ROWS
+                .iter()
+                .map(|name| format!("avg_{name}")),
+        );
     let values = stats
         .overall_totals()
         .fields()
@@ -280,38 +212,11 @@ fn show_totals(state: &Arc<PoolerState>, out: &mut BytesMut) {
         .chain(stats.overall_averages().fields())
         .map(|(_, v)| v);
     let table: Vec<Vec<Option<String>>> = names
-        .iter()
         .zip(values)
-        .map(|((name, _), value)| vec![text(name.as_str()), num(value)])
+        .map(|(name, value)| vec![text(name), num(value)])
         .collect();
-    rows(out, &[("name", Oid::Text), ("value", Oid::Int8)], &table);
+    rows(out, columns::TOTALS, &table);
 }
-
-const SOCKET_COLUMNS: &[(&str, Oid)] = &[
-    ("type", Oid::Text),
-    ("user", Oid::Text),
-    ("database", Oid::Text),
-    ("replication", Oid::Text),
-    ("state", Oid::Text),
-    ("addr", Oid::Text),
-    ("port", Oid::Int4),
-    ("local_addr", Oid::Text),
-    ("local_port", Oid::Int4),
-    // Text, as PgBouncer sends them: a timestamptz OID with PgBouncer's
-    // `2024-05-01 10:20:30 UTC` format breaks drivers that parse it.
-    ("connect_time", Oid::Text),
-    ("request_time", Oid::Text),
-    ("wait", Oid::Int4),
-    ("wait_us", Oid::Int4),
-    ("close_needed", Oid::Int4),
-    ("ptr", Oid::Text),
-    ("link", Oid::Text),
-    ("remote_pid", Oid::Int4),
-    ("tls", Oid::Text),
-    ("application_name", Oid::Text),
-    ("prepared_statements", Oid::Int4),
-    ("id", Oid::Int8),
-];
 
 /// `ptr`/`link` values: clients and servers get distinct made-up
 /// addresses from their ids (there is no C struct to point at).
@@ -365,7 +270,7 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    rows(out, SOCKET_COLUMNS, &table);
+    rows(out, columns::SOCKETS, &table);
 }
 
 fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -419,7 +324,7 @@ fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    rows(out, SOCKET_COLUMNS, &table);
+    rows(out, columns::SOCKETS, &table);
 }
 
 fn show_databases(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -469,29 +374,7 @@ fn show_databases(state: &Arc<PoolerState>, out: &mut BytesMut) {
         num(0),
         num(0),
     ]);
-    rows(
-        out,
-        &[
-            ("name", Oid::Text),
-            ("host", Oid::Text),
-            ("port", Oid::Int4),
-            ("database", Oid::Text),
-            ("force_user", Oid::Text),
-            ("pool_size", Oid::Int4),
-            ("min_pool_size", Oid::Int4),
-            ("reserve_pool_size", Oid::Int4),
-            ("server_lifetime", Oid::Int4),
-            ("pool_mode", Oid::Text),
-            ("load_balance_hosts", Oid::Text),
-            ("max_connections", Oid::Int4),
-            ("current_connections", Oid::Int4),
-            ("max_client_connections", Oid::Int4),
-            ("current_client_connections", Oid::Int4),
-            ("paused", Oid::Int4),
-            ("disabled", Oid::Int4),
-        ],
-        &table,
-    );
+    rows(out, columns::DATABASES, &table);
 }
 
 fn show_users(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -530,20 +413,7 @@ fn show_users(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    rows(
-        out,
-        &[
-            ("name", Oid::Text),
-            ("pool_size", Oid::Text),
-            ("reserve_pool_size", Oid::Text),
-            ("pool_mode", Oid::Text),
-            ("max_user_connections", Oid::Int4),
-            ("current_connections", Oid::Int4),
-            ("max_user_client_connections", Oid::Int4),
-            ("current_client_connections", Oid::Int4),
-        ],
-        &table,
-    );
+    rows(out, columns::USERS, &table);
 }
 
 fn show_config(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -560,16 +430,7 @@ fn show_config(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]
         })
         .collect();
-    rows(
-        out,
-        &[
-            ("key", Oid::Text),
-            ("value", Oid::Text),
-            ("default", Oid::Text),
-            ("changeable", Oid::Text),
-        ],
-        &table,
-    );
+    rows(out, columns::CONFIG, &table);
 }
 
 fn show_lists(state: &Arc<PoolerState>, out: &mut BytesMut) {
@@ -578,23 +439,13 @@ fn show_lists(state: &Arc<PoolerState>, out: &mut BytesMut) {
         .iter()
         .map(|(name, items)| vec![text(*name), num(items)])
         .collect();
-    rows(out, &[("list", Oid::Text), ("items", Oid::Int4)], &table);
+    rows(out, columns::LISTS, &table);
 }
 
 /// `SHOW HOSTS` (wharf's own): each pool's hosts and what is known of
 /// them: up or backing off after failures, the role last seen, and whether
 /// a standby was over `max_replica_lag`.
 fn show_hosts(state: &Arc<PoolerState>, out: &mut BytesMut) {
-    const COLUMNS: &[(&str, Oid)] = &[
-        ("database", Oid::Text),
-        ("user", Oid::Text),
-        ("host", Oid::Text),
-        ("port", Oid::Int4),
-        ("state", Oid::Text),
-        ("failures", Oid::Int4),
-        ("role", Oid::Text),
-        ("lagging", Oid::Int4),
-    ];
     let mut table = Vec::new();
     for pool in state.router().pools() {
         for status in pool.hosts() {
@@ -615,5 +466,5 @@ fn show_hosts(state: &Arc<PoolerState>, out: &mut BytesMut) {
             ]);
         }
     }
-    rows(out, COLUMNS, &table);
+    rows(out, columns::HOSTS, &table);
 }

@@ -317,4 +317,5 @@ impl TestPooler {
 pub mod certs;
 pub mod console;
 pub mod pgbench;
+pub mod shows;
 pub mod wire;

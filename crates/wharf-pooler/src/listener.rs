@@ -47,13 +47,12 @@ pub(crate) async fn accept_tcp(
     listener: TcpListener,
     state: Arc<PoolerState>,
     clients: Arc<Clients>,
-    max_clients: usize,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                admit(stream, peer.to_string(), &state, &clients, max_clients);
+                admit(stream, peer.to_string(), &state, &clients);
             }
             Err(err) => accept_failed(err).await,
         }
@@ -66,25 +65,25 @@ pub(crate) async fn accept_unix(
     peer: String,
     state: Arc<PoolerState>,
     clients: Arc<Clients>,
-    max_clients: usize,
 ) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => admit(stream, peer.clone(), &state, &clients, max_clients),
+            Ok((stream, _)) => admit(stream, peer.clone(), &state, &clients),
             Err(err) => accept_failed(err).await,
         }
     }
 }
 
 /// Starts a client's task, or turns it away when `max_client_conn` clients
-/// are already connected.
+/// are already connected. The limit is read for each new client, so a
+/// RELOAD or a console `SET max_client_conn` applies to the next one.
 fn admit<S: ClientStream + 'static>(
     stream: S,
     peer: String,
     state: &Arc<PoolerState>,
     clients: &Arc<Clients>,
-    max_clients: usize,
 ) {
+    let max_clients = state.config().pgbouncer.max_client_conn;
     let count = ClientCount::new(clients.clone());
     let state = state.clone();
     tokio::spawn(async move {

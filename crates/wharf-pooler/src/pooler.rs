@@ -158,7 +158,6 @@ impl Pooler {
         } = self;
         // Up until run returns, so a draining pooler can still be watched.
         let _http = http.map(|listener| crate::http::spawn(listener, state.clone()));
-        let max_clients = state.config().pgbouncer.max_client_conn;
         let clients = Arc::new(Clients::default());
         let mut tasks = tokio::task::JoinSet::new();
         for listener in tcp {
@@ -166,7 +165,6 @@ impl Pooler {
                 listener,
                 state.clone(),
                 clients.clone(),
-                max_clients,
             ));
         }
         let unix_path = unix.as_ref().map(|(_, path)| path.clone());
@@ -177,7 +175,6 @@ impl Pooler {
                 peer,
                 state.clone(),
                 clients.clone(),
-                max_clients,
             ));
         }
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));

@@ -280,6 +280,31 @@ async fn set_changes_changeable_settings_only() {
     pooler.stop().await;
 }
 
+/// `SET max_client_conn` on the console applies to the next client: no
+/// restart, no RELOAD. The console's own connection counts, as in
+/// PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_max_client_conn_applies_to_new_clients_at_once() {
+    let pooler = start(setup()).await;
+    let admin = console(&pooler, "admin").await;
+    let first = pooler.client().await;
+    admin.simple_query("SET max_client_conn = 2").await.unwrap();
+    let err = match pooler.connect("postgres", "postgres", "postgres").await {
+        Ok(_) => panic!("a third client got in with max_client_conn = 2"),
+        Err(err) => err,
+    };
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("53300", "no more connections allowed (max_client_conn)")
+    );
+    admin.simple_query("SET max_client_conn = 3").await.unwrap();
+    let third = pooler.client().await;
+    third.simple_query("SELECT 1").await.unwrap();
+    first.simple_query("SELECT 1").await.unwrap();
+    pooler.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_and_shutdown() {
     let pooler = start(setup()).await;

@@ -503,3 +503,51 @@ async fn cancel_wait_timeout_gives_up_on_a_cancel_the_server_does_not_take() {
     );
     pooler.stop().await;
 }
+
+/// `query_wait_notify` (PgBouncer 1.25): a client queued longer than that
+/// hears a NOTICE once per wait, and its query then runs;
+/// `login_notify_message`: a NOTICE right after login. Read by psql, which
+/// prints notices on its standard error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_clients_and_new_logins_get_notices() {
+    const QUEUED: &str = "No server connection available in postgres backend, client being queued";
+    let pooler = std::sync::Arc::new(
+        start(Setup {
+            pgbouncer: "default_pool_size = 1\nquery_wait_notify = 1\n\
+                        login_notify_message = welcome to wharf\n",
+            ..Setup::default()
+        })
+        .await,
+    );
+    // A free server: no queue notice, the login one only.
+    let out = tokio::task::block_in_place(|| pooler.psql(&["-c", "SELECT 'free'"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("NOTICE:  welcome to wharf"), "{err}");
+    assert!(!err.contains(QUEUED), "{err}");
+
+    // The only server held in a transaction for 2.5 s: the queued psql
+    // hears the notice once after 1 s, then gets the server.
+    let holder = pooler.client().await;
+    holder.simple_query("BEGIN").await.unwrap();
+    holder.simple_query("SELECT 1").await.unwrap();
+    let queued = {
+        let pooler = pooler.clone();
+        tokio::task::spawn_blocking(move || pooler.psql(&["-c", "SELECT 'served'"]))
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    holder.simple_query("COMMIT").await.unwrap();
+    let out = queued.await.expect("psql task");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "served",
+        "{err}"
+    );
+    assert_eq!(err.matches(QUEUED).count(), 1, "{err}");
+    drop(holder);
+    std::sync::Arc::into_inner(pooler)
+        .expect("the only handle")
+        .stop()
+        .await;
+}

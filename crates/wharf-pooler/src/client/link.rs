@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use wharf::Pooled;
 
 use super::relay::Unlinked;
@@ -16,6 +16,20 @@ use super::{application_name, fatal, Ended, SHUTTING_DOWN};
 use crate::config::PoolMode;
 use crate::pool::ServerManager;
 use crate::server::params::same_value;
+
+/// What a client queued for longer than `query_wait_notify` is told
+/// (PgBouncer 1.25's words).
+const QUEUED: &str = "No server connection available in postgres backend, client being queued";
+
+/// Tells a queued client it is queued: a NOTICE, which libpq and drivers
+/// pass to the application while the query goes on waiting. A client gone
+/// meanwhile is noticed by the next read.
+async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
+    let mut out = bytes::BytesMut::new();
+    crate::proto::messages::notice(&mut out, QUEUED);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.flush().await;
+}
 
 /// How long a released server waits for a cancel on its way to it when
 /// `cancel_wait_timeout` is off.
@@ -30,10 +44,22 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let got = {
             let pool = self.pool;
             let watching = self.shutdown.is_some();
-            let shutdown = shutdown_fired(&mut self.shutdown);
-            tokio::select! {
-                got = pool.get(Some(wait)) => Some(got),
-                _ = shutdown, if watching => None,
+            let mut shutdown = std::pin::pin!(shutdown_fired(&mut self.shutdown));
+            let mut get = std::pin::pin!(pool.get(Some(wait)));
+            // query_wait_notify: once per wait, as PgBouncer 1.25.
+            let notify = self.timeouts.query_wait_notify.filter(|d| !d.is_zero());
+            let notice_at = tokio::time::sleep(notify.unwrap_or(super::NO_TIMEOUT));
+            let mut notice_at = std::pin::pin!(notice_at);
+            let mut notified = notify.is_none();
+            loop {
+                tokio::select! {
+                    got = &mut get => break Some(got),
+                    _ = &mut shutdown, if watching => break None,
+                    _ = &mut notice_at, if !notified => {
+                        notified = true;
+                        queued_notice(&mut self.writer).await;
+                    }
+                }
             }
         };
         let mut server = match got {

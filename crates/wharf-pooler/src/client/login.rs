@@ -225,12 +225,14 @@ fn server_unavailable(err: &wharf::Error) -> (String, String) {
     }
 }
 
-/// AuthenticationOk, the welcome parameters, the client's cancel key and
-/// ReadyForQuery, in one write.
+/// AuthenticationOk, the welcome parameters, the client's cancel key, a
+/// NOTICE with `login_notify_message` when it is set, and ReadyForQuery,
+/// in one write.
 pub(super) async fn send_welcome<S: ClientStream>(
     stream: &mut S,
     login: &Login,
     key: CancelKey,
+    notify_message: &str,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
@@ -238,6 +240,9 @@ pub(super) async fn send_welcome<S: ClientStream>(
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, key);
+    if !notify_message.is_empty() {
+        messages::notice(&mut out, notify_message);
+    }
     messages::ready_for_query(&mut out, b'I');
     stream.write_all(&out).await
 }

@@ -129,7 +129,8 @@ async fn serve<S: ClientStream>(
         }
     };
     let registered = state.cancels().register(login.pool.stats().clone());
-    if send_welcome(&mut stream, &login, registered.key)
+    let notify_message = state.config().pgbouncer.login_notify_message.clone();
+    if send_welcome(&mut stream, &login, registered.key, &notify_message)
         .await
         .is_err()
     {

@@ -205,6 +205,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         self.timeouts = Timeouts {
             query: pool.query_timeout,
             query_wait: pool.query_wait_timeout,
+            query_wait_notify: config.pgbouncer.query_wait_notify,
             idle_transaction: pool.idle_transaction_timeout,
             transaction: pool.transaction_timeout,
             client_idle: pool.client_idle_timeout,

@@ -35,6 +35,8 @@ impl Timeout {
 pub(super) struct Timeouts {
     pub(super) query: Option<Duration>,
     pub(super) query_wait: Option<Duration>,
+    /// `query_wait_notify`: a client queued this long hears a NOTICE.
+    pub(super) query_wait_notify: Option<Duration>,
     pub(super) idle_transaction: Option<Duration>,
     pub(super) transaction: Option<Duration>,
     pub(super) client_idle: Option<Duration>,

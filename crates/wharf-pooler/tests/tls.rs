@@ -320,6 +320,37 @@ async fn require_turns_away_plain_tcp_clients_and_shows_tls_in_show_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_prefer_serve_tls_and_plain_clients_alike() {
+    let certs = issue(&["127.0.0.1"], "postgres");
+    for mode in ["allow", "prefer"] {
+        let pgbouncer = client_tls(&certs, mode);
+        let pooler = start(Setup {
+            pgbouncer: &pgbouncer,
+            ..Setup::default()
+        })
+        .await;
+        let ssl = "SELECT 1";
+        assert_eq!(
+            psql(&pooler, "sslmode=disable", ssl).unwrap(),
+            "1",
+            "{mode}: plain"
+        );
+        assert_eq!(
+            psql(&pooler, &verified_by(&certs.ca), ssl).unwrap(),
+            "1",
+            "{mode}: TLS"
+        );
+        pooler.stop().await;
+    }
+    // disable answers 'N': a client that requires TLS is turned away by
+    // its own driver.
+    let pooler = start(Setup::default()).await;
+    let err = psql(&pooler, "sslmode=require", "SELECT 1").unwrap_err();
+    assert!(err.contains("server does not support SSL"), "{err}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_ca_demands_a_client_certificate_from_the_ca() {
     let certs = issue(&["127.0.0.1"], "postgres");
     let pgbouncer = client_tls(&certs, "verify-ca");

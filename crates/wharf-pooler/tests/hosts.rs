@@ -4,6 +4,8 @@
 //! made with `pg_basebackup -R`).
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -97,6 +99,49 @@ async fn round_robin_spreads_servers_and_a_stopped_host_is_skipped_then_rejoins(
         "{:?}",
         started.elapsed()
     );
+    // New servers, several at once: the dead host is tried and skipped.
+    pooler.shared.router().reconnect(None);
+    assert_eq!(ports_of(&pooler, "multi", 3).await, [i32::from(pa)].into());
+
+    let admin = common::console::console(&pooler, "postgres").await;
+    let hosts = common::console::show(&admin, "SHOW HOSTS").await;
+    let b_port = pb.to_string();
+    let b_row = hosts
+        .rows
+        .iter()
+        .find(|r| {
+            r[hosts.col("database")].as_deref() == Some("multi")
+                && r[hosts.col("port")].as_deref() == Some(b_port.as_str())
+        })
+        .expect("the stopped host is listed");
+    assert_eq!(b_row[hosts.col("state")].as_deref(), Some("backing_off"));
+    let http = pooler.http_port.unwrap();
+    let (_, metrics) = http::get(http, "/metrics").await;
+    let scrape = http::parse(&metrics);
+    let b_addr = format!("127.0.0.1:{pb}");
+    let labels = [
+        ("database", "multi"),
+        ("user", "postgres"),
+        ("host", b_addr.as_str()),
+    ];
+    assert_eq!(http::value(&scrape, "wharf_pooler_host_up", &labels), 0.0);
+    // The dashboard's document lists the hosts too.
+    let (_, api) = http::get(http, "/api/stats").await;
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    let multi = api["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["database"] == "multi")
+        .expect("the multi pool");
+    let down: Vec<&str> = multi["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["up"] == false)
+        .map(|h| h["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(down, vec![b_addr.as_str()]);
     pooler.stop().await;
 }
 

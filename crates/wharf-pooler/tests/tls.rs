@@ -2,6 +2,8 @@
 //! psql (libpq) in front of it, certificates made at test time.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::path::Path;
 use std::time::Duration;
@@ -108,6 +110,18 @@ async fn verify_full_encrypts_server_connections_and_reload_closes_them_only_on_
     assert!(
         tls.starts_with("TLSv1."),
         "SHOW SERVERS tls column: {tls:?}"
+    );
+    let (_, metrics) = http::get(pooler.http_port.unwrap(), "/metrics").await;
+    let scrape = http::parse(&metrics);
+    let tls_servers = [("side", "server"), ("tls", "true")];
+    let plain_servers = [("side", "server"), ("tls", "false")];
+    assert_eq!(
+        http::value(&scrape, "wharf_pooler_connections", &tls_servers),
+        1.0
+    );
+    assert_eq!(
+        http::value(&scrape, "wharf_pooler_connections", &plain_servers),
+        0.0
     );
 
     // A cancel reaches a server whose connection is TLS (the request goes

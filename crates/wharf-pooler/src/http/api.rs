@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::exporter::{long_transactions, utilization, LONG_TRANSACTION};
+use crate::server::Role;
 use crate::state::PoolerState;
 use crate::views;
 
@@ -203,8 +204,23 @@ pub struct PoolSnapshot {
     pub current: Current,
     /// The alerts in force.
     pub alerts: Vec<Alert>,
+    /// The pool's hosts (one for most pools).
+    pub hosts: Vec<HostView>,
     /// The last five minutes, one entry per sample in every array.
     pub history: Series,
+}
+
+/// One host of a pool in `/api/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    /// `host:port`, or the socket path.
+    pub addr: String,
+    /// Not backing off after failures.
+    pub up: bool,
+    /// `primary`, `standby`, or empty when the pool does not look.
+    pub role: &'static str,
+    /// Over `max_replica_lag` when last seen.
+    pub lagging: bool,
 }
 
 /// A pool's figures now.
@@ -354,6 +370,20 @@ pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
             waiting_for,
             recent_timeouts,
         );
+        let hosts = pool
+            .hosts()
+            .into_iter()
+            .map(|h| HostView {
+                addr: h.addr.to_string(),
+                up: h.up,
+                role: match h.role {
+                    Some(Role::Primary) => "primary",
+                    Some(Role::Standby) => "standby",
+                    None => "",
+                },
+                lagging: h.lagging,
+            })
+            .collect();
         pools.push(PoolSnapshot {
             name,
             database: pool.database().to_owned(),
@@ -361,6 +391,7 @@ pub fn snapshot(state: &PoolerState, history: &History) -> Snapshot {
             mode: pool.mode().as_str(),
             current,
             alerts,
+            hosts,
             history: series,
         });
     }

@@ -73,6 +73,17 @@ async fn server_side(pooler: &TestPooler) -> (i32, bool) {
     (row.get(0), row.get(1))
 }
 
+/// A new client's `SELECT 1`, which must fail: its error, as text.
+async fn first_query_error(pooler: &TestPooler) -> String {
+    let err = pooler
+        .client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap_err();
+    format!("{err:?}")
+}
+
 fn rewrite_ini(pooler: &TestPooler, from: &str, to: &str) {
     let ini = std::fs::read_to_string(pooler.ini()).unwrap();
     assert!(ini.contains(from), "{from} in the ini");
@@ -191,14 +202,9 @@ async fn each_server_sslmode_verifies_what_it_promises() {
         async move { admin.simple_query(sql).await.expect(sql) }
     };
     set("SET server_tls_sslmode = verify-full").await;
-    let err = pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap_err();
+    let err = first_query_error(&pooler).await;
     assert!(
-        format!("{err:?}").contains("TLS handshake failed"),
+        err.contains("TLS handshake failed"),
         "verify-full refuses a certificate for another name: {err:?}"
     );
 
@@ -226,14 +232,9 @@ async fn each_server_sslmode_verifies_what_it_promises() {
     let other = format!("SET server_tls_ca_file = '{}'", certs.other_ca.display());
     admin.simple_query(&other).await.unwrap();
     set("SET server_tls_sslmode = verify-ca").await;
-    let err = pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap_err();
+    let err = first_query_error(&pooler).await;
     assert!(
-        format!("{err:?}").contains("TLS handshake failed"),
+        err.contains("TLS handshake failed"),
         "verify-ca refuses a server another CA signed: {err:?}"
     );
     pooler.stop().await;
@@ -255,14 +256,9 @@ async fn prefer_falls_back_to_plain_and_require_refuses_a_server_without_tls() {
         .simple_query("SET server_tls_sslmode = require")
         .await
         .unwrap();
-    let err = pooler
-        .client()
-        .await
-        .simple_query("SELECT 1")
-        .await
-        .unwrap_err();
+    let err = first_query_error(&pooler).await;
     assert!(
-        format!("{err:?}").contains("does not accept TLS"),
+        err.contains("does not accept TLS"),
         "require never falls back to plain text: {err:?}"
     );
     pooler.stop().await;

@@ -86,6 +86,17 @@ pub use userlist::{load_auth_file, parse_auth_file, Secret};
 use database::{apply_database_key, apply_user_key, KeyError, DATABASE_KEYS, USER_KEYS};
 use value::{Raw, ValueError};
 
+/// What kind of entry (`[databases]`, `[users]`, `[peers]`) keys are
+/// applied to, for messages.
+pub(crate) struct EntryKind {
+    /// ` for database "app"`.
+    pub(crate) context: String,
+    /// `unknown connection parameter`.
+    pub(crate) unknown: &'static str,
+    /// The keys such an entry takes, for suggestions.
+    pub(crate) keys: &'static [&'static str],
+}
+
 /// A whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
@@ -439,6 +450,38 @@ impl Builder {
         }
     }
 
+    /// Applies an entry's `key=value` pairs with `apply`: warnings it
+    /// gives are kept, a bad value is the error, an unknown key is an error
+    /// or a warning as `unknown_is_error` says.
+    pub(crate) fn apply_entry_keys<'r, E>(
+        &mut self,
+        target: &mut E,
+        pairs: impl IntoIterator<Item = (Pos, String, Raw<'r>)>,
+        apply: impl Fn(&mut E, &str, &Raw<'_>) -> Result<Option<String>, KeyError>,
+        entry: &EntryKind,
+        shown: &impl Fn(&str) -> String,
+        unknown_is_error: bool,
+    ) -> Result<(), ConfigError> {
+        for (key_pos, key, raw) in pairs {
+            match apply(target, &key, &raw) {
+                Ok(None) => {}
+                Ok(Some(warning)) => self.warn(&key_pos, Some(&shown(&key)), warning),
+                Err(KeyError::Value(e)) => {
+                    return Err(key_pos.value_error(&shown(&key), &raw, e, &entry.context))
+                }
+                Err(KeyError::Unknown) => self.unknown_entry_key(
+                    &key_pos,
+                    &key,
+                    &shown(&key),
+                    entry.keys,
+                    &format!("{}{}", entry.unknown, entry.context),
+                    unknown_is_error,
+                )?,
+            }
+        }
+        Ok(())
+    }
+
     fn check_entry_name(pos: &Pos, name: &str, shown: &str) -> Result<(), ConfigError> {
         if name.is_empty() {
             return Err(pos.invalid(shown, "empty name".to_owned()));
@@ -467,24 +510,19 @@ impl Builder {
             name: name.to_owned(),
             ..Database::default()
         };
-        let context = format!(" for database \"{name}\"");
-        for (key_pos, key, raw) in pairs {
-            match apply_database_key(&mut db, &key, &raw) {
-                Ok(None) => {}
-                Ok(Some(warning)) => self.warn(&key_pos, Some(&shown(&key)), warning),
-                Err(KeyError::Value(e)) => {
-                    return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
-                }
-                Err(KeyError::Unknown) => self.unknown_entry_key(
-                    &key_pos,
-                    &key,
-                    &shown(&key),
-                    DATABASE_KEYS,
-                    &format!("unknown connection parameter{context}"),
-                    unknown_is_error,
-                )?,
-            }
-        }
+        let entry = EntryKind {
+            context: format!(" for database \"{name}\""),
+            unknown: "unknown connection parameter",
+            keys: DATABASE_KEYS,
+        };
+        self.apply_entry_keys(
+            &mut db,
+            pairs,
+            apply_database_key,
+            &entry,
+            &shown,
+            unknown_is_error,
+        )?;
         if let Err(message) = db.host_ports() {
             return Err(pos.invalid(&shown("port"), message));
         }
@@ -535,23 +573,15 @@ impl Builder {
             name: name.to_owned(),
             ..User::default()
         };
-        let context = format!(" for user \"{name}\"");
-        for (key_pos, key, raw) in pairs {
-            match apply_user_key(&mut user, &key, &raw) {
-                Ok(()) => {}
-                Err(KeyError::Value(e)) => {
-                    return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
-                }
-                Err(KeyError::Unknown) => self.unknown_entry_key(
-                    &key_pos,
-                    &key,
-                    &shown(&key),
-                    USER_KEYS,
-                    &format!("unknown user parameter{context}"),
-                    unknown_is_error,
-                )?,
-            }
-        }
+        let entry = EntryKind {
+            context: format!(" for user \"{name}\""),
+            unknown: "unknown user parameter",
+            keys: USER_KEYS,
+        };
+        let apply = |user: &mut User, key: &str, raw: &Raw<'_>| {
+            apply_user_key(user, key, raw).map(|()| None)
+        };
+        self.apply_entry_keys(&mut user, pairs, apply, &entry, &shown, unknown_is_error)?;
         if replace_or_push(&mut self.config.users, user, |u| u.name == name) {
             self.warn(
                 pos,

@@ -18,7 +18,7 @@
 
 use super::database::KeyError;
 use super::value::{parse_c_integer, Codec, Port, Raw, Text, Uint, ValueError};
-use super::{replace_or_push, Builder, ConfigError, Pos};
+use super::{replace_or_push, Builder, ConfigError, EntryKind, Pos};
 
 /// The largest `peer_id`, as PgBouncer documents it.
 pub const MAX_PEER_ID: u16 = 16383;
@@ -128,23 +128,15 @@ impl Builder {
             port: None,
             pool_size: None,
         };
-        let context = format!(" for peer {id}");
-        for (key_pos, key, raw) in pairs {
-            match apply_peer_key(&mut peer, &key, &raw) {
-                Ok(()) => {}
-                Err(KeyError::Value(e)) => {
-                    return Err(key_pos.value_error(&shown(&key), &raw, e, &context))
-                }
-                Err(KeyError::Unknown) => self.unknown_entry_key(
-                    &key_pos,
-                    &key,
-                    &shown(&key),
-                    PEER_KEYS,
-                    &format!("unknown peer parameter{context}"),
-                    unknown_is_error,
-                )?,
-            }
-        }
+        let entry = EntryKind {
+            context: format!(" for peer {id}"),
+            unknown: "unknown peer parameter",
+            keys: PEER_KEYS,
+        };
+        let apply = |peer: &mut Peer, key: &str, raw: &Raw<'_>| {
+            apply_peer_key(peer, key, raw).map(|()| None)
+        };
+        self.apply_entry_keys(&mut peer, pairs, apply, &entry, &shown, unknown_is_error)?;
         if peer.pool_size == Some(0) {
             self.warn(
                 pos,

@@ -10,6 +10,9 @@
 //! - [`transaction`] runs a closure inside `BEGIN`/`COMMIT` on one
 //!   connection, rolling back on error and never returning a connection
 //!   mid-transaction.
+//! - [`Recycling`] resets returned connections (`DISCARD ALL`, or a query
+//!   of your own) before their next user.
+//! - [`Config`] loads all of it, and the pool's settings, with serde.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -53,15 +56,17 @@
 
 mod cache;
 mod client;
+mod config;
 mod error;
 mod ext;
 mod manager;
 mod transaction;
 
 pub use client::PgClient;
+pub use config::Config;
 pub use error::Error;
 pub use ext::PoolExt;
-pub use manager::PgManager;
+pub use manager::{PgManager, Recycling};
 pub use transaction::{transaction, BoxFuture};
 
 /// The tokio-postgres this crate is built on, for its types.

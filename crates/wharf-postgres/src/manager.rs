@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
+use serde::{Deserialize, Serialize};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -31,6 +32,35 @@ pub struct PgManager {
     config: Config,
     tls: Option<MakeRustlsConnect>,
     cache_capacity: usize,
+    recycling: Recycling,
+}
+
+/// What a connection returned to the pool goes through before its next
+/// user, set with [`PgManager::recycling`]. The reset runs in the
+/// background right after the return, so callers do not wait for it
+/// unless the pool has nothing else to give them.
+///
+/// In a file ([`crate::Config`]): `recycling = "fast"`, `"clean"`, or
+/// `{ query = "RESET ALL" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Recycling {
+    /// Nothing: the next user finds the session as the last one left it
+    /// (settings, temporary tables, prepared statements, `LISTEN`s). The
+    /// default, as deadpool-postgres's `RecyclingMethod::Fast`.
+    #[default]
+    Fast,
+    /// `DISCARD ALL`: session settings, temporary tables, prepared
+    /// statements, advisory locks and `LISTEN`s are all dropped, as
+    /// deadpool-postgres's `RecyclingMethod::Clean` and PgBouncer's default
+    /// `server_reset_query`. The statement cache is emptied with it. A
+    /// connection returned inside a transaction fails the reset and is
+    /// closed.
+    Clean,
+    /// A statement (or several, `;`-separated) of your own, e.g.
+    /// `"RESET ALL; UNLISTEN *"`.
+    Query(String),
 }
 
 impl PgManager {
@@ -44,6 +74,7 @@ impl PgManager {
             config,
             tls: None,
             cache_capacity: 0,
+            recycling: Recycling::Fast,
         }
     }
 
@@ -131,6 +162,28 @@ impl PgManager {
         self
     }
 
+    /// What returned connections go through before their next user; see
+    /// [`Recycling`]. Default [`Recycling::Fast`] (nothing).
+    ///
+    /// ```no_run
+    /// use wharf_postgres::{PgManager, Recycling};
+    ///
+    /// # fn demo() -> Result<(), wharf_postgres::Error> {
+    /// let manager = PgManager::from_url("postgres://app@db.internal/app")?
+    ///     .recycling(Recycling::Clean);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn recycling(mut self, recycling: Recycling) -> Self {
+        self.recycling = recycling;
+        self
+    }
+
+    /// The recycling method in use.
+    pub fn recycling_method(&self) -> &Recycling {
+        &self.recycling
+    }
+
     /// The connection settings.
     pub fn config(&self) -> &Config {
         &self.config
@@ -168,6 +221,7 @@ impl fmt::Debug for PgManager {
             .field("dbname", &self.config.get_dbname())
             .field("tls", &self.tls.is_some())
             .field("statement_cache", &self.cache_capacity)
+            .field("recycling", &self.recycling)
             .finish()
     }
 }
@@ -203,6 +257,23 @@ impl wharf::Manager for PgManager {
 
     fn has_broken(&self, conn: &mut PgClient) -> bool {
         conn.is_closed()
+    }
+
+    fn recycles(&self) -> bool {
+        self.recycling != Recycling::Fast
+    }
+
+    async fn recycle(&self, conn: &mut PgClient) -> Result<(), Error> {
+        match &self.recycling {
+            Recycling::Fast => {}
+            Recycling::Clean => {
+                // Forgotten first: the server is about to forget them.
+                conn.clear_statement_cache();
+                conn.batch_execute("DISCARD ALL").await?;
+            }
+            Recycling::Query(sql) => conn.batch_execute(sql).await?,
+        }
+        Ok(())
     }
 }
 

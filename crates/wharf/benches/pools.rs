@@ -30,75 +30,18 @@
 //! Everything else stays at each pool's defaults (lifetime and idle timeouts
 //! are just timestamp comparisons on these paths).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::Noop;
+
 /// Generous enough never to fire: a timeout would abort the run, and a short
 /// one could make a pool take a cheaper "no wait" path than production would.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the pools hold. Trivial on purpose: the benchmark is about the pools'
-/// own bookkeeping, so creating, checking and dropping a connection must cost
-/// nothing.
-#[derive(Debug)]
-struct Conn(u64);
-
-/// One manager type implementing all three pools' traits, so that no pool gets
-/// a cheaper (or costlier) resource than the others.
-struct Noop;
-
-impl wharf::Manager for Noop {
-    type Connection = Conn;
-    type Error = Infallible;
-
-    async fn connect(&self) -> Result<Conn, Infallible> {
-        Ok(Conn(0))
-    }
-
-    async fn check(&self, _conn: &mut Conn) -> Result<(), Infallible> {
-        Ok(())
-    }
-}
-
-impl deadpool::managed::Manager for Noop {
-    type Type = Conn;
-    type Error = Infallible;
-
-    async fn create(&self) -> Result<Conn, Infallible> {
-        Ok(Conn(0))
-    }
-
-    // deadpool has no switch to skip recycling: it runs on every checkout. An
-    // empty body makes it as cheap as the checks the other pools skip.
-    async fn recycle(
-        &self,
-        _conn: &mut Conn,
-        _metrics: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<Infallible> {
-        Ok(())
-    }
-}
-
-impl bb8::ManageConnection for Noop {
-    type Connection = Conn;
-    type Error = Infallible;
-
-    async fn connect(&self) -> Result<Conn, Infallible> {
-        Ok(Conn(0))
-    }
-
-    async fn is_valid(&self, _conn: &mut Conn) -> Result<(), Infallible> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _conn: &mut Conn) -> bool {
-        false
-    }
-}
 
 /// The one operation measured, behind a trait so that the measuring loops are
 /// written once and monomorphised per pool (no dynamic dispatch that would

@@ -31,7 +31,9 @@ pub struct Config {
     /// Default `"default"`.
     pub name: String,
     /// The most connections open at once, counting those being opened.
-    /// Default 10 (HikariCP `maximumPoolSize`, pg `max`).
+    /// Default 10 (HikariCP `maximumPoolSize`, pg `max`). How to choose it
+    /// (from the database server's cores and `max_connections`, shared by
+    /// every instance): [the sizing guide](crate#sizing-the-pool).
     pub max_size: usize,
     /// Extra connections allowed beyond `max_size` once the oldest caller
     /// has waited `reserve_timeout` (PgBouncer's `reserve_pool_size`): a
@@ -47,7 +49,8 @@ pub struct Config {
     pub min_idle: usize,
     /// How long `get()` waits before failing with
     /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s (HikariCP
-    /// `connectionTimeout`).
+    /// `connectionTimeout`); request handlers want less, see
+    /// [choosing `acquire_timeout`](crate#sizing-the-pool).
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     /// The most callers allowed to wait at once; beyond it `get()` fails at
@@ -225,7 +228,7 @@ impl Config {
 pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
-    hooks: Hooks<M::Connection>,
+    pub(crate) hooks: Hooks<M::Connection>,
 }
 
 // Plain settings take their own type, so that integer literals infer

@@ -17,6 +17,7 @@ use crate::error::HumanDuration;
 use crate::metrics::Recorder;
 use crate::pool::Shared;
 use crate::queue::Live;
+use crate::waiters::Outcome;
 use crate::{CloseReason, ConnectError, Manager};
 
 /// A connect that did not finish within `connect_timeout`.
@@ -93,10 +94,13 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
                 shared.close_conn(live, reason);
                 return;
             }
-            st.hand_off(live);
+            let waiter = st.hand_off(live);
             // After a successful probe, ramp back up to max_connecting.
             shared.spawn_connectors(&mut st);
             drop(st);
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
             shared.connection_opened();
         }
         Err(err) => {
@@ -109,11 +113,16 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             let delay = backoff_delay(st.consecutive_failures, backoff, backoff_max);
             st.next_attempt_at = Some(now + delay);
             st.last_error = Some(err.clone());
-            if shared.config.fail_fast && st.has_no_connections() {
-                st.fail_waiters(&err);
-            }
+            let failed = if shared.config.fail_fast && st.has_no_connections() {
+                st.waiters.end_all(|| Outcome::Failed(err.clone()))
+            } else {
+                Vec::new()
+            };
             let attempt = st.consecutive_failures;
             drop(st);
+            for waiter in failed {
+                waiter.wake();
+            }
             tracing::warn!(
                 pool = %shared.config.name,
                 error = %err,

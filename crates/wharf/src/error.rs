@@ -57,6 +57,65 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The last connect error this error carries: the cause of a
+    /// [`Timeout`](Error::Timeout) or [`Unavailable`](Error::Unavailable)
+    /// after connects failed.
+    pub fn connect_error(&self) -> Option<&ConnectError> {
+        match self {
+            Error::Timeout { last_error, .. } | Error::Unavailable { last_error } => {
+                last_error.as_ref()
+            }
+            Error::Closed | Error::QueueFull { .. } => None,
+        }
+    }
+
+    /// The last connect error as `E`, when that is what failed: give the
+    /// manager's [`Error`](crate::Manager::Error) type to read the backend's
+    /// own error (an SQLSTATE, say) without downcasting by hand.
+    /// [`Pool::backend_error`](crate::Pool::backend_error) does the same
+    /// with the type taken from the pool.
+    ///
+    /// `None` when no connect failed, or when it failed otherwise: by
+    /// exceeding `connect_timeout` ([`ConnectTimeout`](crate::ConnectTimeout))
+    /// or in the `on_connect` hook (that hook's error type).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("password authentication failed")]
+    /// struct AuthFailed;
+    ///
+    /// struct Refusing;
+    ///
+    /// impl wharf::Manager for Refusing {
+    ///     type Connection = ();
+    ///     type Error = AuthFailed;
+    ///     async fn connect(&self) -> Result<(), AuthFailed> {
+    ///         Err(AuthFailed)
+    ///     }
+    ///     async fn check(&self, _: &mut ()) -> Result<(), AuthFailed> {
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let pool = wharf::Pool::builder(Refusing)
+    ///     .acquire_timeout(Duration::from_secs(1))
+    ///     .build()
+    ///     .unwrap();
+    /// let err = pool.get().await.unwrap_err();
+    /// let cause: Option<&AuthFailed> = err.backend();
+    /// assert!(cause.is_some());
+    /// assert!(pool.backend_error(&err).is_some()); // the same, typed by the pool
+    /// # }
+    /// ```
+    pub fn backend<E: StdError + 'static>(&self) -> Option<&E> {
+        self.connect_error()?.downcast_ref::<E>()
+    }
+}
+
 struct TimeoutMessage<'a> {
     waited: Duration,
     status: &'a Status,

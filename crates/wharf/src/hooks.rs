@@ -3,8 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::BoxError;
+use crate::{BoxError, Builder, Manager};
 
 /// The future an async hook returns.
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
@@ -40,11 +41,13 @@ pub enum CloseReason {
     /// The pool was above its size: resized below it, or a reserve
     /// connection came back with nobody waiting.
     Resized,
+    /// Turned down by the predicate of [`Pool::retain`](crate::Pool::retain).
+    Removed,
 }
 
 impl CloseReason {
     /// Every reason, in the order used for metrics.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Idle,
         CloseReason::Lifetime,
         CloseReason::MaxUses,
@@ -54,6 +57,7 @@ impl CloseReason {
         CloseReason::Discarded,
         CloseReason::Closed,
         CloseReason::Resized,
+        CloseReason::Removed,
     ];
 
     /// A short snake_case name, used in logs and metric labels.
@@ -68,6 +72,7 @@ impl CloseReason {
             CloseReason::Discarded => "discarded",
             CloseReason::Closed => "closed",
             CloseReason::Resized => "resized",
+            CloseReason::Removed => "removed",
         }
     }
 
@@ -97,5 +102,157 @@ impl<C> Default for Hooks<C> {
             on_checkin: None,
             on_close: None,
         }
+    }
+}
+
+/// An async hook given as an `async fn(&mut C) -> Result<(), BoxError>` or
+/// an async closure that captures nothing, for
+/// [`Builder::on_connect_fn`] and [`Builder::on_checkout_fn`].
+///
+/// Implemented for every such function; it only exists to say, on stable
+/// Rust, that the future the hook returns for a connection is `Send` and
+/// lives as long as its borrow of the connection.
+pub trait ConnHook<'a, C: 'a>: Fn(&'a mut C) -> <Self as ConnHook<'a, C>>::Future {
+    /// The future the hook returns.
+    type Future: Future<Output = Result<(), BoxError>> + Send + 'a;
+}
+
+impl<'a, C: 'a, F, Fut> ConnHook<'a, C> for F
+where
+    F: Fn(&'a mut C) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'a,
+{
+    type Future = Fut;
+}
+
+/// An async hook that is handed a shared state besides the connection, for
+/// [`Builder::on_connect_with`] and [`Builder::on_checkout_with`]: what a
+/// hook would otherwise capture (async closures that capture cannot lend
+/// their captures to the future they return on stable Rust).
+pub trait StateHook<'a, S: 'a, C: 'a>:
+    Fn(&'a S, &'a mut C) -> <Self as StateHook<'a, S, C>>::Future
+{
+    /// The future the hook returns.
+    type Future: Future<Output = Result<(), BoxError>> + Send + 'a;
+}
+
+impl<'a, S: 'a, C: 'a, F, Fut> StateHook<'a, S, C> for F
+where
+    F: Fn(&'a S, &'a mut C) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'a,
+{
+    type Future = Fut;
+}
+
+fn boxed<C, F>(hook: F) -> AsyncHook<C>
+where
+    C: 'static,
+    F: for<'a> ConnHook<'a, C> + Send + Sync + 'static,
+{
+    Box::new(move |conn| Box::pin(hook(conn)))
+}
+
+fn boxed_with<C, S, F>(state: S, hook: F) -> AsyncHook<C>
+where
+    C: Send + 'static,
+    S: Send + Sync + 'static,
+    F: for<'a> StateHook<'a, S, C> + Send + Sync + 'static,
+{
+    let both = Arc::new((state, hook));
+    Box::new(move |conn| {
+        let both = both.clone();
+        Box::pin(async move { (both.1)(&both.0, conn).await })
+    })
+}
+
+/// Async hooks without `Box::pin` at the call site. The `AsyncFn` bounds are
+/// what lets the compiler infer an async closure's argument types.
+impl<M: Manager> Builder<M> {
+    /// Like [`on_connect`](Self::on_connect), taking an `async fn` or an
+    /// async closure that captures nothing; to share state with the hook,
+    /// use [`on_connect_with`](Self::on_connect_with).
+    ///
+    /// ```no_run
+    /// # fn demo<M: wharf::Manager<Connection = Vec<String>>>(m: M) {
+    /// let builder = wharf::Pool::builder(m).on_connect_fn(async |conn| {
+    ///     conn.push("SET application_name = 'api'".into());
+    ///     Ok(())
+    /// });
+    /// # }
+    /// ```
+    pub fn on_connect_fn<F>(mut self, hook: F) -> Self
+    where
+        F: AsyncFn(&mut M::Connection) -> Result<(), BoxError>
+            + for<'a> ConnHook<'a, M::Connection>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.on_connect = Some(boxed(hook));
+        self
+    }
+
+    /// Like [`on_connect_fn`](Self::on_connect_fn), with `state` lent to
+    /// every call.
+    ///
+    /// ```no_run
+    /// # fn demo<M: wharf::Manager<Connection = Vec<String>>>(m: M) {
+    /// let app = String::from("api");
+    /// let builder = wharf::Pool::builder(m).on_connect_with(app, async |app, conn| {
+    ///     conn.push(format!("SET application_name = '{app}'"));
+    ///     Ok(())
+    /// });
+    /// # }
+    /// ```
+    pub fn on_connect_with<S, F>(mut self, state: S, hook: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: AsyncFn(&S, &mut M::Connection) -> Result<(), BoxError>
+            + for<'a> StateHook<'a, S, M::Connection>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.on_connect = Some(boxed_with(state, hook));
+        self
+    }
+
+    /// Like [`on_checkout`](Self::on_checkout), taking an `async fn` or an
+    /// async closure that captures nothing.
+    ///
+    /// ```no_run
+    /// # fn demo<M: wharf::Manager<Connection = Vec<String>>>(m: M) {
+    /// async fn reset(conn: &mut Vec<String>) -> Result<(), wharf::BoxError> {
+    ///     conn.clear();
+    ///     Ok(())
+    /// }
+    /// let builder = wharf::Pool::builder(m).on_checkout_fn(reset);
+    /// # }
+    /// ```
+    pub fn on_checkout_fn<F>(mut self, hook: F) -> Self
+    where
+        F: AsyncFn(&mut M::Connection) -> Result<(), BoxError>
+            + for<'a> ConnHook<'a, M::Connection>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.on_checkout = Some(boxed(hook));
+        self
+    }
+
+    /// Like [`on_checkout_fn`](Self::on_checkout_fn), with `state` lent to
+    /// every call.
+    pub fn on_checkout_with<S, F>(mut self, state: S, hook: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: AsyncFn(&S, &mut M::Connection) -> Result<(), BoxError>
+            + for<'a> StateHook<'a, S, M::Connection>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hooks.on_checkout = Some(boxed_with(state, hook));
+        self
     }
 }

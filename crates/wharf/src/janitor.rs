@@ -110,6 +110,37 @@ async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connec
         timeout(shared.tunables.validation_timeout(), check).await,
         Ok(Ok(()))
     );
+    if !healthy {
+        tracing::info!(pool = %shared.config.name, conn = live.meta.id, "keepalive check failed; closing idle connection");
+    }
+    back_from_check(shared, live, healthy);
+}
+
+/// Runs [`Manager::recycle`] on a connection just returned (counted in
+/// `testing` meanwhile), then lets it serve again.
+pub(crate) async fn recycle<M: Manager>(shared: Arc<Shared<M>>, mut live: Live<M::Connection>) {
+    let reset = shared.manager.recycle(&mut live.conn);
+    let healthy = match timeout(shared.tunables.validation_timeout(), reset).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::debug!(pool = %shared.config.name, conn = live.meta.id, error = %err, "recycling a returned connection failed");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(pool = %shared.config.name, conn = live.meta.id, "recycling a returned connection timed out");
+            false
+        }
+    };
+    back_from_check(&shared, live, healthy);
+}
+
+/// Takes back a connection that was out of the idle set for a check or a
+/// reset: keeps it if it passed and the pool still wants it.
+fn back_from_check<M: Manager>(
+    shared: &Arc<Shared<M>>,
+    mut live: Live<M::Connection>,
+    healthy: bool,
+) {
     let mut st = shared.state.lock();
     st.testing -= 1;
     let reason = if st.closed {
@@ -117,18 +148,19 @@ async fn keepalive<M: Manager>(shared: &Arc<Shared<M>>, mut live: Live<M::Connec
     } else if !healthy {
         CloseReason::FailedCheck
     } else if st.over_size() {
-        // Shrunk by `resize` while out for its check.
+        // Shrunk by `resize` while out.
         CloseReason::Resized
     } else {
         live.meta.last_active = Instant::now();
-        st.hand_off(live);
+        let waiter = st.hand_off(live);
+        drop(st);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
         return;
     };
     st.size -= 1;
     shared.spawn_connectors(&mut st);
     drop(st);
-    if reason == CloseReason::FailedCheck {
-        tracing::info!(pool = %shared.config.name, conn = live.meta.id, "keepalive check failed; closing idle connection");
-    }
     shared.close_conn(live, reason);
 }

@@ -57,29 +57,92 @@
 //! pool.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Sizing the pool
+//!
+//! A pool larger than the database can serve in parallel does not make
+//! anything faster: the extra connections queue inside the database
+//! (contending for CPU, locks and buffers) instead of in the pool, where
+//! waiting is cheap and fair. Start from the database server and work back
+//! to [`Config::max_size`].
+//!
+//! **How many connections the database wants in total.** The rule of thumb
+//! from PostgreSQL's wiki and HikariCP's "About Pool Sizing":
+//!
+//! ```text
+//! connections = cores × 2 + effective spindles
+//! ```
+//!
+//! `cores` are the **database server's** cores, not the application's:
+//! they are what runs the queries. `effective spindles` is how many disk
+//! operations can be in flight usefully: 0 when the working set fits in
+//! memory (nothing waits on disk), about one per spinning disk, a few for
+//! SSD storage. A 4-core server with its data cached wants about 8 busy
+//! connections; measure around that, since the rule assumes short queries
+//! that keep a core busy while they run.
+//!
+//! **Dividing it among clients.** That total is for every client of the
+//! server together, and it has to fit under the server's own limit:
+//!
+//! ```text
+//! max_size × instances (at their most, e.g. during a rolling deploy or
+//!   an autoscaling peak) + every other client (migrations, cron jobs,
+//!   consoles, a pooler) + superuser_reserved_connections
+//!   ≤ max_connections
+//! ```
+//!
+//! So with the total above at 8 and 4 application instances (up to 8 while
+//! a deploy runs old and new side by side), `max_size` is 1 or 2 per
+//! instance, not the 10 a default gives; when that leaves too little per
+//! instance, put a pooler (such as this repository's) in front of the
+//! database and give the instances larger pools of it. Read replicas are
+//! separate servers: size each replica's pools with that replica's cores
+//! and `max_connections`, and the primary's only with the traffic that goes
+//! to the primary. Little's law gives the other bound: busy connections ≈
+//! requests per second × time each holds a connection (500/s × 10 ms = 5);
+//! a `max_size` below that leaves callers always waiting. Watch
+//! [`Metrics::acquire_wait`] and `in_use_time` to see which side you are on.
+//!
+//! **Choosing `acquire_timeout`.** It is how long a caller may queue for a
+//! connection, so it should end before whoever waits on the caller gives up:
+//! below the request's own deadline (the client's or load balancer's
+//! timeout), leaving time to run the query and answer with an error that
+//! says why. For request handlers that is typically 1 to 5 s, not the 30 s
+//! default (which suits batch work). A timeout that fires often means the
+//! pool is too small for the load, or connections are held too long (see
+//! `leak_detection_threshold`); with [`Config::max_waiting`] an overloaded
+//! service refuses at once instead of building a queue nobody will wait for.
 #![warn(missing_docs)]
 
+mod acquire;
 mod config;
 mod connector;
+mod deadline;
 mod error;
 #[cfg(feature = "metrics")]
 mod facade;
 mod histogram;
 mod hooks;
+mod interact;
 mod janitor;
 mod leak;
+mod manage;
 mod manager;
 mod metrics;
+mod padded;
 mod pool;
 mod pooled;
 mod queue;
 mod tunables;
+mod waiters;
 
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
 pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
-pub use hooks::{CloseReason, HookFuture};
+pub use hooks::{CloseReason, ConnHook, HookFuture, StateHook};
+pub use interact::InteractError;
+pub use manage::{AddError, AddRefusal};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};

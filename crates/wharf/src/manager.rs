@@ -59,4 +59,27 @@ pub trait Manager: Send + Sync + 'static {
         let _ = conn;
         false
     }
+
+    /// Whether connections coming back from a caller go through
+    /// [`recycle`](Self::recycle) before anyone else gets them. `false` by
+    /// default, and then returns cost nothing extra.
+    fn recycles(&self) -> bool {
+        false
+    }
+
+    /// Resets a connection a caller has returned, so the next one finds it
+    /// as new: PostgreSQL's `DISCARD ALL`, PgBouncer's `server_reset_query`.
+    /// Runs only when [`recycles`](Self::recycles) says so.
+    ///
+    /// It runs in the background after the return, bounded by
+    /// `validation_timeout`, while the connection is out of the idle set
+    /// (a waiter is served only once it is done); a failure closes the
+    /// connection (reason [`CloseReason::FailedCheck`](crate::CloseReason::FailedCheck)).
+    fn recycle(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
 }

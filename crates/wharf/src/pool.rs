@@ -10,16 +10,18 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Notify};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::sync::Notify;
+use tokio::time::{timeout_at, Instant};
 
 use crate::config::Builder;
 use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
-use crate::queue::{Handoff, Live, Meta, State};
+use crate::padded::CachePadded;
+use crate::queue::{Live, Meta, State};
 use crate::tunables::Tunables;
+use crate::waiters::Outcome;
 use crate::{connector, janitor, Config, Error, Manager, Metrics, Pooled};
 
 /// An async pool of connections made by a [`Manager`].
@@ -89,25 +91,27 @@ impl<M: Manager> fmt::Debug for Pool<M> {
     }
 }
 
+// Aligned so that the `Arc`'s reference count, written by every checkout
+// and return, has a cache line of its own instead of sharing one with the
+// settings every checkout reads.
+#[repr(align(128))]
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) hooks: Hooks<M::Connection>,
-    pub(crate) state: Mutex<State<M::Connection>>,
+    /// Padded for the same reason: the lock is the pool's busiest line.
+    pub(crate) state: CachePadded<Mutex<State<M::Connection>>>,
     pub(crate) recorder: Recorder,
     pub(crate) leaks: Option<LeakRegistry>,
-    runtime: Handle,
+    pub(crate) runtime: Handle,
     /// The settings that may change while the pool runs.
     pub(crate) tunables: Tunables,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
+    /// Tells the deadline watcher about a deadline earlier than it knew.
+    pub(crate) deadline_told: Arc<Notify>,
     next_conn_id: AtomicU64,
-}
-
-enum Taken<C> {
-    Idle(Live<C>),
-    Wait(u64, oneshot::Receiver<Handoff<C>>),
 }
 
 impl<M: Manager> Pool<M> {
@@ -123,12 +127,12 @@ impl<M: Manager> Pool<M> {
         runtime: Handle,
     ) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::with_reserve(
+            state: CachePadded(Mutex::new(State::with_reserve(
                 config.max_size,
                 config.min_idle,
                 config.reserve_size,
                 config.reserve_timeout,
-            )),
+            ))),
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
@@ -136,6 +140,7 @@ impl<M: Manager> Pool<M> {
             tunables: Tunables::new(&config),
             runtime,
             changed: Notify::new(),
+            deadline_told: Arc::new(Notify::new()),
             next_conn_id: AtomicU64::new(1),
             config,
         });
@@ -199,6 +204,16 @@ impl<M: Manager> Pool<M> {
     pub fn connect_failures(&self) -> (u32, Option<crate::ConnectError>) {
         let st = self.shared().state.lock();
         (st.consecutive_failures, st.last_error.clone())
+    }
+
+    /// The manager's own error behind `err` (see [`Error::backend`]), with
+    /// its type taken from this pool's manager.
+    ///
+    /// `wharf::Error` itself stays one type for every manager, so that code
+    /// handling the errors of several pools (and `From<wharf::Error>`
+    /// conversions in adapters) need not be generic.
+    pub fn backend_error<'e>(&self, err: &'e Error) -> Option<&'e M::Error> {
+        err.backend::<M::Error>()
     }
 
     /// The settings the pool was built with (`max_size` may since have been
@@ -321,199 +336,6 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    async fn acquire(
-        self: Arc<Self>,
-        wait: Duration,
-        caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        let start = Instant::now();
-        let deadline = start + wait;
-        let mut now = start;
-        // Our place in line, kept across retries after a failed check.
-        let mut ticket = None;
-        loop {
-            let taken = {
-                let mut st = self.state.lock();
-                if st.closed {
-                    return Err(Error::Closed);
-                }
-                let retrying = ticket.is_some();
-                let id = *ticket.get_or_insert_with(|| st.take_ticket());
-                // Only a caller retrying after a failed check can be ahead of
-                // a waiter.
-                let first_in_line = match st.waiters.front() {
-                    Some(waiter) => id < waiter.id,
-                    None => true,
-                };
-                match st.idle.pop_back() {
-                    // Only when nobody is ahead of us: a newcomer must not
-                    // overtake the queue (returned connections go to waiters
-                    // first, so this is rare, but validation can race with it).
-                    Some(live) if first_in_line => {
-                        st.in_use += 1;
-                        Taken::Idle(live)
-                    }
-                    popped => {
-                        if let Some(live) = popped {
-                            st.idle.push_back(live);
-                        }
-                        // A caller already let in is not refused on a retry.
-                        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
-                            if st.waiters.len() >= max_waiting {
-                                drop(st);
-                                Recorder::count(&self.recorder.counters.rejected);
-                                return Err(Error::QueueFull {
-                                    max_waiting,
-                                    status: self.status(),
-                                });
-                            }
-                        }
-                        // While the backend refuses connections and the pool
-                        // has none, a fail-fast pool answers at once instead
-                        // of queueing (PgBouncer's server_login_retry), and
-                        // asks for one probe to find out when it is back.
-                        if self.config.fail_fast
-                            && st.consecutive_failures > 0
-                            && st.has_no_connections()
-                        {
-                            st.probe_wanted = true;
-                            self.spawn_connectors(&mut st);
-                            let last_error = st.last_error.clone();
-                            drop(st);
-                            Recorder::count(&self.recorder.counters.rejected);
-                            return Err(Error::Unavailable { last_error });
-                        }
-                        let rx = st.queue_waiter(id, start);
-                        self.spawn_connectors(&mut st);
-                        Taken::Wait(id, rx)
-                    }
-                }
-            };
-            let live = match taken {
-                Taken::Idle(live) => live,
-                Taken::Wait(id, rx) => {
-                    let live = self.wait(id, rx, deadline, start).await?;
-                    now = Instant::now();
-                    live
-                }
-            };
-            let mut pooled = Pooled::new(self.clone(), live, now);
-            if let Some(ready) = self.prepare(&mut pooled, now).await {
-                // Checking the connection and running `on_checkout` were
-                // part of the caller's wait: it holds the connection (for
-                // `in_use_time` and leak detection) only from here.
-                pooled.checked_out_at = ready;
-                self.recorder.acquire_wait.record(ready - start);
-                if let Some(leaks) = &self.leaks {
-                    pooled.leak_key = Some(leaks.register(ready, caller));
-                }
-                return Ok(pooled);
-            }
-            now = Instant::now();
-        }
-    }
-
-    async fn wait(
-        self: &Arc<Self>,
-        id: u64,
-        rx: oneshot::Receiver<Handoff<M::Connection>>,
-        deadline: Instant,
-        start: Instant,
-    ) -> Result<Live<M::Connection>, Error> {
-        let mut guard = WaitGuard {
-            shared: self,
-            id,
-            rx,
-            done: false,
-        };
-        match timeout_at(deadline, &mut guard.rx).await {
-            Ok(Ok(Ok(live))) => {
-                guard.done = true;
-                Ok(live)
-            }
-            Ok(Ok(Err(err))) => {
-                guard.done = true;
-                Recorder::count(&self.recorder.counters.rejected);
-                Err(Error::Unavailable {
-                    last_error: Some(err),
-                })
-            }
-            Ok(Err(_)) => {
-                guard.done = true;
-                Err(Error::Closed)
-            }
-            Err(_) => match guard.give_up() {
-                // Handed over just as the deadline passed: take it.
-                Some(live) => Ok(live),
-                None => {
-                    Recorder::count(&self.recorder.counters.timeouts);
-                    Err(self.timeout_error(start))
-                }
-            },
-        }
-    }
-
-    fn timeout_error(&self, start: Instant) -> Error {
-        let last_error = self.state.lock().last_error.clone();
-        Error::Timeout {
-            waited: start.elapsed(),
-            status: self.status(),
-            last_error,
-        }
-    }
-
-    /// Makes a connection just taken fit to hand out: not expired, checked
-    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
-    /// (`now` itself when nothing had to run: reading the clock is a good
-    /// share of an uncontended checkout), or `None` when it was closed and
-    /// the caller should try again.
-    async fn prepare(&self, pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
-        // A get() cancelled during the check or hook must not return a
-        // connection in an unknown state to the pool.
-        pooled.close_on_drop = Some(CloseReason::FailedCheck);
-        let meta = pooled.meta();
-        if meta.is_expired(now) {
-            pooled.close(CloseReason::Lifetime);
-            return None;
-        }
-        let needs_check = self
-            .tunables
-            .validate_after()
-            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
-        let mut ready = now;
-        if needs_check {
-            let check = self.manager.check(pooled.conn_mut());
-            match timeout(self.tunables.validation_timeout(), check).await {
-                Ok(Ok(())) => {
-                    ready = Instant::now();
-                    pooled.live_mut().meta.last_active = ready;
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
-                    pooled.close(CloseReason::FailedCheck);
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!(pool = %self.config.name, conn = meta.id, "connection check timed out before checkout");
-                    pooled.close(CloseReason::FailedCheck);
-                    return None;
-                }
-            }
-        }
-        if let Some(hook) = &self.hooks.on_checkout {
-            let outcome = hook(pooled.conn_mut()).await;
-            ready = Instant::now();
-            if let Err(err) = outcome {
-                tracing::debug!(pool = %self.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
-                pooled.close(CloseReason::FailedCheck);
-                return None;
-            }
-        }
-        pooled.close_on_drop = None;
-        pooled.live_mut().meta.uses += 1;
-        Some(ready)
-    }
-
     /// Takes back a connection from a caller (or from a waiter that left,
     /// with no `held_since`): keeps it for the next caller unless it must be
     /// retired.
@@ -543,7 +365,19 @@ impl<M: Manager> Shared<M> {
             None => {
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
-                st.hand_off(live);
+                // Only after use: a connection given back by a waiter that
+                // left was never in anyone's hands.
+                if held_since.is_some() && self.manager.recycles() {
+                    st.testing += 1;
+                    drop(st);
+                    self.runtime.spawn(janitor::recycle(self.clone(), live));
+                    return;
+                }
+                let waiter = st.hand_off(live);
+                drop(st);
+                if let Some(waiter) = waiter {
+                    waiter.wake();
+                }
             }
             Some(reason) => {
                 st.size -= 1;
@@ -647,45 +481,17 @@ impl<M: Manager> Shared<M> {
             st.closed = true;
             let idle: Vec<_> = st.idle.drain(..).collect();
             st.size -= idle.len();
-            (std::mem::take(&mut st.waiters), idle)
+            (st.waiters.end_all(|| Outcome::Closed), idle)
         };
-        drop(waiters);
+        for waiter in waiters {
+            waiter.wake();
+        }
         for live in idle {
             self.close_conn(live, CloseReason::Closed);
         }
         self.changed.notify_waiters();
-    }
-}
-
-/// Keeps a queued waiter honest when its `get()` is cancelled or times out:
-/// either it is still queued and leaves the queue, or a connection was
-/// already handed to it and goes back to the pool (or to the caller).
-struct WaitGuard<'a, M: Manager> {
-    shared: &'a Arc<Shared<M>>,
-    id: u64,
-    rx: oneshot::Receiver<Handoff<M::Connection>>,
-    done: bool,
-}
-
-impl<M: Manager> WaitGuard<'_, M> {
-    fn give_up(&mut self) -> Option<Live<M::Connection>> {
-        if std::mem::replace(&mut self.done, true) {
-            return None;
-        }
-        if self.shared.state.lock().remove_waiter(self.id) {
-            return None;
-        }
-        // Not queued any more: it was served (under the lock, so the
-        // connection is in the channel by now) or woken by close.
-        self.rx.try_recv().ok().and_then(Result::ok)
-    }
-}
-
-impl<M: Manager> Drop for WaitGuard<'_, M> {
-    fn drop(&mut self) {
-        if let Some(live) = self.give_up() {
-            self.shared.checkin(live, None, None);
-        }
+        // It exits when it sees the pool closed.
+        self.deadline_told.notify_one();
     }
 }
 

@@ -19,8 +19,8 @@ use crate::Manager;
 /// "leaked client" bug is ruled out by construction). To close it instead,
 /// call [`discard`](Self::discard); to keep it for good, [`detach`](Self::detach).
 pub struct Pooled<M: Manager> {
-    live: Option<Live<M::Connection>>,
-    shared: Arc<Shared<M>>,
+    pub(crate) live: Option<Live<M::Connection>>,
+    pub(crate) shared: Arc<Shared<M>>,
     pub(crate) checked_out_at: Instant,
     pub(crate) leak_key: Option<usize>,
     /// Set while the pool is still checking the connection, so that a `get()`
@@ -35,8 +35,11 @@ pub struct ConnInfo {
     pub id: u64,
     /// Time since the connection was opened.
     pub age: Duration,
-    /// How many times it has been checked out, this time included.
+    /// How many times it has been checked out, this time included (for an
+    /// idle connection: so far).
     pub uses: u64,
+    /// Time since it was last returned to the pool; zero while in use.
+    pub idle_for: Duration,
 }
 
 impl<M: Manager> Pooled<M> {
@@ -93,9 +96,8 @@ impl<M: Manager> Pooled<M> {
     pub fn info(&self) -> ConnInfo {
         let meta = self.meta();
         ConnInfo {
-            id: meta.id,
-            age: meta.created_at.elapsed(),
-            uses: meta.uses,
+            idle_for: Duration::ZERO,
+            ..meta.info(Instant::now())
         }
     }
 

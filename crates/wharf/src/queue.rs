@@ -5,12 +5,12 @@
 //! connections out and deal with them after unlocking.
 
 use std::collections::VecDeque;
-
+use std::task::Waker;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::waiters::Waiters;
 use crate::ConnectError;
 
 /// A connection with the bookkeeping the pool keeps about it.
@@ -40,19 +40,16 @@ impl Meta {
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
-}
 
-/// What a waiter receives: a connection, or the connect error that made a
-/// `fail_fast` pool give up on everyone waiting.
-pub(crate) type Handoff<C> = Result<Live<C>, ConnectError>;
-
-/// A caller parked in `get()`. The sender is how a connection is handed
-/// straight to it; dropping the sender (on close) wakes it with `Closed`.
-pub(crate) struct Waiter<C> {
-    pub(crate) id: u64,
-    pub(crate) tx: oneshot::Sender<Handoff<C>>,
-    /// When it queued: the oldest waiter's wait unlocks the reserve.
-    pub(crate) since: Instant,
+    /// What users are told about the connection, as of `now`.
+    pub(crate) fn info(&self, now: Instant) -> crate::ConnInfo {
+        crate::ConnInfo {
+            id: self.id,
+            age: now.saturating_duration_since(self.created_at),
+            uses: self.uses,
+            idle_for: now.saturating_duration_since(self.idle_since),
+        }
+    }
 }
 
 pub(crate) struct State<C> {
@@ -60,8 +57,8 @@ pub(crate) struct State<C> {
     /// pops from the back (MRU keeps the working set small and lets the
     /// rest age out) and eviction looks at the front.
     pub(crate) idle: VecDeque<Live<C>>,
-    /// Callers waiting, oldest first. Ids increase front to back.
-    pub(crate) waiters: VecDeque<Waiter<C>>,
+    /// Callers waiting, oldest first.
+    pub(crate) waiters: Waiters<C>,
     next_waiter_id: u64,
     /// Every connection counted against `max_size`: idle, in use, being
     /// opened, or out for a keepalive check.
@@ -102,7 +99,7 @@ impl<C> State<C> {
     ) -> Self {
         Self {
             idle: VecDeque::with_capacity(max_size),
-            waiters: VecDeque::new(),
+            waiters: Waiters::new(),
             next_waiter_id: 0,
             size: 0,
             in_use: 0,
@@ -130,61 +127,22 @@ impl<C> State<C> {
         id
     }
 
-    /// Queues a caller under its ticket: behind everyone who arrived before
-    /// it, ahead of everyone who arrived after (so the queue stays sorted).
-    pub(crate) fn queue_waiter(
-        &mut self,
-        id: u64,
-        since: Instant,
-    ) -> oneshot::Receiver<Handoff<C>> {
-        let (tx, rx) = oneshot::channel();
-        let waiter = Waiter { id, tx, since };
-        // A newcomer has the largest ticket: only a retry needs a search.
-        if self.waiters.back().is_none_or(|w| w.id < id) {
-            self.waiters.push_back(waiter);
-        } else {
-            let pos = self.waiters.partition_point(|w| w.id < id);
-            self.waiters.insert(pos, waiter);
-        }
-        rx
-    }
-
-    /// Queues a new caller at the back.
-    #[cfg(test)]
-    pub(crate) fn push_waiter(&mut self) -> (u64, oneshot::Receiver<Handoff<C>>) {
-        let id = self.take_ticket();
-        (id, self.queue_waiter(id, Instant::now()))
-    }
-
-    /// Removes a waiter that gave up. `false` means it was already served
-    /// (or woken by close), so whatever was sent is in its receiver.
-    pub(crate) fn remove_waiter(&mut self, id: u64) -> bool {
-        match self.waiters.binary_search_by_key(&id, |w| w.id) {
-            Ok(pos) => {
-                self.waiters.remove(pos);
-                true
+    /// Gives a connection that is in nobody's hands to the oldest waiter,
+    /// or else to the idle set, and returns the waiter's waker to wake once
+    /// the lock is released. No barging: while anyone waits, a connection
+    /// never reaches the idle set.
+    #[must_use = "the waiter must be woken after unlocking"]
+    pub(crate) fn hand_off(&mut self, live: Live<C>) -> Option<Waker> {
+        match self.waiters.serve(live) {
+            Ok(waker) => {
+                self.in_use += 1;
+                waker
             }
-            Err(_) => false,
-        }
-    }
-
-    /// Gives a connection that is in nobody's hands to the oldest waiter
-    /// still listening, or else to the idle set. No barging: while anyone
-    /// waits, a connection never reaches the idle set.
-    pub(crate) fn hand_off(&mut self, mut live: Live<C>) {
-        while let Some(waiter) = self.waiters.pop_front() {
-            match waiter.tx.send(Ok(live)) {
-                Ok(()) => {
-                    self.in_use += 1;
-                    return;
-                }
-                // The waiter is gone; `send` gives back exactly what it was
-                // given, so this is always the connection.
-                Err(Ok(back)) => live = back,
-                Err(Err(_)) => unreachable!("hand_off sends only connections"),
+            Err(live) => {
+                self.idle.push_back(live);
+                None
             }
         }
-        self.idle.push_back(live);
     }
 
     /// Connections wanted now: one per waiter, plus whatever tops the idle
@@ -198,14 +156,6 @@ impl<C> State<C> {
     /// Whether the pool has no connection at all besides those being opened.
     pub(crate) fn has_no_connections(&self) -> bool {
         self.size == self.opening
-    }
-
-    /// Wakes every waiter with `err` (a `fail_fast` pool whose backend
-    /// refuses connections).
-    pub(crate) fn fail_waiters(&mut self, err: &ConnectError) {
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.tx.send(Err(err.clone()));
-        }
     }
 
     /// Whether another connection should be opened now: someone needs one
@@ -255,6 +205,7 @@ impl<C> State<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::waiters::{Outcome, Watch};
 
     fn live(id: u64) -> Live<u64> {
         let now = Instant::now();
@@ -272,24 +223,47 @@ mod tests {
         }
     }
 
+    /// Queues a new caller at the back; returns its ticket and slot.
+    fn push_waiter(st: &mut State<u64>) -> (u64, usize) {
+        let id = st.take_ticket();
+        (id, queue_waiter(st, id))
+    }
+
+    fn queue_waiter(st: &mut State<u64>, id: u64) -> usize {
+        let far = Instant::now() + Duration::from_secs(60);
+        st.waiters.push(id, Instant::now(), far, Waker::noop()).0
+    }
+
+    fn received(st: &mut State<u64>, slot: usize) -> Option<u64> {
+        match st.waiters.poll(slot, Waker::noop()) {
+            Some(Outcome::Conn(live)) => Some(live.conn),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn hand_off_serves_the_oldest_listening_waiter_first() {
         let mut st = State::<u64>::new(4, 0);
-        let (_, gone) = st.push_waiter();
-        let (_, mut first) = st.push_waiter();
-        let (second_id, mut second) = st.push_waiter();
-        drop(gone);
-        st.hand_off(live(7));
-        assert_eq!(
-            first.try_recv().ok().and_then(Result::ok).map(|l| l.conn),
-            Some(7)
-        );
-        assert!(second.try_recv().is_err());
+        let (gone_id, gone) = push_waiter(&mut st);
+        let (_, first) = push_waiter(&mut st);
+        let (second_id, second) = push_waiter(&mut st);
+        assert!(st.waiters.abandon(gone_id, gone).is_none());
+        let _ = st.hand_off(live(7));
+        assert_eq!(received(&mut st, first), Some(7));
+        assert_eq!(received(&mut st, second), None);
         assert_eq!(st.in_use, 1);
-        assert!(st.remove_waiter(second_id));
-        assert!(!st.remove_waiter(second_id));
-        st.hand_off(live(8));
+        assert!(st.waiters.abandon(second_id, second).is_none());
+        assert!(st.waiters.is_empty());
+        let _ = st.hand_off(live(8));
         assert_eq!(st.idle.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_giving_up_after_being_served_gets_the_connection_back_to_return() {
+        let mut st = State::<u64>::new(1, 0);
+        let (id, slot) = push_waiter(&mut st);
+        assert!(st.hand_off(live(3)).is_some(), "its waker, to wake");
+        assert_eq!(st.waiters.abandon(id, slot).map(|l| l.conn), Some(3));
     }
 
     #[tokio::test]
@@ -299,7 +273,7 @@ mod tests {
         st.opening = 1;
         st.size = 1;
         assert!(!st.wants_connection());
-        let _rx = st.push_waiter();
+        let _ = push_waiter(&mut st);
         assert!(st.wants_connection());
         st.size = 2;
         assert!(!st.wants_connection());
@@ -309,23 +283,38 @@ mod tests {
     async fn a_caller_queued_again_under_its_ticket_is_served_before_later_arrivals() {
         let mut st = State::<u64>::new(1, 0);
         let early = st.take_ticket();
-        let (later_id, mut later) = st.push_waiter();
-        let mut early_rx = st.queue_waiter(early, Instant::now());
-        assert_eq!(
-            st.waiters.iter().map(|w| w.id).collect::<Vec<_>>(),
-            [early, later_id]
-        );
-        st.hand_off(live(1));
-        assert_eq!(
-            early_rx
-                .try_recv()
-                .ok()
-                .and_then(Result::ok)
-                .map(|l| l.conn),
-            Some(1)
-        );
-        assert!(later.try_recv().is_err());
+        let (later_id, later) = push_waiter(&mut st);
+        let early_slot = queue_waiter(&mut st, early);
+        assert_eq!(st.waiters.ids(), [early, later_id]);
+        let _ = st.hand_off(live(1));
+        assert_eq!(received(&mut st, early_slot), Some(1));
+        assert_eq!(received(&mut st, later), None);
         // The queue stays sorted, so removal by id still works.
-        assert!(st.remove_waiter(later_id));
+        assert!(st.waiters.abandon(later_id, later).is_none());
+        assert!(st.waiters.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_waiters_past_their_deadline_time_out_and_the_next_deadline_is_watched() {
+        let mut st = State::<u64>::new(1, 0);
+        let now = Instant::now();
+        let secs = Duration::from_secs;
+        let (a, b) = (st.take_ticket(), st.take_ticket());
+        let (slot_a, watch) = st.waiters.push(a, now, now + secs(5), Waker::noop());
+        assert_eq!(watch, Watch::Start, "the first waiter starts the watcher");
+        let (slot_b, watch) = st.waiters.push(b, now, now + secs(2), Waker::noop());
+        assert_eq!(watch, Watch::Tell, "an earlier deadline is told");
+        let c = st.take_ticket();
+        let (slot_c, watch) = st.waiters.push(c, now, now + secs(9), Waker::noop());
+        assert_eq!(watch, Watch::Nothing, "a later one needs nothing");
+        assert!(st.waiters.abandon(c, slot_c).is_none());
+        let (_, next) = st.waiters.expire(now + secs(3));
+        assert_eq!(next, Some(now + secs(5)));
+        assert!(matches!(
+            st.waiters.poll(slot_b, Waker::noop()),
+            Some(Outcome::TimedOut)
+        ));
+        assert!(st.waiters.poll(slot_a, Waker::noop()).is_none());
+        assert_eq!(st.waiters.ids(), [a]);
     }
 }

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::hooks::CloseReason;
-use crate::pool::Pool;
-use crate::{Config, ConfigError, Manager};
+use crate::{Config, ConfigError, Manager, Pool};
 
 impl<M: Manager> Pool<M> {
     /// Changes `max_size`. Growing lets waiters have new connections at once;
@@ -139,7 +138,7 @@ pub(crate) struct Tunables {
     connect_backoff: AtomicU64,
     connect_backoff_max: AtomicU64,
     /// `min_idle` as set, before [`Pool::resize`] caps it at `max_size`.
-    min_idle: AtomicUsize,
+    pub(crate) min_idle: AtomicUsize,
 }
 
 impl Tunables {

@@ -1,0 +1,284 @@
+//! The acquire path: taking an idle connection or queueing for one, waiting,
+//! and making the connection fit to hand out.
+
+use std::future::poll_fn;
+use std::panic::Location;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::{timeout, Instant};
+
+use crate::hooks::CloseReason;
+use crate::metrics::Recorder;
+use crate::pool::Shared;
+use crate::queue::Live;
+use crate::waiters::{Outcome, Watch};
+use crate::{deadline, Error, Manager, Pooled};
+
+enum Taken<C> {
+    Idle(Live<C>),
+    /// Queued under this ticket, in this waiter slot.
+    Wait(u64, usize),
+}
+
+impl<M: Manager> Shared<M> {
+    pub(crate) async fn acquire(
+        self: Arc<Self>,
+        wait: Duration,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error> {
+        // The future's own reference becomes the handle's: one `Arc` count
+        // per checkout, not two.
+        let mut shared = self;
+        let start = Instant::now();
+        let deadline = start + wait;
+        let mut now = start;
+        // Our place in line, kept across retries after a failed check.
+        let mut ticket = None;
+        loop {
+            // The waker is needed only to queue, but then under the lock.
+            let taken = poll_fn(|cx| {
+                Poll::Ready(shared.take_or_queue(&mut ticket, start, deadline, cx.waker()))
+            })
+            .await?;
+            let live = match taken {
+                Taken::Idle(live) => live,
+                Taken::Wait(id, slot) => {
+                    let live = shared.wait(id, slot, start).await?;
+                    now = Instant::now();
+                    live
+                }
+            };
+            let mut pooled = Pooled::new(shared, live, now);
+            if let Some(ready) = Self::prepare(&mut pooled, now).await {
+                // Checking the connection and running `on_checkout` were
+                // part of the caller's wait: it holds the connection (for
+                // `in_use_time` and leak detection) only from here.
+                pooled.checked_out_at = ready;
+                let shared = &pooled.shared;
+                // An immediate hit reads the clock once: `ready` is `start`.
+                let waited = if ready == start {
+                    Duration::ZERO
+                } else {
+                    ready - start
+                };
+                shared.recorder.acquire_wait.record(waited);
+                if let Some(leaks) = &shared.leaks {
+                    pooled.leak_key = Some(leaks.register(ready, caller));
+                }
+                return Ok(pooled);
+            }
+            // Closed in `prepare`: only the rare retry pays for a clone.
+            shared = pooled.shared.clone();
+            drop(pooled);
+            now = Instant::now();
+        }
+    }
+
+    /// Takes an idle connection if nobody is ahead of the caller, or queues
+    /// it (under its ticket, kept across retries) with `waker` to be woken
+    /// when served; or refuses it at once.
+    fn take_or_queue(
+        self: &Arc<Self>,
+        ticket: &mut Option<u64>,
+        start: Instant,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> Result<Taken<M::Connection>, Error> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let retrying = ticket.is_some();
+        let id = *ticket.get_or_insert_with(|| st.take_ticket());
+        // Only a caller retrying after a failed check can be ahead of a
+        // waiter.
+        let first_in_line = match st.waiters.front() {
+            Some(waiter) => id < waiter.id,
+            None => true,
+        };
+        if first_in_line {
+            // Only when nobody is ahead of us: a newcomer must not overtake
+            // the queue (returned connections go to waiters first, so this
+            // is rare, but validation can race with it).
+            if let Some(live) = st.idle.pop_back() {
+                st.in_use += 1;
+                return Ok(Taken::Idle(live));
+            }
+        }
+        // A caller already let in is not refused on a retry.
+        if let Some(max_waiting) = self.config.max_waiting.filter(|_| !retrying) {
+            if st.waiters.len() >= max_waiting {
+                drop(st);
+                Recorder::count(&self.recorder.counters.rejected);
+                return Err(Error::QueueFull {
+                    max_waiting,
+                    status: self.status(),
+                });
+            }
+        }
+        // While the backend refuses connections and the pool has none, a
+        // fail-fast pool answers at once instead of queueing (PgBouncer's
+        // server_login_retry), and asks for one probe to find out when it
+        // is back.
+        if self.config.fail_fast && st.consecutive_failures > 0 && st.has_no_connections() {
+            st.probe_wanted = true;
+            self.spawn_connectors(&mut st);
+            let last_error = st.last_error.clone();
+            drop(st);
+            Recorder::count(&self.recorder.counters.rejected);
+            return Err(Error::Unavailable { last_error });
+        }
+        let (slot, watch) = st.waiters.push(id, start, deadline, waker);
+        self.spawn_connectors(&mut st);
+        drop(st);
+        match watch {
+            Watch::Nothing => {}
+            Watch::Tell => self.deadline_told.notify_one(),
+            Watch::Start => {
+                self.runtime.spawn(deadline::run(
+                    Arc::downgrade(self),
+                    self.deadline_told.clone(),
+                ));
+            }
+        }
+        Ok(Taken::Wait(id, slot))
+    }
+
+    async fn wait(
+        self: &Arc<Self>,
+        id: u64,
+        slot: usize,
+        start: Instant,
+    ) -> Result<Live<M::Connection>, Error> {
+        let mut guard = WaitGuard {
+            shared: self,
+            id,
+            slot,
+            done: false,
+        };
+        // The waker was registered when queueing, in this same poll: the
+        // first look would find nothing, so it is skipped (a hand-off in
+        // between has already woken this task again).
+        let mut queued_now = true;
+        let outcome = poll_fn(|cx| {
+            if std::mem::take(&mut queued_now) {
+                return Poll::Pending;
+            }
+            match self.state.lock().waiters.poll(slot, cx.waker()) {
+                Some(outcome) => Poll::Ready(outcome),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        guard.done = true;
+        match outcome {
+            Outcome::Conn(live) => Ok(live),
+            Outcome::Failed(err) => {
+                Recorder::count(&self.recorder.counters.rejected);
+                Err(Error::Unavailable {
+                    last_error: Some(err),
+                })
+            }
+            Outcome::Closed => Err(Error::Closed),
+            Outcome::TimedOut => {
+                Recorder::count(&self.recorder.counters.timeouts);
+                Err(self.timeout_error(start))
+            }
+        }
+    }
+
+    pub(crate) fn timeout_error(&self, start: Instant) -> Error {
+        let last_error = self.state.lock().last_error.clone();
+        Error::Timeout {
+            waited: start.elapsed(),
+            status: self.status(),
+            last_error,
+        }
+    }
+
+    /// Makes a connection just taken fit to hand out: not expired, checked
+    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
+    /// (`now` itself when nothing had to run: reading the clock is a good
+    /// share of an uncontended checkout), or `None` when it was closed and
+    /// the caller should try again.
+    async fn prepare(pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
+        // A get() cancelled during the check or hook must not return a
+        // connection in an unknown state to the pool.
+        pooled.close_on_drop = Some(CloseReason::FailedCheck);
+        let meta = pooled.meta();
+        if meta.is_expired(now) {
+            pooled.close(CloseReason::Lifetime);
+            return None;
+        }
+        // Borrowing the handle's fields apart lets the pool's settings be
+        // read while its connection is lent to the check or the hook.
+        let Pooled { live, shared, .. } = &mut *pooled;
+        let live = live
+            .as_mut()
+            .expect("a Pooled holds its connection until it is consumed");
+        let needs_check = shared
+            .tunables
+            .validate_after()
+            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
+        let mut ready = now;
+        let mut refused = false;
+        if needs_check {
+            let check = shared.manager.check(&mut live.conn);
+            match timeout(shared.tunables.validation_timeout(), check).await {
+                Ok(Ok(())) => {
+                    ready = Instant::now();
+                    live.meta.last_active = ready;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "connection failed its check before checkout");
+                    refused = true;
+                }
+                Err(_) => {
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, "connection check timed out before checkout");
+                    refused = true;
+                }
+            }
+        }
+        if !refused {
+            if let Some(hook) = &shared.hooks.on_checkout {
+                let outcome = hook(&mut live.conn).await;
+                ready = Instant::now();
+                if let Err(err) = outcome {
+                    tracing::debug!(pool = %shared.config.name, conn = meta.id, error = %err, "on_checkout hook refused connection");
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            pooled.close(CloseReason::FailedCheck);
+            return None;
+        }
+        live.meta.uses += 1;
+        pooled.close_on_drop = None;
+        Some(ready)
+    }
+}
+
+/// Keeps a queued waiter honest when its `get()` is cancelled: either it is
+/// still queued and leaves the queue, or a connection was already handed to
+/// it and goes back to the pool (to the next waiter, most likely).
+struct WaitGuard<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    id: u64,
+    slot: usize,
+    done: bool,
+}
+
+impl<M: Manager> Drop for WaitGuard<'_, M> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let handed = self.shared.state.lock().waiters.abandon(self.id, self.slot);
+        if let Some(live) = handed {
+            self.shared.checkin(live, None, None);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The waiter queue: callers parked in `get()`, oldest first, and the slots
+//! through which each is handed a connection or told why not.
+//!
+//! A waiter is a slot in a slab that lives under the pool's lock, plus the
+//! waker of the task waiting on it. Compared with a channel per waiter this
+//! allocates nothing once the slab has grown to the busiest queue seen, and
+//! it lets the pool wake a waiter after unlocking instead of inside the
+//! critical section every other caller is queueing on. Deadlines are not
+//! timers of their own either: one watcher task per pool sleeps until the
+//! earliest one (see `deadline.rs`), since registering and cancelling a
+//! timer per wait costs more than the rest of the wait.
+//!
+//! Everything here runs with the pool's lock held and only moves values
+//! around; wakers are returned to be woken once the lock is released.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use tokio::time::Instant;
+
+use crate::queue::Live;
+use crate::ConnectError;
+
+/// How a wait ended, left in the waiter's slot for it to pick up.
+pub(crate) enum Outcome<C> {
+    /// Handed a connection, now counted as in use.
+    Conn(Live<C>),
+    /// A `fail_fast` pool's backend refuses connections.
+    Failed(ConnectError),
+    /// The pool was closed.
+    Closed,
+    /// Its deadline passed.
+    TimedOut,
+}
+
+/// A caller in line.
+pub(crate) struct Waiter {
+    /// Its ticket: ids increase front to back.
+    pub(crate) id: u64,
+    slot: usize,
+    /// When it queued: the oldest waiter's wait unlocks the reserve.
+    pub(crate) since: Instant,
+    deadline: Instant,
+}
+
+struct Slot<C> {
+    waker: Option<Waker>,
+    outcome: Option<Outcome<C>>,
+}
+
+pub(crate) struct Waiters<C> {
+    queue: VecDeque<Waiter>,
+    slots: Vec<Slot<C>>,
+    free: Vec<usize>,
+    /// The deadline the watcher sleeps until, while one runs: it runs only
+    /// while there are waiters, so an idle pool has no task for it.
+    watch_until: Option<Instant>,
+}
+
+/// What queueing a waiter asks of the deadline watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Nothing: it will wake in time for this deadline.
+    Nothing,
+    /// Tell it about an earlier deadline than it sleeps for.
+    Tell,
+    /// Start one: none is running.
+    Start,
+}
+
+impl<C> Waiters<C> {
+    pub(crate) fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            watch_until: None,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn front(&self) -> Option<&Waiter> {
+        self.queue.front()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.queue.iter().map(|w| w.id).collect()
+    }
+
+    /// Queues a caller under its ticket: behind everyone who arrived before
+    /// it, ahead of everyone after (so the queue stays sorted). Returns its
+    /// slot, and what the deadline watcher needs to know.
+    pub(crate) fn push(
+        &mut self,
+        id: u64,
+        since: Instant,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> (usize, Watch) {
+        let slot = Slot {
+            waker: Some(waker.clone()),
+            outcome: None,
+        };
+        let slot = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = slot;
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        let waiter = Waiter {
+            id,
+            slot,
+            since,
+            deadline,
+        };
+        // A newcomer has the largest ticket: only a retry needs a search.
+        if self.queue.back().is_none_or(|w| w.id < id) {
+            self.queue.push_back(waiter);
+        } else {
+            let pos = self.queue.partition_point(|w| w.id < id);
+            self.queue.insert(pos, waiter);
+        }
+        let watch = match self.watch_until {
+            None => Watch::Start,
+            Some(at) if deadline < at => Watch::Tell,
+            Some(_) => Watch::Nothing,
+        };
+        if watch != Watch::Nothing {
+            self.watch_until = Some(deadline);
+        }
+        (slot, watch)
+    }
+
+    /// Hands `live` to the oldest waiter and returns its waker, or gives the
+    /// connection back when nobody waits.
+    pub(crate) fn serve(&mut self, live: Live<C>) -> Result<Option<Waker>, Live<C>> {
+        match self.queue.pop_front() {
+            Some(waiter) => Ok(self.finish(waiter.slot, Outcome::Conn(live))),
+            None => Err(live),
+        }
+    }
+
+    /// Ends every wait with `outcome` (close, or a `fail_fast` failure).
+    pub(crate) fn end_all(&mut self, outcome: impl Fn() -> Outcome<C>) -> Vec<Waker> {
+        let queue = std::mem::take(&mut self.queue);
+        queue
+            .into_iter()
+            .filter_map(|w| self.finish(w.slot, outcome()))
+            .collect()
+    }
+
+    /// Times out every waiter whose deadline has come, and says which
+    /// deadline to watch next: `None` when nobody waits, and the watcher
+    /// is to stop.
+    pub(crate) fn expire(&mut self, now: Instant) -> (Vec<Waker>, Option<Instant>) {
+        let mut wakers = Vec::new();
+        let mut next: Option<Instant> = None;
+        let Self { queue, slots, .. } = self;
+        queue.retain(|w| {
+            if w.deadline <= now {
+                let slot = &mut slots[w.slot];
+                slot.outcome = Some(Outcome::TimedOut);
+                wakers.extend(slot.waker.take());
+                false
+            } else {
+                next = Some(next.map_or(w.deadline, |at| at.min(w.deadline)));
+                true
+            }
+        });
+        self.watch_until = next;
+        (wakers, next)
+    }
+
+    /// The outcome of the wait in `slot`, freeing the slot, or `None` (with
+    /// `waker` remembered) while it goes on.
+    pub(crate) fn poll(&mut self, slot: usize, waker: &Waker) -> Option<Outcome<C>> {
+        let entry = &mut self.slots[slot];
+        match entry.outcome.take() {
+            Some(outcome) => {
+                entry.waker = None;
+                self.free.push(slot);
+                Some(outcome)
+            }
+            None => {
+                if !entry.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    entry.waker = Some(waker.clone());
+                }
+                None
+            }
+        }
+    }
+
+    /// A waiter that gave up: leaves the queue if still in it, and gets back
+    /// the connection if one was handed to it meanwhile (now the caller's to
+    /// return).
+    pub(crate) fn abandon(&mut self, id: u64, slot: usize) -> Option<Live<C>> {
+        if let Ok(pos) = self.queue.binary_search_by_key(&id, |w| w.id) {
+            self.queue.remove(pos);
+        }
+        let entry = &mut self.slots[slot];
+        entry.waker = None;
+        let outcome = entry.outcome.take();
+        self.free.push(slot);
+        match outcome {
+            Some(Outcome::Conn(live)) => Some(live),
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self, slot: usize, outcome: Outcome<C>) -> Option<Waker> {
+        let entry = &mut self.slots[slot];
+        entry.outcome = Some(outcome);
+        entry.waker.take()
+    }
+}

@@ -1,20 +1,21 @@
 //! The acquire path: taking an idle connection or queueing for one, waiting,
 //! and making the connection fit to hand out.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::Location;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::{timeout, Instant};
+use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::hooks::CloseReason;
 use crate::metrics::Recorder;
 use crate::pool::Shared;
 use crate::queue::Live;
-use crate::waiters::{Outcome, Watch};
-use crate::{deadline, Error, Manager, Pooled};
+use crate::waiters::Outcome;
+use crate::{Error, Manager, Pooled};
 
 enum Taken<C> {
     Idle(Live<C>),
@@ -45,7 +46,7 @@ impl<M: Manager> Shared<M> {
             let live = match taken {
                 Taken::Idle(live) => live,
                 Taken::Wait(id, slot) => {
-                    let live = shared.wait(id, slot, start).await?;
+                    let live = shared.wait(id, slot, start, deadline).await?;
                     now = Instant::now();
                     live
                 }
@@ -78,7 +79,8 @@ impl<M: Manager> Shared<M> {
 
     /// Takes an idle connection if nobody is ahead of the caller, or queues
     /// it (under its ticket, kept across retries) with `waker` to be woken
-    /// when served; or refuses it at once.
+    /// when served; or refuses it at once, or (on a retry after a failed
+    /// check) tells it that its deadline has passed.
     fn take_or_queue(
         self: &Arc<Self>,
         ticket: &mut Option<u64>,
@@ -91,6 +93,14 @@ impl<M: Manager> Shared<M> {
             return Err(Error::Closed);
         }
         let retrying = ticket.is_some();
+        // A connection that failed its check may have taken the caller past
+        // its deadline: it is not served after that, from the idle set any
+        // more than by a hand-off.
+        if retrying && Instant::now() >= deadline {
+            drop(st);
+            Recorder::count(&self.recorder.counters.timeouts);
+            return Err(self.timeout_error(start));
+        }
         let id = *ticket.get_or_insert_with(|| st.take_ticket());
         // Only a caller retrying after a failed check can be ahead of a
         // waiter.
@@ -130,27 +140,20 @@ impl<M: Manager> Shared<M> {
             Recorder::count(&self.recorder.counters.rejected);
             return Err(Error::Unavailable { last_error });
         }
-        let (slot, watch) = st.waiters.push(id, start, deadline, waker);
+        let slot = st.waiters.push(id, start, deadline, waker);
         self.spawn_connectors(&mut st);
         drop(st);
-        match watch {
-            Watch::Nothing => {}
-            Watch::Tell => self.deadline_told.notify_one(),
-            Watch::Start => {
-                self.runtime.spawn(deadline::run(
-                    Arc::downgrade(self),
-                    self.deadline_told.clone(),
-                ));
-            }
-        }
         Ok(Taken::Wait(id, slot))
     }
 
+    /// Waits in line until served, or until `deadline`, which this wait
+    /// keeps itself: nothing else has to run on time for it to hold.
     async fn wait(
         self: &Arc<Self>,
         id: u64,
         slot: usize,
         start: Instant,
+        deadline: Instant,
     ) -> Result<Live<M::Connection>, Error> {
         let mut guard = WaitGuard {
             shared: self,
@@ -158,17 +161,23 @@ impl<M: Manager> Shared<M> {
             slot,
             done: false,
         };
+        let mut expiry = pin!(sleep_until(deadline));
         // The waker was registered when queueing, in this same poll: the
         // first look would find nothing, so it is skipped (a hand-off in
         // between has already woken this task again).
         let mut queued_now = true;
         let outcome = poll_fn(|cx| {
-            if std::mem::take(&mut queued_now) {
-                return Poll::Pending;
+            if !std::mem::take(&mut queued_now) {
+                if let Some(outcome) = self.state.lock().waiters.poll(slot, cx.waker()) {
+                    return Poll::Ready(outcome);
+                }
             }
-            match self.state.lock().waiters.poll(slot, cx.waker()) {
-                Some(outcome) => Poll::Ready(outcome),
-                None => Poll::Pending,
+            // Polled on every wake-up (and first when queueing, which arms
+            // it), and only after the slot: a connection handed over before
+            // the deadline is the caller's even if this task runs after it.
+            match expiry.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(self.state.lock().waiters.time_out(id, slot)),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await;

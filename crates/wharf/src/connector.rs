@@ -94,7 +94,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
                 shared.close_conn(live, reason);
                 return;
             }
-            let waiter = st.hand_off(live);
+            let waiter = st.hand_off(live, now);
             // After a successful probe, ramp back up to max_connecting.
             shared.spawn_connectors(&mut st);
             drop(st);

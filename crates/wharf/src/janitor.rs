@@ -151,8 +151,9 @@ fn back_from_check<M: Manager>(
         // Shrunk by `resize` while out.
         CloseReason::Resized
     } else {
-        live.meta.last_active = Instant::now();
-        let waiter = st.hand_off(live);
+        let now = Instant::now();
+        live.meta.last_active = now;
+        let waiter = st.hand_off(live, now);
         drop(st);
         if let Some(waiter) = waiter {
             waiter.wake();

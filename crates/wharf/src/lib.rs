@@ -117,7 +117,6 @@
 mod acquire;
 mod config;
 mod connector;
-mod deadline;
 mod error;
 #[cfg(feature = "metrics")]
 mod facade;

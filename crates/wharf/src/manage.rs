@@ -156,7 +156,8 @@ impl<M: Manager> Pool<M> {
     /// ```
     pub fn add(&self, conn: M::Connection) -> Result<(), AddError<M::Connection>> {
         let shared = self.shared();
-        let meta = shared.new_meta(Instant::now());
+        let now = Instant::now();
+        let meta = shared.new_meta(now);
         let mut st = shared.state.lock();
         let refusal = if st.closed {
             Some(AddRefusal::Closed)
@@ -171,7 +172,7 @@ impl<M: Manager> Pool<M> {
             return Err(AddError { conn, reason });
         }
         st.size += 1;
-        let waiter = st.hand_off(Live { conn, meta });
+        let waiter = st.hand_off(Live { conn, meta }, now);
         drop(st);
         Recorder::count(&shared.recorder.counters.created);
         tracing::debug!(pool = %shared.config.name, conn = meta.id, "connection added");
@@ -198,6 +199,7 @@ impl<M: Manager> Drop for Sorting<'_, M> {
         let removed = std::mem::take(&mut self.removed);
         let back: Vec<_> = self.kept.drain(..).chain(self.pending.drain(..)).collect();
         let mut wake = Vec::new();
+        let now = Instant::now();
         let mut close: Vec<_> = removed
             .into_iter()
             .map(|live| (live, CloseReason::Removed))
@@ -215,7 +217,7 @@ impl<M: Manager> Drop for Sorting<'_, M> {
                     close.push((live, CloseReason::Resized));
                     st.size -= 1;
                 } else {
-                    wake.extend(st.hand_off(live));
+                    wake.extend(st.hand_off(live, now));
                 }
             }
             self.shared.spawn_connectors(&mut st);

@@ -1,4 +1,4 @@
-//! The pool handle and the acquire / return paths.
+//! The pool handle and the return path (checkout is in `acquire.rs`).
 
 use std::fmt;
 use std::future::Future;
@@ -109,8 +109,6 @@ pub(crate) struct Shared<M: Manager> {
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
-    /// Tells the deadline watcher about a deadline earlier than it knew.
-    pub(crate) deadline_told: Arc<Notify>,
     next_conn_id: AtomicU64,
 }
 
@@ -140,7 +138,6 @@ impl<M: Manager> Pool<M> {
             tunables: Tunables::new(&config),
             runtime,
             changed: Notify::new(),
-            deadline_told: Arc::new(Notify::new()),
             next_conn_id: AtomicU64::new(1),
             config,
         });
@@ -373,7 +370,7 @@ impl<M: Manager> Shared<M> {
                     self.runtime.spawn(janitor::recycle(self.clone(), live));
                     return;
                 }
-                let waiter = st.hand_off(live);
+                let waiter = st.hand_off(live, now);
                 drop(st);
                 if let Some(waiter) = waiter {
                     waiter.wake();
@@ -490,8 +487,6 @@ impl<M: Manager> Shared<M> {
             self.close_conn(live, CloseReason::Closed);
         }
         self.changed.notify_waiters();
-        // It exits when it sees the pool closed.
-        self.deadline_told.notify_one();
     }
 }
 

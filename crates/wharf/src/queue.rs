@@ -127,13 +127,14 @@ impl<C> State<C> {
         id
     }
 
-    /// Gives a connection that is in nobody's hands to the oldest waiter,
-    /// or else to the idle set, and returns the waiter's waker to wake once
-    /// the lock is released. No barging: while anyone waits, a connection
-    /// never reaches the idle set.
+    /// Gives a connection that is in nobody's hands to the oldest waiter
+    /// whose deadline is still ahead at `now`, or else to the idle set, and
+    /// returns the waiter's waker to wake once the lock is released. No
+    /// barging: while anyone waits in time, a connection never reaches the
+    /// idle set; and no caller is served after its deadline.
     #[must_use = "the waiter must be woken after unlocking"]
-    pub(crate) fn hand_off(&mut self, live: Live<C>) -> Option<Waker> {
-        match self.waiters.serve(live) {
+    pub(crate) fn hand_off(&mut self, live: Live<C>, now: Instant) -> Option<Waker> {
+        match self.waiters.serve(live, now) {
             Ok(waker) => {
                 self.in_use += 1;
                 waker
@@ -205,7 +206,7 @@ impl<C> State<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::waiters::{Outcome, Watch};
+    use crate::waiters::Outcome;
 
     fn live(id: u64) -> Live<u64> {
         let now = Instant::now();
@@ -231,7 +232,7 @@ mod tests {
 
     fn queue_waiter(st: &mut State<u64>, id: u64) -> usize {
         let far = Instant::now() + Duration::from_secs(60);
-        st.waiters.push(id, Instant::now(), far, Waker::noop()).0
+        st.waiters.push(id, Instant::now(), far, Waker::noop())
     }
 
     fn received(st: &mut State<u64>, slot: usize) -> Option<u64> {
@@ -248,13 +249,13 @@ mod tests {
         let (_, first) = push_waiter(&mut st);
         let (second_id, second) = push_waiter(&mut st);
         assert!(st.waiters.abandon(gone_id, gone).is_none());
-        let _ = st.hand_off(live(7));
+        let _ = st.hand_off(live(7), Instant::now());
         assert_eq!(received(&mut st, first), Some(7));
         assert_eq!(received(&mut st, second), None);
         assert_eq!(st.in_use, 1);
         assert!(st.waiters.abandon(second_id, second).is_none());
         assert!(st.waiters.is_empty());
-        let _ = st.hand_off(live(8));
+        let _ = st.hand_off(live(8), Instant::now());
         assert_eq!(st.idle.len(), 1);
     }
 
@@ -262,7 +263,10 @@ mod tests {
     async fn a_waiter_giving_up_after_being_served_gets_the_connection_back_to_return() {
         let mut st = State::<u64>::new(1, 0);
         let (id, slot) = push_waiter(&mut st);
-        assert!(st.hand_off(live(3)).is_some(), "its waker, to wake");
+        assert!(
+            st.hand_off(live(3), Instant::now()).is_some(),
+            "its waker, to wake"
+        );
         assert_eq!(st.waiters.abandon(id, slot).map(|l| l.conn), Some(3));
     }
 
@@ -286,7 +290,7 @@ mod tests {
         let (later_id, later) = push_waiter(&mut st);
         let early_slot = queue_waiter(&mut st, early);
         assert_eq!(st.waiters.ids(), [early, later_id]);
-        let _ = st.hand_off(live(1));
+        let _ = st.hand_off(live(1), Instant::now());
         assert_eq!(received(&mut st, early_slot), Some(1));
         assert_eq!(received(&mut st, later), None);
         // The queue stays sorted, so removal by id still works.
@@ -295,26 +299,65 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_waiters_past_their_deadline_time_out_and_the_next_deadline_is_watched() {
-        let mut st = State::<u64>::new(1, 0);
+    async fn a_hand_off_passes_over_waiters_past_their_deadline_and_keeps_the_order() {
+        let mut st = State::<u64>::new(2, 0);
         let now = Instant::now();
         let secs = Duration::from_secs;
-        let (a, b) = (st.take_ticket(), st.take_ticket());
-        let (slot_a, watch) = st.waiters.push(a, now, now + secs(5), Waker::noop());
-        assert_eq!(watch, Watch::Start, "the first waiter starts the watcher");
-        let (slot_b, watch) = st.waiters.push(b, now, now + secs(2), Waker::noop());
-        assert_eq!(watch, Watch::Tell, "an earlier deadline is told");
-        let c = st.take_ticket();
-        let (slot_c, watch) = st.waiters.push(c, now, now + secs(9), Waker::noop());
-        assert_eq!(watch, Watch::Nothing, "a later one needs nothing");
-        assert!(st.waiters.abandon(c, slot_c).is_none());
-        let (_, next) = st.waiters.expire(now + secs(3));
-        assert_eq!(next, Some(now + secs(5)));
+        let ids: Vec<u64> = (0..4).map(|_| st.take_ticket()).collect();
+        // Deadlines out of queue order, as `get_timeout` allows.
+        let deadlines = [secs(5), secs(2), secs(9), secs(1)];
+        let slots: Vec<usize> = ids
+            .iter()
+            .zip(deadlines)
+            .map(|(&id, d)| st.waiters.push(id, now, now + d, Waker::noop()))
+            .collect();
+
+        // At 3 s the second waiter's deadline has gone: the first is served.
+        assert!(st.hand_off(live(1), now + secs(3)).is_some());
+        assert_eq!(received(&mut st, slots[0]), Some(1));
+        // At 6 s the second is passed over, timed out; the third is served.
+        assert!(st.hand_off(live(2), now + secs(6)).is_some());
         assert!(matches!(
-            st.waiters.poll(slot_b, Waker::noop()),
+            st.waiters.poll(slots[1], Waker::noop()),
             Some(Outcome::TimedOut)
         ));
-        assert!(st.waiters.poll(slot_a, Waker::noop()).is_none());
-        assert_eq!(st.waiters.ids(), [a]);
+        assert_eq!(received(&mut st, slots[2]), Some(2));
+        assert_eq!(st.waiters.ids(), [ids[3]]);
+        // At a deadline exactly, it is too late: the connection goes idle.
+        assert!(st.hand_off(live(3), now + secs(1)).is_none());
+        assert_eq!(st.idle.len(), 1);
+        assert_eq!(st.in_use, 2);
+        assert!(st.waiters.is_empty());
+        assert!(matches!(
+            st.waiters.time_out(ids[3], slots[3]),
+            Outcome::TimedOut
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_timing_out_keeps_a_connection_handed_to_it_in_time_or_leaves_the_queue() {
+        let mut st = State::<u64>::new(1, 0);
+        let (served_id, served) = push_waiter(&mut st);
+        let (left_id, left) = push_waiter(&mut st);
+        assert!(st.hand_off(live(4), Instant::now()).is_some());
+        // Its own deadline fires before it looked: the connection is its.
+        assert!(matches!(
+            st.waiters.time_out(served_id, served),
+            Outcome::Conn(l) if l.conn == 4
+        ));
+        assert_eq!(st.waiters.ids(), [left_id]);
+        assert!(matches!(
+            st.waiters.time_out(left_id, left),
+            Outcome::TimedOut
+        ));
+        assert!(st.waiters.is_empty());
+        // Both slots are free again, and reused.
+        let (_, again) = push_waiter(&mut st);
+        let (_, again2) = push_waiter(&mut st);
+        let mut reused = [again, again2];
+        reused.sort_unstable();
+        let mut freed = [served, left];
+        freed.sort_unstable();
+        assert_eq!(reused, freed);
     }
 }

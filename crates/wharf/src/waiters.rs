@@ -5,10 +5,16 @@
 //! waker of the task waiting on it. Compared with a channel per waiter this
 //! allocates nothing once the slab has grown to the busiest queue seen, and
 //! it lets the pool wake a waiter after unlocking instead of inside the
-//! critical section every other caller is queueing on. Deadlines are not
-//! timers of their own either: one watcher task per pool sleeps until the
-//! earliest one (see `deadline.rs`), since registering and cancelling a
-//! timer per wait costs more than the rest of the wait.
+//! critical section every other caller is queueing on.
+//!
+//! Deadlines are kept twice over, and by nothing shared: each waiting
+//! `get()` sleeps until its own deadline and then leaves the queue
+//! ([`Waiters::time_out`]), and a hand-off passes over any waiter whose
+//! deadline has already passed ([`Waiters::serve`]), so a caller whose
+//! task runs late is told it timed out instead of being served late. (A
+//! single pool task that timed everyone out did not hold: when it ran late,
+//! every waiter overshot its deadline, and the next connection went to
+//! one that had.)
 //!
 //! Everything here runs with the pool's lock held and only moves values
 //! around; wakers are returned to be woken once the lock is released.
@@ -52,20 +58,6 @@ pub(crate) struct Waiters<C> {
     queue: VecDeque<Waiter>,
     slots: Vec<Slot<C>>,
     free: Vec<usize>,
-    /// The deadline the watcher sleeps until, while one runs: it runs only
-    /// while there are waiters, so an idle pool has no task for it.
-    watch_until: Option<Instant>,
-}
-
-/// What queueing a waiter asks of the deadline watcher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Watch {
-    /// Nothing: it will wake in time for this deadline.
-    Nothing,
-    /// Tell it about an earlier deadline than it sleeps for.
-    Tell,
-    /// Start one: none is running.
-    Start,
 }
 
 impl<C> Waiters<C> {
@@ -74,7 +66,6 @@ impl<C> Waiters<C> {
             queue: VecDeque::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            watch_until: None,
         }
     }
 
@@ -97,14 +88,14 @@ impl<C> Waiters<C> {
 
     /// Queues a caller under its ticket: behind everyone who arrived before
     /// it, ahead of everyone after (so the queue stays sorted). Returns its
-    /// slot, and what the deadline watcher needs to know.
+    /// slot.
     pub(crate) fn push(
         &mut self,
         id: u64,
         since: Instant,
         deadline: Instant,
         waker: &Waker,
-    ) -> (usize, Watch) {
+    ) -> usize {
         let slot = Slot {
             waker: Some(waker.clone()),
             outcome: None,
@@ -132,24 +123,25 @@ impl<C> Waiters<C> {
             let pos = self.queue.partition_point(|w| w.id < id);
             self.queue.insert(pos, waiter);
         }
-        let watch = match self.watch_until {
-            None => Watch::Start,
-            Some(at) if deadline < at => Watch::Tell,
-            Some(_) => Watch::Nothing,
-        };
-        if watch != Watch::Nothing {
-            self.watch_until = Some(deadline);
-        }
-        (slot, watch)
+        slot
     }
 
-    /// Hands `live` to the oldest waiter and returns its waker, or gives the
-    /// connection back when nobody waits.
-    pub(crate) fn serve(&mut self, live: Live<C>) -> Result<Option<Waker>, Live<C>> {
-        match self.queue.pop_front() {
-            Some(waiter) => Ok(self.finish(waiter.slot, Outcome::Conn(live))),
-            None => Err(live),
+    /// Hands `live` to the oldest waiter whose deadline is still ahead at
+    /// `now` and returns its waker, or gives the connection back when no
+    /// such waiter is left.
+    ///
+    /// Waiters passed over, their deadline gone, are told they timed out
+    /// and leave the queue. They are not woken here: each one's own sleep
+    /// until that deadline has fired or is about to, and wakes it.
+    pub(crate) fn serve(&mut self, live: Live<C>, now: Instant) -> Result<Option<Waker>, Live<C>> {
+        while let Some(waiter) = self.queue.pop_front() {
+            if waiter.deadline > now {
+                return Ok(self.finish(waiter.slot, Outcome::Conn(live)));
+            }
+            // Its waker stays in the slot for `poll` to replace or drop.
+            self.slots[waiter.slot].outcome = Some(Outcome::TimedOut);
         }
+        Err(live)
     }
 
     /// Ends every wait with `outcome` (close, or a `fail_fast` failure).
@@ -159,28 +151,6 @@ impl<C> Waiters<C> {
             .into_iter()
             .filter_map(|w| self.finish(w.slot, outcome()))
             .collect()
-    }
-
-    /// Times out every waiter whose deadline has come, and says which
-    /// deadline to watch next: `None` when nobody waits, and the watcher
-    /// is to stop.
-    pub(crate) fn expire(&mut self, now: Instant) -> (Vec<Waker>, Option<Instant>) {
-        let mut wakers = Vec::new();
-        let mut next: Option<Instant> = None;
-        let Self { queue, slots, .. } = self;
-        queue.retain(|w| {
-            if w.deadline <= now {
-                let slot = &mut slots[w.slot];
-                slot.outcome = Some(Outcome::TimedOut);
-                wakers.extend(slot.waker.take());
-                false
-            } else {
-                next = Some(next.map_or(w.deadline, |at| at.min(w.deadline)));
-                true
-            }
-        });
-        self.watch_until = next;
-        (wakers, next)
     }
 
     /// The outcome of the wait in `slot`, freeing the slot, or `None` (with
@@ -217,6 +187,20 @@ impl<C> Waiters<C> {
             Some(Outcome::Conn(live)) => Some(live),
             _ => None,
         }
+    }
+
+    /// A waiter whose own deadline has passed: the outcome already left in
+    /// its slot if there is one (a connection handed over in time is still
+    /// the caller's), or else it leaves the queue timed out. Frees the slot.
+    pub(crate) fn time_out(&mut self, id: u64, slot: usize) -> Outcome<C> {
+        if let Ok(pos) = self.queue.binary_search_by_key(&id, |w| w.id) {
+            self.queue.remove(pos);
+        }
+        let entry = &mut self.slots[slot];
+        entry.waker = None;
+        let outcome = entry.outcome.take().unwrap_or(Outcome::TimedOut);
+        self.free.push(slot);
+        outcome
     }
 
     fn finish(&mut self, slot: usize, outcome: Outcome<C>) -> Option<Waker> {

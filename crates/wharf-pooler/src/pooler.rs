@@ -40,6 +40,25 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// Opens the pools of databases with a forced user and a `min_pool_size`,
+/// so their servers are there before the first client (PgBouncer 1.21+).
+fn fill_forced_user_pools(state: &PoolerState, config: &Config) {
+    for db in config.databases.iter().filter(|d| !d.is_fallback()) {
+        let Some(user) = &db.user else {
+            continue;
+        };
+        if config
+            .settings_of(Some(db), config.user(user))
+            .min_pool_size
+            > 0
+        {
+            if let Err(err) = state.router().route(&db.name, user) {
+                tracing::warn!(database = %db.name, error = %err, "pool not opened at start");
+            }
+        }
+    }
+}
+
 /// A pooler with its sockets open, ready to serve.
 pub struct Pooler {
     state: Arc<PoolerState>,
@@ -106,6 +125,7 @@ impl Pooler {
             Arc::new(secrets),
             Arc::new(tls),
         ));
+        fill_forced_user_pools(&state, &config);
         // SHOW STATS averages, every stats_period (re-read each time).
         let weak = Arc::downgrade(&state);
         tokio::spawn(crate::stats::run_averages(

@@ -47,6 +47,10 @@ pub struct Config {
     pub reserve_timeout: Duration,
     /// Idle connections kept ready in the background. Default 0 (pg `min`).
     pub min_idle: usize,
+    /// Connections kept open in total, idle or in use (sqlx's
+    /// `min_connections`, PgBouncer's `min_pool_size`): under load no more
+    /// are opened on its account than are missing. Default 0.
+    pub min_size: usize,
     /// How long `get()` waits before failing with
     /// [`Error::Timeout`](crate::Error::Timeout). Default 30 s (HikariCP
     /// `connectionTimeout`); request handlers want less, see
@@ -163,6 +167,7 @@ impl Default for Config {
             reserve_size: 0,
             reserve_timeout: Duration::from_secs(5),
             min_idle: 0,
+            min_size: 0,
             acquire_timeout: Duration::from_secs(30),
             max_waiting: None,
             connect_timeout: Duration::from_secs(10),
@@ -193,6 +198,12 @@ impl Config {
         if self.min_idle > self.max_size {
             return Err(ConfigError::MinIdleAboveMax {
                 min_idle: self.min_idle,
+                max_size: self.max_size,
+            });
+        }
+        if self.min_size > self.max_size {
+            return Err(ConfigError::MinSizeAboveMax {
+                min_size: self.min_size,
                 max_size: self.max_size,
             });
         }
@@ -282,6 +293,8 @@ impl<M: Manager> Builder<M> {
         max_size: usize;
         /// Sets [`Config::min_idle`].
         min_idle: usize;
+        /// Sets [`Config::min_size`].
+        min_size: usize;
         /// Sets [`Config::reserve_size`].
         reserve_size: usize;
         /// Sets [`Config::reserve_timeout`].

@@ -188,6 +188,14 @@ pub enum ConfigError {
         /// The configured `max_size`.
         max_size: usize,
     },
+    /// `min_size` cannot exceed `max_size`.
+    #[error("min_size ({min_size}) must not exceed max_size ({max_size})")]
+    MinSizeAboveMax {
+        /// The configured `min_size`.
+        min_size: usize,
+        /// The configured `max_size`.
+        max_size: usize,
+    },
     /// `max_connecting` must be at least 1.
     #[error("max_connecting must be at least 1")]
     ZeroMaxConnecting,

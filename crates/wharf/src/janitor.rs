@@ -39,8 +39,9 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
     let lifetime = shared.tunables.max_lifetime();
     {
         let mut st = shared.state.lock();
-        let min_idle = st.min_idle;
+        let (min_idle, min_size) = (st.min_idle, st.min_size);
         let mut idle_left = st.idle.len();
+        let mut size_left = st.size;
         let mut keep = VecDeque::with_capacity(st.idle.capacity());
         // The front holds the connections idle the longest, so idle-timeout
         // eviction takes those first and leaves the busiest ones.
@@ -53,9 +54,14 @@ async fn maintain<M: Manager>(shared: &Arc<Shared<M>>) {
             let quiet_for = now.saturating_duration_since(live.meta.last_active);
             if live.meta.is_expired(now) {
                 idle_left -= 1;
+                size_left -= 1;
                 retire.push((live, CloseReason::Lifetime));
-            } else if idle_timeout.is_some_and(|t| idle_for >= t) && idle_left > min_idle {
+            } else if idle_timeout.is_some_and(|t| idle_for >= t)
+                && idle_left > min_idle
+                && size_left > min_size
+            {
                 idle_left -= 1;
+                size_left -= 1;
                 retire.push((live, CloseReason::Idle));
             } else {
                 if config.keepalive_interval.is_some_and(|k| quiet_for >= k) {

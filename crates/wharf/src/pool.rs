@@ -124,13 +124,15 @@ impl<M: Manager> Pool<M> {
         hooks: Hooks<M::Connection>,
         runtime: Handle,
     ) -> Self {
+        let mut state = State::with_reserve(
+            config.max_size,
+            config.min_idle,
+            config.reserve_size,
+            config.reserve_timeout,
+        );
+        state.min_size = config.min_size;
         let shared = Arc::new(Shared {
-            state: CachePadded(Mutex::new(State::with_reserve(
-                config.max_size,
-                config.min_idle,
-                config.reserve_size,
-                config.reserve_timeout,
-            ))),
+            state: CachePadded(Mutex::new(state)),
             leaks: config.leak_detection_threshold.map(LeakRegistry::new),
             manager,
             hooks,
@@ -262,7 +264,7 @@ impl<M: Manager> Pool<M> {
                 if st.closed {
                     return Err(Error::Closed);
                 }
-                if st.idle.len() + st.in_use >= st.min_idle {
+                if st.idle.len() + st.in_use >= st.min_idle.max(st.min_size) {
                     return Ok(());
                 }
             }

@@ -74,6 +74,8 @@ pub(crate) struct State<C> {
     pub(crate) reserve_size: usize,
     pub(crate) reserve_timeout: Duration,
     pub(crate) min_idle: usize,
+    /// Connections kept open in total (`Config::min_size`).
+    pub(crate) min_size: usize,
     pub(crate) closed: bool,
     /// Failed connects since the last success; non-zero means the backend is
     /// considered down and only one probe runs at a time.
@@ -110,6 +112,7 @@ impl<C> State<C> {
             reserve_size,
             reserve_timeout,
             min_idle,
+            min_size: 0,
             closed: false,
             consecutive_failures: 0,
             next_attempt_at: None,
@@ -146,12 +149,15 @@ impl<C> State<C> {
         }
     }
 
-    /// Connections wanted now: one per waiter, plus whatever tops the idle
-    /// set up to `min_idle`.
+    /// Connections wanted now: one per waiter plus whatever tops the idle
+    /// set up to `min_idle`, or as many as bring the open ones up to
+    /// `min_size` (which the waiters' connections count towards),
+    /// whichever is more.
     pub(crate) fn demand(&self) -> usize {
-        self.waiters.len()
-            + self.min_idle.saturating_sub(self.idle.len())
-            + usize::from(self.probe_wanted)
+        let open = self.size.saturating_sub(self.opening);
+        let for_callers = self.waiters.len() + self.min_idle.saturating_sub(self.idle.len());
+        let for_min_size = self.min_size.saturating_sub(open);
+        for_callers.max(for_min_size) + usize::from(self.probe_wanted)
     }
 
     /// Whether the pool has no connection at all besides those being opened.

@@ -26,6 +26,11 @@ impl<M: Manager> Pool<M> {
                 .min_idle
                 .load(Ordering::Relaxed)
                 .min(max_size);
+            st.min_size = shared
+                .tunables
+                .min_size
+                .load(Ordering::Relaxed)
+                .min(max_size);
             let excess = st.take_excess_idle();
             shared.spawn_connectors(&mut st);
             excess
@@ -73,6 +78,16 @@ impl<M: Manager> Pool<M> {
         shared.tunables.min_idle.store(min_idle, Ordering::Relaxed);
         let mut st = shared.state.lock();
         st.min_idle = min_idle.min(st.max_size);
+        shared.spawn_connectors(&mut st);
+    }
+
+    /// Changes `min_size` (capped at `max_size`); a larger value opens
+    /// the missing connections at once.
+    pub fn set_min_size(&self, min_size: usize) {
+        let shared = self.shared();
+        shared.tunables.min_size.store(min_size, Ordering::Relaxed);
+        let mut st = shared.state.lock();
+        st.min_size = min_size.min(st.max_size);
         shared.spawn_connectors(&mut st);
     }
 
@@ -139,6 +154,8 @@ pub(crate) struct Tunables {
     connect_backoff_max: AtomicU64,
     /// `min_idle` as set, before [`Pool::resize`] caps it at `max_size`.
     pub(crate) min_idle: AtomicUsize,
+    /// `min_size` as set, before [`Pool::resize`] caps it at `max_size`.
+    pub(crate) min_size: AtomicUsize,
 }
 
 impl Tunables {
@@ -152,6 +169,7 @@ impl Tunables {
             connect_backoff: AtomicU64::new(encode(Some(config.connect_backoff))),
             connect_backoff_max: AtomicU64::new(encode(Some(config.connect_backoff_max))),
             min_idle: AtomicUsize::new(config.min_idle),
+            min_size: AtomicUsize::new(config.min_size),
         }
     }
 

@@ -69,6 +69,7 @@ fn every_setting_loads_from_toml_with_human_durations() {
             name: "orders".into(),
             max_size: 20,
             min_idle: 4,
+            min_size: 0,
             acquire_timeout: Duration::from_secs(2),
             max_waiting: Some(100),
             connect_timeout: Duration::from_millis(1500),
@@ -182,6 +183,17 @@ fn validate_rejects_settings_that_contradict_each_other() {
         }),
         Err(ConfigError::MinIdleAboveMax {
             min_idle: 5,
+            max_size: 2
+        })
+    );
+    assert_eq!(
+        check(Config {
+            min_size: 3,
+            max_size: 2,
+            ..Config::default()
+        }),
+        Err(ConfigError::MinSizeAboveMax {
+            min_size: 3,
             max_size: 2
         })
     );

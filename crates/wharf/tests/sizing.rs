@@ -1,6 +1,7 @@
 //! Sizing: never more than `max_size` connections, counting those being
-//! opened; `min_idle` connections opened in the background (and `ready()`
-//! waits for them) and topped up again after connections close;
+//! opened; `min_idle` (idle) and `min_size` (in total) connections opened
+//! in the background (and `ready()` waits for them) and topped up again
+//! after connections close;
 //! `max_connecting` bounds connects in flight.
 
 mod common;
@@ -89,6 +90,36 @@ async fn min_idle_is_opened_in_the_background_and_ready_waits_for_it() {
     let start = Instant::now();
     pool.ready().await.unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_balanced(&pool, &script);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_size_counts_connections_in_use_where_min_idle_does_not() {
+    let (builder, script) = scripted();
+    let pool = builder.max_size(6).min_size(3).build().unwrap();
+    pool.ready().await.unwrap();
+    assert_eq!(pool.status().size, 3);
+    // Two taken: three are still open, so none is added.
+    let held = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    sleep(Duration::from_secs(2)).await;
+    let status = pool.status();
+    assert_eq!((status.size, status.idle, status.in_use), (3, 1, 2));
+    drop(held);
+
+    // min_idle keeps that many idle on top of those in use.
+    let (builder, _) = scripted();
+    let idle = builder.max_size(6).min_idle(3).build().unwrap();
+    idle.ready().await.unwrap();
+    let held = (idle.get().await.unwrap(), idle.get().await.unwrap());
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(idle.status().size, 5);
+    drop(held);
+
+    // A closed connection is replaced to keep min_size.
+    pool.get().await.unwrap().discard();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(pool.status().size, 3);
+    assert_eq!(script.attempts(), 4);
     assert_balanced(&pool, &script);
 }
 

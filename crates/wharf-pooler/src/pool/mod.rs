@@ -109,7 +109,8 @@ impl ServerPool {
         let engine = wharf::Pool::builder(manager)
             .name(format!("{database}/{user}"))
             .max_size(shape.pool_size)
-            .min_idle(shape.min_pool_size)
+            // PgBouncer's min_pool_size counts servers in use too.
+            .min_size(shape.min_pool_size)
             .reserve_size(shape.reserve_size)
             .reserve_timeout(shape.reserve_timeout)
             .acquire_timeout(shape.query_wait_timeout.unwrap_or(FOREVER))
@@ -167,7 +168,7 @@ impl ServerPool {
             self.mode.store(shape.mode as u8, Ordering::Relaxed);
         }
         let engine = &self.engine;
-        engine.set_min_idle(shape.min_pool_size);
+        engine.set_min_size(shape.min_pool_size);
         engine.set_reserve(shape.reserve_size, shape.reserve_timeout);
         engine.set_connect_timeout(all_hosts_timeout(shape.connect_timeout, &target));
         engine.manager().set_host_timeout(shape.connect_timeout);

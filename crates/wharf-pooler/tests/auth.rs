@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::wire::{self, psql, psql_err, psql_ok, refused};
+use common::wire::{self, auth_failed, current_user, psql, psql_err, psql_ok, refused};
 use common::{start_with, Setup, TestPooler};
-use tokio_postgres::{Client, SimpleQueryMessage};
 use wharf_testkit::PgCluster;
 
 /// Turns a login that hangs into a failure.
@@ -73,24 +72,6 @@ async fn auth_pooler_with(auth_type: &str, extra_databases: &str) -> TestPooler 
         },
     )
     .await
-}
-
-async fn current_user(client: &Client) -> String {
-    let messages = client
-        .simple_query("SELECT current_user")
-        .await
-        .expect("query through the pooler");
-    match &messages[1] {
-        SimpleQueryMessage::Row(row) => row.get(0).expect("a user").to_owned(),
-        other => panic!("expected a row, got {other:?}"),
-    }
-}
-
-fn auth_failed(user: &str) -> (String, String) {
-    (
-        "28P01".to_owned(),
-        format!("password authentication failed for user \"{user}\""),
-    )
 }
 
 /// The server's client backends, once the setup's own psql sessions have

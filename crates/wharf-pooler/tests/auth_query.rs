@@ -9,9 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::wire::{self, refused};
+use common::wire::{self, auth_failed, current_user, refused};
 use common::{start_with, Setup, TestPooler};
-use tokio_postgres::{Client, SimpleQueryMessage};
 use wharf_testkit::PgCluster;
 
 /// Roles on the server only (not in the auth file).
@@ -69,24 +68,6 @@ async fn lookup_pooler(cluster: PgCluster, auth_type: &str, extra: &str) -> Test
         },
     )
     .await
-}
-
-async fn current_user(client: &Client) -> String {
-    let messages = client
-        .simple_query("SELECT current_user")
-        .await
-        .expect("query through the pooler");
-    match &messages[1] {
-        SimpleQueryMessage::Row(row) => row.get(0).expect("a user").to_owned(),
-        other => panic!("expected a row, got {other:?}"),
-    }
-}
-
-fn auth_failed(user: &str) -> (String, String) {
-    (
-        "28P01".to_owned(),
-        format!("password authentication failed for user \"{user}\""),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::certs::{issue, Certs};
-use common::wire::{self, refused};
+use common::wire::{self, auth_failed, current_user, refused};
 use common::{start_with, Setup, TestPooler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 use wharf_testkit::PgCluster;
 
 /// Roles on the server, and how the auth file holds each one's password.
@@ -194,26 +194,8 @@ async fn unix_auth_request(pooler: &TestPooler, user: &str, db: &str) -> i32 {
     i32::from_be_bytes([header[5], header[6], header[7], header[8]])
 }
 
-async fn current_user(client: &Client) -> String {
-    let messages = client
-        .simple_query("SELECT current_user")
-        .await
-        .expect("query through the pooler");
-    match &messages[1] {
-        SimpleQueryMessage::Row(row) => row.get(0).expect("a user").to_owned(),
-        other => panic!("expected a row, got {other:?}"),
-    }
-}
-
 fn refusal(message: &str) -> (String, String) {
     ("08P01".to_owned(), message.to_owned())
-}
-
-fn auth_failed(user: &str) -> (String, String) {
-    (
-        "28P01".to_owned(),
-        format!("password authentication failed for user \"{user}\""),
-    )
 }
 
 /// The server's client backends once the test's own setup psql sessions

@@ -288,3 +288,23 @@ pub fn refused(result: Result<tokio_postgres::Client, tokio_postgres::Error>) ->
         .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
     (db.code().code().to_owned(), db.message().to_owned())
 }
+
+/// `current_user` as the client's query through the pooler sees it.
+pub async fn current_user(client: &tokio_postgres::Client) -> String {
+    let messages = client
+        .simple_query("SELECT current_user")
+        .await
+        .expect("query through the pooler");
+    match &messages[1] {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).expect("a user").to_owned(),
+        other => panic!("expected a row, got {other:?}"),
+    }
+}
+
+/// The SQLSTATE and message of a wrong password (or an unknown user).
+pub fn auth_failed(user: &str) -> (String, String) {
+    (
+        "28P01".to_owned(),
+        format!("password authentication failed for user \"{user}\""),
+    )
+}

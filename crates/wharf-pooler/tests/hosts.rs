@@ -279,3 +279,60 @@ async fn a_replica_over_max_replica_lag_is_not_used() {
     );
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_under_pgbench_load_moves_writes_and_no_client_hangs() {
+    let primary = cluster().await;
+    let pgbench = primary.bin("pgbench");
+    common::pgbench::init(&pgbench, primary.port());
+    let standby = primary.replica().expect("a streaming replica");
+    let (pp, ps) = (primary.port(), standby.port());
+    // pgbench uses database "postgres": it becomes the read-write pool.
+    let databases = format!(
+        "postgres = host=127.0.0.1,127.0.0.1 port={ps},{pp} dbname=postgres \
+         target_session_attrs=read-write\n"
+    );
+    let mut pooler = start_with(
+        primary,
+        Setup {
+            databases: &databases,
+            pgbouncer: "server_login_retry = 1\n",
+            ..Setup::default()
+        },
+    )
+    .await;
+    let load = common::pgbench::spawn(pgbench, pooler.port, &["-c", "4", "-j", "2", "-T", "8"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    pooler.cluster.stop().unwrap();
+    let promoted_at = Instant::now();
+    standby.promote().expect("promotion");
+    let mut moved = None;
+    while promoted_at.elapsed() < Duration::from_secs(20) {
+        if let Ok(found) = probe(&pooler, "postgres").await {
+            moved = Some((found, promoted_at.elapsed()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (found, took) = moved.expect("writes move to the promoted standby");
+    eprintln!(
+        "under pgbench load: read-write pool on the new primary {took:?} after the promotion began"
+    );
+    assert_eq!(found, (i32::from(ps), false));
+    // pgbench's clients lost their servers mid-transaction and got errors;
+    // none may hang: pgbench ends within its run time and some slack.
+    let output = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .expect("no pgbench client hangs")
+        .unwrap();
+    eprintln!(
+        "pgbench: {}",
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    drop(standby);
+    pooler.stop().await;
+}

@@ -39,6 +39,26 @@ async fn probe(pooler: &TestPooler, db: &str) -> Result<(i32, bool), String> {
     where_am_i(&client).await.map_err(|e| format!("{e:?}"))
 }
 
+/// Stops the primary (the pooler's cluster), promotes `standby`, and
+/// probes `db` until a query gets through: where it ran, and how long
+/// after the promotion began.
+async fn fail_over(
+    pooler: &mut TestPooler,
+    standby: &PgCluster,
+    db: &str,
+) -> ((i32, bool), Duration) {
+    pooler.cluster.stop().unwrap();
+    let promoted_at = Instant::now();
+    standby.promote().expect("promotion");
+    while promoted_at.elapsed() < Duration::from_secs(20) {
+        if let Ok(found) = probe(pooler, db).await {
+            return (found, promoted_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no query through {db} within 20 s of the promotion");
+}
+
 /// Ports the servers of `db` run on, with `n` clients each holding a
 /// transaction (so each has a server of its own).
 async fn ports_of(pooler: &TestPooler, db: &str, n: usize) -> HashSet<i32> {
@@ -207,18 +227,7 @@ async fn target_session_attrs_pick_the_primary_or_the_standby_and_follow_a_promo
     assert_eq!(probe(&pooler, "pref").await.unwrap(), (i32::from(ps), true));
 
     // Failover: the primary goes away, the standby is promoted.
-    pooler.cluster.stop().unwrap();
-    let promoted_at = Instant::now();
-    standby.promote().expect("promotion");
-    let mut moved = None;
-    while promoted_at.elapsed() < Duration::from_secs(20) {
-        if let Ok(found) = probe(&pooler, "rw").await {
-            moved = Some((found, promoted_at.elapsed()));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (found, took) = moved.expect("read-write traffic moves to the promoted standby");
+    let (found, took) = fail_over(&mut pooler, &standby, "rw").await;
     eprintln!("read-write pool on the new primary {took:?} after the promotion began");
     assert_eq!(found, (i32::from(ps), false));
     // No standby is left: the standby pool says so rather than hanging.
@@ -304,18 +313,7 @@ async fn a_failover_under_pgbench_load_moves_writes_and_no_client_hangs() {
     let load = common::pgbench::spawn(pgbench, pooler.port, &["-c", "4", "-j", "2", "-T", "8"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    pooler.cluster.stop().unwrap();
-    let promoted_at = Instant::now();
-    standby.promote().expect("promotion");
-    let mut moved = None;
-    while promoted_at.elapsed() < Duration::from_secs(20) {
-        if let Ok(found) = probe(&pooler, "postgres").await {
-            moved = Some((found, promoted_at.elapsed()));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (found, took) = moved.expect("writes move to the promoted standby");
+    let (found, took) = fail_over(&mut pooler, &standby, "postgres").await;
     eprintln!(
         "under pgbench load: read-write pool on the new primary {took:?} after the promotion began"
     );

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ServerManager;
-use crate::net::ServerAddr;
 use crate::server::ServerError;
 
 /// A cap on server connections shared by several pools
@@ -38,10 +37,7 @@ impl ConnectionLimit {
     /// places too, so while full it keeps asking them to close one (their
     /// pools would otherwise keep them until `server_idle_timeout`); the
     /// engine's `connect_timeout` bounds the whole wait.
-    pub(super) async fn acquire(
-        &self,
-        addr: &ServerAddr,
-    ) -> Result<OwnedSemaphorePermit, ServerError> {
+    pub(super) async fn acquire(&self) -> Result<OwnedSemaphorePermit, ServerError> {
         const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
         loop {
             if let Ok(permit) = self.permits.clone().try_acquire_owned() {
@@ -54,7 +50,7 @@ impl ConnectionLimit {
                 Ok(Ok(permit)) => return Ok(permit),
                 Ok(Err(_)) => {
                     return Err(ServerError::Io {
-                        addr: addr.to_string(),
+                        addr: self.name.clone(),
                         source: io::Error::other(format!("{} is shut down", self.name)),
                     })
                 }

@@ -89,20 +89,12 @@ impl ServerManager {
     /// Places under the pool's connection limits for one server, taken
     /// once for all the hosts it may be tried on: a full limit is not a
     /// host that is down.
-    async fn take_places(
-        &self,
-        target: &ServerTarget,
-    ) -> Result<Vec<OwnedSemaphorePermit>, ServerError> {
-        let named = target
-            .hosts
-            .first()
-            .cloned()
-            .unwrap_or(ServerAddr::Unix(Default::default()));
+    async fn take_places(&self) -> Result<Vec<OwnedSemaphorePermit>, ServerError> {
         let mut permits = Vec::with_capacity(self.limits.len());
         // Always in the same order (database, then user), so two pools
         // waiting on each other's limits cannot deadlock.
         for limit in &self.limits {
-            permits.push(limit.acquire(&named).await?);
+            permits.push(limit.acquire().await?);
         }
         Ok(permits)
     }
@@ -145,7 +137,7 @@ impl ServerManager {
         target: &Arc<ServerTarget>,
         born: u64,
     ) -> Result<ServerConn, ServerError> {
-        let permits = self.take_places(target).await?;
+        let permits = self.take_places().await?;
         let mut last_error = None;
         let mut passed_over = false;
         let mut fallback = None;

@@ -159,22 +159,6 @@ impl TlsContexts {
         })
     }
 
-    /// No TLS either way (a configuration without TLS settings).
-    pub fn disabled() -> Self {
-        TlsContexts {
-            client: ClientTls {
-                mode: SslMode::Disable,
-                acceptor: None,
-            },
-            server: ServerTls {
-                mode: SslMode::Disable,
-                connector: None,
-                fingerprint: 0,
-            },
-            warnings: Vec::new(),
-        }
-    }
-
     /// The client side.
     pub fn client(&self) -> &ClientTls {
         &self.client
@@ -260,11 +244,6 @@ impl ClientTls {
         })
     }
 
-    /// `client_tls_sslmode`.
-    pub fn mode(&self) -> SslMode {
-        self.mode
-    }
-
     /// Whether an SSLRequest is answered 'S'.
     pub fn offered(&self) -> bool {
         self.acceptor.is_some()
@@ -281,7 +260,7 @@ impl ClientTls {
     ///
     /// The handshake failed (a bad or missing client certificate, no
     /// common protocol, the client went away).
-    pub async fn accept(&self, stream: TcpStream) -> io::Result<TlsClientStream> {
+    pub(crate) async fn accept(&self, stream: TcpStream) -> io::Result<TlsClientStream> {
         let acceptor = self
             .acceptor
             .as_ref()
@@ -390,21 +369,6 @@ impl ServerTls {
         })
     }
 
-    /// `server_tls_sslmode`.
-    pub fn mode(&self) -> SslMode {
-        self.mode
-    }
-
-    /// Whether the pooler sends servers an SSLRequest.
-    pub fn asked(&self) -> bool {
-        self.connector.is_some()
-    }
-
-    /// Whether a server that answers 'N' is refused.
-    pub fn required(&self) -> bool {
-        demands_tls(self.mode)
-    }
-
     /// Opens a connection to `host` as the mode says: the SSLRequest and
     /// handshake on TCP (Unix sockets stay plain: PostgreSQL offers no TLS
     /// there, and libpq ignores `sslmode` there too). Under `prefer` a
@@ -434,7 +398,7 @@ impl ServerTls {
         let ServerStream::Tcp(mut tcp) = stream else {
             return Ok(stream);
         };
-        if !self.asked() {
+        if self.connector.is_none() {
             return Ok(ServerStream::Tcp(tcp));
         }
         tcp.write_all(&SSL_REQUEST).await?;
@@ -450,7 +414,7 @@ impl ServerTls {
                 }
                 Err(err) => Err(OpenError::Refused(format!("TLS handshake failed: {err}"))),
             },
-            b'N' if self.required() => Err(OpenError::Refused(format!(
+            b'N' if demands_tls(self.mode) => Err(OpenError::Refused(format!(
                 "the server does not accept TLS connections, and server_tls_sslmode = {}",
                 self.mode
             ))),
@@ -461,11 +425,7 @@ impl ServerTls {
 
     /// The TLS handshake with a server that answered 'S', verifying it as
     /// the mode says; `host` is the name it is checked against.
-    ///
-    /// # Errors
-    ///
-    /// The handshake or the verification failed.
-    pub async fn connect(&self, stream: TcpStream, host: &str) -> io::Result<TlsServerStream> {
+    async fn connect(&self, stream: TcpStream, host: &str) -> io::Result<TlsServerStream> {
         let connector = self
             .connector
             .as_ref()

@@ -109,9 +109,10 @@ impl Lifecycle {
 
     /// Starts a shutdown, or makes the one in progress more drastic
     /// (a gentler mode than the current one is ignored). Returns at once;
-    /// [`Pooler::run`](crate::Pooler::run) finishes when it completes.
-    /// Every client in `clients` is woken to see it.
-    pub(crate) fn shutdown(&self, mode: ShutdownMode, clients: &Stats) {
+    /// [`Pooler::run`](crate::Pooler::run) closes the listening sockets and
+    /// only then wakes the clients (with [`Self::nudge_clients`]), so that a
+    /// client told to leave can never find the pooler still accepting.
+    pub(crate) fn shutdown(&self, mode: ShutdownMode) {
         let changed = self.phase.send_if_modified(|phase| {
             let stronger = match *phase {
                 Phase::Running => true,
@@ -126,9 +127,13 @@ impl Lifecycle {
         });
         if changed {
             tracing::info!(?mode, "shutdown requested");
-            for client in clients.clients() {
-                client.nudge();
-            }
+        }
+    }
+
+    /// Wakes every client in `clients` to look at the phase.
+    pub(crate) fn nudge_clients(&self, clients: &Stats) {
+        for client in clients.clients() {
+            client.nudge();
         }
     }
 

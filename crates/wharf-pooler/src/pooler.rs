@@ -212,6 +212,7 @@ impl Pooler {
         }
         tracing::info!(clients = clients.count(), "listeners closed");
         loop {
+            state.nudge_clients();
             if *phase.borrow_and_update() == Phase::ShuttingDown(ShutdownMode::Immediate) {
                 return;
             }

@@ -91,6 +91,12 @@ impl PoolerState {
     /// SHUTDOWN in `mode`, or a more drastic one than in progress; returns
     /// at once ([`Pooler::run`](crate::Pooler::run) ends when it is done).
     pub fn shutdown(&self, mode: ShutdownMode) {
-        self.lifecycle.shutdown(mode, self.router.stats());
+        self.lifecycle.shutdown(mode);
+    }
+
+    /// Wakes every client to see the shutdown phase; the listeners must be
+    /// closed first.
+    pub(crate) fn nudge_clients(&self) {
+        self.lifecycle.nudge_clients(self.router.stats());
     }
 }

@@ -37,6 +37,7 @@ mod prepared;
 pub mod proto;
 mod router;
 mod server;
+mod sql;
 pub mod signals;
 pub mod state;
 mod stats;

@@ -1,0 +1,1 @@
+//! SQL-level prepared statements: `PREPARE`, `EXECUTE` and `DEALLOCATE`.

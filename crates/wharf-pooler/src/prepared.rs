@@ -24,8 +24,11 @@ pub struct Statement {
     /// `wharf_<id>`, NUL-terminated, as it goes into messages.
     server_name: Vec<u8>,
     /// The Parse body after the statement name: the query, NUL, the
-    /// parameter count and type OIDs, exactly as the client sent them.
+    /// parameter count and type OIDs, exactly as the client sent them; or,
+    /// for a statement made with SQL `PREPARE`, what followed the name.
     definition: Vec<u8>,
+    /// Made with SQL `PREPARE` (and prepared on servers the same way).
+    sql: bool,
 }
 
 impl Statement {
@@ -37,6 +40,23 @@ impl Statement {
     /// The server-side name with its NUL terminator.
     pub fn server_name(&self) -> &[u8] {
         &self.server_name
+    }
+
+    /// Whether the statement was made with SQL `PREPARE`: servers get it
+    /// with [`sql_prepare`](Self::sql_prepare), not a Parse.
+    pub fn is_sql(&self) -> bool {
+        self.sql
+    }
+
+    /// The server-side name without its NUL, as SQL names it.
+    pub fn sql_name(&self) -> &[u8] {
+        &self.server_name[..self.server_name.len() - 1]
+    }
+
+    /// `PREPARE <server-side name> <definition>`, the SQL that prepares a
+    /// statement made with SQL `PREPARE` on a server.
+    pub fn sql_prepare(&self) -> Vec<u8> {
+        [b"PREPARE ", self.sql_name(), b" ", &self.definition].concat()
     }
 
     /// Appends a Parse of this statement under its server-side name.
@@ -58,10 +78,12 @@ impl Statement {
     }
 }
 
-/// Every distinct statement some client or server holds, by definition.
+/// Every distinct statement some client or server holds, by definition:
+/// those from Parse messages and those from SQL `PREPARE` apart.
 #[derive(Debug, Default)]
 pub struct Registry {
     statements: Mutex<HashMap<Vec<u8>, Weak<Statement>>>,
+    sql_statements: Mutex<HashMap<Vec<u8>, Weak<Statement>>>,
     next_id: AtomicU64,
 }
 
@@ -69,7 +91,22 @@ impl Registry {
     /// The statement with this definition (the Parse body after the
     /// name), registered on first use.
     pub fn statement(&self, definition: &[u8]) -> Arc<Statement> {
-        let mut statements = self.statements.lock();
+        self.intern(&self.statements, definition, false)
+    }
+
+    /// The statement SQL `PREPARE` defines with `definition` (what follows
+    /// the name), registered on first use.
+    pub fn sql_statement(&self, definition: &[u8]) -> Arc<Statement> {
+        self.intern(&self.sql_statements, definition, true)
+    }
+
+    fn intern(
+        &self,
+        statements: &Mutex<HashMap<Vec<u8>, Weak<Statement>>>,
+        definition: &[u8],
+        sql: bool,
+    ) -> Arc<Statement> {
+        let mut statements = statements.lock();
         if let Some(statement) = statements.get(definition).and_then(Weak::upgrade) {
             return statement;
         }
@@ -85,6 +122,7 @@ impl Registry {
             id,
             server_name,
             definition: definition.to_vec(),
+            sql,
         });
         statements.insert(definition.to_vec(), Arc::downgrade(&statement));
         statement
@@ -92,11 +130,10 @@ impl Registry {
 
     /// Statements some client or server still holds.
     pub fn len(&self) -> usize {
-        self.statements
-            .lock()
-            .values()
-            .filter(|s| s.strong_count() > 0)
-            .count()
+        let live = |map: &Mutex<HashMap<Vec<u8>, Weak<Statement>>>| {
+            map.lock().values().filter(|s| s.strong_count() > 0).count()
+        };
+        live(&self.statements) + live(&self.sql_statements)
     }
 
     /// Whether no statement is held.
@@ -252,6 +289,20 @@ mod tests {
             registry.statement(&int4).id(),
             registry.statement(&text).id()
         );
+    }
+
+    #[test]
+    fn sql_statements_are_apart_and_prepared_with_sql() {
+        let registry = Registry::default();
+        let parsed = registry.statement(b"AS SELECT 1");
+        let sql = registry.sql_statement(b"AS SELECT 1");
+        assert_ne!(parsed.id(), sql.id());
+        assert!(sql.is_sql() && !parsed.is_sql());
+        assert_eq!(
+            sql.sql_prepare(),
+            format!("PREPARE wharf_{} AS SELECT 1", sql.id()).into_bytes()
+        );
+        assert_eq!(registry.len(), 2);
     }
 
     #[test]

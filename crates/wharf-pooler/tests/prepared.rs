@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wire::{login_trusted, message, parse_error, read_message};
+use common::wire::{exchange, login_trusted, message, read_replies};
 use common::{pgbench, start, Setup, TestPooler};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -84,49 +84,6 @@ fn run(name: &[u8], sql: &str, params: &[&str]) -> Vec<u8> {
 /// Bind, Execute and Sync of a statement prepared before.
 fn call(name: &[u8], params: &[&str]) -> Vec<u8> {
     [bind(name, params), execute(), sync()].concat()
-}
-
-/// What the pooler answered: the tags in order, the first column of each
-/// row, and each error's SQLSTATE and message.
-#[derive(Debug, Default)]
-struct Replies {
-    tags: String,
-    rows: Vec<String>,
-    errors: Vec<(String, String)>,
-}
-
-/// Sends `bytes` and reads replies up to the `readies`-th ReadyForQuery.
-async fn exchange(stream: &mut TcpStream, bytes: &[u8], readies: usize) -> Replies {
-    stream.write_all(bytes).await.expect("sent");
-    read_replies(stream, readies, usize::MAX).await
-}
-
-/// Reads replies up to the `readies`-th ReadyForQuery, or with 0 readies,
-/// `most` messages.
-async fn read_replies(stream: &mut TcpStream, readies: usize, most: usize) -> Replies {
-    let mut replies = Replies::default();
-    let mut seen = 0;
-    while seen < readies || (readies == 0 && replies.tags.len() < most) {
-        let (tag, body) = read_message(stream)
-            .await
-            .unwrap_or_else(|| panic!("closed after {replies:?}"));
-        replies.tags.push(tag as char);
-        match tag {
-            b'Z' => seen += 1,
-            b'D' => {
-                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
-                replies
-                    .rows
-                    .push(String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned());
-            }
-            b'E' => {
-                let e = parse_error(&body);
-                replies.errors.push((e.code, e.message));
-            }
-            _ => {}
-        }
-    }
-    replies
 }
 
 async fn client(pooler: &TestPooler) -> TcpStream {

@@ -1,1 +1,159 @@
-//! SQL-level prepared statements: `PREPARE`, `EXECUTE` and `DEALLOCATE`.
+//! SQL-level prepared statements: a simple query that is one `PREPARE`,
+//! `EXECUTE` or `DEALLOCATE`, recognised so that the pooler can carry the
+//! statement from server to server as it does protocol-level ones.
+
+use std::ops::Range;
+
+use pg_query::protobuf::node::Node;
+use pg_query::protobuf::Token;
+
+use super::first_keyword;
+
+/// What a simple query does with an SQL-level prepared statement.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SqlStatement<'a> {
+    /// `PREPARE name [(types)] AS query`.
+    Prepare {
+        /// The name as PostgreSQL folds it.
+        name: String,
+        /// What follows the name, up to the last token: the parameter
+        /// types and the query, the statement's identity.
+        definition: &'a [u8],
+    },
+    /// `EXECUTE name [(params)]`.
+    Execute {
+        /// The name as PostgreSQL folds it.
+        name: String,
+        /// Where the name is in the query text, to be replaced.
+        at: Range<usize>,
+    },
+    /// `DEALLOCATE [PREPARE] name` (not `ALL`, which goes to the server).
+    Deallocate {
+        /// The name as PostgreSQL folds it.
+        name: String,
+    },
+}
+
+/// The SQL-level prepared statement `sql` (a Query's text, without its
+/// NUL) concerns, if it is a single `PREPARE`, `EXECUTE` or `DEALLOCATE`.
+/// Anything else, or SQL PostgreSQL would not parse, is `None`: the server
+/// gets it as it is and answers for it.
+pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
+    let mut keyword = [0; 16];
+    if !matches!(
+        first_keyword(sql, &mut keyword),
+        b"PREPARE" | b"EXECUTE" | b"DEALLOCATE"
+    ) {
+        return None;
+    }
+    let text = std::str::from_utf8(sql).ok()?;
+    let parsed = pg_query::parse(text, pg_query::ParserOptions::DEFAULT).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let node = raw.stmt.as_ref()?.node.as_ref()?;
+    let tokens: Vec<Range<usize>> = pg_query::scan_tokens(text)
+        .ok()?
+        .into_iter()
+        .filter(|t| {
+            !matches!(
+                Token::try_from(t.token),
+                Ok(Token::SqlComment | Token::CComment | Token::Ascii59)
+            )
+        })
+        .map(|t| Some(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?))
+        .collect::<Option<_>>()?;
+    match node {
+        Node::PrepareStmt(prepare) => {
+            let name_at = tokens.get(1)?;
+            let last = tokens.last()?;
+            Some(SqlStatement::Prepare {
+                name: prepare.name.clone(),
+                definition: sql.get(name_at.end..last.end)?.trim_ascii(),
+            })
+        }
+        Node::ExecuteStmt(execute) => Some(SqlStatement::Execute {
+            name: execute.name.clone(),
+            at: tokens.get(1)?.clone(),
+        }),
+        Node::DeallocateStmt(deallocate) if !deallocate.isall => {
+            Some(SqlStatement::Deallocate {
+                name: deallocate.name.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, SqlStatement};
+
+    fn definition(sql: &str) -> Option<(String, String)> {
+        match classify(sql.as_bytes())? {
+            SqlStatement::Prepare { name, definition } => {
+                Some((name, String::from_utf8(definition.to_vec()).unwrap()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepare_keeps_the_types_and_query_after_the_name() {
+        assert_eq!(
+            definition("PREPARE q (int, text) AS SELECT $1, $2;"),
+            Some(("q".into(), "(int, text) AS SELECT $1, $2".into()))
+        );
+        // Names fold as identifiers do; a quoted one keeps its case.
+        assert_eq!(
+            definition("/* c */ prepare Upper as select 1 -- trailing\n"),
+            Some(("upper".into(), "as select 1".into()))
+        );
+        assert_eq!(
+            definition(r#"PREPARE "Quoted" AS SELECT 'a;b'"#),
+            Some(("Quoted".into(), "AS SELECT 'a;b'".into()))
+        );
+    }
+
+    #[test]
+    fn execute_says_where_the_name_is() {
+        let sql = "  EXECUTE  Foo (1, 'x')";
+        let Some(SqlStatement::Execute { name, at }) = classify(sql.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), &sql[at]), ("foo", "Foo"));
+        let sql = r#"execute "Bar""#;
+        let Some(SqlStatement::Execute { name, at }) = classify(sql.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), &sql[at]), ("Bar", r#""Bar""#));
+    }
+
+    #[test]
+    fn deallocate_of_one_name_only() {
+        assert_eq!(
+            classify(b"DEALLOCATE PREPARE q"),
+            Some(SqlStatement::Deallocate { name: "q".into() })
+        );
+        assert_eq!(
+            classify(b"deallocate q;"),
+            Some(SqlStatement::Deallocate { name: "q".into() })
+        );
+        assert_eq!(classify(b"DEALLOCATE ALL"), None);
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_server_as_it_is() {
+        for sql in [
+            "SELECT 1",
+            "EXPLAIN EXECUTE q",
+            "PREPARE q AS SELECT 1; EXECUTE q",
+            "PREPARE q AS SELEC 1",
+            "EXECUTE",
+            "",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), None, "{sql}");
+        }
+        assert_eq!(classify(b"EXECUTE q(\xff)"), None);
+    }
+}

@@ -308,3 +308,51 @@ pub fn auth_failed(user: &str) -> (String, String) {
         format!("password authentication failed for user \"{user}\""),
     )
 }
+
+/// What the pooler answered: the tags in order, the first column of each
+/// row, each error's SQLSTATE and message, and the command tags.
+#[derive(Debug, Default)]
+pub struct Replies {
+    pub tags: String,
+    pub rows: Vec<String>,
+    pub errors: Vec<(String, String)>,
+    /// The CommandComplete tags.
+    pub completions: Vec<String>,
+}
+
+/// Sends `bytes` and reads replies up to the `readies`-th ReadyForQuery.
+pub async fn exchange(stream: &mut TcpStream, bytes: &[u8], readies: usize) -> Replies {
+    stream.write_all(bytes).await.expect("sent");
+    read_replies(stream, readies, usize::MAX).await
+}
+
+/// Reads replies up to the `readies`-th ReadyForQuery, or with 0 readies,
+/// `most` messages.
+pub async fn read_replies(stream: &mut TcpStream, readies: usize, most: usize) -> Replies {
+    let mut replies = Replies::default();
+    let mut seen = 0;
+    while seen < readies || (readies == 0 && replies.tags.len() < most) {
+        let (tag, body) = read_message(stream)
+            .await
+            .unwrap_or_else(|| panic!("closed after {replies:?}"));
+        replies.tags.push(tag as char);
+        match tag {
+            b'Z' => seen += 1,
+            b'D' => {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                replies
+                    .rows
+                    .push(String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned());
+            }
+            b'C' => replies
+                .completions
+                .push(String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned()),
+            b'E' => {
+                let e = parse_error(&body);
+                replies.errors.push((e.code, e.message));
+            }
+            _ => {}
+        }
+    }
+    replies
+}

@@ -11,6 +11,10 @@
 //! (a Parse or Close the pooler did not send). After an error the server
 //! skips to the next Sync, and so does the queue, undoing what the skipped
 //! requests would have done. Unnamed statements and portals pass through.
+//! SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` are followed too
+//! ([`sql`]).
+
+mod sql;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -23,10 +27,10 @@ use crate::proto::cstr_bytes;
 use crate::stats::PoolStats;
 
 /// The client messages whose bodies the tracker reads (a named Parse and
-/// Bind are held whole, up to `max_packet_size`), and Terminate, which the
-/// session keeps for itself.
+/// Bind, and a simple Query, are held whole, up to `max_packet_size`), and
+/// Terminate, which the session keeps for itself.
 pub(super) fn wants_whole(tag: u8) -> bool {
-    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'X')
+    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'Q' | b'X')
 }
 
 /// A request whose reply the server owes, in the order sent.
@@ -52,15 +56,19 @@ enum Answer {
     /// The pooler did not send it: it answers with an empty message of
     /// this tag (ParseComplete, CloseComplete) when its turn comes.
     Make(u8),
+    /// A simple query the pooler rewrote into several statements: the
+    /// CommandComplete at this index (from 0) is for a statement the
+    /// pooler added, and is dropped; the rest goes to the client.
+    HideComplete(u8),
 }
 
 /// What a request changes, settled when its reply comes (or never does).
 #[derive(Debug)]
 enum Effect {
     None,
-    /// A Parse of `statement` sent to the server, recorded there at once:
-    /// if it fails, it is not prepared there, and the client's name for
-    /// it (when the client sent it) goes too.
+    /// A Parse (or SQL `PREPARE`) of `statement` sent to the server,
+    /// recorded there at once: if it fails, it is not prepared there, and
+    /// the client's name for it (when the client sent it) goes too.
     Prepared {
         statement: Arc<Statement>,
         client_name: Option<Vec<u8>>,
@@ -246,6 +254,7 @@ impl Tracker {
     ) {
         let body = &whole[5..];
         let handled = match tag {
+            b'Q' => self.query(body, server, registry, stats),
             b'P' => self.parse(body, server, registry, stats),
             b'B' => self.bind(body, server, stats),
             b'D' => self.describe_or_close(b'D', body, server, stats),
@@ -306,17 +315,7 @@ impl Tracker {
         server: &mut ServerStatements,
         stats: &PoolStats,
     ) {
-        if let Some(evicted) = server.insert(statement.clone(), self.cap) {
-            evicted.write_close(&mut self.out);
-            self.push(
-                server,
-                Outstanding {
-                    request: Request::Close,
-                    answer: Answer::Swallow,
-                    effect: Effect::Evicted(evicted),
-                },
-            );
-        }
+        self.make_room(&statement, server);
         statement.write_parse(&mut self.out);
         stats.server_parses.fetch_add(1, Ordering::Relaxed);
         self.push(
@@ -332,6 +331,23 @@ impl Tracker {
         );
     }
 
+    /// Records `statement` as prepared on the server, closing the least
+    /// recently used statement there first when it has as many as it may
+    /// keep.
+    fn make_room(&mut self, statement: &Arc<Statement>, server: &mut ServerStatements) {
+        if let Some(evicted) = server.insert(statement.clone(), self.cap) {
+            evicted.write_close(&mut self.out);
+            self.push(
+                server,
+                Outstanding {
+                    request: Request::Close,
+                    answer: Answer::Swallow,
+                    effect: Effect::Evicted(evicted),
+                },
+            );
+        }
+    }
+
     /// The client's statement `name`, prepared on the server if it is not
     /// there yet; `None` for a name the client does not have.
     fn ensure(
@@ -341,6 +357,11 @@ impl Tracker {
         stats: &PoolStats,
     ) -> Option<Arc<Statement>> {
         let statement = self.client.get(name)?.clone();
+        if statement.is_sql() && !server.touch(&statement) {
+            // SQL `PREPARE` made it: a Parse cannot make it again, and the
+            // server says the name does not exist.
+            return None;
+        }
         if !server.touch(&statement) {
             self.prepare(statement.clone(), None, Answer::Swallow, server, stats);
         }
@@ -470,7 +491,15 @@ impl Tracker {
         let head = self.queue.front().map(|o| o.request);
 
         let completes = match (tag, head) {
-            (b'E', Some(Request::Simple | Request::Sync)) | (b'E', None) => false,
+            (b'E', Some(Request::Simple)) => {
+                self.simple_failed(server);
+                false
+            }
+            (b'C', Some(Request::Simple)) => {
+                self.simple_completed(at, end);
+                false
+            }
+            (b'E', Some(Request::Sync)) | (b'E', None) => false,
             (b'E', Some(_)) => {
                 self.failed(server);
                 self.make_due(end);
@@ -503,6 +532,46 @@ impl Tracker {
                 });
             }
             self.make_due(end);
+        }
+    }
+
+    /// A statement of the simple query at the head failed: what the
+    /// pooler's own statements in front of the client's would have done
+    /// is undone unless they completed.
+    fn simple_failed(&mut self, server: &mut ServerStatements) {
+        if let Some(head) = self.queue.front_mut() {
+            let effect = std::mem::replace(&mut head.effect, Effect::None);
+            let answer = head.answer;
+            self.undo(
+                Outstanding {
+                    request: Request::Simple,
+                    answer,
+                    effect,
+                },
+                server,
+            );
+        }
+    }
+
+    /// A statement of the simple query at the head completed (its
+    /// CommandComplete is `at..end`): the first settles what the query
+    /// does to prepared statements, and one the pooler added is dropped.
+    fn simple_completed(&mut self, at: usize, end: usize) {
+        let Some(head) = self.queue.front_mut() else {
+            return;
+        };
+        head.effect = Effect::None;
+        if let Answer::HideComplete(index) = head.answer {
+            if index == 0 {
+                head.answer = Answer::Relay;
+                self.edits.push(Edit {
+                    at,
+                    remove: end - at,
+                    insert: (0, 0),
+                });
+            } else {
+                head.answer = Answer::HideComplete(index - 1);
+            }
         }
     }
 

@@ -1,0 +1,165 @@
+//! SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` in transaction mode:
+//! the statement follows the client from server to server, every answer
+//! and error is PostgreSQL's own, and no client reaches another's.
+
+mod common;
+
+use common::wire::{exchange, login_trusted, query, Replies};
+use common::{start, Setup, TestPooler};
+use tokio::net::TcpStream;
+
+async fn pooler(extra: &str) -> TestPooler {
+    let pgbouncer = format!("auth_type = trust\n{extra}\n");
+    start(Setup {
+        pgbouncer: &pgbouncer,
+        ..Setup::default()
+    })
+    .await
+}
+
+async fn client(pooler: &TestPooler) -> TcpStream {
+    login_trusted(pooler.port, "postgres", "postgres").await
+}
+
+async fn sql(stream: &mut TcpStream, text: &str) -> Replies {
+    exchange(stream, &query(text), 1).await
+}
+
+fn error_codes(replies: &Replies) -> Vec<&str> {
+    replies.errors.iter().map(|(code, _)| code.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_and_execute_follow_the_client_to_another_server() {
+    let pooler = pooler("default_pool_size = 2").await;
+    let mut a = client(&pooler).await;
+    let prepared = sql(&mut a, "PREPARE add1 (int) AS SELECT $1 + 1").await;
+    assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
+    let first = sql(&mut a, "EXECUTE add1(41)").await;
+    assert_eq!((first.rows.as_slice(), first.tags.as_str()), (&["42".to_string()][..], "TDCZ"));
+    let pid = sql(&mut a, "SELECT pg_backend_pid()").await.rows;
+    // Another client holds that server: the next transaction runs on one
+    // that has never seen the statement.
+    let other = pooler.client().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    let moved = sql(&mut a, "BEGIN; SELECT pg_backend_pid()").await;
+    assert_ne!(moved.rows, pid, "ran on another server");
+    let executed = sql(&mut a, " execute ADD1 ( 1 ) ; ").await;
+    assert_eq!(
+        (executed.rows.as_slice(), executed.completions.as_slice()),
+        (&["2".to_string()][..], &["SELECT 1".to_string()][..]),
+        "the PREPARE the pooler added is not seen: {executed:?}"
+    );
+    assert_eq!(sql(&mut a, "COMMIT").await.completions, ["COMMIT"]);
+    other.batch_execute("COMMIT").await.unwrap();
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_postgresqls_own_and_names_go_as_they_would() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    let unknown = sql(&mut a, "EXECUTE nope").await;
+    assert_eq!(
+        unknown.errors,
+        [(
+            "26000".to_string(),
+            "prepared statement \"nope\" does not exist".to_string()
+        )]
+    );
+    sql(&mut a, "PREPARE p AS SELECT 1").await;
+    let again = sql(&mut a, "PREPARE p AS SELECT 2").await;
+    assert_eq!(
+        again.errors,
+        [(
+            "42P05".to_string(),
+            "prepared statement \"p\" already exists".to_string()
+        )]
+    );
+    assert_eq!(sql(&mut a, "EXECUTE p").await.rows, ["1"]);
+    // A PREPARE that fails keeps no name.
+    let bad = sql(&mut a, "PREPARE q AS SELECT * FROM missing_table").await;
+    assert_eq!(error_codes(&bad), ["42P01"]);
+    assert_eq!(error_codes(&sql(&mut a, "EXECUTE q").await), ["26000"]);
+    // Inside a failed transaction, as PostgreSQL says.
+    let failed = sql(&mut a, "BEGIN; SELECT 1/0").await;
+    assert_eq!(error_codes(&failed), ["22012"]);
+    assert_eq!(
+        error_codes(&sql(&mut a, "PREPARE r AS SELECT 3").await),
+        ["25P02"]
+    );
+    assert_eq!(
+        error_codes(&sql(&mut a, "DEALLOCATE p").await),
+        ["25P02"]
+    );
+    sql(&mut a, "ROLLBACK").await;
+    assert_eq!(error_codes(&sql(&mut a, "EXECUTE r").await), ["26000"]);
+    assert_eq!(sql(&mut a, "EXECUTE p").await.rows, ["1"], "p survived");
+    // DEALLOCATE forgets the client's name only.
+    let gone = sql(&mut a, "DEALLOCATE PREPARE p").await;
+    assert_eq!(gone.completions, ["DEALLOCATE"], "{gone:?}");
+    assert_eq!(error_codes(&sql(&mut a, "EXECUTE p").await), ["26000"]);
+    assert_eq!(error_codes(&sql(&mut a, "DEALLOCATE p").await), ["26000"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_share_a_statement_but_not_its_names() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    let mut b = client(&pooler).await;
+    sql(&mut a, "PREPARE s AS SELECT 7").await;
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
+    // The one server has the statement: b's PREPARE is checked on it
+    // without touching it, and answers as a plain PREPARE does.
+    let shared = sql(&mut b, "PREPARE t AS SELECT 7").await;
+    assert_eq!(shared.completions, ["PREPARE"], "{shared:?}");
+    assert!(shared.errors.is_empty());
+    assert_eq!(error_codes(&sql(&mut b, "EXECUTE s").await), ["26000"]);
+    sql(&mut a, "DEALLOCATE s").await;
+    assert_eq!(sql(&mut b, "EXECUTE t").await.rows, ["7"]);
+    // The server's names are out of reach, and so is the pooler's check.
+    let names = sql(
+        &mut b,
+        "SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements",
+    )
+    .await;
+    let server_name = names.rows[0].clone();
+    assert!(server_name.starts_with("wharf_"), "{names:?}");
+    for text in [
+        format!("EXECUTE {server_name}"),
+        format!("DEALLOCATE {server_name}"),
+        "EXECUTE wharf_check".to_string(),
+    ] {
+        let refused = sql(&mut b, &text).await;
+        assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");
+    }
+    assert_eq!(sql(&mut b, "EXECUTE t").await.rows, ["7"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_evicted_from_a_full_server_come_back() {
+    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 1").await;
+    let mut a = client(&pooler).await;
+    for i in 0..4 {
+        sql(&mut a, &format!("PREPARE s{i} AS SELECT {i}")).await;
+    }
+    for round in 0..2 {
+        for i in (0..4).rev() {
+            let run = sql(&mut a, &format!("EXECUTE s{i}")).await;
+            assert_eq!(run.rows, [i.to_string()], "round {round}: {run:?}");
+            assert_eq!(run.completions, ["SELECT 1"]);
+        }
+    }
+    let kept = sql(&mut a, "SELECT count(*) FROM pg_prepared_statements").await;
+    assert_eq!(kept.rows, ["1"]);
+    // Mixed with protocol-level statements in one namespace: DEALLOCATE ALL
+    // clears both.
+    assert_eq!(
+        sql(&mut a, "DEALLOCATE ALL").await.completions,
+        ["DEALLOCATE ALL"]
+    );
+    assert_eq!(error_codes(&sql(&mut a, "EXECUTE s0").await), ["26000"]);
+    pooler.stop().await;
+}

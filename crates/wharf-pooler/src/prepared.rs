@@ -8,7 +8,7 @@
 //! out once `max_prepared_statements` are there ([`ServerStatements`]).
 //! Statements no client or server holds any more leave the registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -194,6 +194,10 @@ impl ClientStatements {
 pub struct ServerStatements {
     /// Statement id → (statement, last use).
     prepared: HashMap<u64, (Arc<Statement>, u64)>,
+    /// Statements whose plan the server refuses since DDL changed their
+    /// result type: still there under their name, to be closed before they
+    /// are prepared again.
+    stale: HashSet<u64>,
     clock: u64,
 }
 
@@ -240,9 +244,24 @@ impl ServerStatements {
         self.prepared.insert(statement.id, (statement, self.clock));
     }
 
+    /// The server refused `statement`'s cached plan ("cached plan must not
+    /// change result type"): it is used no more, and the next use closes
+    /// and prepares it again.
+    pub fn mark_stale(&mut self, statement: &Statement) {
+        self.prepared.remove(&statement.id);
+        self.stale.insert(statement.id);
+    }
+
+    /// Whether `statement` must be closed before it is prepared here; it is
+    /// taken as closed.
+    pub fn take_stale(&mut self, statement: &Statement) -> bool {
+        self.stale.remove(&statement.id)
+    }
+
     /// DEALLOCATE ALL / DISCARD ALL ran on the server.
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.stale.clear();
     }
 
     /// How many statements are prepared here.
@@ -342,6 +361,12 @@ mod tests {
         assert!(!server.touch(&c));
         server.clear();
         assert_eq!(server.len(), 0);
+        // A stale statement is out, and to be closed once.
+        server.insert(a.clone(), 2);
+        server.mark_stale(&a);
+        assert!(!server.touch(&a));
+        assert!(server.take_stale(&a));
+        assert!(!server.take_stale(&a));
     }
 
     #[test]

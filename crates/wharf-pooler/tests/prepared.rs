@@ -506,3 +506,34 @@ async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_
     assert_eq!(replies.rows, ["8"], "{replies:?}");
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_plan_went_stale_is_prepared_again() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let ddl = pooler.client().await;
+    ddl.batch_execute("CREATE TABLE stale_plan (a int); INSERT INTO stale_plan VALUES (1)")
+        .await
+        .unwrap();
+    let sql = "SELECT * FROM stale_plan";
+    assert_eq!(exchange(&mut c, &run(b"s", sql, &[]), 1).await.rows, ["1"]);
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN b int")
+        .await
+        .unwrap();
+    // PostgreSQL refuses the old plan once; a driver then closes and
+    // prepares its statement again, as it would on a direct connection.
+    let refused = exchange(&mut c, &call(b"s", &[]), 1).await;
+    assert_eq!(
+        refused.errors.first().map(|e| e.0.as_str()),
+        Some("0A000"),
+        "{refused:?}"
+    );
+    let again = exchange(&mut c, &[close(b"s"), run(b"s", sql, &[])].concat(), 1).await;
+    assert_eq!(again.tags, "312DCZ", "{again:?}");
+    assert!(again.errors.is_empty(), "{again:?}");
+    // Another client with the same text gets the new plan too.
+    let mut other = client(&pooler).await;
+    let fresh = exchange(&mut other, &run(b"t", sql, &[]), 1).await;
+    assert!(fresh.errors.is_empty(), "{fresh:?}");
+    pooler.stop().await;
+}

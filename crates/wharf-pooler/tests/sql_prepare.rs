@@ -26,7 +26,11 @@ async fn sql(stream: &mut TcpStream, text: &str) -> Replies {
 }
 
 fn error_codes(replies: &Replies) -> Vec<&str> {
-    replies.errors.iter().map(|(code, _)| code.as_str()).collect()
+    replies
+        .errors
+        .iter()
+        .map(|(code, _)| code.as_str())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +40,10 @@ async fn prepare_and_execute_follow_the_client_to_another_server() {
     let prepared = sql(&mut a, "PREPARE add1 (int) AS SELECT $1 + 1").await;
     assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
     let first = sql(&mut a, "EXECUTE add1(41)").await;
-    assert_eq!((first.rows.as_slice(), first.tags.as_str()), (&["42".to_string()][..], "TDCZ"));
+    assert_eq!(
+        (first.rows.as_slice(), first.tags.as_str()),
+        (&["42".to_string()][..], "TDCZ")
+    );
     let pid = sql(&mut a, "SELECT pg_backend_pid()").await.rows;
     // Another client holds that server: the next transaction runs on one
     // that has never seen the statement.
@@ -88,10 +95,7 @@ async fn errors_are_postgresqls_own_and_names_go_as_they_would() {
         error_codes(&sql(&mut a, "PREPARE r AS SELECT 3").await),
         ["25P02"]
     );
-    assert_eq!(
-        error_codes(&sql(&mut a, "DEALLOCATE p").await),
-        ["25P02"]
-    );
+    assert_eq!(error_codes(&sql(&mut a, "DEALLOCATE p").await), ["25P02"]);
     sql(&mut a, "ROLLBACK").await;
     assert_eq!(error_codes(&sql(&mut a, "EXECUTE r").await), ["26000"]);
     assert_eq!(sql(&mut a, "EXECUTE p").await.rows, ["1"], "p survived");
@@ -161,5 +165,27 @@ async fn statements_evicted_from_a_full_server_come_back() {
         ["DEALLOCATE ALL"]
     );
     assert_eq!(error_codes(&sql(&mut a, "EXECUTE s0").await), ["26000"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_plan_is_refused_once_and_prepared_again() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    sql(
+        &mut a,
+        "CREATE TABLE stale_sql (a int); INSERT INTO stale_sql VALUES (1)",
+    )
+    .await;
+    sql(&mut a, "PREPARE s AS SELECT * FROM stale_sql").await;
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["1"]);
+    sql(&mut a, "ALTER TABLE stale_sql ADD COLUMN b int").await;
+    assert_eq!(error_codes(&sql(&mut a, "EXECUTE s").await), ["0A000"]);
+    sql(&mut a, "DEALLOCATE s").await;
+    let again = sql(&mut a, "PREPARE s AS SELECT * FROM stale_sql").await;
+    assert!(again.errors.is_empty(), "{again:?}");
+    let run = sql(&mut a, "EXECUTE s").await;
+    assert!(run.errors.is_empty(), "{run:?}");
+    assert_eq!(run.rows, ["1"]);
     pooler.stop().await;
 }

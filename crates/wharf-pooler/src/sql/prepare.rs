@@ -76,11 +76,9 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
             name: execute.name.clone(),
             at: tokens.get(1)?.clone(),
         }),
-        Node::DeallocateStmt(deallocate) if !deallocate.isall => {
-            Some(SqlStatement::Deallocate {
-                name: deallocate.name.clone(),
-            })
-        }
+        Node::DeallocateStmt(deallocate) if !deallocate.isall => Some(SqlStatement::Deallocate {
+            name: deallocate.name.clone(),
+        }),
         _ => None,
     }
 }

@@ -344,9 +344,9 @@ pub async fn read_replies(stream: &mut TcpStream, readies: usize, most: usize) -
                     .rows
                     .push(String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned());
             }
-            b'C' => replies
-                .completions
-                .push(String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned()),
+            b'C' => replies.completions.push(
+                String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned(),
+            ),
             b'E' => {
                 let e = parse_error(&body);
                 replies.errors.push((e.code, e.message));

@@ -82,6 +82,12 @@ enum Effect {
     /// A Close the pooler sent to make room: if it never runs, the
     /// statement is still there.
     Evicted(Arc<Statement>),
+    /// A Close the pooler sent of a statement whose plan went stale: if it
+    /// never runs, the statement is still stale there.
+    Unstaled(Arc<Statement>),
+    /// A Bind or `EXECUTE` of `statement`: should the server refuse its
+    /// cached plan, the statement is stale on that server.
+    Uses(Arc<Statement>),
     /// The client's Close of its name, answered by the pooler: if it is
     /// skipped after an error, the name stays.
     Unnamed {
@@ -335,6 +341,17 @@ impl Tracker {
     /// recently used statement there first when it has as many as it may
     /// keep.
     fn make_room(&mut self, statement: &Arc<Statement>, server: &mut ServerStatements) {
+        if server.take_stale(statement) {
+            statement.write_close(&mut self.out);
+            self.push(
+                server,
+                Outstanding {
+                    request: Request::Close,
+                    answer: Answer::Swallow,
+                    effect: Effect::Unstaled(statement.clone()),
+                },
+            );
+        }
         if let Some(evicted) = server.insert(statement.clone(), self.cap) {
             evicted.write_close(&mut self.out);
             self.push(
@@ -400,7 +417,17 @@ impl Tracker {
         self.out.put_u8(0);
         self.out.put_slice(server_name);
         self.out.put_slice(params);
-        self.request(b'B', server);
+        match statement {
+            Some(statement) => self.push(
+                server,
+                Outstanding {
+                    request: Request::Bind,
+                    answer: Answer::Relay,
+                    effect: Effect::Uses(statement),
+                },
+            ),
+            None => self.request(b'B', server),
+        }
         true
     }
 
@@ -492,6 +519,7 @@ impl Tracker {
 
         let completes = match (tag, head) {
             (b'E', Some(Request::Simple)) => {
+                self.note_stale_plan(body, server);
                 self.simple_failed(server);
                 false
             }
@@ -501,6 +529,7 @@ impl Tracker {
             }
             (b'E', Some(Request::Sync)) | (b'E', None) => false,
             (b'E', Some(_)) => {
+                self.note_stale_plan(body, server);
                 self.failed(server);
                 self.make_due(end);
                 return;
@@ -532,6 +561,28 @@ impl Tracker {
                 });
             }
             self.make_due(end);
+        }
+    }
+
+    /// The error `body` at the head request: when it is the server refusing
+    /// a statement's cached plan after DDL changed its result type, the
+    /// statement is closed and prepared again at its next use on this
+    /// server, as a driver that re-prepares expects (without this, every
+    /// client would get the error from this server for ever).
+    fn note_stale_plan(&mut self, body: Option<&[u8]>, server: &mut ServerStatements) {
+        let Some(Outstanding {
+            effect: Effect::Uses(statement),
+            ..
+        }) = self.queue.front()
+        else {
+            return;
+        };
+        if body.is_some_and(is_stale_plan_error) {
+            tracing::debug!(
+                statement = statement.id(),
+                "cached plan went stale; preparing it again at next use"
+            );
+            server.mark_stale(statement);
         }
     }
 
@@ -597,7 +648,8 @@ impl Tracker {
 
     fn undo(&mut self, outstanding: Outstanding, server: &mut ServerStatements) {
         match outstanding.effect {
-            Effect::None => {}
+            Effect::None | Effect::Uses(_) => {}
+            Effect::Unstaled(statement) => server.mark_stale(&statement),
             Effect::Prepared {
                 statement,
                 client_name,
@@ -642,7 +694,7 @@ impl Tracker {
                 Effect::Unnamed { client_name, .. } => {
                     self.client.remove(client_name);
                 }
-                Effect::None | Effect::Evicted(_) => {}
+                Effect::None | Effect::Evicted(_) | Effect::Unstaled(_) | Effect::Uses(_) => {}
             }
         }
     }
@@ -708,6 +760,26 @@ pub(super) fn reply_wanted(tag: u8) -> bool {
         tag,
         b'1' | b'2' | b'3' | b'C' | b'E' | b'I' | b'n' | b's' | b'T' | b'Z' | b'S'
     )
+}
+
+/// Whether the ErrorResponse `body` is PostgreSQL's "cached plan must not
+/// change result type" (told by its SQLSTATE and routine, which are not
+/// translated).
+fn is_stale_plan_error(body: &[u8]) -> bool {
+    let (mut code, mut routine) = (false, false);
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        let Some((value, next)) = cstr_bytes(tail) else {
+            break;
+        };
+        match field {
+            b'C' => code = value == b"0A000",
+            b'R' => routine = value == b"RevalidateCachedQuery",
+            _ => {}
+        }
+        rest = next;
+    }
+    code && routine
 }
 
 /// A CommandComplete tag of a statement that drops every prepared

@@ -65,9 +65,7 @@ impl Tracker {
                 }
                 true
             }
-            Some(SqlStatement::Deallocate { name }) => {
-                self.sql_deallocate(name.as_bytes(), server)
-            }
+            Some(SqlStatement::Deallocate { name }) => self.sql_deallocate(name.as_bytes(), server),
         }
     }
 
@@ -123,7 +121,7 @@ impl Tracker {
     ) {
         if server.touch(&statement) {
             self.send_query(&[head, statement.sql_name(), tail]);
-            self.queue_query(Answer::Relay, Effect::None, server);
+            self.queue_query(Answer::Relay, Effect::Uses(statement), server);
             return;
         }
         self.make_room(&statement, server);

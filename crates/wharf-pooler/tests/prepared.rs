@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wire::{exchange, login_trusted, message, read_replies};
+use common::wire::{exchange, login_trusted, message, query as wire_query, read_replies};
 use common::{pgbench, start, Setup, TestPooler};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -54,6 +54,11 @@ fn execute() -> Vec<u8> {
     let mut body = cstr(b"");
     body.extend_from_slice(&0i32.to_be_bytes());
     message(b'E', &body)
+}
+
+/// Describe of the unnamed portal.
+fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
 }
 
 fn describe(name: &[u8]) -> Vec<u8> {
@@ -508,7 +513,7 @@ async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statement_whose_plan_went_stale_is_prepared_again() {
+async fn an_execution_refused_for_a_stale_plan_runs_again() {
     let pooler = pooler("default_pool_size = 1").await;
     let mut c = client(&pooler).await;
     let ddl = pooler.client().await;
@@ -520,20 +525,96 @@ async fn a_statement_whose_plan_went_stale_is_prepared_again() {
     ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN b int")
         .await
         .unwrap();
-    // PostgreSQL refuses the old plan once; a driver then closes and
-    // prepares its statement again, as it would on a direct connection.
+    // Outside a transaction, with nothing run before it since the last
+    // Sync, and the portal described so that the client learns the new
+    // shape: the pooler prepares the statement again and runs it once more.
+    let described_call = [bind(b"s", &[]), describe_portal(), execute(), sync()].concat();
+    let ran = exchange(&mut c, &described_call, 1).await;
+    assert!(ran.errors.is_empty(), "{ran:?}");
+    assert_eq!(ran.tags, "2TDCZ", "one answer per request: {ran:?}");
+    let twice = exchange(&mut c, &[call(b"s", &[]), call(b"s", &[])].concat(), 2).await;
+    assert_eq!(twice.tags, "2DCZ2DCZ", "{twice:?}");
+    // Without the Describe the client would read rows of a new shape with
+    // the description it kept: it gets PostgreSQL's error, and the
+    // statement works from its next use (no re-Parse needed by then).
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN a2 int")
+        .await
+        .unwrap();
+    let kept = exchange(&mut c, &call(b"s", &[]), 1).await;
+    assert_eq!(kept.tags, "EZ", "{kept:?}");
+    assert_eq!(kept.errors[0].0, "0A000");
+    assert_eq!(exchange(&mut c, &call(b"s", &[]), 1).await.tags, "2DCZ");
+    // A Describe of the statement is answered in part before the plan is
+    // refused: the client gets the error, and the next use works.
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN b2 int")
+        .await
+        .unwrap();
+    let described = exchange(&mut c, &[describe(b"s"), sync()].concat(), 1).await;
+    assert_eq!(described.tags, "tEZ", "{described:?}");
+    let after = exchange(&mut c, &[describe(b"s"), call(b"s", &[])].concat(), 1).await;
+    assert_eq!(after.tags, "tT2DCZ", "{after:?}");
+    // Inside a transaction the error must reach the client, which rolls
+    // back; its statement is prepared again at the next use all the same.
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN c int")
+        .await
+        .unwrap();
+    let begun = exchange(&mut c, &wire_query("BEGIN"), 1).await;
+    assert!(begun.errors.is_empty());
     let refused = exchange(&mut c, &call(b"s", &[]), 1).await;
     assert_eq!(
         refused.errors.first().map(|e| e.0.as_str()),
         Some("0A000"),
         "{refused:?}"
     );
+    exchange(&mut c, &wire_query("ROLLBACK"), 1).await;
     let again = exchange(&mut c, &[close(b"s"), run(b"s", sql, &[])].concat(), 1).await;
     assert_eq!(again.tags, "312DCZ", "{again:?}");
-    assert!(again.errors.is_empty(), "{again:?}");
     // Another client with the same text gets the new plan too.
     let mut other = client(&pooler).await;
     let fresh = exchange(&mut other, &run(b"t", sql, &[]), 1).await;
     assert!(fresh.errors.is_empty(), "{fresh:?}");
+    // A pipeline where something ran before the refused Bind is not run
+    // again: the client gets the error.
+    assert_eq!(
+        exchange(&mut c, &run(b"u", "SELECT 2", &[]), 1).await.rows,
+        ["2"]
+    );
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN d int")
+        .await
+        .unwrap();
+    let piped = exchange(
+        &mut c,
+        &[
+            bind(b"u", &[]),
+            execute(),
+            bind(b"s", &[]),
+            describe_portal(),
+            execute(),
+            sync(),
+        ]
+        .concat(),
+        1,
+    )
+    .await;
+    assert_eq!(piped.tags, "2DCEZ", "{piped:?}");
+    // Every request before the Sync is run again when nothing had run.
+    ddl.batch_execute("ALTER TABLE stale_plan ADD COLUMN e int")
+        .await
+        .unwrap();
+    let both = exchange(
+        &mut c,
+        &[
+            bind(b"s", &[]),
+            describe_portal(),
+            execute(),
+            bind(b"u", &[]),
+            execute(),
+            sync(),
+        ]
+        .concat(),
+        1,
+    )
+    .await;
+    assert_eq!(both.tags, "2TDC2DCZ", "{both:?}");
     pooler.stop().await;
 }

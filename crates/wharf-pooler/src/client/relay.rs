@@ -267,7 +267,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     };
                     let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {
                         if let Some(tracker) = tracker.as_mut() {
-                            tracker.reply(tag, at, body, statements);
+                            if tracker.reply(tag, at, body, statements) {
+                                // Dropped, and no answer to the client.
+                                return std::ops::ControlFlow::Continue(());
+                            }
                         }
                         match (tag, body) {
                             (b'Z', Some(body)) => {

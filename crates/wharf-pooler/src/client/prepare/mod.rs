@@ -14,6 +14,7 @@
 //! SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` are followed too
 //! ([`sql`]).
 
+mod retry;
 mod sql;
 
 use std::collections::VecDeque;
@@ -88,6 +89,9 @@ enum Effect {
     /// A Bind or `EXECUTE` of `statement`: should the server refuse its
     /// cached plan, the statement is stale on that server.
     Uses(Arc<Statement>),
+    /// A Describe of a portal: the client learns the result's shape from
+    /// its answer.
+    DescribesPortal,
     /// The client's Close of its name, answered by the pooler: if it is
     /// skipped after an error, the name stays.
     Unnamed {
@@ -131,6 +135,15 @@ pub(super) struct Tracker {
     /// The server met an error and discards everything up to the next
     /// Sync, which the client has not sent yet.
     skipping: bool,
+    /// A Bind or Execute went since the last Sync.
+    group_ran: bool,
+    /// Syncs and simple queries sent, and answered.
+    groups_sent: u64,
+    groups_done: u64,
+    /// The last ReadyForQuery said the server was idle (no transaction).
+    idle: bool,
+    /// The execution to run again should the server refuse its plan.
+    capture: Option<retry::Capture>,
 }
 
 impl Tracker {
@@ -146,6 +159,11 @@ impl Tracker {
             edits: Vec::new(),
             made: Vec::new(),
             skipping: false,
+            group_ran: false,
+            groups_sent: 0,
+            groups_done: 0,
+            idle: true,
+            capture: None,
         }
     }
 
@@ -185,6 +203,25 @@ impl Tracker {
         registry: &Registry,
         stats: &PoolStats,
     ) {
+        let start = self.out.len();
+        if let Some(capture) = &mut self.capture {
+            capture.window(start);
+        }
+        self.rewrite(from, server, registry, stats);
+        if let Some(capture) = &mut self.capture {
+            if !capture.take(&self.out) {
+                self.capture = None;
+            }
+        }
+    }
+
+    fn rewrite(
+        &mut self,
+        from: &[u8],
+        server: &mut ServerStatements,
+        registry: &Registry,
+        stats: &PoolStats,
+    ) {
         let mut at = 0;
         while at < from.len() {
             if self.partial > 0 {
@@ -205,6 +242,11 @@ impl Tracker {
                 at += len;
             } else {
                 self.request(tag, server);
+                if tag == b'S' {
+                    if let Some(capture) = &mut self.capture {
+                        capture.sync(self.out.len(), len);
+                    }
+                }
                 let n = len.min(from.len() - at);
                 self.out.put_slice(&from[at..at + n]);
                 self.partial = len - n;
@@ -217,6 +259,14 @@ impl Tracker {
     /// next Sync after an error, a request it will discard is undone at
     /// once instead (and a reply the pooler would make is not made).
     fn push(&mut self, server: &mut ServerStatements, outstanding: Outstanding) {
+        match outstanding.request {
+            Request::Bind | Request::Execute => self.group_ran = true,
+            Request::Sync | Request::Simple => {
+                self.group_ran = false;
+                self.groups_sent += 1;
+            }
+            _ => {}
+        }
         if outstanding.request == Request::Sync {
             self.skipping = false;
         } else if self.skipping {
@@ -271,7 +321,18 @@ impl Tracker {
             if tag == b'P' {
                 stats.server_parses.fetch_add(1, Ordering::Relaxed);
             }
-            self.request(tag, server);
+            if tag == b'D' && body.first() == Some(&b'P') {
+                self.push(
+                    server,
+                    Outstanding {
+                        request: Request::Describe,
+                        answer: Answer::Relay,
+                        effect: Effect::DescribesPortal,
+                    },
+                );
+            } else {
+                self.request(tag, server);
+            }
             self.out.put_slice(whole);
         }
     }
@@ -411,6 +472,7 @@ impl Tracker {
             None => return false,
         };
         let len = 4 + portal.len() + 1 + server_name.len() + params.len();
+        let bind_at = self.out.len();
         self.out.put_u8(b'B');
         self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
         self.out.put_slice(portal);
@@ -418,14 +480,17 @@ impl Tracker {
         self.out.put_slice(server_name);
         self.out.put_slice(params);
         match statement {
-            Some(statement) => self.push(
-                server,
-                Outstanding {
-                    request: Request::Bind,
-                    answer: Answer::Relay,
-                    effect: Effect::Uses(statement),
-                },
-            ),
+            Some(statement) => {
+                self.start_capture(&statement, bind_at);
+                self.push(
+                    server,
+                    Outstanding {
+                        request: Request::Bind,
+                        answer: Answer::Relay,
+                        effect: Effect::Uses(statement),
+                    },
+                );
+            }
             None => self.request(b'B', server),
         }
         true
@@ -487,7 +552,14 @@ impl Tracker {
             return false;
         };
         self.write_describe(statement.server_name());
-        self.request(b'D', server);
+        self.push(
+            server,
+            Outstanding {
+                request: Request::Describe,
+                answer: Answer::Relay,
+                effect: Effect::Uses(statement),
+            },
+        );
         true
     }
 
@@ -501,14 +573,17 @@ impl Tracker {
     }
 
     /// A server message at `at` in the client-bound buffer, whole for the
-    /// tags [`reply_wanted`] names. Records the edits to make.
+    /// tags [`reply_wanted`] names. Records the edits to make; `true` when
+    /// the message answers nothing the client asked (an error the pooler
+    /// recovers from, the ReadyForQuery after it), so that the session's
+    /// protocol state does not count it.
     pub(super) fn reply(
         &mut self,
         tag: u8,
         at: usize,
         body: Option<&[u8]>,
         server: &mut ServerStatements,
-    ) {
+    ) -> bool {
         let end = at + 5 + body.map_or(0, <[u8]>::len);
         // Replies the pooler makes that became due while the server was
         // part-way through an asynchronous message go before this one.
@@ -519,7 +594,7 @@ impl Tracker {
 
         let completes = match (tag, head) {
             (b'E', Some(Request::Simple)) => {
-                self.note_stale_plan(body, server);
+                let _ = self.note_stale_plan(body, server);
                 self.simple_failed(server);
                 false
             }
@@ -529,11 +604,14 @@ impl Tracker {
             }
             (b'E', Some(Request::Sync)) | (b'E', None) => false,
             (b'E', Some(_)) => {
-                self.note_stale_plan(body, server);
+                if self.note_stale_plan(body, server) && self.run_again(at, end, server) {
+                    return true;
+                }
                 self.failed(server);
                 self.make_due(end);
-                return;
+                return false;
             }
+
             (b'Z', Some(Request::Sync | Request::Simple)) => true,
             (b'1', Some(Request::Parse)) | (b'2', Some(Request::Bind)) => true,
             (b'3', Some(Request::Close)) => true,
@@ -543,6 +621,8 @@ impl Tracker {
             (b'G', Some(_)) => {
                 while self.queue.get(1).map(|o| o.request) == Some(Request::Sync) {
                     self.queue.remove(1);
+                    self.groups_sent -= 1;
+                    self.capture = None;
                 }
                 false
             }
@@ -550,6 +630,17 @@ impl Tracker {
         };
         if tag == b'C' && body.is_some_and(resets_tag) {
             self.reset(server);
+        }
+        if tag == b'Z' && completes {
+            self.idle = body.and_then(<[u8]>::first) == Some(&b'I');
+            self.groups_done += 1;
+            if self
+                .capture
+                .as_ref()
+                .is_some_and(|c| c.answered(self.groups_done))
+            {
+                self.capture = None;
+            }
         }
         if completes {
             let done = self.queue.pop_front().expect("a head was matched");
@@ -561,29 +652,9 @@ impl Tracker {
                 });
             }
             self.make_due(end);
+            return done.answer == Answer::Swallow && tag == b'Z';
         }
-    }
-
-    /// The error `body` at the head request: when it is the server refusing
-    /// a statement's cached plan after DDL changed its result type, the
-    /// statement is closed and prepared again at its next use on this
-    /// server, as a driver that re-prepares expects (without this, every
-    /// client would get the error from this server for ever).
-    fn note_stale_plan(&mut self, body: Option<&[u8]>, server: &mut ServerStatements) {
-        let Some(Outstanding {
-            effect: Effect::Uses(statement),
-            ..
-        }) = self.queue.front()
-        else {
-            return;
-        };
-        if body.is_some_and(is_stale_plan_error) {
-            tracing::debug!(
-                statement = statement.id(),
-                "cached plan went stale; preparing it again at next use"
-            );
-            server.mark_stale(statement);
-        }
+        false
     }
 
     /// A statement of the simple query at the head failed: what the
@@ -648,7 +719,7 @@ impl Tracker {
 
     fn undo(&mut self, outstanding: Outstanding, server: &mut ServerStatements) {
         match outstanding.effect {
-            Effect::None | Effect::Uses(_) => {}
+            Effect::None | Effect::Uses(_) | Effect::DescribesPortal => {}
             Effect::Unstaled(statement) => server.mark_stale(&statement),
             Effect::Prepared {
                 statement,
@@ -694,7 +765,11 @@ impl Tracker {
                 Effect::Unnamed { client_name, .. } => {
                     self.client.remove(client_name);
                 }
-                Effect::None | Effect::Evicted(_) | Effect::Unstaled(_) | Effect::Uses(_) => {}
+                Effect::None
+                | Effect::Evicted(_)
+                | Effect::Unstaled(_)
+                | Effect::Uses(_)
+                | Effect::DescribesPortal => {}
             }
         }
     }
@@ -760,26 +835,6 @@ pub(super) fn reply_wanted(tag: u8) -> bool {
         tag,
         b'1' | b'2' | b'3' | b'C' | b'E' | b'I' | b'n' | b's' | b'T' | b'Z' | b'S'
     )
-}
-
-/// Whether the ErrorResponse `body` is PostgreSQL's "cached plan must not
-/// change result type" (told by its SQLSTATE and routine, which are not
-/// translated).
-fn is_stale_plan_error(body: &[u8]) -> bool {
-    let (mut code, mut routine) = (false, false);
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        let Some((value, next)) = cstr_bytes(tail) else {
-            break;
-        };
-        match field {
-            b'C' => code = value == b"0A000",
-            b'R' => routine = value == b"RevalidateCachedQuery",
-            _ => {}
-        }
-        rest = next;
-    }
-    code && routine
 }
 
 /// A CommandComplete tag of a statement that drops every prepared

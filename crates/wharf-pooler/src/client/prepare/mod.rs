@@ -594,7 +594,9 @@ impl Tracker {
 
         let completes = match (tag, head) {
             (b'E', Some(Request::Simple)) => {
-                let _ = self.note_stale_plan(body, server);
+                if self.note_stale_plan(body, server) && self.run_again(at, end, server) {
+                    return true;
+                }
                 self.simple_failed(server);
                 false
             }

@@ -31,6 +31,9 @@ pub(super) struct Capture {
     from: usize,
     /// How long `bytes` is once the Sync is in.
     until: Option<usize>,
+    /// The bytes are the text of a simple query's `EXECUTE`, not extended
+    /// protocol messages.
+    query: bool,
 }
 
 impl Capture {
@@ -84,6 +87,27 @@ impl Tracker {
             bytes: BytesMut::new(),
             from: at,
             until: None,
+            query: false,
+        });
+    }
+
+    /// A simple query `text` that executes `statement` is about to be
+    /// queued: kept, to run again should the server refuse the plan (a
+    /// simple query's answer always describes its rows, so the client
+    /// learns the new shape).
+    pub(super) fn capture_query(&mut self, statement: &Arc<Statement>, text: &[&[u8]]) {
+        if self.capture.is_some() || self.skipping {
+            return;
+        }
+        let bytes: BytesMut = text.concat().as_slice().into();
+        let until = Some(bytes.len());
+        self.capture = Some(Capture {
+            statement: statement.clone(),
+            group: self.groups_sent,
+            bytes,
+            from: 0,
+            until,
+            query: true,
         });
     }
 
@@ -133,6 +157,9 @@ impl Tracker {
         let Some(capture) = self.capture.take() else {
             return false;
         };
+        if capture.query {
+            return self.run_query_again(capture, at, end, server);
+        }
         let Some(head) = self.queue.front() else {
             return false;
         };
@@ -199,6 +226,46 @@ impl Tracker {
     }
 }
 
+impl Tracker {
+    /// [`Tracker::run_again`] for a simple query's `EXECUTE`: sent again as
+    /// `PREPARE ...; EXECUTE ...` after a Close, when the server was
+    /// outside a transaction and nothing was sent after the query.
+    fn run_query_again(
+        &mut self,
+        capture: Capture,
+        at: usize,
+        end: usize,
+        server: &mut ServerStatements,
+    ) -> bool {
+        let alone = self.queue.len() == 1;
+        let Some(head) = self.queue.front_mut() else {
+            return false;
+        };
+        let same = matches!(&head.effect, Effect::Uses(s) if Arc::ptr_eq(s, &capture.statement))
+            && capture.group == self.groups_done;
+        if !(same && self.idle && alone) {
+            return false;
+        }
+        head.answer = Answer::Swallow;
+        head.effect = Effect::None;
+        self.edits.push(Edit {
+            at,
+            remove: end - at,
+            insert: (0, 0),
+        });
+        let statement = capture.statement;
+        self.make_room(&statement, server);
+        let prepare = statement.sql_prepare();
+        self.send_query(&[&prepare, b"; ", &capture.bytes]);
+        let effect = Effect::Prepared {
+            statement,
+            client_name: None,
+        };
+        self.queue_query(Answer::HideComplete(0), effect, server);
+        true
+    }
+}
+
 /// Whether the ErrorResponse `body` is PostgreSQL's "cached plan must not
 /// change result type" (told by its SQLSTATE and routine, which are not
 /// translated).
@@ -242,6 +309,7 @@ mod tests {
             bytes: Default::default(),
             from: 3,
             until: None,
+            query: false,
         };
         let mut out = b"xxxBIND".to_vec();
         assert!(capture.take(&out));

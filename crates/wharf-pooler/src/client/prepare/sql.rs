@@ -120,7 +120,9 @@ impl Tracker {
         stats: &PoolStats,
     ) {
         if server.touch(&statement) {
-            self.send_query(&[head, statement.sql_name(), tail]);
+            let text = [head, statement.sql_name(), tail];
+            self.capture_query(&statement, &text);
+            self.send_query(&text);
             self.queue_query(Answer::Relay, Effect::Uses(statement), server);
             return;
         }
@@ -164,7 +166,7 @@ impl Tracker {
     }
 
     /// Appends a Query of the concatenated `parts`.
-    fn send_query(&mut self, parts: &[&[u8]]) {
+    pub(super) fn send_query(&mut self, parts: &[&[u8]]) {
         let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>() + 1;
         self.out.put_u8(b'Q');
         self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
@@ -174,7 +176,12 @@ impl Tracker {
         self.out.put_u8(0);
     }
 
-    fn queue_query(&mut self, answer: Answer, effect: Effect, server: &mut ServerStatements) {
+    pub(super) fn queue_query(
+        &mut self,
+        answer: Answer,
+        effect: Effect,
+        server: &mut ServerStatements,
+    ) {
         self.push(
             server,
             Outstanding {

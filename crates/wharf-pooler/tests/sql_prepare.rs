@@ -199,3 +199,28 @@ async fn a_stale_plan_runs_again_or_is_prepared_again_at_next_use() {
     assert_eq!(run.rows, ["1"]);
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_queries_longer_than_what_is_read_stream_through() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    // Past the 64 KiB read for SQL-level statements, and the relay's
+    // buffer ten times over.
+    let literal = "x".repeat(200 * 1024);
+    let long = sql(&mut a, &format!("SELECT length('{literal}')")).await;
+    assert_eq!(long.rows, [(200 * 1024).to_string()]);
+    let prepared = sql(
+        &mut a,
+        &format!("PREPARE big AS SELECT length('{literal}')"),
+    )
+    .await;
+    assert_eq!(prepared.completions, ["PREPARE"]);
+    // Not followed: it reached the one server under the client's name.
+    assert_eq!(
+        sql(&mut a, "EXECUTE big").await.rows,
+        [(200 * 1024).to_string()]
+    );
+    let names = sql(&mut a, "SELECT name FROM pg_prepared_statements").await;
+    assert_eq!(names.rows, ["big"]);
+    pooler.stop().await;
+}

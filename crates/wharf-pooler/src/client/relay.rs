@@ -262,7 +262,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     let param_sets = self.pool.param_sets();
                     let mut tracker = self.tracker.as_mut();
                     let tracked = tracker.is_some();
-                    let wants = |tag| {
+                    let wants = |tag, _| {
                         tag == b'Z' || tag == b'S' || (tracked && super::prepare::reply_wanted(tag))
                     };
                     let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {

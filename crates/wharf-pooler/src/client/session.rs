@@ -259,9 +259,9 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let mut tracker = self.tracker.as_mut();
         let tracked = tracker.is_some();
         let cbuf = &self.cbuf;
-        let wants = |tag| {
+        let wants = |tag, len| {
             if tracked {
-                prepare::wants_whole(tag)
+                prepare::wants_whole(tag, len)
             } else {
                 tag == b'X'
             }

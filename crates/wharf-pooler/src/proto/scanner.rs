@@ -49,17 +49,23 @@ impl Scanner {
         wants: impl Fn(u8) -> bool,
         mut on_message: impl FnMut(u8, Option<&[u8]>) -> ControlFlow<()>,
     ) -> Result<usize, ProtocolError> {
-        self.scan_at(buf, max_len, wants, |tag, _, body| on_message(tag, body))
+        self.scan_at(
+            buf,
+            max_len,
+            |tag, _| wants(tag),
+            |tag, _, body| on_message(tag, body),
+        )
     }
 
     /// Like [`scan_until`](Self::scan_until), also telling `on_message`
     /// where in `buf` each message starts, for a caller that edits the
-    /// scanned part (then [`resized`](Self::resized)).
+    /// scanned part (then [`resized`](Self::resized)), and `wants` the
+    /// message's whole length (tag included) as well as its tag.
     pub fn scan_at(
         &mut self,
         buf: &[u8],
         max_len: usize,
-        wants: impl Fn(u8) -> bool,
+        wants: impl Fn(u8, usize) -> bool,
         mut on_message: impl FnMut(u8, usize, Option<&[u8]>) -> ControlFlow<()>,
     ) -> Result<usize, ProtocolError> {
         let mut pos = self.ready;
@@ -84,7 +90,7 @@ impl Scanner {
                 });
             }
             let total = 1 + len as usize;
-            if wants(tag) {
+            if wants(tag, total) {
                 if buf.len() - pos < total {
                     break;
                 }

@@ -27,12 +27,20 @@ use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
 use crate::stats::PoolStats;
 
-/// The client messages whose bodies the tracker reads (a named Parse and
-/// Bind, and a simple Query, are held whole, up to `max_packet_size`), and
-/// Terminate, which the session keeps for itself.
-pub(super) fn wants_whole(tag: u8) -> bool {
-    matches!(tag, b'P' | b'B' | b'D' | b'C' | b'Q' | b'X')
+/// The client messages whose bodies the tracker reads (a Parse and a Bind
+/// are held whole, up to `max_packet_size`; a simple Query up to
+/// [`QUERY_READ`], the rest streams as it comes), and Terminate, which the
+/// session keeps for itself. `len` is the whole message's length.
+pub(super) fn wants_whole(tag: u8, len: usize) -> bool {
+    match tag {
+        b'Q' => len <= QUERY_READ,
+        _ => matches!(tag, b'P' | b'B' | b'D' | b'C' | b'X'),
+    }
 }
+
+/// The longest simple query read for an SQL-level `PREPARE`, `EXECUTE` or
+/// `DEALLOCATE`: a longer one streams to the server as it is.
+pub(super) const QUERY_READ: usize = 64 * 1024;
 
 /// A request whose reply the server owes, in the order sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +245,7 @@ impl Tracker {
                 self.out.put_slice(&from[at..]);
                 return;
             };
-            if wants_whole(tag) && at + len <= from.len() {
+            if wants_whole(tag, len) && at + len <= from.len() {
                 self.message(tag, &from[at..at + len], server, registry, stats);
                 at += len;
             } else {

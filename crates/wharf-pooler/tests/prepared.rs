@@ -270,7 +270,7 @@ async fn deallocate_all_and_discard_all_drop_every_statement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_larger_than_the_buffer_and_long_names_go_through() {
-    let pooler = pooler("default_pool_size = 1").await;
+    let pooler = pooler("default_pool_size = 2").await;
     let mut c = client(&pooler).await;
     // The relay reads 16 KiB at a time: ten times that and more.
     let literal = "x".repeat(170 * 1024);
@@ -282,6 +282,14 @@ async fn messages_larger_than_the_buffer_and_long_names_go_through() {
     assert_eq!(replies.rows, [(340 * 1024).to_string()]);
     let again = exchange(&mut c, &call(&name, &["z"]), 1).await;
     assert_eq!(again.rows, [(170 * 1024 + 1).to_string()]);
+    // A Bind past the 64 KiB the pooler holds, on a server that has never
+    // seen the statement: renamed in its head, its parameter streaming.
+    let other = pooler.client().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    let moved = exchange(&mut c, &call(&name, &[&param]), 1).await;
+    assert_eq!(moved.tags, "2DCZ", "{:?}", moved.errors);
+    assert_eq!(moved.rows, [(340 * 1024).to_string()]);
+    other.batch_execute("COMMIT").await.unwrap();
     pooler.stop().await;
 }
 

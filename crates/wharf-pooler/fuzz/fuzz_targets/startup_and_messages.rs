@@ -3,6 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::ops::ControlFlow;
+
 use wharf_pooler::proto::{read_startup, Scanner, Startup};
 
 /// What the relay allows by default (`max_packet_size`), and a small limit.
@@ -70,7 +72,8 @@ struct Scanned {
 }
 
 /// Scans `data` fed `chunk` bytes at a time; messages with tags `Z`, `S`
-/// and `X` are "wanted" (seen whole), as in the relay.
+/// and `X` are "wanted" (seen whole), as in the relay, and a `B` is held
+/// only for its first 16 bytes, as a long Bind is.
 fn scan_in_pieces(data: &[u8], chunk: usize, max_len: usize) -> Scanned {
     let mut scanner = Scanner::default();
     let mut buf = Vec::new();
@@ -78,11 +81,18 @@ fn scan_in_pieces(data: &[u8], chunk: usize, max_len: usize) -> Scanned {
     let mut forwarded = 0;
     for piece in data.chunks(chunk) {
         buf.extend_from_slice(piece);
-        let result = scanner.scan(
+        let result = scanner.scan_at(
             &buf,
             max_len,
-            |tag| matches!(tag, b'Z' | b'S' | b'X'),
-            |tag, body| seen.push((tag, body.map(<[u8]>::to_vec))),
+            |tag, total| match tag {
+                b'Z' | b'S' | b'X' => total,
+                b'B' => 16,
+                _ => 0,
+            },
+            |tag, _, body| {
+                seen.push((tag, body.map(<[u8]>::to_vec)));
+                ControlFlow::Continue(())
+            },
         );
         let Ok(ready) = result else {
             return Scanned {

@@ -262,8 +262,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     let param_sets = self.pool.param_sets();
                     let mut tracker = self.tracker.as_mut();
                     let tracked = tracker.is_some();
-                    let wants = |tag, _| {
-                        tag == b'Z' || tag == b'S' || (tracked && super::prepare::reply_wanted(tag))
+                    let wants = |tag, total| {
+                        let read = tag == b'Z'
+                            || tag == b'S'
+                            || (tracked && super::prepare::reply_wanted(tag));
+                        if read {
+                            total
+                        } else {
+                            0
+                        }
                     };
                     let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {
                         if let Some(tracker) = tracker.as_mut() {

@@ -261,9 +261,11 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let cbuf = &self.cbuf;
         let wants = |tag, len| {
             if tracked {
-                prepare::wants_whole(tag, len)
+                prepare::held(tag, len)
+            } else if tag == b'X' {
+                len
             } else {
-                tag == b'X'
+                0
             }
         };
         let ready = self

@@ -52,20 +52,23 @@ impl Scanner {
         self.scan_at(
             buf,
             max_len,
-            |tag, _| wants(tag),
+            |tag, total| if wants(tag) { total } else { 0 },
             |tag, _, body| on_message(tag, body),
         )
     }
 
     /// Like [`scan_until`](Self::scan_until), also telling `on_message`
     /// where in `buf` each message starts, for a caller that edits the
-    /// scanned part (then [`resized`](Self::resized)), and `wants` the
-    /// message's whole length (tag included) as well as its tag.
+    /// scanned part (then [`resized`](Self::resized)). `wants` gets the
+    /// tag and the message's whole length (tag included) and says how much
+    /// of it must be in the buffer before it is passed on: all of it (its
+    /// length or more), none (0), or a head of that many bytes, given to
+    /// `on_message` as a part of the body, the rest streaming after it.
     pub fn scan_at(
         &mut self,
         buf: &[u8],
         max_len: usize,
-        wants: impl Fn(u8, usize) -> bool,
+        wants: impl Fn(u8, usize) -> usize,
         mut on_message: impl FnMut(u8, usize, Option<&[u8]>) -> ControlFlow<()>,
     ) -> Result<usize, ProtocolError> {
         let mut pos = self.ready;
@@ -90,14 +93,17 @@ impl Scanner {
                 });
             }
             let total = 1 + len as usize;
-            if wants(tag, total) {
-                if buf.len() - pos < total {
+            let held = wants(tag, total).min(total);
+            if held > 0 {
+                let held = held.max(5);
+                if buf.len() - pos < held {
                     break;
                 }
-                if on_message(tag, pos, Some(&buf[pos + 5..pos + total])).is_break() {
+                if on_message(tag, pos, Some(&buf[pos + 5..pos + held])).is_break() {
                     break;
                 }
-                pos += total;
+                pos += held;
+                self.skip = total - held;
             } else {
                 if on_message(tag, pos, None).is_break() {
                     break;
@@ -195,6 +201,38 @@ mod tests {
             .unwrap();
         assert_eq!(ready, query_len);
         assert!(scanner.at_boundary());
+    }
+
+    #[test]
+    fn scanner_holds_only_the_head_asked_for_and_streams_the_rest() {
+        let mut stream = msg(b'B', &[1u8; 300]);
+        stream.extend(msg(b'S', b""));
+        let mut scanner = Scanner::default();
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        let mut forwarded = Vec::new();
+        for chunk in stream.chunks(7) {
+            buf.extend_from_slice(chunk);
+            let n = scanner
+                .scan_at(
+                    &buf,
+                    1 << 20,
+                    |tag, total| if tag == b'B' { 50 } else { total },
+                    |tag, at, body| {
+                        seen.push((tag, at, body.map(<[u8]>::len)));
+                        ControlFlow::Continue(())
+                    },
+                )
+                .unwrap();
+            if n == 0 && buf.len() < 50 {
+                // Nothing goes before the whole head is in.
+                assert!(forwarded.is_empty());
+            }
+            forwarded.extend(buf.drain(..n));
+            scanner.consumed(n);
+        }
+        assert_eq!(forwarded, stream);
+        assert_eq!(seen, vec![(b'B', 0, Some(45)), (b'S', 0, Some(0))]);
     }
 
     #[test]

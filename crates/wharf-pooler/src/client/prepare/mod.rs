@@ -27,16 +27,25 @@ use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
 use crate::stats::PoolStats;
 
-/// The client messages whose bodies the tracker reads (a Parse and a Bind
-/// are held whole, up to `max_packet_size`; a simple Query up to
-/// [`QUERY_READ`], the rest streams as it comes), and Terminate, which the
-/// session keeps for itself. `len` is the whole message's length.
-pub(super) fn wants_whole(tag: u8, len: usize) -> bool {
+/// How much of a client message of `len` bytes (tag included) must be
+/// held before it is passed on: a Parse, Describe and Close whole (up to
+/// `max_packet_size`: a Parse is registered by its whole text); a Bind
+/// whole up to [`BIND_HEAD`], and past that only its head, where its names
+/// are (the parameters stream); a simple Query whole up to [`QUERY_READ`]
+/// and not at all past it; Terminate, which the session keeps for itself;
+/// nothing else.
+pub(super) fn held(tag: u8, len: usize) -> usize {
     match tag {
-        b'Q' => len <= QUERY_READ,
-        _ => matches!(tag, b'P' | b'B' | b'D' | b'C' | b'X'),
+        b'P' | b'D' | b'C' | b'X' => len,
+        b'B' => len.min(BIND_HEAD),
+        b'Q' if len <= QUERY_READ => len,
+        _ => 0,
     }
 }
+
+/// The most of a Bind held before it is passed on: its portal and
+/// statement names must be in it.
+pub(super) const BIND_HEAD: usize = 64 * 1024;
 
 /// The longest simple query read for an SQL-level `PREPARE`, `EXECUTE` or
 /// `DEALLOCATE`: a longer one streams to the server as it is.
@@ -245,9 +254,20 @@ impl Tracker {
                 self.out.put_slice(&from[at..]);
                 return;
             };
-            if wants_whole(tag, len) && at + len <= from.len() {
+            let hold = held(tag, len);
+            if hold == len && at + len <= from.len() {
                 self.message(tag, &from[at..at + len], server, registry, stats);
                 at += len;
+            } else if tag == b'B' && hold > 5 && at + hold <= from.len() {
+                // A Bind too long to hold: its names are renamed in the
+                // head, and its parameters stream after it.
+                let head = &from[at..at + hold];
+                if !self.bind(&head[5..], len - 5, server, stats) {
+                    self.request(tag, server);
+                    self.out.put_slice(head);
+                }
+                self.partial = len - hold;
+                at += hold;
             } else {
                 self.request(tag, server);
                 if tag == b'S' {
@@ -320,7 +340,7 @@ impl Tracker {
         let handled = match tag {
             b'Q' => self.query(body, server, registry, stats),
             b'P' => self.parse(body, server, registry, stats),
-            b'B' => self.bind(body, server, stats),
+            b'B' => self.bind(body, body.len(), server, stats),
             b'D' => self.describe_or_close(b'D', body, server, stats),
             b'C' => self.describe_or_close(b'C', body, server, stats),
             _ => false,
@@ -454,8 +474,15 @@ impl Tracker {
         Some(statement)
     }
 
-    /// A Bind: of a named statement the client has, renamed.
-    fn bind(&mut self, body: &[u8], server: &mut ServerStatements, stats: &PoolStats) -> bool {
+    /// A Bind: of a named statement the client has, renamed. `body` is the
+    /// message's body or its head, of a body `body_len` bytes long.
+    fn bind(
+        &mut self,
+        body: &[u8],
+        body_len: usize,
+        server: &mut ServerStatements,
+        stats: &PoolStats,
+    ) -> bool {
         let Some((portal, rest)) = cstr_bytes(body) else {
             return false;
         };
@@ -479,7 +506,8 @@ impl Tracker {
             }
             None => return false,
         };
-        let len = 4 + portal.len() + 1 + server_name.len() + params.len();
+        let params_len = body_len - (body.len() - params.len());
+        let len = 4 + portal.len() + 1 + server_name.len() + params_len;
         let bind_at = self.out.len();
         self.out.put_u8(b'B');
         self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));

@@ -141,6 +141,38 @@ mod tests {
     }
 
     #[test]
+    fn random_text_after_the_keywords_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let pieces: [&[u8]; 12] = [
+            b"PREPARE ",
+            b"EXECUTE ",
+            b"DEALLOCATE ",
+            b"q",
+            b" AS SELECT $1",
+            b"(",
+            b")",
+            b"'",
+            b"\"",
+            b"/*",
+            b"*/",
+            b"--\n",
+        ];
+        for _ in 0..3000 {
+            let mut sql = Vec::new();
+            for _ in 0..rng.usize(1..8) {
+                if rng.bool() {
+                    sql.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+                } else {
+                    sql.push(rng.u8(..));
+                }
+            }
+            if let Some(SqlStatement::Execute { at, .. }) = classify(&sql) {
+                assert!(at.end <= sql.len());
+            }
+        }
+    }
+
+    #[test]
     fn everything_else_goes_to_the_server_as_it_is() {
         for sql in [
             "SELECT 1",

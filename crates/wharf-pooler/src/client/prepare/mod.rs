@@ -683,11 +683,7 @@ impl Tracker {
         if completes {
             let done = self.queue.pop_front().expect("a head was matched");
             if done.answer == Answer::Swallow {
-                self.edits.push(Edit {
-                    at,
-                    remove: end - at,
-                    insert: (0, 0),
-                });
+                self.drop_reply(at, end);
             }
             self.make_due(end);
             return done.answer == Answer::Swallow && tag == b'Z';
@@ -724,11 +720,7 @@ impl Tracker {
         if let Answer::HideComplete(index) = head.answer {
             if index == 0 {
                 head.answer = Answer::Relay;
-                self.edits.push(Edit {
-                    at,
-                    remove: end - at,
-                    insert: (0, 0),
-                });
+                self.drop_reply(at, end);
             } else {
                 head.answer = Answer::HideComplete(index - 1);
             }
@@ -810,6 +802,15 @@ impl Tracker {
                 | Effect::DescribesPortal => {}
             }
         }
+    }
+
+    /// Drops the server's reply at `at..end` on its way to the client.
+    fn drop_reply(&mut self, at: usize, end: usize) {
+        self.edits.push(Edit {
+            at,
+            remove: end - at,
+            insert: (0, 0),
+        });
     }
 
     /// Makes the replies now due, inserted at `at` (after the reply that

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{Answer, Edit, Effect, Outstanding, Request, Tracker};
+use super::{Answer, Effect, Outstanding, Request, Tracker};
 use crate::prepared::{ServerStatements, Statement};
 use crate::proto::cstr_bytes;
 
@@ -191,11 +191,7 @@ impl Tracker {
         if let Some(sync) = self.queue.front_mut() {
             sync.answer = Answer::Swallow;
         }
-        self.edits.push(Edit {
-            at,
-            remove: end - at,
-            insert: (0, 0),
-        });
+        self.drop_reply(at, end);
         let statement = capture.statement;
         self.make_room(&statement, server);
         statement.write_parse(&mut self.out);
@@ -248,11 +244,7 @@ impl Tracker {
         }
         head.answer = Answer::Swallow;
         head.effect = Effect::None;
-        self.edits.push(Edit {
-            at,
-            remove: end - at,
-            insert: (0, 0),
-        });
+        self.drop_reply(at, end);
         let statement = capture.statement;
         self.make_room(&statement, server);
         let prepare = statement.sql_prepare();

@@ -1,9 +1,11 @@
 //! The SQL the pooler must understand, read with PostgreSQL's own parser
-//! (`pg_query`): SQL-level prepared statements in transaction mode. Every
+//! (`pg_query`): SQL-level prepared statements in transaction mode, and
+//! which transactions may go to a standby under read/write routing. Every
 //! check starts with a look at the first keyword, so that the parser runs
 //! only for the few queries that can concern it.
 
 pub(crate) mod prepare;
+pub(crate) mod route;
 
 /// The first keyword of `sql`, upper-cased into `into` (at most its
 /// length), skipping white space and comments; empty when there is none.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::settings::PoolMode;
-use super::value::{Codec, Lookup, Port, Raw, Secs, Text, Uint, ValueError};
+use super::value::{Codec, Flag, Lookup, Port, Raw, Secs, Text, Uint, ValueError};
 
 /// One `[databases]` entry: where clients of database `name` are sent.
 /// Every field but `name` is `None` when the entry does not set it, and
@@ -77,6 +77,10 @@ pub struct Database {
     /// A standby replaying more than this far behind its primary is not
     /// used (a wharf extension).
     pub max_replica_lag: Option<Duration>,
+    /// Read/write routing (a wharf extension): in transaction mode, a
+    /// transaction that starts with a plain read may go to a standby of
+    /// the host list; the rest go to the primary.
+    pub read_routing: Option<bool>,
 }
 
 impl Database {
@@ -123,6 +127,34 @@ impl Database {
                 (*host, port.unwrap_or_else(|| self.port_or_default()))
             })
             .collect())
+    }
+
+    /// Why `read_routing = on` cannot work for this entry, if it cannot:
+    /// it needs several hosts to route between, and its writes need a
+    /// primary, so `target_session_attrs` may only ask for one.
+    pub fn read_routing_problem(&self) -> Option<String> {
+        if self.read_routing != Some(true) {
+            return None;
+        }
+        if self.hosts().len() < 2 {
+            return Some(
+                "read_routing = on needs several hosts (host=primary,replica...) to route between"
+                    .to_owned(),
+            );
+        }
+        if let Some(mode) = self.pool_mode.filter(|m| *m != PoolMode::Transaction) {
+            return Some(format!(
+                "read_routing = on needs pool_mode = transaction, not {}",
+                mode.as_str()
+            ));
+        }
+        match self.target_session_attrs.as_deref() {
+            None | Some("any" | "read-write" | "primary") => None,
+            Some(other) => Some(format!(
+                "read_routing = on sends writes to the primary: target_session_attrs = {other} \
+                 cannot be used with it (leave it unset, or read-write or primary)"
+            )),
+        }
     }
 
     /// The hosts of a comma-separated `host`; empty when unset.
@@ -210,6 +242,7 @@ pub(crate) const DATABASE_KEYS: &[&str] = &[
     "load_balance_hosts",
     "target_session_attrs",
     "max_replica_lag",
+    "read_routing",
 ];
 
 /// The keys a `[users]` entry accepts.
@@ -309,6 +342,7 @@ pub(crate) fn apply_database_key(
             )?)
         }
         "max_replica_lag" => db.max_replica_lag = Some(Secs::parse(raw)?),
+        "read_routing" => db.read_routing = Some(Flag::parse(raw)?),
         _ => return Err(KeyError::Unknown),
     }
     Ok(None)

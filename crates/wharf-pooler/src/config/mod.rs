@@ -526,6 +526,9 @@ impl Builder {
         if let Err(message) = db.host_ports() {
             return Err(pos.invalid(&shown("port"), message));
         }
+        if let Some(message) = db.read_routing_problem() {
+            return Err(pos.invalid(&shown("read_routing"), message));
+        }
         if replace_or_push(&mut self.config.databases, db, |d| d.name == name) {
             self.warn(
                 pos,
@@ -616,6 +619,23 @@ impl Builder {
                     format!("auth_type = any needs every database to force a user=, and \"{}\" does not", db.name),
                 ));
             }
+        }
+        // The line itself refuses a pool_mode other than transaction; the
+        // [pgbouncer] default is only known once every section is read.
+        for db in self.config.databases.iter().filter(|d| {
+            d.read_routing == Some(true)
+                && d.pool_mode.is_none()
+                && s.pool_mode != PoolMode::Transaction
+        }) {
+            late.push((
+                "read_routing",
+                format!(
+                    "database \"{}\" has read_routing = on, but pool_mode = {}: only \
+                     transaction-mode pools route reads",
+                    db.name,
+                    s.pool_mode.as_str()
+                ),
+            ));
         }
         if s.listen_addr.is_empty() && s.unix_socket_dir.is_none() {
             late.push((

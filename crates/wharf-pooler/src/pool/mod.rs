@@ -7,8 +7,8 @@ mod hosts;
 mod limit;
 mod manager;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -20,7 +20,7 @@ pub use limit::ConnectionLimit;
 pub use manager::{ServerManager, Tracking};
 
 use crate::config::PoolMode;
-use crate::server::{ParamSets, Params, ServerTarget};
+use crate::server::{ParamSets, Params, ServerTarget, SessionAttrs};
 use crate::stats::PoolStats;
 
 /// `0` means "no limit" in PgBouncer's timeouts; a year is as good.
@@ -57,6 +57,8 @@ pub struct PoolShape {
     pub reset_query: Option<String>,
     /// `server_reset_query_always`.
     pub reset_always: bool,
+    /// `read_routing`: reads may go to a second pool of standby servers.
+    pub read_routing: bool,
 }
 
 /// What [`ServerPool::apply`] changed.
@@ -76,7 +78,18 @@ pub struct ServerPool {
     user: String,
     /// A [`PoolMode`] as a byte: RELOAD may change it under live sessions.
     mode: AtomicU8,
+    /// The servers every transaction goes to without read routing, and
+    /// the writes with it (then on the primary).
     engine: wharf::Pool<ServerManager>,
+    /// With read routing: the servers reads go to (a standby when one is
+    /// up, else the primary). Made when routing is first turned on and
+    /// kept, so that a session finds it with a plain load.
+    reads: OnceLock<wharf::Pool<ServerManager>>,
+    /// `read_routing` as now configured.
+    routing: AtomicBool,
+    /// What the reads pool is made with, when RELOAD turns routing on.
+    limits: Vec<Arc<ConnectionLimit>>,
+    tracking: Tracking,
     reset_query: Option<String>,
     reset_always: bool,
     /// Made from the `*` entry: dropped after `autodb_idle_timeout` unused.
@@ -102,38 +115,26 @@ impl ServerPool {
         auto: bool,
     ) -> Result<Self, wharf::ConfigError> {
         let (stats, control) = (tracking.pool.clone(), tracking.control.clone());
-        let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
-        let connect_timeout = all_hosts_timeout(shape.connect_timeout, &target);
-        let manager = ServerManager::new(target, limits, tracking);
-        manager.set_host_timeout(shape.connect_timeout);
-        let engine = wharf::Pool::builder(manager)
-            .name(format!("{database}/{user}"))
-            .max_size(shape.pool_size)
-            // PgBouncer's min_pool_size counts servers in use too.
-            .min_size(shape.min_pool_size)
-            .reserve_size(shape.reserve_size)
-            .reserve_timeout(shape.reserve_timeout)
-            .acquire_timeout(shape.query_wait_timeout.unwrap_or(FOREVER))
-            .connect_timeout(connect_timeout)
-            .max_connecting(4)
-            // PgBouncer's server_login_retry: while logins fail and the
-            // pool has no server, clients are told at once, not queued.
-            .fail_fast(true)
-            .connect_backoff(backoff)
-            .connect_backoff_max(backoff_max)
-            .validate_after(shape.check_delay)
-            .validation_timeout(shape.connect_timeout)
-            .idle_timeout(shape.idle_timeout)
-            .max_lifetime(shape.server_lifetime)
-            .build()?;
-        for limit in engine.manager().limits() {
-            limit.watch(&engine);
+        let (writes, reads) = routed_targets(shape.read_routing, target);
+        let name = (format!("{database}/{user}"), shape.min_pool_size);
+        let engine = build_engine(name, shape, writes, limits.clone(), tracking.clone())?;
+        let reads_engine = OnceLock::new();
+        if let Some(target) = reads {
+            // min_pool_size is the writes pool's: reads open servers on
+            // demand.
+            let name = (format!("{database}/{user}/reads"), 0);
+            let built = build_engine(name, shape, target, limits.clone(), tracking.clone())?;
+            let _ = reads_engine.set(built);
         }
         Ok(Self {
             database: database.to_owned(),
             user: user.to_owned(),
             mode: AtomicU8::new(shape.mode as u8),
             engine,
+            reads: reads_engine,
+            routing: AtomicBool::new(shape.read_routing),
+            limits,
+            tracking,
             reset_query: shape.reset_query.clone(),
             reset_always: shape.reset_always,
             auto,
@@ -145,12 +146,83 @@ impl ServerPool {
     }
 
     /// Brings the live pool in line with `shape` and `target` (a RELOAD):
-    /// sizes and timeouts at once, a new target for new servers.
+    /// sizes and timeouts at once, a new target for new servers, read
+    /// routing on or off.
     pub fn apply(&self, shape: &PoolShape, target: ServerTarget) -> Changed {
+        if self.mode() != shape.mode {
+            tracing::info!(database = %self.database, user = %self.user,
+                from = self.mode().as_str(), to = shape.mode.as_str(),
+                "pool_mode changed; sessions holding a server keep the old mode until they release it");
+            self.mode.store(shape.mode as u8, Ordering::Relaxed);
+        }
+        let (writes, reads) = routed_targets(shape.read_routing, target);
+        let mut changed = self.tune(&self.engine, shape, shape.min_pool_size, writes);
+        match reads {
+            Some(target) => {
+                let reads = self.apply_reads(shape, target);
+                changed.resized |= reads.resized;
+                changed.retargeted |= reads.retargeted;
+            }
+            None => {
+                if let Some(reads) = self.reads.get() {
+                    // Reads go to the primary's pool from now on; the
+                    // standby servers close as they come back.
+                    if self.routing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(database = %self.database, user = %self.user, "read routing off");
+                    }
+                    reads.manager().retire_all();
+                    reads.close_idle(usize::MAX);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Routing on (or still on) after a RELOAD: the reads pool is made if
+    /// it was not, else brought in line.
+    fn apply_reads(&self, shape: &PoolShape, target: ServerTarget) -> Changed {
         let mut changed = Changed::default();
-        let status = self.engine.status();
+        match self.reads.get() {
+            Some(reads) => changed = self.tune(reads, shape, 0, target),
+            None => {
+                let name = (format!("{}/{}/reads", self.database, self.user), 0);
+                let built = build_engine(
+                    name,
+                    shape,
+                    target,
+                    self.limits.clone(),
+                    self.tracking.clone(),
+                );
+                match built {
+                    Ok(engine) => {
+                        let _ = self.reads.set(engine);
+                    }
+                    Err(err) => {
+                        tracing::warn!(database = %self.database, user = %self.user, error = %err,
+                            "read routing not turned on");
+                        return changed;
+                    }
+                }
+            }
+        }
+        if !self.routing.swap(true, Ordering::Relaxed) {
+            tracing::info!(database = %self.database, user = %self.user, "read routing on");
+        }
+        changed
+    }
+
+    /// Sizes, timeouts and target of one of the pool's engines.
+    fn tune(
+        &self,
+        engine: &wharf::Pool<ServerManager>,
+        shape: &PoolShape,
+        min_size: usize,
+        target: ServerTarget,
+    ) -> Changed {
+        let mut changed = Changed::default();
+        let status = engine.status();
         if status.max_size != shape.pool_size {
-            match self.engine.resize(shape.pool_size) {
+            match engine.resize(shape.pool_size) {
                 Ok(()) => {
                     tracing::info!(database = %self.database, user = %self.user,
                         from = status.max_size, to = shape.pool_size, "pool resized");
@@ -161,14 +233,7 @@ impl ServerPool {
                 }
             }
         }
-        if self.mode() != shape.mode {
-            tracing::info!(database = %self.database, user = %self.user,
-                from = self.mode().as_str(), to = shape.mode.as_str(),
-                "pool_mode changed; sessions holding a server keep the old mode until they release it");
-            self.mode.store(shape.mode as u8, Ordering::Relaxed);
-        }
-        let engine = &self.engine;
-        engine.set_min_size(shape.min_pool_size);
+        engine.set_min_size(min_size);
         engine.set_reserve(shape.reserve_size, shape.reserve_timeout);
         engine.set_connect_timeout(all_hosts_timeout(shape.connect_timeout, &target));
         engine.manager().set_host_timeout(shape.connect_timeout);
@@ -216,16 +281,59 @@ impl ServerPool {
     /// KILL, SUSPEND), then at most `wait` for a server (`None`: the
     /// pool's `query_wait_timeout` as it was when the pool was made).
     pub async fn get(&self, wait: Option<Duration>) -> Result<Pooled<ServerManager>, wharf::Error> {
-        self.control.wait_resumed().await;
-        match wait {
-            Some(wait) => self.engine.get_timeout(wait).await,
-            None => self.engine.get().await,
+        self.get_from(&self.engine, wait).await
+    }
+
+    /// Like [`get`](Self::get), for a transaction that starts with a read:
+    /// a server of the reads pool when read routing is on.
+    pub async fn get_for_read(
+        &self,
+        wait: Option<Duration>,
+    ) -> Result<Pooled<ServerManager>, wharf::Error> {
+        match self.reads_engine() {
+            Some(reads) => self.get_from(reads, wait).await,
+            None => self.get(wait).await,
         }
     }
 
-    /// The engine's figures: size, idle, in use, waiting.
+    async fn get_from(
+        &self,
+        engine: &wharf::Pool<ServerManager>,
+        wait: Option<Duration>,
+    ) -> Result<Pooled<ServerManager>, wharf::Error> {
+        self.control.wait_resumed().await;
+        match wait {
+            Some(wait) => engine.get_timeout(wait).await,
+            None => engine.get().await,
+        }
+    }
+
+    /// The reads pool, when read routing is on.
+    fn reads_engine(&self) -> Option<&wharf::Pool<ServerManager>> {
+        if !self.routing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.reads.get()
+    }
+
+    /// Whether transactions that start with a read go to the reads pool:
+    /// read routing is on and the pool is in transaction mode.
+    pub fn routes_reads(&self) -> bool {
+        self.mode() == PoolMode::Transaction && self.reads_engine().is_some()
+    }
+
+    /// The engines' figures: size, idle, in use, waiting, summed over the
+    /// writes and reads pools; `max_size` is one pool's (each has it).
     pub fn status(&self) -> wharf::Status {
-        self.engine.status()
+        let mut status = self.engine.status();
+        if let Some(reads) = self.reads.get() {
+            let more = reads.status();
+            status.size += more.size;
+            status.idle += more.idle;
+            status.in_use += more.in_use;
+            status.waiting += more.waiting;
+        }
+        status
     }
 
     /// The engine's counters and histograms.
@@ -240,13 +348,19 @@ impl ServerPool {
 
     /// Closes up to `max` idle servers now; how many it closed.
     pub fn close_idle(&self, max: usize) -> usize {
-        self.engine.close_idle(max)
+        let closed = self.engine.close_idle(max);
+        match self.reads.get() {
+            Some(reads) if closed < max => closed + reads.close_idle(max - closed),
+            _ => closed,
+        }
     }
 
     /// Every server is closed when next released; idle ones now.
     pub fn retire_servers(&self) {
-        self.engine.manager().retire_all();
-        self.engine.close_idle(usize::MAX);
+        for engine in std::iter::once(&self.engine).chain(self.reads.get()) {
+            engine.manager().retire_all();
+            engine.close_idle(usize::MAX);
+        }
     }
 
     /// The query that resets a server's session state, if any.
@@ -290,6 +404,63 @@ impl ServerPool {
     pub fn set_welcome(&self, params: &[(String, String)]) {
         *self.welcome.lock() = Some(Arc::new(params.to_vec()));
     }
+}
+
+/// The targets of the writes (or only) pool and, with read routing, of
+/// the reads pool: writes need the primary (`read-write` unless the line
+/// asks for `primary`), reads take a standby when one is up and within
+/// `max_replica_lag`, else the primary.
+fn routed_targets(routing: bool, target: ServerTarget) -> (ServerTarget, Option<ServerTarget>) {
+    if !routing {
+        return (target, None);
+    }
+    let reads = ServerTarget {
+        attrs: SessionAttrs::PreferStandby,
+        ..target.clone()
+    };
+    let mut writes = target;
+    if writes.attrs == SessionAttrs::Any {
+        writes.attrs = SessionAttrs::ReadWrite;
+    }
+    (writes, Some(reads))
+}
+
+/// One engine pool of servers for `target`, keeping `min_size` open.
+fn build_engine(
+    (name, min_size): (String, usize),
+    shape: &PoolShape,
+    target: ServerTarget,
+    limits: Vec<Arc<ConnectionLimit>>,
+    tracking: Tracking,
+) -> Result<wharf::Pool<ServerManager>, wharf::ConfigError> {
+    let (backoff, backoff_max) = login_retry_backoff(shape.login_retry);
+    let connect_timeout = all_hosts_timeout(shape.connect_timeout, &target);
+    let manager = ServerManager::new(target, limits, tracking);
+    manager.set_host_timeout(shape.connect_timeout);
+    let engine = wharf::Pool::builder(manager)
+        .name(name)
+        .max_size(shape.pool_size)
+        // PgBouncer's min_pool_size counts servers in use too.
+        .min_size(min_size)
+        .reserve_size(shape.reserve_size)
+        .reserve_timeout(shape.reserve_timeout)
+        .acquire_timeout(shape.query_wait_timeout.unwrap_or(FOREVER))
+        .connect_timeout(connect_timeout)
+        .max_connecting(4)
+        // PgBouncer's server_login_retry: while logins fail and the
+        // pool has no server, clients are told at once, not queued.
+        .fail_fast(true)
+        .connect_backoff(backoff)
+        .connect_backoff_max(backoff_max)
+        .validate_after(shape.check_delay)
+        .validation_timeout(shape.connect_timeout)
+        .idle_timeout(shape.idle_timeout)
+        .max_lifetime(shape.server_lifetime)
+        .build()?;
+    for limit in engine.manager().limits() {
+        limit.watch(&engine);
+    }
+    Ok(engine)
 }
 
 /// How long one new server may take: each host gets

@@ -88,6 +88,9 @@ impl PoolPlan {
             query_wait_timeout: settings.query_wait_timeout,
             reset_query: Some(settings.server_reset_query.clone()).filter(|q| !q.trim().is_empty()),
             reset_always: settings.server_reset_query_always,
+            // Checked when the configuration was loaded; a session-mode
+            // pool (a [users] pool_mode) keeps it but never routes.
+            read_routing: entry.read_routing == Some(true),
         };
         let hosts = entry
             .host_ports()

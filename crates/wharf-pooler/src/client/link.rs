@@ -36,8 +36,9 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
 const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
-    /// Takes a server from the pool and brings it in line with the client.
-    pub(super) async fn link(&mut self) -> Result<Pooled<ServerManager>, Ended> {
+    /// Takes a server from the pool (from its reads pool for a `read`
+    /// transaction) and brings it in line with the client.
+    pub(super) async fn link(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
         let wait = self.timeouts.query_wait.unwrap_or(super::NO_TIMEOUT);
         self.entry.set_waiting();
         let waited = std::time::Instant::now();
@@ -45,7 +46,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             let pool = self.pool;
             let watching = self.shutdown.is_some();
             let mut shutdown = std::pin::pin!(shutdown_fired(&mut self.shutdown));
-            let mut get = std::pin::pin!(pool.get(Some(wait)));
+            let mut get = std::pin::pin!(async move {
+                if read {
+                    pool.get_for_read(Some(wait)).await
+                } else {
+                    pool.get(Some(wait)).await
+                }
+            });
             // query_wait_notify: once per wait, as PgBouncer 1.25.
             let notify = self.timeouts.query_wait_notify.filter(|d| !d.is_zero());
             let notice_at = tokio::time::sleep(notify.unwrap_or(super::NO_TIMEOUT));

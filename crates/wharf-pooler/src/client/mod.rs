@@ -11,6 +11,7 @@ mod login;
 mod options;
 mod prepare;
 mod relay;
+mod route;
 mod session;
 mod startup;
 mod state;

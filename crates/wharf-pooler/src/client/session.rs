@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::login::Login;
 use super::prepare::{self, Tracker};
 use super::relay::make_room;
+use super::route::{self, Routing};
 use super::state::ProtocolState;
 use super::timeouts::{Timeout, Timeouts};
 use super::{fatal, NO_TIMEOUT, SHUTTING_DOWN};
@@ -51,6 +52,9 @@ pub(super) struct Session<'a, R, W> {
     /// The client's prepared statements, in transaction and statement
     /// mode with `max_prepared_statements` on.
     pub(super) tracker: Option<Tracker>,
+    /// Read/write routing: the pin, and the client's named statements'
+    /// classes.
+    pub(super) routing: Routing,
     pub(super) max_packet: usize,
     pub(super) state: &'a PoolerState,
     /// This session in the client registry (`SHOW CLIENTS`).
@@ -111,6 +115,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             cscan: Scanner::default(),
             protocol: ProtocolState::default(),
             tracker: (cap > 0 && pool.mode() != PoolMode::Session).then(|| Tracker::new(cap)),
+            routing: Routing::default(),
             max_packet: config.pgbouncer.max_packet_size,
             state,
             entry,
@@ -137,7 +142,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
                 return SHUTTING_DOWN;
             }
             if self.cscan.ready() > 0 {
-                let Ok(mut server) = self.link().await else {
+                let read = self.routes_to_reads();
+                let Ok(mut server) = self.link(read).await else {
                     return "no server available";
                 };
                 let outcome = self.relay(&mut server).await;
@@ -178,6 +184,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         match event {
             Waited::Read(Ok(0) | Err(_)) => return ControlFlow::Break("client disconnected"),
             Waited::Read(Ok(_)) => {
+                self.answer_route_sets().await;
                 if let Err(err) = self.scan_client() {
                     return ControlFlow::Break(self.client_broke(err).await);
                 }
@@ -258,19 +265,28 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let stats = self.pool.stats();
         let mut tracker = self.tracker.as_mut();
         let tracked = tracker.is_some();
+        // Routing reads whole statements: the one that starts a
+        // transaction, and named ones for the Binds of later transactions.
+        let mut routing = self.pool.routes_reads().then_some(&mut self.routing);
+        let routed = routing.is_some();
         let cbuf = &self.cbuf;
         let wants = |tag, len| {
-            if tracked {
+            let held = if tracked {
                 prepare::held(tag, len)
             } else if tag == b'X' {
                 len
             } else {
                 0
+            };
+            if routed {
+                held.max(route::held(tag, len))
+            } else {
+                held
             }
         };
         let ready = self
             .cscan
-            .scan_at(cbuf, self.max_packet, wants, |tag, at, _| {
+            .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
                 protocol.note(tag);
                 stats.client_message(tag, tracked);
                 // Terminate is for the pooler, not the server, and nothing
@@ -278,14 +294,18 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
                 if tag == b'X' {
                     return ControlFlow::Break(());
                 }
+                let len =
+                    i32::from_be_bytes([cbuf[at + 1], cbuf[at + 2], cbuf[at + 3], cbuf[at + 4]]);
+                let total = 1 + usize::try_from(len).unwrap_or(0);
+                if let (Some(routing), Some(body)) = (routing.as_mut(), body) {
+                    // Only a whole message says what it is; a longer one
+                    // held in part leaves its transaction to the primary.
+                    if 5 + body.len() == total {
+                        routing.observe(tag, body);
+                    }
+                }
                 if let Some(tracker) = tracker.as_mut() {
-                    let len = i32::from_be_bytes([
-                        cbuf[at + 1],
-                        cbuf[at + 2],
-                        cbuf[at + 3],
-                        cbuf[at + 4],
-                    ]);
-                    tracker.scanned(tag, 1 + usize::try_from(len).unwrap_or(0));
+                    tracker.scanned(tag, total);
                 }
                 ControlFlow::Continue(())
             })?;

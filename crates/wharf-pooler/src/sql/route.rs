@@ -68,11 +68,17 @@ const WRITE_TOKENS: &[Token] = &[
 ];
 
 /// Whether `sql` (one simple Query's text, or one Parse's) may run on a
-/// standby: every statement in it is a plain read (SELECT, VALUES, TABLE,
-/// WITH ... SELECT, SHOW, EXPLAIN of one), none locks rows, selects into
-/// a table or calls a function of [`PRIMARY_FUNCTIONS`], and a BEGIN or
-/// START TRANSACTION among them is READ ONLY and not SERIALIZABLE (which a
-/// standby refuses). Unparsable SQL is not a read.
+/// standby: PostgreSQL's grammar accepts it, and every statement in it is
+/// a plain read (SELECT, VALUES, TABLE, WITH ... SELECT, SHOW, EXPLAIN of
+/// one) that locks no rows, selects into no table and calls no function
+/// of [`PRIMARY_FUNCTIONS`]; a BEGIN or START TRANSACTION among them is
+/// READ ONLY and not SERIALIZABLE (which a standby refuses).
+///
+/// The full parse tree costs some 20 times what the scanner and the
+/// parser's statement split do, so it is built only for the statements
+/// whose kind needs it (BEGIN, START, EXPLAIN, COMMIT, ROLLBACK); for the
+/// others the tokens say all (a WITH without a data-modifying keyword can
+/// only be a SELECT).
 pub(crate) fn is_read(sql: &[u8]) -> bool {
     let mut keyword = [0; 16];
     let candidate = matches!(
@@ -88,17 +94,29 @@ pub(crate) fn is_read(sql: &[u8]) -> bool {
     if !tokens_are_read(text) {
         return false;
     }
-    let Ok(parsed) = pg_query::parse(text, ParserOptions::DEFAULT) else {
+    let Ok(statements) = pg_query::split_with_parser(text) else {
         return false;
     };
-    let stmts = &parsed.protobuf.stmts;
-    !stmts.is_empty()
-        && stmts.iter().all(|raw| {
-            raw.stmt
-                .as_ref()
-                .and_then(|stmt| stmt.node.as_ref())
-                .is_some_and(statement_is_read)
-        })
+    !statements.is_empty() && statements.iter().all(|stmt| statement_text_is_read(stmt))
+}
+
+/// Whether one statement, whose tokens passed, is a read.
+fn statement_text_is_read(stmt: &str) -> bool {
+    let mut keyword = [0; 16];
+    match first_keyword(stmt.as_bytes(), &mut keyword) {
+        b"SELECT" | b"WITH" | b"VALUES" | b"TABLE" | b"SHOW" => true,
+        b"BEGIN" | b"START" | b"EXPLAIN" | b"COMMIT" | b"END" | b"ROLLBACK" | b"ABORT" => {
+            pg_query::parse(stmt, ParserOptions::DEFAULT).is_ok_and(|parsed| {
+                parsed.protobuf.stmts.iter().all(|raw| {
+                    raw.stmt
+                        .as_ref()
+                        .and_then(|stmt| stmt.node.as_ref())
+                        .is_some_and(statement_is_read)
+                })
+            })
+        }
+        _ => false,
+    }
 }
 
 /// The token-level checks, which see every corner of the statement (the
@@ -299,6 +317,8 @@ mod tests {
             "SHOW work_mem",
             "SELECT 1; SELECT 2;",
             "EXPLAIN SELECT * FROM t",
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t",
+            "BEGIN READ ONLY; SELECT 1; ROLLBACK",
             "SELECT random(), gen_random_uuid()",
             "SELECT count(*) FROM t GROUP BY a HAVING count(*) > 1",
             "SELECT 1 UNION SELECT 2",
@@ -357,6 +377,12 @@ mod tests {
             "START TRANSACTION",
             "BEGIN READ WRITE",
             "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            "BEGIN READ ONLY; COMMIT PREPARED 'x'",
+            "BEGIN READ ONLY; ROLLBACK PREPARED 'x'",
+            "EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1",
+            "EXPLAIN EXECUTE p(1)",
+            "SELECT 1; EXECUTE p(1)",
+            "SELECT 1; VACUUM",
             "SELECT FROM",
             "SELEC 1",
             "SELECT 'unterminated",
@@ -403,29 +429,49 @@ mod tests {
         assert_eq!(route_set(b"SELECT 'wharf.route'"), None);
     }
 
-    /// Run with `cargo test -p wharf-pooler --lib classify_cost -- --ignored
-    /// --nocapture` (release for real figures).
+    /// Run with `cargo test --release -p wharf-pooler --lib classify_cost
+    /// -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn classify_cost() {
-        let cases: [(&str, &[u8]); 4] = [
-            ("write (keyword only)", b"INSERT INTO t (a, b) VALUES ($1, $2)"),
-            ("short read", b"SELECT 1"),
-            (
-                "typical read",
-                b"SELECT u.id, u.name, o.total FROM users u JOIN orders o ON o.user_id = u.id \
-                  WHERE u.id = $1 AND o.created_at > now() - interval '1 day' ORDER BY o.total DESC LIMIT 20",
-            ),
-            ("set wharf.route", b"SET wharf.route = primary"),
-        ];
-        for (name, sql) in cases {
+        fn measure(name: &str, sql: &[u8], classify: fn(&[u8]) -> bool) {
             let rounds = 20_000u32;
             let started = std::time::Instant::now();
             for _ in 0..rounds {
-                std::hint::black_box(is_read(std::hint::black_box(sql)));
+                std::hint::black_box(classify(std::hint::black_box(sql)));
             }
             let per = started.elapsed() / rounds;
             println!("{name}: {} ns per classification", per.as_nanos());
         }
+        let typical: &[u8] = b"SELECT u.id, u.name, o.total FROM users u JOIN orders o \
+            ON o.user_id = u.id WHERE u.id = $1 AND o.created_at > now() - interval '1 day' \
+            ORDER BY o.total DESC LIMIT 20";
+        measure(
+            "write (first keyword only)",
+            b"INSERT INTO t (a, b) VALUES ($1, $2)",
+            is_read,
+        );
+        measure("short read", b"SELECT 1", is_read);
+        measure("typical read (190 bytes)", typical, is_read);
+        measure(
+            "SELECT ... FOR UPDATE",
+            b"SELECT * FROM t WHERE id = $1 FOR UPDATE",
+            is_read,
+        );
+        measure("BEGIN READ ONLY (parse tree)", b"BEGIN READ ONLY", is_read);
+        measure("SET wharf.route", b"SET wharf.route = primary", |sql| {
+            route_set(sql).is_some()
+        });
+        measure("SET other (keyword only)", b"SET work_mem = '1MB'", |sql| {
+            route_set(sql).is_some()
+        });
+        let full_parse = |sql: &[u8]| {
+            pg_query::parse(std::str::from_utf8(sql).unwrap(), ParserOptions::DEFAULT).is_ok()
+        };
+        measure(
+            "for comparison: full parse tree of the typical read",
+            typical,
+            full_parse,
+        );
     }
 }

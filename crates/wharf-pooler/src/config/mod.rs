@@ -715,6 +715,55 @@ mod tests {
     }
 
     #[test]
+    fn read_routing_is_refused_where_it_cannot_work() {
+        let two = "host=a,b pool_mode=transaction";
+        let c = config(&format!(
+            "[pgbouncer]\n[databases]\napp = {two} read_routing=on\n"
+        ));
+        assert_eq!(c.database("app").unwrap().read_routing, Some(true));
+        for (line, why) in [
+            ("host=a read_routing=on", "several hosts"),
+            ("read_routing=on", "several hosts"),
+            (
+                "host=a,b pool_mode=session read_routing=on",
+                "pool_mode = transaction",
+            ),
+            (
+                &format!("{two} target_session_attrs=standby read_routing=on"),
+                "target_session_attrs = standby",
+            ),
+        ] {
+            let ini = format!("[pgbouncer]\n[databases]\napp = {line}\n");
+            let err = parse_ini_str(&ini, Path::new("t.ini"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{line}: {err}");
+            assert!(err.contains("read_routing"), "{line}: {err}");
+        }
+        let err = parse_ini_str(
+            &format!("[pgbouncer]\n[databases]\napp = {two} read_routing=sometimes\n"),
+            Path::new("t.ini"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("boolean"), "{err}");
+        // The [pgbouncer] default applies to a line without pool_mode:
+        // known only at the end, so a warning.
+        let loaded = parse_ini_str(
+            "[pgbouncer]\npool_mode = session\n[databases]\napp = host=a,b read_routing=1\n",
+            Path::new("t.ini"),
+        )
+        .unwrap();
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.to_string().contains("only transaction-mode pools route")),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+
+    #[test]
     fn no_fallback_means_no_database() {
         let c = config("[pgbouncer]\n[databases]\napp =\n");
         assert!(c.database("app").is_some());

@@ -189,6 +189,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             return false;
         }
         let read = self.routing.is_read(&self.cbuf[..self.cscan.ready()]);
+        let stats = self.pool.stats();
+        let counter = if read {
+            &stats.routed_reads
+        } else {
+            &stats.routed_writes
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(database = %self.pool.database(), user = %self.user,
             to = if read { "reads" } else { "primary" }, "transaction routed");
         read

@@ -507,6 +507,29 @@ fn render_pool_health(doc: &mut Doc, state: &PoolerState) -> Vec<wharf::Metrics>
         doc.sample("wharf_pooler_connect_failures", &l, failures);
     }
     doc.family(
+        "wharf_pooler_routed_transactions_total",
+        "counter",
+        "Transactions read/write routing sent to the reads pool (to=\"reads\") or the primary (to=\"primary\"); pools that route only.",
+    );
+    for p in &server_pools {
+        let stats = p.stats();
+        let (reads, writes) = (
+            stats
+                .routed_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .routed_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if !p.routes_reads() && reads + writes == 0 {
+            continue;
+        }
+        for (to, n) in [("reads", reads), ("primary", writes)] {
+            let l = [("database", p.database()), ("user", p.user()), ("to", to)];
+            doc.sample("wharf_pooler_routed_transactions_total", &l, n);
+        }
+    }
+    doc.family(
         "wharf_pooler_long_transaction_clients",
         "gauge",
         "Clients holding a server for more than 10 s in a transaction- or statement-mode pool (long or idle-in-transaction).",

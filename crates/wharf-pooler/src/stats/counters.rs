@@ -52,6 +52,10 @@ pub struct PoolStats {
     /// Servers closed and saying goodbye (Terminate, then waiting for the
     /// server to hang up).
     pub closing: AtomicU64,
+    /// Transactions read/write routing sent to the reads pool.
+    pub routed_reads: AtomicU64,
+    /// Transactions read/write routing sent to the primary.
+    pub routed_writes: AtomicU64,
     /// How long clients waited for a server, one sample per assignment.
     pub wait_time: AtomicHistogram,
     /// How long transactions took.

@@ -5,6 +5,8 @@
 //! the primary while the replica is down.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::time::Duration;
 
@@ -42,8 +44,9 @@ async fn on_standby(client: &Client, sql: &str) -> bool {
 }
 
 /// A primary with table `t` (one row) and sequence `s`, its replica once
-/// it has replayed them, and a pooler whose database `app` routes reads.
-async fn routed() -> (TestPooler, PgCluster) {
+/// it has replayed them, and a pooler whose database `app` routes reads
+/// (`extra` added to its line).
+async fn routed(extra: &str) -> (TestPooler, PgCluster) {
     let primary = blocking(PgCluster::start).await.expect("PostgreSQL");
     primary
         .psql(
@@ -64,13 +67,16 @@ async fn routed() -> (TestPooler, PgCluster) {
     let (pp, ps) = (primary.port(), standby.port());
     let databases = format!(
         "app = host=127.0.0.1,127.0.0.1 port={pp},{ps} dbname=postgres \
-         pool_mode=transaction read_routing=on\n"
+         pool_mode=transaction read_routing=on {extra}\n"
     );
     let pooler = start_with(
         primary,
         Setup {
             databases: &databases,
-            pgbouncer: "server_login_retry = 1\nserver_connect_timeout = 2\n",
+            pgbouncer: &format!(
+                "server_login_retry = 1\nserver_connect_timeout = 2\nhttp_listen_port = {}\n",
+                common::free_port()
+            ),
             ..Setup::default()
         },
     )
@@ -80,7 +86,7 @@ async fn routed() -> (TestPooler, PgCluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
-    let (pooler, standby) = routed().await;
+    let (pooler, standby) = routed("").await;
     let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
     let is = "pg_is_in_recovery()";
     assert!(
@@ -170,11 +176,20 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         on_standby(&client, &format!("SELECT {is}")).await,
         "unpinned"
     );
-    // Writes work, and reach the replica through the primary.
+    // Writes work.
     client
         .simple_query("INSERT INTO t VALUES (10)")
         .await
         .unwrap();
+    // Counted per pool in /metrics.
+    let (_, metrics) = http::get(pooler.http_port.unwrap(), "/metrics").await;
+    let scrape = http::parse(&metrics);
+    let routed = |to| {
+        let labels = [("database", "app"), ("user", "postgres"), ("to", to)];
+        http::value(&scrape, "wharf_pooler_routed_transactions_total", &labels)
+    };
+    assert!(routed("reads") >= 6.0, "{}", routed("reads"));
+    assert!(routed("primary") >= 10.0, "{}", routed("primary"));
     drop(client);
     drop(standby);
     pooler.stop().await;
@@ -182,7 +197,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_fall_back_to_the_primary_while_the_replica_is_down() {
-    let (pooler, mut standby) = routed().await;
+    let (pooler, mut standby) = routed("").await;
     let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
     assert!(on_standby(&client, "SELECT pg_is_in_recovery()").await);
     let mut standby = blocking(move || {
@@ -234,6 +249,33 @@ async fn reads_fall_back_to_the_primary_while_the_replica_is_down() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(back, "reads go back to the replica once it answers again");
+    drop(standby);
+    pooler.stop().await;
+}
+
+/// Rewrites `from` as `to` in the pooler's ini file and reloads it.
+async fn reload_replacing(pooler: &TestPooler, from: &str, to: &str) {
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    assert!(ini.contains(from), "{from} in the ini");
+    std::fs::write(pooler.ini(), ini.replace(from, to)).unwrap();
+    pooler.shared.reload().await.expect("reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_turns_routing_off_and_on_for_clients_already_connected() {
+    // Without routing, the line's target_session_attrs holds.
+    let (pooler, standby) = routed("target_session_attrs=read-write").await;
+    let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
+    let read = "SELECT pg_is_in_recovery()";
+    assert!(on_standby(&client, read).await);
+    reload_replacing(&pooler, "read_routing=on", "read_routing=off").await;
+    assert!(
+        !on_standby(&client, read).await,
+        "routing off: all on the primary"
+    );
+    reload_replacing(&pooler, "read_routing=off", "read_routing=on").await;
+    assert!(on_standby(&client, read).await, "routing on again");
+    drop(client);
     drop(standby);
     pooler.stop().await;
 }

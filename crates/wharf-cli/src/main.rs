@@ -125,6 +125,17 @@ fn check(path: &std::path::Path) -> ExitCode {
             prepared_statements(&config, mode)
         );
         println!("  {:<20} server TLS: {}", "", server_tls(&config, db));
+        if db.read_routing == Some(true) {
+            let routing = if mode == config::PoolMode::Transaction {
+                "reads to a standby (prefer-standby), everything else to the primary".to_owned()
+            } else {
+                format!(
+                    "off: pool_mode = {}, only transaction mode routes",
+                    mode.as_str()
+                )
+            };
+            println!("  {:<20} read routing: {routing}", "");
+        }
     }
     println!();
     print_auth(&config);

@@ -161,3 +161,31 @@ fn hba_rules_are_checked_and_shown_per_database() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn read_routing_is_shown_and_refused_where_it_cannot_work() {
+    let (dir, path) = write_config(
+        "routing",
+        "[databases]\napp = host=10.0.0.1,10.0.0.2 read_routing=on\n[pgbouncer]\npool_mode = transaction\nauth_type = trust\nauth_file = /dev/null\n",
+    );
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("read routing: reads to a standby"),
+        "{stdout}"
+    );
+    let (dir2, path) = write_config(
+        "routing-one-host",
+        "[databases]\napp = host=10.0.0.1 read_routing=on\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\n",
+    );
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("read_routing") && stderr.contains("needs several hosts"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(dir2);
+}

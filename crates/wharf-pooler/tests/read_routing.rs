@@ -45,8 +45,8 @@ async fn on_standby(client: &Client, sql: &str) -> bool {
 
 /// A primary with table `t` (one row) and sequence `s`, its replica once
 /// it has replayed them, and a pooler whose database `app` routes reads
-/// (`extra` added to its line).
-async fn routed(extra: &str) -> (TestPooler, PgCluster) {
+/// (`routing` and `extra` on its line).
+async fn routed(routing: &str, extra: &str) -> (TestPooler, PgCluster) {
     let primary = blocking(PgCluster::start).await.expect("PostgreSQL");
     primary
         .psql(
@@ -67,7 +67,7 @@ async fn routed(extra: &str) -> (TestPooler, PgCluster) {
     let (pp, ps) = (primary.port(), standby.port());
     let databases = format!(
         "app = host=127.0.0.1,127.0.0.1 port={pp},{ps} dbname=postgres \
-         pool_mode=transaction read_routing=on {extra}\n"
+         pool_mode=transaction read_routing={routing} {extra}\n"
     );
     let pooler = start_with(
         primary,
@@ -86,7 +86,7 @@ async fn routed(extra: &str) -> (TestPooler, PgCluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
-    let (pooler, standby) = routed("").await;
+    let (pooler, standby) = routed("on", "").await;
     let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
     let is = "pg_is_in_recovery()";
     assert!(
@@ -197,7 +197,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_fall_back_to_the_primary_while_the_replica_is_down() {
-    let (pooler, mut standby) = routed("").await;
+    let (pooler, mut standby) = routed("on", "").await;
     let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
     assert!(on_standby(&client, "SELECT pg_is_in_recovery()").await);
     let mut standby = blocking(move || {
@@ -262,12 +262,15 @@ async fn reload_replacing(pooler: &TestPooler, from: &str, to: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_turns_routing_off_and_on_for_clients_already_connected() {
+async fn reload_turns_routing_on_and_off_for_clients_already_connected() {
     // Without routing, the line's target_session_attrs holds.
-    let (pooler, standby) = routed("target_session_attrs=read-write").await;
+    let (pooler, standby) = routed("off", "target_session_attrs=read-write").await;
     let client = pooler.connect("postgres", "postgres", "app").await.unwrap();
     let read = "SELECT pg_is_in_recovery()";
-    assert!(on_standby(&client, read).await);
+    assert!(!on_standby(&client, read).await, "no routing yet");
+    // The reads pool is made by the RELOAD.
+    reload_replacing(&pooler, "read_routing=off", "read_routing=on").await;
+    assert!(on_standby(&client, read).await, "routing on");
     reload_replacing(&pooler, "read_routing=on", "read_routing=off").await;
     assert!(
         !on_standby(&client, read).await,

@@ -68,17 +68,20 @@ const WRITE_TOKENS: &[Token] = &[
 ];
 
 /// Whether `sql` (one simple Query's text, or one Parse's) may run on a
-/// standby: PostgreSQL's grammar accepts it, and every statement in it is
-/// a plain read (SELECT, VALUES, TABLE, WITH ... SELECT, SHOW, EXPLAIN of
+/// standby: PostgreSQL's scanner reads it, and every statement in it is a
+/// plain read (SELECT, VALUES, TABLE, WITH ... SELECT, SHOW, EXPLAIN of
 /// one) that locks no rows, selects into no table and calls no function
 /// of [`PRIMARY_FUNCTIONS`]; a BEGIN or START TRANSACTION among them is
 /// READ ONLY and not SERIALIZABLE (which a standby refuses).
 ///
-/// The full parse tree costs some 20 times what the scanner and the
-/// parser's statement split do, so it is built only for the statements
-/// whose kind needs it (BEGIN, START, EXPLAIN, COMMIT, ROLLBACK); for the
-/// others the tokens say all (a WITH without a data-modifying keyword can
-/// only be a SELECT).
+/// Parsing costs some 6 times what scanning does, and the full parse tree
+/// some 40 times, so the statements are told apart by their tokens (split
+/// at each `;`, which outside strings and comments only ends a statement
+/// in the statements that can be reads) and the parse tree is built only
+/// for the statements whose kind needs it (BEGIN, START, EXPLAIN, COMMIT,
+/// ROLLBACK); for the others the tokens say all (a WITH without a
+/// data-modifying keyword can only be a SELECT). A read the grammar
+/// refuses fails on the standby as it would on the primary.
 pub(crate) fn is_read(sql: &[u8]) -> bool {
     let mut keyword = [0; 16];
     let candidate = matches!(
@@ -91,13 +94,13 @@ pub(crate) fn is_read(sql: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(sql) else {
         return false;
     };
-    if !tokens_are_read(text) {
-        return false;
-    }
-    let Ok(statements) = pg_query::split_with_parser(text) else {
+    let Some(statements) = read_tokens(text) else {
         return false;
     };
-    !statements.is_empty() && statements.iter().all(|stmt| statement_text_is_read(stmt))
+    !statements.is_empty()
+        && statements
+            .into_iter()
+            .all(|(start, end)| statement_text_is_read(&text[start..end]))
 }
 
 /// Whether one statement, whose tokens passed, is a read.
@@ -121,11 +124,13 @@ fn statement_text_is_read(stmt: &str) -> bool {
 
 /// The token-level checks, which see every corner of the statement (the
 /// parse tree would need a walk of every node kind): no [`WRITE_TOKENS`],
-/// and no call of a function that belongs on the primary.
-fn tokens_are_read(text: &str) -> bool {
-    let Ok(tokens) = pg_query::scan_tokens(text) else {
-        return false;
-    };
+/// and no call of a function that belongs on the primary. `Some` with the
+/// byte range of each statement (from its first token to its last) when
+/// they pass.
+fn read_tokens(text: &str) -> Option<Vec<(usize, usize)>> {
+    let tokens = pg_query::scan_tokens(text).ok()?;
+    let mut statements = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
     let mut previous: Option<(usize, usize, bool)> = None;
     for token in &tokens {
         let kind = Token::try_from(token.token).unwrap_or(Token::Nul);
@@ -133,20 +138,28 @@ fn tokens_are_read(text: &str) -> bool {
             continue;
         }
         if WRITE_TOKENS.contains(&kind) {
-            return false;
+            return None;
+        }
+        let start = usize::try_from(token.start).ok()?;
+        let end = usize::try_from(token.end).ok()?.min(text.len());
+        if kind == Token::Ascii59 {
+            statements.extend(current.take());
+            previous = None;
+            continue;
         }
         if kind == Token::Ascii40 {
             if let Some((start, end, true)) = previous {
                 if primary_function(&text[start..end]) {
-                    return false;
+                    return None;
                 }
             }
         }
         let named = kind == Token::Ident || token.keyword_kind != KeywordKind::NoKeyword as i32;
-        let (start, end) = (token.start.max(0) as usize, token.end.max(0) as usize);
-        previous = Some((start, end.min(text.len()), named));
+        previous = Some((start, end, named));
+        current = Some((current.map_or(start, |(first, _)| first), end));
     }
-    true
+    statements.extend(current);
+    Some(statements)
 }
 
 /// Whether a function called by this (possibly quoted) name belongs on the
@@ -316,6 +329,7 @@ mod tests {
             "TABLE t",
             "SHOW work_mem",
             "SELECT 1; SELECT 2;",
+            "SELECT ';' ; /* ; */ SELECT $$;$$ -- ;",
             "EXPLAIN SELECT * FROM t",
             "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t",
             "BEGIN READ ONLY; SELECT 1; ROLLBACK",
@@ -383,7 +397,7 @@ mod tests {
             "EXPLAIN EXECUTE p(1)",
             "SELECT 1; EXECUTE p(1)",
             "SELECT 1; VACUUM",
-            "SELECT FROM",
+            "SELECT 1; ;CREATE TABLE t (a int)",
             "SELEC 1",
             "SELECT 'unterminated",
             "",

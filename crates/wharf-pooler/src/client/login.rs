@@ -182,7 +182,10 @@ async fn route<S: ClientStream>(
     match state.router().route(database, user) {
         Ok(pool) if pool.control().is_disabled() => {
             tracing::info!(%peer, %database, "closing client: database disabled");
-            let message = format!("database does not allow connections: {database}");
+            // PgBouncer 1.24's words, checked once the client has proved
+            // who it is (before 1.24: "database does not allow
+            // connections: …", before the password).
+            let message = format!("database \"{database}\" is disabled");
             refuse(stream, state, peer, "08P01", &message).await;
             Err(Ended)
         }

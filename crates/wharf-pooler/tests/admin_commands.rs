@@ -91,7 +91,7 @@ async fn disable_refuses_new_logins_until_enable() {
     );
     let (_, message) =
         common::wire::refused(pooler.login("postgres", "postgres", "postgres").await);
-    assert_eq!(message, "database does not allow connections: postgres");
+    assert_eq!(message, "database \"postgres\" is disabled");
     // Clients already in go on.
     existing.simple_query("SELECT 1").await.unwrap();
     admin.simple_query("ENABLE postgres").await.unwrap();

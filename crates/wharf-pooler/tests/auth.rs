@@ -1,12 +1,15 @@
 //! Authentication end to end: clients logging in to the pooler with each
 //! `auth_type` against plain, md5 and SCRAM secrets in the auth file (with
-//! tokio-postgres and psql), and the pooler logging in to PostgreSQL.
+//! tokio-postgres, psql, psycopg 3 and asyncpg), and the pooler logging in
+//! to PostgreSQL.
 
 mod common;
 
 use std::time::Duration;
 
-use common::wire::{self, auth_failed, current_user, psql, psql_err, psql_ok, refused};
+use common::wire::{
+    self, auth_failed, current_user, psql, psql_err, psql_ok, refused, trust_failed,
+};
 use common::{start_with, Setup, TestPooler};
 use wharf_testkit::PgCluster;
 
@@ -146,6 +149,66 @@ async fn logs_in_with_tokio_postgres_and_psql(pooler: &TestPooler, roles: &[(&st
     }
 }
 
+/// One login for [`logs_in_with_every_client`]: user, password, database,
+/// and who the client becomes (`None`: refused as a wrong password).
+type Login<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
+
+/// Each login through psql, psycopg 3 and asyncpg (`tests/drivers/
+/// auth_logins.py`; `tests/drivers/install.sh` installs the drivers): the
+/// client becomes the expected user, or is refused with PostgreSQL's words
+/// for a wrong password.
+fn logs_in_with_every_client(pooler: &TestPooler, logins: &[Login]) {
+    for &(user, password, db, expected) in logins {
+        let out = psql_as(pooler, user, password, db, "SELECT current_user");
+        match expected {
+            Some(who) => assert_eq!(psql_ok(&out), who, "psql {user}/{password}"),
+            None => {
+                let err = psql_err(&out);
+                let want = format!("password authentication failed for user \"{user}\"");
+                assert!(err.contains(&want), "psql {user}/{password}: {err}");
+            }
+        }
+    }
+    let args: Vec<String> = logins
+        .iter()
+        .map(|(user, password, db, expected)| {
+            format!("{user}:{password}:{db}:{}", expected.unwrap_or("-"))
+        })
+        .collect();
+    let drivers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers");
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new("python3")
+            .arg("auth_logins.py")
+            .args(&args)
+            .current_dir(drivers)
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", pooler.port.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("python3 runs; tests/drivers/install.sh installs the drivers")
+    });
+    assert!(
+        output.status.success(),
+        "psycopg/asyncpg logins failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A right and a wrong password for each role.
+fn right_and_wrong<'a>(roles: &[(&'a str, &'a str)]) -> Vec<Login<'a>> {
+    roles
+        .iter()
+        .flat_map(|&(user, password)| {
+            [
+                (user, password, "sock", Some(user)),
+                (user, "wrong", "sock", None),
+            ]
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ini_auth_type_overrides_the_harness_default() {
     // The harness writes `auth_type = md5` first; a later line wins.
@@ -183,10 +246,18 @@ async fn trust_lets_listed_users_in_without_checking_the_password() {
     }
     let out = psql_as(&pooler, BOB.0, "", "sock", "SELECT current_user");
     assert_eq!(psql_ok(&out), BOB.0);
-    // PgBouncer: "The user name must still exist in auth_file."
+    logs_in_with_every_client(
+        &pooler,
+        &[
+            (ALICE.0, ALICE.1, "sock", Some(ALICE.0)),
+            (CAROL.0, "wrong", "sock", Some(CAROL.0)),
+        ],
+    );
+    // PgBouncer: "The user name must still exist in auth_file.", and its
+    // words when it does not.
     assert_eq!(
         refused(pooler.login("mallory", "x", "sock").await),
-        auth_failed("mallory")
+        trust_failed()
     );
     pooler.stop().await;
 }
@@ -198,6 +269,50 @@ async fn plain_checks_cleartext_passwords_against_every_secret_kind() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 3);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, BOB, CAROL]).await;
+    logs_in_with_every_client(&pooler, &right_and_wrong(&[ALICE, BOB, CAROL]));
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_takes_passwords_as_long_as_postgresql_does() {
+    // Issue 14: a 65,530-byte password makes a 65,535-byte message, which
+    // was refused as "invalid message length 65535 for message" before the
+    // password was even checked. PostgreSQL takes up to 65,535 bytes.
+    let long = "p".repeat(65_530);
+    let wrong = format!("{}q", &long[1..]);
+    let cluster = cluster().await;
+    cluster.create_user("tok", "unused").expect("role created");
+    let databases = format!(
+        "sock = host={} port={} dbname=postgres\n",
+        cluster.socket_dir().display(),
+        cluster.port()
+    );
+    let pooler = start_with(
+        cluster,
+        Setup {
+            pgbouncer: "auth_type = plain\n",
+            databases: &databases,
+            userlist: &format!("\"postgres\" \"postgres\"\n\"tok\" \"{long}\"\n"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let client = pooler
+        .login("tok", &long, "sock")
+        .await
+        .expect("a long password");
+    assert_eq!(current_user(&client).await, "tok");
+    assert_eq!(
+        refused(pooler.login("tok", &wrong, "sock").await),
+        auth_failed("tok")
+    );
+    logs_in_with_every_client(
+        &pooler,
+        &[
+            ("tok", &long, "sock", Some("tok")),
+            ("tok", &wrong, "sock", None),
+        ],
+    );
     pooler.stop().await;
 }
 
@@ -213,6 +328,7 @@ async fn md5_checks_md5_responses_and_upgrades_scram_secrets_to_scram() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 5);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, BOB, CAROL]).await;
+    logs_in_with_every_client(&pooler, &right_and_wrong(&[ALICE, BOB, CAROL]));
     pooler.stop().await;
 }
 
@@ -223,6 +339,9 @@ async fn scram_checks_proofs_against_plain_and_scram_secrets() {
     assert_eq!(wire::auth_request(pooler.port, "mallory", "sock").await, 10);
     refuses_wrong_password_and_unknown_user(&pooler).await;
     logs_in_with_tokio_postgres_and_psql(&pooler, &[ALICE, CAROL]).await;
+    let mut logins = right_and_wrong(&[ALICE, CAROL]);
+    logins.push((BOB.0, BOB.1, "sock", None));
+    logs_in_with_every_client(&pooler, &logins);
     // An md5 secret cannot verify a SCRAM proof, even of the right password.
     assert_eq!(
         refused(pooler.login(BOB.0, BOB.1, "sock").await),
@@ -256,6 +375,13 @@ async fn any_ignores_the_client_user_and_needs_a_forced_one() {
     }
     let out = psql_as(&pooler, "whoever", "", "forced", "SELECT current_user");
     assert_eq!(psql_ok(&out), ALICE.0);
+    logs_in_with_every_client(
+        &pooler,
+        &[
+            ("whoever", "whatever", "forced", Some(ALICE.0)),
+            (BOB.0, "wrong", "forced", Some(ALICE.0)),
+        ],
+    );
     // Without a forced user there is nobody to log in as (PgBouncer:
     // "bouncer config error"); the client's own name is not taken on trust.
     let (code, message) = refused(pooler.login(BOB.0, "x", "sock").await);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{start, Setup, TestPooler};
+use tokio_postgres::Client;
 
 /// Server connections logged in as one of `users`.
 fn server_connections_of(pooler: &TestPooler, users: &[&str]) -> usize {
@@ -205,5 +206,82 @@ async fn min_pool_size_counts_servers_in_use() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let seen = tokio::task::block_in_place(|| server_connections_of(&pooler, &["postgres"]));
     assert_eq!(seen, 5, "five servers in use, none idle on top");
+    pooler.stop().await;
+}
+
+/// Logs in through the pooler, or gives the refusal's SQLSTATE and message.
+async fn try_login(
+    pooler: &TestPooler,
+    user: &str,
+    password: &str,
+) -> Result<Client, (String, String)> {
+    match pooler.login(user, password, "postgres").await {
+        Ok(client) => Ok(client),
+        Err(err) => {
+            let db = err.as_db_error().unwrap_or_else(|| panic!("{user}: {err}"));
+            Err((db.code().code().to_owned(), db.message().to_owned()))
+        }
+    }
+}
+
+/// Waits until `user` logs in again: a closed client leaves the registry a
+/// moment after its socket closes.
+async fn logs_in_again(pooler: &TestPooler, user: &str, password: &str) -> Client {
+    for _ in 0..100 {
+        if let Ok(client) = try_login(pooler, user, password).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{user} never got in again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limits_per_database_and_per_user_refuse_with_pgbouncers_words() {
+    let pooler = start(Setup {
+        pgbouncer: "max_db_client_connections = 3\nmax_user_client_connections = 2\n\
+                    admin_users = postgres",
+        userlist: "\"postgres\" \"postgres\"\n\"alice\" \"pw-a\"\n\"bob\" \"pw-b\"\n",
+        ..Setup::default()
+    })
+    .await;
+    pooler.cluster.create_user("alice", "pw-a").unwrap();
+    pooler.cluster.create_user("bob", "pw-b").unwrap();
+    let user_limit = (
+        "53300".to_owned(),
+        "client connections exceeded (max_user_client_connections)".to_owned(),
+    );
+    let db_limit = (
+        "53300".to_owned(),
+        "client connections exceeded (max_db_client_connections)".to_owned(),
+    );
+    let a1 = try_login(&pooler, "alice", "pw-a").await.expect("alice 1");
+    let _a2 = try_login(&pooler, "alice", "pw-a").await.expect("alice 2");
+    assert_eq!(
+        try_login(&pooler, "alice", "pw-a").await.err(),
+        Some(user_limit.clone())
+    );
+    // The console is not counted, and does not count.
+    let _console = pooler
+        .login("postgres", "postgres", "pgbouncer")
+        .await
+        .expect("the console");
+    let _b1 = try_login(&pooler, "bob", "pw-b").await.expect("bob 1");
+    // Three clients on the database: the fourth is refused, whoever it is.
+    assert_eq!(
+        try_login(&pooler, "bob", "pw-b").await.err(),
+        Some(db_limit.clone())
+    );
+    // A client that leaves makes room.
+    drop(a1);
+    let a3 = logs_in_again(&pooler, "alice", "pw-a").await;
+    a3.simple_query("SELECT 1")
+        .await
+        .expect("a query after the limit");
+    // Full again; the database's limit is checked first, as in PgBouncer.
+    assert_eq!(
+        try_login(&pooler, "alice", "pw-a").await.err(),
+        Some(db_limit)
+    );
     pooler.stop().await;
 }

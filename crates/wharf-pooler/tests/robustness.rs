@@ -107,34 +107,22 @@ async fn bad_startup_packets_get_a_protocol_error() {
         (
             "an HTTP request",
             b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
-            fatal(
-                "08P01",
-                "invalid startup packet: invalid message length 1195725856 for startup packet",
-            ),
+            fatal("08P01", "bad packet header: '474554202f204854'"),
         ),
         (
             "a 2 GB length",
             two_gb,
-            fatal(
-                "08P01",
-                "invalid startup packet: invalid message length 2147483647 for startup packet",
-            ),
+            fatal("08P01", "bad packet header: '7fffffff00030000'"),
         ),
         (
             "a length of 2^31 (negative as i32)",
             vec![0x80, 0, 0, 0, 0, 3, 0, 0],
-            fatal(
-                "08P01",
-                "invalid startup packet: invalid message length -2147483648 for startup packet",
-            ),
+            fatal("08P01", "bad packet header: '80000000'"),
         ),
         (
             "a length below the minimum",
             vec![0, 0, 0, 3],
-            fatal(
-                "08P01",
-                "invalid startup packet: invalid message length 3 for startup packet",
-            ),
+            fatal("08P01", "bad packet header: '00000003'"),
         ),
         (
             "parameters without their final NUL",
@@ -172,6 +160,73 @@ async fn bad_startup_packets_get_a_protocol_error() {
         assert_eq!(expect_fatal(&mut bad).await, expected, "{what}");
         bystander_works(&bystander, what).await;
     }
+    pooler_accepts(&pooler).await;
+    assert_no_panics();
+    pooler.stop().await;
+}
+
+/// A startup packet of exactly `len` bytes: user, database and an
+/// `application_name` padded to fill it.
+fn startup_packet_of(len: usize) -> Vec<u8> {
+    let bare = startup_packet(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", ""),
+    ]);
+    let name = "a".repeat(len - bare.len());
+    let packet = startup_packet(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", &name),
+    ]);
+    assert_eq!(packet.len(), len);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_packets_up_to_pgbouncers_64_kib_are_taken_past_pkt_buf() {
+    // PgBouncer reads a startup length as 16 bits: up to 65,535 bytes get
+    // in whatever pkt_buf is; one byte more is a bad header.
+    let (pooler, bystander) = pooler_with_bystander("pkt_buf = 4096\n").await;
+    for len in [4097, 10_001, 65_535] {
+        let mut raw = connect(pooler.port).await;
+        send(&mut raw, &startup_packet_of(len)).await;
+        let (tag, body) = wire::read_message(&mut raw).await.expect("an answer");
+        assert_eq!((tag, body.as_slice()), (b'R', &[0, 0, 0, 0][..]), "{len}");
+        bystander_works(&bystander, &format!("{len} bytes")).await;
+    }
+    let mut bad = connect(pooler.port).await;
+    send(&mut bad, &startup_packet_of(65_536)).await;
+    assert_eq!(
+        expect_fatal(&mut bad).await,
+        fatal("08P01", "bad packet header: '0001000000030000'")
+    );
+    // Real clients with a long application_name and long options log in
+    // and run queries (the server keeps 63 bytes of the name).
+    let mut config = tokio_postgres::Config::new();
+    let options = " -c TimeZone=UTC".repeat(2_000);
+    config
+        .host("127.0.0.1")
+        .port(pooler.port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("b".repeat(20_000))
+        .options(&options);
+    let (client, connection) =
+        tokio::time::timeout(wire::ANSWER_TIMEOUT, config.connect(tokio_postgres::NoTls))
+            .await
+            .expect("the login hung")
+            .expect("a long startup packet logs in");
+    tokio::spawn(connection);
+    let rows = client
+        .simple_query("SELECT current_setting('application_name')")
+        .await
+        .expect("a query after a long startup packet");
+    assert!(
+        matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("b".repeat(63).as_str())),
+        "{rows:?}"
+    );
+    bystander_works(&bystander, "after").await;
     pooler_accepts(&pooler).await;
     assert_no_panics();
     pooler.stop().await;

@@ -14,8 +14,11 @@ use crate::config::{AuthType, Secret};
 use crate::proto::messages;
 use crate::proto::{cstr, read_message, ProtocolError};
 
-/// Passwords and SASL messages are small; anything bigger is an attack.
-const MAX_AUTH_MESSAGE: usize = 4096;
+/// The largest password or SASL message body taken: PostgreSQL's
+/// `PG_MAX_AUTH_TOKEN_LENGTH`. Cleartext passwords can be long (cloud IAM
+/// and OAuth tokens are sent as passwords); a smaller limit turned such a
+/// login into a protocol error instead of a password check.
+const MAX_AUTH_MESSAGE: usize = 65_535;
 
 /// Why a client could not be authenticated.
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,13 @@ pub(super) async fn login<S: ClientStream>(
         return Err(Ended);
     }
     let door = door(stream, peer, state, &database, &user).await?;
+    if door == Door::Pool {
+        if let Some(message) = over_client_limit(state, &config, &database, &user) {
+            tracing::warn!(%peer, %database, %user, "closing client: {message}");
+            refuse(stream, state, peer, "53300", message).await;
+            return Err(Ended);
+        }
+    }
     if !matches!(door, Door::OwnUser(_)) {
         auth::authenticate(stream, peer, state, &config, &database, &user).await?;
     }
@@ -132,6 +139,48 @@ pub(super) async fn login<S: ClientStream>(
     }))
 }
 
+/// PgBouncer's words for a client that would go over
+/// `max_db_client_connections` of its database or
+/// `max_user_client_connections` of its user (PgBouncer 1.24), checked
+/// before the password as PgBouncer does. Logged-in clients count (the
+/// console's do not); logins still under way do not, so clients logging in
+/// at the same moment may pass a limit together.
+fn over_client_limit(
+    state: &PoolerState,
+    config: &crate::config::Config,
+    database: &str,
+    user: &str,
+) -> Option<&'static str> {
+    let settings = &config.pgbouncer;
+    let db_max = config
+        .database(database)
+        .and_then(|db| db.max_db_client_connections)
+        .filter(|&n| n > 0)
+        .unwrap_or(settings.max_db_client_connections);
+    let user_max = config
+        .user(user)
+        .and_then(|u| u.max_user_client_connections)
+        .filter(|&n| n > 0)
+        .unwrap_or(settings.max_user_client_connections);
+    if db_max == 0 && user_max == 0 {
+        return None;
+    }
+    let clients = state.router().stats().clients();
+    let count = |of: &dyn Fn(&crate::stats::ClientInfo) -> bool| {
+        clients
+            .iter()
+            .filter(|c| !c.info.admin && of(&c.info))
+            .count()
+    };
+    if db_max > 0 && count(&|c| c.database == database) >= db_max {
+        return Some("client connections exceeded (max_db_client_connections)");
+    }
+    if user_max > 0 && count(&|c| c.user == user) >= user_max {
+        return Some("client connections exceeded (max_user_client_connections)");
+    }
+    None
+}
+
 /// Which way a client comes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Door {
@@ -182,7 +231,10 @@ async fn route<S: ClientStream>(
     match state.router().route(database, user) {
         Ok(pool) if pool.control().is_disabled() => {
             tracing::info!(%peer, %database, "closing client: database disabled");
-            let message = format!("database does not allow connections: {database}");
+            // PgBouncer 1.24's words, checked once the client has proved
+            // who it is (before 1.24: "database does not allow
+            // connections: …", before the password).
+            let message = format!("database \"{database}\" is disabled");
             refuse(stream, state, peer, "08P01", &message).await;
             Err(Ended)
         }

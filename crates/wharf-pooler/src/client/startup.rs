@@ -134,7 +134,11 @@ async fn bad_startup<S: ClientStream>(
 ) -> Ended {
     if !matches!(err, ProtocolError::Closed) {
         tracing::info!(%peer, error = %err, "closing client: bad startup packet");
-        let message = format!("invalid startup packet: {err}");
+        // PgBouncer's own words for a header it cannot read.
+        let message = match err {
+            ProtocolError::BadHeader(_) => err.to_string(),
+            _ => format!("invalid startup packet: {err}"),
+        };
         refuse(stream, state, peer, "08P01", &message).await;
     }
     Ended

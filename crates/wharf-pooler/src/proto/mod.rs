@@ -34,6 +34,10 @@ pub enum ProtocolError {
         /// The length read.
         len: i64,
     },
+    /// A startup packet header PgBouncer would not read either (a length
+    /// under 8 or over 65,535), quoted in hex.
+    #[error("bad packet header: '{0}'")]
+    BadHeader(String),
     /// A protocol version this pooler does not speak.
     #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0")]
     UnsupportedVersion {

@@ -12,8 +12,14 @@ const SSL_REQUEST: i32 = 80_877_103;
 const GSSENC_REQUEST: i32 = 80_877_104;
 const CANCEL_REQUEST: i32 = 80_877_102;
 
-/// The largest startup packet accepted (PostgreSQL's own limit is 10,000).
-const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest startup packet accepted: PgBouncer reads a startup packet's
+/// length as two zero bytes and a 16-bit length, whatever `pkt_buf` is, so
+/// a long `options` or `application_name` that PgBouncer takes is taken
+/// here too (PostgreSQL's own limit, 10,000, would refuse some).
+const MAX_STARTUP_LEN: usize = 0xffff;
+/// How long to wait for the rest of a bad header, to quote it as PgBouncer
+/// does; a client that sent a bad length may send nothing more.
+const HEADER_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The first packet of a client connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +49,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
         Err(e) => return Err(e.into()),
     };
     if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
-        return Err(ProtocolError::BadLength {
-            what: "startup packet",
-            len: len.into(),
-        });
+        return Err(bad_header(reader, len).await);
     }
     let mut body = vec![0; len as usize - 4];
     reader.read_exact(&mut body).await?;
@@ -71,6 +74,29 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
             minor: version & 0xffff,
         }),
     }
+}
+
+/// PgBouncer's refusal of a startup length it will not take: the header's
+/// first 8 bytes in hex (those that came), so the log shows what the
+/// client sent instead (an HTTP request, a TLS ClientHello, ...).
+async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, len: i32) -> ProtocolError {
+    let mut header = len.to_be_bytes().to_vec();
+    let mut rest = [0u8; 4];
+    let mut got = 0;
+    // Only a length that claims a body has more header to quote.
+    if len >= 8 {
+        let _ = tokio::time::timeout(HEADER_GRACE, async {
+            while got < rest.len() {
+                match reader.read(&mut rest[got..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+    }
+    header.extend_from_slice(&rest[..got]);
+    ProtocolError::BadHeader(header.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {

@@ -309,6 +309,15 @@ pub fn auth_failed(user: &str) -> (String, String) {
     )
 }
 
+/// The SQLSTATE and message of a `trust` login of a user the pooler does
+/// not know (PgBouncer's words).
+pub fn trust_failed() -> (String, String) {
+    (
+        "08P01".to_owned(),
+        "\"trust\" authentication failed".to_owned(),
+    )
+}
+
 /// What the pooler answered: the tags in order, the first column of each
 /// row, each error's SQLSTATE and message, and the command tags.
 #[derive(Debug, Default)]

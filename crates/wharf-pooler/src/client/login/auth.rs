@@ -24,6 +24,8 @@ const REJECTED: &str = "login rejected";
 const CERT_FAILED: &str = "certificate authentication failed";
 /// PgBouncer's words when a `peer` login fails.
 const PEER_FAILED: &str = "unix socket login rejected";
+/// PgBouncer's words for a user `trust` does not know.
+const TRUST_FAILED: &str = "\"trust\" authentication failed";
 
 /// A user as the pooler knows it.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +104,10 @@ pub(in crate::client) async fn authenticate<S: ClientStream>(
         // PgBouncer: "The user name must still exist in auth_file" (or be
         // found by auth_query).
         Proof::Password(AuthType::Trust) if account.known => return Ok(()),
+        Proof::Password(AuthType::Trust) => Some((
+            format!("trust login of unknown user \"{user}\""),
+            TRUST_FAILED,
+        )),
         Proof::Password(method) => {
             return password(stream, peer, state, method, (database, user), &account).await
         }

@@ -257,13 +257,34 @@ fn serve(path: &std::path::Path) -> ExitCode {
     code
 }
 
-fn run_pooler(config: config::Config) -> ExitCode {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if config.pgbouncer.workers > 0 {
-        runtime.worker_threads(config.pgbouncer.workers);
+/// The runtime `wharf serve` runs on: `workers` threads, or with 0 one
+/// per core past two and a single thread on one or two cores. One thread
+/// is a current-thread runtime (as PgBouncer's one process): on a 2-core
+/// machine it spent 7 to 22 % less CPU per transaction than two worker
+/// threads and served as many or more (docs/BENCHMARKS.md, run 8), since
+/// no worker parks and wakes another, and a pooler on so small a machine
+/// shares it with its database or its application.
+fn pooler_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match workers {
+        0 => match std::thread::available_parallelism().map_or(1, usize::from) {
+            cores if cores <= 2 => 1,
+            cores => cores,
+        },
+        workers => workers,
+    };
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
     }
-    let runtime = match runtime.build() {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(threads)
+        .build()
+}
+
+fn run_pooler(config: config::Config) -> ExitCode {
+    let runtime = match pooler_runtime(config.pgbouncer.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");

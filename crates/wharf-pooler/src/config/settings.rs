@@ -528,7 +528,9 @@ settings! {
     user: Option<String> = None, OptText, None, false;
     /// Log verbosity (0 to 3). Default 0.
     verbose: u32 = 0, Uint<u32>, None, true;
-    /// Tokio worker threads; 0 is one per core. wharf only. Default 0.
+    /// Threads `wharf serve` runs on; 0 is one per core past two cores
+    /// and one on one or two; 1 runs everything on one thread. wharf only.
+    /// Default 0.
     workers: usize = 0, Uint<usize>, Some("0"), false;
 }
 

@@ -287,6 +287,12 @@ impl Tracker {
     /// next Sync after an error, a request it will discard is undone at
     /// once instead (and a reply the pooler would make is not made).
     fn push(&mut self, server: &mut ServerStatements, outstanding: Outstanding) {
+        if outstanding.request == Request::Sync {
+            self.skipping = false;
+        } else if self.skipping {
+            self.undo(outstanding, server);
+            return;
+        }
         match outstanding.request {
             Request::Bind | Request::Execute => self.group_ran = true,
             Request::Sync | Request::Simple => {
@@ -294,12 +300,6 @@ impl Tracker {
                 self.groups_sent += 1;
             }
             _ => {}
-        }
-        if outstanding.request == Request::Sync {
-            self.skipping = false;
-        } else if self.skipping {
-            self.undo(outstanding, server);
-            return;
         }
         self.queue.push_back(outstanding);
     }

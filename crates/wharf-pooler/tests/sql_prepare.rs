@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::wire::{exchange, login_trusted, query, Replies};
+use common::wire::{exchange, login_trusted, message, query, Replies};
 use common::{start, Setup, TestPooler};
 use tokio::net::TcpStream;
 
@@ -134,11 +134,20 @@ async fn clients_share_a_statement_but_not_its_names() {
         format!("EXECUTE {server_name}"),
         format!("DEALLOCATE {server_name}"),
         "EXECUTE wharf_check".to_string(),
+        format!("SELECT 1; EXECUTE {server_name}"),
+        format!("SELECT 1; DEALLOCATE PREPARE \"{server_name}\""),
     ] {
         let refused = sql(&mut b, &text).await;
         assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");
     }
     assert_eq!(sql(&mut b, "EXECUTE t").await.rows, ["7"]);
+    // A statement a client leaves on the server under a name like the
+    // pooler's stand-ins gets in nobody's way.
+    sql(&mut b, "SELECT 1; PREPARE wharf_check AS SELECT 1").await;
+    let checked = sql(&mut a, "PREPARE again AS SELECT 7").await;
+    assert!(checked.errors.is_empty(), "{checked:?}");
+    let dropped = sql(&mut a, "DEALLOCATE again").await;
+    assert!(dropped.errors.is_empty(), "{dropped:?}");
     pooler.stop().await;
 }
 
@@ -222,5 +231,30 @@ async fn simple_queries_longer_than_what_is_read_stream_through() {
     );
     let names = sql(&mut a, "SELECT name FROM pg_prepared_statements").await;
     assert_eq!(names.rows, ["big"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_execute_sharing_a_transaction_with_earlier_work_is_not_run_again() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    sql(&mut a, "CREATE TABLE shared_xact (a int)").await;
+    sql(&mut a, "PREPARE s AS SELECT * FROM shared_xact").await;
+    assert!(sql(&mut a, "EXECUTE s").await.errors.is_empty());
+    sql(&mut a, "ALTER TABLE shared_xact ADD COLUMN b int").await;
+    // An INSERT sent without a Sync, then the EXECUTE: both in one
+    // implicit transaction, which the refused plan rolls back. Running the
+    // EXECUTE again alone would hide that the INSERT is gone.
+    let insert = [
+        message(b'P', b"\0INSERT INTO shared_xact VALUES (1)\0\0\0"),
+        message(b'B', b"\0\0\0\0\0\0\0\0"),
+        message(b'E', b"\0\0\0\0\0"),
+        query("EXECUTE s"),
+    ]
+    .concat();
+    let replies = exchange(&mut a, &insert, 1).await;
+    assert_eq!(error_codes(&replies), ["0A000"], "{replies:?}");
+    let rows = sql(&mut a, "SELECT count(*) FROM shared_xact").await;
+    assert_eq!(rows.rows, ["0"]);
     pooler.stop().await;
 }

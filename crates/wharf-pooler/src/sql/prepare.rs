@@ -83,9 +83,73 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
     }
 }
 
+/// Where, in a query [`classify`] leaves to the server, an `EXECUTE` or
+/// `DEALLOCATE [PREPARE]` names a statement whose name (as PostgreSQL
+/// folds it) starts with `prefix`: the pooler's own names, which a client
+/// must not reach inside a longer query either. Empty for most queries,
+/// which do not contain the prefix at all.
+pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> {
+    let contains = sql
+        .windows(prefix.len())
+        .any(|w| w.eq_ignore_ascii_case(prefix));
+    let Some(text) = contains.then(|| std::str::from_utf8(sql).ok()).flatten() else {
+        return Vec::new();
+    };
+    let Ok(tokens) = pg_query::scan_tokens(text) else {
+        return Vec::new();
+    };
+    let tokens: Vec<_> = tokens
+        .iter()
+        .filter_map(|t| {
+            let kind = Token::try_from(t.token).ok()?;
+            let at = usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?;
+            (!matches!(kind, Token::SqlComment | Token::CComment)).then_some((kind, at))
+        })
+        .collect();
+    let mut reached = Vec::new();
+    for (i, (kind, _)) in tokens.iter().enumerate() {
+        let mut next = i + 1;
+        match kind {
+            Token::Execute => {}
+            Token::Deallocate => {
+                if matches!(tokens.get(next), Some((Token::Prepare, _))) {
+                    next += 1;
+                }
+            }
+            _ => continue,
+        }
+        let Some((_, at)) = tokens.get(next) else {
+            continue;
+        };
+        let Some(word) = sql.get(at.clone()) else {
+            continue;
+        };
+        let folded = match word.strip_prefix(b"\"").and_then(|w| w.strip_suffix(b"\"")) {
+            Some(quoted) => quoted.to_vec(),
+            None => word.to_ascii_lowercase(),
+        };
+        if folded.starts_with(prefix) {
+            reached.push(at.clone());
+        }
+    }
+    reached
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{classify, SqlStatement};
+    use super::{classify, own_names_reached, SqlStatement};
+
+    #[test]
+    fn own_names_are_found_in_longer_queries() {
+        let sql = "SELECT 1; EXECUTE Wharf_7(1); deallocate prepare \"wharf_8\"; EXECUTE mine";
+        let found: Vec<&str> = own_names_reached(sql.as_bytes(), b"wharf_")
+            .into_iter()
+            .map(|at| &sql[at])
+            .collect();
+        assert_eq!(found, ["Wharf_7", "\"wharf_8\""]);
+        assert!(own_names_reached(b"SELECT wharf_7 FROM t", b"wharf_").is_empty());
+        assert!(own_names_reached(b"SELECT 1", b"wharf_").is_empty());
+    }
 
     fn definition(sql: &str) -> Option<(String, String)> {
         match classify(sql.as_bytes())? {

@@ -740,6 +740,14 @@ impl Tracker {
         }
         // No Sync sent yet: the server discards what comes until one is.
         self.skipping = self.queue.is_empty();
+        // A simple query the server skips gets no ReadyForQuery; and what
+        // was kept to run again is of a group that failed otherwise.
+        let skipped_queries = undone
+            .iter()
+            .filter(|o| o.request == Request::Simple)
+            .count();
+        self.groups_sent -= skipped_queries as u64;
+        self.capture = None;
         // Newest first: a statement a later request evicted was recorded
         // as evicted after the Parse that put it there.
         for outstanding in undone.into_iter().rev() {

@@ -96,7 +96,9 @@ impl Tracker {
     /// simple query's answer always describes its rows, so the client
     /// learns the new shape).
     pub(super) fn capture_query(&mut self, statement: &Arc<Statement>, text: &[&[u8]]) {
-        if self.capture.is_some() || self.skipping {
+        // Work sent before it without a Sync shares its implicit
+        // transaction, and would be rolled back with it.
+        if self.group_ran || self.capture.is_some() || self.skipping {
             return;
         }
         let bytes: BytesMut = text.concat().as_slice().into();
@@ -163,7 +165,8 @@ impl Tracker {
         let Some(head) = self.queue.front() else {
             return false;
         };
-        let same = matches!(&head.effect, Effect::Uses(s) if Arc::ptr_eq(s, &capture.statement))
+        let same = head.request == Request::Bind
+            && matches!(&head.effect, Effect::Uses(s) if Arc::ptr_eq(s, &capture.statement))
             && capture.group == self.groups_done;
         let sync = self.queue.iter().position(|o| o.request == Request::Sync);
         let last = self.queue.len() - 1;

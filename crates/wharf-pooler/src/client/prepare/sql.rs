@@ -22,11 +22,15 @@ use bytes::BufMut;
 
 use super::{foreign_name, Answer, Effect, Outstanding, Request, Tracker, OWN_PREFIX};
 use crate::prepared::{Registry, ServerStatements, Statement};
-use crate::sql::prepare::{classify, SqlStatement};
+use crate::sql::prepare::{classify, own_names_reached, SqlStatement};
 use crate::stats::PoolStats;
 
-/// A name no client can reach: [`OWN_PREFIX`] names are the pooler's.
-const CHECK_NAME: &[u8] = b"wharf_check";
+/// A name for a statement the pooler prepares and deallocates at once: no
+/// client can reach an [`OWN_PREFIX`] name, and none can guess this one to
+/// leave a statement of that name in the way.
+fn check_name() -> Vec<u8> {
+    format!("wharf_check_{:016x}", fastrand::u64(..)).into_bytes()
+}
 
 impl Tracker {
     /// A simple Query: handled when it is one SQL-level `PREPARE`,
@@ -43,7 +47,7 @@ impl Tracker {
             return false;
         };
         match classify(sql) {
-            None => false,
+            None => self.guard_own_names(sql, server),
             Some(SqlStatement::Prepare { name, definition }) => {
                 self.sql_prepare(name.as_bytes(), definition, server, registry, stats);
                 true
@@ -87,13 +91,14 @@ impl Tracker {
         stats.server_parses.fetch_add(1, Ordering::Relaxed);
         let client_name = name.to_vec();
         if server.touch(&statement) {
+            let check = check_name();
             self.send_query(&[
                 b"PREPARE ",
-                CHECK_NAME,
+                &check,
                 b" ",
                 definition,
                 b"; DEALLOCATE ",
-                CHECK_NAME,
+                &check,
             ]);
             let effect = Effect::Named {
                 statement,
@@ -151,17 +156,40 @@ impl Tracker {
             return true;
         };
         self.client.remove(name);
-        self.send_query(&[
-            b"PREPARE ",
-            CHECK_NAME,
-            b" AS SELECT; DEALLOCATE ",
-            CHECK_NAME,
-        ]);
+        let check = check_name();
+        self.send_query(&[b"PREPARE ", &check, b" AS SELECT; DEALLOCATE ", &check]);
         let effect = Effect::Unnamed {
             statement,
             client_name: name.to_vec(),
         };
         self.queue_query(Answer::HideComplete(0), effect, server);
+        true
+    }
+
+    /// A query left to the server as it is, unless an `EXECUTE` or
+    /// `DEALLOCATE` in it names one of the pooler's statements (`SELECT 1;
+    /// EXECUTE wharf_7`): those names are changed to ones the server says
+    /// do not exist, so that no client runs or drops another's statement.
+    fn guard_own_names(&mut self, sql: &[u8], server: &mut ServerStatements) -> bool {
+        let reached = own_names_reached(sql, OWN_PREFIX);
+        if reached.is_empty() {
+            return false;
+        }
+        let mut text = Vec::with_capacity(sql.len() + 16 * reached.len());
+        let mut from = 0;
+        for at in reached {
+            text.extend_from_slice(&sql[from..at.start]);
+            let name = sql[at.clone()].to_ascii_lowercase();
+            let name = name
+                .strip_prefix(b"\"")
+                .and_then(|n| n.strip_suffix(b"\""))
+                .unwrap_or(&name);
+            text.extend_from_slice(&quoted(&foreign_name(name)));
+            from = at.end;
+        }
+        text.extend_from_slice(&sql[from..]);
+        self.send_query(&[&text]);
+        self.queue_query(Answer::Relay, Effect::None, server);
         true
     }
 
@@ -210,26 +238,33 @@ fn quoted(name: &[u8]) -> Vec<u8> {
 
 /// A statement raising PostgreSQL's own error for a `PREPARE` of a name in
 /// use, run on the server so that a transaction block fails as it would.
+/// The message is dollar-quoted, so no setting of
+/// `standard_conforming_strings` changes how the name reads.
 fn already_exists(name: &[u8]) -> Vec<u8> {
-    let mut message = b"prepared statement \"".to_vec();
-    for &b in name {
-        if b == b'\'' {
-            message.push(b'\'');
-        }
-        message.push(b);
+    let message = [
+        b"prepared statement \"".as_slice(),
+        name,
+        b"\" already exists",
+    ]
+    .concat();
+    let contains = |text: &[u8], tag: &[u8]| text.windows(tag.len()).any(|w| w == tag);
+    let mut outer = b"$wharf$".to_vec();
+    while contains(&message, &outer) {
+        outer.insert(1, b'x');
     }
-    message.extend_from_slice(b"\" already exists");
-    let mut tag = b"$wharf$".to_vec();
-    while message.windows(tag.len()).any(|w| w == tag.as_slice()) {
-        tag.insert(1, b'x');
+    let mut inner = b"$m$".to_vec();
+    while contains(&message, &inner) {
+        inner.insert(1, b'x');
     }
     [
         b"DO ".as_slice(),
-        &tag,
-        b"BEGIN RAISE EXCEPTION USING ERRCODE = 'duplicate_prepared_statement', MESSAGE = '",
+        &outer,
+        b"BEGIN RAISE EXCEPTION USING ERRCODE = 'duplicate_prepared_statement', MESSAGE = ",
+        &inner,
         &message,
-        b"'; END",
-        &tag,
+        &inner,
+        b"; END",
+        &outer,
     ]
     .concat()
 }
@@ -242,10 +277,11 @@ mod tests {
     fn names_are_quoted_and_escaped() {
         assert_eq!(quoted(b"client:wharf_1\0"), br#""client:wharf_1""#);
         assert_eq!(quoted(b"a\"b"), br#""a""b""#);
-        let sql = String::from_utf8(already_exists(b"it's")).unwrap();
-        assert!(sql.contains(r#"MESSAGE = 'prepared statement "it''s" already exists'"#));
+        let sql = String::from_utf8(already_exists(b"it's\\")).unwrap();
+        assert!(sql.contains(r#"MESSAGE = $m$prepared statement "it's\" already exists$m$"#));
         assert!(sql.starts_with("DO $wharf$") && sql.ends_with("END$wharf$"));
-        let sql = String::from_utf8(already_exists(b"$wharf$")).unwrap();
+        let sql = String::from_utf8(already_exists(b"$wharf$m$")).unwrap();
         assert!(sql.starts_with("DO $xwharf$"), "{sql}");
+        assert!(sql.contains("MESSAGE = $xm$"), "{sql}");
     }
 }

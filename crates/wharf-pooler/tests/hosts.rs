@@ -239,12 +239,24 @@ async fn target_session_attrs_pick_the_primary_or_the_standby_and_follow_a_promo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_over_max_replica_lag_is_not_used() {
+    replica_over_lag_is_not_used("1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_over_max_replica_lag_in_bytes_is_not_used() {
+    replica_over_lag_is_not_used("64kB").await;
+}
+
+/// A standby within `limit` serves a `prefer-standby` pool; once its
+/// replay is paused and the primary writes (some 350 kB of WAL, and 1.5 s
+/// pass), it is passed over for the primary.
+async fn replica_over_lag_is_not_used(limit: &str) {
     let primary = cluster().await;
     let standby = primary.replica().expect("a streaming replica");
     let (pp, ps) = (primary.port(), standby.port());
     let databases = format!(
         "ro = host=127.0.0.1,127.0.0.1 port={ps},{pp} dbname=postgres \
-         target_session_attrs=prefer-standby max_replica_lag=1\n"
+         target_session_attrs=prefer-standby max_replica_lag={limit}\n"
     );
     // A commit the standby has replayed, so that its lag has a measure.
     primary
@@ -277,7 +289,10 @@ async fn a_replica_over_max_replica_lag_is_not_used() {
         .unwrap();
     pooler
         .cluster
-        .psql("postgres", "CREATE TABLE lag_marker AS SELECT 1 AS x")
+        .psql(
+            "postgres",
+            "CREATE TABLE lag_marker AS SELECT generate_series(1, 10000) AS x",
+        )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     pooler.shared.router().reconnect(None);

@@ -74,9 +74,9 @@ pub struct Database {
     /// `read-write`, `read-only`, `primary`, `standby` or `prefer-standby`
     /// (a wharf extension to PgBouncer's configuration).
     pub target_session_attrs: Option<String>,
-    /// A standby replaying more than this far behind its primary is not
-    /// used (a wharf extension).
-    pub max_replica_lag: Option<Duration>,
+    /// A standby further behind its primary than this is not used (a
+    /// wharf extension).
+    pub max_replica_lag: Option<ReplicaLag>,
     /// Read/write routing (a wharf extension): in transaction mode, a
     /// transaction that starts with a plain read may go to a standby of
     /// the host list; the rest go to the primary.
@@ -341,7 +341,7 @@ pub(crate) fn apply_database_key(
                 ],
             )?)
         }
-        "max_replica_lag" => db.max_replica_lag = Some(Secs::parse(raw)?),
+        "max_replica_lag" => db.max_replica_lag = Some(ReplicaLag::parse(raw)?),
         "read_routing" => db.read_routing = Some(Flag::parse(raw)?),
         _ => return Err(KeyError::Unknown),
     }
@@ -427,6 +427,45 @@ pub(crate) fn split_connstring(s: &str) -> Result<Vec<(String, String)>, String>
     }
 }
 
+/// How far behind its primary a standby may be (`max_replica_lag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaLag {
+    /// Replay lag in time (a number of seconds, or a time with units).
+    Time(Duration),
+    /// WAL the standby has received and not replayed yet, in bytes (a
+    /// size with PostgreSQL's units: `B`, `kB`, `MB`, `GB`, `TB`).
+    Bytes(u64),
+}
+
+impl ReplicaLag {
+    fn parse(raw: &Raw<'_>) -> Result<Self, ValueError> {
+        if let Raw::Str(text) = raw {
+            if let Some(bytes) = parse_size(text) {
+                return Ok(ReplicaLag::Bytes(bytes));
+            }
+        }
+        Secs::parse(raw).map(ReplicaLag::Time).map_err(|_| {
+            ValueError::invalid("a time (seconds, or with units) or a size (16MB, 512kB, ...)")
+        })
+    }
+}
+
+/// A size with one of PostgreSQL's memory units (powers of 1024).
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let unit_at = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = (text[..unit_at].trim(), &text[unit_at..]);
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +476,26 @@ mod tests {
 
     fn p(k: &str, v: &str) -> (String, String) {
         (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn max_replica_lag_is_a_time_or_a_size() {
+        let lag = |s: &str| ReplicaLag::parse(&Raw::Str(s));
+        assert_eq!(lag("5"), Ok(ReplicaLag::Time(Duration::from_secs(5))));
+        assert_eq!(
+            lag("500ms"),
+            Ok(ReplicaLag::Time(Duration::from_millis(500)))
+        );
+        assert_eq!(lag("16MB"), Ok(ReplicaLag::Bytes(16 << 20)));
+        assert_eq!(lag(" 512 kB "), Ok(ReplicaLag::Bytes(512 << 10)));
+        assert_eq!(lag("100b"), Ok(ReplicaLag::Bytes(100)));
+        assert_eq!(
+            ReplicaLag::parse(&Raw::Int(3)),
+            Ok(ReplicaLag::Time(Duration::from_secs(3)))
+        );
+        for bad in ["16XB", "MB", "-1MB", "99999999999TB", "soon"] {
+            assert!(lag(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

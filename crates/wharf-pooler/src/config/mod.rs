@@ -74,7 +74,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use database::{Database, User};
+pub use database::{Database, ReplicaLag, User};
 pub use error::{ConfigError, ConfigWarning};
 pub use hba::{HbaAddress, HbaConnection, HbaDatabase, HbaMethod, HbaRule, HbaRules, HbaUser};
 pub use peers::{Peer, MAX_PEER_ID};

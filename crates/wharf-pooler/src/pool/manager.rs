@@ -200,7 +200,7 @@ impl ServerManager {
         }
         let (role, read_only) = conn.probe_role().await?;
         let lagging = match (role, target.max_replica_lag) {
-            (Role::Standby, Some(limit)) => conn.replay_lag().await? > limit,
+            (Role::Standby, Some(limit)) => conn.lags_over(limit).await?,
             _ => false,
         };
         self.hosts.seen(host, role, read_only, lagging);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{Role, ServerConn, ServerError};
+use crate::config::ReplicaLag;
 
 /// Replay lag in seconds: 0 when the standby has replayed all it received
 /// (an idle primary sends nothing, and its last commit's age is no lag);
@@ -12,6 +13,12 @@ use super::{Role, ServerConn, ServerError};
 /// as too far behind, when it is behind and has replayed no commit yet.
 const LAG_QUERY: &str = "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() \
      THEN 0 ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END";
+
+/// WAL received and not yet replayed, in bytes; NULL (too far behind)
+/// when no WAL receiver is streaming.
+const BACKLOG_QUERY: &str = "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver \
+     WHERE status = 'streaming') THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), \
+     pg_last_wal_replay_lsn())::bigint END";
 
 impl ServerConn {
     /// The server's role and whether it is read-only by default: from what
@@ -52,6 +59,25 @@ impl ServerConn {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(f64::INFINITY);
         Ok(Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
+    }
+
+    /// Bytes of WAL the standby has received and not replayed yet; a
+    /// standby whose WAL receiver is not streaming counts as too far
+    /// behind (what it has received says nothing of its primary then).
+    pub async fn replay_backlog(&mut self) -> Result<u64, ServerError> {
+        Ok(self
+            .query_value(BACKLOG_QUERY)
+            .await?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX))
+    }
+
+    /// Whether the standby is further behind than `limit`.
+    pub async fn lags_over(&mut self, limit: ReplicaLag) -> Result<bool, ServerError> {
+        Ok(match limit {
+            ReplicaLag::Time(limit) => self.replay_lag().await? > limit,
+            ReplicaLag::Bytes(limit) => self.replay_backlog().await? > limit,
+        })
     }
 
     /// Records the role the pool took it for.

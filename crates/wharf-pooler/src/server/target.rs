@@ -1,10 +1,8 @@
 //! How to reach and log in to one server for one pool: what a server
 //! connection is opened with.
 
-use std::time::Duration;
-
 use crate::auth::ClientKey;
-use crate::config::Secret;
+use crate::config::{ReplicaLag, Secret};
 use crate::net::ServerAddr;
 use crate::tls::ServerTls;
 
@@ -21,7 +19,7 @@ pub struct ServerTarget {
     /// Which hosts' servers are used.
     pub attrs: SessionAttrs,
     /// A standby further behind than this is not used.
-    pub max_replica_lag: Option<Duration>,
+    pub max_replica_lag: Option<ReplicaLag>,
     /// The database name on the server.
     pub database: String,
     /// The user to log in as.

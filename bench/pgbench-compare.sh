@@ -57,7 +57,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port); baseline_port=$(free_port)
 baseline_bin=${WHARF_BASELINE:-}
 
@@ -123,32 +123,13 @@ if [ -n "$baseline_bin" ]; then
   pids+=($!)
   ports+=("$baseline_port")
 fi
-for port in "${ports[@]}"; do
-  for _ in $(seq 100); do
-    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-done
+for port in "${ports[@]}"; do wait_ready "$port"; done
 
 pid_of() { cat "$work/$1.pid" 2>/dev/null || echo 0; }
 bouncer_pid=$(pid_of pgbouncer); wharf_pid=$(pid_of wharf); baseline_pid=$(pid_of baseline)
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-tps() { # port args...: "TPS transactions"
-  local port=$1; shift
-  "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null \
-    | awk '/^number of transactions actually processed: / {split($6, n, "/"); x=n[1]} /^tps = / {t=$3} END {print (t ? t : 0), (x ? x : 0)}'
-}
 
-clk_tck=$(getconf CLK_TCK)
-# CPU time (utime + stime of every thread, in clock ticks) and context
-# switches (voluntary + involuntary, summed over its threads) of a process.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-ctx_switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null \
-    | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
-}
 
 measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact"
   local port=$1 pid=$2; shift 2
@@ -179,9 +160,6 @@ cols+=" cs/xact pgbouncer | cs/xact wharf |"; sep+="---:|---:|"
 [ -n "$baseline_bin" ] && { cols+=" cs/xact baseline |"; sep+="---:|"; }
 echo "$cols"; echo "$sep"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
-col() { # n: the median of field n of the lines on stdin
-  awk -v n="$1" '{print $n}' | median
-}
 row() { # label pgbench-args...
   local label=$1; shift
   local d=() b=() w=() o=()

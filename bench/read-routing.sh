@@ -43,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 primary_port=$(free_port); replica_port=$(free_port); on_port=$(free_port); off_port=$(free_port)
 ulimit -n 8192 2>/dev/null || true
 
@@ -83,27 +83,10 @@ for name in on off; do
   RUST_LOG=warn "$wharf_bin" serve "$work/$name.ini" >"$work/$name.out" 2>&1 &
   pids+=($!)
 done
-for port in "$on_port" "$off_port"; do
-  for _ in $(seq 100); do
-    "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-done
+for port in "$on_port" "$off_port"; do wait_ready "$port"; done
 pid_of() { cat "$work/$1.pid" 2>/dev/null || echo 0; }
 on_pid=$(pid_of on); off_pid=$(pid_of off)
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-tps() { # port args...: "TPS transactions"
-  local port=$1; shift
-  "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null \
-    | awk '/^number of transactions actually processed: / {split($6, n, "/"); x=n[1]} /^tps = / {t=$3} END {print (t ? t : 0), (x ? x : 0)}'
-}
-clk_tck=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-ctx_switches() {
-  cat /proc/"$1"/task/*/status 2>/dev/null \
-    | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
-}
 # Transactions PostgreSQL counted on the replica (reads that went there).
 replica_xacts() {
   "$pg_bin/psql" -h 127.0.0.1 -p "$replica_port" -U postgres -d postgres -Atqc \
@@ -127,7 +110,6 @@ echo "on replica: the share of transactions the replica counted (pg_stat_databas
 echo
 echo "| workload | TPS routing on | TPS routing off | on/off | CPU/xact on (µs) | CPU/xact off (µs) | cs/xact on | cs/xact off | on replica (on) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-col() { awk -v n="$1" '{print $n}' | median; }
 row() { # label pgbench-args...
   local label=$1; shift
   local on=() off=()

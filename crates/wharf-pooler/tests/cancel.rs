@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::console::{console, eventually, show, CONSOLE_SETTINGS, CONSOLE_USERLIST};
 use common::{start, wire, Setup, TestPooler};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 /// Turns a hang into a failure; the cancelled query would run 30 s.
 const ANSWER: Duration = Duration::from_secs(15);
@@ -53,16 +53,7 @@ async fn wait_until_running(observer: &Client, query: &str) {
 /// The first column of the first row, by the simple protocol (one message,
 /// so a transaction-mode pooler runs it on one server).
 async fn text(client: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
-    let messages = tokio::time::timeout(ANSWER, client.simple_query(sql))
-        .await
-        .unwrap_or_else(|_| panic!("{sql:?} hung"))?;
-    Ok(messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql:?} returned no row")))
+    common::first_text(client, sql, ANSWER).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{start, Setup, TestPooler};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 /// Turns a hang into a failure; the interrupted query would sleep 60 s.
 const ANSWER: Duration = Duration::from_secs(20);
@@ -55,18 +55,10 @@ async fn serves_again(pooler: &TestPooler) {
     }
 }
 
-/// The first column of the first row, by the simple protocol.
+/// The first column of the first row, by the simple protocol (one message,
+/// so a transaction-mode pooler runs it on one server).
 async fn text(client: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
-    let messages = tokio::time::timeout(ANSWER, client.simple_query(sql))
-        .await
-        .unwrap_or_else(|_| panic!("{sql:?} hung"))?;
-    Ok(messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql:?} returned no row")))
+    common::first_text(client, sql, ANSWER).await
 }
 
 /// Waits until the server runs [`LONG`] (asked over its own socket).

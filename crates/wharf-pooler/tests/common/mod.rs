@@ -314,6 +314,27 @@ impl TestPooler {
     }
 }
 
+/// The first column of the first row `sql` returns by the simple protocol;
+/// a panic if it takes longer than `within` or returns no row.
+pub async fn first_text(
+    client: &Client,
+    sql: &str,
+    within: Duration,
+) -> Result<String, tokio_postgres::Error> {
+    let messages = tokio::time::timeout(within, client.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql:?} hung"))?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some(row.get(0).unwrap_or_default().to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql:?} returned no row")))
+}
+
 pub mod certs;
 pub mod console;
 pub mod pgbench;

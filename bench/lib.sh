@@ -1,0 +1,33 @@
+# Helpers shared by the pgbench scripts (sourced, not run): ports, the
+# pgbench runner and the per-process CPU and context-switch counters.
+# Expects pg_bin and SECONDS_PER_RUN to be set.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# The median of field n of the lines on stdin.
+col() { awk -v n="$1" '{print $n}' | median; }
+
+tps() { # port args...: "TPS transactions"
+  local port=$1; shift
+  "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -T "$SECONDS_PER_RUN" "$@" postgres 2>/dev/null \
+    | awk '/^number of transactions actually processed: / {split($6, n, "/"); x=n[1]} /^tps = / {t=$3} END {print (t ? t : 0), (x ? x : 0)}'
+}
+
+clk_tck=$(getconf CLK_TCK)
+# CPU time (utime + stime of every thread, in clock ticks) and context
+# switches (voluntary + involuntary, summed over its threads) of a process.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null \
+    | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+
+# Waits until a pooler answers on port.
+wait_ready() {
+  for _ in $(seq 100); do
+    "$pg_bin/psql" -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+}

@@ -66,8 +66,11 @@ where
             messages::auth_cleartext(&mut out);
             stream.write_all(&out).await.map_err(ProtocolError::from)?;
             let password = read_password(stream).await?;
-            let secret = secret.ok_or_else(failed)?;
-            verify_cleartext(secret, user, &password)
+            let secret = secret.ok_or_else(failed)?.clone();
+            let user_name = user.to_owned();
+            off_thread(move || verify_cleartext(&secret, &user_name, &password))
+                .await
+                .unwrap_or(false)
                 .then_some(None)
                 .ok_or_else(failed)
         }
@@ -93,9 +96,9 @@ where
             // may open servers (pass-through); one the pooler made up opens
             // none.
             let usable = match secret {
-                Some(Secret::Plain(password)) => {
-                    Some((scram_secret_from_password(password, user), false))
-                }
+                Some(Secret::Plain(password)) => scram_secret_off_thread(password.clone(), user)
+                    .await
+                    .map(|secret| (secret, false)),
                 Some(scram @ Secret::Scram { .. }) => Some((scram.clone(), true)),
                 // No SCRAM secret comes from an md5 hash.
                 Some(Secret::Md5(_)) | None => None,
@@ -105,14 +108,31 @@ where
                 // salt this user name always gets, so that an unknown user
                 // (or one without a SCRAM secret) looks like a wrong
                 // password, attempt after attempt.
-                let decoy = scram_secret_from_password(&fastrand::u64(..).to_string(), user);
-                scram_exchange(stream, &decoy).await?;
+                if let Some(decoy) =
+                    scram_secret_off_thread(fastrand::u64(..).to_string(), user).await
+                {
+                    scram_exchange(stream, &decoy).await?;
+                }
                 return Err(failed());
             };
             let key = scram_exchange(stream, &secret).await?.ok_or_else(failed)?;
             Ok(stored.then_some(key))
         }
     }
+}
+
+/// A SCRAM secret for `password`, derived off the runtime's threads.
+async fn scram_secret_off_thread(password: String, user: &str) -> Option<Secret> {
+    let user = user.to_owned();
+    off_thread(move || scram_secret_from_password(&password, &user)).await
+}
+
+/// Runs `work` (a PBKDF2 of 4096 rounds: milliseconds) on the blocking
+/// pool: on a runtime of one thread, every other client would wait for it.
+/// `None` if it could not finish (the runtime shutting down), which fails
+/// the login.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 async fn read_password<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, ProtocolError> {

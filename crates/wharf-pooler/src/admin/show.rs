@@ -245,7 +245,7 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 } else {
                     &c.info.database
                 }),
-                text("none"),
+                text(c.info.replication.as_str()),
                 text(c.state().as_str()),
                 text(c.info.addr.0.as_str()),
                 num(c.info.addr.1),
@@ -299,7 +299,7 @@ fn show_servers(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 text("S"),
                 text(sv.pool.user.as_str()),
                 text(sv.pool.database.as_str()),
-                text("none"),
+                text(sv.replication().as_str()),
                 text(state),
                 text(sv.addr.0.as_str()),
                 num(sv.addr.1),

@@ -38,6 +38,10 @@ pub struct HbaClient<'a> {
     pub database: &'a str,
     /// The user it logs in as.
     pub user: &'a str,
+    /// A physical replication connection (`replication=true`), which
+    /// only `replication` rules match, as in PostgreSQL; a logical one
+    /// matches by its database like any client.
+    pub physical_replication: bool,
 }
 
 /// The first rule that matches `client`, or `None` (the client is
@@ -57,10 +61,10 @@ fn matches(rule: &HbaRule, client: &HbaClient<'_>) -> bool {
     connection
         && address_matches(&rule.address, client.origin)
         && rule.databases.iter().any(|d| match d {
+            HbaDatabase::Replication => client.physical_replication,
+            _ if client.physical_replication => false,
             HbaDatabase::All => true,
             HbaDatabase::SameUser => client.database == client.user,
-            // Wharf takes no replication connections.
-            HbaDatabase::Replication => false,
             HbaDatabase::Name(name) => name == client.database,
         })
         && rule.users.iter().any(|u| match u {
@@ -133,6 +137,7 @@ host    all        all       fe80::/10      trust
             tls,
             database,
             user,
+            physical_replication: false,
         };
         find_rule(&rules, &client).map(|rule| rule.line)
     }
@@ -188,8 +193,19 @@ host    all        all       fe80::/10      trust
             tls: false,
             database: "replication",
             user: "u",
+            physical_replication: false,
         };
         assert!(find_rule(&rules, &client).is_none());
+        let physical = HbaClient {
+            physical_replication: true,
+            ..client
+        };
+        assert_eq!(find_rule(&rules, &physical).map(|r| r.line), Some(1));
+        let not_all = HbaRules::parse("host all all all trust\n", Path::new("x")).unwrap();
+        assert!(
+            find_rule(&not_all, &physical).is_none(),
+            "all does not match physical replication"
+        );
         let empty = HbaRules::parse("# nothing\n", Path::new("x")).unwrap();
         assert!(find_rule(&empty, &client).is_none());
         let all = HbaRules::parse("host all all all md5\n", Path::new("x")).unwrap();

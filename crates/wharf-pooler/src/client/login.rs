@@ -16,7 +16,7 @@ use crate::admin::{self, Role};
 use crate::config::AuthType;
 use crate::net::ClientStream;
 use crate::pool::{ServerManager, ServerPool};
-use crate::proto::{messages, CancelKey, Startup};
+use crate::proto::{messages, CancelKey, Replication, Startup};
 use crate::router::RouteError;
 use crate::server::params::{is_tracked, set_param};
 use crate::server::{Params, ServerError};
@@ -34,6 +34,19 @@ pub(super) enum LoggedIn {
     },
     /// A cancel request, to be passed on.
     Cancel(CancelKey),
+    /// A replication client of a server pool: its server is made for it
+    /// once it is in ([`super::replication`]).
+    Replication(ReplicationLogin),
+}
+
+/// A replication client logged in to a server pool.
+pub(super) struct ReplicationLogin {
+    pub(super) user: String,
+    pub(super) pool: Arc<ServerPool>,
+    /// Its startup parameters for the server (tracked ones and
+    /// `options`).
+    pub(super) params: Params,
+    pub(super) mode: Replication,
 }
 
 /// A client logged in to a server pool.
@@ -57,13 +70,14 @@ pub(super) async fn login<S: ClientStream>(
     // two configurations' rules.
     let config = state.config();
     let opening = open(stream, first, peer, state, &config.pgbouncer).await?;
-    let (user, database, client_params) = match opening {
+    let (user, database, client_params, replication) = match opening {
         Opening::Cancel(key) => return Ok(LoggedIn::Cancel(key)),
         Opening::Session {
             user,
             database,
             params,
-        } => (user, database, params),
+            replication,
+        } => (user, database, params, replication),
     };
     // auth_type = any logs every client in as the database's forced user;
     // without one there is nobody to log in as (PgBouncer refuses too).
@@ -80,6 +94,17 @@ pub(super) async fn login<S: ClientStream>(
         return Err(Ended);
     }
     let door = door(stream, peer, state, &database, &user).await?;
+    if door != Door::Pool && replication != Replication::None {
+        let message = "replication connections are not supported on the admin console";
+        refuse(stream, state, peer, "08P01", message).await;
+        return Err(Ended);
+    }
+    if door == Door::Pool && state.lifecycle().is_shutting_down() {
+        // Only the Unix socket is still open: for the admin console.
+        tracing::info!(%peer, %database, "closing client: pooler is shutting down");
+        refuse(stream, state, peer, "08P01", "pooler is shutting down").await;
+        return Err(Ended);
+    }
     if door == Door::Pool {
         if let Some(message) = over_client_limit(state, &config, &database, &user) {
             tracing::warn!(%peer, %database, %user, "closing client: {message}");
@@ -88,7 +113,7 @@ pub(super) async fn login<S: ClientStream>(
         }
     }
     if !matches!(door, Door::OwnUser(_)) {
-        auth::authenticate(stream, peer, state, &config, &database, &user).await?;
+        auth::authenticate(stream, peer, state, &config, &database, &user, replication).await?;
     }
     if let Door::Console(role) | Door::OwnUser(role) = door {
         return Ok(LoggedIn::Console {
@@ -98,6 +123,14 @@ pub(super) async fn login<S: ClientStream>(
         });
     }
     let pool = route(stream, peer, state, &database, &user).await?;
+    if replication != Replication::None {
+        return Ok(LoggedIn::Replication(ReplicationLogin {
+            user,
+            pool,
+            params: client_params,
+            mode: replication,
+        }));
+    }
     let server_params = match pool.welcome() {
         Some(params) => params,
         // A paused database opens no server, not even for a welcome.
@@ -261,7 +294,7 @@ async fn first_server(pool: &ServerPool) -> Result<Pooled<ServerManager>, (Strin
 }
 
 /// The SQLSTATE and message to give a client for a pool error.
-fn server_unavailable(err: &wharf::Error) -> (String, String) {
+pub(super) fn server_unavailable(err: &wharf::Error) -> (String, String) {
     let cause = match err {
         wharf::Error::Unavailable { last_error } | wharf::Error::Timeout { last_error, .. } => {
             last_error.as_ref()

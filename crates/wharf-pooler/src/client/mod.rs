@@ -1,6 +1,7 @@
 //! The client side: one task per client connection. It reads the startup
 //! packets ([`startup`], with the `options` parameter in [`options`]), logs the client in ([`login`]), then runs its
-//! [`Session`](session::Session): relaying bytes between the client and
+//! [`Session`](session::Session) (or, for a replication client, its
+//! [`replication`] session): relaying bytes between the client and
 //! whichever server it is linked to ([`relay`]), taking a server on the
 //! first message that needs one and giving it back at the end of each
 //! transaction, statement or session ([`link`]), as the protocol state
@@ -11,6 +12,7 @@ mod login;
 mod options;
 mod prepare;
 mod relay;
+mod replication;
 mod route;
 mod session;
 mod startup;
@@ -26,7 +28,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::admin;
 use crate::net::ClientStream;
-use crate::proto::{messages, Startup};
+use crate::proto::{messages, Replication, Startup};
 use crate::state::PoolerState;
 use crate::stats::ClientInfo;
 use login::{login, send_welcome, LoggedIn};
@@ -110,6 +112,10 @@ async fn serve<S: ClientStream>(
         // its server closed for nothing.
         Ok(Ok(LoggedIn::Cancel(key))) => {
             state.cancel(key).await;
+            return;
+        }
+        Ok(Ok(LoggedIn::Replication(login))) => {
+            replication::serve_replication(stream, login, &peer, &state).await;
             return;
         }
         Ok(Ok(LoggedIn::Console { user, role, params })) => {
@@ -217,6 +223,7 @@ fn client_info<S: ClientStream>(
         tls: stream.tls().map(|t| t.describe()).unwrap_or_default(),
         remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
         admin,
+        replication: Replication::None,
     }
 }
 

@@ -8,7 +8,7 @@ use super::options::{parse_options, OptionsError};
 use super::{refuse, Ended};
 use crate::config::Settings;
 use crate::net::ClientStream;
-use crate::proto::{read_startup, CancelKey, ProtocolError, Startup};
+use crate::proto::{read_startup, CancelKey, ProtocolError, Replication, Startup};
 use crate::server::params::{is_tracked, set_param};
 use crate::state::PoolerState;
 use crate::tls::ClientTls;
@@ -24,6 +24,9 @@ pub(super) enum Opening {
         user: String,
         database: String,
         params: Vec<(String, String)>,
+        /// A replication connection's kind; its `params` then hold
+        /// `options` as the client sent it, for its server.
+        replication: Replication,
     },
     /// A cancel request, to be passed on.
     Cancel(CancelKey),
@@ -101,12 +104,13 @@ pub(super) async fn open<S: ClientStream>(
         user,
         database,
         tracked,
+        replication,
     } = match sort_params(params, settings) {
         Ok(sorted) => sorted,
         Err(refusal) => {
             let message = refusal.to_string();
             tracing::info!(%peer, "closing client: {message}");
-            refuse(stream, state, peer, "08P01", &message).await;
+            refuse(stream, state, peer, refusal.sqlstate(), &message).await;
             return Err(Ended);
         }
     };
@@ -122,6 +126,7 @@ pub(super) async fn open<S: ClientStream>(
         user,
         database,
         params: tracked,
+        replication,
     })
 }
 
@@ -149,6 +154,7 @@ struct Sorted {
     user: Option<String>,
     database: Option<String>,
     tracked: Vec<(String, String)>,
+    replication: Replication,
 }
 
 /// Why a startup message's parameters are refused (PgBouncer's words).
@@ -164,6 +170,19 @@ enum Refusal {
     /// An `options` switch the pooler does not take.
     #[error(transparent)]
     Options(#[from] OptionsError),
+    /// A `replication` value PostgreSQL would not take either (its words).
+    #[error("invalid value for parameter \"replication\": \"{0}\"")]
+    Replication(String),
+}
+
+impl Refusal {
+    /// The SQLSTATE PostgreSQL gives the same refusal.
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            Refusal::Replication(_) => "22023",
+            _ => "08P01",
+        }
+    }
 }
 
 /// Sorts a startup message's parameters: `user`, `database`, the tracked
@@ -171,8 +190,15 @@ enum Refusal {
 /// the ones `ignore_startup_parameters` lets through; the first other one
 /// is refused. With `options` itself in `ignore_startup_parameters`, the
 /// settings inside it that are not tracked are ignored too (its switches
-/// must still be `-c`/`--`, as in PgBouncer).
+/// must still be `-c`/`--`, as in PgBouncer). A replication connection has
+/// a server of its own, so its `options` go to that server as they are.
 fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sorted, Refusal> {
+    let replication = match params.iter().find(|(name, _)| name == "replication") {
+        Some((_, value)) => {
+            Replication::from_param(value).ok_or_else(|| Refusal::Replication(value.clone()))?
+        }
+        None => Replication::None,
+    };
     let ignored = |name: &str| {
         settings
             .ignore_startup_parameters
@@ -186,6 +212,8 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
+            "replication" => {}
+            "options" if replication != Replication::None => tracked.push((name, value)),
             "options" => {
                 for (name, value) in parse_options(&value)? {
                     if is_tracked(&name) {
@@ -206,6 +234,7 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
         user,
         database,
         tracked,
+        replication,
     })
 }
 
@@ -242,6 +271,34 @@ mod tests {
         );
         let refused = sort_params(params(&[("options", "-d")]), &settings);
         assert!(matches!(refused, Err(Refusal::Options(OptionsError::Form))));
+    }
+
+    #[test]
+    fn replication_connections_keep_their_options_for_their_server() {
+        let settings = Settings::default();
+        let sorted = sort_params(
+            params(&[
+                ("options", "-c enable_seqscan=off"),
+                ("replication", "database"),
+            ]),
+            &settings,
+        )
+        .expect("accepted");
+        assert_eq!(sorted.replication, Replication::Logical);
+        assert_eq!(
+            sorted.tracked,
+            params(&[("options", "-c enable_seqscan=off")])
+        );
+        let sorted = sort_params(params(&[("replication", "off")]), &settings).expect("accepted");
+        assert_eq!(sorted.replication, Replication::None);
+        let refused = sort_params(params(&[("replication", "maybe")]), &settings)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refused.to_string(),
+            "invalid value for parameter \"replication\": \"maybe\""
+        );
+        assert_eq!(refused.sqlstate(), "22023");
     }
 
     #[test]

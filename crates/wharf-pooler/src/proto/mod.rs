@@ -15,7 +15,7 @@ pub mod startup;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use scanner::Scanner;
-pub use startup::{read_startup, Startup, PROTOCOL_3};
+pub use startup::{read_startup, Replication, Startup, PROTOCOL_3};
 
 /// Why bytes from a peer could not be understood.
 #[derive(Debug, thiserror::Error)]

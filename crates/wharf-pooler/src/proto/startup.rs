@@ -116,9 +116,86 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError>
     }
 }
 
+/// What a startup message's `replication` parameter asks for: a
+/// walsender rather than a regular backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replication {
+    /// A regular connection (no `replication`, or a false value).
+    #[default]
+    None,
+    /// `replication=true`: physical replication (pg_basebackup,
+    /// pg_receivewal, a standby).
+    Physical,
+    /// `replication=database`: logical replication (pg_recvlogical,
+    /// subscriptions), connected to one database.
+    Logical,
+}
+
+impl Replication {
+    /// Reads the parameter's value as PostgreSQL does: `database`, or a
+    /// boolean (`true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, and
+    /// unambiguous prefixes of them, in any case). `None` for anything
+    /// else.
+    pub fn from_param(value: &str) -> Option<Self> {
+        if value == "database" {
+            return Some(Replication::Logical);
+        }
+        let v = value.to_ascii_lowercase();
+        let prefix_of = |word: &str, min: usize| v.len() >= min && word.starts_with(v.as_str());
+        if prefix_of("true", 1) || prefix_of("yes", 1) || v == "on" || v == "1" {
+            Some(Replication::Physical)
+        } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || v == "0" {
+            Some(Replication::None)
+        } else {
+            None
+        }
+    }
+
+    /// The `replication` column of SHOW CLIENTS and SHOW SERVERS.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::None => "none",
+            Replication::Physical => "physical",
+            Replication::Logical => "logical",
+        }
+    }
+
+    /// The value to send a server, for a replication connection.
+    pub fn param_value(self) -> Option<&'static str> {
+        match self {
+            Replication::None => None,
+            Replication::Physical => Some("true"),
+            Replication::Logical => Some("database"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_values_read_as_postgresql_reads_them() {
+        for (value, read) in [
+            ("database", Some(Replication::Logical)),
+            ("true", Some(Replication::Physical)),
+            ("YES", Some(Replication::Physical)),
+            ("t", Some(Replication::Physical)),
+            ("on", Some(Replication::Physical)),
+            ("1", Some(Replication::Physical)),
+            ("false", Some(Replication::None)),
+            ("of", Some(Replication::None)),
+            ("no", Some(Replication::None)),
+            ("0", Some(Replication::None)),
+            ("o", None),
+            ("", None),
+            ("Database", None),
+            ("2", None),
+            ("truest", None),
+        ] {
+            assert_eq!(Replication::from_param(value), read, "{value:?}");
+        }
+    }
 
     #[tokio::test]
     async fn startup_packets_parse_and_garbage_is_an_error() {

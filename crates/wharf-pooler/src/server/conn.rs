@@ -241,6 +241,14 @@ impl ServerConn {
         }
     }
 
+    /// Writes bytes of the pooler's own (login, its own queries).
+    pub(super) async fn write_control(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        match self.stream.as_mut().expect(OPEN).write_all(bytes).await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(self.io_error(source)),
+        }
+    }
+
     /// Runs a query the pooler itself needs (check, reset, SET), swallowing
     /// its results. An error from the server fails it but leaves the
     /// connection usable once ReadyForQuery arrives.
@@ -256,9 +264,7 @@ impl ServerConn {
             addr: self.addr(),
             source,
         })?;
-        if let Err(source) = self.stream.as_mut().expect(OPEN).write_all(&out).await {
-            return Err(self.io_error(source));
-        }
+        self.write_control(&out).await?;
         let mut failure = None;
         let mut value = None;
         loop {

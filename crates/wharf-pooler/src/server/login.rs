@@ -28,22 +28,7 @@ impl ServerConn {
         born: u64,
         entry: ServerGuard,
     ) -> Result<Self, ServerError> {
-        let addr = host.to_string();
-        let io_err = |source| ServerError::Io {
-            addr: addr.clone(),
-            source,
-        };
-        let stream = target.tls.open(host).await.map_err(|err| match err {
-            OpenError::Io(source) => io_err(source),
-            OpenError::Refused(reason) => ServerError::Tls {
-                addr: addr.clone(),
-                reason,
-            },
-            OpenError::BadAnswer => ServerError::Protocol {
-                addr: addr.clone(),
-                source: ProtocolError::Malformed("answer to SSLRequest"),
-            },
-        })?;
+        let stream = open_stream(target, host).await?;
         let mut conn = ServerConn {
             stream: Some(stream),
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -60,6 +45,24 @@ impl ServerConn {
             statements: ServerStatements::default(),
             cancels: Arc::new(ServerCancels::new(host.clone(), target.tls.clone())),
         };
+        conn.log_in(&[]).await?;
+        if let Some(query) = &target.connect_query {
+            conn.simple_query(query).await?;
+        }
+        conn.entry.as_ref().expect(super::conn::OPEN).set_idle();
+        Ok(conn)
+    }
+
+    /// Sends the startup message (the target's parameters, then `extra`)
+    /// on the connection's fresh stream, answers the authentication
+    /// requests and reads the welcome up to the first ReadyForQuery.
+    pub(super) async fn log_in(&mut self, extra: &[(&str, &str)]) -> Result<(), ServerError> {
+        let target = self.target.clone();
+        let addr = self.addr();
+        let io_err = |source| ServerError::Io {
+            addr: addr.clone(),
+            source,
+        };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> =
             vec![("user", &target.user), ("database", &target.database)];
@@ -69,31 +72,21 @@ impl ServerConn {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        params.extend_from_slice(extra);
         frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;
-        conn.stream
-            .as_mut()
-            .expect(super::conn::OPEN)
-            .write_all(&out)
-            .await
-            .map_err(io_err)?;
-
+        self.write_control(&out).await?;
         let mut login = ServerLogin::new(
             &target.user,
             target.password.as_ref(),
             target.client_key.as_ref(),
         );
         loop {
-            let (tag, body) = conn.read_control().await?;
+            let (tag, body) = self.read_control().await?;
             match tag {
                 b'R' => match login.respond(&body) {
                     Ok(ServerAuth::Reply(reply)) => {
                         if !reply.is_empty() {
-                            conn.stream
-                                .as_mut()
-                                .expect(super::conn::OPEN)
-                                .write_all(&reply)
-                                .await
-                                .map_err(io_err)?;
+                            self.write_control(&reply).await?;
                         }
                     }
                     Ok(ServerAuth::Done) => {}
@@ -105,12 +98,12 @@ impl ServerConn {
                     }
                 },
                 b'K' if body.len() == 8 => {
-                    conn.key = CancelKey {
+                    self.key = CancelKey {
                         pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
                         secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
                     };
                 }
-                b'S' => conn.params.note(&body),
+                b'S' => self.params.note(&body),
                 b'E' => return Err(server_error(&addr, &body)),
                 b'N' => {}
                 b'Z' => break,
@@ -122,19 +115,30 @@ impl ServerConn {
                 }
             }
         }
-        if let Some(query) = &target.connect_query {
-            conn.simple_query(query).await?;
-        }
-        let local = conn.stream.as_ref().map(ServerStream::local);
-        let tls = conn
-            .stream
+        let stream = self.stream.as_ref().expect(super::conn::OPEN);
+        let local = Some(stream.local());
+        let tls = stream.tls().map(|t| t.describe()).unwrap_or_default();
+        self.entry
             .as_ref()
-            .and_then(ServerStream::tls)
-            .map(|t| t.describe())
-            .unwrap_or_default();
-        let entry = conn.entry.as_ref().expect(super::conn::OPEN);
-        entry.entry.logged_in(conn.key.pid, local, tls);
-        entry.set_idle();
-        Ok(conn)
+            .expect(super::conn::OPEN)
+            .entry
+            .logged_in(self.key.pid, local, tls);
+        Ok(())
     }
+}
+
+/// Connects to `host`, with TLS when the target asks for it.
+pub(super) async fn open_stream(
+    target: &ServerTarget,
+    host: &ServerAddr,
+) -> Result<ServerStream, ServerError> {
+    let addr = host.to_string();
+    target.tls.open(host).await.map_err(|err| match err {
+        OpenError::Io(source) => ServerError::Io { addr, source },
+        OpenError::Refused(reason) => ServerError::Tls { addr, reason },
+        OpenError::BadAnswer => ServerError::Protocol {
+            addr,
+            source: ProtocolError::Malformed("answer to SSLRequest"),
+        },
+    })
 }

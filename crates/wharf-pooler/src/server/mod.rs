@@ -6,6 +6,7 @@ mod conn;
 mod error;
 mod login;
 pub mod params;
+mod replication;
 mod role;
 mod target;
 

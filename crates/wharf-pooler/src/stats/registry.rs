@@ -12,6 +12,7 @@ use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 
 use super::{micros, now_us, PoolStats, Stats};
+use crate::proto::Replication;
 
 /// What a client connection is doing, for `SHOW CLIENTS` and `SHOW POOLS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,9 +285,21 @@ pub struct ServerEntry {
     link: AtomicU64,
     /// Statements prepared on it (`SHOW SERVERS` prepared_statements).
     prepared: AtomicU32,
+    /// Made over into a replication connection for one client.
+    replication: Mutex<Replication>,
 }
 
 impl ServerEntry {
+    /// Whether it is a replication connection, and which kind.
+    pub fn replication(&self) -> Replication {
+        *self.replication.lock()
+    }
+
+    /// Records that it became a replication connection.
+    pub fn set_replication(&self, replication: Replication) {
+        *self.replication.lock() = replication;
+    }
+
     /// Statements prepared on it.
     pub fn prepared(&self) -> u32 {
         self.prepared.load(Ordering::Relaxed)
@@ -431,6 +444,8 @@ pub struct ClientInfo {
     pub remote_pid: u32,
     /// Admin console session.
     pub admin: bool,
+    /// Whether it is a replication connection, and which kind.
+    pub replication: Replication,
 }
 
 impl Stats {
@@ -482,6 +497,7 @@ impl Stats {
             state: AtomicU8::new(ServerState::Login as u8),
             link: AtomicU64::new(0),
             prepared: AtomicU32::new(0),
+            replication: Mutex::new(Replication::None),
         });
         self.servers.lock().insert(entry.id, entry.clone());
         ServerGuard {
@@ -535,6 +551,7 @@ mod tests {
             tls: String::new(),
             remote_pid: 0,
             admin: false,
+            replication: Replication::None,
         };
         let client = stats.register_client(info, String::new());
         assert_eq!(stats.servers().len(), 1);

@@ -13,6 +13,7 @@ use crate::auth::{
 use crate::client::{refuse, Ended};
 use crate::config::{AuthType, Config, HbaMethod, Secret};
 use crate::net::ClientStream;
+use crate::proto::Replication;
 use crate::router::Lookup;
 use crate::state::PoolerState;
 
@@ -83,9 +84,10 @@ pub(in crate::client) async fn authenticate<S: ClientStream>(
     config: &Config,
     database: &str,
     user: &str,
+    replication: Replication,
 ) -> Result<(), Ended> {
     let proof = match config.pgbouncer.auth_type {
-        AuthType::Hba => match hba_proof(stream, peer, config, database, user) {
+        AuthType::Hba => match hba_proof(stream, peer, config, (database, user), replication) {
             Ok(proof) => proof,
             Err(message) => {
                 refuse(stream, state, peer, "08P01", message).await;
@@ -130,8 +132,8 @@ fn hba_proof<S: ClientStream>(
     stream: &S,
     peer: &str,
     config: &Config,
-    database: &str,
-    user: &str,
+    (database, user): (&str, &str),
+    replication: Replication,
 ) -> Result<Proof, &'static str> {
     let Some(rules) = config.hba.as_deref() else {
         tracing::warn!(%peer, "closing client: auth_type = hba but no hba rules are loaded");
@@ -146,6 +148,7 @@ fn hba_proof<S: ClientStream>(
         tls: stream.tls().is_some(),
         database,
         user,
+        physical_replication: replication == Replication::Physical,
     };
     let Some(rule) = find_rule(rules, &client) else {
         tracing::info!(%peer, %database, %user, tls = client.tls, file = %rules.path().display(), "closing client: no hba rule matches");

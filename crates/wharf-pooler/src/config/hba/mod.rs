@@ -7,7 +7,7 @@
 //!   (`hostgssenc` and `hostnogssenc` are refused: there is no GSSAPI
 //!   encryption);
 //! - databases: names, comma lists, `all`, `sameuser`, `replication`
-//!   (which matches nothing: wharf takes no replication connections) and
+//!   (physical replication connections, which match nothing else) and
 //!   `@file`; `samerole`/`samegroup` are refused (the pooler knows no
 //!   roles);
 //! - users: names, comma lists, `all` and `@file`; `+group` is refused for
@@ -87,8 +87,8 @@ pub enum HbaDatabase {
     All,
     /// `sameuser`: the database named like the user.
     SameUser,
-    /// `replication`: replication connections, which wharf refuses, so
-    /// it matches nothing.
+    /// `replication`: physical replication connections (which no other
+    /// database entry matches, as in PostgreSQL).
     Replication,
     /// A database name.
     Name(String),

@@ -6,7 +6,7 @@ use postgres_protocol::message::frontend;
 use postgres_protocol::IsNull;
 
 use super::super::error::server_error;
-use super::{ServerConn, ServerError, OPEN};
+use super::{ServerConn, ServerError};
 use crate::proto::ProtocolError;
 
 /// Rows of text columns, `None` for NULL.
@@ -44,9 +44,7 @@ impl ServerConn {
             });
         }
         frontend::sync(&mut out);
-        if let Err(source) = self.stream.as_mut().expect(OPEN).write_all(&out).await {
-            return Err(self.io_error(source));
-        }
+        self.write_control(&out).await?;
         let mut rows = Vec::new();
         let mut failure = None;
         loop {

@@ -16,7 +16,7 @@ use crate::net::ClientStream;
 use crate::proto::{messages, read_startup, Startup};
 use crate::state::PoolerState;
 
-/// The clients connected, and a wake-up for when the last one goes.
+/// The clients connected, and a wake-up whenever one goes.
 #[derive(Default)]
 pub(crate) struct Clients {
     count: AtomicUsize,
@@ -29,12 +29,13 @@ impl Clients {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Resolves once no client is connected.
-    pub(crate) async fn all_gone(&self) {
+    /// Resolves once at most `staying()` clients are connected, checked
+    /// now and each time a client goes.
+    pub(crate) async fn down_to(&self, staying: impl Fn() -> usize) {
         loop {
             let mut gone = std::pin::pin!(self.gone.notified());
             gone.as_mut().enable();
-            if self.count() == 0 {
+            if self.count() <= staying() {
                 return;
             }
             gone.await;
@@ -161,9 +162,8 @@ impl ClientCount {
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
-        if self.clients.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.clients.gone.notify_waiters();
-        }
+        self.clients.count.fetch_sub(1, Ordering::SeqCst);
+        self.clients.gone.notify_waiters();
     }
 }
 

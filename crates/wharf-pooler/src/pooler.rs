@@ -187,16 +187,16 @@ impl Pooler {
                 clients.clone(),
             ));
         }
-        let unix_path = unix.as_ref().map(|(_, path)| path.clone());
-        if let Some((listener, path)) = unix {
+        let unix_listener = unix.map(|(listener, path)| {
             let peer = format!("unix:{}", path.display());
-            tasks.spawn(listener::accept_unix(
+            let task = tokio::spawn(listener::accept_unix(
                 listener,
                 peer,
                 state.clone(),
                 clients.clone(),
             ));
-        }
+            UnixAccept { task, path }
+        });
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));
         let mut phase = state.lifecycle().subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -205,25 +205,66 @@ impl Pooler {
             _ = phase.wait_for(|p| *p != Phase::Running) => {}
         }
         // Stop accepting first: a client arriving now would only be cut.
+        // The Unix socket stays open for the admin console until the end,
+        // as PgBouncer's does (its logins to databases are refused).
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        if let Some(path) = unix_path {
-            let _ = std::fs::remove_file(path);
+        tracing::info!(clients = clients.count(), "TCP listeners closed");
+        drain(&state, &clients, &mut phase, shutdown).await;
+        if let Some(unix) = unix_listener {
+            unix.task.abort();
+            let _ = unix.task.await;
+            let _ = std::fs::remove_file(unix.path);
         }
-        tracing::info!(clients = clients.count(), "listeners closed");
-        loop {
+    }
+}
+
+/// The Unix socket's accepting task and its path.
+struct UnixAccept {
+    task: tokio::task::JoinHandle<()>,
+    path: std::path::PathBuf,
+}
+
+/// Waits out a shutdown: until only admin console sessions are left (they
+/// do not hold a draining pooler up), or the shutdown turns immediate.
+async fn drain(
+    state: &Arc<PoolerState>,
+    clients: &Clients,
+    phase: &mut tokio::sync::watch::Receiver<Phase>,
+    shutdown: impl Future<Output = ()>,
+) {
+    // A console login finishing does not wake the wait: look again now
+    // and then.
+    const RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+    let consoles = || {
+        state
+            .router()
+            .stats()
+            .clients()
+            .iter()
+            .filter(|c| c.info.admin)
+            .count()
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut news = true;
+    loop {
+        if news {
             state.nudge_clients();
-            if *phase.borrow_and_update() == Phase::ShuttingDown(ShutdownMode::Immediate) {
+        }
+        if *phase.borrow_and_update() == Phase::ShuttingDown(ShutdownMode::Immediate) {
+            return;
+        }
+        news = tokio::select! {
+            () = clients.down_to(consoles) => {
+                tracing::info!("last client gone");
                 return;
             }
-            tokio::select! {
-                () = clients.all_gone() => {
-                    tracing::info!("last client gone");
-                    return;
-                }
-                _ = phase.changed() => {}
-                _ = &mut shutdown => state.shutdown(ShutdownMode::Immediate),
+            _ = phase.changed() => true,
+            _ = &mut shutdown => {
+                state.shutdown(ShutdownMode::Immediate);
+                true
             }
-        }
+            () = tokio::time::sleep(RECHECK) => false,
+        };
     }
 }

@@ -119,3 +119,74 @@ async fn immediate_shutdown_ends_everything_at_once() {
         .expect("task");
     assert!(result.is_err());
 }
+
+/// Logs in over the pooler's Unix socket.
+async fn unix_login(
+    pooler: &TestPooler,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(pooler.dir())
+        .port(pooler.port)
+        .user(user)
+        .password(user)
+        .dbname(db);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pooler_keeps_its_unix_socket_for_the_console_only() {
+    let mut pooler = start(Setup {
+        pgbouncer: "admin_users = admin\n",
+        userlist: "\"postgres\" \"postgres\"\n\"admin\" \"admin\"\n",
+        ..Setup::default()
+    })
+    .await;
+    let staying = pooler.client().await;
+    staying.simple_query("SELECT 1").await.unwrap();
+    pooler.shared.shutdown(ShutdownMode::WaitForClients);
+    let mut closed = false;
+    for _ in 0..100 {
+        if !accepts(&pooler).await {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the TCP listener is still open");
+    // The console over the Unix socket still answers, and sees the client
+    // the pooler waits for.
+    let admin = unix_login(&pooler, "admin", "pgbouncer")
+        .await
+        .expect("console login over the Unix socket while draining");
+    let rows = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    let clients = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(clients, 2, "the waiting client and the console itself");
+    // A database login there is refused.
+    let err = unix_login(&pooler, "postgres", "postgres")
+        .await
+        .expect_err("a database login while draining");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert_eq!(message.as_deref(), Some("pooler is shutting down"));
+    staying
+        .simple_query("SELECT 1")
+        .await
+        .expect("the old client still works");
+    // The console session does not hold the pooler up once the last
+    // database client has gone; the socket file goes with it.
+    drop(staying);
+    assert!(
+        pooler.finished(Duration::from_secs(5)).await,
+        "did not exit after the last database client"
+    );
+    let socket = pooler.dir().join(format!(".s.PGSQL.{}", pooler.port));
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+    drop(admin);
+}

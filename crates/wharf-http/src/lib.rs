@@ -1,6 +1,7 @@
 //! # wharf-http
 //!
-//! Pooled HTTP/1.1 keep-alive connections to one origin, on [`hyper`] 1.x
+//! Pooled HTTP/1.1 keep-alive connections to one origin, plain or over
+//! TLS, on [`hyper`] 1.x
 //! and the [`wharf`] engine: what node's
 //! `new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets })` does
 //! for one host.
@@ -23,11 +24,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Plain `http://` only
+//! ## HTTPS
 //!
-//! There is no TLS: the origin must be an `http://` URL. This is meant for
-//! calls inside a trusted network (a sidecar, a service mesh that
-//! terminates TLS, localhost).
+//! An `https://` origin is reached over TLS (rustls; TLS 1.2 and 1.3), its
+//! certificate verified against the system's trusted roots, or against
+//! the roots and with the client certificate of a [`Tls`] given to
+//! [`HttpPool::with_tls`] (node's `https.Agent({ ca, cert, key })`).
+//! Connections speak HTTP/1.1 (ALPN `http/1.1`), one request at a time.
 //!
 //! ## Settings, and what node calls them
 //!
@@ -52,6 +55,10 @@
 //! ([`HttpPool::retried`] counts them).
 #![warn(missing_docs)]
 
+mod connection;
+mod origin;
+mod tls;
+
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,14 +66,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONNECTION, HOST};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use http_body_util::Full;
+#[cfg(test)]
+use hyper::header::HeaderValue;
+use hyper::header::{CONNECTION, HOST};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+
+use connection::Failure;
+pub use connection::{HttpConnection, HttpManager};
+use origin::Origin;
+pub use tls::Tls;
 
 pub use bytes;
 pub use hyper;
@@ -83,7 +93,8 @@ const MAX_RESENDS: usize = 2;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The origin is not an `http://host[:port]` URL.
+    /// The origin is not an `http://host[:port]` or `https://host[:port]`
+    /// URL.
     #[error("invalid origin {origin:?}: {reason}")]
     InvalidOrigin {
         /// The origin as given.
@@ -106,6 +117,21 @@ pub enum Error {
     /// The HTTP/1 handshake on a new connection failed.
     #[error("HTTP/1 handshake: {}", chain(.0))]
     Handshake(#[source] hyper::Error),
+    /// The TLS handshake with an `https://` origin failed (its certificate
+    /// not trusted or not for this host, no common protocol, a client
+    /// certificate refused).
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        /// `host:port`.
+        addr: String,
+        /// rustls' reason.
+        #[source]
+        source: io::Error,
+    },
+    /// TLS settings that cannot be used (a PEM file that does not parse,
+    /// no system CA bundle).
+    #[error("TLS settings: {0}")]
+    TlsConfig(String),
     /// No connection could be had from the pool (timeout, closed pool).
     #[error(transparent)]
     Pool(#[from] wharf::Error),
@@ -124,219 +150,6 @@ pub enum Error {
     /// The request took longer than the request timeout.
     #[error("no complete response within {0:?}")]
     Timeout(Duration),
-}
-
-/// Where requests go: scheme `http`, a host and a port.
-#[derive(Clone)]
-struct Origin {
-    host: String,
-    port: u16,
-    authority: Authority,
-    host_header: HeaderValue,
-}
-
-impl Origin {
-    fn parse(origin: &str) -> Result<Self, Error> {
-        let invalid = |reason| Error::InvalidOrigin {
-            origin: origin.to_owned(),
-            reason,
-        };
-        let uri: Uri = origin
-            .parse()
-            .map_err(|_| invalid("not a URL such as http://host:port"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid("only http:// is supported (no TLS)"));
-        }
-        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(invalid("an origin has no path or query"));
-        }
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
-        if authority.as_str().contains('@') {
-            return Err(invalid("user info is not supported"));
-        }
-        let host = authority.host().trim_matches(['[', ']']).to_owned();
-        let port = authority.port_u16().unwrap_or(80);
-        let host_header =
-            HeaderValue::from_str(authority.as_str()).map_err(|_| invalid("bad host"))?;
-        Ok(Self {
-            host,
-            port,
-            authority,
-            host_header,
-        })
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
-    }
-}
-
-/// Opens and checks HTTP/1.1 connections to one origin.
-#[derive(Clone)]
-pub struct HttpManager {
-    origin: Origin,
-}
-
-impl HttpManager {
-    /// A manager for `origin`, such as `http://127.0.0.1:8080` (port 80 if
-    /// left out). Nothing is connected yet.
-    pub fn new(origin: &str) -> Result<Self, Error> {
-        Origin::parse(origin).map(|origin| Self { origin })
-    }
-
-    /// The origin, as `http://host:port`.
-    pub fn origin(&self) -> String {
-        self.origin.to_string()
-    }
-}
-
-impl fmt::Debug for HttpManager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpManager")
-            .field("origin", &self.origin.to_string())
-            .finish()
-    }
-}
-
-impl wharf::Manager for HttpManager {
-    type Connection = HttpConnection;
-    type Error = Error;
-
-    async fn connect(&self) -> Result<HttpConnection, Error> {
-        let origin = &self.origin;
-        let connect_error = |source| Error::Connect {
-            addr: format!("{}:{}", origin.host, origin.port),
-            source,
-        };
-        let stream = TcpStream::connect((origin.host.as_str(), origin.port))
-            .await
-            .map_err(connect_error)?;
-        // Requests are small and written whole; Nagle would only delay them.
-        stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(Error::Handshake)?;
-        let driver = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
-        });
-        tracing::trace!(origin = %origin, "opened an HTTP connection");
-        Ok(HttpConnection {
-            sender,
-            driver,
-            in_flight: false,
-            served: 0,
-        })
-    }
-
-    async fn check(&self, conn: &mut HttpConnection) -> Result<(), Error> {
-        conn.sender.ready().await.map_err(Error::Closed)
-    }
-
-    fn has_broken(&self, conn: &mut HttpConnection) -> bool {
-        // A request still marked in flight was abandoned midway (its future
-        // dropped, or timed out): hyper closes such a connection, but maybe
-        // not yet.
-        conn.in_flight || conn.sender.is_closed()
-    }
-}
-
-/// One HTTP/1.1 connection: hyper's request sender, with the task that
-/// drives the socket.
-pub struct HttpConnection {
-    sender: SendRequest<Full<Bytes>>,
-    driver: JoinHandle<()>,
-    in_flight: bool,
-    served: u64,
-}
-
-impl HttpConnection {
-    /// Whether the connection is closed (by either side).
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
-
-    /// How many responses were read whole on this connection.
-    pub fn requests_served(&self) -> u64 {
-        self.served
-    }
-
-    /// Sends `request` as it is (its URI should be origin-form, `/path`, and
-    /// it needs a `Host` header; [`HttpPool`] takes care of both) and reads
-    /// the whole response.
-    ///
-    /// The connection must not be reused if the response says
-    /// `Connection: close`; [`HttpPool`] sees to that too.
-    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<Response<Bytes>, Error> {
-        match self.try_send(request).await {
-            Ok(response) => Ok(response),
-            Err(Failure::NotSent(error, _)) | Err(Failure::Sent(error)) => Err(error),
-        }
-    }
-
-    async fn try_send(
-        &mut self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Bytes>, Failure> {
-        self.in_flight = true;
-        let response = match self.sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut error) => {
-                return Err(match error.take_message() {
-                    Some(request) => {
-                        // Nothing was written: the connection is as it was.
-                        self.in_flight = false;
-                        Failure::NotSent(Error::Closed(error.into_error()), Box::new(request))
-                    }
-                    None => {
-                        let error = error.into_error();
-                        Failure::Sent(if closed_under_us(&error) {
-                            Error::Closed(error)
-                        } else {
-                            Error::Request(error)
-                        })
-                    }
-                });
-            }
-        };
-        let (head, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|error| Failure::Sent(Error::Body(error)))?
-            .to_bytes();
-        self.in_flight = false;
-        self.served += 1;
-        Ok(Response::from_parts(head, body))
-    }
-}
-
-impl Drop for HttpConnection {
-    fn drop(&mut self) {
-        // Closes the socket now; left alone, hyper would close it only once
-        // it notices the sender is gone.
-        self.driver.abort();
-    }
-}
-
-impl fmt::Debug for HttpConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConnection")
-            .field("closed", &self.sender.is_closed())
-            .field("in_flight", &self.in_flight)
-            .field("served", &self.served)
-            .finish()
-    }
-}
-
-enum Failure {
-    /// The request was not written; it comes back for another try.
-    NotSent(Error, Box<Request<Full<Bytes>>>),
-    /// It may have reached the server.
-    Sent(Error),
 }
 
 /// A client for one origin, over pooled keep-alive connections.
@@ -361,6 +174,15 @@ impl HttpPool {
     /// A client for `origin` with the given pool settings.
     pub fn with_config(origin: &str, config: wharf::Config) -> Result<Self, Error> {
         let pool = Pool::builder(HttpManager::new(origin)?)
+            .config(config)
+            .build()?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A client for the `https://` `origin` with these TLS settings (a
+    /// private CA, a client certificate).
+    pub fn with_tls(origin: &str, config: wharf::Config, tls: Tls) -> Result<Self, Error> {
+        let pool = Pool::builder(HttpManager::with_tls(origin, &tls)?)
             .config(config)
             .build()?;
         Ok(Self::from_pool(pool))
@@ -522,7 +344,7 @@ impl HttpPool {
     fn prepare(&self, mut request: Request<Full<Bytes>>) -> Result<Request<Full<Bytes>>, Error> {
         let uri = request.uri();
         if let Some(scheme) = uri.scheme() {
-            if scheme != &Scheme::HTTP || uri.authority() != Some(&self.origin.authority) {
+            if *scheme != self.origin.scheme() || uri.authority() != Some(&self.origin.authority) {
                 return Err(Error::InvalidRequest(format!(
                     "{uri} is not on this pool's origin {}",
                     self.origin
@@ -563,7 +385,7 @@ enum Retry {
 
 /// Whether `error` says the peer closed or reset the connection, rather
 /// than anything about the request itself.
-fn closed_under_us(error: &hyper::Error) -> bool {
+pub(crate) fn closed_under_us(error: &hyper::Error) -> bool {
     if error.is_incomplete_message() || error.is_canceled() {
         return true;
     }
@@ -616,30 +438,6 @@ fn wants_close(headers: &hyper::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins() {
-        let origin = Origin::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((origin.host.as_str(), origin.port), ("127.0.0.1", 8080));
-        assert_eq!(origin.to_string(), "http://127.0.0.1:8080");
-        let origin = Origin::parse("http://example.invalid/").unwrap();
-        assert_eq!(origin.port, 80);
-        assert_eq!(origin.host_header, "example.invalid");
-        let origin = Origin::parse("http://[::1]:81").unwrap();
-        assert_eq!(origin.host, "::1");
-        for bad in [
-            "https://example.invalid",
-            "example.invalid:80",
-            "http://example.invalid/api",
-            "http://user:pw@example.invalid",
-            "not a url",
-        ] {
-            assert!(
-                matches!(Origin::parse(bad), Err(Error::InvalidOrigin { .. })),
-                "{bad}"
-            );
-        }
-    }
 
     #[test]
     fn connection_close_is_found_in_any_spelling() {

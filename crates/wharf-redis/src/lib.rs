@@ -35,6 +35,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Redis Cluster
+//!
+//! [`RedisClusterManager`] and [`ClusterPool`] pool the redis crate's
+//! cluster connections: a checkout sends each command to the master of its
+//! key's slot, follows `MOVED` and `ASK`, and picks up slot-map changes
+//! and masters that come back (see the [`cluster`] module's reasons for
+//! pooling whole-cluster connections). Sentinel is not supported.
+//!
 //! Health: [`Manager::check`](wharf::Manager::check) sends `PING` (before
 //! reusing a connection idle longer than `validate_after`, and on keepalive),
 //! and a connection whose last command failed with an I/O error, a timeout
@@ -47,12 +55,15 @@
 //! with [`RedisManager::with_connection_config`].
 #![warn(missing_docs)]
 
+pub mod cluster;
+
 use std::fmt;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ClusterConnection, ClusterPool, RedisClusterManager};
 pub use redis;
 pub use wharf;
 
@@ -144,19 +155,11 @@ impl wharf::Manager for RedisManager {
             .get_multiplexed_async_connection_with_config(&self.connection_config)
             .await?;
         tracing::trace!(addr = %self.client.get_connection_info().addr(), "opened a Redis connection");
-        Ok(RedisConnection {
-            inner,
-            broken: false,
-        })
+        Ok(RedisConnection::new(inner))
     }
 
     async fn check(&self, conn: &mut RedisConnection) -> Result<(), Error> {
-        let reply: String = redis::cmd("PING").query_async(conn).await?;
-        if reply == "PONG" {
-            Ok(())
-        } else {
-            Err(Error::UnexpectedPong(reply))
-        }
+        ping(conn).await
     }
 
     fn has_broken(&self, conn: &mut RedisConnection) -> bool {
@@ -164,17 +167,26 @@ impl wharf::Manager for RedisManager {
     }
 }
 
-/// One Redis connection, used by one task at a time.
+/// One Redis connection, used by one task at a time: a single server's
+/// ([`MultiplexedConnection`]) or, in a [`ClusterPool`], a whole cluster's
+/// ([`ClusterConnection`](redis::cluster_async::ClusterConnection)).
 ///
 /// Implements [`ConnectionLike`], so every command of
 /// [`AsyncCommands`](redis::AsyncCommands) works on it, and
 /// `cmd.query_async(&mut *conn)` on a pooled one.
-pub struct RedisConnection {
-    inner: MultiplexedConnection,
+pub struct RedisConnection<C = MultiplexedConnection> {
+    inner: C,
     broken: bool,
 }
 
-impl RedisConnection {
+impl<C> RedisConnection<C> {
+    pub(crate) fn new(inner: C) -> Self {
+        Self {
+            inner,
+            broken: false,
+        }
+    }
+
     /// Whether a command on this connection failed in a way that leaves it
     /// unusable; the pool then closes it when it is returned.
     pub fn is_broken(&self) -> bool {
@@ -202,7 +214,7 @@ impl RedisConnection {
     }
 }
 
-impl fmt::Debug for RedisConnection {
+impl<C: ConnectionLike> fmt::Debug for RedisConnection<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConnection")
             .field("db", &self.inner.get_db())
@@ -211,7 +223,7 @@ impl fmt::Debug for RedisConnection {
     }
 }
 
-impl ConnectionLike for RedisConnection {
+impl<C: ConnectionLike + Send> ConnectionLike for RedisConnection<C> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let result = self.inner.req_packed_command(cmd).await;
@@ -238,6 +250,18 @@ impl ConnectionLike for RedisConnection {
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+/// `PING`, expecting `PONG`: the health check of both managers.
+pub(crate) async fn ping<C: ConnectionLike + Send>(
+    conn: &mut RedisConnection<C>,
+) -> Result<(), Error> {
+    let reply: String = redis::cmd("PING").query_async(conn).await?;
+    if reply == "PONG" {
+        Ok(())
+    } else {
+        Err(Error::UnexpectedPong(reply))
     }
 }
 

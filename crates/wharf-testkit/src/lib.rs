@@ -42,6 +42,7 @@ pub mod mariadb;
 mod os;
 mod process;
 pub mod redis;
+pub mod redis_cluster;
 mod template;
 
 use std::io;

@@ -57,6 +57,8 @@ pub struct RedisServer {
     dir: PathBuf,
     log_path: PathBuf,
     port: u16,
+    /// Arguments after the defaults (cluster mode, for one).
+    extra_args: Vec<String>,
     /// The server, while we believe it runs.
     server: Option<Child>,
 }
@@ -69,6 +71,17 @@ impl RedisServer {
     /// Fails if the binary cannot be run, or the server does not answer
     /// within 10 seconds (the error carries the tail of its log).
     pub fn start() -> Result<RedisServer, Error> {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`start`](Self::start), with more `redis-server` arguments
+    /// after the defaults (`["--cluster-enabled", "yes"]`, say); they apply
+    /// to every [`start_again`](Self::start_again) too.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_args(args: &[&str]) -> Result<RedisServer, Error> {
         // Also stops servers of earlier test processes that were killed:
         // redis-server works in its directory, as postgres does.
         os::reap_orphans();
@@ -79,6 +92,7 @@ impl RedisServer {
             log_path: dir.join("redis.log"),
             dir,
             port: 0,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             server: None,
         };
         let launched = process::launch_retrying(Duration::ZERO, || {
@@ -243,6 +257,7 @@ impl RedisServer {
             // end up in the file.
             .arg("--logfile")
             .arg(&self.log_path)
+            .args(&self.extra_args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.stdout)

@@ -209,6 +209,6 @@ impl Builder {
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(GrpcPool::start(endpoints, self.settings).await)
+        GrpcPool::start(endpoints, self.settings).await
     }
 }

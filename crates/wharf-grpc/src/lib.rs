@@ -10,8 +10,9 @@
 //! for `idle_timeout` beyond `min_channels` are closed; channels that fail
 //! at the transport or a `grpc.health.v1` check are replaced.
 //!
-//! A channel is shared, not checked out, so the pool is not built on the
-//! `wharf` engine's exclusive checkout: it counts leases instead. A lease
+//! A channel is shared, not checked out, so the pool is built on the
+//! engine's shared-connection pool ([`wharf::shared`]), which counts
+//! leases, rather than on its exclusive checkout. A lease
 //! ([`PooledChannel`]) lasts until the handle, the clients built on it and
 //! the response streams that came through it are all gone.
 //!
@@ -45,7 +46,7 @@
 mod channel;
 mod config;
 mod error;
-mod maintenance;
+mod opener;
 mod pool;
 
 pub use channel::PooledChannel;

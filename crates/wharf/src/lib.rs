@@ -132,6 +132,7 @@ mod padded;
 mod pool;
 mod pooled;
 mod queue;
+pub mod shared;
 mod tunables;
 mod waiters;
 

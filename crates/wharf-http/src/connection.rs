@@ -9,11 +9,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
 
+use crate::dial::Dialer;
 use crate::origin::Origin;
 use crate::{closed_under_us, Error, Tls};
 
@@ -21,10 +19,7 @@ use crate::{closed_under_us, Error, Tls};
 /// `https://` origin.
 #[derive(Clone)]
 pub struct HttpManager {
-    pub(crate) origin: Origin,
-    /// For `https://`: the TLS client and the name the server's
-    /// certificate must carry.
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    dialer: Dialer,
 }
 
 impl HttpManager {
@@ -52,39 +47,30 @@ impl HttpManager {
     /// An origin that does not parse or is not `https://`, or TLS settings
     /// rustls refuses.
     pub fn with_tls(origin: &str, tls: &Tls) -> Result<Self, Error> {
-        let parsed = Origin::parse(origin)?;
-        if !parsed.https {
-            return Err(Error::InvalidOrigin {
-                origin: origin.to_owned(),
-                reason: "TLS settings need an https:// origin",
-            });
-        }
+        let parsed = Origin::parse_https(origin)?;
         Self::build(parsed, Some(tls))
     }
 
     fn build(origin: Origin, tls: Option<&Tls>) -> Result<Self, Error> {
-        let tls = match tls {
-            Some(tls) => {
-                let name = ServerName::try_from(origin.host.clone()).map_err(|_| {
-                    Error::TlsConfig(format!("{} is not a valid server name", origin.host))
-                })?;
-                Some((TlsConnector::from(tls.client_config()?), name))
-            }
-            None => None,
-        };
-        Ok(Self { origin, tls })
+        Ok(Self {
+            dialer: Dialer::new(origin, tls, &[b"http/1.1"])?,
+        })
     }
 
     /// The origin, as `http://host:port` or `https://host:port`.
     pub fn origin(&self) -> String {
-        self.origin.to_string()
+        self.dialer.origin.to_string()
+    }
+
+    pub(crate) fn parsed_origin(&self) -> &Origin {
+        &self.dialer.origin
     }
 }
 
 impl fmt::Debug for HttpManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpManager")
-            .field("origin", &self.origin.to_string())
+            .field("origin", &self.dialer.origin.to_string())
             .finish()
     }
 }
@@ -94,30 +80,9 @@ impl wharf::Manager for HttpManager {
     type Error = Error;
 
     async fn connect(&self) -> Result<HttpConnection, Error> {
-        let origin = &self.origin;
-        let connect_error = |source| Error::Connect {
-            addr: format!("{}:{}", origin.host, origin.port),
-            source,
-        };
-        let stream = TcpStream::connect((origin.host.as_str(), origin.port))
-            .await
-            .map_err(connect_error)?;
-        // Requests are small and written whole; Nagle would only delay them.
-        stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, driver) = match &self.tls {
-            None => handshake(stream).await?,
-            Some((connector, name)) => {
-                let encrypted =
-                    connector
-                        .connect(name.clone(), stream)
-                        .await
-                        .map_err(|source| Error::Tls {
-                            addr: format!("{}:{}", origin.host, origin.port),
-                            source,
-                        })?;
-                handshake(encrypted).await?
-            }
-        };
+        let origin = &self.dialer.origin;
+        let (stream, _) = self.dialer.dial().await?;
+        let (sender, driver) = handshake(stream).await?;
         tracing::trace!(origin = %origin, "opened an HTTP connection");
         Ok(HttpConnection {
             sender,

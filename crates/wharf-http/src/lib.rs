@@ -1,7 +1,7 @@
 //! # wharf-http
 //!
-//! Pooled HTTP/1.1 keep-alive connections to one origin, plain or over
-//! TLS, on [`hyper`] 1.x
+//! Pooled HTTP/1.1 keep-alive connections, and multiplexed HTTP/2 ones, to
+//! one origin, plain or over TLS, on [`hyper`] 1.x
 //! and the [`wharf`] engine: what node's
 //! `new http.Agent({ keepAlive: true, maxSockets, maxFreeSockets })` does
 //! for one host.
@@ -30,7 +30,16 @@
 //! certificate verified against the system's trusted roots, or against
 //! the roots and with the client certificate of a [`Tls`] given to
 //! [`HttpPool::with_tls`] (node's `https.Agent({ ca, cert, key })`).
-//! Connections speak HTTP/1.1 (ALPN `http/1.1`), one request at a time.
+//! [`HttpPool`] connections speak HTTP/1.1 (ALPN `http/1.1`), one request
+//! at a time.
+//!
+//! ## HTTP/2
+//!
+//! [`Http2Pool`] multiplexes requests on HTTP/2 connections (`h2` by ALPN
+//! over TLS, or `h2c` with prior knowledge for `http://`). A connection
+//! is leased, not checked out: each request goes to the connection with
+//! the fewest requests in flight, and another opens only when every open
+//! one has `per_connection` in flight ([`wharf::shared`]).
 //!
 //! ## Settings, and what node calls them
 //!
@@ -56,6 +65,8 @@
 #![warn(missing_docs)]
 
 mod connection;
+mod dial;
+mod h2;
 mod origin;
 mod tls;
 
@@ -75,6 +86,7 @@ use hyper::{Method, Request, Response, Uri, Version};
 
 use connection::Failure;
 pub use connection::{HttpConnection, HttpManager};
+pub use h2::{H2Connection, Http2Pool};
 use origin::Origin;
 pub use tls::Tls;
 
@@ -191,7 +203,7 @@ impl HttpPool {
     /// A client over a pool built by hand (for hooks and the like).
     pub fn from_pool(pool: Pool) -> Self {
         Self {
-            origin: pool.manager().origin.clone(),
+            origin: pool.manager().parsed_origin().clone(),
             pool,
             request_timeout: None,
             retried: Arc::new(AtomicU64::new(0)),
@@ -407,7 +419,7 @@ pub(crate) fn closed_under_us(error: &hyper::Error) -> bool {
 
 /// hyper's message with its causes: hyper says "connection error" and
 /// keeps the reason ("Connection reset by peer") in the source.
-fn chain(error: &hyper::Error) -> String {
+pub(crate) fn chain(error: &hyper::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -418,7 +430,7 @@ fn chain(error: &hyper::Error) -> String {
     text
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE

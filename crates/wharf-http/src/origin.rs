@@ -52,6 +52,19 @@ impl Origin {
         })
     }
 
+    /// Like [`parse`](Self::parse), for origins that must be `https://`
+    /// (TLS settings were given).
+    pub(crate) fn parse_https(origin: &str) -> Result<Self, Error> {
+        let parsed = Self::parse(origin)?;
+        if !parsed.https {
+            return Err(Error::InvalidOrigin {
+                origin: origin.to_owned(),
+                reason: "TLS settings need an https:// origin",
+            });
+        }
+        Ok(parsed)
+    }
+
     /// The scheme a request's absolute URI must have.
     pub(crate) fn scheme(&self) -> Scheme {
         if self.https {

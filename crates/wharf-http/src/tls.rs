@@ -107,9 +107,9 @@ impl Tls {
         Ok(self)
     }
 
-    /// The rustls configuration: these roots, this identity, ALPN
-    /// `http/1.1`.
-    pub(crate) fn client_config(&self) -> Result<Arc<ClientConfig>, Error> {
+    /// The rustls configuration: these roots, this identity, offering
+    /// `alpn`.
+    pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -121,7 +121,7 @@ impl Tls {
                 .map_err(|e| Error::TlsConfig(format!("client certificate: {e}")))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
 }

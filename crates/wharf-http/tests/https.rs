@@ -14,13 +14,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use wharf_http::{Error, HttpPool, Tls};
+use wharf_http::{Error, Http2Pool, HttpPool, Tls};
 
 /// A CA and what it signed, as PEM.
 struct Pki {
@@ -68,6 +68,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// with `client_ca`, it demands a client certificate that CA signed.
 /// Returns its address and a count of the TLS connections it accepted.
 async fn origin(pki: &Pki, client_ca: Option<&str>) -> (SocketAddr, Arc<AtomicUsize>) {
+    origin_speaking(pki, client_ca, false).await
+}
+
+/// Like [`origin`], speaking HTTP/2 (ALPN `h2` only) when `h2`, else
+/// HTTP/1.1 without ALPN.
+async fn origin_speaking(
+    pki: &Pki,
+    client_ca: Option<&str>,
+    h2: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let chain = CertificateDer::pem_slice_iter(pki.server.0.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
@@ -91,7 +101,9 @@ async fn origin(pki: &Pki, client_ca: Option<&str>) -> (SocketAddr, Arc<AtomicUs
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(chain, key).unwrap();
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    // An HTTP/1.1 origin that knows nothing of ALPN, as many do.
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { Vec::new() };
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -111,9 +123,14 @@ async fn origin(pki: &Pki, client_ca: Option<&str>) -> (SocketAddr, Arc<AtomicUs
                         request.uri().path().to_owned(),
                     ))))
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let io = TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                } else {
+                    let _ = http1::Builder::new().serve_connection(io, service).await;
+                }
             });
         }
     });
@@ -224,4 +241,37 @@ fn bad_tls_settings_are_refused_with_the_reason() {
     let tls = Tls::with_ca_pem(pki.ca.as_bytes()).unwrap();
     let err = wharf_http::HttpManager::with_tls("http://127.0.0.1:1", &tls).unwrap_err();
     assert!(matches!(err, Error::InvalidOrigin { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn http2_over_tls_is_chosen_by_alpn() {
+    let pki = pki();
+    let (addr, accepted) = origin_speaking(&pki, None, true).await;
+    let url = format!("https://localhost:{}", addr.port());
+    let tls = Tls::with_ca_pem(pki.ca.as_bytes()).unwrap();
+    let http = Http2Pool::with_tls(&url, wharf::shared::SharedSettings::default(), tls)
+        .await
+        .unwrap();
+    for path in ["/x", "/y"] {
+        let response = http.get(path).await.unwrap();
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.body().as_ref(), path.as_bytes());
+    }
+    // min_connections (2) opened at start; requests share them.
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_tls_server_without_h2_is_refused_for_http2() {
+    let pki = pki();
+    let (addr, _) = origin_speaking(&pki, None, false).await;
+    let url = format!("https://localhost:{}", addr.port());
+    let tls = Tls::with_ca_pem(pki.ca.as_bytes()).unwrap();
+    let settings = wharf::shared::SharedSettings {
+        min_connections: 0,
+        ..wharf::shared::SharedSettings::default()
+    };
+    let http = Http2Pool::with_tls(&url, settings, tls).await.unwrap();
+    let err = http.get("/").await.unwrap_err().to_string();
+    assert!(err.contains("did not agree to HTTP/2"), "{err}");
 }

@@ -41,7 +41,14 @@
 //! cluster connections: a checkout sends each command to the master of its
 //! key's slot, follows `MOVED` and `ASK`, and picks up slot-map changes
 //! and masters that come back (see the [`cluster`] module's reasons for
-//! pooling whole-cluster connections). Sentinel is not supported.
+//! pooling whole-cluster connections).
+//!
+//! ## Redis Sentinel
+//!
+//! [`RedisSentinelManager`] and [`SentinelPool`] open connections to the
+//! master (or a replica) the sentinels name; after a failover, connections
+//! to the demoted master break on `READONLY` or fail the `ROLE` check and
+//! new ones go to the promoted replica (the [`sentinel`] module).
 //!
 //! Health: [`Manager::check`](wharf::Manager::check) sends `PING` (before
 //! reusing a connection idle longer than `validate_after`, and on keepalive),
@@ -56,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod sentinel;
 
 use std::fmt;
 
@@ -65,6 +73,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{ClusterConnection, ClusterPool, RedisClusterManager};
 pub use redis;
+pub use sentinel::{RedisSentinelManager, SentinelPool};
 pub use wharf;
 
 /// A pool of Redis connections.
@@ -87,6 +96,10 @@ pub enum Error {
     /// `PING` was answered with something other than `PONG`.
     #[error("PING answered {0:?} instead of PONG")]
     UnexpectedPong(String),
+    /// A server reached through Sentinel is no longer what the sentinels
+    /// named (a failover demoted the master).
+    #[error("the server's ROLE is {0}, not the one asked for")]
+    UnexpectedRole(String),
     /// The pool settings contradict each other.
     #[error("invalid pool settings: {0}")]
     Pool(#[from] wharf::ConfigError),
@@ -204,7 +217,12 @@ impl<C> RedisConnection<C> {
         if let Err(error) = result {
             // A timeout counts too: a peer that went away without a reset
             // (a half-open connection) looks exactly like one.
-            if error.is_io_error() || error.is_unrecoverable_error() {
+            // READONLY: a master demoted by a failover; a new connection
+            // goes to the new one.
+            if error.is_io_error()
+                || error.is_unrecoverable_error()
+                || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            {
                 if !self.broken {
                     tracing::debug!(%error, "Redis connection broken");
                 }

@@ -59,6 +59,9 @@ pub struct RedisServer {
     port: u16,
     /// Arguments after the defaults (cluster mode, for one).
     extra_args: Vec<String>,
+    /// A configuration file, given before every other argument (Sentinel
+    /// needs one it can rewrite).
+    config_file: Option<PathBuf>,
     /// The server, while we believe it runs.
     server: Option<Child>,
 }
@@ -93,6 +96,7 @@ impl RedisServer {
             dir,
             port: 0,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            config_file: None,
             server: None,
         };
         let launched = process::launch_retrying(Duration::ZERO, || {
@@ -106,6 +110,36 @@ impl RedisServer {
             dir = %server.dir.display(),
             "redis-server started"
         );
+        Ok(server)
+    }
+
+    /// Starts a Redis Sentinel (`redis-server <file> --sentinel`) whose
+    /// configuration file holds `config` (`sentinel monitor ...` lines); it
+    /// listens on a port of its own like any server here.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start), or if the file cannot be written.
+    pub fn start_sentinel(config: &str) -> Result<RedisServer, Error> {
+        os::reap_orphans();
+        let dir = os::create_unique_dir()?;
+        let config_file = dir.join("sentinel.conf");
+        std::fs::write(&config_file, config)
+            .map_err(io_context(format!("writing {}", config_file.display())))?;
+        let mut server = RedisServer {
+            binary: binary(),
+            log_path: dir.join("redis.log"),
+            dir,
+            port: 0,
+            extra_args: vec!["--sentinel".to_owned()],
+            config_file: Some(config_file),
+            server: None,
+        };
+        let launched = process::launch_retrying(Duration::ZERO, || {
+            server.port = free_port()?;
+            server.launch()
+        })?;
+        server.server = Some(launched.ready_on(PROGRAM, server.port, true)?);
         Ok(server)
     }
 
@@ -244,6 +278,9 @@ impl RedisServer {
         let log_start = log.start;
 
         let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config_file {
+            command.arg(config);
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())

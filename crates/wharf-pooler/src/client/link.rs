@@ -54,12 +54,21 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
             });
             // query_wait_notify: once per wait, as PgBouncer 1.25.
+            // No timer (not even a clock read) unless it is set: this runs
+            // once per transaction.
             let notify = self.timeouts.query_wait_notify.filter(|d| !d.is_zero());
-            let notice_at = tokio::time::sleep(notify.unwrap_or(super::NO_TIMEOUT));
-            let mut notice_at = std::pin::pin!(notice_at);
+            let mut notice_at = std::pin::pin!(async move {
+                match notify {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
+            });
             let mut notified = notify.is_none();
             loop {
+                // Biased: the order costs nothing to keep, a random one a
+                // thread-local RNG draw per poll.
                 tokio::select! {
+                    biased;
                     got = &mut get => break Some(got),
                     _ = &mut shutdown, if watching => break None,
                     _ = &mut notice_at, if !notified => {

@@ -206,9 +206,12 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     }
                 };
                 let shutdown = shutdown_fired(shutdown);
+                // Biased (no RNG draw per poll): each event is handled
+                // and the loop polls both sides again, so neither starves.
                 tokio::select! {
-                    event = client_side => event,
+                    biased;
                     event = server_side => event,
+                    event = client_side => event,
                     _ = timer.as_mut(), if timer_on => Event::Timer,
                     _ = shutdown, if wake_on_shutdown => Event::Shutdown,
                 }

@@ -176,6 +176,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let event = {
             let shutdown = shutdown_fired(&mut self.shutdown);
             tokio::select! {
+                biased;
                 read = self.reader.read_buf(&mut self.cbuf) => Waited::Read(read),
                 _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
                 _ = shutdown, if watching => Waited::Shutdown,

@@ -240,10 +240,13 @@ enum Suits {
 }
 
 impl wharf::Manager for ServerManager {
-    type Connection = ServerConn;
+    /// Boxed: a server connection (its TLS state above all) is large, and
+    /// the engine moves connections between its idle set and checkouts on
+    /// every transaction; a box moves as one pointer.
+    type Connection = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
+    async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
         loop {
             // A paused database opens no servers (PAUSE waits for them all
             // to close); the engine's connect_timeout bounds this wait.
@@ -259,11 +262,11 @@ impl wharf::Manager for ServerManager {
             if conn.unusable(self.generation.current()) {
                 continue;
             }
-            return Ok(conn);
+            return Ok(Box::new(conn));
         }
     }
 
-    async fn check(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
+    async fn check(&self, conn: &mut Box<ServerConn>) -> Result<(), ServerError> {
         conn.check().await?;
         if conn.role_changed() {
             return Err(ServerError::Unsuitable {
@@ -274,7 +277,7 @@ impl wharf::Manager for ServerManager {
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
         // A standby promoted (or a primary demoted) under its sessions.
         conn.unusable(self.generation.current()) || conn.role_changed()
     }

@@ -39,6 +39,12 @@ pub(crate) enum SqlStatement<'a> {
 /// Anything else, or SQL PostgreSQL would not parse, is `None`: the server
 /// gets it as it is and answers for it.
 pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
+    // Every simple query comes through here: most start with a letter
+    // that rules all three keywords out, so look no further.
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(first.to_ascii_uppercase(), b'P' | b'E' | b'D' | b'-' | b'/') {
+        return None;
+    }
     let mut keyword = [0; 16];
     if !matches!(
         first_keyword(sql, &mut keyword),
@@ -83,16 +89,29 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
     }
 }
 
+/// Whether `needle` (not empty) occurs in `hay`, ASCII case ignored. Runs
+/// on every simple query, so it only compares where the first letter
+/// matches (memchr finds those with SIMD).
+fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay).any(|at| {
+        hay.get(at..at + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    })
+}
+
 /// Where, in a query [`classify`] leaves to the server, an `EXECUTE` or
 /// `DEALLOCATE [PREPARE]` names a statement whose name (as PostgreSQL
 /// folds it) starts with `prefix`: the pooler's own names, which a client
 /// must not reach inside a longer query either. Empty for most queries,
 /// which do not contain the prefix at all.
 pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> {
-    let contains = sql
-        .windows(prefix.len())
-        .any(|w| w.eq_ignore_ascii_case(prefix));
-    let Some(text) = contains.then(|| std::str::from_utf8(sql).ok()).flatten() else {
+    let Some(text) = contains_ignoring_case(sql, prefix)
+        .then(|| std::str::from_utf8(sql).ok())
+        .flatten()
+    else {
         return Vec::new();
     };
     let Ok(tokens) = pg_query::scan_tokens(text) else {
@@ -149,6 +168,10 @@ mod tests {
         assert_eq!(found, ["Wharf_7", "\"wharf_8\""]);
         assert!(own_names_reached(b"SELECT wharf_7 FROM t", b"wharf_").is_empty());
         assert!(own_names_reached(b"SELECT 1", b"wharf_").is_empty());
+        assert!(super::contains_ignoring_case(b"x WHARF_1", b"wharf_"));
+        assert!(super::contains_ignoring_case(b"wharf_", b"wharf_"));
+        assert!(!super::contains_ignoring_case(b"SELECT wharf", b"wharf_"));
+        assert!(!super::contains_ignoring_case(b"", b"wharf_"));
     }
 
     fn definition(sql: &str) -> Option<(String, String)> {

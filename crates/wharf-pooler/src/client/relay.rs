@@ -167,7 +167,17 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             let mut saw_ready = false;
             let mut now = EventTime::default();
 
-            let event = {
+            let to_server = match self.tracker.as_mut().map(|t| t.out()) {
+                Some(out) if !out.is_empty() => &out[..],
+                _ => &self.cbuf[..self.cscan.ready()],
+            };
+            let at_once = write_at_once(
+                (&rbuf[..sscan.ready()], &mut self.writer),
+                (to_server, &mut sw),
+            );
+            let event = if let Some(event) = at_once {
+                event
+            } else {
                 let Session {
                     reader,
                     writer,
@@ -353,6 +363,33 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             }
         }
     }
+}
+
+/// Makes a write that needs no waiting (the socket has room, as it
+/// nearly always has) at once: to the client first, as the select below
+/// would, then to the server. Skipping the select saves building and
+/// polling both sides' futures for an event that was never in doubt.
+fn write_at_once<C, S>(to_client: (&[u8], &mut C), to_server: (&[u8], &mut S)) -> Option<Event>
+where
+    C: AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let (bytes, client) = to_client;
+    if !bytes.is_empty() {
+        if let std::task::Poll::Ready(wrote) = std::pin::Pin::new(client).poll_write(&mut cx, bytes)
+        {
+            return Some(Event::WroteClient(wrote));
+        }
+    }
+    let (bytes, server) = to_server;
+    if !bytes.is_empty() {
+        if let std::task::Poll::Ready(wrote) = std::pin::Pin::new(server).poll_write(&mut cx, bytes)
+        {
+            return Some(Event::WroteServer(wrote));
+        }
+    }
+    None
 }
 
 /// Why [`probe`] failed.

@@ -115,6 +115,8 @@
 #![warn(missing_docs)]
 
 mod acquire;
+mod admission;
+mod breaker;
 mod config;
 mod connector;
 mod error;
@@ -124,6 +126,7 @@ mod histogram;
 mod hooks;
 mod interact;
 mod janitor;
+mod lanes;
 mod leak;
 mod manage;
 mod manager;
@@ -132,17 +135,21 @@ mod padded;
 mod pool;
 mod pooled;
 mod queue;
+mod retry;
 mod tunables;
 mod waiters;
 
+pub use breaker::{BreakerConfig, CircuitMetrics, CircuitState, Failure};
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
 pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
 pub use hooks::{CloseReason, ConnHook, HookFuture, StateHook};
 pub use interact::InteractError;
+pub use lanes::{LaneConfig, LaneMetrics};
 pub use manage::{AddError, AddRefusal};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};
 pub use pooled::{ConnInfo, Pooled};
+pub use retry::{ErrorClass, RetryBudget, RetryPolicy, WorkFuture};

@@ -3,6 +3,8 @@
 //! (`acquire.rs`), with the outcome reported back to both.
 //!
 //! A pool with neither never comes here: `get()` pays one branch for them.
+//! Here too the common case stays cheap: a closed circuit and a lane with
+//! a free place read no clock and take no lock.
 
 use std::panic::Location;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ impl<M: Manager> Shared<M> {
     /// the lane at `lane` (when given), waiting `wait` in all.
     pub(crate) async fn admitted_acquire(
         self: Arc<Self>,
-        wait: Duration,
+        mut wait: Duration,
         lane: Option<usize>,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, Error> {
@@ -27,30 +29,31 @@ impl<M: Manager> Shared<M> {
             Some(breaker) => Some(breaker.admit()?),
             None => None,
         };
-        let start = Instant::now();
-        let deadline = start + wait;
-        let place = match lane {
-            Some(index) => Some(self.lanes[index].enter(start, deadline).await?),
+        let place = match lane.map(|index| &self.lanes[index]) {
             None => None,
+            Some(lane) => match lane.try_enter() {
+                Some(place) => Some(place),
+                None => {
+                    let start = Instant::now();
+                    let place = lane.enter(start, start + wait).await?;
+                    wait = wait.saturating_sub(start.elapsed());
+                    Some(place)
+                }
+            },
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let lanes_shared = lane.map(|_| self.clone());
-        let outcome = Shared::acquire(self, remaining, caller).await;
-        if let (Some(index), Some(shared)) = (lane, &lanes_shared) {
-            let lane = &shared.lanes[index];
-            match &outcome {
-                Ok(_) => lane.acquired(),
-                Err(Error::Timeout { .. }) => lane.count_timeout(),
-                Err(_) => {}
-            }
-        }
-        match outcome {
+        match Shared::acquire_keeping_pool(self, wait, caller).await {
             Ok(mut pooled) => {
+                if let Some(index) = lane {
+                    pooled.shared.lanes[index].acquired();
+                }
                 pooled.call = call;
                 pooled.lane_place = place;
                 Ok(pooled)
             }
-            Err(err) => {
+            Err((shared, err)) => {
+                if let (Some(index), Error::Timeout { .. }) = (lane, &err) {
+                    shared.lanes[index].count_timeout();
+                }
                 let failure = match &err {
                     Error::Timeout { waited, .. } => Some(Failure::AcquireTimeout(*waited)),
                     Error::Unavailable {
@@ -60,9 +63,11 @@ impl<M: Manager> Shared<M> {
                     // nothing (dropping the call frees a probe's place).
                     _ => None,
                 };
-                if let (Some(mut call), Some(failure)) = (call, failure) {
+                if let (Some(mut call), Some(failure), Some(breaker)) =
+                    (call, failure, &shared.breaker)
+                {
                     call.report(failure);
-                    call.finish();
+                    call.finish(breaker, Instant::now());
                 }
                 Err(err)
             }

@@ -12,7 +12,7 @@
 //! report them in [`Status`](crate::Status) and its metrics without
 //! translating another crate's notion of them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,55 +141,49 @@ struct Bucket {
     failures: u32,
 }
 
-const BUCKETS: usize = 10;
+const BUCKETS: u64 = 10;
 
 /// The rolling window: counts for the last `BUCKETS` slices of time.
+/// Successes of the newest slice are counted apart, in an atomic
+/// ([`Breaker::fresh`]), so that a closed circuit takes no lock per call.
 struct Window {
-    origin: Instant,
-    bucket_len: Duration,
-    buckets: [Bucket; BUCKETS],
+    buckets: [Bucket; BUCKETS as usize],
 }
 
 impl Window {
-    fn new(window: Duration, now: Instant) -> Self {
+    fn new() -> Self {
         Self {
-            origin: now,
-            bucket_len: (window / BUCKETS as u32).max(Duration::from_micros(1)),
-            buckets: [Bucket::default(); BUCKETS],
+            buckets: [Bucket::default(); BUCKETS as usize],
         }
     }
 
-    fn epoch(&self, now: Instant) -> u64 {
-        let elapsed = now.saturating_duration_since(self.origin).as_nanos();
-        (elapsed / self.bucket_len.as_nanos()) as u64
-    }
-
-    fn record(&mut self, now: Instant, failed: bool) {
-        let epoch = self.epoch(now);
-        let bucket = &mut self.buckets[(epoch % BUCKETS as u64) as usize];
+    fn add(&mut self, epoch: u64, calls: u32, failures: u32) {
+        let bucket = &mut self.buckets[(epoch % BUCKETS) as usize];
         if bucket.epoch != epoch {
+            if bucket.epoch > epoch {
+                return; // older than the window
+            }
             *bucket = Bucket {
                 epoch,
                 ..Bucket::default()
             };
         }
-        bucket.calls += 1;
-        bucket.failures += u32::from(failed);
+        bucket.calls = bucket.calls.saturating_add(calls);
+        bucket.failures = bucket.failures.saturating_add(failures);
     }
 
-    /// Calls and failures within the window as of `now`.
-    fn totals(&self, now: Instant) -> (u32, u32) {
-        let current = self.epoch(now);
+    /// Calls and failures within the window ending in slice `current`.
+    fn totals(&self, current: u64) -> (u32, u32) {
         self.buckets
             .iter()
-            .filter(|b| b.calls > 0 && current.saturating_sub(b.epoch) < BUCKETS as u64)
+            .filter(|b| b.calls > 0 && current.saturating_sub(b.epoch) < BUCKETS)
             .fold((0, 0), |(calls, failures), b| {
                 (calls + b.calls, failures + b.failures)
             })
     }
 
     fn clear(&mut self) {
-        self.buckets = [Bucket::default(); BUCKETS];
+        self.buckets = [Bucket::default(); BUCKETS as usize];
     }
 }
 
@@ -204,48 +198,67 @@ struct Inner {
     last_failure: Option<Failure>,
 }
 
+const CLOSED: u8 = 0;
+const NOT_CLOSED: u8 = 1;
+
 /// A pool's circuit breaker.
 pub(crate) struct Breaker {
     config: BreakerConfig,
     pool: String,
+    origin: Instant,
+    /// `2^64 / (window / BUCKETS in nanoseconds)`.
+    bucket_reciprocal: u64,
     inner: Mutex<Inner>,
+    /// Whether the circuit is closed, and its generation: copies of
+    /// `inner`'s, written under the lock, read without it by the checkout
+    /// path of a closed circuit.
+    closed: AtomicU8,
+    generation: AtomicU64,
+    /// Successes in the newest slice of time: its epoch (low 32 bits) in
+    /// the high half, the count in the low half. Folded into the window
+    /// under the lock when a later slice begins.
+    fresh: AtomicU64,
     pub(crate) opened: AtomicU64,
     pub(crate) half_opened: AtomicU64,
-    pub(crate) closed: AtomicU64,
+    pub(crate) closed_count: AtomicU64,
     pub(crate) rejected: AtomicU64,
 }
 
 /// A checkout let through by the breaker, whose outcome is still to come.
 /// Dropped without [`finish`](Self::finish) (a `get()` cancelled, or one
 /// that failed for a reason that says nothing about the backend), it counts
-/// for nothing but frees its probe slot.
+/// for nothing but frees its probe's place.
 pub(crate) struct Call {
-    breaker: Arc<Breaker>,
     generation: u64,
-    probe: bool,
-    finished: bool,
-    /// Set when the call failed; its last failure counts.
-    failure: Option<Failure>,
+    /// Set for a half-open circuit's probe, whose place must be given back
+    /// even when its `get()` is dropped.
+    probe: Option<Arc<Breaker>>,
+    /// Set when the call failed; its last failure counts. Boxed: the
+    /// success path carries one word for it.
+    failure: Option<Box<Failure>>,
 }
 
 impl Call {
     /// Marks the call failed.
     pub(crate) fn report(&mut self, failure: Failure) {
-        self.failure = Some(failure);
+        self.failure = Some(Box::new(failure));
     }
 
-    /// Records the call's outcome: a success unless a failure was reported.
-    pub(crate) fn finish(mut self) {
-        self.finished = true;
-        let failure = self.failure.take();
-        self.breaker.record(self.generation, self.probe, failure);
+    /// Records the call's outcome (a success unless a failure was
+    /// reported), counted in the window at `started`.
+    pub(crate) fn finish(mut self, breaker: &Breaker, started: Instant) {
+        let probe = self.probe.take().is_some();
+        match self.failure.take() {
+            None if !probe => breaker.record_success(self.generation, started),
+            failure => breaker.record(self.generation, probe, failure.map(|f| *f)),
+        }
     }
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if !self.finished && self.probe {
-            let mut inner = self.breaker.inner.lock();
+        if let Some(breaker) = self.probe.take() {
+            let mut inner = breaker.inner.lock();
             if inner.generation == self.generation {
                 inner.probes_in_flight -= 1;
             }
@@ -256,20 +269,26 @@ impl Drop for Call {
 impl Breaker {
     pub(crate) fn new(config: BreakerConfig, pool: &str) -> Self {
         let now = Instant::now();
+        let bucket_nanos = (config.window.as_nanos() / u128::from(BUCKETS)).max(1);
         Self {
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 since: now,
-                window: Window::new(config.window, now),
+                window: Window::new(),
                 generation: 0,
                 probes_in_flight: 0,
                 last_failure: None,
             }),
+            origin: now,
+            bucket_reciprocal: u64::MAX / u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
             config,
             pool: pool.to_owned(),
+            closed: AtomicU8::new(CLOSED),
+            generation: AtomicU64::new(0),
+            fresh: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
+            closed_count: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
     }
@@ -278,27 +297,42 @@ impl Breaker {
         self.inner.lock().state
     }
 
+    /// Which slice of time `at` falls in. A multiplication by the
+    /// reciprocal rather than a division: this runs on every return of a
+    /// connection, and a boundary off by a nanosecond changes nothing.
+    fn epoch(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.origin).as_nanos();
+        let elapsed = u64::try_from(elapsed).unwrap_or(u64::MAX);
+        ((u128::from(elapsed) * u128::from(self.bucket_reciprocal)) >> 64) as u64
+    }
+
     /// Lets a checkout through, or refuses it with
-    /// [`Error::CircuitOpen`].
+    /// [`Error::CircuitOpen`]. A closed circuit only reads two atomics.
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Call, Error> {
+        if self.closed.load(Ordering::Acquire) == CLOSED {
+            return Ok(Call {
+                generation: self.generation.load(Ordering::Acquire),
+                probe: None,
+                failure: None,
+            });
+        }
         let now = Instant::now();
         let mut inner = self.inner.lock();
         if inner.state == CircuitState::Open && now >= inner.since + self.config.open_for {
             self.transition(&mut inner, CircuitState::HalfOpen, now);
         }
-        let probe = match inner.state {
-            CircuitState::Open => false,
+        let call = |inner: &Inner, probe: Option<Arc<Breaker>>| Call {
+            generation: inner.generation,
+            probe,
+            failure: None,
+        };
+        match inner.state {
+            CircuitState::Closed | CircuitState::Disabled => return Ok(call(&inner, None)),
             CircuitState::HalfOpen if inner.probes_in_flight < self.config.half_open_probes => {
                 inner.probes_in_flight += 1;
-                true
+                return Ok(call(&inner, Some(self.clone())));
             }
-            CircuitState::HalfOpen => false,
-            CircuitState::Closed | CircuitState::Disabled => {
-                return Ok(self.call(&inner, false));
-            }
-        };
-        if probe {
-            return Ok(self.call(&inner, true));
+            CircuitState::HalfOpen | CircuitState::Open => {}
         }
         let retry_in = match inner.state {
             CircuitState::Open => {
@@ -315,13 +349,53 @@ impl Breaker {
         })
     }
 
-    fn call(self: &Arc<Self>, inner: &Inner, probe: bool) -> Call {
-        Call {
-            breaker: self.clone(),
-            generation: inner.generation,
-            probe,
-            finished: false,
-            failure: None,
+    /// A successful call of a closed circuit, started at `started`: one
+    /// atomic add while its slice of time is the newest.
+    fn record_success(&self, generation: u64, started: Instant) {
+        let epoch = self.epoch(started);
+        let stamp = (epoch as u32 as u64) << 32;
+        let mut fresh = self.fresh.load(Ordering::Relaxed);
+        while fresh & !u64::from(u32::MAX) == stamp
+            && self.closed.load(Ordering::Relaxed) == CLOSED
+            && self.generation.load(Ordering::Relaxed) == generation
+        {
+            match self.fresh.compare_exchange_weak(
+                fresh,
+                fresh + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => fresh = now,
+            }
+        }
+        let mut inner = self.inner.lock();
+        if inner.state != CircuitState::Closed || inner.generation != generation {
+            return;
+        }
+        self.fold_fresh(&mut inner, epoch);
+        let current = self.fresh.load(Ordering::Relaxed);
+        if current & !u64::from(u32::MAX) == stamp {
+            self.fresh.fetch_add(1, Ordering::AcqRel);
+        } else {
+            inner.window.add(epoch, 1, 0);
+        }
+    }
+
+    /// Moves the fresh successes into the window when slice `epoch` is
+    /// newer than theirs, starting a fresh count for it. Under the lock.
+    fn fold_fresh(&self, inner: &mut Inner, epoch: u64) {
+        let fresh = self.fresh.load(Ordering::Acquire);
+        let fresh_epoch32 = fresh >> 32;
+        let behind = (epoch as u32).wrapping_sub(fresh_epoch32 as u32);
+        if behind == 0 || behind > u32::MAX / 2 {
+            return; // the same slice, or `epoch` is the older one
+        }
+        let stamp = (epoch as u32 as u64) << 32;
+        let taken = self.fresh.swap(stamp, Ordering::AcqRel);
+        let count = (taken & u64::from(u32::MAX)) as u32;
+        if count > 0 {
+            inner.window.add(epoch - u64::from(behind), count, 0);
         }
     }
 
@@ -364,8 +438,11 @@ impl Breaker {
                 self.transition(inner, next, now);
             }
             CircuitState::Closed if current => {
-                inner.window.record(now, failed);
-                let (calls, failures) = inner.window.totals(now);
+                let epoch = self.epoch(now);
+                self.fold_fresh(inner, epoch);
+                inner.window.add(epoch, 1, u32::from(failed));
+                let (mut calls, failures) = inner.window.totals(epoch);
+                calls += (self.fresh.load(Ordering::Acquire) & u64::from(u32::MAX)) as u32;
                 let rate = f64::from(failures) / f64::from(calls);
                 if failed && calls >= self.config.min_calls && rate >= self.config.failure_rate {
                     self.transition(inner, CircuitState::Open, now);
@@ -383,6 +460,14 @@ impl Breaker {
         inner.generation += 1;
         inner.probes_in_flight = 0;
         inner.window.clear();
+        self.fresh.store(0, Ordering::Release);
+        self.generation.store(inner.generation, Ordering::Release);
+        let closed = if to == CircuitState::Closed {
+            CLOSED
+        } else {
+            NOT_CLOSED
+        };
+        self.closed.store(closed, Ordering::Release);
         let cause = inner.last_failure.as_ref().map(ToString::to_string);
         match to {
             CircuitState::Open => {
@@ -399,7 +484,7 @@ impl Breaker {
                 tracing::info!(pool = %self.pool, probes = self.config.half_open_probes, "circuit half-open: probing the backend");
             }
             CircuitState::Closed => {
-                self.closed.fetch_add(1, Ordering::Relaxed);
+                self.closed_count.fetch_add(1, Ordering::Relaxed);
                 inner.last_failure = None;
                 tracing::info!(pool = %self.pool, "circuit closed: a probe succeeded");
             }
@@ -413,7 +498,7 @@ impl Breaker {
             state: self.state(),
             opened: load(&self.opened),
             half_opened: load(&self.half_opened),
-            closed: load(&self.closed),
+            closed: load(&self.closed_count),
             rejected: load(&self.rejected),
         }
     }

@@ -135,6 +135,12 @@ impl Lane {
         }
     }
 
+    /// A place in the lane if one is free now and nobody is queued for
+    /// one (tokio's semaphore does not let a newcomer overtake its queue).
+    pub(crate) fn try_enter(&self) -> Option<LanePlace> {
+        self.places.clone().try_acquire_owned().ok()
+    }
+
     /// Takes a place in the lane, waiting in its line (first come, first
     /// served) until `deadline` at the latest.
     pub(crate) async fn enter(
@@ -142,9 +148,6 @@ impl Lane {
         start: Instant,
         deadline: Instant,
     ) -> Result<LanePlace, Error> {
-        if let Ok(place) = self.places.clone().try_acquire_owned() {
-            return Ok(place);
-        }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = Waiting(&self.waiting);
         let place = timeout_at(deadline, self.places.clone().acquire_owned()).await;

@@ -133,8 +133,8 @@ impl<M: Manager> Pooled<M> {
         if let (Some(key), Some(leaks)) = (self.leak_key.take(), &self.shared.leaks) {
             leaks.unregister(key);
         }
-        if let Some(call) = self.call.take() {
-            call.finish();
+        if let (Some(call), Some(breaker)) = (self.call.take(), &self.shared.breaker) {
+            call.finish(breaker, self.checked_out_at);
         }
         self.live
             .take()

@@ -137,6 +137,22 @@ async fn calls_older_than_the_window_no_longer_count() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn successes_spread_over_the_window_all_count_against_the_failures() {
+    let (pool, _script) = pool_with(breaker(4, 1));
+    for _ in 0..3 {
+        call(&pool, false).await;
+        sleep(Duration::from_secs(2)).await;
+    }
+    call(&pool, false).await;
+    for _ in 0..3 {
+        call(&pool, true).await;
+    }
+    assert_eq!(pool.status().circuit, CircuitState::Closed, "3 of 7 failed");
+    call(&pool, true).await;
+    assert_eq!(pool.status().circuit, CircuitState::Open, "4 of 8 failed");
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_open_for_one_probe_goes_through_and_its_success_closes_the_circuit() {
     let (pool, script) = pool_with(breaker(2, 1));
     open(&pool).await;

@@ -91,7 +91,8 @@ pub enum Error {
 impl Error {
     /// The last connect error this error carries: the cause of a
     /// [`Timeout`](Error::Timeout) or [`Unavailable`](Error::Unavailable)
-    /// after connects failed.
+    /// after connects failed, or of a [`CircuitOpen`](Error::CircuitOpen)
+    /// whose last failure was a connect.
     pub fn connect_error(&self) -> Option<&ConnectError> {
         match self {
             Error::Timeout { last_error, .. } | Error::Unavailable { last_error } => {

@@ -20,6 +20,12 @@
 //!   down, so a restarted database is not stampeded.
 //! - **Leaks**: connections held past `leak_detection_threshold` are
 //!   reported with the call site that took them.
+//! - **Resilience** (each off unless configured): a circuit breaker
+//!   ([`Builder::circuit_breaker`]) that answers callers at once while the
+//!   backend keeps failing and probes it back; [`Pool::retry`] for
+//!   idempotent work, with full-jitter backoff, a deadline, a retry budget
+//!   and a classifier the adapters supply; and lanes ([`Builder::lane`],
+//!   [`Pool::get_in`]) that cap what slow work may take of the pool.
 //! - **Hooks**, **metrics** (with Prometheus rendering) and graceful
 //!   [`close`](Pool::close).
 //!

@@ -11,6 +11,12 @@
 //! comes back or its `get()` is dropped. Owning the states lets the pool
 //! report them in [`Status`](crate::Status) and its metrics without
 //! translating another crate's notion of them.
+//!
+//! A call is counted when its checkout succeeds, from the pool's own count
+//! of acquires, and a failure when it is reported: so a closed circuit
+//! costs a checkout two atomic loads and its return nothing. The acquires
+//! are moved into the rolling window at every maintenance tick and every
+//! failure, so a bucket's calls are accurate to `maintenance_interval`.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -51,7 +57,9 @@ pub struct BreakerConfig {
     /// is not an outage). Default 20.
     pub min_calls: u32,
     /// How far back calls are counted (a rolling window of ten buckets).
-    /// Default 10 s.
+    /// A call counts from its checkout, and checkouts enter the window at
+    /// the pool's maintenance ticks (and at each failure), so keep this
+    /// well above `maintenance_interval`. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// How long the circuit stays open before letting probes through.
@@ -144,8 +152,6 @@ struct Bucket {
 const BUCKETS: u64 = 10;
 
 /// The rolling window: counts for the last `BUCKETS` slices of time.
-/// Successes of the newest slice are counted apart, in an atomic
-/// ([`Breaker::fresh`]), so that a closed circuit takes no lock per call.
 struct Window {
     buckets: [Bucket; BUCKETS as usize],
 }
@@ -196,6 +202,9 @@ struct Inner {
     generation: u64,
     probes_in_flight: u32,
     last_failure: Option<Failure>,
+    /// The pool's acquire count already in the window (or, while not
+    /// closed, passed over).
+    acquired_seen: u64,
 }
 
 const CLOSED: u8 = 0;
@@ -214,10 +223,6 @@ pub(crate) struct Breaker {
     /// path of a closed circuit.
     closed: AtomicU8,
     generation: AtomicU64,
-    /// Successes in the newest slice of time: its epoch (low 32 bits) in
-    /// the high half, the count in the low half. Folded into the window
-    /// under the lock when a later slice begins.
-    fresh: AtomicU64,
     pub(crate) opened: AtomicU64,
     pub(crate) half_opened: AtomicU64,
     pub(crate) closed_count: AtomicU64,
@@ -244,15 +249,44 @@ impl Call {
         self.failure = Some(Box::new(failure));
     }
 
-    /// Records the call's outcome (a success unless a failure was
-    /// reported), counted in the window at `started`.
-    pub(crate) fn finish(mut self, breaker: &Breaker, started: Instant) {
+    /// Records the call's outcome: a success unless a failure was
+    /// reported. `acquired` reads the pool's acquire count; it is only
+    /// called for failures and probes, a closed circuit's success being
+    /// already counted by its checkout.
+    pub(crate) fn finish(mut self, breaker: &Breaker, acquired: impl FnOnce() -> u64) {
         let probe = self.probe.take().is_some();
-        match self.failure.take() {
-            None if !probe => breaker.record_success(self.generation, started),
-            failure => breaker.record(self.generation, probe, failure.map(|f| *f)),
+        let failure = self.failure.take();
+        if probe || failure.is_some() {
+            let outcome = Outcome {
+                generation: self.generation,
+                probe,
+                failure: failure.map(|f| *f),
+                checked_out: true,
+            };
+            breaker.record(outcome, acquired());
         }
     }
+
+    /// Records a failed checkout (timed out, or no connection could be
+    /// opened): a call of its own and a failure.
+    pub(crate) fn fail_checkout(mut self, breaker: &Breaker, failure: Failure, acquired: u64) {
+        let outcome = Outcome {
+            generation: self.generation,
+            probe: self.probe.take().is_some(),
+            failure: Some(failure),
+            checked_out: false,
+        };
+        breaker.record(outcome, acquired);
+    }
+}
+
+/// What a call came to, for [`Breaker::record`].
+struct Outcome {
+    generation: u64,
+    probe: bool,
+    failure: Option<Failure>,
+    /// Whether its checkout succeeded (and is in the acquire count).
+    checked_out: bool,
 }
 
 impl Drop for Call {
@@ -278,6 +312,7 @@ impl Breaker {
                 generation: 0,
                 probes_in_flight: 0,
                 last_failure: None,
+                acquired_seen: 0,
             }),
             origin: now,
             bucket_reciprocal: u64::MAX / u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
@@ -285,7 +320,6 @@ impl Breaker {
             pool: pool.to_owned(),
             closed: AtomicU8::new(CLOSED),
             generation: AtomicU64::new(0),
-            fresh: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             half_opened: AtomicU64::new(0),
             closed_count: AtomicU64::new(0),
@@ -308,6 +342,7 @@ impl Breaker {
 
     /// Lets a checkout through, or refuses it with
     /// [`Error::CircuitOpen`]. A closed circuit only reads two atomics.
+    #[inline]
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Call, Error> {
         if self.closed.load(Ordering::Acquire) == CLOSED {
             return Ok(Call {
@@ -316,6 +351,11 @@ impl Breaker {
                 failure: None,
             });
         }
+        self.admit_not_closed()
+    }
+
+    #[cold]
+    fn admit_not_closed(self: &Arc<Self>) -> Result<Call, Error> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         if inner.state == CircuitState::Open && now >= inner.since + self.config.open_for {
@@ -349,87 +389,56 @@ impl Breaker {
         })
     }
 
-    /// A successful call of a closed circuit, started at `started`: one
-    /// atomic add while its slice of time is the newest.
-    fn record_success(&self, generation: u64, started: Instant) {
-        let epoch = self.epoch(started);
-        let stamp = (epoch as u32 as u64) << 32;
-        let mut fresh = self.fresh.load(Ordering::Relaxed);
-        while fresh & !u64::from(u32::MAX) == stamp
-            && self.closed.load(Ordering::Relaxed) == CLOSED
-            && self.generation.load(Ordering::Relaxed) == generation
-        {
-            match self.fresh.compare_exchange_weak(
-                fresh,
-                fresh + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(now) => fresh = now,
-            }
-        }
-        let mut inner = self.inner.lock();
-        if inner.state != CircuitState::Closed || inner.generation != generation {
-            return;
-        }
-        self.fold_fresh(&mut inner, epoch);
-        let current = self.fresh.load(Ordering::Relaxed);
-        if current & !u64::from(u32::MAX) == stamp {
-            self.fresh.fetch_add(1, Ordering::AcqRel);
-        } else {
-            inner.window.add(epoch, 1, 0);
+    /// Moves the acquires since the last look into the window, at slice
+    /// `epoch` (or passes over them while the circuit is not closed).
+    fn fold(&self, inner: &mut Inner, acquired: u64, epoch: u64) {
+        let new = acquired.saturating_sub(inner.acquired_seen);
+        inner.acquired_seen = acquired;
+        if inner.state == CircuitState::Closed && new > 0 {
+            inner
+                .window
+                .add(epoch, u32::try_from(new).unwrap_or(u32::MAX), 0);
         }
     }
 
-    /// Moves the fresh successes into the window when slice `epoch` is
-    /// newer than theirs, starting a fresh count for it. Under the lock.
-    fn fold_fresh(&self, inner: &mut Inner, epoch: u64) {
-        let fresh = self.fresh.load(Ordering::Acquire);
-        let fresh_epoch32 = fresh >> 32;
-        let behind = (epoch as u32).wrapping_sub(fresh_epoch32 as u32);
-        if behind == 0 || behind > u32::MAX / 2 {
-            return; // the same slice, or `epoch` is the older one
-        }
-        let stamp = (epoch as u32 as u64) << 32;
-        let taken = self.fresh.swap(stamp, Ordering::AcqRel);
-        let count = (taken & u64::from(u32::MAX)) as u32;
-        if count > 0 {
-            inner.window.add(epoch - u64::from(behind), count, 0);
-        }
+    /// The maintenance task's tick: brings the window up to date with the
+    /// pool's acquires.
+    pub(crate) fn tick(&self, acquired: u64) {
+        let epoch = self.epoch(Instant::now());
+        self.fold(&mut self.inner.lock(), acquired, epoch);
     }
 
     /// A failure seen outside any call (a connector's failed connect).
-    pub(crate) fn record_failure(&self, failure: Failure) {
+    pub(crate) fn record_failure(&self, failure: Failure, acquired: u64) {
         let mut inner = self.inner.lock();
-        let generation = inner.generation;
-        let probe = inner.state == CircuitState::HalfOpen;
-        self.record_locked(&mut inner, generation, probe, Some(failure));
+        let outcome = Outcome {
+            generation: inner.generation,
+            probe: inner.state == CircuitState::HalfOpen,
+            failure: Some(failure),
+            checked_out: false,
+        };
+        self.record_locked(&mut inner, outcome, acquired);
     }
 
-    fn record(&self, generation: u64, probe: bool, failure: Option<Failure>) {
+    fn record(&self, outcome: Outcome, acquired: u64) {
         let mut inner = self.inner.lock();
-        if probe && inner.generation == generation {
+        if outcome.probe && inner.generation == outcome.generation {
             inner.probes_in_flight -= 1;
         }
-        self.record_locked(&mut inner, generation, probe, failure);
+        self.record_locked(&mut inner, outcome, acquired);
     }
 
-    fn record_locked(
-        &self,
-        inner: &mut Inner,
-        generation: u64,
-        probe: bool,
-        failure: Option<Failure>,
-    ) {
+    fn record_locked(&self, inner: &mut Inner, outcome: Outcome, acquired: u64) {
         let now = Instant::now();
-        let current = inner.generation == generation;
-        let failed = failure.is_some();
-        if let Some(failure) = failure {
+        let epoch = self.epoch(now);
+        self.fold(inner, acquired, epoch);
+        let current = inner.generation == outcome.generation;
+        let failed = outcome.failure.is_some();
+        if let Some(failure) = outcome.failure {
             inner.last_failure = Some(failure);
         }
         match inner.state {
-            CircuitState::HalfOpen if current && probe => {
+            CircuitState::HalfOpen if current && outcome.probe => {
                 let next = if failed {
                     CircuitState::Open
                 } else {
@@ -437,14 +446,13 @@ impl Breaker {
                 };
                 self.transition(inner, next, now);
             }
-            CircuitState::Closed if current => {
-                let epoch = self.epoch(now);
-                self.fold_fresh(inner, epoch);
-                inner.window.add(epoch, 1, u32::from(failed));
-                let (mut calls, failures) = inner.window.totals(epoch);
-                calls += (self.fresh.load(Ordering::Acquire) & u64::from(u32::MAX)) as u32;
-                let rate = f64::from(failures) / f64::from(calls);
-                if failed && calls >= self.config.min_calls && rate >= self.config.failure_rate {
+            CircuitState::Closed if current && failed => {
+                // A failed checkout is a call the acquire count missed.
+                let calls = u32::from(!outcome.checked_out);
+                inner.window.add(epoch, calls, 1);
+                let (calls, failures) = inner.window.totals(epoch);
+                let rate = f64::from(failures) / f64::from(calls.max(1));
+                if calls >= self.config.min_calls && rate >= self.config.failure_rate {
                     self.transition(inner, CircuitState::Open, now);
                 }
             }
@@ -460,7 +468,6 @@ impl Breaker {
         inner.generation += 1;
         inner.probes_in_flight = 0;
         inner.window.clear();
-        self.fresh.store(0, Ordering::Release);
         self.generation.store(inner.generation, Ordering::Release);
         let closed = if to == CircuitState::Closed {
             CLOSED

@@ -77,6 +77,11 @@ impl Timing {
     pub(crate) fn snapshot(&self) -> Histogram {
         self.local.snapshot()
     }
+
+    /// Samples recorded so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.local.count()
+    }
 }
 
 impl Recorder {

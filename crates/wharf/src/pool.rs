@@ -182,8 +182,9 @@ impl<M: Manager> Pool<M> {
         let shared = self.shared().clone();
         let wait = shared.config.acquire_timeout;
         async move {
-            if shared.breaker.is_some() {
-                return Shared::admitted_acquire(shared, wait, None, caller).await;
+            if let Some(breaker) = &shared.breaker {
+                let call = breaker.admit()?;
+                return Shared::acquire_with_call(shared, wait, caller, call).await;
             }
             Shared::acquire(shared, wait, caller).await
         }
@@ -211,7 +212,7 @@ impl<M: Manager> Pool<M> {
             let wait = shared.lanes[index]
                 .acquire_timeout
                 .unwrap_or(shared.config.acquire_timeout);
-            Shared::admitted_acquire(shared, wait, Some(index), caller).await
+            Shared::admitted_acquire(shared, wait, index, caller).await
         }
     }
 
@@ -225,8 +226,9 @@ impl<M: Manager> Pool<M> {
         let caller = Location::caller();
         let shared = self.shared().clone();
         async move {
-            if shared.breaker.is_some() {
-                return Shared::admitted_acquire(shared, wait, None, caller).await;
+            if let Some(breaker) = &shared.breaker {
+                let call = breaker.admit()?;
+                return Shared::acquire_with_call(shared, wait, caller, call).await;
             }
             Shared::acquire(shared, wait, caller).await
         }
@@ -369,7 +371,8 @@ impl<M: Manager> Shared<M> {
     /// Tells the circuit breaker, if any, that a connect failed.
     pub(crate) fn connect_failed(&self, err: &crate::ConnectError) {
         if let Some(breaker) = &self.breaker {
-            breaker.record_failure(Failure::Connect(err.clone()));
+            let acquired = self.recorder.acquire_wait.count();
+            breaker.record_failure(Failure::Connect(err.clone()), acquired);
         }
     }
 

@@ -134,7 +134,7 @@ impl<M: Manager> Pooled<M> {
             leaks.unregister(key);
         }
         if let (Some(call), Some(breaker)) = (self.call.take(), &self.shared.breaker) {
-            call.finish(breaker, self.checked_out_at);
+            call.finish(breaker, || self.shared.recorder.acquire_wait.count());
         }
         self.live
             .take()

@@ -362,8 +362,9 @@ async fn checkout<M: Manager>(
     caller: &'static Location<'static>,
 ) -> Result<Pooled<M>, Error> {
     let shared = shared.clone();
-    if shared.breaker.is_some() {
-        return Shared::admitted_acquire(shared, wait, None, caller).await;
+    if let Some(breaker) = &shared.breaker {
+        let call = breaker.admit()?;
+        return Shared::acquire_with_call(shared, wait, caller, call).await;
     }
     Shared::acquire(shared, wait, caller).await
 }

@@ -45,7 +45,8 @@ async fn call(pool: &Pool<ScriptedManager>, fails: bool) {
     }
 }
 
-/// Opens the circuit of a pool built with `breaker(2, _)`.
+/// Opens the circuit of a pool built with `breaker(2, _)` or, when one
+/// more checkout is outstanding, `breaker(3, _)`.
 async fn open(pool: &Pool<ScriptedManager>) {
     call(pool, true).await;
     call(pool, true).await;
@@ -153,6 +154,23 @@ async fn successes_spread_over_the_window_all_count_against_the_failures() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn successes_older_than_the_window_no_longer_dilute_failures() {
+    let (pool, _script) = pool_with(breaker(2, 1));
+    for _ in 0..10 {
+        call(&pool, false).await;
+    }
+    // Maintenance ticks (every second) put those calls in their bucket.
+    sleep(Duration::from_secs(11)).await;
+    call(&pool, true).await;
+    call(&pool, true).await;
+    assert_eq!(
+        pool.status().circuit,
+        CircuitState::Open,
+        "2 of 2 in the window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_open_for_one_probe_goes_through_and_its_success_closes_the_circuit() {
     let (pool, script) = pool_with(breaker(2, 1));
     open(&pool).await;
@@ -215,7 +233,7 @@ async fn a_probe_whose_get_is_cancelled_frees_its_place() {
     let pool = builder
         .max_size(1)
         .acquire_timeout(Duration::from_secs(1))
-        .circuit_breaker(breaker(2, 1))
+        .circuit_breaker(breaker(3, 1))
         .build()
         .unwrap();
     // Held from before the outage, so that the probe has to queue.
@@ -274,12 +292,13 @@ async fn acquire_timeouts_count_as_failures() {
     let pool = builder
         .max_size(1)
         .acquire_timeout(Duration::from_secs(1))
-        .circuit_breaker(breaker(2, 1))
+        .circuit_breaker(breaker(3, 1))
         .build()
         .unwrap();
+    // The held checkout is one call, each timed-out one another.
     let _held = pool.get().await.unwrap();
     assert!(matches!(pool.get().await, Err(Error::Timeout { .. })));
-    assert_eq!(pool.status().circuit, CircuitState::Closed);
+    assert_eq!(pool.status().circuit, CircuitState::Closed, "1 of 2 failed");
     assert!(matches!(pool.get().await, Err(Error::Timeout { .. })));
     match pool.get().await {
         Err(Error::CircuitOpen {
@@ -310,7 +329,7 @@ async fn refusals_for_load_do_not_count_as_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_held_since_before_the_outage_does_not_close_the_open_circuit() {
-    let (pool, _script) = pool_with(breaker(2, 1));
+    let (pool, _script) = pool_with(breaker(3, 1));
     let long_held = pool.get().await.unwrap();
     open(&pool).await;
     drop(long_held); // a success, but from a call let in while closed

@@ -227,3 +227,82 @@ async fn lanes_that_cannot_work_are_refused() {
         }
     }
 }
+
+/// Holds one caller's place in the count of a lane's holders.
+struct Holding<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_cancelling_at_random_never_exceed_a_lane_cap_and_leave_nothing_behind() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let (builder, script) = scripted();
+    let pool = builder
+        .max_size(6)
+        .acquire_timeout(Duration::from_secs(60))
+        .lane("fast", 4)
+        .lane("slow", 2)
+        .build()
+        .unwrap();
+    let holders = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let most = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let mut rng = fastrand::Rng::with_seed(0x1a_4e5);
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let pool = pool.clone();
+            let (holders, most) = (holders.clone(), most.clone());
+            let seeds: Vec<u64> = (0..40).map(|_| rng.u64(..)).collect();
+            tokio::spawn(async move {
+                let lane = task % 2;
+                let name = ["fast", "slow"][lane];
+                for seed in seeds {
+                    // Some callers give up while queued (in the lane or the
+                    // pool), the others hold their connection a moment.
+                    let patience = Duration::from_micros(seed % 400);
+                    let Ok(Ok(conn)) = tokio::time::timeout(patience, pool.get_in(name)).await
+                    else {
+                        continue;
+                    };
+                    let now = holders[lane].fetch_add(1, Ordering::SeqCst) + 1;
+                    let holding = Holding(&holders[lane]);
+                    most[lane].fetch_max(now, Ordering::SeqCst);
+                    if seed % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    // Counted out before the place is given back, so that
+                    // the next holder is never counted alongside it.
+                    drop(holding);
+                    if seed % 7 == 0 {
+                        conn.discard();
+                    } else {
+                        drop(conn);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        most[0].load(Ordering::SeqCst) <= 4,
+        "fast lane above its cap"
+    );
+    assert!(
+        most[1].load(Ordering::SeqCst) <= 2,
+        "slow lane above its cap"
+    );
+    for lane in pool.metrics().lanes {
+        assert_eq!((lane.in_use, lane.waiting), (0, 0), "{lane:?}");
+    }
+    settle().await;
+    let status = pool.status();
+    assert_eq!((status.in_use, status.waiting), (0, 0), "{status:?}");
+    assert_balanced(&pool, &script);
+}

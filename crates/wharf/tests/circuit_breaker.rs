@@ -405,3 +405,75 @@ async fn out_of_range_settings_are_refused() {
         assert_eq!(err, wharf::ConfigError::BadBreaker);
     }
 }
+
+/// Randomized, on the multi-thread runtime: the circuit opens and closes
+/// many times under failures and cancelled checkouts, and once callers are
+/// healthy a probe closes it and the books balance. (A probe whose `get()`
+/// is cancelled is checked deterministically above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_storm_of_failures_and_cancellations_healthy_callers_close_the_circuit() {
+    let (builder, script) = scripted();
+    let open_for = Duration::from_millis(20);
+    let pool = builder
+        .max_size(2)
+        .acquire_timeout(Duration::from_secs(60))
+        .circuit_breaker(BreakerConfig {
+            failure_rate: 0.5,
+            min_calls: 5,
+            window: Duration::from_secs(60),
+            open_for,
+            half_open_probes: 2,
+        })
+        .build()
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(0xb4_ea6e);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let pool = pool.clone();
+            let seeds: Vec<u64> = (0..60).map(|_| rng.u64(..)).collect();
+            tokio::spawn(async move {
+                for seed in seeds {
+                    let patience = Duration::from_micros(seed % 300);
+                    let Ok(Ok(mut conn)) = tokio::time::timeout(patience, pool.get()).await else {
+                        // Refused by the circuit, or cancelled while queued.
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    if seed % 3 != 0 {
+                        conn.report_failure();
+                    }
+                    // Held a while, so that probes queue behind it and some
+                    // of them give up while queued.
+                    if seed % 5 == 0 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let circuit = pool.metrics().circuit.unwrap();
+    assert!(
+        circuit.opened >= 1,
+        "two calls in three failed: {circuit:?}"
+    );
+
+    // Healthy callers from now on: the circuit closes as soon as a probe
+    // is let through, whatever the storm left behind.
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(open_for).await;
+        if let Ok(conn) = pool.get().await {
+            drop(conn);
+            if pool.status().circuit == CircuitState::Closed {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "stuck: {:?}", pool.metrics().circuit);
+    settle().await;
+    assert_balanced(&pool, &script);
+}

@@ -69,10 +69,12 @@
 
 mod error;
 mod manager;
+mod retry;
 mod transaction;
 
 pub use error::Error;
 pub use manager::MysqlManager;
+pub use retry::{classify, classify_mysql, retry_policy};
 pub use transaction::{transaction, BoxFuture};
 
 /// The mysql_async version this crate is built on, so that callers use the

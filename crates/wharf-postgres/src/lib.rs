@@ -60,6 +60,7 @@ mod config;
 mod error;
 mod ext;
 mod manager;
+mod retry;
 mod transaction;
 
 pub use client::PgClient;
@@ -67,6 +68,7 @@ pub use config::Config;
 pub use error::Error;
 pub use ext::PoolExt;
 pub use manager::{PgManager, Recycling};
+pub use retry::{classify, classify_postgres, retry_policy};
 pub use transaction::{transaction, BoxFuture};
 
 /// The tokio-postgres this crate is built on, for its types.

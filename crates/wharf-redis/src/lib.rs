@@ -71,8 +71,11 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 
+mod retry;
+
 pub use cluster::{ClusterConnection, ClusterPool, RedisClusterManager};
 pub use redis;
+pub use retry::{classify, classify_redis, retry_policy};
 pub use sentinel::{RedisSentinelManager, SentinelPool};
 pub use wharf;
 
@@ -103,6 +106,11 @@ pub enum Error {
     /// The pool settings contradict each other.
     #[error("invalid pool settings: {0}")]
     Pool(#[from] wharf::ConfigError),
+    /// No connection could be taken from the pool (timeout, open circuit,
+    /// closed pool): what [`Pool::run`](wharf::Pool::run) and
+    /// [`Pool::retry`](wharf::Pool::retry) return when the checkout fails.
+    #[error(transparent)]
+    Acquire(#[from] wharf::Error),
 }
 
 /// Opens and checks Redis connections for a [`Pool`].

@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 mod support;
 use support::Noop;
 
+#[path = "support/features.rs"]
+mod features;
+
 /// Generous enough never to fire: a timeout would abort the run, and a short
 /// one could make a pool take a cheaper "no wait" path than production would.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -612,4 +615,7 @@ fn main() {
             println!("| {} | {w:.2} | {d:.2} | {b:.2} |", row.label);
         }
     }
+
+    // After the comparison tables, which stay as they were.
+    runtime.block_on(features::compare(&plan));
 }

@@ -29,6 +29,19 @@ impl<M: Manager> Shared<M> {
         wait: Duration,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, Error> {
+        Self::acquire_keeping_pool(self, wait, caller)
+            .await
+            .map_err(|(_, err)| err)
+    }
+
+    /// [`acquire`](Self::acquire), handing the pool's `Arc` back with an
+    /// error: for the breaker and lanes, which have outcomes to record
+    /// after a failure, without an extra reference count per checkout.
+    pub(crate) async fn acquire_keeping_pool(
+        self: Arc<Self>,
+        wait: Duration,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, (Arc<Self>, Error)> {
         // The future's own reference becomes the handle's: one `Arc` count
         // per checkout, not two.
         let mut shared = self;
@@ -42,14 +55,17 @@ impl<M: Manager> Shared<M> {
             let taken = poll_fn(|cx| {
                 Poll::Ready(shared.take_or_queue(&mut ticket, start, deadline, cx.waker()))
             })
-            .await?;
+            .await;
             let live = match taken {
-                Taken::Idle(live) => live,
-                Taken::Wait(id, slot) => {
-                    let live = shared.wait(id, slot, start, deadline).await?;
-                    now = Instant::now();
-                    live
-                }
+                Ok(Taken::Idle(live)) => live,
+                Ok(Taken::Wait(id, slot)) => match shared.wait(id, slot, start, deadline).await {
+                    Ok(live) => {
+                        now = Instant::now();
+                        live
+                    }
+                    Err(err) => return Err((shared, err)),
+                },
+                Err(err) => return Err((shared, err)),
             };
             let mut pooled = Pooled::new(shared, live, now);
             if let Some(ready) = Self::prepare(&mut pooled, now).await {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{CloseReason, HookFuture, Hooks};
-use crate::{ConfigError, Manager, Pool};
+use crate::{BreakerConfig, ConfigError, LaneConfig, Manager, Pool};
 
 /// Every setting of a pool, with defaults taken from HikariCP and
 /// node-postgres where they agree with long practice.
@@ -123,6 +123,13 @@ pub struct Config {
     /// keepalive, leak detection, topping up `min_idle`). Default 1 s.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
+    /// The pool's circuit breaker (a `[circuit_breaker]` table in TOML).
+    /// Default none: every `get()` goes through, at the cost of one branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// Named shares of the connections for [`Pool::get_in`] (`[[lanes]]`
+    /// tables in TOML). Default none.
+    pub lanes: Vec<LaneConfig>,
 }
 
 /// Serde for optional durations: a human duration, or `"off"` for `None`
@@ -185,6 +192,8 @@ impl Default for Config {
             leak_detection_threshold: None,
             close_timeout: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(1),
+            circuit_breaker: None,
+            lanes: Vec::new(),
         }
     }
 }
@@ -218,7 +227,14 @@ impl Config {
         if self.maintenance_interval.is_zero() {
             return Err(ConfigError::ZeroMaintenanceInterval);
         }
-        Ok(())
+        if self
+            .circuit_breaker
+            .as_ref()
+            .is_some_and(|breaker| !breaker.is_valid())
+        {
+            return Err(ConfigError::BadBreaker);
+        }
+        crate::lanes::validate(&self.lanes, self.max_size)
     }
 }
 
@@ -336,6 +352,76 @@ impl<M: Manager> Builder<M> {
         keepalive_interval: Option<Duration>;
         /// Sets [`Config::leak_detection_threshold`].
         leak_detection_threshold: Option<Duration>;
+    }
+
+    /// Gives the pool a circuit breaker: after too many failures in a row
+    /// `get()` fails at once with [`Error::CircuitOpen`](crate::Error::CircuitOpen)
+    /// for a while, then a few probes find out whether the backend is back.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use std::time::Duration;
+    /// # struct Numbers;
+    /// # impl wharf::Manager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = Infallible;
+    /// #     async fn connect(&self) -> Result<u32, Infallible> { Ok(0) }
+    /// #     async fn check(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = wharf::Pool::builder(Numbers)
+    ///     .circuit_breaker(wharf::BreakerConfig {
+    ///         failure_rate: 0.5,
+    ///         min_calls: 10,
+    ///         open_for: Duration::from_secs(5),
+    ///         ..Default::default()
+    ///     })
+    ///     .build()?;
+    /// let mut conn = pool.get().await?;
+    /// // The work failed in a way that says the backend is unwell:
+    /// conn.report_failure();
+    /// drop(conn);
+    /// assert_eq!(pool.status().circuit, wharf::CircuitState::Closed); // 1 call < min_calls
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.config.circuit_breaker = Some(config);
+        self
+    }
+
+    /// Adds a lane: a share of at most `max_in_use` of the pool's
+    /// connections, with its own queue, for [`Pool::get_in`].
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # struct Numbers;
+    /// # impl wharf::Manager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = Infallible;
+    /// #     async fn connect(&self) -> Result<u32, Infallible> { Ok(0) }
+    /// #     async fn check(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = wharf::Pool::builder(Numbers)
+    ///     .max_size(20)
+    ///     .lane("fast", 16)
+    ///     .lane("slow", 4)
+    ///     .build()?;
+    /// let report = pool.get_in("slow").await?; // one of at most 4
+    /// let request = pool.get_in("fast").await?;
+    /// # drop((report, request));
+    /// # Ok(()) }
+    /// ```
+    pub fn lane(self, name: impl Into<String>, max_in_use: usize) -> Self {
+        self.lane_config(LaneConfig::new(name, max_in_use))
+    }
+
+    /// Adds a lane with all its settings (its own `acquire_timeout`).
+    pub fn lane_config(mut self, lane: LaneConfig) -> Self {
+        self.config.lanes.push(lane);
+        self
     }
 
     /// Runs after every new connection is opened, before anyone uses it

@@ -123,6 +123,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             for waiter in failed {
                 waiter.wake();
             }
+            shared.connect_failed(&err);
             tracing::warn!(
                 pool = %shared.config.name,
                 error = %err,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::Failure;
 use crate::Status;
 
 /// A boxed error, as returned by hooks and carried as the last connect error.
@@ -46,6 +47,36 @@ pub enum Error {
     /// The pool has been closed; no connection will ever be handed out again.
     #[error("the pool is closed")]
     Closed,
+    /// The pool's circuit breaker is open (or half-open with its probes
+    /// out): the backend failed too often lately, so the caller is answered
+    /// at once instead of adding to the load.
+    #[error("{}", CircuitOpenMessage { retry_in: *retry_in, last_failure: last_failure.as_ref() })]
+    CircuitOpen {
+        /// How long until the circuit lets probes through (zero while a
+        /// half-open circuit's probes are out).
+        retry_in: Duration,
+        /// The last failure the breaker counted.
+        #[source]
+        last_failure: Option<Failure>,
+    },
+    /// [`Pool::get_in`](crate::Pool::get_in) named a lane the pool was not
+    /// built with.
+    #[error("the pool has no lane named {0:?}")]
+    UnknownLane(String),
+    /// A lane had `max_in_use` connections out for the whole wait.
+    #[error("timed out after {} waiting in lane {lane:?}: {in_use}/{max_in_use} of its connections in use, {waiting} waiting", HumanDuration(*waited))]
+    LaneTimeout {
+        /// The lane's name.
+        lane: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// The lane's connections in use when the caller gave up.
+        in_use: usize,
+        /// The lane's cap.
+        max_in_use: usize,
+        /// Other callers waiting in the lane.
+        waiting: usize,
+    },
     /// The waiting queue is at `max_waiting`; the request was refused at once
     /// rather than queued (backpressure).
     #[error("too many callers waiting for a connection: {waiting} waiting, max_waiting = {max_waiting}; {in_use}/{max_size} in use", waiting = status.waiting, in_use = status.in_use, max_size = status.max_size)]
@@ -60,13 +91,22 @@ pub enum Error {
 impl Error {
     /// The last connect error this error carries: the cause of a
     /// [`Timeout`](Error::Timeout) or [`Unavailable`](Error::Unavailable)
-    /// after connects failed.
+    /// after connects failed, or of a [`CircuitOpen`](Error::CircuitOpen)
+    /// whose last failure was a connect.
     pub fn connect_error(&self) -> Option<&ConnectError> {
         match self {
             Error::Timeout { last_error, .. } | Error::Unavailable { last_error } => {
                 last_error.as_ref()
             }
-            Error::Closed | Error::QueueFull { .. } => None,
+            Error::CircuitOpen {
+                last_failure: Some(Failure::Connect(err)),
+                ..
+            } => Some(err),
+            Error::Closed
+            | Error::QueueFull { .. }
+            | Error::CircuitOpen { .. }
+            | Error::UnknownLane(_)
+            | Error::LaneTimeout { .. } => None,
         }
     }
 
@@ -152,6 +192,29 @@ impl fmt::Display for UnavailableMessage<'_> {
     }
 }
 
+struct CircuitOpenMessage<'a> {
+    retry_in: Duration,
+    last_failure: Option<&'a Failure>,
+}
+
+impl fmt::Display for CircuitOpenMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.retry_in.is_zero() {
+            f.write_str("circuit half-open: its probes are out, get() refused")?;
+        } else {
+            write!(
+                f,
+                "circuit open: get() refused for {} more",
+                HumanDuration(self.retry_in)
+            )?;
+        }
+        if let Some(failure) = self.last_failure {
+            write!(f, "; last failure: {failure}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Formats a duration the way people write timeouts: `2s`, `250ms`, `1.5s`.
 pub(crate) struct HumanDuration(pub(crate) Duration);
 
@@ -205,6 +268,19 @@ pub enum ConfigError {
     /// `maintenance_interval` must be longer than zero.
     #[error("maintenance_interval must be longer than zero")]
     ZeroMaintenanceInterval,
+    /// The circuit breaker's `failure_rate` must be between 0 and 1, its
+    /// `min_calls` and `half_open_probes` at least 1, its `window` longer
+    /// than zero.
+    #[error("circuit breaker settings out of range: failure_rate must be in 0.0..=1.0, min_calls and half_open_probes at least 1, window above zero")]
+    BadBreaker,
+    /// A lane's settings are unusable; the message says why.
+    #[error("lane {lane:?}: {reason}")]
+    BadLane {
+        /// The lane's name.
+        lane: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `build()` must run inside a Tokio runtime, which the pool's background
     /// tasks are spawned on.
     #[error("Pool::builder(..).build() must be called from within a Tokio runtime")]
@@ -225,6 +301,7 @@ mod tests {
                 in_use: 20,
                 waiting: 37,
                 max_size: 20,
+                circuit: crate::CircuitState::Disabled,
             },
             last_error: Some(Arc::new(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,

@@ -115,6 +115,16 @@ impl AtomicHistogram {
         }
     }
 
+    /// Samples recorded so far (a sum over every shard and bucket: for
+    /// occasional reads, not per sample).
+    pub(crate) fn count(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| s.buckets.iter())
+            .map(|b| b.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     fn sum_micros(&self) -> u64 {
         self.shards
             .iter()

@@ -25,6 +25,9 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>, every: Duration) {
             return;
         }
         maintain(&shared).await;
+        if let Some(breaker) = &shared.breaker {
+            breaker.tick(shared.recorder.acquire_wait.count());
+        }
         #[cfg(feature = "metrics")]
         shared.publish_metrics();
     }

@@ -20,6 +20,12 @@
 //!   down, so a restarted database is not stampeded.
 //! - **Leaks**: connections held past `leak_detection_threshold` are
 //!   reported with the call site that took them.
+//! - **Resilience** (each off unless configured): a circuit breaker
+//!   ([`Builder::circuit_breaker`]) that answers callers at once while the
+//!   backend keeps failing and probes it back; [`Pool::retry`] for
+//!   idempotent work, with full-jitter backoff, a deadline, a retry budget
+//!   and a classifier the adapters supply; and lanes ([`Builder::lane`],
+//!   [`Pool::get_in`]) that cap what slow work may take of the pool.
 //! - **Hooks**, **metrics** (with Prometheus rendering) and graceful
 //!   [`close`](Pool::close).
 //!
@@ -115,6 +121,8 @@
 #![warn(missing_docs)]
 
 mod acquire;
+mod admission;
+mod breaker;
 mod config;
 mod connector;
 mod error;
@@ -124,6 +132,7 @@ mod histogram;
 mod hooks;
 mod interact;
 mod janitor;
+mod lanes;
 mod leak;
 mod manage;
 mod manager;
@@ -132,18 +141,22 @@ mod padded;
 mod pool;
 mod pooled;
 mod queue;
+mod retry;
 pub mod shared;
 mod tunables;
 mod waiters;
 
+pub use breaker::{BreakerConfig, CircuitMetrics, CircuitState, Failure};
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};
 pub use histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
 pub use hooks::{CloseReason, ConnHook, HookFuture, StateHook};
 pub use interact::InteractError;
+pub use lanes::{LaneConfig, LaneMetrics};
 pub use manage::{AddError, AddRefusal};
 pub use manager::Manager;
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};
 pub use pooled::{ConnInfo, Pooled};
+pub use retry::{ErrorClass, RetryBudget, RetryPolicy, WorkFuture};

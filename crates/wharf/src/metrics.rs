@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
-use crate::CloseReason;
+use crate::{CircuitMetrics, CircuitState, CloseReason, LaneMetrics};
 
 /// The pool's size at one moment: node-postgres' `totalCount`, `idleCount`
 /// and `waitingCount`, and HikariCP's total/idle/active/pending.
@@ -23,6 +23,8 @@ pub struct Status {
     pub waiting: usize,
     /// The current `max_size`.
     pub max_size: usize,
+    /// The circuit breaker's state ([`CircuitState::Disabled`] without one).
+    pub circuit: CircuitState,
 }
 
 /// The pool's counters; every field only grows.
@@ -33,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) created: AtomicU64,
     pub(crate) create_errors: AtomicU64,
     pub(crate) leaks: AtomicU64,
+    pub(crate) retries: AtomicU64,
     pub(crate) closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -74,6 +77,11 @@ impl Timing {
     pub(crate) fn snapshot(&self) -> Histogram {
         self.local.snapshot()
     }
+
+    /// Samples recorded so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.local.count()
+    }
 }
 
 impl Recorder {
@@ -114,6 +122,9 @@ impl Recorder {
             acquire_wait: self.acquire_wait.snapshot(),
             in_use_time: self.in_use_time.snapshot(),
             connect_time: self.connect_time.snapshot(),
+            circuit: None,
+            lanes: Vec::new(),
+            retries: load(&c.retries),
         }
     }
 }
@@ -145,6 +156,12 @@ pub struct Metrics {
     pub in_use_time: Histogram,
     /// Time to open a connection (successful connects only).
     pub connect_time: Histogram,
+    /// The circuit breaker's counters, if the pool has one.
+    pub circuit: Option<CircuitMetrics>,
+    /// Each lane's figures, in the order they were configured.
+    pub lanes: Vec<LaneMetrics>,
+    /// Attempts [`Pool::retry`](crate::Pool::retry) made beyond the first.
+    pub retries: u64,
 }
 
 impl Metrics {
@@ -191,7 +208,7 @@ pub(crate) type CounterFn = fn(&Metrics) -> u64;
 pub(crate) type HistogramFn = fn(&Metrics) -> &Histogram;
 
 /// The gauge families, shared by the text renderer and the facade.
-pub(crate) const GAUGES: [Family<GaugeFn>; 5] = [
+pub(crate) const GAUGES: [Family<GaugeFn>; 6] = [
     (
         "wharf_pool_connections",
         "Connections open or opening (counted against max_size).",
@@ -215,10 +232,15 @@ pub(crate) const GAUGES: [Family<GaugeFn>; 5] = [
         "Configured maximum pool size.",
         |s| s.max_size,
     ),
+    (
+        "wharf_pool_circuit_state",
+        "Circuit breaker state: 0 closed (or no breaker), 1 half-open, 2 open.",
+        |s| s.circuit.as_gauge(),
+    ),
 ];
 
 /// The counter families (besides closed-by-reason).
-pub(crate) const COUNTERS: [Family<CounterFn>; 6] = [
+pub(crate) const COUNTERS: [Family<CounterFn>; 9] = [
     (
         "wharf_pool_acquired_total",
         "Successful get() calls.",
@@ -248,6 +270,53 @@ pub(crate) const COUNTERS: [Family<CounterFn>; 6] = [
         "wharf_pool_leaks_total",
         "Connections reported by leak detection.",
         |m| m.leaks,
+    ),
+    (
+        "wharf_pool_circuit_opened_total",
+        "Times the circuit breaker opened.",
+        |m| m.circuit.map_or(0, |c| c.opened),
+    ),
+    (
+        "wharf_pool_circuit_rejected_total",
+        "get() calls refused at once by an open circuit.",
+        |m| m.circuit.map_or(0, |c| c.rejected),
+    ),
+    (
+        "wharf_pool_retries_total",
+        "Attempts Pool::retry made beyond the first.",
+        |m| m.retries,
+    ),
+];
+
+/// The per-lane families: gauges, then counters, labelled `pool` and `lane`.
+type LaneFn = fn(&LaneMetrics) -> u64;
+const LANE_GAUGES: [Family<LaneFn>; 3] = [
+    (
+        "wharf_lane_max_in_use",
+        "A lane's cap on connections.",
+        |l| l.max_in_use as u64,
+    ),
+    (
+        "wharf_lane_in_use",
+        "A lane's places taken (connections held or being waited for in the pool).",
+        |l| l.in_use as u64,
+    ),
+    (
+        "wharf_lane_waiting",
+        "Callers waiting for a place in a lane.",
+        |l| l.waiting as u64,
+    ),
+];
+const LANE_COUNTERS: [Family<LaneFn>; 2] = [
+    (
+        "wharf_lane_acquired_total",
+        "Successful get_in() calls of a lane.",
+        |l| l.acquired,
+    ),
+    (
+        "wharf_lane_timeouts_total",
+        "get_in() calls of a lane that timed out.",
+        |l| l.timeouts,
     ),
 ];
 
@@ -307,6 +376,26 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for m in pools {
             write_histogram(out, name, &label(m), get(m));
+        }
+    }
+    if pools.iter().any(|m| !m.lanes.is_empty()) {
+        let families = LANE_GAUGES
+            .iter()
+            .map(|f| (f, "gauge"))
+            .chain(LANE_COUNTERS.iter().map(|f| (f, "counter")));
+        for ((name, help, get), kind) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in pools {
+                for lane in &m.lanes {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",lane=\"{}\"}} {}",
+                        label(m),
+                        escape_label(&lane.name),
+                        get(lane)
+                    );
+                }
+            }
         }
     }
 }

@@ -13,9 +13,11 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::{timeout_at, Instant};
 
+use crate::breaker::{Breaker, CircuitState, Failure};
 use crate::config::Builder;
 use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
+use crate::lanes::Lane;
 use crate::leak::LeakRegistry;
 use crate::metrics::{Recorder, Status};
 use crate::padded::CachePadded;
@@ -106,6 +108,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) runtime: Handle,
     /// The settings that may change while the pool runs.
     pub(crate) tunables: Tunables,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    pub(crate) lanes: Box<[Lane]>,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
@@ -138,6 +142,11 @@ impl<M: Manager> Pool<M> {
             hooks,
             recorder: Recorder::new(&config.name),
             tunables: Tunables::new(&config),
+            breaker: config
+                .circuit_breaker
+                .clone()
+                .map(|breaker| Arc::new(Breaker::new(breaker, &config.name))),
+            lanes: config.lanes.iter().map(Lane::new).collect(),
             runtime,
             changed: Notify::new(),
             next_conn_id: AtomicU64::new(1),
@@ -172,7 +181,39 @@ impl<M: Manager> Pool<M> {
         let caller = Location::caller();
         let shared = self.shared().clone();
         let wait = shared.config.acquire_timeout;
-        async move { Shared::acquire(shared, wait, caller).await }
+        async move {
+            if let Some(breaker) = &shared.breaker {
+                let call = breaker.admit()?;
+                return Shared::acquire_with_call(shared, wait, caller, call).await;
+            }
+            Shared::acquire(shared, wait, caller).await
+        }
+    }
+
+    /// Takes a connection in the lane called `lane`
+    /// ([`Builder::lane`]): waits first for one of the lane's places (in
+    /// the lane's own line, first come, first served), then for a
+    /// connection, within the lane's `acquire_timeout` in all. Fails with
+    /// [`Error::UnknownLane`] for a name the pool was not built with, and
+    /// [`Error::LaneTimeout`] when the lane stayed full.
+    #[track_caller]
+    pub fn get_in(
+        &self,
+        lane: &str,
+    ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
+        let caller = Location::caller();
+        let shared = self.shared().clone();
+        let index = shared.lanes.iter().position(|l| l.name == lane);
+        let unknown = index.is_none().then(|| lane.to_owned());
+        async move {
+            let Some(index) = index else {
+                return Err(Error::UnknownLane(unknown.unwrap_or_default()));
+            };
+            let wait = shared.lanes[index]
+                .acquire_timeout
+                .unwrap_or(shared.config.acquire_timeout);
+            Shared::admitted_acquire(shared, wait, index, caller).await
+        }
     }
 
     /// Like [`get`](Self::get), with a different wait limit than the
@@ -184,7 +225,13 @@ impl<M: Manager> Pool<M> {
     ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
         let caller = Location::caller();
         let shared = self.shared().clone();
-        async move { Shared::acquire(shared, wait, caller).await }
+        async move {
+            if let Some(breaker) = &shared.breaker {
+                let call = breaker.admit()?;
+                return Shared::acquire_with_call(shared, wait, caller, call).await;
+            }
+            Shared::acquire(shared, wait, caller).await
+        }
     }
 
     /// The pool's size right now.
@@ -315,7 +362,18 @@ impl<M: Manager> Pool<M> {
 
 impl<M: Manager> Shared<M> {
     pub(crate) fn metrics(&self) -> Metrics {
-        self.recorder.snapshot(&self.config.name, self.status())
+        let mut metrics = self.recorder.snapshot(&self.config.name, self.status());
+        metrics.circuit = self.breaker.as_ref().map(|breaker| breaker.metrics());
+        metrics.lanes = self.lanes.iter().map(Lane::metrics).collect();
+        metrics
+    }
+
+    /// Tells the circuit breaker, if any, that a connect failed.
+    pub(crate) fn connect_failed(&self, err: &crate::ConnectError) {
+        if let Some(breaker) = &self.breaker {
+            let acquired = self.recorder.acquire_wait.count();
+            breaker.record_failure(Failure::Connect(err.clone()), acquired);
+        }
     }
 
     /// Sends gauges and counters to the `metrics` facade.
@@ -325,6 +383,10 @@ impl<M: Manager> Shared<M> {
     }
 
     pub(crate) fn status(&self) -> Status {
+        let circuit = self
+            .breaker
+            .as_ref()
+            .map_or(CircuitState::Disabled, |breaker| breaker.state());
         let st = self.state.lock();
         Status {
             size: st.size,
@@ -332,6 +394,7 @@ impl<M: Manager> Shared<M> {
             in_use: st.in_use,
             waiting: st.waiters.len(),
             max_size: st.max_size,
+            circuit,
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::breaker::{Call, Failure};
 use crate::hooks::CloseReason;
+use crate::lanes::LanePlace;
 use crate::pool::Shared;
 use crate::queue::{Live, Meta};
 use crate::Manager;
@@ -26,6 +28,12 @@ pub struct Pooled<M: Manager> {
     /// Set while the pool is still checking the connection, so that a `get()`
     /// cancelled mid-check closes it instead of returning it unverified.
     pub(crate) close_on_drop: Option<CloseReason>,
+    /// The circuit breaker's record of this checkout, finished when the
+    /// connection comes back.
+    pub(crate) call: Option<Call>,
+    /// The caller's place in its lane, given back (by being dropped) after
+    /// the connection is.
+    pub(crate) lane_place: Option<LanePlace>,
 }
 
 /// Facts about a pooled connection, from [`Pooled::info`].
@@ -50,6 +58,8 @@ impl<M: Manager> Pooled<M> {
             checked_out_at: now,
             leak_key: None,
             close_on_drop: None,
+            call: None,
+            lane_place: None,
         }
     }
 
@@ -84,6 +94,24 @@ impl<M: Manager> Pooled<M> {
         self.release(Some(reason));
     }
 
+    /// Tells the pool's circuit breaker that the work done with this
+    /// connection failed: when the connection comes back, this checkout
+    /// counts as a failed call instead of a successful one (and, for a
+    /// half-open circuit's probe, opens the circuit again). Report failures
+    /// that say the backend is unwell (lost connections, timeouts,
+    /// "too many connections"), not the application's own errors. Without
+    /// a breaker it does nothing. [`Pool::run`](crate::Pool::run) reports
+    /// for you.
+    pub fn report_failure(&mut self) {
+        self.report(Failure::Reported);
+    }
+
+    pub(crate) fn report(&mut self, failure: Failure) {
+        if let Some(call) = &mut self.call {
+            call.report(failure);
+        }
+    }
+
     /// Takes the connection out of the pool for good: the pool forgets it
     /// (freeing its slot for a new one) and the caller owns it.
     pub fn detach(mut self) -> M::Connection {
@@ -104,6 +132,9 @@ impl<M: Manager> Pooled<M> {
     fn take(&mut self) -> Live<M::Connection> {
         if let (Some(key), Some(leaks)) = (self.leak_key.take(), &self.shared.leaks) {
             leaks.unregister(key);
+        }
+        if let (Some(call), Some(breaker)) = (self.call.take(), &self.shared.breaker) {
+            call.finish(breaker, || self.shared.recorder.acquire_wait.count());
         }
         self.live
             .take()

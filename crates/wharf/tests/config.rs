@@ -60,6 +60,20 @@ fn every_setting_loads_from_toml_with_human_durations() {
         reserve_size = 5
         reserve_timeout = "3s"
         fail_fast = true
+
+        [circuit_breaker]
+        failure_rate = 0.25
+        min_calls = 10
+        open_for = "30s"
+
+        [[lanes]]
+        name = "fast"
+        max_in_use = 16
+
+        [[lanes]]
+        name = "slow"
+        max_in_use = 4
+        acquire_timeout = "1m"
         "#,
     )
     .unwrap();
@@ -89,6 +103,16 @@ fn every_setting_loads_from_toml_with_human_durations() {
             reserve_size: 5,
             reserve_timeout: Duration::from_secs(3),
             fail_fast: true,
+            circuit_breaker: Some(wharf::BreakerConfig {
+                failure_rate: 0.25,
+                min_calls: 10,
+                open_for: Duration::from_secs(30),
+                ..wharf::BreakerConfig::default()
+            }),
+            lanes: vec![
+                wharf::LaneConfig::new("fast", 16),
+                wharf::LaneConfig::new("slow", 4).acquire_timeout(Duration::from_secs(60)),
+            ],
         }
     );
     assert_eq!(c.validate(), Ok(()));

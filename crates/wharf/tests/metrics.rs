@@ -243,6 +243,10 @@ async fn prometheus_output_parses_and_matches_the_metrics() {
         "wharf_pool_acquire_wait_seconds",
         "wharf_pool_in_use_seconds",
         "wharf_pool_connect_seconds",
+        "wharf_pool_circuit_state",
+        "wharf_pool_circuit_opened_total",
+        "wharf_pool_circuit_rejected_total",
+        "wharf_pool_retries_total",
     ]);
     assert_eq!(families, expected);
     for sample in &scrape.samples {
@@ -333,7 +337,7 @@ async fn several_pools_render_as_one_document() {
     wharf::render_prometheus(&[orders.metrics(), users.metrics()], &mut text);
     assert_well_formed(&text);
     let scrape = parse(&text);
-    assert_eq!(scrape.docs.len(), 15);
+    assert_eq!(scrape.docs.len(), 19);
     let max = |pool: &str| scalar(&scrape, "wharf_pool_max_size", &[("pool", pool)]);
     assert_eq!((max("orders"), max("users")), (2.0, 5.0));
     let in_use = |pool: &str| scalar(&scrape, "wharf_pool_connections_in_use", &[("pool", pool)]);

@@ -3,7 +3,6 @@
 //! three modes. Both act on the router they are given; the lifecycle holds
 //! only the phase.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -213,10 +212,10 @@ impl Lifecycle {
         let path = old.path.clone();
         let (loaded, secrets, tls) = tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path).map_err(ReloadError::Config)?;
-            let secrets = match &loaded.config.pgbouncer.auth_file {
-                Some(file) => config::load_auth_file(file).map_err(ReloadError::AuthFile)?,
-                None => HashMap::new(),
-            };
+            let secrets = loaded
+                .config
+                .load_auth_file()
+                .map_err(ReloadError::AuthFile)?;
             let tls =
                 TlsContexts::from_settings(&loaded.config.pgbouncer).map_err(ReloadError::Tls)?;
             Ok::<_, ReloadError>((loaded, secrets, tls))

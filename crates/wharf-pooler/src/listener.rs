@@ -198,7 +198,13 @@ pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAdd
     Ok(addrs)
 }
 
-pub(crate) fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// A listening TCP socket on `addr` with `listen_backlog` pending
+/// connections at most.
+pub(crate) fn listen_tcp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    backlog: u32,
+) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
@@ -211,6 +217,6 @@ pub(crate) fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpLi
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
 }

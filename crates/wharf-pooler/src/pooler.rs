@@ -85,21 +85,17 @@ impl Pooler {
         }
         let config = Arc::new(config);
         let settings = &config.pgbouncer;
-        let secrets: HashMap<String, Secret> = match &settings.auth_file {
-            Some(path) => config::load_auth_file(path)?,
-            None => HashMap::new(),
-        };
+        let secrets: HashMap<String, Secret> = config.load_auth_file()?;
         let mut tcp = Vec::new();
         let addrs = listener::listen_addrs(&settings.listen_addr, settings.listen_port)
             .map_err(StartError::BadAddress)?;
         for addr in addrs {
             tcp.push(
-                listener::listen_tcp(addr, settings.so_reuseport).map_err(|source| {
-                    StartError::Listen {
+                listener::listen_tcp(addr, settings.so_reuseport, settings.listen_backlog)
+                    .map_err(|source| StartError::Listen {
                         addr: addr.to_string(),
                         source,
-                    }
-                })?,
+                    })?,
             );
         }
         let unix = match &settings.unix_socket_dir {
@@ -109,10 +105,18 @@ impl Pooler {
                 if std::os::unix::net::UnixStream::connect(&path).is_err() {
                     let _ = std::fs::remove_file(&path);
                 }
-                let listener = UnixListener::bind(&path).map_err(|source| StartError::Listen {
+                let listen_error = |source| StartError::Listen {
                     addr: path.display().to_string(),
                     source,
-                })?;
+                };
+                let listener = UnixListener::bind(&path).map_err(listen_error)?;
+                // PgBouncer's chmod after bind: a mode stricter than the
+                // umask's must hold before the first client can connect.
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(settings.unix_socket_mode),
+                )
+                .map_err(listen_error)?;
                 Some((listener, path))
             }
             _ => None,

@@ -47,7 +47,7 @@ enum Command {
 }
 
 /// Logs to `logfile` when the configuration names one (as PgBouncer does),
-/// else to standard error, at PgBouncer's `verbose` level (0: info, 1:
+/// else to standard error (in colour only on a terminal), at PgBouncer's `verbose` level (0: info, 1:
 /// debug, 2 and more: trace). `RUST_LOG` overrides the level.
 fn init_logging(logfile: Option<&std::path::Path>, verbose: u32) -> Result<(), String> {
     let level = match verbose {
@@ -70,7 +70,12 @@ fn init_logging(logfile: Option<&std::path::Path>, verbose: u32) -> Result<(), S
                 .with_writer(std::sync::Mutex::new(file))
                 .init();
         }
-        None => builder.init(),
+        // Colour codes are noise in a file or the journal: only a
+        // terminal gets them.
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }

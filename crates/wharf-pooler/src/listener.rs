@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::client::serve_client;
-use crate::net::ClientStream;
+use crate::net::{ClientStream, TcpOptions};
 use crate::proto::{messages, read_startup, Startup};
 use crate::state::PoolerState;
 
@@ -51,7 +51,11 @@ pub(crate) async fn accept_tcp(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                // Read per client: a RELOAD or SET applies to the next one.
+                let tcp = TcpOptions::from_settings(&state.config().pgbouncer);
+                if let Err(err) = tcp.apply(&stream) {
+                    tracing::warn!(%peer, error = %err, "cannot set the TCP options of a client socket");
+                }
                 admit(stream, peer.to_string(), &state, &clients);
             }
             Err(err) => accept_failed(err).await,

@@ -49,12 +49,6 @@ const STORED_ONLY: &[(&str, &str)] = &[
     ("syslog_facility", "logs go to standard error or logfile"),
     ("syslog_ident", "logs go to standard error or logfile"),
     ("tcp_defer_accept", "TCP_DEFER_ACCEPT is not set"),
-    ("tcp_keepalive", "sockets keep the operating system's keepalive setting"),
-    ("tcp_keepcnt", "sockets keep the operating system's keepalive setting"),
-    ("tcp_keepidle", "sockets keep the operating system's keepalive setting"),
-    ("tcp_keepintvl", "sockets keep the operating system's keepalive setting"),
-    ("tcp_socket_buffer", "sockets keep the operating system's buffer sizes"),
-    ("tcp_user_timeout", "sockets keep the operating system's TCP_USER_TIMEOUT"),
     ("track_extra_parameters", "wharf tracks client_encoding, DateStyle, TimeZone, standard_conforming_strings, application_name and IntervalStyle, and no others"),
 ];
 
@@ -155,8 +149,8 @@ mod tests {
         assert!(s.key_refusal("user").is_some());
         assert_eq!(s.key_warning("user"), None);
         // Explicitly the default: nothing to say.
-        s.apply("tcp_keepalive", &Raw::Str("1")).unwrap().unwrap();
-        assert_eq!(s.key_warning("tcp_keepalive"), None);
+        s.apply("dns_max_ttl", &Raw::Str("15")).unwrap().unwrap();
+        assert_eq!(s.key_warning("dns_max_ttl"), None);
         assert_eq!(Settings::support("nope"), None);
         assert_eq!(Settings::support("workers"), Some(Support::WharfOnly));
         assert_eq!(Settings::support("listen_port"), Some(Support::Supported));

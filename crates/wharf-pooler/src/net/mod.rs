@@ -4,9 +4,11 @@
 //! above knows whether a connection is TLS.
 
 mod addr;
+mod sockopt;
 mod stream;
 mod tls;
 
 pub use addr::ServerAddr;
+pub use sockopt::TcpOptions;
 pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
 pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

@@ -69,6 +69,11 @@ pub(crate) fn load(path: &Path) -> Option<Checked> {
         }
         Err(err) => return fail(&format_args!("{}{err}", at(&config, err.key()))),
     }
+    if let Some(user) = &config.pgbouncer.user {
+        if let Err(problem) = crate::service::account(user) {
+            return fail(&format_args!("{}{problem}", at(&config, "user")));
+        }
+    }
     for (key, file) in [
         ("logfile", &config.pgbouncer.logfile),
         ("pidfile", &config.pgbouncer.pidfile),
@@ -131,6 +136,14 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     print_plan(config);
     outln!();
     print_auth(config, checked.auth_users);
+    if let Some(user) = &config.pgbouncer.user {
+        if let Ok(account) = crate::service::account(user) {
+            outln!(
+                "runs as {} once its sockets are open (wharf serve must start as root or as that user)",
+                crate::service::describe(&account)
+            );
+        }
+    }
     outln!();
     outln!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
     for row in config.pgbouncer.describe() {

@@ -10,6 +10,7 @@ mod output;
 mod bench;
 mod check;
 mod demo;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
+    // First, while this is the only thread: it edits the environment.
+    let inherited = service::listen_fds();
     let Some(check::Checked { config, .. }) = check::load(path) else {
         return ExitCode::FAILURE;
     };
@@ -108,7 +111,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let code = run_pooler(config);
+    let code = run_pooler(config, inherited);
     if let Some(pidfile) = &pidfile {
         let _ = std::fs::remove_file(pidfile);
     }
@@ -141,7 +144,7 @@ fn pooler_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn run_pooler(config: config::Config) -> ExitCode {
+fn run_pooler(config: config::Config, inherited: Vec<std::os::fd::OwnedFd>) -> ExitCode {
     let runtime = match pooler_runtime(config.pgbouncer.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -150,24 +153,42 @@ fn run_pooler(config: config::Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let pooler = match wharf_pooler::Pooler::bind(config).await {
+        let user = config.pgbouncer.user.clone();
+        let pooler = match wharf_pooler::Pooler::bind_with(config, inherited).await {
             Ok(pooler) => pooler,
             Err(err) => {
                 errln!("error: {err}");
                 return ExitCode::FAILURE;
             }
         };
+        // After binding, so that ports below 1024 can be had; before the
+        // first client, so that none is served as root.
+        if let Some(user) = &user {
+            if let Err(err) = service::switch_user(user) {
+                tracing::error!("{err}");
+                errln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(user, "switched user");
+        }
         for addr in pooler.local_addrs() {
             tracing::info!(%addr, "listening");
         }
         // SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (twice: now),
-        // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume.
+        // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume. Installed
+        // before READY=1: a service manager may signal as soon as it reads
+        // it.
         let state = std::sync::Arc::downgrade(&pooler.state());
-        let signals = tokio::spawn(async move {
-            if let Err(err) = wharf_pooler::signals::handle_signals(state).await {
-                tracing::error!("cannot install signal handlers: {err}");
+        let signals = match wharf_pooler::signals::Signals::install() {
+            Ok(signals) => tokio::spawn(signals.handle(state)),
+            Err(err) => {
+                errln!("error: cannot install signal handlers: {err}");
+                return ExitCode::FAILURE;
             }
-        });
+        };
+        if let Err(err) = wharf_pooler::sd_notify("READY=1") {
+            tracing::warn!(error = %err, "cannot notify the service manager (NOTIFY_SOCKET)");
+        }
         pooler.run(std::future::pending()).await;
         signals.abort();
         tracing::info!("shut down");

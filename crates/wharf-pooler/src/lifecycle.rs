@@ -126,6 +126,7 @@ impl Lifecycle {
         });
         if changed {
             tracing::info!(?mode, "shutdown requested");
+            crate::net::notify_or_log("STOPPING=1");
         }
     }
 
@@ -183,7 +184,11 @@ impl Lifecycle {
     /// close as they are released). A broken file is logged with its
     /// file, line and key, and the old configuration stays.
     pub(crate) async fn reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
+        // A Type=notify unit's `systemctl reload` waits for READY=1 again,
+        // which comes whether the new file was taken or not.
+        crate::net::notify_or_log("RELOADING=1");
         let result = self.try_reload(router).await;
+        crate::net::notify_or_log("READY=1");
         match &result {
             Ok(summary) => tracing::info!(
                 resized = summary.resized,

@@ -524,7 +524,8 @@ settings! {
     /// `SHOW CONFIG` prints it in decimal as PgBouncer does (`511`).
     /// Default `0777`.
     unix_socket_mode: u32 = 0o777, Uint<u32>, Some("0777"), false;
-    /// Unix user to switch to at startup. Default unset.
+    /// Unix user `wharf serve` switches to once its sockets are open (it
+    /// must start as root or as that user). Default unset.
     user: Option<String> = None, OptText, None, false;
     /// Log verbosity (0 to 3). Default 0.
     verbose: u32 = 0, Uint<u32>, None, true;

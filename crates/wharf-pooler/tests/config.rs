@@ -859,3 +859,42 @@ async fn the_unix_socket_gets_unix_socket_mode() {
         let _ = std::fs::remove_file(socket);
     }
 }
+
+/// docs/migrating-from-pgbouncer.md lists every key with what wharf does
+/// with it: the same as `Settings::support`, note for note.
+#[test]
+fn migration_guide_matches_the_settings_table() {
+    use wharf_pooler::config::{Settings, Support};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/migrating-from-pgbouncer.md");
+    let text = std::fs::read_to_string(&path).expect("the migration guide");
+    let mut listed = Vec::new();
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = row.trim_end_matches(" |").split(" | ").collect();
+        let key = cells[0].trim_end_matches('`');
+        if cells.len() == 2 {
+            // The table of PgBouncer keys wharf does not know.
+            assert!(!Settings::is_known(key), "{key} is known to wharf now");
+            continue;
+        }
+        let (status, note) = (cells[1], cells[2]);
+        let expected = match Settings::support(key) {
+            None => panic!("{key}: listed, but not a wharf key"),
+            Some(Support::Supported) => ("supported", None),
+            Some(Support::WharfOnly) => ("wharf only", None),
+            Some(Support::StoredOnly(why)) => ("stored only", Some(why.to_owned())),
+            Some(Support::Refused(why)) => {
+                ("refused", Some(format!("any value but the default: {why}")))
+            }
+        };
+        assert_eq!(status, expected.0, "{key}");
+        if let Some(why) = expected.1 {
+            assert_eq!(note, why, "{key}");
+        }
+        listed.push(key.to_owned());
+    }
+    let keys: Vec<String> = Settings::keys().map(str::to_owned).collect();
+    assert_eq!(listed, keys, "every key once, in SHOW CONFIG order");
+}

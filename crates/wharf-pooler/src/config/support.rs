@@ -44,7 +44,7 @@ const STORED_ONLY: &[(&str, &str)] = &[
     ("scram_iterations", "SCRAM secrets wharf computes always use 4096 iterations"),
     ("server_fast_close", "servers marked for closing are closed when released"),
     ("server_round_robin", "idle servers are reused last in, first out"),
-    ("suspend_timeout", "SUSPEND is not implemented"),
+    ("suspend_timeout", "SUSPEND waits without a time limit"),
     ("syslog", "logs go to standard error or logfile (under systemd, the journal reads standard error)"),
     ("syslog_facility", "logs go to standard error or logfile"),
     ("syslog_ident", "logs go to standard error or logfile"),

@@ -17,6 +17,8 @@ for expected in \
   "-rw-r----- root/root ./etc/wharf/userlist.txt" \
   "-rw-r--r-- root/root ./lib/systemd/system/wharf.service" \
   "-rw-r--r-- root/root ./lib/systemd/system/wharf.socket" \
+  "-rw-r--r-- root/root ./usr/share/man/man1/wharf.1" \
+  "-rw-r--r-- root/root ./usr/share/man/man5/wharf.ini.5" \
   "-rw-r--r-- root/root ./usr/share/doc/wharf/LICENSE-MIT" \
   "-rw-r--r-- root/root ./usr/share/doc/wharf/LICENSE-APACHE"; do
   if ! grep -qxF -- "$expected" "$work/contents"; then

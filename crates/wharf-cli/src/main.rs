@@ -10,6 +10,8 @@ mod output;
 mod bench;
 mod check;
 mod demo;
+#[cfg(test)]
+mod man;
 mod service;
 
 use std::path::PathBuf;

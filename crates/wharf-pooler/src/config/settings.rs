@@ -195,6 +195,8 @@ pub(crate) struct KeyDef {
     pub(crate) name: &'static str,
     pub(crate) pgbouncer_default: Option<&'static str>,
     pub(crate) changeable: bool,
+    /// The field's documentation, one line per `///` line.
+    pub(crate) doc: &'static str,
 }
 
 const DEFAULT_AUTH_QUERY: &str =
@@ -236,7 +238,12 @@ macro_rules! settings {
 
         /// Every key in `SHOW CONFIG` order (alphabetical, like PgBouncer).
         pub(crate) const KEYS: &[KeyDef] = &[
-            $( KeyDef { name: stringify!($name), pgbouncer_default: $pgdef, changeable: $changeable }, )+
+            $( KeyDef {
+                name: stringify!($name),
+                pgbouncer_default: $pgdef,
+                changeable: $changeable,
+                doc: concat!($($doc, "\n"),+),
+            }, )+
         ];
 
         impl Settings {

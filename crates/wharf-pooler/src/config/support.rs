@@ -78,6 +78,12 @@ impl Settings {
         })
     }
 
+    /// `key`'s documentation (that of its [`Settings`] field), as Markdown
+    /// lines; `None` if it is not a `[pgbouncer]` key.
+    pub fn documentation(key: &str) -> Option<&'static str> {
+        KEYS.iter().find(|k| k.name == key).map(|k| k.doc)
+    }
+
     /// Whether `key` holds something other than PgBouncer's default.
     fn differs_from_default(&self, key: &str) -> bool {
         let def = KEYS.iter().find(|k| k.name == key);

@@ -74,6 +74,19 @@ pub(crate) fn load(path: &Path) -> Option<Checked> {
             return fail(&format_args!("{}{problem}", at(&config, "user")));
         }
     }
+    if config.pgbouncer.syslog {
+        let facility = &config.pgbouncer.syslog_facility;
+        if let Err(problem) = crate::syslog::facility(facility) {
+            let at = at(&config, "syslog_facility");
+            return fail(&format_args!("{at}syslog_facility: {problem}"));
+        }
+        let dev_log = Path::new(crate::syslog::DEV_LOG);
+        if let Err(problem) = crate::syslog::Syslog::connect(dev_log, facility, "wharf") {
+            warnings += 1;
+            let at = at(&config, "syslog");
+            errln!("warning: {at}syslog: {problem}: serve would log without it");
+        }
+    }
     for (key, file) in [
         ("logfile", &config.pgbouncer.logfile),
         ("pidfile", &config.pgbouncer.pidfile),

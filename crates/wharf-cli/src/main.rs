@@ -13,6 +13,7 @@ mod demo;
 #[cfg(test)]
 mod man;
 mod service;
+mod syslog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,35 +51,69 @@ enum Command {
 }
 
 /// Logs to `logfile` when the configuration names one (as PgBouncer does),
-/// else to standard error (in colour only on a terminal), at PgBouncer's `verbose` level (0: info, 1:
-/// debug, 2 and more: trace). `RUST_LOG` overrides the level.
-fn init_logging(logfile: Option<&std::path::Path>, verbose: u32) -> Result<(), String> {
-    let level = match verbose {
+/// else to standard error (in colour only on a terminal), and with
+/// `syslog = 1` to the system log as well, at PgBouncer's `verbose` level
+/// (0: info, 1: debug, 2 and more: trace). `RUST_LOG` overrides the level.
+fn init_logging(settings: &config::Settings) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let level = match settings.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match logfile {
+    let output = match &settings.logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("logfile {}: {e}", path.display()))?;
-            builder
+            tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))
-                .init();
+                .boxed()
         }
         // Colour codes are noise in a file or the journal: only a
         // terminal gets them.
-        None => builder
+        None => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
-            .init(),
+            .boxed(),
+    };
+    // As PgBouncer's syslog(3), a system log that cannot be reached does
+    // not stop the pooler; it is said once, in the other log.
+    let (syslog, unreachable) = match settings.syslog {
+        true => match syslog::Syslog::connect(
+            std::path::Path::new(syslog::DEV_LOG),
+            &settings.syslog_facility,
+            &settings.syslog_ident,
+        ) {
+            // The system log stamps its own time.
+            Ok(syslog) => (
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .without_time()
+                        .with_ansi(false)
+                        .with_writer(syslog),
+                ),
+                None,
+            ),
+            Err(problem) => (None, Some(problem)),
+        },
+        false => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(syslog)
+        .try_init()
+        .map_err(|e| format!("cannot start logging: {e}"))?;
+    if let Some(problem) = unreachable {
+        tracing::warn!("syslog = 1, but {problem}: logging without it");
     }
     Ok(())
 }
@@ -99,10 +134,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let Some(check::Checked { config, .. }) = check::load(path) else {
         return ExitCode::FAILURE;
     };
-    if let Err(err) = init_logging(
-        config.pgbouncer.logfile.as_deref(),
-        config.pgbouncer.verbose,
-    ) {
+    if let Err(err) = init_logging(&config.pgbouncer) {
         errln!("error: {err}");
         return ExitCode::FAILURE;
     }

@@ -211,14 +211,14 @@ fn write_config_in_dir(name: &str, text: &str) -> (PathBuf, PathBuf) {
 fn strict_turns_warnings_into_a_failure() {
     let (dir, path) = write_config(
         "strict",
-        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\nsyslog = 1\n",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\nserver_round_robin = 1\n",
     );
     let out = check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "warning: {}:6: syslog: accepted but not acted on",
+            "warning: {}:6: server_round_robin: accepted but not acted on",
             path.display()
         )),
         "{stderr}"
@@ -231,7 +231,7 @@ fn strict_turns_warnings_into_a_failure() {
     // Without a warning, --strict passes.
     std::fs::write(
         &path,
-        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\nsyslog = 0\n",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\nserver_round_robin = 0\n",
     )
     .unwrap();
     let out = check_with(&path, &["--strict"]);
@@ -468,6 +468,25 @@ fn the_plan_shows_servers_sizes_modes_and_limits_per_database_and_user() {
     assert!(
         alice.contains("pool_mode = session, pool_size = 5 (min 0, reserve 0), max_db_connections = 60, max_user_connections = 7"),
         "{alice}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_unknown_syslog_facility_fails_the_check() {
+    let (dir, path) = write_config(
+        "syslog",
+        "[databases]\napp = host=127.0.0.1\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\nsyslog = 1\nsyslog_facility = kern\n",
+    );
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:7: syslog_facility: unknown facility \"kern\"",
+            path.display()
+        )),
+        "{stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

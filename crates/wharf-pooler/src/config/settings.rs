@@ -493,9 +493,11 @@ settings! {
     stats_users: Vec<String> = Vec::new(), List, Some(""), true;
     /// Timeout of `SUSPEND`. Default 10 s.
     suspend_timeout: Duration = secs(10), Secs, Some("10"), true;
-    /// Log to syslog. Default off.
+    /// Log to syslog (`/dev/log`) as well as to standard error or
+    /// `logfile`. Default off.
     syslog: bool = false, Flag, Some("0"), true;
-    /// Syslog facility. Default `daemon`.
+    /// Syslog facility: auth, authpriv, daemon, user, local0 to local7.
+    /// Default `daemon`.
     syslog_facility: String = "daemon".to_owned(), Text, Some("daemon"), true;
     /// Syslog ident. Default `pgbouncer`.
     syslog_ident: String = "pgbouncer".to_owned(), Text, Some("pgbouncer"), true;

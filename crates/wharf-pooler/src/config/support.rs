@@ -45,9 +45,6 @@ const STORED_ONLY: &[(&str, &str)] = &[
     ("server_fast_close", "servers marked for closing are closed when released"),
     ("server_round_robin", "idle servers are reused last in, first out"),
     ("suspend_timeout", "SUSPEND waits without a time limit"),
-    ("syslog", "logs go to standard error or logfile (under systemd, the journal reads standard error)"),
-    ("syslog_facility", "logs go to standard error or logfile"),
-    ("syslog_ident", "logs go to standard error or logfile"),
     ("tcp_defer_accept", "TCP_DEFER_ACCEPT is not set"),
     ("track_extra_parameters", "wharf tracks client_encoding, DateStyle, TimeZone, standard_conforming_strings, application_name and IntervalStyle, and no others"),
 ];
@@ -144,8 +141,10 @@ mod tests {
             assert_eq!(defaults.key_refusal(key), None, "{key}");
         }
         let mut s = Settings::default();
-        s.apply("syslog", &Raw::Str("1")).unwrap().unwrap();
-        let warning = s.key_warning("syslog").expect("a warning");
+        s.apply("server_round_robin", &Raw::Str("1"))
+            .unwrap()
+            .unwrap();
+        let warning = s.key_warning("server_round_robin").expect("a warning");
         assert!(
             warning.starts_with("accepted but not acted on"),
             "{warning}"

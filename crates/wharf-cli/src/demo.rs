@@ -232,7 +232,7 @@ pub fn run(args: &Args) -> ExitCode {
     bench::init_logging();
     let clients = args.clients.unwrap_or(if args.quick { 8 } else { 32 });
     if clients == 0 {
-        eprintln!("error: -c/--clients must be at least 1");
+        errln!("error: -c/--clients must be at least 1");
         return ExitCode::from(2);
     }
     let out = args.out.clone().unwrap_or_else(default_out_dir);
@@ -246,7 +246,7 @@ pub fn run(args: &Args) -> ExitCode {
     if let Some(cluster) = cluster {
         let root = cluster.root_dir().to_owned();
         drop(cluster);
-        eprintln!(
+        errln!(
             "stopped the throwaway PostgreSQL and removed {}",
             root.display()
         );
@@ -254,11 +254,11 @@ pub fn run(args: &Args) -> ExitCode {
     match result {
         Ok((outcome, notes)) => bench::finish(&outcome, Some(&out), &notes),
         Err(DemoError::Interrupted) => {
-            eprintln!("interrupted: nothing was written");
+            errln!("interrupted: nothing was written");
             ExitCode::from(130)
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            errln!("error: {error}");
             ExitCode::FAILURE
         }
     }
@@ -280,7 +280,7 @@ async fn demo(quick: bool, clients: usize) -> (Option<PgCluster>, DemoResult) {
     // Room for every per-request client, the largest pool, the pooler's
     // pool, and psql.
     let max_connections = clients + sizes.iter().max().copied().unwrap_or(0) + rule + 20;
-    eprintln!("starting a throwaway PostgreSQL from the local server binaries...");
+    errln!("starting a throwaway PostgreSQL from the local server binaries...");
     let starting = tokio::task::spawn_blocking(move || {
         PgCluster::builder()
             .max_connections(max_connections as u32)
@@ -311,13 +311,13 @@ async fn with_cluster(
 ) -> DemoResult {
     let cores = bench::cores();
     let rule = bench::rule_of_thumb(cores);
-    println!(
+    outln!(
         "PostgreSQL on 127.0.0.1:{} (data directory: {})",
         cluster.port(),
         cluster.data_dir().display()
     );
     let pooler = InProcessPooler::start(cluster, rule, clients).await?;
-    println!(
+    outln!(
         "wharf pooler on 127.0.0.1:{} (transaction mode, pool size {rule} = ({cores} cores x 2) + 1)",
         pooler.port
     );

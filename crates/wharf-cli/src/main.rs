@@ -3,8 +3,17 @@
 //! This binary stays thin: it parses the command line and hands over to the
 //! `wharf-pooler` crate, or to its `bench` and `demo` modules.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+mod output;
 mod bench;
+mod check;
 mod demo;
+#[cfg(test)]
+mod man;
+mod service;
+mod syslog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,11 +39,9 @@ enum Command {
         /// The configuration file: PgBouncer ini, or TOML if it ends in .toml.
         config: PathBuf,
     },
-    /// Check a configuration file and print the effective settings.
-    Check {
-        /// The configuration file.
-        config: PathBuf,
-    },
+    /// Check a configuration file and every file it names as `serve`
+    /// would, and print what each database and user gets.
+    Check(check::Args),
     /// Load a PostgreSQL URL and compare a connection per request, an
     /// in-process pool and a pooler; sweep pool sizes.
     Bench(bench::Args),
@@ -44,30 +51,69 @@ enum Command {
 }
 
 /// Logs to `logfile` when the configuration names one (as PgBouncer does),
-/// else to standard error, at PgBouncer's `verbose` level (0: info, 1:
-/// debug, 2 and more: trace). `RUST_LOG` overrides the level.
-fn init_logging(logfile: Option<&std::path::Path>, verbose: u32) -> Result<(), String> {
-    let level = match verbose {
+/// else to standard error (in colour only on a terminal), and with
+/// `syslog = 1` to the system log as well, at PgBouncer's `verbose` level
+/// (0: info, 1: debug, 2 and more: trace). `RUST_LOG` overrides the level.
+fn init_logging(settings: &config::Settings) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let level = match settings.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match logfile {
+    let output = match &settings.logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("logfile {}: {e}", path.display()))?;
-            builder
+            tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))
-                .init();
+                .boxed()
         }
-        None => builder.init(),
+        // Colour codes are noise in a file or the journal: only a
+        // terminal gets them.
+        None => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    // As PgBouncer's syslog(3), a system log that cannot be reached does
+    // not stop the pooler; it is said once, in the other log.
+    let (syslog, unreachable) = match settings.syslog {
+        true => match syslog::Syslog::connect(
+            std::path::Path::new(syslog::DEV_LOG),
+            &settings.syslog_facility,
+            &settings.syslog_ident,
+        ) {
+            // The system log stamps its own time.
+            Ok(syslog) => (
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .without_time()
+                        .with_ansi(false)
+                        .with_writer(syslog),
+                ),
+                None,
+            ),
+            Err(problem) => (None, Some(problem)),
+        },
+        false => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .with(syslog)
+        .try_init()
+        .map_err(|e| format!("cannot start logging: {e}"))?;
+    if let Some(problem) = unreachable {
+        tracing::warn!("syslog = 1, but {problem}: logging without it");
     }
     Ok(())
 }
@@ -76,181 +122,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Check { config } => check(&config),
+        Command::Check(args) => check::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
     }
 }
 
-fn load(path: &std::path::Path) -> Option<config::Config> {
-    match config::load(path) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            Some(loaded.config)
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            None
-        }
-    }
-}
-
-fn check(path: &std::path::Path) -> ExitCode {
-    let Some(config) = load(path) else {
-        return ExitCode::FAILURE;
-    };
-    let tls = match wharf_pooler::tls::TlsContexts::from_settings(&config.pgbouncer) {
-        Ok(tls) => tls,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    for warning in tls.warnings() {
-        eprintln!("warning: {warning}");
-    }
-    println!("{}: OK", path.display());
-    println!();
-    println!("clients: {}", client_tls(&config));
-    println!();
-    println!("[databases]");
-    for db in &config.databases {
-        let mode = config.pool_mode_for(&db.name, "");
-        println!(
-            "  {:<20} pool_mode = {:<12} prepared statements: {}",
-            db.name,
-            mode.as_str(),
-            prepared_statements(&config, mode)
-        );
-        println!("  {:<20} server TLS: {}", "", server_tls(&config, db));
-        if db.read_routing == Some(true) {
-            let routing = if mode == config::PoolMode::Transaction {
-                "reads to a standby (prefer-standby), everything else to the primary".to_owned()
-            } else {
-                format!(
-                    "off: pool_mode = {}, only transaction mode routes",
-                    mode.as_str()
-                )
-            };
-            println!("  {:<20} read routing: {routing}", "");
-        }
-    }
-    println!();
-    print_auth(&config);
-    println!();
-    println!("{:<28} {:<28} {:<28} changeable", "key", "value", "default");
-    for row in config.pgbouncer.describe() {
-        println!(
-            "{:<28} {:<28} {:<28} {}",
-            row.key,
-            row.value,
-            row.default,
-            if row.changeable { "yes" } else { "no" }
-        );
-    }
-    ExitCode::SUCCESS
-}
-
-/// What TLS clients get.
-fn client_tls(config: &config::Config) -> String {
-    let settings = &config.pgbouncer;
-    let mode = settings.client_tls_sslmode;
-    let what = match mode {
-        config::SslMode::Disable => "plain text only (SSLRequest answered 'N')",
-        config::SslMode::Allow | config::SslMode::Prefer => {
-            "TLS when the client asks, plain otherwise"
-        }
-        config::SslMode::Require => "TLS required on TCP (Unix sockets stay plain)",
-        config::SslMode::VerifyCa | config::SslMode::VerifyFull => {
-            "TLS with a client certificate signed by client_tls_ca_file"
-        }
-    };
-    format!("client_tls_sslmode = {}: {what}", mode.as_str())
-}
-
-/// What TLS a database's server connections get.
-fn server_tls(config: &config::Config, db: &config::Database) -> String {
-    let hosts = db.host_ports().unwrap_or_default();
-    let on_socket = |(host, _): &(Option<&str>, u16)| host.is_none_or(|h| h.starts_with('/'));
-    if hosts.iter().all(on_socket) {
-        return "none (Unix socket)".to_owned();
-    }
-    let sockets = if hosts.iter().any(on_socket) {
-        "; its Unix-socket hosts stay plain"
-    } else {
-        ""
-    };
-    let mode = config.pgbouncer.server_tls_sslmode;
-    let what = match mode {
-        config::SslMode::Disable | config::SslMode::Allow => "plain text",
-        config::SslMode::Prefer => "TLS if the server offers it, certificate not checked",
-        config::SslMode::Require => "TLS required, certificate not checked",
-        config::SslMode::VerifyCa => "TLS required, certificate chain checked, host name not",
-        config::SslMode::VerifyFull => "TLS required, certificate chain and host name checked",
-    };
-    format!("{} ({what}{sockets})", mode.as_str())
-}
-
-/// How clients authenticate: `auth_type`, and with `hba` the rules that
-/// can apply to each database, first match first.
-fn print_auth(config: &config::Config) {
-    let Some(rules) = config.hba.as_deref() else {
-        println!("auth_type = {}", config.pgbouncer.auth_type);
-        return;
-    };
-    println!(
-        "auth_type = hba, rules from {} (first match wins; no match is refused):",
-        rules.path().display()
-    );
-    for db in &config.databases {
-        let applying: Vec<String> = rules
-            .rules()
-            .iter()
-            .filter(|rule| rule.may_apply_to_database(&db.name))
-            .map(|rule| format!("line {}: {rule}", rule.line))
-            .collect();
-        let summary = match applying.is_empty() {
-            true => "no rule: every client is refused".to_owned(),
-            false => applying.join("; "),
-        };
-        println!("  {:<20} {summary}", db.name);
-    }
-}
-
-/// What happens to a database's named prepared statements.
-fn prepared_statements(config: &config::Config, mode: config::PoolMode) -> String {
-    let max = config.pgbouncer.max_prepared_statements;
-    match mode {
-        config::PoolMode::Session => "kept on the client's own server (session mode)".to_owned(),
-        _ if max == 0 => {
-            "not tracked (max_prepared_statements = 0): named statements fail across servers"
-                .to_owned()
-        }
-        _ => format!("tracked across servers, at most {max} per server"),
-    }
-}
-
 fn serve(path: &std::path::Path) -> ExitCode {
-    let Some(config) = load(path) else {
+    // First, while this is the only thread: it edits the environment.
+    let inherited = service::listen_fds();
+    let Some(check::Checked { config, .. }) = check::load(path) else {
         return ExitCode::FAILURE;
     };
-    if let Err(err) = init_logging(
-        config.pgbouncer.logfile.as_deref(),
-        config.pgbouncer.verbose,
-    ) {
-        eprintln!("error: {err}");
+    if let Err(err) = init_logging(&config.pgbouncer) {
+        errln!("error: {err}");
         return ExitCode::FAILURE;
     }
     let pidfile = config.pgbouncer.pidfile.clone();
     if let Some(pidfile) = &pidfile {
         if let Err(err) = std::fs::write(pidfile, format!("{}\n", std::process::id())) {
-            eprintln!("error: pidfile {}: {err}", pidfile.display());
+            errln!("error: pidfile {}: {err}", pidfile.display());
             return ExitCode::FAILURE;
         }
     }
-    let code = run_pooler(config);
+    let code = run_pooler(config, inherited);
     if let Some(pidfile) = &pidfile {
         let _ = std::fs::remove_file(pidfile);
     }
@@ -283,33 +178,51 @@ fn pooler_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn run_pooler(config: config::Config) -> ExitCode {
+fn run_pooler(config: config::Config, inherited: Vec<std::os::fd::OwnedFd>) -> ExitCode {
     let runtime = match pooler_runtime(config.pgbouncer.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            errln!("error: cannot start the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
-        let pooler = match wharf_pooler::Pooler::bind(config).await {
+        let user = config.pgbouncer.user.clone();
+        let pooler = match wharf_pooler::Pooler::bind_with(config, inherited).await {
             Ok(pooler) => pooler,
             Err(err) => {
-                eprintln!("error: {err}");
+                errln!("error: {err}");
                 return ExitCode::FAILURE;
             }
         };
+        // After binding, so that ports below 1024 can be had; before the
+        // first client, so that none is served as root.
+        if let Some(user) = &user {
+            if let Err(err) = service::switch_user(user) {
+                tracing::error!("{err}");
+                errln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(user, "switched user");
+        }
         for addr in pooler.local_addrs() {
             tracing::info!(%addr, "listening");
         }
         // SIGHUP reloads, SIGTERM/SIGINT shut down gracefully (twice: now),
-        // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume.
+        // SIGQUIT at once, SIGUSR1/SIGUSR2 pause and resume. Installed
+        // before READY=1: a service manager may signal as soon as it reads
+        // it.
         let state = std::sync::Arc::downgrade(&pooler.state());
-        let signals = tokio::spawn(async move {
-            if let Err(err) = wharf_pooler::signals::handle_signals(state).await {
-                tracing::error!("cannot install signal handlers: {err}");
+        let signals = match wharf_pooler::signals::Signals::install() {
+            Ok(signals) => tokio::spawn(signals.handle(state)),
+            Err(err) => {
+                errln!("error: cannot install signal handlers: {err}");
+                return ExitCode::FAILURE;
             }
-        });
+        };
+        if let Err(err) = wharf_pooler::sd_notify("READY=1") {
+            tracing::warn!(error = %err, "cannot notify the service manager (NOTIFY_SOCKET)");
+        }
         pooler.run(std::future::pending()).await;
         signals.abort();
         tracing::info!("shut down");

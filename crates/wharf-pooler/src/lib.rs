@@ -44,5 +44,6 @@ mod stats;
 pub mod tls;
 mod views;
 
+pub use net::sd_notify;
 pub use pooler::{Pooler, StartError};
 pub use state::PoolerState;

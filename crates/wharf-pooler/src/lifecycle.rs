@@ -3,7 +3,6 @@
 //! three modes. Both act on the router they are given; the lifecycle holds
 //! only the phase.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -127,6 +126,7 @@ impl Lifecycle {
         });
         if changed {
             tracing::info!(?mode, "shutdown requested");
+            crate::net::notify_or_log("STOPPING=1");
         }
     }
 
@@ -184,7 +184,11 @@ impl Lifecycle {
     /// close as they are released). A broken file is logged with its
     /// file, line and key, and the old configuration stays.
     pub(crate) async fn reload(&self, router: &Router) -> Result<ReloadSummary, ReloadError> {
+        // A Type=notify unit's `systemctl reload` waits for READY=1 again,
+        // which comes whether the new file was taken or not.
+        crate::net::notify_or_log("RELOADING=1");
         let result = self.try_reload(router).await;
+        crate::net::notify_or_log("READY=1");
         match &result {
             Ok(summary) => tracing::info!(
                 resized = summary.resized,
@@ -213,10 +217,10 @@ impl Lifecycle {
         let path = old.path.clone();
         let (loaded, secrets, tls) = tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path).map_err(ReloadError::Config)?;
-            let secrets = match &loaded.config.pgbouncer.auth_file {
-                Some(file) => config::load_auth_file(file).map_err(ReloadError::AuthFile)?,
-                None => HashMap::new(),
-            };
+            let secrets = loaded
+                .config
+                .load_auth_file()
+                .map_err(ReloadError::AuthFile)?;
             let tls =
                 TlsContexts::from_settings(&loaded.config.pgbouncer).map_err(ReloadError::Tls)?;
             Ok::<_, ReloadError>((loaded, secrets, tls))

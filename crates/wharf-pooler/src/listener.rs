@@ -3,6 +3,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::client::serve_client;
-use crate::net::ClientStream;
+use crate::config::Settings;
+use crate::net::{ClientStream, TcpOptions};
+use crate::pooler::StartError;
 use crate::proto::{messages, read_startup, Startup};
 use crate::state::PoolerState;
 
@@ -52,7 +56,11 @@ pub(crate) async fn accept_tcp(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                // Read per client: a RELOAD or SET applies to the next one.
+                let tcp = TcpOptions::from_settings(&state.config().pgbouncer);
+                if let Err(err) = tcp.apply(&stream) {
+                    tracing::warn!(%peer, error = %err, "cannot set the TCP options of a client socket");
+                }
                 admit(stream, peer.to_string(), &state, &clients);
             }
             Err(err) => accept_failed(err).await,
@@ -174,6 +182,84 @@ async fn accept_failed(err: io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
+/// The TCP and Unix listeners, the latter with their socket file.
+type Listeners = (
+    Vec<TcpListener>,
+    Vec<(tokio::net::UnixListener, Option<PathBuf>)>,
+);
+
+/// Opens the sockets `listen_addr`, `listen_port` and `unix_socket_dir`
+/// name.
+pub(crate) fn open(settings: &Settings) -> Result<Listeners, StartError> {
+    let mut tcp = Vec::new();
+    let addrs = listen_addrs(&settings.listen_addr, settings.listen_port)
+        .map_err(StartError::BadAddress)?;
+    for addr in addrs {
+        tcp.push(
+            listen_tcp(addr, settings.so_reuseport, settings.listen_backlog).map_err(|source| {
+                StartError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                }
+            })?,
+        );
+    }
+    let mut unix = Vec::new();
+    if let Some(dir) = settings
+        .unix_socket_dir
+        .as_ref()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        let path = dir.join(format!(".s.PGSQL.{}", settings.listen_port));
+        // A socket file left by a process that is gone blocks bind.
+        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        let listen_error = |source| StartError::Listen {
+            addr: path.display().to_string(),
+            source,
+        };
+        let listener = tokio::net::UnixListener::bind(&path).map_err(listen_error)?;
+        // PgBouncer's chmod after bind: a mode stricter than the umask's
+        // must hold before the first client can connect.
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(settings.unix_socket_mode),
+        )
+        .map_err(listen_error)?;
+        unix.push((listener, Some(path)));
+    }
+    Ok((tcp, unix))
+}
+
+/// Takes over listening sockets a service manager opened: TCP ones and
+/// Unix ones, told apart by their address.
+pub(crate) fn adopt(inherited: Vec<OwnedFd>) -> Result<Listeners, StartError> {
+    let (mut tcp, mut unix) = (Vec::new(), Vec::new());
+    for fd in inherited {
+        let socket = socket2::Socket::from(fd);
+        let error = |source| StartError::Listen {
+            addr: "a socket passed by the service manager (LISTEN_FDS)".to_owned(),
+            source,
+        };
+        let addr = socket.local_addr().map_err(error)?;
+        socket.set_nonblocking(true).map_err(error)?;
+        if addr.as_socket().is_some() {
+            let listener = std::net::TcpListener::from(socket);
+            tcp.push(TcpListener::from_std(listener).map_err(error)?);
+        } else if addr.is_unix() {
+            let listener = std::os::unix::net::UnixListener::from(OwnedFd::from(socket));
+            unix.push((
+                tokio::net::UnixListener::from_std(listener).map_err(error)?,
+                None,
+            ));
+        } else {
+            return Err(error(io::Error::other("neither a TCP nor a Unix socket")));
+        }
+    }
+    Ok((tcp, unix))
+}
+
 /// The addresses `listen_addr` names (`*` is every IPv4 and IPv6 address);
 /// the first word that is not an address is the error.
 pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAddr>, String> {
@@ -198,7 +284,13 @@ pub(crate) fn listen_addrs(listen: &[String], port: u16) -> Result<Vec<SocketAdd
     Ok(addrs)
 }
 
-pub(crate) fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// A listening TCP socket on `addr` with `listen_backlog` pending
+/// connections at most.
+pub(crate) fn listen_tcp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    backlog: u32,
+) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
@@ -211,6 +303,6 @@ pub(crate) fn listen_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpLi
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     TcpListener::from_std(socket.into())
 }

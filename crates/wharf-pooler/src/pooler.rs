@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -63,7 +64,9 @@ fn fill_forced_user_pools(state: &PoolerState, config: &Config) {
 pub struct Pooler {
     state: Arc<PoolerState>,
     tcp: Vec<TcpListener>,
-    unix: Option<(UnixListener, PathBuf)>,
+    /// With the socket file to remove at the end (none for one a service
+    /// manager made).
+    unix: Vec<(UnixListener, Option<PathBuf>)>,
     http: Option<TcpListener>,
 }
 
@@ -73,6 +76,14 @@ impl Pooler {
     /// configuration does not hold its rules yet). Must run inside a Tokio
     /// runtime.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        Self::bind_with(config, Vec::new()).await
+    }
+
+    /// As [`bind`](Self::bind), but when `inherited` holds listening
+    /// sockets (systemd's socket activation, `LISTEN_FDS`), serves on them
+    /// instead of opening those `listen_addr` and `unix_socket_dir` name:
+    /// the socket unit then says where wharf listens.
+    pub async fn bind_with(config: Config, inherited: Vec<OwnedFd>) -> Result<Self, StartError> {
         let tls = TlsContexts::from_settings(&config.pgbouncer)?;
         for warning in tls.warnings() {
             tracing::warn!("{warning}");
@@ -85,37 +96,11 @@ impl Pooler {
         }
         let config = Arc::new(config);
         let settings = &config.pgbouncer;
-        let secrets: HashMap<String, Secret> = match &settings.auth_file {
-            Some(path) => config::load_auth_file(path)?,
-            None => HashMap::new(),
-        };
-        let mut tcp = Vec::new();
-        let addrs = listener::listen_addrs(&settings.listen_addr, settings.listen_port)
-            .map_err(StartError::BadAddress)?;
-        for addr in addrs {
-            tcp.push(
-                listener::listen_tcp(addr, settings.so_reuseport).map_err(|source| {
-                    StartError::Listen {
-                        addr: addr.to_string(),
-                        source,
-                    }
-                })?,
-            );
-        }
-        let unix = match &settings.unix_socket_dir {
-            Some(dir) if !dir.as_os_str().is_empty() => {
-                let path = dir.join(format!(".s.PGSQL.{}", settings.listen_port));
-                // A socket file left by a process that is gone blocks bind.
-                if std::os::unix::net::UnixStream::connect(&path).is_err() {
-                    let _ = std::fs::remove_file(&path);
-                }
-                let listener = UnixListener::bind(&path).map_err(|source| StartError::Listen {
-                    addr: path.display().to_string(),
-                    source,
-                })?;
-                Some((listener, path))
-            }
-            _ => None,
+        let secrets: HashMap<String, Secret> = config.load_auth_file()?;
+        let (tcp, unix) = if inherited.is_empty() {
+            listener::open(settings)?
+        } else {
+            listener::adopt(inherited)?
         };
         let http = crate::http::bind(settings)
             .await
@@ -187,16 +172,25 @@ impl Pooler {
                 clients.clone(),
             ));
         }
-        let unix_listener = unix.map(|(listener, path)| {
-            let peer = format!("unix:{}", path.display());
-            let task = tokio::spawn(listener::accept_unix(
+        let mut unix_paths = Vec::new();
+        let mut unix_tasks = Vec::new();
+        for (listener, path) in unix {
+            let peer = match listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_owned))
+            {
+                Some(name) => format!("unix:{}", name.display()),
+                None => "unix".to_owned(),
+            };
+            unix_paths.extend(path);
+            unix_tasks.push(tokio::spawn(listener::accept_unix(
                 listener,
                 peer,
                 state.clone(),
                 clients.clone(),
-            ));
-            UnixAccept { task, path }
-        });
+            )));
+        }
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));
         let mut phase = state.lifecycle().subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -205,24 +199,21 @@ impl Pooler {
             _ = phase.wait_for(|p| *p != Phase::Running) => {}
         }
         // Stop accepting first: a client arriving now would only be cut.
-        // The Unix socket stays open for the admin console until the end,
-        // as PgBouncer's does (its logins to databases are refused).
+        // The Unix sockets stay open for the admin console until the end,
+        // as PgBouncer's do (logins to databases there are refused).
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         tracing::info!(clients = clients.count(), "TCP listeners closed");
         drain(&state, &clients, &mut phase, shutdown).await;
-        if let Some(unix) = unix_listener {
-            unix.task.abort();
-            let _ = unix.task.await;
-            let _ = std::fs::remove_file(unix.path);
+        for task in unix_tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        // Only the sockets wharf made; passed-in ones belong to systemd.
+        for path in unix_paths {
+            let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// The Unix socket's accepting task and its path.
-struct UnixAccept {
-    task: tokio::task::JoinHandle<()>,
-    path: std::path::PathBuf,
 }
 
 /// Waits out a shutdown: until only admin console sessions are left (they

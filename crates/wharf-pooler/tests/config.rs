@@ -280,7 +280,17 @@ fn realistic_ini_loads_every_section() {
             pool_size: None,
         }]
     );
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // Accepted but not acted on: a warning each, on its line.
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("pgbouncer.ini:41: server_round_robin: accepted but not acted on"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("pgbouncer.ini:45: dns_max_ttl: accepted but not acted on"),
+        "{warnings:?}"
+    );
 
     // The "*" entry answers for databases without their own.
     assert_eq!(c.database("app").unwrap().name, "app");
@@ -305,7 +315,7 @@ fn toml_twin_gives_the_same_config() {
     from_toml.path = ini.config.path.clone();
     assert_eq!(from_toml, ini.config);
     let warnings: Vec<String> = toml.warnings.iter().map(ToString::to_string).collect();
-    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(warnings.len(), 2, "the same two as the ini's: {warnings:?}");
 }
 
 /// Loads `[pgbouncer]` plus `line` (as line 3) and returns the error text
@@ -333,7 +343,7 @@ fn every_bad_value_names_file_line_and_key() {
         ("pool_mode = sessions", "DIR/pgbouncer.ini:3: pool_mode: invalid value \"sessions\": expected one of: session, transaction, statement"),
         ("auth_type = magic", "DIR/pgbouncer.ini:3: auth_type: invalid value \"magic\": expected one of: trust, any, plain, md5, scram-sha-256, hba, cert"),
         ("auth_type = hba", "DIR/pgbouncer.ini: auth_hba_file: not set, and auth_type = hba takes its rules from it"),
-        ("auth_type = hba\nauth_hba_file = DIR/none.conf", "DIR/pgbouncer.ini: auth_hba_file: could not read \"DIR/none.conf\": No such file or directory (os error 2)"),
+        ("auth_type = hba\nauth_hba_file = DIR/none.conf", "DIR/pgbouncer.ini:4: auth_hba_file: could not read \"DIR/none.conf\": No such file or directory (os error 2)"),
         ("auth_type = pam", "DIR/pgbouncer.ini:3: auth_type: \"pam\" is not supported by wharf yet (supported: trust, any, plain, md5, scram-sha-256, hba, cert)"),
         ("server_lifetime = forever", "DIR/pgbouncer.ini:3: server_lifetime: invalid value \"forever\": expected a time in seconds (e.g. 15 or 0.5) or with a unit (e.g. 500ms, 15s, 5min)"),
         ("query_timeout = -1", "DIR/pgbouncer.ini:3: query_timeout: invalid value \"-1\": expected a time in seconds (e.g. 15 or 0.5) or with a unit (e.g. 500ms, 15s, 5min)"),
@@ -824,4 +834,67 @@ fn tls_settings_rustls_cannot_honour_are_refused_naming_the_key() {
     // What needs no file works: prefer and require to servers.
     assert!(refused("server_tls_sslmode = require").is_none());
     assert!(refused("server_tls_sslmode = disable").is_none());
+}
+
+#[tokio::test]
+async fn the_unix_socket_gets_unix_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    for mode in [0o700, 0o777] {
+        let ini = dir.write(
+            "pgbouncer.ini",
+            &format!(
+                "[databases]\n[pgbouncer]\nauth_type = trust\nauth_file = /dev/null\n\
+                 unix_socket_dir = {}\nunix_socket_mode = 0{mode:o}\nlisten_port = 6999\n",
+                dir.0.display()
+            ),
+        );
+        let pooler = wharf_pooler::Pooler::bind(config::load(&ini).unwrap().config)
+            .await
+            .unwrap();
+        let socket = dir.0.join(".s.PGSQL.6999");
+        let got = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{got:o}");
+        drop(pooler);
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// docs/migrating-from-pgbouncer.md lists every key with what wharf does
+/// with it: the same as `Settings::support`, note for note.
+#[test]
+fn migration_guide_matches_the_settings_table() {
+    use wharf_pooler::config::{Settings, Support};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/migrating-from-pgbouncer.md");
+    let text = std::fs::read_to_string(&path).expect("the migration guide");
+    let mut listed = Vec::new();
+    for line in text.lines() {
+        let Some(row) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = row.trim_end_matches(" |").split(" | ").collect();
+        let key = cells[0].trim_end_matches('`');
+        if cells.len() == 2 {
+            // The table of PgBouncer keys wharf does not know.
+            assert!(!Settings::is_known(key), "{key} is known to wharf now");
+            continue;
+        }
+        let (status, note) = (cells[1], cells[2]);
+        let expected = match Settings::support(key) {
+            None => panic!("{key}: listed, but not a wharf key"),
+            Some(Support::Supported) => ("supported", None),
+            Some(Support::WharfOnly) => ("wharf only", None),
+            Some(Support::StoredOnly(why)) => ("stored only", Some(why.to_owned())),
+            Some(Support::Refused(why)) => {
+                ("refused", Some(format!("any value but the default: {why}")))
+            }
+        };
+        assert_eq!(status, expected.0, "{key}");
+        if let Some(why) = expected.1 {
+            assert_eq!(note, why, "{key}");
+        }
+        listed.push(key.to_owned());
+    }
+    let keys: Vec<String> = Settings::keys().map(str::to_owned).collect();
+    assert_eq!(listed, keys, "every key once, in SHOW CONFIG order");
 }

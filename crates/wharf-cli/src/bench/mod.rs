@@ -401,7 +401,7 @@ fn announce(strategy: Strategy, pool_size: Option<usize>, clients: usize, limit:
         Limit::Transactions(n) => format!("{n} requests each"),
     };
     tracing::debug!(%what, clients, %how_long, "run starts");
-    eprintln!("running {what}: {clients} clients, {how_long}");
+    errln!("running {what}: {clients} clients, {how_long}");
 }
 
 /// Connects once to create the workload's tables.
@@ -474,7 +474,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         .enable_all()
         .build()
         .map_err(|error| {
-            eprintln!("error: cannot start the runtime: {error}");
+            errln!("error: cannot start the runtime: {error}");
             ExitCode::FAILURE
         })
 }
@@ -488,6 +488,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -497,12 +498,12 @@ pub fn run(args: &Args) -> ExitCode {
     let plan = match Plan::from_args(args) {
         Ok(plan) => plan,
         Err(error) => {
-            eprintln!("error: {error}");
+            errln!("error: {error}");
             return ExitCode::from(2);
         }
     };
     if plan.strategies.is_empty() && plan.sweep.is_empty() {
-        eprintln!("error: nothing to run: give --strategy or --sweep-pool-size");
+        errln!("error: nothing to run: give --strategy or --sweep-pool-size");
         return ExitCode::from(2);
     }
     let runtime = match runtime() {
@@ -512,7 +513,7 @@ pub fn run(args: &Args) -> ExitCode {
     let outcome = match runtime.block_on(execute(&plan)) {
         Ok(outcome) => outcome,
         Err(error) => {
-            eprintln!("error: {error}");
+            errln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -522,25 +523,25 @@ pub fn run(args: &Args) -> ExitCode {
 /// Prints the report, writes the files to `out` if given, and turns the
 /// error count into the exit code. `notes` are printed under the table.
 pub fn finish(outcome: &Outcome, out: Option<&std::path::Path>, notes: &[String]) -> ExitCode {
-    print!("{}", report::render_text(outcome, notes));
+    out!("{}", report::render_text(outcome, notes));
     if let Some(dir) = out {
         match report::write_files(outcome, dir) {
             Ok(files) => {
-                println!();
-                println!("Files in {}:", dir.display());
+                outln!();
+                outln!("Files in {}:", dir.display());
                 for file in files {
-                    println!("  {}", file.display());
+                    outln!("  {}", file.display());
                 }
             }
             Err(error) => {
-                eprintln!("error: {error}");
+                errln!("error: {error}");
                 return ExitCode::FAILURE;
             }
         }
     }
     let errors = outcome.errors();
     if errors > 0 {
-        eprintln!(
+        errln!(
             "error: {errors} request{} failed; see the errors above",
             if errors == 1 { "" } else { "s" }
         );

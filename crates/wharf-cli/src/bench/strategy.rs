@@ -309,7 +309,7 @@ pub async fn run(
     if let Some(progress) = progress {
         progress.abort();
         let _ = progress.await;
-        eprint!("\r\x1b[2K");
+        err!("\r\x1b[2K");
     }
     if let Source::Pool(pool) = &*source {
         pool.close().await;

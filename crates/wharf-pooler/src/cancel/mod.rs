@@ -290,7 +290,7 @@ impl CancelRegistry {
         let server = on_its_way.in_flight.clone();
         let addr = &server.addr;
         let waiting = Raised::new(&slot.stats.cancels_waiting);
-        let forwarded = match addr.connect().await {
+        let forwarded = match addr.connect(server.tls.tcp()).await {
             Ok(stream) => {
                 drop(waiting);
                 let _active = Raised::new(&slot.stats.cancels_active);

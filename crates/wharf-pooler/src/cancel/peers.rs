@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::{forward_cancel, key, Raised};
 use crate::config::{Config, Peer, Settings};
-use crate::net::ServerAddr;
+use crate::net::{ServerAddr, TcpOptions};
 use crate::proto::CancelKey;
 
 /// Where `peer` listens: its `host` (a Unix socket directory if it starts
@@ -62,7 +62,12 @@ impl PeerPool {
 
     /// Sends `key` to the peer once a slot is free, waiting for the peer
     /// to take it (close the connection).
-    async fn send(&self, key: CancelKey, connect_timeout: Duration) -> io::Result<()> {
+    async fn send(
+        &self,
+        key: CancelKey,
+        connect_timeout: Duration,
+        tcp: &TcpOptions,
+    ) -> io::Result<()> {
         let waiting = Raised::new(&self.waiting);
         let _slot = self
             .slots
@@ -71,7 +76,7 @@ impl PeerPool {
             .map_err(|_| io::Error::other("peer pool closed"))?;
         let stream = {
             let _login = Raised::new(&self.login);
-            tokio::time::timeout(connect_timeout, self.addr.connect())
+            tokio::time::timeout(connect_timeout, self.addr.connect(tcp))
                 .await
                 .map_err(|_| {
                     io::Error::new(
@@ -162,7 +167,8 @@ impl PeerPools {
         );
         tracing::debug!(peer = target, addr = %pool.addr, "forwarding cancel request to peer");
         let connect_timeout = config.pgbouncer.server_connect_timeout;
-        if let Err(err) = pool.send(next, connect_timeout).await {
+        let tcp = TcpOptions::from_settings(&config.pgbouncer);
+        if let Err(err) = pool.send(next, connect_timeout, &tcp).await {
             tracing::warn!(peer = target, addr = %pool.addr, error = %err, "could not forward cancel request to peer");
         }
     }

@@ -10,7 +10,7 @@ pub(crate) struct Builder {
 }
 
 /// A position in a file, for messages.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pos {
     pub(crate) file: PathBuf,
     pub(crate) line: Option<usize>,
@@ -98,6 +98,15 @@ impl Builder {
             }
             Some(Err(e)) => Err(pos.value_error(shown, raw, e, "")),
             Some(Ok(())) => {
+                if let Some(message) = self.config.pgbouncer.key_refusal(key) {
+                    return Err(ConfigError::Unsupported {
+                        file: pos.file.clone(),
+                        line: pos.line,
+                        key: shown.to_owned(),
+                        message,
+                    });
+                }
+                self.config.positions.0.insert(key.to_owned(), pos.clone());
                 if let Some(warning) = self.config.pgbouncer.key_warning(key) {
                     self.warn(pos, Some(shown), warning);
                 }
@@ -308,6 +317,20 @@ impl Builder {
                 "listen_addr",
                 "empty, and unix_socket_dir is empty too: nothing to listen on".to_owned(),
             ));
+        }
+        let unused_hba = (s.auth_type != AuthType::Hba && s.auth_hba_file.is_some()).then(|| {
+            format!(
+                "not read: auth_type = {}, and only auth_type = hba uses it",
+                s.auth_type
+            )
+        });
+        if let Some(message) = unused_hba {
+            let at = self.config.positions.0.get("auth_hba_file").cloned();
+            self.warn(
+                &at.unwrap_or_else(|| pos.clone()),
+                Some("auth_hba_file"),
+                message,
+            );
         }
         for (key, message) in late {
             self.warn(&pos, Some(key), message);

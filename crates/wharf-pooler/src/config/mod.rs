@@ -84,6 +84,7 @@ pub use peers::{Peer, MAX_PEER_ID};
 pub use settings::{
     AuthType, PoolMode, ServerCheck, SetError, SettingRow, Settings, SslMode, UnknownName,
 };
+pub use support::Support;
 pub use userlist::{load_auth_file, parse_auth_file, Secret};
 
 use database::{apply_database_key, apply_user_key, KeyError, DATABASE_KEYS, USER_KEYS};
@@ -120,7 +121,23 @@ pub struct Config {
     /// The rules of `auth_hba_file` when `auth_type = hba` (see
     /// [`Config::load_hba`]), else `None`.
     pub hba: Option<Arc<HbaRules>>,
+    /// Where each `[pgbouncer]` key set in the files was set, so that a
+    /// file it names can be blamed on its line.
+    positions: Positions,
 }
+
+/// Where keys were set: not part of what a configuration is, so two
+/// configurations with the same values are equal wherever they came from.
+#[derive(Debug, Clone, Default)]
+struct Positions(std::collections::BTreeMap<String, Pos>);
+
+impl PartialEq for Positions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Positions {}
 
 /// A loaded configuration and what was worth telling about it.
 #[derive(Debug)]
@@ -269,7 +286,7 @@ impl Config {
     /// The settings of a pool of the `[databases]` entry `db` whose
     /// servers log in as the user of the `[users]` entry `user` (either
     /// absent: the global settings).
-    pub(crate) fn settings_of(&self, db: Option<&Database>, user: Option<&User>) -> PoolSettings {
+    pub fn settings_of(&self, db: Option<&Database>, user: Option<&User>) -> PoolSettings {
         let g = &self.pgbouncer;
         let from_user = |f: fn(&User) -> Option<Duration>, global| {
             user.and_then(f).map_or(global, |d| enabled(Some(d)))
@@ -325,6 +342,28 @@ impl Config {
     /// [`Config::pool_settings`].
     pub fn pool_mode_for(&self, database: &str, client_user: &str) -> PoolMode {
         self.pool_settings(database, client_user).pool_mode
+    }
+
+    /// Where `[pgbouncer]` key `key` was set: its file and line, or the
+    /// configuration file without a line when the key was not set there.
+    pub fn setting_position(&self, key: &str) -> (&Path, Option<usize>) {
+        match self.positions.0.get(key) {
+            Some(pos) => (&pos.file, pos.line),
+            None => (&self.path, None),
+        }
+    }
+
+    /// Reads `auth_file` (no users when it is unset), as `wharf serve` does
+    /// at start and on RELOAD. A file that cannot be read is reported
+    /// against the `auth_file` line; a malformed entry against the auth
+    /// file's own line.
+    pub fn load_auth_file(&self) -> Result<std::collections::HashMap<String, Secret>, ConfigError> {
+        let Some(path) = &self.pgbouncer.auth_file else {
+            return Ok(std::collections::HashMap::new());
+        };
+        let (file, line) = self.setting_position("auth_file");
+        let text = read_text(path, line, Some("auth_file"), file)?;
+        parse_auth_file(&text, path)
     }
 
     /// `SHOW CONFIG` rows, as [`Settings::describe`], with `conffile` showing

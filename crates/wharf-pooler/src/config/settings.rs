@@ -195,6 +195,8 @@ pub(crate) struct KeyDef {
     pub(crate) name: &'static str,
     pub(crate) pgbouncer_default: Option<&'static str>,
     pub(crate) changeable: bool,
+    /// The field's documentation, one line per `///` line.
+    pub(crate) doc: &'static str,
 }
 
 const DEFAULT_AUTH_QUERY: &str =
@@ -221,8 +223,8 @@ macro_rules! settings {
         ///
         /// Times are [`Duration`]s; an `Option<Duration>` is a time where
         /// PgBouncer's `0` means "disabled" (`None`). Keys PgBouncer has but
-        /// wharf does not use yet are kept so that `SHOW CONFIG` and
-        /// `wharf check` show them.
+        /// wharf does not act on are kept so that `SHOW CONFIG` and
+        /// `wharf check` show them; [`Settings::support`] says which.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct Settings {
             $( $(#[doc = $doc])+ pub $name: $ty, )+
@@ -236,7 +238,12 @@ macro_rules! settings {
 
         /// Every key in `SHOW CONFIG` order (alphabetical, like PgBouncer).
         pub(crate) const KEYS: &[KeyDef] = &[
-            $( KeyDef { name: stringify!($name), pgbouncer_default: $pgdef, changeable: $changeable }, )+
+            $( KeyDef {
+                name: stringify!($name),
+                pgbouncer_default: $pgdef,
+                changeable: $changeable,
+                doc: concat!($($doc, "\n"),+),
+            }, )+
         ];
 
         impl Settings {
@@ -281,9 +288,9 @@ settings! {
     /// configuration is loaded, on RELOAD and on `SET`; see
     /// [`HbaRules`](super::HbaRules). Default empty.
     auth_hba_file: Option<PathBuf> = None, PathOrEmpty, Some(""), true;
-    /// Ident map file for `auth_type = hba`. Stored only. Default unset.
+    /// Ident map file for `auth_type = hba`. Default unset.
     auth_ident_file: Option<PathBuf> = None, OptPath, None, true;
-    /// LDAP options for `auth_type = ldap`. Stored only. Default unset.
+    /// LDAP options for `auth_type = ldap`. Default unset.
     auth_ldap_options: Option<String> = None, OptText, None, true;
     /// Query that looks up users missing from `auth_file` (`$1` is the
     /// user name; it returns the name and the secret, NULL for none).
@@ -338,13 +345,13 @@ settings! {
     /// Server connections per (database, user) pool unless `[databases]` or
     /// `[users]` say otherwise. Default 20.
     default_pool_size: usize = 20, Uint<usize>, Some("20"), true;
-    /// Refuse the simple query protocol. Stored only. Default off.
+    /// Refuse the simple query protocol. Default off.
     disable_pqexec: bool = false, Flag, Some("0"), false;
-    /// How long DNS answers are cached. Stored only. Default 15 s.
+    /// How long DNS answers are cached. Default 15 s.
     dns_max_ttl: Duration = secs(15), Secs, Some("15"), true;
-    /// How long failed DNS lookups are cached. Stored only. Default 15 s.
+    /// How long failed DNS lookups are cached. Default 15 s.
     dns_nxdomain_ttl: Duration = secs(15), Secs, Some("15"), true;
-    /// DNS zone serial check period; `None` (0) disables. Stored only.
+    /// DNS zone serial check period; `None` (0) disables.
     /// Default disabled.
     dns_zone_check_period: Option<Duration> = None, OptSecs, Some("0"), true;
     /// Address of wharf's HTTP endpoint (metrics, health). wharf only.
@@ -358,7 +365,7 @@ settings! {
     idle_transaction_timeout: Option<Duration> = None, OptSecs, Some("0"), true;
     /// Startup parameters to accept and ignore (comma list). Default empty.
     ignore_startup_parameters: Vec<String> = Vec::new(), List, Some(""), true;
-    /// Windows service name. Stored only. Default `pgbouncer`.
+    /// Windows service name. Default `pgbouncer`.
     job_name: String = "pgbouncer".to_owned(), Text, Some("pgbouncer"), false;
     /// Addresses to listen on for TCP (comma list; `*` is every address).
     /// Default empty: Unix socket only.
@@ -424,7 +431,7 @@ settings! {
     /// How long a client waits before the reserve pool is used; `None`
     /// (0) disables. Default 5 s.
     reserve_pool_timeout: Option<Duration> = Some(secs(5)), OptSecs, Some("5"), true;
-    /// Custom `resolv.conf`. Stored only. Default unset.
+    /// Custom `resolv.conf`. Default unset.
     resolv_conf: Option<PathBuf> = None, PathOrEmpty, Some(""), false;
     /// Packets processed per connection before moving on; 0 is no limit.
     /// Default 5.
@@ -484,13 +491,15 @@ settings! {
     stats_period: Duration = secs(60), WholeSecs, Some("60"), true;
     /// Users allowed to run read-only console commands. Default empty.
     stats_users: Vec<String> = Vec::new(), List, Some(""), true;
-    /// Timeout of `SUSPEND`. Stored only. Default 10 s.
+    /// Timeout of `SUSPEND`. Default 10 s.
     suspend_timeout: Duration = secs(10), Secs, Some("10"), true;
-    /// Log to syslog. Stored only. Default off.
+    /// Log to syslog (`/dev/log`) as well as to standard error or
+    /// `logfile`. Default off.
     syslog: bool = false, Flag, Some("0"), true;
-    /// Syslog facility. Stored only. Default `daemon`.
+    /// Syslog facility: auth, authpriv, daemon, user, local0 to local7.
+    /// Default `daemon`.
     syslog_facility: String = "daemon".to_owned(), Text, Some("daemon"), true;
-    /// Syslog ident. Stored only. Default `pgbouncer`.
+    /// Syslog ident. Default `pgbouncer`.
     syslog_ident: String = "pgbouncer".to_owned(), Text, Some("pgbouncer"), true;
     /// `TCP_DEFER_ACCEPT`; non-zero enables. Default 1 on Linux, 0
     /// elsewhere.
@@ -524,7 +533,8 @@ settings! {
     /// `SHOW CONFIG` prints it in decimal as PgBouncer does (`511`).
     /// Default `0777`.
     unix_socket_mode: u32 = 0o777, Uint<u32>, Some("0777"), false;
-    /// Unix user to switch to at startup. Stored only. Default unset.
+    /// Unix user `wharf serve` switches to once its sockets are open (it
+    /// must start as root or as that user). Default unset.
     user: Option<String> = None, OptText, None, false;
     /// Log verbosity (0 to 3). Default 0.
     verbose: u32 = 0, Uint<u32>, None, true;

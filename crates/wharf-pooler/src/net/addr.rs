@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tokio::net::{TcpStream, UnixStream};
 
-use super::ServerStream;
+use super::{ServerStream, TcpOptions};
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +45,12 @@ impl ServerAddr {
         }
     }
 
-    /// Opens a connection (TCP without Nagle: the relay writes whole
-    /// messages and must not wait on acknowledgements).
-    pub async fn connect(&self) -> io::Result<ServerStream> {
+    /// Opens a connection, a TCP one with `tcp`'s options.
+    pub async fn connect(&self, tcp: &TcpOptions) -> io::Result<ServerStream> {
         match self {
             ServerAddr::Tcp { host, port } => {
                 let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                stream.set_nodelay(true)?;
+                tcp.apply(&stream)?;
                 Ok(ServerStream::Tcp(stream))
             }
             ServerAddr::Unix(path) => Ok(ServerStream::Unix(UnixStream::connect(path).await?)),

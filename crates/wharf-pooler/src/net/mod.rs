@@ -4,9 +4,13 @@
 //! above knows whether a connection is TLS.
 
 mod addr;
+mod notify;
+mod sockopt;
 mod stream;
 mod tls;
 
 pub use addr::ServerAddr;
+pub use notify::{notify_or_log, sd_notify};
+pub use sockopt::TcpOptions;
 pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
 pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

@@ -25,7 +25,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{Settings, SslMode};
-use crate::net::{Encrypted, ServerAddr, ServerStream, TlsClientStream, TlsServerStream};
+use crate::net::{
+    Encrypted, ServerAddr, ServerStream, TcpOptions, TlsClientStream, TlsServerStream,
+};
 use files::Fingerprint;
 
 /// Why a TLS setting cannot be put in force.
@@ -277,6 +279,10 @@ pub struct ServerTls {
     /// The settings and file contents it was built from: RELOAD closes
     /// servers only when these change.
     fingerprint: u64,
+    /// The TCP options of server sockets: kept here, with how to open a
+    /// server connection, so that a RELOAD changes both at once (for new
+    /// connections; open ones keep theirs, as in PgBouncer).
+    tcp: TcpOptions,
 }
 
 impl fmt::Debug for ServerTls {
@@ -307,6 +313,7 @@ impl ServerTls {
                 mode,
                 connector: None,
                 fingerprint: seen.finish(),
+                tcp: TcpOptions::from_settings(settings),
             });
         }
         for value in [
@@ -366,7 +373,13 @@ impl ServerTls {
             mode,
             connector: Some(TlsConnector::from(Arc::new(config))),
             fingerprint: seen.finish(),
+            tcp: TcpOptions::from_settings(settings),
         })
+    }
+
+    /// The TCP options of server sockets.
+    pub(crate) fn tcp(&self) -> &TcpOptions {
+        &self.tcp
     }
 
     /// Opens a connection to `host` as the mode says: the SSLRequest and
@@ -379,7 +392,7 @@ impl ServerTls {
     ///
     /// The connection failed, or TLS was required and could not be had.
     pub(crate) async fn open(&self, host: &ServerAddr) -> Result<ServerStream, OpenError> {
-        self.negotiate(host.connect().await?, host).await
+        self.negotiate(host.connect(&self.tcp).await?, host).await
     }
 
     /// [`open`](Self::open) on a connection to `host` already made.
@@ -410,7 +423,7 @@ impl ServerTls {
                 Err(err) if self.mode == SslMode::Prefer => {
                     tracing::warn!(server = %host, error = %err,
                         "TLS handshake failed; server_tls_sslmode = prefer goes on in plain text");
-                    Ok(host.connect().await?)
+                    Ok(host.connect(&self.tcp).await?)
                 }
                 Err(err) => Err(OpenError::Refused(format!("TLS handshake failed: {err}"))),
             },

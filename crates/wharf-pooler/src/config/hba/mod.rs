@@ -189,7 +189,8 @@ impl Config {
         };
         // A file that cannot be read is reported against the setting; a
         // bad record against the hba file's own line.
-        let text = read_text(path, None, Some("auth_hba_file"), &self.path)?;
+        let (file, line) = self.setting_position("auth_hba_file");
+        let text = read_text(path, line, Some("auth_hba_file"), file)?;
         self.hba = Some(std::sync::Arc::new(HbaRules::parse(&text, path)?));
         Ok(())
     }

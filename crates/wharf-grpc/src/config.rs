@@ -29,7 +29,8 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// Ping idle connections too (`grpc.keepalive_permit_without_calls`).
     pub keepalive_while_idle: bool,
-    /// How long opening a channel may take.
+    /// How long opening a channel may take; also how long a health check
+    /// may go unanswered.
     pub connect_timeout: Duration,
     /// How often the maintenance task closes idle channels, tops the pool
     /// up to `min_channels` and runs the health check.

@@ -29,6 +29,10 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// No channel was open and a new one did not connect within
+    /// `connect_timeout`.
+    #[error("no gRPC channel connected within {0:?}")]
+    ConnectTimeout(std::time::Duration),
     /// The pool was closed.
     #[error("the gRPC pool is closed")]
     Closed,
@@ -40,7 +44,9 @@ impl Error {
     /// configuration.
     pub fn to_status(&self) -> tonic::Status {
         match self {
-            Error::Connect { .. } | Error::Closed => tonic::Status::unavailable(self.to_string()),
+            Error::Connect { .. } | Error::ConnectTimeout(_) | Error::Closed => {
+                tonic::Status::unavailable(self.to_string())
+            }
             _ => tonic::Status::invalid_argument(self.to_string()),
         }
     }

@@ -98,6 +98,7 @@ impl GrpcPool {
             idle_timeout: settings.idle_timeout,
             maintenance_interval: settings.maintenance_interval,
             check_idle: settings.health_check.is_some(),
+            connect_timeout: settings.connect_timeout,
         };
         let shared = SharedPool::start(opener, shared)
             .await
@@ -125,6 +126,7 @@ impl GrpcPool {
                 endpoint: failure.endpoint,
                 source: failure.source,
             }),
+            Err(SharedError::OpenTimeout(after)) => Err(Error::ConnectTimeout(after)),
             Err(SharedError::Closed) => Err(Error::Closed),
             Err(SharedError::Settings(what)) => Err(Error::InvalidSetting(what)),
         }

@@ -140,7 +140,11 @@ impl Http2Pool {
         };
         let shared = SharedPool::start(opener, settings)
             .await
-            .map_err(|err| Error::InvalidRequest(err.to_string()))?;
+            .map_err(|err| match err {
+                SharedError::Settings(what) => Error::InvalidSettings(what),
+                // Starting only ever refuses settings.
+                _ => Error::InvalidSettings("the pool could not start"),
+            })?;
         Ok(Self {
             shared,
             request_timeout: None,
@@ -207,7 +211,14 @@ impl Http2Pool {
         let lease = match self.shared.lease().await {
             Ok(lease) => lease,
             Err(SharedError::Open(err)) => return Err(err),
-            Err(other) => return Err(Error::InvalidRequest(other.to_string())),
+            Err(SharedError::OpenTimeout(_)) => {
+                return Err(Error::Connect {
+                    addr: self.shared.opener().dialer.addr(),
+                    source: std::io::ErrorKind::TimedOut.into(),
+                })
+            }
+            Err(SharedError::Closed) => return Err(Error::InvalidSettings("the pool is closed")),
+            Err(SharedError::Settings(what)) => return Err(Error::InvalidSettings(what)),
         };
         let mut sender = lease.conn().sender.clone();
         let sent = async {

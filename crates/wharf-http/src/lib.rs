@@ -140,6 +140,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Pool settings out of range (an [`Http2Pool`]'s).
+    #[error("invalid pool settings: {0}")]
+    InvalidSettings(&'static str),
     /// TLS settings that cannot be used (a PEM file that does not parse,
     /// no system CA bundle).
     #[error("TLS settings: {0}")]

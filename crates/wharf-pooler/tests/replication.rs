@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::console::{console, eventually, setup, show, CONSOLE_USERLIST};
-use common::{start_with, Setup, TestPooler};
+use common::{start_with, wire, Setup, TestPooler};
 use wharf_testkit::PgCluster;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -32,7 +32,7 @@ async fn pooler() -> TestPooler {
         )
         .expect("setup SQL");
     // pg_basebackup and pg_receivewal before PostgreSQL 17 send no dbname:
-    // libpq asks for database "replication", which needs a line of its own.
+    // they ask for database "replication", which needs a line of its own.
     let databases = format!(
         "tight = host=127.0.0.1 port={port} dbname=postgres pool_size=1\n\
          replication = host=127.0.0.1 port={port} dbname=postgres",
@@ -378,4 +378,61 @@ async fn hba_replication_rules_match_physical_replication_only() {
     system.expect("the replication rule lets a physical client in");
     assert!(logical_err.unwrap_err().contains("login rejected"));
     assert!(regular_err.unwrap_err().contains("login rejected"));
+}
+
+/// A logical replication client on a raw socket (the pooler trusts it),
+/// logged in up to ReadyForQuery.
+async fn raw_logical_client(pooler: &TestPooler) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = wire::connect(pooler.port).await;
+    let startup = wire::startup_packet(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("replication", "database"),
+    ]);
+    stream.write_all(&startup).await.unwrap();
+    loop {
+        match wire::read_message(&mut stream).await {
+            Some((b'Z', _)) => return stream,
+            Some((b'R' | b'S' | b'K', _)) => {}
+            other => panic!("unexpected message in the welcome: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_and_a_shutdown_waiting_for_servers_end_replication_sessions() {
+    let cluster = blocking(PgCluster::start).await.expect("PostgreSQL");
+    let mut pooler = start_with(
+        cluster,
+        Setup {
+            pgbouncer: "admin_users = admin\nauth_type = trust\n",
+            userlist: CONSOLE_USERLIST,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let admin = console(&pooler, "admin").await;
+    let mut killed = raw_logical_client(&pooler).await;
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    let id = clients.rows_where("replication", "logical")[0][clients.col("id")]
+        .clone()
+        .unwrap_or_default();
+    show(&admin, &format!("KILL_CLIENT {id}")).await;
+    let error = wire::expect_fatal(&mut killed).await;
+    assert_eq!(error.message, "admin forced disconnect");
+    eventually("its walsender to go", || async { walsenders(&pooler) == 0 }).await;
+    // A shutdown that waits for servers does not wait for a walsender:
+    // the client is told, as any client between transactions.
+    let mut streaming = raw_logical_client(&pooler).await;
+    assert_eq!(walsenders(&pooler), 1);
+    pooler
+        .shared
+        .shutdown(wharf_pooler::lifecycle::ShutdownMode::WaitForServers);
+    let error = wire::expect_fatal(&mut streaming).await;
+    assert_eq!(error.message, "server shutting down");
+    assert!(
+        pooler.finished(Duration::from_secs(10)).await,
+        "the pooler waited for the replication client"
+    );
 }

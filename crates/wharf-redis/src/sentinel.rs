@@ -114,11 +114,11 @@ impl wharf::Manager for RedisSentinelManager {
     type Error = Error;
 
     async fn connect(&self) -> Result<RedisConnection, Error> {
-        let inner = self
-            .client
-            .lock()
-            .await
-            .get_async_connection_with_config(&self.connection_config)
+        // The lock covers only asking the sentinels (the redis crate's
+        // client needs `&mut`); connecting to the server is outside it.
+        let server = self.client.lock().await.async_get_client().await?;
+        let inner = server
+            .get_multiplexed_async_connection_with_config(&self.connection_config)
             .await?;
         tracing::trace!("opened a Redis connection through Sentinel");
         Ok(RedisConnection::new(inner))

@@ -69,6 +69,15 @@ async fn the_pool_follows_a_failover() {
     {
         let mut conn = pool.get().await.unwrap();
         let () = conn.set("before", 1).await.unwrap();
+        // Replication is asynchronous: the key must be on the replica
+        // before the master dies.
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(acked, 1, "the replica did not acknowledge the write");
     }
     master.kill().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -99,8 +99,16 @@ impl RedisServer {
             config_file: None,
             server: None,
         };
+        // A cluster node also listens on port + 10000 (its bus), which
+        // must be a port too.
+        let cluster = args.contains(&"--cluster-enabled");
         let launched = process::launch_retrying(Duration::ZERO, || {
-            server.port = free_port()?;
+            server.port = loop {
+                let port = free_port()?;
+                if !cluster || port <= u16::MAX - 10_000 {
+                    break port;
+                }
+            };
             server.launch()
         })?;
         let child = launched.ready_on(PROGRAM, server.port, true)?;

@@ -56,6 +56,7 @@ fn settings(min: usize, max: usize, per: usize) -> SharedSettings {
         idle_timeout: Duration::from_secs(60),
         maintenance_interval: Duration::from_secs(1),
         check_idle: false,
+        connect_timeout: Duration::from_secs(5),
     }
 }
 

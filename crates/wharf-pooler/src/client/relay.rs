@@ -70,6 +70,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let timed = timeouts.linked();
         let linked_at = tokio::time::Instant::now();
         let busy = self.protocol.pending() > 0;
+        let mut served_client_first = false;
         let mut clock = Clock {
             query_start: busy.then_some(linked_at),
             xact_start: busy.then_some(linked_at),
@@ -216,14 +217,29 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     }
                 };
                 let shutdown = shutdown_fired(shutdown);
-                // Biased (no RNG draw per poll): each event is handled
-                // and the loop polls both sides again, so neither starves.
-                tokio::select! {
-                    biased;
-                    event = server_side => event,
-                    event = client_side => event,
-                    _ = timer.as_mut(), if timer_on => Event::Timer,
-                    _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                let (mut server_side, mut client_side) =
+                    (std::pin::pin!(server_side), std::pin::pin!(client_side));
+                // Biased, to save a random draw per poll, yet fair: the
+                // timer and the shutdown watch go first (cheap to poll, and
+                // a server streaming without pause must not hide them),
+                // and the two sides take turns at going first.
+                served_client_first = !served_client_first;
+                if served_client_first {
+                    tokio::select! {
+                        biased;
+                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                        event = &mut client_side => event,
+                        event = &mut server_side => event,
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                        event = &mut server_side => event,
+                        event = &mut client_side => event,
+                    }
                 }
             };
             match event {

@@ -5,11 +5,11 @@
 //! transaction boundaries to pool at) until either side hangs up. The
 //! server is closed with the session, never pooled.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::login::{server_unavailable, ReplicationLogin};
 use super::{application_name, client_info, refuse, NO_TIMEOUT};
@@ -43,24 +43,50 @@ pub(super) async fn serve_replication<S: ClientStream>(
         .register_client(info, application_name(&login.params));
     pool.stats().client_logins.fetch_add(1, Ordering::Relaxed);
     client.entry.set_waiting();
+    let entry = &client.entry;
+    // KILL, KILL_CLIENT and a shutdown reach the client in every phase:
+    // waiting for a server, logging it in, relaying.
+    let mut stop = std::pin::pin!(async {
+        tokio::select! {
+            biased;
+            () = entry.killed() => entry.kill_reason().message(),
+            // A walsender is never given back, so even a shutdown that
+            // waits for servers ends it (the standby reconnects).
+            () = state.lifecycle().wait_clients_must_go(ShutdownMode::WaitForServers, entry) => super::SHUTTING_DOWN,
+        }
+    });
     let wait = config
         .pool_settings(pool.database(), &login.user)
         .query_wait_timeout
         .unwrap_or(NO_TIMEOUT);
-    let mut server = match pool.get(Some(wait)).await {
+    let got = tokio::select! {
+        biased;
+        why = &mut stop => Err(("08P01".to_owned(), why.to_owned())),
+        got = pool.get(Some(wait)) => got.map_err(|err| server_unavailable(&err)),
+    };
+    let mut server = match got {
         Ok(server) => server,
-        Err(err) => {
-            let (code, message) = server_unavailable(&err);
+        Err((code, message)) => {
             tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing replication client: no server connection");
             refuse(&mut stream, state, peer, &code, &message).await;
             return;
         }
     };
-    let server_id = server.hand_to(client.entry.info.id);
-    client.entry.set_active(server_id);
-    if let Err(err) = server.start_replication(login.mode, &login.params).await {
-        let (code, message) = refused_by_server(&err);
-        tracing::warn!(%peer, pool = %pool.database(), error = %err, "closing replication client: server login failed");
+    let server_id = server.hand_to(entry.info.id);
+    entry.set_active(server_id);
+    let login_limit = config.pgbouncer.server_connect_timeout;
+    let started = tokio::select! {
+        biased;
+        why = &mut stop => Err(("08P01".to_owned(), why.to_owned())),
+        started = tokio::time::timeout(login_limit, server.start_replication(login.mode, &login.params)) => match started {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(refused_by_server(&err)),
+            Err(_) => Err(("08006".to_owned(), format!("pooler could not connect to server: no login within server_connect_timeout ({login_limit:?})"))),
+        },
+    };
+    if let Err((code, message)) = started {
+        server.mark_broken();
+        tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing replication client: server login failed");
         refuse(&mut stream, state, peer, &code, &message).await;
         return;
     }
@@ -80,32 +106,50 @@ pub(super) async fn serve_replication<S: ClientStream>(
     if config.pgbouncer.log_connections {
         tracing::info!(%peer, database = %pool.database(), user = %login.user, replication = login.mode.as_str(), "replication client logged in");
     }
-    let (client_reader, client_writer) = stream.halves();
-    let wire = server.wire();
-    let entry = &client.entry;
-    let reason = tokio::select! {
-        biased;
-        () = entry.killed() => "killed by the admin console",
-        () = state.lifecycle().wait_clients_must_go(ShutdownMode::Immediate, entry) => super::SHUTTING_DOWN,
-        reason = pipe(client_reader, wire.writer) => reason.unwrap_or("client closed the connection"),
-        reason = pipe(wire.reader, client_writer) => reason.unwrap_or("server closed the connection"),
+    let stats = pool.stats();
+    let stopped = {
+        let (client_reader, client_writer) = stream.halves();
+        let wire = server.wire();
+        tokio::select! {
+            biased;
+            why = &mut stop => Some(why),
+            reason = pipe(client_reader, wire.writer, &stats.received) => {
+                tracing::debug!(%peer, reason = reason.unwrap_or("client closed the connection"), "replication ended");
+                None
+            }
+            reason = pipe(wire.reader, client_writer, &stats.sent) => {
+                tracing::debug!(%peer, reason = reason.unwrap_or("server closed the connection"), "replication ended");
+                None
+            }
+        }
     };
     registered.slot.unlink();
+    if let Some(why) = stopped {
+        refuse(&mut stream, state, peer, "08P01", why).await;
+    }
     if config.pgbouncer.log_disconnections {
-        tracing::info!(%peer, database = %pool.database(), user = %login.user, reason, "replication client closed");
+        tracing::info!(%peer, database = %pool.database(), user = %login.user, reason = stopped.unwrap_or("connection closed"), "replication client closed");
     }
 }
 
-/// Copies bytes from `from` to `to` until `from` ends (`None`) or either
-/// side fails (why, for the log).
-async fn pipe<R, W>(mut from: R, mut to: W) -> Option<&'static str>
+/// Copies bytes from `from` to `to`, counting them in `counter` as they
+/// go, until `from` ends (`None`) or either side fails (why, for the log).
+async fn pipe<R, W>(mut from: R, mut to: W, counter: &AtomicU64) -> Option<&'static str>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match tokio::io::copy(&mut from, &mut to).await {
-        Ok(_) => None,
-        Err(_) => Some("connection broke"),
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(_) => return Some("connection broke"),
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return Some("connection broke");
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

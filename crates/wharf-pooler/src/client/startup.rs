@@ -193,17 +193,20 @@ impl Refusal {
 /// must still be `-c`/`--`, as in PgBouncer). A replication connection has
 /// a server of its own, so its `options` go to that server as they are.
 fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sorted, Refusal> {
-    let replication = match params.iter().find(|(name, _)| name == "replication") {
-        Some((_, value)) => {
-            Replication::from_param(value).ok_or_else(|| Refusal::Replication(value.clone()))?
-        }
-        None => Replication::None,
-    };
     let ignored = |name: &str| {
         settings
             .ignore_startup_parameters
             .iter()
             .any(|p| p.eq_ignore_ascii_case(name))
+    };
+    // Listed in ignore_startup_parameters, `replication` is dropped and
+    // the client gets a regular session, as before replication support.
+    let replication = match params.iter().find(|(name, _)| name == "replication") {
+        Some(_) if ignored("replication") => Replication::None,
+        Some((_, value)) => {
+            Replication::from_param(value).ok_or_else(|| Refusal::Replication(value.clone()))?
+        }
+        None => Replication::None,
     };
     let mut user = None;
     let mut database = None;
@@ -299,6 +302,12 @@ mod tests {
             "invalid value for parameter \"replication\": \"maybe\""
         );
         assert_eq!(refused.sqlstate(), "22023");
+        let ignoring = Settings {
+            ignore_startup_parameters: vec!["replication".into()],
+            ..Settings::default()
+        };
+        let sorted = sort_params(params(&[("replication", "true")]), &ignoring).expect("accepted");
+        assert_eq!(sorted.replication, Replication::None, "ignored, as listed");
     }
 
     #[test]

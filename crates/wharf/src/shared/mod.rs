@@ -94,6 +94,8 @@ pub struct SharedSettings {
     pub maintenance_interval: Duration,
     /// Ask [`Open::check`] about idle connections at each round.
     pub check_idle: bool,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
 }
 
 impl Default for SharedSettings {
@@ -105,6 +107,7 @@ impl Default for SharedSettings {
             idle_timeout: Duration::from_secs(60),
             maintenance_interval: Duration::from_secs(1),
             check_idle: false,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -129,6 +132,9 @@ impl SharedSettings {
         if self.maintenance_interval.is_zero() {
             return bad("maintenance_interval must not be zero");
         }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must not be zero");
+        }
         Ok(())
     }
 }
@@ -139,6 +145,10 @@ pub enum SharedError<E: std::error::Error + 'static> {
     /// No connection was open and a new one could not be opened.
     #[error("cannot open a connection: {0}")]
     Open(#[source] E),
+    /// No connection was open and opening one took longer than
+    /// `connect_timeout`.
+    #[error("cannot open a connection within {0:?}")]
+    OpenTimeout(Duration),
     /// The pool was closed.
     #[error("the pool is closed")]
     Closed,
@@ -278,21 +288,24 @@ impl<O: Open> SharedPool<O> {
         if let Some(lease) = inner.lease(Choice::WithRoom) {
             return Ok(lease);
         }
+        let failures = inner.counters.open_failures.load(Ordering::Relaxed);
         let _opening = inner.opening.lock().await;
         // Someone may have opened one, or leases ended, meanwhile.
         if let Some(lease) = inner.lease(Choice::WithRoom) {
             return Ok(lease);
         }
-        if inner.open_count() >= inner.settings.max_connections {
+        // At the cap, or an open failed while this lease waited its turn:
+        // the open connections serve rather than each waiter trying (and
+        // timing out) in turn.
+        let failed_meanwhile = inner.counters.open_failures.load(Ordering::Relaxed) != failures;
+        if failed_meanwhile || inner.open_count() >= inner.settings.max_connections {
             if let Some(lease) = inner.lease(Choice::LeastLoaded) {
                 return Ok(lease);
             }
         }
         match inner.open().await {
-            Ok(slot) => Ok(inner.add_and_lease(slot)),
-            Err(err) => inner
-                .lease(Choice::LeastLoaded)
-                .ok_or(SharedError::Open(err)),
+            Ok(slot) => inner.add_and_lease(slot).ok_or(SharedError::Closed),
+            Err(err) => inner.lease(Choice::LeastLoaded).ok_or(err),
         }
     }
 
@@ -354,11 +367,17 @@ impl<O: Open> Inner<O> {
         Some(best.lease())
     }
 
-    fn add_and_lease(&self, slot: Arc<Slot<O::Conn>>) -> Lease<O::Conn> {
+    /// Adds a new connection and leases it; `None` (the connection
+    /// dropped) when the pool was closed while it opened.
+    fn add_and_lease(&self, slot: Arc<Slot<O::Conn>>) -> Option<Lease<O::Conn>> {
+        let mut slots = self.slots.lock();
+        if self.is_closed() {
+            return None;
+        }
         let lease = slot.lease();
-        self.slots.lock().push(slot);
+        slots.push(slot);
         self.counters.leases.fetch_add(1, Ordering::Relaxed);
-        lease
+        Some(lease)
     }
 
     fn open_count(&self) -> usize {
@@ -369,8 +388,14 @@ impl<O: Open> Inner<O> {
         self.closed.load(Ordering::Acquire)
     }
 
-    async fn open(&self) -> Result<Arc<Slot<O::Conn>>, O::Error> {
-        match self.opener.open().await {
+    async fn open(&self) -> Result<Arc<Slot<O::Conn>>, SharedError<O::Error>> {
+        let limit = self.settings.connect_timeout;
+        let opened = match tokio::time::timeout(limit, self.opener.open()).await {
+            Ok(Ok(opened)) => Ok(opened),
+            Ok(Err(err)) => Err(SharedError::Open(err)),
+            Err(_) => Err(SharedError::OpenTimeout(limit)),
+        };
+        match opened {
             Ok((conn, label)) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 self.counters.opened.fetch_add(1, Ordering::Relaxed);
@@ -386,12 +411,21 @@ impl<O: Open> Inner<O> {
     }
 
     /// Opens connections until `min_connections` are open; stops at the
-    /// first failure (the next round tries again).
+    /// first failure (the next round tries again), and leaves the round to
+    /// a lease that is opening one already.
     async fn top_up(&self) {
-        let _opening = self.opening.lock().await;
+        let Ok(_opening) = self.opening.try_lock() else {
+            return;
+        };
         while !self.is_closed() && self.open_count() < self.settings.min_connections {
             match self.open().await {
-                Ok(slot) => self.slots.lock().push(slot),
+                Ok(slot) => {
+                    let mut slots = self.slots.lock();
+                    if self.is_closed() {
+                        return;
+                    }
+                    slots.push(slot);
+                }
                 Err(_) => return,
             }
         }

@@ -29,9 +29,11 @@ pub(super) async fn run<O: Open>(pool: Weak<Inner<O>>) {
     }
 }
 
-/// Closes connections idle for `idle_timeout`, keeping `min_connections`.
+/// Closes connections idle for `idle_timeout`, keeping `min_connections`
+/// (failed ones are dropped first: they are not spare).
 fn close_idle<O: Open>(inner: &Inner<O>) {
     let mut slots = inner.slots.lock();
+    inner.drop_broken(&mut slots);
     let mut spare = slots.len().saturating_sub(inner.settings.min_connections);
     let limit = inner.settings.idle_timeout;
     slots.retain(|slot| {

@@ -13,6 +13,10 @@ use crate::lifecycle::ShutdownMode;
 use crate::proto::{ProtocolError, Scanner};
 use crate::server::ServerConn;
 
+/// Server events in a row after which the client's side is polled first
+/// once.
+const SERVER_STREAK: u32 = 16;
+
 /// How much a read asks for at once.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
@@ -70,7 +74,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let timed = timeouts.linked();
         let linked_at = tokio::time::Instant::now();
         let busy = self.protocol.pending() > 0;
-        let mut served_client_first = false;
+        let mut server_streak = 0u32;
         let mut clock = Clock {
             query_start: busy.then_some(linked_at),
             xact_start: busy.then_some(linked_at),
@@ -220,27 +224,36 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 let (mut server_side, mut client_side) =
                     (std::pin::pin!(server_side), std::pin::pin!(client_side));
                 // Biased, to save a random draw per poll, yet fair: the
-                // timer and the shutdown watch go first (cheap to poll, and
-                // a server streaming without pause must not hide them),
-                // and the two sides take turns at going first.
-                served_client_first = !served_client_first;
-                if served_client_first {
+                // timer goes first when armed (a server streaming without
+                // pause must not hide it); the server's side goes first, as
+                // a reply is what a linked client waits for, except after a
+                // long run of server events, so a server streaming without
+                // pause cannot hold the client's bytes back; the shutdown
+                // watch comes last (the top of the loop checks for a
+                // shutdown after every event).
+                if server_streak >= SERVER_STREAK {
                     tokio::select! {
                         biased;
                         _ = timer.as_mut(), if timer_on => Event::Timer,
-                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
                         event = &mut client_side => event,
                         event = &mut server_side => event,
+                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
                     }
                 } else {
                     tokio::select! {
                         biased;
                         _ = timer.as_mut(), if timer_on => Event::Timer,
-                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
                         event = &mut server_side => event,
                         event = &mut client_side => event,
+                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
                     }
                 }
+            };
+            server_streak = match event {
+                Event::ReadServer(_) | Event::WroteClient(_) if server_streak < SERVER_STREAK => {
+                    server_streak + 1
+                }
+                _ => 0,
             };
             match event {
                 Event::Timer => {

@@ -18,21 +18,9 @@ SECONDS_PER_RUN=0 # bench/lib.sh wants it; transactions are counted here
 ROWS=${ROWS:-select}
 CLIENTS=${CLIENTS:-10}
 PER_CLIENT=${PER_CLIENT:-1000}
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-for tool in valgrind pgbouncer; do
-  if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
-  fi
-done
-systemctl stop pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true
-if [ -n "${WHARF_BIN:-}" ]; then
-  wharf_bin=$WHARF_BIN
-else
-  cargo build --release -q -p wharf-cli
-  wharf_bin=$PWD/target/release/wharf
-fi
-run_as=()
-if [ "$(id -u)" = 0 ]; then run_as=(runuser -u postgres --); fi
+. bench/lib.sh
+need valgrind pgbouncer
+wharf_bin=$(wharf_binary)
 
 work=$(mktemp -d /tmp/wharf-callgrind-XXXXXX)
 chmod 777 "$work"
@@ -42,7 +30,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-. bench/lib.sh
 pg_port=$(free_port)
 "${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
 "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \

@@ -1,6 +1,37 @@
-# Helpers shared by the pgbench scripts (sourced, not run): ports, the
+# Helpers shared by the bench scripts (sourced, not run, from the
+# repository's root): the PostgreSQL binaries, the wharf build, ports, the
 # pgbench runner and the per-process CPU and context-switch counters.
-# Expects pg_bin and SECONDS_PER_RUN to be set.
+# tps() expects SECONDS_PER_RUN to be set.
+
+# The newest PostgreSQL server binaries on this machine.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+
+# initdb and postgres refuse root: run them as postgres then.
+run_as=()
+if [ "$(id -u)" = 0 ]; then run_as=(runuser -u postgres --); fi
+
+# Installs the Debian packages of the commands among "$@" that are
+# missing. PgBouncer's package starts its own service on 6432: stopped.
+need() {
+  local tool
+  for tool in "$@"; do
+    if ! command -v "$tool" >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    fi
+  done
+  systemctl stop pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true
+}
+
+# The wharf binary to measure: $WHARF_BIN, else a release build of this
+# tree.
+wharf_binary() {
+  if [ -n "${WHARF_BIN:-}" ]; then
+    echo "$WHARF_BIN"
+  else
+    cargo build --release -q -p wharf-cli >&2
+    echo "$PWD/target/release/wharf"
+  fi
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -28,23 +28,10 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-if ! command -v pgbouncer >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-fi
-# The Debian package starts its own service on 6432; it is not ours.
-systemctl stop pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true
-
+. bench/lib.sh
+need pgbouncer
 # WHARF_BIN measures a given build instead of this tree's.
-if [ -n "${WHARF_BIN:-}" ]; then
-  wharf_bin=$WHARF_BIN
-else
-  cargo build --release -q -p wharf-cli
-  wharf_bin=$PWD/target/release/wharf
-fi
-
-run_as=()
-if [ "$(id -u)" = 0 ]; then run_as=(runuser -u postgres --); fi
+wharf_bin=$(wharf_binary)
 
 work=$(mktemp -d /tmp/wharf-bench-XXXXXX)
 chmod 755 "$work"
@@ -57,7 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. bench/lib.sh
 pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port); baseline_port=$(free_port)
 baseline_bin=${WHARF_BASELINE:-}
 

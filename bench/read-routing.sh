@@ -20,16 +20,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-if [ -n "${WHARF_BIN:-}" ]; then
-  wharf_bin=$WHARF_BIN
-else
-  cargo build --release -q -p wharf-cli
-  wharf_bin=$PWD/target/release/wharf
-fi
-
-run_as=()
-if [ "$(id -u)" = 0 ]; then run_as=(runuser -u postgres --); fi
+. bench/lib.sh
+wharf_bin=$(wharf_binary)
 work=$(mktemp -d /tmp/wharf-routing-XXXXXX)
 chmod 755 "$work"
 chown postgres "$work" 2>/dev/null || true
@@ -43,7 +35,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. bench/lib.sh
 primary_port=$(free_port); replica_port=$(free_port); on_port=$(free_port); off_port=$(free_port)
 ulimit -n 8192 2>/dev/null || true
 

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::{CONNECTION, HOST};
-use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::task::JoinHandle;
@@ -242,18 +241,7 @@ impl Http2Pool {
     /// headers.
     fn prepare(&self, mut request: Request<Full<Bytes>>) -> Result<Request<Full<Bytes>>, Error> {
         let origin = &self.shared.opener().dialer.origin;
-        let uri = request.uri();
-        if let Some(scheme) = uri.scheme() {
-            if *scheme != origin.scheme() || uri.authority() != Some(&origin.authority) {
-                return Err(Error::InvalidRequest(format!(
-                    "{uri} is not on this pool's origin {origin}"
-                )));
-            }
-        }
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = origin.path_of(request.uri())?;
         *request.uri_mut() = Uri::builder()
             .scheme(origin.scheme())
             .authority(origin.authority.clone())

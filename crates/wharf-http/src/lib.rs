@@ -357,19 +357,7 @@ impl HttpPool {
 
     /// Origin-form URI and a `Host` header.
     fn prepare(&self, mut request: Request<Full<Bytes>>) -> Result<Request<Full<Bytes>>, Error> {
-        let uri = request.uri();
-        if let Some(scheme) = uri.scheme() {
-            if *scheme != self.origin.scheme() || uri.authority() != Some(&self.origin.authority) {
-                return Err(Error::InvalidRequest(format!(
-                    "{uri} is not on this pool's origin {}",
-                    self.origin
-                )));
-            }
-        }
-        let path = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = self.origin.path_of(request.uri())?;
         *request.uri_mut() = Uri::from(path);
         if request.version() != Version::HTTP_11 {
             *request.version_mut() = Version::HTTP_11;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use hyper::header::HeaderValue;
-use hyper::http::uri::{Authority, Scheme};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::Uri;
 
 use crate::Error;
@@ -63,6 +63,22 @@ impl Origin {
             });
         }
         Ok(parsed)
+    }
+
+    /// The path and query of a request's URI: a path, or an absolute URL
+    /// of this origin (anything else is refused).
+    pub(crate) fn path_of(&self, uri: &Uri) -> Result<PathAndQuery, Error> {
+        if let Some(scheme) = uri.scheme() {
+            if *scheme != self.scheme() || uri.authority() != Some(&self.authority) {
+                return Err(Error::InvalidRequest(format!(
+                    "{uri} is not on this pool's origin {self}"
+                )));
+            }
+        }
+        Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")))
     }
 
     /// The scheme a request's absolute URI must have.

@@ -169,10 +169,7 @@ impl Http2Pool {
 
     /// `GET path`, with the whole response.
     pub async fn get(&self, path: &str) -> Result<Response<Bytes>, Error> {
-        let request = Request::get(path)
-            .body(Bytes::new())
-            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        self.request(request).await
+        self.request(crate::get_request(path)?).await
     }
 
     /// Sends `request` on the least-loaded connection and returns the

@@ -254,12 +254,7 @@ impl HttpPool {
 
     /// `GET path` (`/path?query`), with the whole response.
     pub async fn get(&self, path: &str) -> Result<Response<Bytes>, Error> {
-        let uri = PathAndQuery::try_from(path)
-            .map_err(|e| Error::InvalidRequest(format!("bad path {path:?}: {e}")))?;
-        let request = Request::get(Uri::from(uri))
-            .body(Bytes::new())
-            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        self.request(request).await
+        self.request(get_request(path)?).await
     }
 
     /// Sends `request` on a pooled connection and returns the response with
@@ -419,6 +414,15 @@ pub(crate) fn chain(error: &hyper::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A `GET` of `path` (`/path?query`), for either pool's `get`.
+pub(crate) fn get_request(path: &str) -> Result<Request<Bytes>, Error> {
+    let uri = PathAndQuery::try_from(path)
+        .map_err(|e| Error::InvalidRequest(format!("bad path {path:?}: {e}")))?;
+    Request::get(Uri::from(uri))
+        .body(Bytes::new())
+        .map_err(|e| Error::InvalidRequest(e.to_string()))
 }
 
 pub(crate) fn is_idempotent(method: &Method) -> bool {

@@ -181,13 +181,7 @@ impl<M: Manager> Pool<M> {
         let caller = Location::caller();
         let shared = self.shared().clone();
         let wait = shared.config.acquire_timeout;
-        async move {
-            if let Some(breaker) = &shared.breaker {
-                let call = breaker.admit()?;
-                return Shared::acquire_with_call(shared, wait, caller, call).await;
-            }
-            Shared::acquire(shared, wait, caller).await
-        }
+        Shared::admit_and_acquire(shared, wait, caller)
     }
 
     /// Takes a connection in the lane called `lane`
@@ -225,13 +219,7 @@ impl<M: Manager> Pool<M> {
     ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
         let caller = Location::caller();
         let shared = self.shared().clone();
-        async move {
-            if let Some(breaker) = &shared.breaker {
-                let call = breaker.admit()?;
-                return Shared::acquire_with_call(shared, wait, caller, call).await;
-            }
-            Shared::acquire(shared, wait, caller).await
-        }
+        Shared::admit_and_acquire(shared, wait, caller)
     }
 
     /// The pool's size right now.
@@ -361,6 +349,20 @@ impl<M: Manager> Pool<M> {
 }
 
 impl<M: Manager> Shared<M> {
+    /// `get` and `get_timeout`: through the circuit breaker when there is
+    /// one, then a checkout within `wait`.
+    async fn admit_and_acquire(
+        shared: Arc<Self>,
+        wait: std::time::Duration,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error> {
+        if let Some(breaker) = &shared.breaker {
+            let call = breaker.admit()?;
+            return Shared::acquire_with_call(shared, wait, caller, call).await;
+        }
+        Shared::acquire(shared, wait, caller).await
+    }
+
     pub(crate) fn metrics(&self) -> Metrics {
         let mut metrics = self.recorder.snapshot(&self.config.name, self.status());
         metrics.circuit = self.breaker.as_ref().map(|breaker| breaker.metrics());

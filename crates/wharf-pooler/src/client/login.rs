@@ -301,11 +301,22 @@ pub(super) fn server_unavailable(err: &wharf::Error) -> (String, String) {
         }
         _ => None,
     };
-    match cause.and_then(|c| c.downcast_ref::<ServerError>()) {
+    refusal(cause.and_then(|c| c.downcast_ref::<ServerError>()), err)
+}
+
+/// The SQLSTATE and message to give a client whose server could not be
+/// had: the server's own error when it sent one (a wrong password does
+/// not get better by waiting; a role without REPLICATION), else
+/// `failure` after PgBouncer's "pooler could not connect to server".
+pub(super) fn refusal(
+    server: Option<&ServerError>,
+    failure: &dyn std::fmt::Display,
+) -> (String, String) {
+    match server {
         Some(ServerError::Server { code, message, .. }) => (code.clone(), message.clone()),
         _ => (
             "08006".to_owned(),
-            format!("pooler could not connect to server: {err}"),
+            format!("pooler could not connect to server: {failure}"),
         ),
     }
 }

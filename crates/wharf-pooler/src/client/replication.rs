@@ -11,12 +11,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::login::{server_unavailable, ReplicationLogin};
+use super::login::{refusal, server_unavailable, ReplicationLogin};
 use super::{application_name, client_info, refuse, NO_TIMEOUT};
 use crate::lifecycle::ShutdownMode;
 use crate::net::ClientStream;
 use crate::proto::messages;
-use crate::server::ServerError;
 use crate::state::PoolerState;
 
 /// Serves a replication client from its login to its last byte.
@@ -80,8 +79,8 @@ pub(super) async fn serve_replication<S: ClientStream>(
         why = &mut stop => Err(("08P01".to_owned(), why.to_owned())),
         started = tokio::time::timeout(login_limit, server.start_replication(login.mode, &login.params)) => match started {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(refused_by_server(&err)),
-            Err(_) => Err(("08006".to_owned(), format!("pooler could not connect to server: no login within server_connect_timeout ({login_limit:?})"))),
+            Ok(Err(err)) => Err(refusal(Some(&err), &err)),
+            Err(_) => Err(refusal(None, &format!("no login within server_connect_timeout ({login_limit:?})"))),
         },
     };
     if let Err((code, message)) = started {
@@ -150,18 +149,5 @@ where
             return Some("connection broke");
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-/// What a replication client is told when its server refuses it: the
-/// server's own error when it sent one (no replication line in
-/// pg_hba.conf, a role without REPLICATION).
-fn refused_by_server(err: &ServerError) -> (String, String) {
-    match err {
-        ServerError::Server { code, message, .. } => (code.clone(), message.clone()),
-        other => (
-            "08006".to_owned(),
-            format!("pooler could not connect to server: {other}"),
-        ),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::settings::PoolMode;
+use super::modes::PoolMode;
 use super::value::{Codec, Flag, Lookup, Port, Raw, Secs, Text, Uint, ValueError};
 
 /// One `[databases]` entry: where clients of database `name` are sent.

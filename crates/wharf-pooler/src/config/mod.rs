@@ -63,6 +63,7 @@ mod database;
 mod error;
 mod hba;
 mod ini;
+mod modes;
 mod peers;
 mod settings;
 mod suggest;
@@ -80,10 +81,9 @@ pub(crate) use builder::{Builder, Pos};
 pub use database::{Database, ReplicaLag, User};
 pub use error::{ConfigError, ConfigWarning};
 pub use hba::{HbaAddress, HbaConnection, HbaDatabase, HbaMethod, HbaRule, HbaRules, HbaUser};
+pub use modes::{AuthType, PoolMode, SslMode, UnknownName};
 pub use peers::{Peer, MAX_PEER_ID};
-pub use settings::{
-    AuthType, PoolMode, ServerCheck, SetError, SettingRow, Settings, SslMode, UnknownName,
-};
+pub use settings::{ServerCheck, SetError, SettingRow, Settings};
 pub use support::Support;
 pub use userlist::{load_auth_file, parse_auth_file, Secret};
 

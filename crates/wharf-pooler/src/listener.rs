@@ -95,14 +95,15 @@ fn admit<S: ClientStream + 'static>(
     let max_clients = state.config().pgbouncer.max_client_conn;
     let count = ClientCount::new(clients.clone());
     let state = state.clone();
-    tokio::spawn(async move {
+    let client = async move {
         if count.current > max_clients {
-            refuse_over_limit(stream, &peer, &state, max_clients).await;
+            Box::pin(refuse_over_limit(stream, &peer, &state, max_clients)).await;
             return;
         }
         serve_client(stream, peer, state).await;
         drop(count);
-    });
+    };
+    tokio::spawn(client);
 }
 
 /// Turns away a client over `max_client_conn`, after its startup packet

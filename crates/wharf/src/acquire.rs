@@ -93,6 +93,44 @@ impl<M: Manager> Shared<M> {
         }
     }
 
+    /// An idle connection that can be handed out as it is, now: `None`
+    /// when the caller would have to wait in line, a connection would have
+    /// to be opened, checked (`validate_after`) or passed to `on_checkout`,
+    /// or a circuit breaker has to admit the call. Nothing is queued or
+    /// opened then, and nothing is taken.
+    pub(crate) fn take_ready(
+        self: &Arc<Self>,
+        caller: &'static Location<'static>,
+    ) -> Option<Pooled<M>> {
+        if self.breaker.is_some() || self.hooks.on_checkout.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let live = {
+            let mut st = self.state.lock();
+            if st.closed || !st.waiters.is_empty() {
+                return None;
+            }
+            let meta = st.idle.back()?.meta;
+            let needs_check = self
+                .tunables
+                .validate_after()
+                .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
+            if needs_check || meta.is_expired(now) {
+                return None;
+            }
+            st.in_use += 1;
+            st.idle.pop_back()?
+        };
+        let mut pooled = Pooled::new(self.clone(), live, now);
+        pooled.live_mut().meta.uses += 1;
+        self.recorder.acquire_wait.record(Duration::ZERO);
+        if let Some(leaks) = &self.leaks {
+            pooled.leak_key = Some(leaks.register(now, caller));
+        }
+        Some(pooled)
+    }
+
     /// Takes an idle connection if nobody is ahead of the caller, or queues
     /// it (under its ticket, kept across retries) with `waker` to be woken
     /// when served; or refuses it at once, or (on a retry after a failed

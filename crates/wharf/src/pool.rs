@@ -210,6 +210,43 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// An idle connection, if one can be handed out at once without a
+    /// future: nobody is waiting ahead of the caller, and the connection
+    /// needs no check (`validate_after`), no `on_checkout` hook and no
+    /// circuit breaker admission. `None` otherwise, having queued, opened
+    /// and taken nothing: the caller goes on with [`get`](Self::get).
+    ///
+    /// For callers that keep many tasks alive and want the common case
+    /// free of `get()`'s future (its state is part of every task that
+    /// awaits it).
+    ///
+    /// ```
+    /// # use wharf::{Manager, Pool};
+    /// # struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = std::io::Error;
+    /// #     async fn connect(&self) -> Result<u32, std::io::Error> { Ok(7) }
+    /// #     async fn check(&self, _: &mut u32) -> Result<(), std::io::Error> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), wharf::Error> {
+    /// let pool = Pool::builder(Numbers).max_size(4).build()?;
+    /// assert!(pool.try_get().is_none()); // nothing open yet, and nothing opened
+    /// drop(pool.get().await?); // opens one, which goes back idle
+    /// let conn = match pool.try_get() {
+    ///     Some(conn) => conn,
+    ///     None => pool.get().await?,
+    /// };
+    /// assert_eq!(*conn, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn try_get(&self) -> Option<Pooled<M>> {
+        self.shared().take_ready(Location::caller())
+    }
+
     /// Like [`get`](Self::get), with a different wait limit than the
     /// configured `acquire_timeout`.
     #[track_caller]

@@ -39,6 +39,30 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     /// Takes a server from the pool (from its reads pool for a `read`
     /// transaction) and brings it in line with the client.
     pub(super) async fn link(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
+        // The wait and the parameter sync are boxed: their futures are
+        // large, and an idle client's task is as large as its largest
+        // state. Most links need neither.
+        let mut server = match self.pool.try_get(read) {
+            Some(server) => {
+                self.pool.stats().assigned(Duration::ZERO);
+                server
+            }
+            None => Box::pin(self.wait_for_server(read)).await?,
+        };
+        // Until given back clean by `release`, the pool must not reuse it
+        // (a killed session drops it anywhere).
+        let server_id = server.hand_to(self.entry.info.id);
+        self.entry.set_active(server_id);
+        if !server.params().is_synced_with(&self.params_set) {
+            Box::pin(self.sync_params(&mut server)).await?;
+        }
+        self.cancel.link(server.cancels().clone(), server.key());
+        Ok(server)
+    }
+
+    /// Waits for a server: bounded by `query_wait_timeout`, held by PAUSE,
+    /// cut short by a shutdown, with `query_wait_notify`'s notice.
+    async fn wait_for_server(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
         let wait = self.timeouts.query_wait.unwrap_or(super::NO_TIMEOUT);
         self.entry.set_waiting();
         let waited = std::time::Instant::now();
@@ -78,20 +102,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
             }
         };
-        let mut server = match got {
-            Some(Ok(mut server)) => {
+        match got {
+            Some(Ok(server)) => {
                 self.pool.stats().assigned(waited.elapsed());
-                // Until given back clean by `release`, the pool must not
-                // reuse it (a killed session drops it anywhere).
-                let server_id = server.hand_to(self.entry.info.id);
-                self.entry.set_active(server_id);
-                server
+                Ok(server)
             }
             // A waiting client has no server work to finish.
             None => {
                 self.shutdown_seen();
                 self.pooler_error("08P01", SHUTTING_DOWN).await;
-                return Err(Ended);
+                Err(Ended)
             }
             Some(Err(err)) => {
                 let message = match &err {
@@ -103,14 +123,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 };
                 tracing::info!(pool = %self.pool.database(), user = %self.pool.user(), error = %err, "no server for the client");
                 self.pooler_error("08P01", &message).await;
-                return Err(Ended);
+                Err(Ended)
             }
-        };
-        if !server.params().is_synced_with(&self.params_set) {
-            self.sync_params(&mut server).await?;
         }
-        self.cancel.link(server.cancels().clone(), server.key());
-        Ok(server)
     }
 
     /// SETs on `server` the client's tracked parameters it lacks.
@@ -214,7 +229,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         // this future during the reset must not pool it mid-query.
         if session_end || self.pool.resets_always() {
             if let Some(reset) = self.pool.reset_query() {
-                if let Err(err) = server.simple_query(reset).await {
+                // Boxed: rare, and its future would otherwise be part of
+                // every idle client's task.
+                if let Err(err) = Box::pin(server.simple_query(reset)).await {
                     tracing::warn!(error = %err, "server reset query failed; closing server");
                     server.mark_broken();
                 }

@@ -7,6 +7,7 @@
 //! transaction, statement or session ([`link`]), as the protocol state
 //! machine ([`state`]) and the timeouts ([`timeouts`]) allow.
 
+mod buffers;
 mod link;
 mod login;
 mod options;
@@ -72,25 +73,43 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: A
                 refuse(&mut stream, &state, &peer, "08P01", "SSL required").await;
                 return;
             }
-            serve(stream, Some(packet), peer, state, deadline).await;
+            // Boxed as the TLS branch's is, so neither makes the task
+            // larger while the other runs.
+            Box::pin(serve(stream, Some(packet), peer, state, deadline)).await;
         }
         Ok(Ok(First::Encrypt)) => {
             let Ok(tcp) = stream.into_tcp() else {
                 return;
             };
-            match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
-                Ok(Ok(encrypted)) => serve(encrypted, None, peer, state, deadline).await,
-                Ok(Err(err)) => {
-                    tracing::info!(%peer, error = %err, "closing client: TLS handshake failed");
-                }
-                Err(_) => tracing::info!(%peer, "closing client: TLS handshake timed out"),
-            }
+            // Boxed: a TLS stream is over a KiB, which a plain client's
+            // task would otherwise carry too.
+            Box::pin(serve_encrypted(tcp, peer, state, deadline)).await;
         }
         Ok(Err(Ended)) => {}
         Err(_) => {
             refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
             tracing::info!(%peer, "closing client: login timed out");
         }
+    }
+}
+
+/// The TLS handshake, then the login and the session over TLS.
+async fn serve_encrypted(
+    tcp: tokio::net::TcpStream,
+    peer: String,
+    state: Arc<PoolerState>,
+    deadline: tokio::time::Instant,
+) {
+    let accepted = {
+        let tls = state.tls();
+        tokio::time::timeout_at(deadline, tls.client().accept(tcp)).await
+    };
+    match accepted {
+        Ok(Ok(encrypted)) => serve(encrypted, None, peer, state, deadline).await,
+        Ok(Err(err)) => {
+            tracing::info!(%peer, error = %err, "closing client: TLS handshake failed");
+        }
+        Err(_) => tracing::info!(%peer, "closing client: TLS handshake timed out"),
     }
 }
 
@@ -104,18 +123,20 @@ async fn serve<S: ClientStream>(
 ) {
     let config = state.config();
     let settings = &config.pgbouncer;
+    // Boxed, so that its state is freed once the client is in: a task is
+    // as large as its largest state, and most of its life is the session.
     let logged_in =
-        tokio::time::timeout_at(deadline, login(&mut stream, first, &peer, &state)).await;
+        tokio::time::timeout_at(deadline, Box::pin(login(&mut stream, first, &peer, &state))).await;
     let login = match logged_in {
         Ok(Ok(LoggedIn::Pool(login))) => login,
         // Outside the login timeout: a cancel given up midway would leave
         // its server closed for nothing.
         Ok(Ok(LoggedIn::Cancel(key))) => {
-            state.cancel(key).await;
+            Box::pin(state.cancel(key)).await;
             return;
         }
         Ok(Ok(LoggedIn::Replication(login))) => {
-            replication::serve_replication(stream, login, &peer, &state).await;
+            Box::pin(replication::serve_replication(stream, login, &peer, &state)).await;
             return;
         }
         Ok(Ok(LoggedIn::Console { user, role, params })) => {
@@ -125,7 +146,7 @@ async fn serve<S: ClientStream>(
                 .stats()
                 .register_client(info, application_name(&params));
             let console = admin::Console { user, role, entry };
-            admin::serve(&mut stream, &state, console).await;
+            Box::pin(admin::serve(&mut stream, &state, console)).await;
             return;
         }
         Ok(Err(Ended)) => return,

@@ -8,11 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::buffers::read_client;
 use super::login::Login;
 use super::prepare::{self, Tracker};
-use super::relay::make_room;
 use super::route::{self, Routing};
 use super::state::ProtocolState;
 use super::timeouts::{Timeout, Timeouts};
@@ -111,7 +111,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             params: login.params.clone(),
             params_changed: false,
             linked_mode: pool.mode(),
-            cbuf: BytesMut::with_capacity(super::relay::READ_CHUNK),
+            cbuf: BytesMut::new(),
             cscan: Scanner::default(),
             protocol: ProtocolState::default(),
             tracker: (cap > 0 && pool.mode() != PoolMode::Session).then(|| Tracker::new(cap)),
@@ -165,7 +165,6 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     /// Waits, without a server, for the client's next bytes, bounded by
     /// `client_idle_timeout` and cut short by a shutdown.
     async fn wait_for_client(&mut self) -> ControlFlow<&'static str> {
-        make_room(&mut self.cbuf);
         // client_idle_timeout counts while the client has no server.
         let idle_deadline = self
             .timeouts
@@ -177,7 +176,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             let shutdown = shutdown_fired(&mut self.shutdown);
             tokio::select! {
                 biased;
-                read = self.reader.read_buf(&mut self.cbuf) => Waited::Read(read),
+                read = read_client(&mut self.reader, &mut self.cbuf) => Waited::Read(read),
                 _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
                 _ = shutdown, if watching => Waited::Shutdown,
             }

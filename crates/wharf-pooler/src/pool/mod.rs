@@ -284,6 +284,21 @@ impl ServerPool {
         self.get_from(&self.engine, wait).await
     }
 
+    /// A server that can be had at once, without waiting (see
+    /// [`wharf::Pool::try_get`]): `None` while the database is paused or
+    /// when none is idle and ready, and then [`get`](Self::get) waits.
+    /// `read` as for [`get_for_read`](Self::get_for_read).
+    pub fn try_get(&self, read: bool) -> Option<Pooled<ServerManager>> {
+        if self.control.is_paused() {
+            return None;
+        }
+        let engine = match self.reads_engine() {
+            Some(reads) if read => reads,
+            _ => &self.engine,
+        };
+        engine.try_get()
+    }
+
     /// Like [`get`](Self::get), for a transaction that starts with a read:
     /// a server of the reads pool when read routing is on.
     pub async fn get_for_read(

@@ -422,11 +422,12 @@ impl<M: Manager> Inner<M> {
     /// `acquire_timeout`.
     async fn read(self: Arc<Self>, caller: &'static Location<'static>) -> Result<Pooled<M>, Error> {
         let deadline = Instant::now() + self.settings.acquire_timeout;
+        // Time left, read from the clock again only after a failed attempt.
+        let mut left = self.settings.acquire_timeout;
         // Allocated only once a replica has failed this read.
         let mut tried: Vec<bool> = Vec::new();
         while let Some(index) = self.least_busy_replica(&tried) {
             // Leave the primary at least `replica_wait`.
-            let left = deadline.saturating_duration_since(Instant::now());
             let wait = self
                 .settings
                 .replica_wait
@@ -446,6 +447,7 @@ impl<M: Manager> Inner<M> {
                         tried = vec![false; self.replicas.len()];
                     }
                     tried[index] = true;
+                    left = deadline.saturating_duration_since(Instant::now());
                 }
             }
         }
@@ -455,8 +457,7 @@ impl<M: Manager> Inner<M> {
             replicas = self.replicas.len(),
             "no replica takes reads; reading from the primary"
         );
-        let wait = deadline.saturating_duration_since(Instant::now());
-        Shared::admit_and_acquire(self.primary.pool.shared().clone(), wait, caller).await
+        Shared::admit_and_acquire(self.primary.pool.shared().clone(), left, caller).await
     }
 
     /// The replica with the fewest connections in use plus callers waiting

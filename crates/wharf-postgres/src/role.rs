@@ -19,7 +19,9 @@ use crate::{Error, PgClient};
 /// is measured by its last commit's age. Without a receiver (it lost its
 /// primary, or replays from an archive) having replayed everything says
 /// nothing, so the age counts. NULL (behind, and no commit replayed yet)
-/// becomes [`Duration::MAX`]: too far behind for any limit.
+/// becomes [`Duration::MAX`]: too far behind for any limit. (So a standby
+/// that has replayed no commit since it started, probed while it replays
+/// some background WAL, is left out of the reads until its next probe.)
 ///
 /// `pg_stat_wal_receiver` shows its `status` only to roles with
 /// `pg_read_all_stats`; for others the row (present while a receiver runs)

@@ -21,21 +21,36 @@ const MAX_LAG: Duration = Duration::from_secs(30);
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const WINDOW: Duration = Duration::from_secs(2);
 
-/// A primary with table `notes`, and its replica once it has the table.
+/// A primary with table `notes`, and its replica once it has replayed the
+/// table's creation: a commit made after the base backup, so the replica's
+/// last replayed commit is known (without one, a replica caught between
+/// receiving and replaying some background WAL has no lag to report but
+/// "unknown", which is too much).
 async fn primary_and_replica() -> (PgCluster, PgCluster) {
     let primary = cluster(PgCluster::builder()).await;
-    primary
-        .psql(
-            "postgres",
-            "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)",
-        )
-        .expect("create the table");
     let (primary, replica) = tokio::task::spawn_blocking(move || {
         let replica = primary.replica().expect("a streaming replica");
         (primary, replica)
     })
     .await
     .expect("replica task");
+    primary
+        .psql(
+            "postgres",
+            "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)",
+        )
+        .expect("create the table");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica
+        .psql("postgres", "SELECT count(*) FROM notes")
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never replayed the table"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
     (primary, replica)
 }
 
@@ -123,10 +138,22 @@ async fn reads_go_to_the_replica_writes_are_read_back_and_a_stopped_replica_send
         .read_your_writes(WINDOW)
         .build()
         .unwrap();
-    set.probe().await;
-    let status = set.status();
-    assert_eq!(status.primary.role, Some(Role::Primary));
-    assert_eq!(status.replicas[0].state, MemberState::Ready, "{status:?}");
+    // A replica fresh from its base backup may not stream yet; until it
+    // does, having replayed no commit, it probes as too far behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        set.probe().await;
+        let status = set.status();
+        if status.replicas[0].state == MemberState::Ready {
+            assert_eq!(status.primary.role, Some(Role::Primary));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never became ready: {status:?}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
 
     for _ in 0..3 {
         let conn = set.replica().await.unwrap();

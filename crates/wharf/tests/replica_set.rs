@@ -415,6 +415,41 @@ async fn a_busy_replica_is_passed_over_but_stays_in_the_reads() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_probe_that_finds_every_connection_in_use_leaves_the_state_as_it_was() {
+    let p = primary();
+    let a = replica_with("a", |builder| builder.max_size(1));
+    let set = set_of(&p, &[&a]).await;
+    let held = a.pool.get().await.unwrap();
+    a.lag(Duration::from_secs(30)); // never seen: the probe gets no connection
+    next_probe().await;
+    next_probe().await;
+    let status = set.status().replicas[0].clone();
+    assert_eq!(status.state, MemberState::Ready);
+    assert_eq!(status.last_error, None);
+    assert_eq!(status.since_probe, Some(INTERVAL * 2));
+    assert_eq!(a.probes(), 1);
+
+    drop(held);
+    next_probe().await;
+    assert!(matches!(
+        set.status().replicas[0].state,
+        MemberState::Lagging { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_stop_for_a_member_whose_pool_is_closed() {
+    let (p, a) = (primary(), replica("a"));
+    let set = set_of(&p, &[&a]).await;
+    set.close().await;
+    for _ in 0..3 {
+        next_probe().await;
+    }
+    assert_eq!((p.probes(), a.probes()), (1, 1));
+    assert_eq!(set.status().replicas[0].state, MemberState::Ready);
+}
+
+#[tokio::test(start_paused = true)]
 async fn reads_after_a_write_go_to_the_primary_within_the_window_then_back_to_replicas() {
     let (p, a) = (primary(), replica("a"));
     let set = ReplicaSet::builder(p.pool.clone())

@@ -50,7 +50,8 @@ pub struct MemberStatus {
     /// What the last probe that answered said it is; `None` before one
     /// answered, or when the manager cannot tell.
     pub role: Option<Role>,
-    /// How long ago the last probe finished, whatever its outcome.
+    /// How long ago the last probe that answered or failed finished (one
+    /// that found every connection in use counts as neither).
     pub since_probe: Option<Duration>,
     /// Why the last failed probe or read checkout failed, until a probe
     /// answers again.
@@ -139,15 +140,21 @@ impl<M: Manager> Member<M> {
     /// Takes in what a probe found.
     pub(crate) fn record_probe(
         &self,
-        outcome: Result<Option<Role>, String>,
+        outcome: Probed,
         which: Which,
         set: &str,
         max_lag: Option<Duration>,
     ) {
         let mut probe = self.probe.lock();
-        probe.probed_at = Some(Instant::now());
         let state = match outcome {
-            Ok(role) => {
+            Probed::Busy(why) => {
+                // Busy is not down: reads already steer clear of a busy
+                // member, and the next probe will find out more.
+                tracing::debug!(replica_set = %set, pool = %self.pool.config().name, ?which, why, "probe found no free connection");
+                return;
+            }
+            Probed::Answered(role) => {
+                probe.probed_at = Some(Instant::now());
                 probe.role = role;
                 probe.last_error = None;
                 match (which, role) {
@@ -168,7 +175,8 @@ impl<M: Manager> Member<M> {
                     _ => MemberState::Ready,
                 }
             }
-            Err(error) => {
+            Probed::Failed(error) => {
+                probe.probed_at = Some(Instant::now());
                 probe.last_error = Some(error);
                 MemberState::Unreachable
             }
@@ -234,27 +242,41 @@ impl<M: Manager> Member<M> {
     }
 }
 
+/// What one probe found.
+pub(crate) enum Probed {
+    /// The server answered (`None`: its manager cannot tell).
+    Answered(Option<Role>),
+    /// The probe failed: no connection could be opened, or the query
+    /// failed or did not answer in time.
+    Failed(String),
+    /// Every connection stayed in use for the whole probe: the member is
+    /// busy, which says nothing about its role or lag, so its state stays.
+    Busy(String),
+}
+
 /// Asks `pool`'s server what it is, on one of its connections, all within
 /// `limit`. A connection whose probe failed or timed out is closed: it
 /// may be mid-reply.
-pub(crate) async fn probe_role<M: Manager>(
-    pool: &Pool<M>,
-    limit: Duration,
-) -> Result<Option<Role>, String> {
+pub(crate) async fn probe_role<M: Manager>(pool: &Pool<M>, limit: Duration) -> Probed {
     let deadline = Instant::now() + limit;
-    let mut conn = pool
-        .get_timeout(limit)
-        .await
-        .map_err(|err| err.to_string())?;
+    let mut conn = match pool.get_timeout(limit).await {
+        Ok(conn) => conn,
+        Err(
+            err @ Error::Timeout {
+                last_error: None, ..
+            },
+        ) => return Probed::Busy(err.to_string()),
+        Err(err) => return Probed::Failed(err.to_string()),
+    };
     match timeout_at(deadline, pool.manager().probe_role(&mut conn)).await {
-        Ok(Ok(role)) => Ok(role),
+        Ok(Ok(role)) => Probed::Answered(role),
         Ok(Err(err)) => {
             conn.discard();
-            Err(format!("probe failed: {err}"))
+            Probed::Failed(format!("probe failed: {err}"))
         }
         Err(_) => {
             conn.discard();
-            Err(format!(
+            Probed::Failed(format!(
                 "probe did not answer within {}",
                 HumanDuration(limit)
             ))
@@ -270,6 +292,9 @@ pub(crate) async fn probe_every_interval<M: Manager>(set: Weak<Inner<M>>, which:
         let Some(inner) = set.upgrade() else {
             return;
         };
+        if inner.member(which).pool.is_closed() {
+            return; // for good: a closed pool never opens again
+        }
         let next = Instant::now() + inner.settings.probe_interval;
         inner.probe(which).await;
         drop(inner);

@@ -49,6 +49,8 @@ use member::{Member, Which};
 ///   is ([`Manager::probe_role`]). A replica that is further behind than
 ///   `max_lag`, that says it is a primary (promoted, or misconfigured), or
 ///   whose probe failed, takes no reads until a later probe says otherwise.
+///   (A probe that finds every connection of the member in use for the
+///   whole interval changes nothing: busy is not down.)
 ///   A replica also takes no reads before its first probe, so that a set
 ///   never serves reads from a server it knows nothing about; call
 ///   [`probe`](Self::probe) at startup to not wait for the task.

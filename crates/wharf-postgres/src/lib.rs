@@ -13,6 +13,8 @@
 //! - [`Recycling`] resets returned connections (`DISCARD ALL`, or a query
 //!   of your own) before their next user.
 //! - [`Config`] loads all of it, and the pool's settings, with serde.
+//! - [`ReplicaSet`] spreads reads over streaming replicas, probed with
+//!   `pg_is_in_recovery()` and their replay lag.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -61,6 +63,7 @@ mod error;
 mod ext;
 mod manager;
 mod retry;
+mod role;
 mod transaction;
 
 pub use client::PgClient;
@@ -84,6 +87,39 @@ pub use rustls;
 
 /// A pool of PostgreSQL connections.
 pub type Pool = wharf::Pool<PgManager>;
+
+/// A primary and its streaming replicas, each a [`Pool`]: reads on the
+/// least busy replica that is connected and within `max_lag`
+/// ([`PgManager`] probes `pg_is_in_recovery()` and the replay lag),
+/// writes and read-your-writes on the primary. See
+/// [`wharf::ReplicaSet`] and `examples/replicas.rs`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use wharf_postgres::{PgManager, Pool, ReplicaSet};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = |url: &str| -> Result<Pool, Box<dyn std::error::Error>> {
+///     Ok(Pool::builder(PgManager::from_url(url)?).max_size(10).build()?)
+/// };
+/// let set: ReplicaSet = ReplicaSet::builder(pool("postgres://app@db-primary/app")?)
+///     .replica(pool("postgres://app@db-replica-1/app")?)
+///     .max_lag(Duration::from_secs(2))
+///     .build()?;
+/// set.probe().await;
+///
+/// let conn = set.primary().await?;
+/// conn.execute("UPDATE accounts SET name = 'x' WHERE id = 1", &[]).await?;
+/// drop(conn);
+/// let written = set.wrote();
+///
+/// // Sees the update: on the primary for max_lag plus two probe intervals.
+/// let conn = set.replica_after(&written).await?;
+/// let row = conn.query_one("SELECT name FROM accounts WHERE id = 1", &[]).await?;
+/// # let _ = row;
+/// # Ok(()) }
+/// ```
+pub type ReplicaSet = wharf::ReplicaSet<PgManager>;
 
 /// A connection checked out of a [`Pool`]; derefs to [`PgClient`] (and on to
 /// [`tokio_postgres::Client`]), and goes back to the pool when dropped.

@@ -275,6 +275,16 @@ impl wharf::Manager for PgManager {
         }
         Ok(())
     }
+
+    /// `pg_is_in_recovery()` says primary or standby; a standby's lag is 0
+    /// when it has replayed everything its running WAL receiver got, else
+    /// the age of the last commit it replayed ([`Duration::MAX`](std::time::Duration::MAX)
+    /// when it replayed none yet). The age alone would grow while the
+    /// primary is idle and push an up-to-date standby out of the reads.
+    /// One round trip, for a [`ReplicaSet`](wharf::ReplicaSet)'s probes.
+    async fn probe_role(&self, conn: &mut PgClient) -> Result<Option<wharf::Role>, Error> {
+        crate::role::probe_role(conn).await
+    }
 }
 
 /// tokio-postgres hands back the socket half as a future that must be

@@ -281,6 +281,10 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A [`ReplicaSet`](crate::ReplicaSet)'s `probe_interval` must be
+    /// longer than zero.
+    #[error("a replica set's probe_interval must be longer than zero")]
+    ZeroProbeInterval,
     /// `build()` must run inside a Tokio runtime, which the pool's background
     /// tasks are spawned on.
     #[error("Pool::builder(..).build() must be called from within a Tokio runtime")]

@@ -26,6 +26,10 @@
 //!   idempotent work, with full-jitter backoff, a deadline, a retry budget
 //!   and a classifier the adapters supply; and lanes ([`Builder::lane`],
 //!   [`Pool::get_in`]) that cap what slow work may take of the pool.
+//! - **Replica sets** ([`ReplicaSet`]): a primary pool and replica pools,
+//!   reads on the least busy replica that is reachable and within
+//!   `max_lag` (probed with [`Manager::probe_role`]), the primary when none
+//!   is, and read-your-writes through a [`WriteToken`].
 //! - **Hooks**, **metrics** (with Prometheus rendering) and graceful
 //!   [`close`](Pool::close).
 //!
@@ -141,6 +145,7 @@ mod padded;
 mod pool;
 mod pooled;
 mod queue;
+mod replica;
 mod retry;
 pub mod shared;
 mod tunables;
@@ -155,8 +160,11 @@ pub use hooks::{CloseReason, ConnHook, HookFuture, StateHook};
 pub use interact::InteractError;
 pub use lanes::{LaneConfig, LaneMetrics};
 pub use manage::{AddError, AddRefusal};
-pub use manager::Manager;
+pub use manager::{Manager, Role};
 pub use metrics::{render_prometheus, Metrics, MetricsRegistry, Status};
 pub use pool::{Pool, WeakPool};
 pub use pooled::{ConnInfo, Pooled};
+pub use replica::{
+    MemberState, MemberStatus, ReplicaSet, ReplicaSetBuilder, ReplicaSetStatus, WriteToken,
+};
 pub use retry::{ErrorClass, RetryBudget, RetryPolicy, WorkFuture};

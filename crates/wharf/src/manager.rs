@@ -1,6 +1,7 @@
 //! The [`Manager`] trait: how the pool opens and checks one kind of resource.
 
 use std::future::Future;
+use std::time::Duration;
 
 /// Opens and checks the resources a [`Pool`](crate::Pool) holds.
 ///
@@ -82,4 +83,63 @@ pub trait Manager: Send + Sync + 'static {
         let _ = conn;
         async { Ok(()) }
     }
+
+    /// What the server behind `conn` is: a primary, or a replica and how
+    /// far behind its primary it is. A [`ReplicaSet`](crate::ReplicaSet)
+    /// asks it of each member every probe interval, on a pooled
+    /// connection, to keep lagging replicas (and a replica promoted to
+    /// primary) out of its reads; nothing else calls it.
+    ///
+    /// `Ok(None)`, the default, says the manager cannot tell: a replica set
+    /// then balances its reads by load and circuit state only, and cannot
+    /// enforce a `max_lag`. An error (or exceeding the probe interval)
+    /// takes the member out of the reads until a probe succeeds again.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use wharf::Role;
+    ///
+    /// /// A fake server whose connections carry its replication lag.
+    /// struct Standby;
+    ///
+    /// impl wharf::Manager for Standby {
+    ///     type Connection = Duration;
+    ///     type Error = Infallible;
+    ///
+    ///     async fn connect(&self) -> Result<Duration, Infallible> {
+    ///         Ok(Duration::from_millis(40))
+    ///     }
+    ///
+    ///     async fn check(&self, _conn: &mut Duration) -> Result<(), Infallible> {
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn probe_role(&self, conn: &mut Duration) -> Result<Option<Role>, Infallible> {
+    ///         Ok(Some(Role::Replica { lag: *conn }))
+    ///     }
+    /// }
+    /// ```
+    fn probe_role(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<Role>, Self::Error>> + Send {
+        let _ = conn;
+        async { Ok(None) }
+    }
+}
+
+/// What a server is, as [`Manager::probe_role`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It takes writes.
+    Primary,
+    /// A read-only copy of a primary, replaying its changes.
+    Replica {
+        /// How far behind the primary its data is: zero when it has
+        /// applied everything the primary sent, [`Duration::MAX`] when
+        /// that cannot be known (it never applied a change, or lost its
+        /// primary).
+        lag: Duration,
+    },
 }

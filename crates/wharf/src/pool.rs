@@ -388,7 +388,7 @@ impl<M: Manager> Pool<M> {
 impl<M: Manager> Shared<M> {
     /// `get` and `get_timeout`: through the circuit breaker when there is
     /// one, then a checkout within `wait`.
-    async fn admit_and_acquire(
+    pub(crate) async fn admit_and_acquire(
         shared: Arc<Self>,
         wait: std::time::Duration,
         caller: &'static Location<'static>,

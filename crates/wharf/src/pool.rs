@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::{timeout_at, Instant};
 
 use crate::breaker::{Breaker, CircuitState, Failure};
+use crate::budget::{Holder, Membership};
 use crate::config::Builder;
 use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
@@ -110,6 +111,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) tunables: Tunables,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) lanes: Box<[Lane]>,
+    /// The pool's seat in a shared [`Budget`](crate::Budget), if it has one.
+    pub(crate) budget: Option<Membership>,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
@@ -127,6 +130,7 @@ impl<M: Manager> Pool<M> {
         config: Config,
         hooks: Hooks<M::Connection>,
         runtime: Handle,
+        budget: Option<Membership>,
     ) -> Self {
         let mut state = State::with_reserve(
             config.max_size,
@@ -135,22 +139,29 @@ impl<M: Manager> Pool<M> {
             config.reserve_timeout,
         );
         state.min_size = config.min_size;
-        let shared = Arc::new(Shared {
-            state: CachePadded(Mutex::new(state)),
-            leaks: config.leak_detection_threshold.map(LeakRegistry::new),
-            manager,
-            hooks,
-            recorder: Recorder::new(&config.name),
-            tunables: Tunables::new(&config),
-            breaker: config
-                .circuit_breaker
-                .clone()
-                .map(|breaker| Arc::new(Breaker::new(breaker, &config.name))),
-            lanes: config.lanes.iter().map(Lane::new).collect(),
-            runtime,
-            changed: Notify::new(),
-            next_conn_id: AtomicU64::new(1),
-            config,
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared<M>>| {
+            if let Some(member) = &budget {
+                let holder: std::sync::Weak<dyn Holder> = weak.clone();
+                member.attach(holder);
+            }
+            Shared {
+                state: CachePadded(Mutex::new(state)),
+                leaks: config.leak_detection_threshold.map(LeakRegistry::new),
+                manager,
+                hooks,
+                recorder: Recorder::new(&config.name),
+                tunables: Tunables::new(&config),
+                breaker: config
+                    .circuit_breaker
+                    .clone()
+                    .map(|breaker| Arc::new(Breaker::new(breaker, &config.name))),
+                lanes: config.lanes.iter().map(Lane::new).collect(),
+                budget,
+                runtime,
+                changed: Notify::new(),
+                next_conn_id: AtomicU64::new(1),
+                config,
+            }
         });
         shared.runtime.spawn(janitor::run(
             Arc::downgrade(&shared),
@@ -367,6 +378,7 @@ impl<M: Manager> Shared<M> {
         let mut metrics = self.recorder.snapshot(&self.config.name, self.status());
         metrics.circuit = self.breaker.as_ref().map(|breaker| breaker.metrics());
         metrics.lanes = self.lanes.iter().map(Lane::metrics).collect();
+        metrics.budget = self.budget.as_ref().map(Membership::share);
         metrics
     }
 
@@ -427,6 +439,14 @@ impl<M: Manager> Shared<M> {
         });
         match verdict {
             None => {
+                if let Some((to, to_name)) = self.yield_for_budget() {
+                    st.size -= 1;
+                    self.spawn_connectors(&mut st);
+                    drop(st);
+                    self.reclaimed(live, &to_name);
+                    crate::budget::notify(vec![to]);
+                    return;
+                }
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
                 // Only after use: a connection given back by a waiter that
@@ -464,6 +484,7 @@ impl<M: Manager> Shared<M> {
         self.spawn_connectors(&mut st);
         let drained = st.closed && st.in_use == 0;
         drop(st);
+        self.release_budget_unit();
         if drained {
             self.changed.notify_waiters();
         }
@@ -491,8 +512,15 @@ impl<M: Manager> Shared<M> {
         None
     }
 
-    /// Closes a connection that is already out of the pool's accounting.
-    pub(crate) fn close_conn(&self, mut live: Live<M::Connection>, reason: CloseReason) {
+    /// Closes a connection that is already out of the pool's accounting,
+    /// and gives its budget unit back.
+    pub(crate) fn close_conn(&self, live: Live<M::Connection>, reason: CloseReason) {
+        self.drop_conn(live, reason);
+        self.release_budget_unit();
+    }
+
+    /// Closes a connection, leaving its budget unit (if any) to the caller.
+    pub(crate) fn drop_conn(&self, mut live: Live<M::Connection>, reason: CloseReason) {
         self.recorder.closed(reason);
         tracing::debug!(
             pool = %self.config.name,
@@ -505,6 +533,8 @@ impl<M: Manager> Shared<M> {
         if let Some(hook) = &self.hooks.on_close {
             hook(&mut live.conn, reason);
         }
+        // Closed before its unit goes to anyone else.
+        drop(live);
     }
 
     /// Starts connector tasks for unmet demand, up to `max_connecting`.
@@ -543,6 +573,10 @@ impl<M: Manager> Shared<M> {
         let (waiters, idle) = {
             let mut st = self.state.lock();
             st.closed = true;
+            st.budget_queued = 0;
+            if let Some(member) = &self.budget {
+                member.forget_requests();
+            }
             let idle: Vec<_> = st.idle.drain(..).collect();
             st.size -= idle.len();
             (st.waiters.end_all(|| Outcome::Closed), idle)

@@ -25,7 +25,7 @@ impl<M: Manager> Shared<M> {
         caller: &'static Location<'static>,
         call: Call,
     ) -> Result<Pooled<M>, Error> {
-        match Shared::acquire_keeping_pool(self, wait, caller).await {
+        match Shared::acquire_keeping_pool(self, wait, caller, None).await {
             Ok(mut pooled) => {
                 pooled.call = Some(call);
                 Ok(pooled)
@@ -49,23 +49,19 @@ impl<M: Manager> Shared<M> {
             Some(breaker) => Some(breaker.admit()?),
             None => None,
         };
-        let place = match self.lanes[lane].try_enter() {
-            Some(place) => place,
-            None => {
-                let start = Instant::now();
-                let place = self.lanes[lane].enter(start, start + wait).await?;
-                wait = wait.saturating_sub(start.elapsed());
-                place
-            }
-        };
-        match Shared::acquire_keeping_pool(self, wait, caller).await {
+        if !self.lanes[lane].try_enter() {
+            let start = Instant::now();
+            self.lanes[lane].enter(start, start + wait).await?;
+            wait = wait.saturating_sub(start.elapsed());
+        }
+        match Shared::acquire_keeping_pool(self, wait, caller, Some(lane)).await {
             Ok(mut pooled) => {
                 pooled.shared.lanes[lane].acquired();
                 pooled.call = call;
-                pooled.lane_place = Some(place);
                 Ok(pooled)
             }
             Err((shared, err)) => {
+                shared.lanes[lane].leave();
                 shared.checkout_failed(call, Some(lane), &err);
                 Err(err)
             }

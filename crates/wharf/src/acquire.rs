@@ -24,18 +24,8 @@ enum Taken<C> {
 }
 
 impl<M: Manager> Shared<M> {
-    pub(crate) async fn acquire(
-        self: Arc<Self>,
-        wait: Duration,
-        caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        Self::acquire_keeping_pool(self, wait, caller, None)
-            .await
-            .map_err(|(_, err)| err)
-    }
-
-    /// [`acquire`](Self::acquire), handing the pool's `Arc` back with an
-    /// error: for the breaker and lanes, which have outcomes to record
+    /// Takes a connection within `wait`, handing the pool's `Arc` back with
+    /// an error: for the breaker and lanes, which have outcomes to record
     /// after a failure, without an extra reference count per checkout.
     ///
     /// `lane` is the lane whose place the caller holds: the handle gives it

@@ -340,13 +340,15 @@ impl Membership {
                 return None;
             }
             let pos = ledger.neediest()?;
-            let to = ledger.queue.remove(pos)?;
+            let to = ledger.queue[pos];
+            let pool = ledger.member(to).pool.clone()?;
+            ledger.queue.remove(pos);
             ledger.member(self.id).held -= 1;
             ledger.reclaimed += 1;
             let to = ledger.member(to);
             to.held += 1;
             to.spare += 1;
-            Some((to.pool.clone()?, to.name.clone()))
+            Some((pool, to.name.clone()))
         })
     }
 

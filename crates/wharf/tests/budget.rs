@@ -181,22 +181,40 @@ async fn a_caller_times_out_while_its_pool_waits_for_the_budget_and_the_late_uni
 
 #[tokio::test(start_paused = true)]
 async fn units_come_back_when_connections_reach_their_lifetime_or_idle_timeout() {
-    let budget = Budget::new(2);
+    let budget = Budget::new(4);
     let (manager, _script) = ScriptedManager::new();
-    let pool = Pool::builder(manager)
-        .max_size(2)
-        .max_lifetime(Duration::from_secs(60))
-        .lifetime_jitter(0.0)
-        .idle_timeout(Duration::from_secs(600))
-        .maintenance_interval(Duration::from_secs(1))
-        .budget(&budget, 0)
-        .build()
-        .unwrap();
-    drop(take(&pool, 2).await);
-    assert_eq!(budget.status().in_use, 2);
-    sleep(Duration::from_secs(62)).await;
+    let pool = |builder: wharf::Builder<ScriptedManager>| {
+        builder
+            .max_size(2)
+            .lifetime_jitter(0.0)
+            .maintenance_interval(Duration::from_secs(1))
+            .budget(&budget, 0)
+            .build()
+            .unwrap()
+    };
+    let idle = pool(
+        Pool::builder(manager.clone())
+            .idle_timeout(Duration::from_secs(10))
+            .max_lifetime(None),
+    );
+    let aging = pool(
+        Pool::builder(manager)
+            .idle_timeout(None)
+            .max_lifetime(Duration::from_secs(60)),
+    );
+    drop(take(&idle, 2).await);
+    let held_long = take(&aging, 2).await;
+    assert_eq!(budget.status().in_use, 4);
+
+    sleep(Duration::from_secs(12)).await;
     settle().await;
-    assert_eq!(pool.metrics().closed_for(CloseReason::Lifetime), 2);
+    assert_eq!(idle.metrics().closed_for(CloseReason::Idle), 2);
+    assert_eq!(budget.status().in_use, 2);
+
+    // Past their lifetime while in use: closed as they come back.
+    sleep(Duration::from_secs(50)).await;
+    drop(held_long);
+    assert_eq!(aging.metrics().closed_for(CloseReason::Lifetime), 2);
     assert_eq!(budget.status().in_use, 0);
 }
 

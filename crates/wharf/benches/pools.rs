@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench -p wharf --bench pools              # full run, under 2 minutes
 //! cargo bench -p wharf --bench pools -- --quick   # ~15 s, for a look
+//! cargo bench -p wharf --bench pools -- --features-only   # the breaker and lane table alone
 //! ```
 //!
 //! The machine is shared with other people's builds, so the harness also
@@ -561,6 +562,11 @@ fn main() {
         plan.rounds,
         load_average()
     );
+
+    if has("--features-only") {
+        runtime.block_on(features::compare(&plan));
+        return;
+    }
 
     let rows = runtime.block_on(async {
         let mut rows = Vec::new();

@@ -24,23 +24,18 @@ enum Taken<C> {
 }
 
 impl<M: Manager> Shared<M> {
-    pub(crate) async fn acquire(
-        self: Arc<Self>,
-        wait: Duration,
-        caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        Self::acquire_keeping_pool(self, wait, caller)
-            .await
-            .map_err(|(_, err)| err)
-    }
-
-    /// [`acquire`](Self::acquire), handing the pool's `Arc` back with an
-    /// error: for the breaker and lanes, which have outcomes to record
+    /// Takes a connection within `wait`, handing the pool's `Arc` back with
+    /// an error: for the breaker and lanes, which have outcomes to record
     /// after a failure, without an extra reference count per checkout.
+    ///
+    /// `lane` is the lane whose place the caller holds: the handle gives it
+    /// back, and so does a `get_in` dropped while it waits here. After an
+    /// error the place is still the caller's to give back.
     pub(crate) async fn acquire_keeping_pool(
         self: Arc<Self>,
         wait: Duration,
         caller: &'static Location<'static>,
+        lane: Option<usize>,
     ) -> Result<Pooled<M>, (Arc<Self>, Error)> {
         // The future's own reference becomes the handle's: one `Arc` count
         // per checkout, not two.
@@ -58,16 +53,19 @@ impl<M: Manager> Shared<M> {
             .await;
             let live = match taken {
                 Ok(Taken::Idle(live)) => live,
-                Ok(Taken::Wait(id, slot)) => match shared.wait(id, slot, start, deadline).await {
-                    Ok(live) => {
-                        now = Instant::now();
-                        live
+                Ok(Taken::Wait(id, slot)) => {
+                    match shared.wait(id, slot, start, deadline, lane).await {
+                        Ok(live) => {
+                            now = Instant::now();
+                            live
+                        }
+                        Err(err) => return Err((shared, err)),
                     }
-                    Err(err) => return Err((shared, err)),
-                },
+                }
                 Err(err) => return Err((shared, err)),
             };
             let mut pooled = Pooled::new(shared, live, now);
+            pooled.lane_place = lane;
             if let Some(ready) = Self::prepare(&mut pooled, now).await {
                 // Checking the connection and running `on_checkout` were
                 // part of the caller's wait: it holds the connection (for
@@ -88,6 +86,8 @@ impl<M: Manager> Shared<M> {
             }
             // Closed in `prepare`: only the rare retry pays for a clone.
             shared = pooled.shared.clone();
+            // The place stays the caller's for the next try.
+            pooled.lane_place = None;
             drop(pooled);
             now = Instant::now();
         }
@@ -208,11 +208,13 @@ impl<M: Manager> Shared<M> {
         slot: usize,
         start: Instant,
         deadline: Instant,
+        lane: Option<usize>,
     ) -> Result<Live<M::Connection>, Error> {
         let mut guard = WaitGuard {
             shared: self,
             id,
             slot,
+            lane,
             done: false,
         };
         let mut expiry = pin!(sleep_until(deadline));
@@ -331,6 +333,8 @@ struct WaitGuard<'a, M: Manager> {
     shared: &'a Arc<Shared<M>>,
     id: u64,
     slot: usize,
+    /// The lane place of a `get_in`, given back if it is dropped.
+    lane: Option<usize>,
     done: bool,
 }
 
@@ -342,6 +346,9 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
         let handed = self.shared.state.lock().waiters.abandon(self.id, self.slot);
         if let Some(live) = handed {
             self.shared.checkin(live, None, None);
+        }
+        if let Some(lane) = self.lane {
+            self.shared.lanes[lane].leave();
         }
     }
 }

@@ -2,7 +2,8 @@
 //! by the breaker, then a place in the lane, then the plain acquire
 //! (`acquire.rs`), with the outcome reported back to both.
 //!
-//! A pool with neither never comes here: `get()` pays one branch for them.
+//! A pool with neither pays a branch for the breaker in `get()`, and
+//! never looks at lanes.
 //! Here too the common case stays cheap: a closed circuit and a lane with
 //! a free place read no clock and take no lock.
 
@@ -17,55 +18,62 @@ use crate::pool::Shared;
 use crate::{Error, Manager, Pooled};
 
 impl<M: Manager> Shared<M> {
-    /// The checkout of a pool with a breaker, outside any lane: `call` is
-    /// the breaker's admission, finished with the connection.
-    pub(crate) async fn acquire_with_call(
+    /// `get`, `get_timeout` and each attempt of `retry`: through the
+    /// circuit breaker when there is one, then a checkout within `wait`.
+    ///
+    /// One path, and one future, with or without a breaker: a layer of
+    /// future per feature costs a copy of the whole checkout state (about
+    /// 1 KiB) each time it is built, which was most of what a breaker cost.
+    pub(crate) async fn admit_and_acquire(
         self: Arc<Self>,
         wait: Duration,
-        caller: &'static Location<'static>,
-        call: Call,
-    ) -> Result<Pooled<M>, Error> {
-        match Shared::acquire_keeping_pool(self, wait, caller).await {
-            Ok(mut pooled) => {
-                pooled.call = Some(call);
-                Ok(pooled)
-            }
-            Err((shared, err)) => {
-                shared.checkout_failed(Some(call), None, &err);
-                Err(err)
-            }
-        }
-    }
-
-    /// Checks a connection out through the breaker (when there is one) and
-    /// the lane at `lane`, waiting `wait` in all.
-    pub(crate) async fn admitted_acquire(
-        self: Arc<Self>,
-        mut wait: Duration,
-        lane: usize,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, Error> {
         let call = match &self.breaker {
             Some(breaker) => Some(breaker.admit()?),
             None => None,
         };
-        let place = match self.lanes[lane].try_enter() {
-            Some(place) => place,
-            None => {
-                let start = Instant::now();
-                let place = self.lanes[lane].enter(start, start + wait).await?;
-                wait = wait.saturating_sub(start.elapsed());
-                place
-            }
-        };
-        match Shared::acquire_keeping_pool(self, wait, caller).await {
+        match Shared::acquire_keeping_pool(self, wait, caller, None).await {
             Ok(mut pooled) => {
-                pooled.shared.lanes[lane].acquired();
                 pooled.call = call;
-                pooled.lane_place = Some(place);
                 Ok(pooled)
             }
             Err((shared, err)) => {
+                shared.checkout_failed(call, None, &err);
+                Err(err)
+            }
+        }
+    }
+
+    /// `get_in`: checks a connection out through the breaker (when there
+    /// is one) and the lane at `lane` (the name, when the pool has no such
+    /// lane), waiting the lane's `acquire_timeout` in all.
+    pub(crate) async fn admitted_acquire(
+        self: Arc<Self>,
+        lane: Result<usize, String>,
+        caller: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error> {
+        let lane = lane.map_err(Error::UnknownLane)?;
+        let mut wait = self.lanes[lane]
+            .acquire_timeout
+            .unwrap_or(self.config.acquire_timeout);
+        let call = match &self.breaker {
+            Some(breaker) => Some(breaker.admit()?),
+            None => None,
+        };
+        if !self.lanes[lane].try_enter() {
+            let start = Instant::now();
+            self.lanes[lane].enter(start, start + wait).await?;
+            wait = wait.saturating_sub(start.elapsed());
+        }
+        match Shared::acquire_keeping_pool(self, wait, caller, Some(lane)).await {
+            Ok(mut pooled) => {
+                pooled.shared.lanes[lane].acquired();
+                pooled.call = call;
+                Ok(pooled)
+            }
+            Err((shared, err)) => {
+                shared.lanes[lane].leave();
                 shared.checkout_failed(call, Some(lane), &err);
                 Err(err)
             }

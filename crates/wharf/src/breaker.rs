@@ -253,7 +253,21 @@ impl Call {
     /// reported. `acquired` reads the pool's acquire count; it is only
     /// called for failures and probes, a closed circuit's success being
     /// already counted by its checkout.
-    pub(crate) fn finish(mut self, breaker: &Breaker, acquired: impl FnOnce() -> u64) {
+    #[inline]
+    pub(crate) fn finish(self, breaker: &Breaker, acquired: impl FnOnce() -> u64) {
+        if self.probe.is_none() && self.failure.is_none() {
+            // A closed circuit's success, every return's case: nothing to
+            // record, and with both options empty nothing to drop (the
+            // `Drop` impl would only look at `probe` again).
+            std::mem::forget(self);
+            return;
+        }
+        self.record_outcome(breaker, acquired);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_outcome(mut self, breaker: &Breaker, acquired: impl FnOnce() -> u64) {
         let probe = self.probe.take().is_some();
         let failure = self.failure.take();
         if probe || failure.is_some() {

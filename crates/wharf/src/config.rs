@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{CloseReason, HookFuture, Hooks};
-use crate::{BreakerConfig, ConfigError, LaneConfig, Manager, Pool};
+use crate::{BreakerConfig, Budget, ConfigError, LaneConfig, Manager, Pool};
 
 /// Every setting of a pool, with defaults taken from HikariCP and
 /// node-postgres where they agree with long practice.
@@ -256,6 +256,8 @@ pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
     pub(crate) hooks: Hooks<M::Connection>,
+    /// The shared budget to join, and the share guaranteed in it.
+    budget: Option<(Budget, usize)>,
 }
 
 // Plain settings take their own type, so that integer literals infer
@@ -289,6 +291,7 @@ impl<M: Manager> Builder<M> {
             manager,
             config: Config::default(),
             hooks: Hooks::default(),
+            budget: None,
         }
     }
 
@@ -418,6 +421,39 @@ impl<M: Manager> Builder<M> {
         self.lane_config(LaneConfig::new(name, max_in_use))
     }
 
+    /// Draws the pool's connections from `budget`, shared with other pools,
+    /// with `guaranteed` of them always to be had (see [`Budget`]): each
+    /// connection then needs a unit of the budget as well as room under
+    /// `max_size`. `build()` fails with
+    /// [`ConfigError::GuaranteesExceedBudget`] when the guarantees of the
+    /// budget's pools would add up to more than its total.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # struct Numbers;
+    /// # impl wharf::Manager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = Infallible;
+    /// #     async fn connect(&self) -> Result<u32, Infallible> { Ok(0) }
+    /// #     async fn check(&self, _: &mut u32) -> Result<(), Infallible> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let budget = wharf::Budget::new(4);
+    /// let first = wharf::Pool::builder(Numbers).budget(&budget, 3).build();
+    /// assert!(first.is_ok());
+    /// let second = wharf::Pool::builder(Numbers).budget(&budget, 2).build();
+    /// assert!(matches!(
+    ///     second,
+    ///     Err(wharf::ConfigError::GuaranteesExceedBudget { guaranteed: 5, total: 4 })
+    /// ));
+    /// # }
+    /// ```
+    pub fn budget(mut self, budget: &Budget, guaranteed: usize) -> Self {
+        self.budget = Some((budget.clone(), guaranteed));
+        self
+    }
+
     /// Adds a lane with all its settings (its own `acquire_timeout`).
     pub fn lane_config(mut self, lane: LaneConfig) -> Self {
         self.config.lanes.push(lane);
@@ -485,6 +521,22 @@ impl<M: Manager> Builder<M> {
     pub fn build(self) -> Result<Pool<M>, ConfigError> {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
-        Ok(Pool::start(self.manager, self.config, self.hooks, runtime))
+        let membership = match &self.budget {
+            Some((_, guaranteed)) if *guaranteed > self.config.max_size => {
+                return Err(ConfigError::GuaranteeAboveMax {
+                    guaranteed: *guaranteed,
+                    max_size: self.config.max_size,
+                })
+            }
+            Some((budget, guaranteed)) => Some(budget.join(&self.config.name, *guaranteed)?),
+            None => None,
+        };
+        Ok(Pool::start(
+            self.manager,
+            self.config,
+            self.hooks,
+            runtime,
+            membership,
+        ))
     }
 }

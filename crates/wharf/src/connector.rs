@@ -25,6 +25,17 @@ use crate::{CloseReason, ConnectError, Manager};
 #[error("connect timed out after {}", HumanDuration(*.0))]
 pub struct ConnectTimeout(pub Duration);
 
+/// What a connector does next.
+enum Step {
+    /// Waits out the backoff after a failed connect.
+    Sleep(Instant),
+    /// Opens a connection: its slot (and budget unit) are taken.
+    Open,
+    /// The shared budget is spent; `urgent` when callers wait or the pool
+    /// is below its guarantee.
+    BudgetSpent { urgent: bool },
+}
+
 /// A connector task: opens connections one after another while there is
 /// demand, then exits.
 pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>) {
@@ -33,30 +44,39 @@ pub(crate) async fn run<M: Manager>(pool: Weak<Shared<M>>) {
             return;
         };
         let now = Instant::now();
-        let backoff_until = {
+        let step = {
             let mut st = shared.state.lock();
             let probing = st.consecutive_failures > 0 && st.opening > 0;
             if !st.wants_connection() || probing {
-                st.connectors -= 1;
+                shared.connector_leaves(&mut st);
                 return;
             }
             match st.next_attempt_at {
-                Some(at) if at > now => Some(at),
+                Some(at) if at > now => Step::Sleep(at),
+                // A pool without a budget pays for this branch only.
+                _ if !shared.take_budget_unit() => Step::BudgetSpent {
+                    urgent: shared.may_reclaim(&st),
+                },
                 _ => {
                     st.size += 1;
                     st.opening += 1;
                     st.probe_wanted = false;
-                    None
+                    Step::Open
                 }
             }
         };
-        match backoff_until {
-            Some(at) => {
+        match step {
+            Step::Sleep(at) => {
                 // Not holding the pool alive while asleep.
                 drop(shared);
                 sleep_until(at).await;
             }
-            None => open_one(&shared).await,
+            Step::Open => open_one(&shared).await,
+            Step::BudgetSpent { urgent } => {
+                if !shared.budget_spent(urgent) {
+                    return;
+                }
+            }
         }
     }
 }
@@ -120,6 +140,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
             };
             let attempt = st.consecutive_failures;
             drop(st);
+            shared.release_budget_unit();
             for waiter in failed {
                 waiter.wake();
             }

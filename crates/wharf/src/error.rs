@@ -285,6 +285,25 @@ pub enum ConfigError {
     /// longer than zero.
     #[error("a replica set's probe_interval must be longer than zero")]
     ZeroProbeInterval,
+    /// The guaranteed minimums of a [`Budget`](crate::Budget)'s pools
+    /// would add up to more than its total.
+    #[error("the pools' guaranteed minimums would add up to {guaranteed}, above the budget's total of {total}")]
+    GuaranteesExceedBudget {
+        /// The guarantees with this pool's.
+        guaranteed: usize,
+        /// The budget's total.
+        total: usize,
+    },
+    /// A pool's guaranteed minimum of a budget is above its `max_size`.
+    #[error(
+        "the guaranteed minimum of the budget ({guaranteed}) must not exceed max_size ({max_size})"
+    )]
+    GuaranteeAboveMax {
+        /// The guarantee asked for.
+        guaranteed: usize,
+        /// The pool's `max_size`.
+        max_size: usize,
+    },
     /// `build()` must run inside a Tokio runtime, which the pool's background
     /// tasks are spawned on.
     #[error("Pool::builder(..).build() must be called from within a Tokio runtime")]

@@ -43,11 +43,14 @@ pub enum CloseReason {
     Resized,
     /// Turned down by the predicate of [`Pool::retain`](crate::Pool::retain).
     Removed,
+    /// Idle (or just returned) in a pool above its guarantee, and closed so
+    /// that its [`Budget`](crate::Budget) unit goes to another pool.
+    Reclaimed,
 }
 
 impl CloseReason {
     /// Every reason, in the order used for metrics.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Idle,
         CloseReason::Lifetime,
         CloseReason::MaxUses,
@@ -58,6 +61,7 @@ impl CloseReason {
         CloseReason::Closed,
         CloseReason::Resized,
         CloseReason::Removed,
+        CloseReason::Reclaimed,
     ];
 
     /// A short snake_case name, used in logs and metric labels.
@@ -73,6 +77,7 @@ impl CloseReason {
             CloseReason::Closed => "closed",
             CloseReason::Resized => "resized",
             CloseReason::Removed => "removed",
+            CloseReason::Reclaimed => "reclaimed",
         }
     }
 

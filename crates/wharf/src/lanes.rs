@@ -2,7 +2,7 @@
 //! queue, so that slow work (reports, exports) never takes more than its
 //! share and fast work always finds connections.
 //!
-//! A lane is a FIFO semaphore in front of the pool's own queue: a caller
+//! A lane is a FIFO gate (`gate.rs`) in front of the pool's own queue: a caller
 //! first takes one of its lane's `max_in_use` places (waiting in the lane's
 //! line when all are taken), then a connection the usual way. So at most
 //! `max_in_use` callers of a lane are ever in the pool's queue or holding a
@@ -13,12 +13,13 @@
 //! share; larger ones share the difference first come, first served.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
+
+mod gate;
+use gate::Gate;
 
 use crate::{ConfigError, Error};
 
@@ -102,15 +103,16 @@ pub(crate) struct Lane {
     pub(crate) name: String,
     pub(crate) max_in_use: usize,
     pub(crate) acquire_timeout: Option<Duration>,
-    places: Arc<Semaphore>,
+    places: Gate,
     waiting: AtomicUsize,
     acquired: AtomicU64,
     timeouts: AtomicU64,
 }
 
 /// A caller's place in its lane, held with the connection and given back
-/// when the connection is.
-pub(crate) type LanePlace = OwnedSemaphorePermit;
+/// when the connection is: the lane's index in the pool's lane table (no
+/// reference count to take per checkout).
+pub(crate) type LanePlace = usize;
 
 /// Counts a caller as waiting in its lane for as long as it is, also when
 /// its `get_in` is dropped mid-wait.
@@ -128,36 +130,32 @@ impl Lane {
             name: config.name.clone(),
             max_in_use: config.max_in_use,
             acquire_timeout: config.acquire_timeout,
-            places: Arc::new(Semaphore::new(config.max_in_use)),
+            places: Gate::new(config.max_in_use),
             waiting: AtomicUsize::new(0),
             acquired: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
         }
     }
 
-    /// A place in the lane if one is free now and nobody is queued for
-    /// one (tokio's semaphore does not let a newcomer overtake its queue).
-    pub(crate) fn try_enter(&self) -> Option<LanePlace> {
-        self.places.clone().try_acquire_owned().ok()
+    /// Takes a place in the lane if one is free now and nobody is queued
+    /// for one (a newcomer does not overtake the line).
+    pub(crate) fn try_enter(&self) -> bool {
+        self.places.try_enter()
+    }
+
+    /// Gives a place back, to the next in the lane's line if anyone waits.
+    pub(crate) fn leave(&self) {
+        self.places.leave();
     }
 
     /// Takes a place in the lane, waiting in its line (first come, first
     /// served) until `deadline` at the latest.
-    pub(crate) async fn enter(
-        &self,
-        start: Instant,
-        deadline: Instant,
-    ) -> Result<LanePlace, Error> {
+    pub(crate) async fn enter(&self, start: Instant, deadline: Instant) -> Result<(), Error> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let waiting = Waiting(&self.waiting);
-        let place = timeout_at(deadline, self.places.clone().acquire_owned()).await;
+        let place = timeout_at(deadline, self.places.enter()).await;
         drop(waiting);
-        match place {
-            Ok(Ok(place)) => Ok(place),
-            // The semaphore is never closed.
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(self.timed_out(start)),
-        }
+        place.map_err(|_| self.timed_out(start))
     }
 
     fn timed_out(&self, start: Instant) -> Error {
@@ -181,7 +179,7 @@ impl Lane {
     }
 
     fn in_use(&self) -> usize {
-        self.max_in_use - self.places.available_permits()
+        self.places.taken()
     }
 
     pub(crate) fn metrics(&self) -> LaneMetrics {

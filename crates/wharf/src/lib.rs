@@ -127,6 +127,7 @@
 mod acquire;
 mod admission;
 mod breaker;
+mod budget;
 mod config;
 mod connector;
 mod error;
@@ -152,6 +153,7 @@ mod tunables;
 mod waiters;
 
 pub use breaker::{BreakerConfig, CircuitMetrics, CircuitState, Failure};
+pub use budget::{Budget, BudgetShare, BudgetStatus};
 pub use config::{Builder, Config};
 pub use connector::ConnectTimeout;
 pub use error::{BoxError, ConfigError, ConnectError, Error};

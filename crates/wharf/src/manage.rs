@@ -26,6 +26,9 @@ pub enum AddRefusal {
     /// The pool has been closed.
     #[error("the pool is closed")]
     Closed,
+    /// The pool's shared [`Budget`](crate::Budget) has no unit free.
+    #[error("the pool's shared budget is spent")]
+    BudgetSpent,
 }
 
 /// A connection [`Pool::add`] gave back, and why.
@@ -165,6 +168,8 @@ impl<M: Manager> Pool<M> {
             Some(AddRefusal::Full {
                 max_size: st.max_size,
             })
+        } else if !shared.take_budget_unit() {
+            Some(AddRefusal::BudgetSpent)
         } else {
             None
         };

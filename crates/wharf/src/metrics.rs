@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::histogram::{AtomicHistogram, Histogram, PROMETHEUS_BOUNDS_SECS};
-use crate::{CircuitMetrics, CircuitState, CloseReason, LaneMetrics};
+use crate::{BudgetShare, CircuitMetrics, CircuitState, CloseReason, LaneMetrics};
 
 /// The pool's size at one moment: node-postgres' `totalCount`, `idleCount`
 /// and `waitingCount`, and HikariCP's total/idle/active/pending.
@@ -124,6 +124,7 @@ impl Recorder {
             connect_time: self.connect_time.snapshot(),
             circuit: None,
             lanes: Vec::new(),
+            budget: None,
             retries: load(&c.retries),
         }
     }
@@ -160,6 +161,9 @@ pub struct Metrics {
     pub circuit: Option<CircuitMetrics>,
     /// Each lane's figures, in the order they were configured.
     pub lanes: Vec<LaneMetrics>,
+    /// The pool's share of its shared [`Budget`](crate::Budget), if it has
+    /// one.
+    pub budget: Option<BudgetShare>,
     /// Attempts [`Pool::retry`](crate::Pool::retry) made beyond the first.
     pub retries: u64,
 }
@@ -206,6 +210,7 @@ pub(crate) type Family<F> = (&'static str, &'static str, F);
 pub(crate) type GaugeFn = fn(&Status) -> usize;
 pub(crate) type CounterFn = fn(&Metrics) -> u64;
 pub(crate) type HistogramFn = fn(&Metrics) -> &Histogram;
+type ShareFn = fn(&BudgetShare) -> usize;
 
 /// The gauge families, shared by the text renderer and the facade.
 pub(crate) const GAUGES: [Family<GaugeFn>; 6] = [
@@ -378,6 +383,7 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
             write_histogram(out, name, &label(m), get(m));
         }
     }
+    write_budget_shares(pools, out);
     if pools.iter().any(|m| !m.lanes.is_empty()) {
         let families = LANE_GAUGES
             .iter()
@@ -395,6 +401,38 @@ pub fn render_prometheus(pools: &[Metrics], out: &mut String) {
                         get(lane)
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Each budgeted pool's guarantee and holding, as gauges.
+fn write_budget_shares(pools: &[Metrics], out: &mut String) {
+    if pools.iter().all(|m| m.budget.is_none()) {
+        return;
+    }
+    let families: [Family<ShareFn>; 2] = [
+        (
+            "wharf_pool_budget_held",
+            "Units of the shared budget the pool holds.",
+            |b| b.held,
+        ),
+        (
+            "wharf_pool_budget_guaranteed",
+            "Units of the shared budget guaranteed to the pool.",
+            |b| b.guaranteed,
+        ),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in pools {
+            if let Some(share) = &m.budget {
+                let _ = writeln!(
+                    out,
+                    "{name}{{pool=\"{}\"}} {}",
+                    escape_label(&m.name),
+                    get(share)
+                );
             }
         }
     }

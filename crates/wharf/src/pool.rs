@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::{timeout_at, Instant};
 
 use crate::breaker::{Breaker, CircuitState, Failure};
+use crate::budget::{Holder, Membership};
 use crate::config::Builder;
 use crate::error::HumanDuration;
 use crate::hooks::{CloseReason, Hooks};
@@ -110,6 +111,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) tunables: Tunables,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) lanes: Box<[Lane]>,
+    /// The pool's seat in a shared [`Budget`](crate::Budget), if it has one.
+    pub(crate) budget: Option<Membership>,
     /// Woken when a connection is opened (for `ready()`) and when the last
     /// connection in use comes back to a closed pool (for `close()`).
     changed: Notify,
@@ -127,6 +130,7 @@ impl<M: Manager> Pool<M> {
         config: Config,
         hooks: Hooks<M::Connection>,
         runtime: Handle,
+        budget: Option<Membership>,
     ) -> Self {
         let mut state = State::with_reserve(
             config.max_size,
@@ -135,22 +139,29 @@ impl<M: Manager> Pool<M> {
             config.reserve_timeout,
         );
         state.min_size = config.min_size;
-        let shared = Arc::new(Shared {
-            state: CachePadded(Mutex::new(state)),
-            leaks: config.leak_detection_threshold.map(LeakRegistry::new),
-            manager,
-            hooks,
-            recorder: Recorder::new(&config.name),
-            tunables: Tunables::new(&config),
-            breaker: config
-                .circuit_breaker
-                .clone()
-                .map(|breaker| Arc::new(Breaker::new(breaker, &config.name))),
-            lanes: config.lanes.iter().map(Lane::new).collect(),
-            runtime,
-            changed: Notify::new(),
-            next_conn_id: AtomicU64::new(1),
-            config,
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared<M>>| {
+            if let Some(member) = &budget {
+                let holder: std::sync::Weak<dyn Holder> = weak.clone();
+                member.attach(holder);
+            }
+            Shared {
+                state: CachePadded(Mutex::new(state)),
+                leaks: config.leak_detection_threshold.map(LeakRegistry::new),
+                manager,
+                hooks,
+                recorder: Recorder::new(&config.name),
+                tunables: Tunables::new(&config),
+                breaker: config
+                    .circuit_breaker
+                    .clone()
+                    .map(|breaker| Arc::new(Breaker::new(breaker, &config.name))),
+                lanes: config.lanes.iter().map(Lane::new).collect(),
+                budget,
+                runtime,
+                changed: Notify::new(),
+                next_conn_id: AtomicU64::new(1),
+                config,
+            }
         });
         shared.runtime.spawn(janitor::run(
             Arc::downgrade(&shared),
@@ -191,23 +202,18 @@ impl<M: Manager> Pool<M> {
     /// [`Error::UnknownLane`] for a name the pool was not built with, and
     /// [`Error::LaneTimeout`] when the lane stayed full.
     #[track_caller]
+    // Inlined so that the checkout's future (about 1 KiB) is built in the
+    // caller's own state instead of being returned and copied twice.
+    #[inline]
     pub fn get_in(
         &self,
         lane: &str,
     ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send + 'static {
         let caller = Location::caller();
         let shared = self.shared().clone();
-        let index = shared.lanes.iter().position(|l| l.name == lane);
-        let unknown = index.is_none().then(|| lane.to_owned());
-        async move {
-            let Some(index) = index else {
-                return Err(Error::UnknownLane(unknown.unwrap_or_default()));
-            };
-            let wait = shared.lanes[index]
-                .acquire_timeout
-                .unwrap_or(shared.config.acquire_timeout);
-            Shared::admitted_acquire(shared, wait, index, caller).await
-        }
+        let index = shared.lane_index(lane);
+        // Its future itself, not wrapped in another (see `admission.rs`).
+        Shared::admitted_acquire(shared, index, caller)
     }
 
     /// An idle connection, if one can be handed out at once without a
@@ -386,24 +392,19 @@ impl<M: Manager> Pool<M> {
 }
 
 impl<M: Manager> Shared<M> {
-    /// `get` and `get_timeout`: through the circuit breaker when there is
-    /// one, then a checkout within `wait`.
-    pub(crate) async fn admit_and_acquire(
-        shared: Arc<Self>,
-        wait: std::time::Duration,
-        caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        if let Some(breaker) = &shared.breaker {
-            let call = breaker.admit()?;
-            return Shared::acquire_with_call(shared, wait, caller, call).await;
-        }
-        Shared::acquire(shared, wait, caller).await
+    /// The index of the lane called `name`, or the name when there is none.
+    fn lane_index(&self, name: &str) -> Result<usize, String> {
+        self.lanes
+            .iter()
+            .position(|lane| lane.name == name)
+            .ok_or_else(|| name.to_owned())
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
         let mut metrics = self.recorder.snapshot(&self.config.name, self.status());
         metrics.circuit = self.breaker.as_ref().map(|breaker| breaker.metrics());
         metrics.lanes = self.lanes.iter().map(Lane::metrics).collect();
+        metrics.budget = self.budget.as_ref().map(Membership::share);
         metrics
     }
 
@@ -464,6 +465,14 @@ impl<M: Manager> Shared<M> {
         });
         match verdict {
             None => {
+                if let Some((to, to_name)) = self.yield_for_budget() {
+                    st.size -= 1;
+                    self.spawn_connectors(&mut st);
+                    drop(st);
+                    self.reclaimed(live, &to_name);
+                    crate::budget::notify(vec![to]);
+                    return;
+                }
                 live.meta.last_active = now;
                 live.meta.idle_since = now;
                 // Only after use: a connection given back by a waiter that
@@ -501,6 +510,7 @@ impl<M: Manager> Shared<M> {
         self.spawn_connectors(&mut st);
         let drained = st.closed && st.in_use == 0;
         drop(st);
+        self.release_budget_unit();
         if drained {
             self.changed.notify_waiters();
         }
@@ -528,8 +538,15 @@ impl<M: Manager> Shared<M> {
         None
     }
 
-    /// Closes a connection that is already out of the pool's accounting.
-    pub(crate) fn close_conn(&self, mut live: Live<M::Connection>, reason: CloseReason) {
+    /// Closes a connection that is already out of the pool's accounting,
+    /// and gives its budget unit back.
+    pub(crate) fn close_conn(&self, live: Live<M::Connection>, reason: CloseReason) {
+        self.drop_conn(live, reason);
+        self.release_budget_unit();
+    }
+
+    /// Closes a connection, leaving its budget unit (if any) to the caller.
+    pub(crate) fn drop_conn(&self, mut live: Live<M::Connection>, reason: CloseReason) {
         self.recorder.closed(reason);
         tracing::debug!(
             pool = %self.config.name,
@@ -542,6 +559,8 @@ impl<M: Manager> Shared<M> {
         if let Some(hook) = &self.hooks.on_close {
             hook(&mut live.conn, reason);
         }
+        // Closed before its unit goes to anyone else.
+        drop(live);
     }
 
     /// Starts connector tasks for unmet demand, up to `max_connecting`.
@@ -580,6 +599,10 @@ impl<M: Manager> Shared<M> {
         let (waiters, idle) = {
             let mut st = self.state.lock();
             st.closed = true;
+            st.budget_queued = 0;
+            if let Some(member) = &self.budget {
+                member.forget_requests();
+            }
             let idle: Vec<_> = st.idle.drain(..).collect();
             st.size -= idle.len();
             (st.waiters.end_all(|| Outcome::Closed), idle)

@@ -157,6 +157,11 @@ impl<M: Manager> Pooled<M> {
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
         self.release(None);
+        // After the connection is back, so the next caller of the lane
+        // finds it (and whatever consumed the handle, this runs last).
+        if let Some(lane) = self.lane_place.take() {
+            self.shared.lanes[lane].leave();
+        }
     }
 }
 

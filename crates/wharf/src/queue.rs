@@ -85,6 +85,9 @@ pub(crate) struct State<C> {
     /// A `fail_fast` pool turned a caller away: one more connect attempt
     /// (after the backoff) finds out whether the backend is back.
     pub(crate) probe_wanted: bool,
+    /// Requests for a unit queued at the shared budget (each stands for a
+    /// connection on its way, like `opening`).
+    pub(crate) budget_queued: usize,
 }
 
 impl<C> State<C> {
@@ -118,6 +121,7 @@ impl<C> State<C> {
             next_attempt_at: None,
             last_error: None,
             probe_wanted: false,
+            budget_queued: 0,
         }
     }
 
@@ -168,7 +172,9 @@ impl<C> State<C> {
     /// Whether another connection should be opened now: someone needs one
     /// that no connect in flight will provide, and there is room.
     pub(crate) fn wants_connection(&self) -> bool {
-        !self.closed && self.size < self.ceiling() && self.demand() > self.opening
+        !self.closed
+            && self.size < self.ceiling()
+            && self.demand() > self.opening + self.budget_queued
     }
 
     /// Whether a connection coming back (or just opened) would leave the

@@ -361,12 +361,7 @@ async fn checkout<M: Manager>(
     wait: Duration,
     caller: &'static Location<'static>,
 ) -> Result<Pooled<M>, Error> {
-    let shared = shared.clone();
-    if let Some(breaker) = &shared.breaker {
-        let call = breaker.admit()?;
-        return Shared::acquire_with_call(shared, wait, caller, call).await;
-    }
-    Shared::acquire(shared, wait, caller).await
+    Shared::admit_and_acquire(shared.clone(), wait, caller).await
 }
 
 /// Returns or closes an attempt's connection, telling the breaker what the

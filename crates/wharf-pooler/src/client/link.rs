@@ -131,7 +131,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     /// SETs on `server` the client's tracked parameters it lacks.
     async fn sync_params(&mut self, server: &mut Pooled<ServerManager>) -> Result<(), Ended> {
         let sets: Vec<String> = self
-            .params
+            .params_set
             .iter()
             .filter(|(name, value)| !same_value(name, server.params().get(name), value))
             .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
@@ -147,7 +147,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         // Only if the SETs left the server matching: a configuration
         // reload on the server may have changed a parameter meanwhile.
         let matches = self
-            .params
+            .params_set
             .iter()
             .all(|(name, value)| same_value(name, server.params().get(name), value));
         if matches {
@@ -220,7 +220,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         if self.params_changed {
             self.params_changed = false;
             self.entry
-                .set_application_name(&application_name(&self.params));
+                .set_application_name(&application_name(&self.params_set));
         }
         if server.is_broken() {
             return;

@@ -55,7 +55,7 @@ pub(super) struct Login {
     pub(super) pool: Arc<ServerPool>,
     /// The client's tracked parameters, as it should see them.
     pub(super) params: Params,
-    /// Every parameter to report in the welcome.
+    /// Every parameter to report in the welcome; emptied once sent.
     pub(super) welcome: Params,
 }
 
@@ -326,14 +326,15 @@ pub(super) fn refusal(
 /// in one write.
 pub(super) async fn send_welcome<S: ClientStream>(
     stream: &mut S,
-    login: &Login,
+    login: &mut Login,
     key: CancelKey,
     notify_message: &str,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
-    for (name, value) in &login.welcome {
-        messages::parameter_status(&mut out, name, value);
+    // Sent once: not kept for the session's life.
+    for (name, value) in std::mem::take(&mut login.welcome) {
+        messages::parameter_status(&mut out, &name, &value);
     }
     messages::backend_key_data(&mut out, key);
     if !notify_message.is_empty() {

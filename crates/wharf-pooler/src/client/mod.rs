@@ -63,7 +63,13 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: A
     let deadline = tokio::time::Instant::now() + login_timeout;
     let tls = state.tls();
     let tls = tls.client();
-    let first = tokio::time::timeout_at(deadline, negotiate(&mut stream, &peer, &state, tls)).await;
+    // Boxed, as every step that ends before the session: the task keeps
+    // the size of its largest state for its whole life.
+    let first = tokio::time::timeout_at(
+        deadline,
+        Box::pin(negotiate(&mut stream, &peer, &state, tls)),
+    )
+    .await;
     match first {
         Ok(Ok(First::Packet(packet))) => {
             // Cancel requests come in plain text from every libpq before 17.
@@ -123,11 +129,9 @@ async fn serve<S: ClientStream>(
 ) {
     let config = state.config();
     let settings = &config.pgbouncer;
-    // Boxed, so that its state is freed once the client is in: a task is
-    // as large as its largest state, and most of its life is the session.
     let logged_in =
         tokio::time::timeout_at(deadline, Box::pin(login(&mut stream, first, &peer, &state))).await;
-    let login = match logged_in {
+    let mut login = match logged_in {
         Ok(Ok(LoggedIn::Pool(login))) => login,
         // Outside the login timeout: a cancel given up midway would leave
         // its server closed for nothing.
@@ -158,7 +162,7 @@ async fn serve<S: ClientStream>(
     };
     let registered = state.cancels().register(login.pool.stats().clone());
     let notify_message = state.config().pgbouncer.login_notify_message.clone();
-    if send_welcome(&mut stream, &login, registered.key, &notify_message)
+    if send_welcome(&mut stream, &mut login, registered.key, &notify_message)
         .await
         .is_err()
     {
@@ -184,10 +188,12 @@ async fn serve<S: ClientStream>(
         .stats()
         .client_logins
         .fetch_add(1, Ordering::Relaxed);
+    let params = std::mem::take(&mut login.params);
     let (reader, writer) = stream.halves();
     let mut session = Session::new(
         (reader, writer),
         &login,
+        params,
         &registered.slot,
         &client.entry,
         &state,

@@ -110,8 +110,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 // A COPY failed with Syncs the server may or may not have
                 // answered: ask it, relaying whatever else it still sends.
                 let mut on_param = |body: &[u8]| {
-                    if server_params.note_relayed(body, &mut self.params) {
-                        self.params_set = self.pool.param_sets().intern(&self.params);
+                    if let Some(changed) = server_params.note_relayed(body, &self.params_set) {
+                        self.params_set = self.pool.param_sets().intern(&changed);
                         self.params_changed = true;
                         server_params.mark_synced(self.params_set.clone());
                     }
@@ -298,7 +298,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 Event::ReadServer(Ok(_)) => {
                     let stats = self.pool.stats();
                     let protocol = &mut self.protocol;
-                    let params = &mut self.params;
                     let params_set = &mut self.params_set;
                     let params_changed = &mut self.params_changed;
                     let param_sets = self.pool.param_sets();
@@ -327,11 +326,15 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                                 tx_status = body.first().copied().unwrap_or(b'I');
                                 protocol.server_ready(tx_status, stats, &mut now);
                             }
-                            (b'S', Some(body)) if server_params.note_relayed(body, params) => {
-                                // Both sides changed together: still in step.
-                                *params_set = param_sets.intern(params);
-                                *params_changed = true;
-                                server_params.mark_synced(params_set.clone());
+                            (b'S', Some(body)) => {
+                                if let Some(changed) = server_params.note_relayed(body, params_set)
+                                {
+                                    // Both sides changed together: still in
+                                    // step.
+                                    *params_set = param_sets.intern(&changed);
+                                    *params_changed = true;
+                                    server_params.mark_synced(params_set.clone());
+                                }
                             }
                             (tag, _) => protocol.server_message(tag),
                         }

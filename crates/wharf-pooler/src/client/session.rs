@@ -36,11 +36,12 @@ pub(super) struct Session<'a, R, W> {
     pub(super) writer: W,
     pub(super) pool: &'a ServerPool,
     pub(super) cancel: &'a CancelSlot,
-    /// The client's tracked parameters, as it should see them.
-    pub(super) params: Params,
-    /// `params`, shared with the pool's other clients that have the same.
+    /// The client's tracked parameters, as it should see them, shared with
+    /// the pool's other clients that have the same (a change makes a new
+    /// set).
     pub(super) params_set: Arc<Params>,
-    /// `params` changed since the registry last saw its application_name.
+    /// `params_set` changed since the registry last saw its
+    /// application_name.
     pub(super) params_changed: bool,
     /// The pool mode of the server link now or last in place: a RELOAD
     /// that changes the pool's mode must not change how that link ends.
@@ -91,10 +92,12 @@ enum Waited {
 }
 
 impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, R, W> {
-    /// A session for `login`'s client, whose socket halves are `halves`.
+    /// A session for `login`'s client, whose socket halves are `halves`
+    /// and whose tracked parameters are `params`.
     pub(super) fn new(
         (reader, writer): (R, W),
         login: &'a Login,
+        params: Params,
         cancel: &'a CancelSlot,
         entry: &'a ClientEntry,
         state: &'a PoolerState,
@@ -107,8 +110,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             writer,
             pool,
             cancel,
-            params_set: pool.param_sets().intern(&login.params),
-            params: login.params.clone(),
+            params_set: pool.param_sets().intern(&params),
             params_changed: false,
             linked_mode: pool.mode(),
             cbuf: BytesMut::new(),

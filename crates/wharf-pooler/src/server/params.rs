@@ -153,14 +153,22 @@ impl ServerParams {
 
     /// Records a ParameterStatus relayed to the client, which changed with
     /// the server: the value is the server's and, if tracked, the client's
-    /// own setting too. `true` when the client's tracked parameters changed.
-    pub fn note_relayed(&mut self, body: &[u8], client: &mut Params) -> bool {
-        let Some((name, value)) = parameter_status(body) else {
-            return false;
-        };
+    /// own setting too. The client's new tracked parameters when they
+    /// changed, `None` when `client` still holds.
+    pub fn note_relayed(&mut self, body: &[u8], client: &Params) -> Option<Params> {
+        let (name, value) = parameter_status(body)?;
         set_param(&mut self.values, name, value);
-        // Only a change needs the client's parameter set looked up again.
-        is_tracked(name) && set_param(client, name, value)
+        // Only a change needs the client's parameter set copied and looked
+        // up again.
+        let unchanged = client
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value);
+        if !is_tracked(name) || unchanged {
+            return None;
+        }
+        let mut changed = client.clone();
+        set_param(&mut changed, name, value);
+        Some(changed)
     }
 }
 

@@ -8,6 +8,7 @@
 #   bench/callgrind-xact.sh                       # -S, 10 clients x 1000 transactions
 #   ROWS=select,extended,tpcb bench/callgrind-xact.sh
 #   WHARF_BIN=/tmp/wharf-old bench/callgrind-xact.sh
+#   KEEP=/tmp/profiles bench/callgrind-xact.sh    # keeps the profiles
 #
 # Needs valgrind, the PostgreSQL server binaries and pgbouncer (installed
 # with apt-get when missing).
@@ -58,7 +59,7 @@ log_connections = 0
 log_disconnections = 0
 INI
   chmod 644 "$work/$name.ini"
-  "${run_as[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" "$work/$name.ini" >"$out.stderr" 2>&1 &
+  "${run_as[@]}" valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$out" "$@" "$work/$name.ini" >"$out.stderr" 2>&1 &
   wait_ready "$port"
   pid=$(pgrep -f "valgrind.bin.*callgrind-out-file=$out" | head -n 1)
   local line="| $name |"
@@ -80,6 +81,8 @@ INI
     sleep 1
     local total
     total=$(grep -h '^summary:' "$out".[0-9]* | awk '{print $2}' | tail -n 1)
+    # KEEP=dir keeps each row's profile there, for callgrind_annotate.
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out".[0-9]* "$KEEP/$name.$r.callgrind"; fi
     rm -f "$out".[0-9]*
     if [ -z "$xacts" ] || [ "$xacts" = 0 ]; then
       # PgBouncer before 1.21 cannot run -M prepared in transaction mode.

@@ -79,9 +79,9 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: A
                 refuse(&mut stream, &state, &peer, "08P01", "SSL required").await;
                 return;
             }
-            // Boxed as the TLS branch's is, so neither makes the task
-            // larger while the other runs.
-            Box::pin(serve(stream, Some(packet), peer, state, deadline)).await;
+            // Not boxed: the session is what the task is for, and what
+            // it keeps for its life (the TLS branch is boxed instead).
+            serve(stream, Some(packet), peer, state, deadline).await;
         }
         Ok(Ok(First::Encrypt)) => {
             let Ok(tcp) = stream.into_tcp() else {

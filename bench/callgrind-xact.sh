@@ -43,21 +43,8 @@ measure() {
   local name=$1; shift
   local port out pid
   port=$(free_port); out=$work/cg.$name
-  cat > "$work/$name.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $work/$name.log
-log_connections = 0
-log_disconnections = 0
-INI
+  bench_ini "$name" "$port" "host=127.0.0.1 port=$pg_port dbname=postgres user=postgres" 20 \
+    > "$work/$name.ini"
   chmod 644 "$work/$name.ini"
   "${run_as[@]}" valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$out" "$@" "$work/$name.ini" >"$out.stderr" 2>&1 &
   wait_ready "$port"

@@ -38,23 +38,10 @@ pg_port=$(free_port)
 echo '"postgres" "postgres"' > "$work/userlist.txt"
 
 write_ini() { # name port
-  cat > "$work/$1.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $2
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = $((CLIENTS + 100))
-logfile = $work/$1.log
-pidfile = $work/$1.pid
-log_connections = 0
-log_disconnections = 0
-INI
+  {
+    bench_ini "$1" "$2" "host=127.0.0.1 port=$pg_port dbname=postgres user=postgres" 20
+    echo "max_client_conn = $((CLIENTS + 100))"
+  } > "$work/$1.ini"
 }
 
 # The clients: asyncio sockets that send a StartupMessage, read up to

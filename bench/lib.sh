@@ -55,6 +55,29 @@ ctx_switches() {
     | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
 }
 
+# A pooler's ini as the benches write it, on stdout (callers add lines
+# after it): one database "postgres" with the settings $3, listening on
+# 127.0.0.1:$2, trust logins from $work/userlist.txt, transaction mode, a
+# pool of $4, $work/$1.log and $work/$1.pid, quiet logs.
+bench_ini() { # name port database-settings pool-size
+  cat <<INI
+[databases]
+postgres = $3
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $4
+logfile = $work/$1.log
+pidfile = $work/$1.pid
+log_connections = 0
+log_disconnections = 0
+INI
+}
+
 # Waits until a pooler answers on port.
 wait_ready() {
   for _ in $(seq 100); do

@@ -66,23 +66,11 @@ fi
 
 echo '"postgres" "postgres"' > "$work/userlist.txt"
 write_ini() { # port file
-  cat > "$2" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $1
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 2000
-logfile = $work/$(basename "$2" .ini).log
-pidfile = $work/$(basename "$2" .ini).pid
-log_connections = 0
-log_disconnections = 0
-EOF
+  {
+    bench_ini "$(basename "$2" .ini)" "$1" \
+      "host=127.0.0.1 port=$pg_port dbname=postgres user=postgres" "$POOL_SIZE"
+    echo "max_client_conn = 2000"
+  } > "$2"
   if [ "${TLS:-0}" = 1 ]; then
     cat >> "$2" <<EOF
 client_tls_sslmode = require

@@ -49,23 +49,10 @@ pg_opts="-c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=
 
 echo '"postgres" "postgres"' > "$work/userlist.txt"
 write_ini() { # name port routing
-  cat > "$work/$1.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1,127.0.0.1 port=$primary_port,$replica_port dbname=postgres user=postgres target_session_attrs=read-write read_routing=$3
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $2
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-max_client_conn = 2000
-logfile = $work/$1.log
-pidfile = $work/$1.pid
-log_connections = 0
-log_disconnections = 0
-EOF
+  {
+    bench_ini "$1" "$2" "host=127.0.0.1,127.0.0.1 port=$primary_port,$replica_port dbname=postgres user=postgres target_session_attrs=read-write read_routing=$3" "$POOL_SIZE"
+    echo "max_client_conn = 2000"
+  } > "$work/$1.ini"
 }
 write_ini on "$on_port" on
 write_ini off "$off_port" off

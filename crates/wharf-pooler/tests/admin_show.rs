@@ -176,6 +176,33 @@ async fn show_clients_and_servers_describe_each_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_time_moves_with_each_transaction_on_an_idle_server_too() {
+    let pooler = start(setup()).await;
+    let mut config: tokio_postgres::Config = pooler
+        .url("postgres", "postgres", "postgres")
+        .parse()
+        .unwrap();
+    config.application_name("ticker");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let admin = console(&pooler, "admin").await;
+    let admin = &admin;
+    let request_time = || async move {
+        let clients = show(admin, "SHOW CLIENTS").await;
+        clients.value("application_name", "ticker", "request_time")
+    };
+    client.simple_query("SELECT 1").await.unwrap();
+    let first = request_time().await;
+    // request_time has whole seconds; the server is idle in the pool by
+    // now, so the next transaction takes it without waiting.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    client.simple_query("SELECT 2").await.unwrap();
+    let second = request_time().await;
+    assert!(second > first, "request_time stayed at {first}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_databases_users_config_lists_version_and_state() {
     let pooler = start(setup()).await;
     let admin = console(&pooler, "admin").await;

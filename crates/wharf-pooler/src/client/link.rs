@@ -44,6 +44,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         // state. Most links need neither.
         let mut server = match self.pool.try_get(read) {
             Some(server) => {
+                // What `set_waiting` records on the way through a wait.
+                self.entry.touch();
                 self.pool.stats().assigned(Duration::ZERO);
                 server
             }

@@ -119,9 +119,11 @@ pub(crate) trait Holder: Send + Sync {
 struct Inner {
     total: usize,
     ledger: Mutex<Ledger>,
-    /// Whether a request of a pool below its guarantee is queued: checked
-    /// by every connection coming back to a member, without the lock.
-    needy: AtomicBool,
+    /// Whether a request that a connection coming back to another member
+    /// may yield its unit to is queued (one of a pool below its guarantee,
+    /// or of a pool with callers waiting): checked by every connection
+    /// coming back to a member, without the lock.
+    wanted: AtomicBool,
 }
 
 #[derive(Default)]
@@ -129,14 +131,28 @@ struct Ledger {
     used: usize,
     guaranteed: usize,
     members: Vec<Option<Member>>,
-    /// Requests for a unit, by member, oldest first.
-    queue: VecDeque<usize>,
+    /// Requests for a unit, oldest first.
+    queue: VecDeque<Request>,
     reclaimed: u64,
+}
+
+/// A member's queued request for a unit.
+#[derive(Clone, Copy)]
+struct Request {
+    member: usize,
+    /// Made for callers waiting (or below the guarantee): a connection
+    /// about to go idle in a pool above its own guarantee is closed for
+    /// it, so the unit does not sit idle while they wait.
+    urgent: bool,
 }
 
 struct Member {
     name: String,
     guaranteed: usize,
+    /// The pool's `max_size`: a guarantee above it cannot be reached, and
+    /// counts only up to it (a pool resized below its guarantee must not
+    /// be owed units for ever).
+    max_size: usize,
     /// Units held: connections open or opening, plus `spare`.
     held: usize,
     /// Units granted or handed over and not yet turned into a connection.
@@ -155,7 +171,7 @@ impl Budget {
             inner: Arc::new(Inner {
                 total,
                 ledger: Mutex::new(Ledger::default()),
-                needy: AtomicBool::new(false),
+                wanted: AtomicBool::new(false),
             }),
         }
     }
@@ -186,8 +202,14 @@ impl Budget {
         }
     }
 
-    /// Reserves `guaranteed` units for a new member called `name`.
-    pub(crate) fn join(&self, name: &str, guaranteed: usize) -> Result<Membership, ConfigError> {
+    /// Reserves `guaranteed` units for a new member called `name`, of
+    /// `max_size` connections.
+    pub(crate) fn join(
+        &self,
+        name: &str,
+        guaranteed: usize,
+        max_size: usize,
+    ) -> Result<Membership, ConfigError> {
         let mut ledger = self.inner.ledger.lock();
         let promised = ledger.guaranteed + guaranteed;
         if promised > self.inner.total {
@@ -200,6 +222,7 @@ impl Budget {
         let member = Member {
             name: name.to_owned(),
             guaranteed,
+            max_size,
             held: 0,
             spare: 0,
             pool: None,
@@ -261,8 +284,9 @@ impl Membership {
     }
 
     /// Takes a free unit as a spare, or else queues a request for the next
-    /// one freed. Returns whether it took one.
-    pub(crate) fn reserve_or_queue(&self) -> bool {
+    /// one freed (`urgent` when callers wait for it). Returns whether it
+    /// took one.
+    pub(crate) fn reserve_or_queue(&self, urgent: bool) -> bool {
         let total = self.budget.inner.total;
         self.with(|ledger| {
             if ledger.used < total {
@@ -272,16 +296,24 @@ impl Membership {
                 member.spare += 1;
                 return true;
             }
-            ledger.queue.push_back(self.id);
+            ledger.queue.push_back(Request {
+                member: self.id,
+                urgent,
+            });
             false
         })
+    }
+
+    /// The pool was resized to `max_size`.
+    pub(crate) fn resized(&self, max_size: usize) {
+        self.with(|ledger| ledger.member(self.id).max_size = max_size);
     }
 
     /// Whether the pool holds fewer units than it is guaranteed.
     pub(crate) fn below_guarantee(&self) -> bool {
         self.with(|ledger| {
             let member = ledger.member(self.id);
-            member.held < member.guaranteed
+            member.held < member.floor()
         })
     }
 
@@ -295,8 +327,8 @@ impl Membership {
                 .enumerate()
                 .filter(|&(id, _)| id != self.id)
                 .filter_map(|(_, m)| m.as_ref())
-                .filter(|m| m.held > m.guaranteed)
-                .filter_map(|m| Some((m.held - m.guaranteed, m.pool.clone()?)))
+                .filter(|m| m.held > m.floor())
+                .filter_map(|m| Some((m.held - m.floor(), m.pool.clone()?)))
                 .collect()
         });
         candidates.sort_by_key(|&(excess, _)| std::cmp::Reverse(excess));
@@ -313,7 +345,7 @@ impl Membership {
     pub(crate) fn hand_over(&self, to: usize) -> Option<String> {
         self.with(|ledger| {
             let member = ledger.member(self.id);
-            if member.held <= member.guaranteed {
+            if member.held <= member.floor() {
                 return None;
             }
             member.held -= 1;
@@ -326,21 +358,31 @@ impl Membership {
         })
     }
 
-    /// When a pool below its guarantee is queued and this one is above its
-    /// own: moves the unit of a connection about to close to the oldest
-    /// such request, and returns the pool to tell and its name. Called
-    /// under this pool's lock.
-    pub(crate) fn yield_to_needy(&self) -> Option<(Weak<dyn Holder>, String)> {
-        if !self.budget.inner.needy.load(Ordering::Relaxed) {
+    /// When this pool is above its guarantee and another waits for a unit:
+    /// moves the unit of a connection coming back to the oldest request of
+    /// a pool below its guarantee, or, if the connection would only go
+    /// idle here (no `own_waiters`), to the oldest urgent request of
+    /// another pool. Returns the pool to tell and its name; the connection
+    /// must then close. Called under this pool's lock.
+    pub(crate) fn yield_unit(&self, own_waiters: bool) -> Option<(Weak<dyn Holder>, String)> {
+        if !self.budget.inner.wanted.load(Ordering::Relaxed) {
             return None;
         }
         self.with(|ledger| {
             let member = ledger.member(self.id);
-            if member.held <= member.guaranteed {
+            if member.held <= member.floor() {
                 return None;
             }
-            let pos = ledger.neediest()?;
-            let to = ledger.queue[pos];
+            let pos = ledger.neediest().or_else(|| {
+                if own_waiters {
+                    return None;
+                }
+                ledger
+                    .queue
+                    .iter()
+                    .position(|r| r.urgent && r.member != self.id)
+            })?;
+            let to = ledger.queue[pos].member;
             let pool = ledger.member(to).pool.clone()?;
             ledger.queue.remove(pos);
             ledger.member(self.id).held -= 1;
@@ -375,7 +417,7 @@ impl Membership {
 
     /// Drops the pool's queued requests (it is closing).
     pub(crate) fn forget_requests(&self) {
-        self.with(|ledger| ledger.queue.retain(|&id| id != self.id));
+        self.with(|ledger| ledger.queue.retain(|r| r.member != self.id));
     }
 
     /// The pool's share, for its metrics.
@@ -390,12 +432,12 @@ impl Membership {
         })
     }
 
-    /// Runs `f` on the ledger, then refreshes the `needy` flag.
+    /// Runs `f` on the ledger, then refreshes the `wanted` flag.
     fn with<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
         let mut ledger = self.budget.inner.ledger.lock();
         let out = f(&mut ledger);
-        let needy = ledger.neediest().is_some();
-        self.budget.inner.needy.store(needy, Ordering::Relaxed);
+        let wanted = ledger.neediest().is_some() || ledger.queue.iter().any(|r| r.urgent);
+        self.budget.inner.wanted.store(wanted, Ordering::Relaxed);
         out
     }
 
@@ -411,7 +453,7 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let grants = self.with_collecting(|ledger, grants| {
-            ledger.queue.retain(|&id| id != self.id);
+            ledger.queue.retain(|r| r.member != self.id);
             let Some(member) = ledger.members[self.id].take() else {
                 return;
             };
@@ -419,6 +461,13 @@ impl Drop for Membership {
             ledger.serve(member.held, grants);
         });
         notify(grants);
+    }
+}
+
+impl Member {
+    /// The guarantee as far as the pool can use it.
+    fn floor(&self) -> usize {
+        self.guaranteed.min(self.max_size)
     }
 }
 
@@ -432,10 +481,10 @@ impl Ledger {
     /// The queue position of the oldest request from a member below its
     /// guarantee.
     fn neediest(&self) -> Option<usize> {
-        self.queue.iter().position(|&id| {
-            self.members[id]
+        self.queue.iter().position(|r| {
+            self.members[r.member]
                 .as_ref()
-                .is_some_and(|m| m.held < m.guaranteed)
+                .is_some_and(|m| m.held < m.floor())
         })
     }
 
@@ -446,7 +495,10 @@ impl Ledger {
             let next = self
                 .neediest()
                 .or(if self.queue.is_empty() { None } else { Some(0) });
-            let Some(to) = next.and_then(|pos| self.queue.remove(pos)) else {
+            let Some(to) = next
+                .and_then(|pos| self.queue.remove(pos))
+                .map(|r| r.member)
+            else {
                 self.used -= 1;
                 continue;
             };
@@ -468,3 +520,20 @@ pub(crate) fn notify(grants: Grants) {
 }
 
 mod member;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_resized_below_its_guarantee_is_owed_only_up_to_its_size() {
+        let budget = Budget::new(4);
+        let member = budget.join("a", 3, 4).unwrap();
+        assert!(member.try_take());
+        assert!(member.below_guarantee());
+        member.resized(1);
+        assert!(!member.below_guarantee(), "owed units it can never hold");
+        member.resized(4);
+        assert!(member.below_guarantee());
+    }
+}

@@ -528,7 +528,9 @@ impl<M: Manager> Builder<M> {
                     max_size: self.config.max_size,
                 })
             }
-            Some((budget, guaranteed)) => Some(budget.join(&self.config.name, *guaranteed)?),
+            Some((budget, guaranteed)) => {
+                Some(budget.join(&self.config.name, *guaranteed, self.config.max_size)?)
+            }
             None => None,
         };
         Ok(Pool::start(

@@ -285,6 +285,11 @@ pub enum ConfigError {
     /// longer than zero.
     #[error("a replica set's probe_interval must be longer than zero")]
     ZeroProbeInterval,
+    /// A [`ReplicaSet`](crate::ReplicaSet)'s `replica_wait` (a quarter of
+    /// its `acquire_timeout` unless set) must be longer than zero: with
+    /// none, no read would ever try a replica.
+    #[error("a replica set's replica_wait and acquire_timeout must be longer than zero")]
+    ZeroReplicaWait,
     /// The guaranteed minimums of a [`Budget`](crate::Budget)'s pools
     /// would add up to more than its total.
     #[error("the pools' guaranteed minimums would add up to {guaranteed}, above the budget's total of {total}")]

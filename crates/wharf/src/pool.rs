@@ -465,7 +465,7 @@ impl<M: Manager> Shared<M> {
         });
         match verdict {
             None => {
-                if let Some((to, to_name)) = self.yield_for_budget() {
+                if let Some((to, to_name)) = self.yield_for_budget(&st) {
                     st.size -= 1;
                     self.spawn_connectors(&mut st);
                     drop(st);

@@ -21,6 +21,9 @@ impl<M: Manager> Pool<M> {
         let excess = {
             let mut st = shared.state.lock();
             st.max_size = max_size;
+            if let Some(member) = &shared.budget {
+                member.resized(max_size);
+            }
             st.min_idle = shared
                 .tunables
                 .min_idle

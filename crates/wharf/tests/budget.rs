@@ -107,6 +107,35 @@ async fn busy_connections_are_never_taken_and_the_guaranteed_pool_gets_the_next_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiting_pool_above_its_guarantee_gets_a_connection_another_would_leave_idle() {
+    let budget = Budget::new(4);
+    let (a, b, script) = tenants(&budget, 1, 1);
+    let a_conn = a.get().await.unwrap();
+    let mut busy = take(&b, 3).await;
+    let mut waiting = Box::pin(a.get());
+    assert!(poll_once(&mut waiting).await.is_pending());
+    settle().await;
+    assert!(poll_once(&mut waiting).await.is_pending());
+    assert_eq!(budget.status().waiting, 1);
+
+    // b's callers are done: its connections coming back would only sit
+    // idle, so the first is closed for a's caller.
+    drop(busy.pop());
+    let conn = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("served at once, not at its acquire_timeout")
+        .expect("a connection");
+    assert_eq!(held(&budget), [2, 2]);
+    assert_eq!(b.metrics().closed_for(CloseReason::Reclaimed), 1);
+    // Nobody waits any more: b keeps the rest.
+    drop(busy);
+    settle().await;
+    assert_eq!(b.status().idle, 2);
+    assert!(script.alive() <= 4);
+    drop((conn, a_conn));
+}
+
+#[tokio::test(start_paused = true)]
 async fn pools_above_their_guarantee_wait_for_units_first_come_first_served() {
     let budget = Budget::new(3);
     let (manager, script) = ScriptedManager::new();

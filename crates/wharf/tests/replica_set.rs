@@ -529,3 +529,14 @@ async fn a_zero_probe_interval_is_refused() {
         .unwrap_err();
     assert_eq!(err, ConfigError::ZeroProbeInterval);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_replica_wait_is_refused_rather_than_sending_every_read_to_the_primary() {
+    let p = primary();
+    for builder in [
+        ReplicaSet::builder(p.pool.clone()).replica_wait(Duration::ZERO),
+        ReplicaSet::builder(p.pool.clone()).acquire_timeout(Duration::ZERO),
+    ] {
+        assert_eq!(builder.build().unwrap_err(), ConfigError::ZeroReplicaWait);
+    }
+}

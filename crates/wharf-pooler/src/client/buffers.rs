@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::relay::{make_room, READ_CHUNK};
 
-/// Spare buffers a thread keeps at most (a MiB of them at `READ_CHUNK`).
+/// Spare buffers a thread keeps at most: 1 MiB of them at `READ_CHUNK`,
+/// 2 MiB at the largest kept.
 const SPARES_KEPT: usize = 64;
 
 /// Where an idle client's first bytes land before a buffer is lent: a
@@ -37,14 +38,14 @@ pub(super) fn lend() -> BytesMut {
 }
 
 /// Takes `buf` from its holder, empty, to this thread's spares; one grown
-/// far past `READ_CHUNK` by a large message is freed instead.
+/// past twice `READ_CHUNK` by a large message is freed instead.
 pub(super) fn give_back(buf: &mut BytesMut) {
     debug_assert!(buf.is_empty());
     let mut buf = std::mem::take(buf);
     // Moves the start back to the front of the allocation: no copy, as the
     // buffer is empty, and no allocation, as it had this room.
     buf.reserve(READ_CHUNK);
-    if buf.capacity() > 4 * READ_CHUNK {
+    if buf.capacity() > 2 * READ_CHUNK {
         return;
     }
     SPARES.with(|spares| {

@@ -73,7 +73,7 @@ impl<M: Manager> Shared<M> {
             return true;
         }
         let mut st = self.state.lock();
-        if member.reserve_or_queue() {
+        if member.reserve_or_queue(urgent) {
             return true;
         }
         st.budget_queued += 1;
@@ -113,11 +113,15 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// For a connection coming back to a pool above its guarantee while a
-    /// pool below its own waits: its unit, moved to that pool, which is
-    /// returned (to tell) with its name. The connection must then close.
-    pub(crate) fn yield_for_budget(&self) -> Option<(Weak<dyn Holder>, String)> {
-        self.budget.as_ref()?.yield_to_needy()
+    /// For a connection coming back to a pool above its guarantee while
+    /// another pool waits for a unit (see [`Membership::yield_unit`]): its
+    /// unit, moved to that pool, which is returned (to tell) with its
+    /// name. The connection must then close.
+    pub(crate) fn yield_for_budget(
+        &self,
+        st: &State<M::Connection>,
+    ) -> Option<(Weak<dyn Holder>, String)> {
+        self.budget.as_ref()?.yield_unit(!st.waiters.is_empty())
     }
 
     /// Closes a connection whose unit went to pool `to`.

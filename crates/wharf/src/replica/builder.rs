@@ -131,7 +131,9 @@ impl<M: Manager> ReplicaSetBuilder<M> {
     /// pool's runtime), which probes at once and then every
     /// `probe_interval`.
     ///
-    /// Fails with [`ConfigError::ZeroProbeInterval`] for a zero interval.
+    /// Fails with [`ConfigError::ZeroProbeInterval`] for a zero interval,
+    /// and [`ConfigError::ZeroReplicaWait`] when a read could wait for no
+    /// replica at all.
     pub fn build(self) -> Result<ReplicaSet<M>, ConfigError> {
         if self.probe_interval.is_zero() {
             return Err(ConfigError::ZeroProbeInterval);
@@ -139,6 +141,13 @@ impl<M: Manager> ReplicaSetBuilder<M> {
         let acquire_timeout = self
             .acquire_timeout
             .unwrap_or(self.primary.config().acquire_timeout);
+        let replica_wait = self
+            .replica_wait
+            .unwrap_or(acquire_timeout / 4)
+            .min(acquire_timeout / 2);
+        if replica_wait.is_zero() {
+            return Err(ConfigError::ZeroReplicaWait);
+        }
         let settings = Settings {
             max_lag: self.max_lag,
             read_your_writes: self.read_your_writes.unwrap_or_else(|| {
@@ -148,10 +157,7 @@ impl<M: Manager> ReplicaSetBuilder<M> {
             }),
             probe_interval: self.probe_interval,
             acquire_timeout,
-            replica_wait: self
-                .replica_wait
-                .unwrap_or(acquire_timeout / 4)
-                .min(acquire_timeout / 2),
+            replica_wait,
         };
         Ok(ReplicaSet::start(
             self.name,

@@ -1,26 +1,27 @@
 //! The acquire path: taking an idle connection or queueing for one, waiting,
 //! and making the connection fit to hand out.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::panic::Location;
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use crate::hooks::CloseReason;
 use crate::metrics::Recorder;
 use crate::pool::Shared;
-use crate::queue::Live;
+use crate::queue::{Live, Meta};
+use crate::wait_timer::WaitTimer;
 use crate::waiters::Outcome;
 use crate::{Error, Manager, Pooled};
 
 enum Taken<C> {
     Idle(Live<C>),
-    /// Queued under this ticket, in this waiter slot.
-    Wait(u64, usize),
+    /// Queued under this ticket, in this waiter slot, which held this
+    /// timer from its last wait.
+    Wait(u64, usize, Option<WaitTimer>),
 }
 
 impl<M: Manager> Shared<M> {
@@ -53,10 +54,12 @@ impl<M: Manager> Shared<M> {
             .await;
             let live = match taken {
                 Ok(Taken::Idle(live)) => live,
-                Ok(Taken::Wait(id, slot)) => {
-                    match shared.wait(id, slot, start, deadline, lane).await {
-                        Ok(live) => {
-                            now = Instant::now();
+                Ok(Taken::Wait(id, slot, timer)) => {
+                    let queued = Queued { id, slot, timer };
+                    match shared.wait(queued, start, deadline, lane).await {
+                        // The hand-off's instant: no clock read here.
+                        Ok((live, served_at)) => {
+                            now = served_at;
                             live
                         }
                         Err(err) => return Err((shared, err)),
@@ -66,30 +69,45 @@ impl<M: Manager> Shared<M> {
             };
             let mut pooled = Pooled::new(shared, live, now);
             pooled.lane_place = lane;
-            if let Some(ready) = Self::prepare(&mut pooled, now).await {
-                // Checking the connection and running `on_checkout` were
-                // part of the caller's wait: it holds the connection (for
-                // `in_use_time` and leak detection) only from here.
-                pooled.checked_out_at = ready;
-                let shared = &pooled.shared;
-                // An immediate hit reads the clock once: `ready` is `start`.
-                let waited = if ready == start {
-                    Duration::ZERO
-                } else {
-                    ready - start
-                };
-                shared.recorder.acquire_wait.record(waited);
-                if let Some(leaks) = &shared.leaks {
-                    pooled.leak_key = Some(leaks.register(ready, caller));
+            let prepared = match Self::prepare_at_once(&mut pooled, now) {
+                Prepared::Ready => Ok((pooled, now)),
+                Prepared::Closed => Err(pooled),
+                // Out of line and boxed: the check and the hook would
+                // otherwise make every checkout's future (and each copy
+                // of it) several times larger.
+                Prepared::Later => Box::pin(Self::prepare(pooled, now)).await,
+            };
+            match prepared {
+                Ok((mut pooled, ready)) => {
+                    // Checking the connection and running `on_checkout`
+                    // were part of the caller's wait: it holds the
+                    // connection (for `in_use_time` and leak detection)
+                    // only from here.
+                    let Pooled { live, shared, .. } = &mut pooled;
+                    let live = live.as_mut().expect("just prepared");
+                    live.checked_out_at = ready;
+                    // An immediate hit reads the clock once: `ready` is
+                    // `start`.
+                    let waited = if ready == start {
+                        Duration::ZERO
+                    } else {
+                        ready - start
+                    };
+                    shared.recorder.acquire_wait.record(waited);
+                    if let Some(leaks) = &shared.leaks {
+                        live.leak_key = Some(leaks.register(ready, caller));
+                    }
+                    return Ok(pooled);
                 }
-                return Ok(pooled);
+                Err(mut pooled) => {
+                    // Closed: only the rare retry pays for a clone.
+                    shared = pooled.shared.clone();
+                    // The place stays the caller's for the next try.
+                    pooled.lane_place = None;
+                    drop(pooled);
+                    now = Instant::now();
+                }
             }
-            // Closed in `prepare`: only the rare retry pays for a clone.
-            shared = pooled.shared.clone();
-            // The place stays the caller's for the next try.
-            pooled.lane_place = None;
-            drop(pooled);
-            now = Instant::now();
         }
     }
 
@@ -112,11 +130,7 @@ impl<M: Manager> Shared<M> {
                 return None;
             }
             let meta = st.idle.back()?.meta;
-            let needs_check = self
-                .tunables
-                .validate_after()
-                .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
-            if needs_check || meta.is_expired(now) {
+            if self.needs_check(&meta, now) || meta.is_expired(now) {
                 return None;
             }
             st.in_use += 1;
@@ -126,7 +140,7 @@ impl<M: Manager> Shared<M> {
         pooled.live_mut().meta.uses += 1;
         self.recorder.acquire_wait.record(Duration::ZERO);
         if let Some(leaks) = &self.leaks {
-            pooled.leak_key = Some(leaks.register(now, caller));
+            pooled.live_mut().leak_key = Some(leaks.register(now, caller));
         }
         Some(pooled)
     }
@@ -195,51 +209,62 @@ impl<M: Manager> Shared<M> {
             return Err(Error::Unavailable { last_error });
         }
         let slot = st.waiters.push(id, start, deadline, waker);
+        let timer = st.waiters.take_timer(slot);
         self.spawn_connectors(&mut st);
         drop(st);
-        Ok(Taken::Wait(id, slot))
+        Ok(Taken::Wait(id, slot, timer))
     }
 
     /// Waits in line until served, or until `deadline`, which this wait
     /// keeps itself: nothing else has to run on time for it to hold.
+    /// Returns the connection and when it was handed over.
     async fn wait(
         self: &Arc<Self>,
-        id: u64,
-        slot: usize,
+        queued: Queued,
         start: Instant,
         deadline: Instant,
         lane: Option<usize>,
-    ) -> Result<Live<M::Connection>, Error> {
+    ) -> Result<(Live<M::Connection>, Instant), Error> {
+        let Queued { id, slot, timer } = queued;
         let mut guard = WaitGuard {
             shared: self,
             id,
             slot,
             lane,
+            // Made or set outside the lock.
+            timer: Some(WaitTimer::for_wait(timer, deadline)),
             done: false,
         };
-        let mut expiry = pin!(sleep_until(deadline));
         // The waker was registered when queueing, in this same poll: the
         // first look would find nothing, so it is skipped (a hand-off in
         // between has already woken this task again).
         let mut queued_now = true;
         let outcome = poll_fn(|cx| {
             if !std::mem::take(&mut queued_now) {
-                if let Some(outcome) = self.state.lock().waiters.poll(slot, cx.waker()) {
+                let mut st = self.state.lock();
+                if let Some(outcome) = st.waiters.poll(slot, cx.waker()) {
+                    st.waiters.keep_timer(slot, guard.timer.take());
                     return Poll::Ready(outcome);
                 }
             }
             // Polled on every wake-up (and first when queueing, which arms
             // it), and only after the slot: a connection handed over before
             // the deadline is the caller's even if this task runs after it.
-            match expiry.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(self.state.lock().waiters.time_out(id, slot)),
+            let timer = guard.timer.as_mut().expect("kept until the wait ends");
+            match timer.poll_deadline(deadline, cx) {
+                Poll::Ready(()) => {
+                    let mut st = self.state.lock();
+                    let outcome = st.waiters.time_out(id, slot);
+                    st.waiters.keep_timer(slot, guard.timer.take());
+                    Poll::Ready(outcome)
+                }
                 Poll::Pending => Poll::Pending,
             }
         })
         .await;
         guard.done = true;
         match outcome {
-            Outcome::Conn(live) => Ok(live),
+            Outcome::Conn(live, served_at) => Ok((live, served_at)),
             Outcome::Failed(err) => {
                 Recorder::count(&self.recorder.counters.rejected);
                 Err(Error::Unavailable {
@@ -263,33 +288,52 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Makes a connection just taken fit to hand out: not expired, checked
-    /// if it sat idle, passed by `on_checkout`. Returns when it became ready
-    /// (`now` itself when nothing had to run: reading the clock is a good
-    /// share of an uncontended checkout), or `None` when it was closed and
-    /// the caller should try again.
-    async fn prepare(pooled: &mut Pooled<M>, now: Instant) -> Option<Instant> {
-        // A get() cancelled during the check or hook must not return a
-        // connection in an unknown state to the pool.
-        pooled.close_on_drop = Some(CloseReason::FailedCheck);
+    /// Makes a connection just taken fit to hand out, if that needs no
+    /// waiting: `Ready` (counted as one more use) when it has not expired,
+    /// needs no check and there is no `on_checkout` hook, `Closed` when it
+    /// has expired, `Later` when [`prepare`](Self::prepare) has to run.
+    fn prepare_at_once(pooled: &mut Pooled<M>, now: Instant) -> Prepared {
         let meta = pooled.meta();
         if meta.is_expired(now) {
+            // Never in the caller's hands: no time in use to count.
+            pooled.live_mut().close_on_drop = Some(CloseReason::FailedCheck);
             pooled.close(CloseReason::Lifetime);
-            return None;
+            return Prepared::Closed;
         }
+        let shared = &pooled.shared;
+        if shared.hooks.on_checkout.is_some() || Self::needs_check(shared, &meta, now) {
+            return Prepared::Later;
+        }
+        pooled.live_mut().meta.uses += 1;
+        Prepared::Ready
+    }
+
+    fn needs_check(&self, meta: &Meta, now: Instant) -> bool {
+        self.tunables
+            .validate_after()
+            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after)
+    }
+
+    /// Checks a connection just taken if it sat idle long enough, and
+    /// passes it to `on_checkout`. Returns it with when it became ready, or
+    /// (having closed it) the pool, for the caller to try again.
+    async fn prepare(
+        mut pooled: Pooled<M>,
+        now: Instant,
+    ) -> Result<(Pooled<M>, Instant), Pooled<M>> {
+        // A get() cancelled during the check or hook must not return a
+        // connection in an unknown state to the pool.
+        pooled.live_mut().close_on_drop = Some(CloseReason::FailedCheck);
+        let meta = pooled.meta();
         // Borrowing the handle's fields apart lets the pool's settings be
         // read while its connection is lent to the check or the hook.
-        let Pooled { live, shared, .. } = &mut *pooled;
+        let Pooled { live, shared, .. } = &mut pooled;
         let live = live
             .as_mut()
             .expect("a Pooled holds its connection until it is consumed");
-        let needs_check = shared
-            .tunables
-            .validate_after()
-            .is_some_and(|after| now.saturating_duration_since(meta.last_active) >= after);
         let mut ready = now;
         let mut refused = false;
-        if needs_check {
+        if Self::needs_check(shared, &meta, now) {
             let check = shared.manager.check(&mut live.conn);
             match timeout(shared.tunables.validation_timeout(), check).await {
                 Ok(Ok(())) => {
@@ -318,12 +362,29 @@ impl<M: Manager> Shared<M> {
         }
         if refused {
             pooled.close(CloseReason::FailedCheck);
-            return None;
+            return Err(pooled);
         }
         live.meta.uses += 1;
-        pooled.close_on_drop = None;
-        Some(ready)
+        live.close_on_drop = None;
+        Ok((pooled, ready))
     }
+}
+
+/// What a connection just taken needs before it is handed out.
+enum Prepared {
+    Ready,
+    /// Expired, and closed.
+    Closed,
+    /// A check or the `on_checkout` hook: [`Shared::prepare`].
+    Later,
+}
+
+/// A caller just queued: its ticket, its slot, and the timer the slot
+/// kept from its last wait.
+struct Queued {
+    id: u64,
+    slot: usize,
+    timer: Option<WaitTimer>,
 }
 
 /// Keeps a queued waiter honest when its `get()` is cancelled: either it is
@@ -335,6 +396,8 @@ struct WaitGuard<'a, M: Manager> {
     slot: usize,
     /// The lane place of a `get_in`, given back if it is dropped.
     lane: Option<usize>,
+    /// The wait's timer, left in the slot when the wait ends.
+    timer: Option<WaitTimer>,
     done: bool,
 }
 
@@ -343,7 +406,11 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
         if self.done {
             return;
         }
-        let handed = self.shared.state.lock().waiters.abandon(self.id, self.slot);
+        let handed = {
+            let mut st = self.shared.state.lock();
+            st.waiters.keep_timer(self.slot, self.timer.take());
+            st.waiters.abandon(self.id, self.slot)
+        };
         if let Some(live) = handed {
             self.shared.checkin(live, None, None);
         }

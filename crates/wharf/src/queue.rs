@@ -10,13 +10,46 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::breaker::Call;
 use crate::waiters::Waiters;
-use crate::ConnectError;
+use crate::{CloseReason, ConnectError};
 
-/// A connection with the bookkeeping the pool keeps about it.
-pub(crate) struct Live<C> {
+/// A connection with the bookkeeping the pool keeps about it, boxed: it
+/// moves from the idle set to a waiter's slot to a caller's [`Pooled`]
+/// handle and back, and as one pointer each move costs a word, not a
+/// hundred-odd bytes (the handle and the checkout's future stay small).
+///
+/// [`Pooled`]: crate::Pooled
+pub(crate) type Live<C> = Box<Record<C>>;
+
+pub(crate) struct Record<C> {
     pub(crate) conn: C,
     pub(crate) meta: Meta,
+    /// The rest is about the checkout the connection is out for (unset
+    /// while it is idle), kept here rather than in the handle.
+    pub(crate) checked_out_at: Instant,
+    /// Its entry in the leak registry.
+    pub(crate) leak_key: Option<usize>,
+    /// Set while the pool is still checking the connection, so that a
+    /// `get()` cancelled mid-check closes it instead of returning it
+    /// unverified.
+    pub(crate) close_on_drop: Option<CloseReason>,
+    /// The circuit breaker's record of this checkout, finished when the
+    /// connection comes back.
+    pub(crate) call: Option<Call>,
+}
+
+impl<C> Record<C> {
+    pub(crate) fn new(conn: C, meta: Meta) -> Live<C> {
+        Box::new(Record {
+            conn,
+            meta,
+            checked_out_at: meta.created_at,
+            leak_key: None,
+            close_on_drop: None,
+            call: None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,9 +255,9 @@ mod tests {
 
     fn live(id: u64) -> Live<u64> {
         let now = Instant::now();
-        Live {
-            conn: id,
-            meta: Meta {
+        Record::new(
+            id,
+            Meta {
                 id,
                 created_at: now,
                 expires_at: None,
@@ -233,7 +266,7 @@ mod tests {
                 last_active: now,
                 idle_since: now,
             },
-        }
+        )
     }
 
     /// Queues a new caller at the back; returns its ticket and slot.
@@ -249,7 +282,7 @@ mod tests {
 
     fn received(st: &mut State<u64>, slot: usize) -> Option<u64> {
         match st.waiters.poll(slot, Waker::noop()) {
-            Some(Outcome::Conn(live)) => Some(live.conn),
+            Some(Outcome::Conn(live, _)) => Some(live.conn),
             _ => None,
         }
     }
@@ -355,7 +388,7 @@ mod tests {
         // Its own deadline fires before it looked: the connection is its.
         assert!(matches!(
             st.waiters.time_out(served_id, served),
-            Outcome::Conn(l) if l.conn == 4
+            Outcome::Conn(l, _) if l.conn == 4
         ));
         assert_eq!(st.waiters.ids(), [left_id]);
         assert!(matches!(

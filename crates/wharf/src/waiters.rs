@@ -25,12 +25,15 @@ use std::task::Waker;
 use tokio::time::Instant;
 
 use crate::queue::Live;
+use crate::wait_timer::WaitTimer;
 use crate::ConnectError;
 
 /// How a wait ended, left in the waiter's slot for it to pick up.
 pub(crate) enum Outcome<C> {
-    /// Handed a connection, now counted as in use.
-    Conn(Live<C>),
+    /// Handed a connection, now counted as in use, at this instant (the
+    /// waiter's wait ends then, and its use begins: it need not read the
+    /// clock again).
+    Conn(Live<C>, Instant),
     /// A `fail_fast` pool's backend refuses connections.
     Failed(ConnectError),
     /// The pool was closed.
@@ -52,6 +55,9 @@ pub(crate) struct Waiter {
 struct Slot<C> {
     waker: Option<Waker>,
     outcome: Option<Outcome<C>>,
+    /// The timer of the last wait in this slot, still set, for the next
+    /// one to take over (see `wait_timer.rs`).
+    timer: Option<WaitTimer>,
 }
 
 pub(crate) struct Waiters<C> {
@@ -96,17 +102,18 @@ impl<C> Waiters<C> {
         deadline: Instant,
         waker: &Waker,
     ) -> usize {
-        let slot = Slot {
-            waker: Some(waker.clone()),
-            outcome: None,
-        };
         let slot = match self.free.pop() {
             Some(index) => {
-                self.slots[index] = slot;
+                // A freed slot has neither waker nor outcome left.
+                self.slots[index].waker = Some(waker.clone());
                 index
             }
             None => {
-                self.slots.push(slot);
+                self.slots.push(Slot {
+                    waker: Some(waker.clone()),
+                    outcome: None,
+                    timer: None,
+                });
                 self.slots.len() - 1
             }
         };
@@ -136,7 +143,7 @@ impl<C> Waiters<C> {
     pub(crate) fn serve(&mut self, live: Live<C>, now: Instant) -> Result<Option<Waker>, Live<C>> {
         while let Some(waiter) = self.queue.pop_front() {
             if waiter.deadline > now {
-                return Ok(self.finish(waiter.slot, Outcome::Conn(live)));
+                return Ok(self.finish(waiter.slot, Outcome::Conn(live, now)));
             }
             // Its waker stays in the slot for `poll` to replace or drop.
             self.slots[waiter.slot].outcome = Some(Outcome::TimedOut);
@@ -184,7 +191,7 @@ impl<C> Waiters<C> {
         let outcome = entry.outcome.take();
         self.free.push(slot);
         match outcome {
-            Some(Outcome::Conn(live)) => Some(live),
+            Some(Outcome::Conn(live, _)) => Some(live),
             _ => None,
         }
     }
@@ -201,6 +208,16 @@ impl<C> Waiters<C> {
         let outcome = entry.outcome.take().unwrap_or(Outcome::TimedOut);
         self.free.push(slot);
         outcome
+    }
+
+    /// The timer left in `slot` by its last wait, for the wait now in it.
+    pub(crate) fn take_timer(&mut self, slot: usize) -> Option<WaitTimer> {
+        self.slots[slot].timer.take()
+    }
+
+    /// Leaves a finished wait's timer in its (now free) slot for the next.
+    pub(crate) fn keep_timer(&mut self, slot: usize, timer: Option<WaitTimer>) {
+        self.slots[slot].timer = timer;
     }
 
     fn finish(&mut self, slot: usize, outcome: Outcome<C>) -> Option<Waker> {

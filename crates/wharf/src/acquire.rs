@@ -292,19 +292,22 @@ impl<M: Manager> Shared<M> {
     /// waiting: `Ready` (counted as one more use) when it has not expired,
     /// needs no check and there is no `on_checkout` hook, `Closed` when it
     /// has expired, `Later` when [`prepare`](Self::prepare) has to run.
+    #[inline]
     fn prepare_at_once(pooled: &mut Pooled<M>, now: Instant) -> Prepared {
-        let meta = pooled.meta();
-        if meta.is_expired(now) {
+        let Pooled { live, shared, .. } = &mut *pooled;
+        let live = live
+            .as_mut()
+            .expect("a Pooled holds its connection until it is consumed");
+        if live.meta.is_expired(now) {
             // Never in the caller's hands: no time in use to count.
-            pooled.live_mut().close_on_drop = Some(CloseReason::FailedCheck);
+            live.close_on_drop = Some(CloseReason::FailedCheck);
             pooled.close(CloseReason::Lifetime);
             return Prepared::Closed;
         }
-        let shared = &pooled.shared;
-        if shared.hooks.on_checkout.is_some() || Self::needs_check(shared, &meta, now) {
+        if shared.hooks.on_checkout.is_some() || shared.needs_check(&live.meta, now) {
             return Prepared::Later;
         }
-        pooled.live_mut().meta.uses += 1;
+        live.meta.uses += 1;
         Prepared::Ready
     }
 

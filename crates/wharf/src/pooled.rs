@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::breaker::Failure;
+use crate::breaker::{Call, Failure};
 use crate::hooks::CloseReason;
 use crate::lanes::LanePlace;
 use crate::pool::Shared;
@@ -97,6 +97,15 @@ impl<M: Manager> Pooled<M> {
     /// for you.
     pub fn report_failure(&mut self) {
         self.report(Failure::Reported);
+    }
+
+    /// Gives the checkout its breaker call (none without a breaker).
+    #[inline]
+    pub(crate) fn set_call(&mut self, call: Option<Call>) {
+        // Only a breaker's call needs writing: the record's is unset.
+        if call.is_some() {
+            self.live_mut().call = call;
+        }
     }
 
     pub(crate) fn report(&mut self, failure: Failure) {

@@ -14,14 +14,13 @@ use crate::metrics::Recorder;
 use crate::pool::Shared;
 use crate::queue::{Live, Meta};
 use crate::wait_timer::WaitTimer;
-use crate::waiters::Outcome;
+use crate::waiters::{Outcome, SlotRef};
 use crate::{Error, Manager, Pooled};
 
 enum Taken<C> {
     Idle(Live<C>),
-    /// Queued under this ticket, in this waiter slot, which held this
-    /// timer from its last wait.
-    Wait(u64, usize, Option<WaitTimer>),
+    /// Queued.
+    Wait(Queued<C>),
 }
 
 impl<M: Manager> Shared<M> {
@@ -54,8 +53,7 @@ impl<M: Manager> Shared<M> {
             .await;
             let live = match taken {
                 Ok(Taken::Idle(live)) => live,
-                Ok(Taken::Wait(id, slot, timer)) => {
-                    let queued = Queued { id, slot, timer };
+                Ok(Taken::Wait(queued)) => {
                     match shared.wait(queued, start, deadline, lane).await {
                         // The hand-off's instant: no clock read here.
                         Ok((live, served_at)) => {
@@ -209,10 +207,15 @@ impl<M: Manager> Shared<M> {
             return Err(Error::Unavailable { last_error });
         }
         let slot = st.waiters.push(id, start, deadline, waker);
-        let timer = st.waiters.take_timer(slot);
+        let queued = Queued {
+            id,
+            slot,
+            slot_ref: st.waiters.slot_ref(slot),
+            timer: st.waiters.take_timer(slot),
+        };
         self.spawn_connectors(&mut st);
         drop(st);
-        Ok(Taken::Wait(id, slot, timer))
+        Ok(Taken::Wait(queued))
     }
 
     /// Waits in line until served, or until `deadline`, which this wait
@@ -220,12 +223,17 @@ impl<M: Manager> Shared<M> {
     /// Returns the connection and when it was handed over.
     async fn wait(
         self: &Arc<Self>,
-        queued: Queued,
+        queued: Queued<M::Connection>,
         start: Instant,
         deadline: Instant,
         lane: Option<usize>,
     ) -> Result<(Live<M::Connection>, Instant), Error> {
-        let Queued { id, slot, timer } = queued;
+        let Queued {
+            id,
+            slot,
+            slot_ref,
+            timer,
+        } = queued;
         let mut guard = WaitGuard {
             shared: self,
             id,
@@ -235,15 +243,27 @@ impl<M: Manager> Shared<M> {
             timer: Some(WaitTimer::for_wait(timer, deadline)),
             done: false,
         };
-        // The waker was registered when queueing, in this same poll: the
-        // first look would find nothing, so it is skipped (a hand-off in
-        // between has already woken this task again).
-        let mut queued_now = true;
+        // The waker the slot holds: the one this task queued with, in
+        // this same poll.
+        let mut registered = None;
         let outcome = poll_fn(|cx| {
-            if !std::mem::take(&mut queued_now) {
+            // Safety: this wait's own slot, in the pool whose `Arc` this
+            // future holds, and nothing has ended the wait yet.
+            if let Some(outcome) = unsafe { slot_ref.pick_up(&mut guard.timer) } {
+                guard.done = true;
+                return Poll::Ready(outcome);
+            }
+            let waker = waker_identity(cx.waker());
+            if registered
+                .replace(waker)
+                .is_some_and(|before| before != waker)
+            {
+                // Moved to another task's waker (a `select!` in between,
+                // say): the slot must wake this one.
                 let mut st = self.state.lock();
                 if let Some(outcome) = st.waiters.poll(slot, cx.waker()) {
                     st.waiters.keep_timer(slot, guard.timer.take());
+                    guard.done = true;
                     return Poll::Ready(outcome);
                 }
             }
@@ -256,13 +276,13 @@ impl<M: Manager> Shared<M> {
                     let mut st = self.state.lock();
                     let outcome = st.waiters.time_out(id, slot);
                     st.waiters.keep_timer(slot, guard.timer.take());
+                    guard.done = true;
                     Poll::Ready(outcome)
                 }
                 Poll::Pending => Poll::Pending,
             }
         })
         .await;
-        guard.done = true;
         match outcome {
             Outcome::Conn(live, served_at) => Ok((live, served_at)),
             Outcome::Failed(err) => {
@@ -382,12 +402,23 @@ enum Prepared {
     Later,
 }
 
-/// A caller just queued: its ticket, its slot, and the timer the slot
-/// kept from its last wait.
-struct Queued {
+/// A caller just queued: its ticket, its slot (by index, and its own view
+/// of it), and the timer the slot kept from its last wait.
+struct Queued<C> {
     id: u64,
     slot: usize,
+    slot_ref: SlotRef<C>,
     timer: Option<WaitTimer>,
+}
+
+/// What `Waker::will_wake` compares, kept as plain numbers (the future
+/// stays `Send`) to tell whether the slot's waker is still this task's
+/// without the lock.
+fn waker_identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 /// Keeps a queued waiter honest when its `get()` is cancelled: either it is
@@ -411,8 +442,9 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
         }
         let handed = {
             let mut st = self.shared.state.lock();
+            let handed = st.waiters.abandon(self.id, self.slot);
             st.waiters.keep_timer(self.slot, self.timer.take());
-            st.waiters.abandon(self.id, self.slot)
+            handed
         };
         if let Some(live) = handed {
             self.shared.checkin(live, None, None);

@@ -236,7 +236,7 @@ impl<M: Manager> Pool<M> {
     /// #     async fn check(&self, _: &mut u32) -> Result<(), std::io::Error> { Ok(()) }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), wharf::Error> {
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = Pool::builder(Numbers).max_size(4).build()?;
     /// assert!(pool.try_get().is_none()); // nothing open yet, and nothing opened
     /// drop(pool.get().await?); // opens one, which goes back idle

@@ -41,20 +41,19 @@ impl<M: Manager> Shared<M> {
         // per checkout, not two.
         let mut shared = self;
         let start = Instant::now();
-        let deadline = start + wait;
         let mut now = start;
         // Our place in line, kept across retries after a failed check.
         let mut ticket = None;
         loop {
             // The waker is needed only to queue, but then under the lock.
             let taken = poll_fn(|cx| {
-                Poll::Ready(shared.take_or_queue(&mut ticket, start, deadline, cx.waker()))
+                Poll::Ready(shared.take_or_queue(&mut ticket, start, wait, cx.waker()))
             })
             .await;
             let live = match taken {
                 Ok(Taken::Idle(live)) => live,
                 Ok(Taken::Wait(queued)) => {
-                    match shared.wait(queued, start, deadline, lane).await {
+                    match shared.wait(queued, start, lane).await {
                         // The hand-off's instant: no clock read here.
                         Ok((live, served_at)) => {
                             now = served_at;
@@ -151,7 +150,7 @@ impl<M: Manager> Shared<M> {
         self: &Arc<Self>,
         ticket: &mut Option<u64>,
         start: Instant,
-        deadline: Instant,
+        wait: Duration,
         waker: &Waker,
     ) -> Result<Taken<M::Connection>, Error> {
         let mut st = self.state.lock();
@@ -162,7 +161,7 @@ impl<M: Manager> Shared<M> {
         // A connection that failed its check may have taken the caller past
         // its deadline: it is not served after that, from the idle set any
         // more than by a hand-off.
-        if retrying && Instant::now() >= deadline {
+        if retrying && Instant::now() >= start + wait {
             drop(st);
             Recorder::count(&self.recorder.counters.timeouts);
             return Err(self.timeout_error(start));
@@ -206,10 +205,13 @@ impl<M: Manager> Shared<M> {
             Recorder::count(&self.recorder.counters.rejected);
             return Err(Error::Unavailable { last_error });
         }
+        // Only a caller that waits needs its deadline worked out.
+        let deadline = start + wait;
         let slot = st.waiters.push(id, start, deadline, waker);
         let queued = Queued {
             id,
             slot,
+            deadline,
             slot_ref: st.waiters.slot_ref(slot),
             timer: st.waiters.take_timer(slot),
         };
@@ -225,12 +227,12 @@ impl<M: Manager> Shared<M> {
         self: &Arc<Self>,
         queued: Queued<M::Connection>,
         start: Instant,
-        deadline: Instant,
         lane: Option<usize>,
     ) -> Result<(Live<M::Connection>, Instant), Error> {
         let Queued {
             id,
             slot,
+            deadline,
             slot_ref,
             timer,
         } = queued;
@@ -403,10 +405,11 @@ enum Prepared {
 }
 
 /// A caller just queued: its ticket, its slot (by index, and its own view
-/// of it), and the timer the slot kept from its last wait.
+/// of it), its deadline, and the timer the slot kept from its last wait.
 struct Queued<C> {
     id: u64,
     slot: usize,
+    deadline: Instant,
     slot_ref: SlotRef<C>,
     timer: Option<WaitTimer>,
 }

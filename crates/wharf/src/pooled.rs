@@ -141,8 +141,11 @@ impl<M: Manager> Pooled<M> {
         if let (Some(key), Some(leaks)) = (live.leak_key.take(), &self.shared.leaks) {
             leaks.unregister(key);
         }
-        if let (Some(call), Some(breaker)) = (live.call.take(), &self.shared.breaker) {
-            call.finish(breaker, || self.shared.recorder.acquire_wait.count());
+        // Only a pool with a breaker gives its checkouts a call.
+        if let Some(breaker) = &self.shared.breaker {
+            if let Some(call) = live.call.take() {
+                call.finish(breaker, || self.shared.recorder.acquire_wait.count());
+            }
         }
         let close_on_drop = live.close_on_drop.take();
         (live, close_on_drop)

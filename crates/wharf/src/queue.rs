@@ -173,7 +173,12 @@ impl<C> State<C> {
     /// barging: while anyone waits in time, a connection never reaches the
     /// idle set; and no caller is served after its deadline.
     #[must_use = "the waiter must be woken after unlocking"]
+    #[inline]
     pub(crate) fn hand_off(&mut self, live: Live<C>, now: Instant) -> Option<Waker> {
+        if self.waiters.is_empty() {
+            self.idle.push_back(live);
+            return None;
+        }
         match self.waiters.serve(live, now) {
             Ok(waker) => {
                 self.in_use += 1;

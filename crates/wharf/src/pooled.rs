@@ -20,7 +20,7 @@ use crate::Manager;
 /// (RAII: no code path can forget to release it, which is how the seeds'
 /// "leaked client" bug is ruled out by construction). To close it instead,
 /// call [`discard`](Self::discard); to keep it for good, [`detach`](Self::detach).
-// Three words: everything else about the checkout is in the connection's
+// Four words: everything else about the checkout is in the connection's
 // boxed record, so the handle (and every future that returns it) is cheap
 // to move.
 pub struct Pooled<M: Manager> {

@@ -384,6 +384,30 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_served_waiter_picks_up_its_connection_without_the_lock_and_only_then_frees_its_slot()
+    {
+        let mut st = State::<u64>::new(1, 0);
+        let (_, served) = push_waiter(&mut st);
+        let served_ref = st.waiters.slot_ref(served);
+        let mut timer = None;
+        // Safety (each `pick_up`): the slot's own caller, the state alive.
+        assert!(unsafe { served_ref.pick_up(&mut timer) }.is_none());
+        assert!(st.hand_off(live(5), Instant::now()).is_some());
+        // Out of the queue but not picked up yet: a newcomer gets another
+        // slot, never this one.
+        let (later_id, later) = push_waiter(&mut st);
+        assert_ne!(later, served);
+        assert!(matches!(
+            unsafe { served_ref.pick_up(&mut timer) },
+            Some(Outcome::Conn(l, _)) if l.conn == 5
+        ));
+        assert!(st.waiters.abandon(later_id, later).is_none());
+        // Picked up: free again, and the oldest freed slot is reused first.
+        let (_, next) = push_waiter(&mut st);
+        assert_eq!(next, served);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiter_timing_out_keeps_a_connection_handed_to_it_in_time_or_leaves_the_queue() {
         let mut st = State::<u64>::new(1, 0);

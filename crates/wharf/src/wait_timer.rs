@@ -62,3 +62,66 @@ impl WaitTimer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    async fn until_deadline(timer: &mut WaitTimer, deadline: Instant) {
+        poll_fn(|cx| timer.poll_deadline(deadline, cx)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_kept_from_a_shorter_wait_goes_off_at_the_new_deadline_not_its_own() {
+        let start = Instant::now();
+        let earlier = WaitTimer::for_wait(None, start + secs(1));
+        let mut timer = WaitTimer::for_wait(Some(earlier), start + secs(3));
+        until_deadline(&mut timer, start + secs(3)).await;
+        assert_eq!(start.elapsed(), secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_kept_from_a_longer_wait_is_brought_forward_to_the_new_deadline() {
+        let start = Instant::now();
+        let longer = WaitTimer::for_wait(None, start + secs(5));
+        let mut timer = WaitTimer::for_wait(Some(longer), start + secs(2));
+        until_deadline(&mut timer, start + secs(2)).await;
+        assert_eq!(start.elapsed(), secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_already_went_off_is_set_again_for_the_next_wait() {
+        let start = Instant::now();
+        let mut first = WaitTimer::for_wait(None, start + secs(1));
+        until_deadline(&mut first, start + secs(1)).await;
+        let mut timer = WaitTimer::for_wait(Some(first), start + secs(4));
+        until_deadline(&mut timer, start + secs(4)).await;
+        assert_eq!(start.elapsed(), secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_of_another_runtime_is_not_taken_over() {
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + secs(1);
+        let foreign = {
+            let _entered = other.enter();
+            WaitTimer::for_wait(None, deadline)
+        };
+        assert_eq!(foreign.runtime, other.handle().id());
+        let timer = WaitTimer::for_wait(Some(foreign), deadline);
+        assert_eq!(timer.runtime, Handle::current().id());
+        drop(timer);
+        // Not driven, and dropped here, inside this runtime: no blocking.
+        other.shutdown_background();
+    }
+}

@@ -17,7 +17,10 @@
 //! ```
 //!
 //! `--only wharf` (or another name) runs just that one and `--row 512/4`
-//! just that row, for profiling.
+//! just that row, for profiling. `--cycles N` replaces the timed window by
+//! exactly N get+drop cycles (split evenly between the tasks, no warm-up):
+//! for counting instructions per cycle under callgrind, where two runs with
+//! different N leave the start-up cost out of the difference.
 //!
 //! Built as a test (`cargo test --benches`, without `--bench`) it runs one
 //! tiny round only, to prove the code works.
@@ -167,6 +170,8 @@ struct Plan {
     rounds: usize,
     warm_up: Duration,
     measure: Duration,
+    /// A fixed number of cycles instead of the timed window.
+    cycles: Option<u64>,
 }
 
 const WARMING: u8 = 0;
@@ -177,6 +182,9 @@ const STOPPING: u8 = 2;
 /// from warm-up into the measured window without pausing, so the window sees
 /// the steady state (full queues), not the start-up stampede.
 async fn throughput<P: Contender>(pool: &P, tasks: usize, plan: &Plan) -> f64 {
+    if let Some(cycles) = plan.cycles {
+        return counted(pool, tasks, cycles).await;
+    }
     let phase = Arc::new(AtomicU8::new(WARMING));
     let start_line = Arc::new(tokio::sync::Barrier::new(tasks + 1));
     let handles: Vec<_> = (0..tasks)
@@ -210,6 +218,27 @@ async fn throughput<P: Contender>(pool: &P, tasks: usize, plan: &Plan) -> f64 {
     total as f64 / window.as_secs_f64()
 }
 
+/// Runs `cycles` get+drop cycles in all, split between `tasks` tasks, and
+/// returns the rate (meaningless under callgrind, which is what it is for).
+async fn counted<P: Contender>(pool: &P, tasks: usize, cycles: u64) -> f64 {
+    let start = Instant::now();
+    let per_task = cycles / tasks as u64;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    pool.cycle().await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("bench task panicked");
+    }
+    (per_task * tasks as u64) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
@@ -234,12 +263,14 @@ fn main() {
             rounds: arg(&args, "--rounds").unwrap_or(9),
             warm_up: Duration::from_secs_f64(secs / 5.0),
             measure: Duration::from_secs_f64(secs),
+            cycles: arg(&args, "--cycles"),
         }
     } else {
         Plan {
             rounds: 1,
             warm_up: Duration::from_millis(1),
             measure: Duration::from_millis(10),
+            cycles: None,
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

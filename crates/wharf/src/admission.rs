@@ -35,7 +35,7 @@ impl<M: Manager> Shared<M> {
         };
         match Shared::acquire_keeping_pool(self, wait, caller, None).await {
             Ok(mut pooled) => {
-                pooled.call = call;
+                pooled.set_call(call);
                 Ok(pooled)
             }
             Err((shared, err)) => {
@@ -69,7 +69,7 @@ impl<M: Manager> Shared<M> {
         match Shared::acquire_keeping_pool(self, wait, caller, Some(lane)).await {
             Ok(mut pooled) => {
                 pooled.shared.lanes[lane].acquired();
-                pooled.call = call;
+                pooled.set_call(call);
                 Ok(pooled)
             }
             Err((shared, err)) => {

@@ -16,7 +16,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::error::HumanDuration;
 use crate::metrics::Recorder;
 use crate::pool::Shared;
-use crate::queue::Live;
+use crate::queue::Record;
 use crate::waiters::Outcome;
 use crate::{CloseReason, ConnectError, Manager};
 
@@ -89,10 +89,7 @@ async fn open_one<M: Manager>(shared: &Arc<Shared<M>>) {
         Ok(conn) => {
             shared.recorder.connect_time.record(now - started);
             Recorder::count(&shared.recorder.counters.created);
-            let live = Live {
-                conn,
-                meta: shared.new_meta(now),
-            };
+            let live = Record::new(conn, shared.new_meta(now));
             tracing::debug!(pool = %shared.config.name, conn = live.meta.id, took = ?(now - started), "opened connection");
             let mut st = shared.state.lock();
             st.opening -= 1;

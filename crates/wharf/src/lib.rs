@@ -150,6 +150,7 @@ mod replica;
 mod retry;
 pub mod shared;
 mod tunables;
+mod wait_timer;
 mod waiters;
 
 pub use breaker::{BreakerConfig, CircuitMetrics, CircuitState, Failure};

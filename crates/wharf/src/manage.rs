@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Recorder;
 use crate::pool::Shared;
-use crate::queue::Live;
+use crate::queue::{Live, Record};
 use crate::{CloseReason, ConnInfo, Manager, Pool};
 
 /// Why [`Pool::add`] did not take a connection.
@@ -177,7 +177,7 @@ impl<M: Manager> Pool<M> {
             return Err(AddError { conn, reason });
         }
         st.size += 1;
-        let waiter = st.hand_off(Live { conn, meta }, now);
+        let waiter = st.hand_off(Record::new(conn, meta), now);
         drop(st);
         Recorder::count(&shared.recorder.counters.created);
         tracing::debug!(pool = %shared.config.name, conn = meta.id, "connection added");

@@ -25,13 +25,24 @@ impl<T> Deref for CachePadded<T> {
 /// A small number fixed per thread, for picking a shard of a striped
 /// counter: threads get consecutive numbers, so a runtime's few workers land
 /// on different shards.
+#[inline]
 pub(crate) fn thread_index() -> usize {
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const UNSET: usize = usize::MAX;
+    // Const-initialised: reading it needs no lazy-init check.
     thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static INDEX: Cell<usize> = const { Cell::new(UNSET) };
     }
-    INDEX.with(|i| *i)
+    INDEX.with(|index| {
+        let mut i = index.get();
+        if i == UNSET {
+            i = NEXT.fetch_add(1, Ordering::Relaxed) & (UNSET >> 1);
+            index.set(i);
+        }
+        i
+    })
 }
 
 /// How many shards a striped counter gets: one per core, as a power of two

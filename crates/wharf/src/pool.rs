@@ -565,7 +565,16 @@ impl<M: Manager> Shared<M> {
 
     /// Starts connector tasks for unmet demand, up to `max_connecting`.
     /// While the backend is failing one connector (the probe) is enough.
+    #[inline]
     pub(crate) fn spawn_connectors(self: &Arc<Self>, st: &mut State<M::Connection>) {
+        // A pool at its largest (the usual case when callers queue) can
+        // want none: no need to weigh the demand on every wait.
+        if st.size < st.max_size + st.reserve_size {
+            self.spawn_wanted_connectors(st);
+        }
+    }
+
+    fn spawn_wanted_connectors(self: &Arc<Self>, st: &mut State<M::Connection>) {
         while st.connectors < self.config.max_connecting
             && st.wants_connection()
             && st.demand() > st.connectors

@@ -20,17 +20,12 @@ use crate::Manager;
 /// (RAII: no code path can forget to release it, which is how the seeds'
 /// "leaked client" bug is ruled out by construction). To close it instead,
 /// call [`discard`](Self::discard); to keep it for good, [`detach`](Self::detach).
+// Four words: everything else about the checkout is in the connection's
+// boxed record, so the handle (and every future that returns it) is cheap
+// to move.
 pub struct Pooled<M: Manager> {
     pub(crate) live: Option<Live<M::Connection>>,
     pub(crate) shared: Arc<Shared<M>>,
-    pub(crate) checked_out_at: Instant,
-    pub(crate) leak_key: Option<usize>,
-    /// Set while the pool is still checking the connection, so that a `get()`
-    /// cancelled mid-check closes it instead of returning it unverified.
-    pub(crate) close_on_drop: Option<CloseReason>,
-    /// The circuit breaker's record of this checkout, finished when the
-    /// connection comes back.
-    pub(crate) call: Option<Call>,
     /// The caller's place in its lane, given back (by being dropped) after
     /// the connection is.
     pub(crate) lane_place: Option<LanePlace>,
@@ -51,14 +46,12 @@ pub struct ConnInfo {
 }
 
 impl<M: Manager> Pooled<M> {
-    pub(crate) fn new(shared: Arc<Shared<M>>, live: Live<M::Connection>, now: Instant) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<M>>, mut live: Live<M::Connection>, now: Instant) -> Self {
+        // The record's other checkout fields were cleared when it came back.
+        live.checked_out_at = now;
         Self {
             live: Some(live),
             shared,
-            checked_out_at: now,
-            leak_key: None,
-            close_on_drop: None,
-            call: None,
             lane_place: None,
         }
     }
@@ -106,8 +99,17 @@ impl<M: Manager> Pooled<M> {
         self.report(Failure::Reported);
     }
 
+    /// Gives the checkout its breaker call (none without a breaker).
+    #[inline]
+    pub(crate) fn set_call(&mut self, call: Option<Call>) {
+        // Only a breaker's call needs writing: the record's is unset.
+        if call.is_some() {
+            self.live_mut().call = call;
+        }
+    }
+
     pub(crate) fn report(&mut self, failure: Failure) {
-        if let Some(call) = &mut self.call {
+        if let Some(call) = self.live.as_mut().and_then(|live| live.call.as_mut()) {
             call.report(failure);
         }
     }
@@ -115,7 +117,7 @@ impl<M: Manager> Pooled<M> {
     /// Takes the connection out of the pool for good: the pool forgets it
     /// (freeing its slot for a new one) and the caller owns it.
     pub fn detach(mut self) -> M::Connection {
-        let live = self.take();
+        let (live, _) = self.take();
         self.shared.detach();
         live.conn
     }
@@ -129,28 +131,36 @@ impl<M: Manager> Pooled<M> {
         }
     }
 
-    fn take(&mut self) -> Live<M::Connection> {
-        if let (Some(key), Some(leaks)) = (self.leak_key.take(), &self.shared.leaks) {
+    /// Takes the connection out, its record's checkout fields settled and
+    /// cleared for the next checkout; with its `close_on_drop`.
+    fn take(&mut self) -> (Live<M::Connection>, Option<CloseReason>) {
+        let mut live = self
+            .live
+            .take()
+            .expect("a Pooled holds its connection until it is consumed");
+        if let (Some(key), Some(leaks)) = (live.leak_key.take(), &self.shared.leaks) {
             leaks.unregister(key);
         }
-        if let (Some(call), Some(breaker)) = (self.call.take(), &self.shared.breaker) {
-            call.finish(breaker, || self.shared.recorder.acquire_wait.count());
+        // Only a pool with a breaker gives its checkouts a call.
+        if let Some(breaker) = &self.shared.breaker {
+            if let Some(call) = live.call.take() {
+                call.finish(breaker, || self.shared.recorder.acquire_wait.count());
+            }
         }
-        self.live
-            .take()
-            .expect("a Pooled holds its connection until it is consumed")
+        let close_on_drop = live.close_on_drop.take();
+        (live, close_on_drop)
     }
 
     fn release(&mut self, verdict: Option<CloseReason>) {
         if self.live.is_none() {
             return;
         }
-        let live = self.take();
+        let (live, close_on_drop) = self.take();
         // Connections the pool closes while still preparing them were never
         // in the caller's hands: they say nothing about time in use.
-        let held_since = self.close_on_drop.is_none().then_some(self.checked_out_at);
+        let held_since = close_on_drop.is_none().then_some(live.checked_out_at);
         self.shared
-            .checkin(live, held_since, verdict.or(self.close_on_drop));
+            .checkin(live, held_since, verdict.or(close_on_drop));
     }
 }
 

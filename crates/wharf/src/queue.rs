@@ -10,13 +10,46 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::breaker::Call;
 use crate::waiters::Waiters;
-use crate::ConnectError;
+use crate::{CloseReason, ConnectError};
 
-/// A connection with the bookkeeping the pool keeps about it.
-pub(crate) struct Live<C> {
+/// A connection with the bookkeeping the pool keeps about it, boxed: it
+/// moves from the idle set to a waiter's slot to a caller's [`Pooled`]
+/// handle and back, and as one pointer each move costs a word, not a
+/// hundred-odd bytes (the handle and the checkout's future stay small).
+///
+/// [`Pooled`]: crate::Pooled
+pub(crate) type Live<C> = Box<Record<C>>;
+
+pub(crate) struct Record<C> {
     pub(crate) conn: C,
     pub(crate) meta: Meta,
+    /// The rest is about the checkout the connection is out for (unset
+    /// while it is idle), kept here rather than in the handle.
+    pub(crate) checked_out_at: Instant,
+    /// Its entry in the leak registry.
+    pub(crate) leak_key: Option<usize>,
+    /// Set while the pool is still checking the connection, so that a
+    /// `get()` cancelled mid-check closes it instead of returning it
+    /// unverified.
+    pub(crate) close_on_drop: Option<CloseReason>,
+    /// The circuit breaker's record of this checkout, finished when the
+    /// connection comes back.
+    pub(crate) call: Option<Call>,
+}
+
+impl<C> Record<C> {
+    pub(crate) fn new(conn: C, meta: Meta) -> Live<C> {
+        Box::new(Record {
+            conn,
+            meta,
+            checked_out_at: meta.created_at,
+            leak_key: None,
+            close_on_drop: None,
+            call: None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +173,12 @@ impl<C> State<C> {
     /// barging: while anyone waits in time, a connection never reaches the
     /// idle set; and no caller is served after its deadline.
     #[must_use = "the waiter must be woken after unlocking"]
+    #[inline]
     pub(crate) fn hand_off(&mut self, live: Live<C>, now: Instant) -> Option<Waker> {
+        if self.waiters.is_empty() {
+            self.idle.push_back(live);
+            return None;
+        }
         match self.waiters.serve(live, now) {
             Ok(waker) => {
                 self.in_use += 1;
@@ -222,9 +260,9 @@ mod tests {
 
     fn live(id: u64) -> Live<u64> {
         let now = Instant::now();
-        Live {
-            conn: id,
-            meta: Meta {
+        Record::new(
+            id,
+            Meta {
                 id,
                 created_at: now,
                 expires_at: None,
@@ -233,7 +271,7 @@ mod tests {
                 last_active: now,
                 idle_since: now,
             },
-        }
+        )
     }
 
     /// Queues a new caller at the back; returns its ticket and slot.
@@ -249,7 +287,7 @@ mod tests {
 
     fn received(st: &mut State<u64>, slot: usize) -> Option<u64> {
         match st.waiters.poll(slot, Waker::noop()) {
-            Some(Outcome::Conn(live)) => Some(live.conn),
+            Some(Outcome::Conn(live, _)) => Some(live.conn),
             _ => None,
         }
     }
@@ -346,6 +384,30 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_served_waiter_picks_up_its_connection_without_the_lock_and_only_then_frees_its_slot()
+    {
+        let mut st = State::<u64>::new(1, 0);
+        let (_, served) = push_waiter(&mut st);
+        let served_ref = st.waiters.slot_ref(served);
+        let mut timer = None;
+        // Safety (each `pick_up`): the slot's own caller, the state alive.
+        assert!(unsafe { served_ref.pick_up(&mut timer) }.is_none());
+        assert!(st.hand_off(live(5), Instant::now()).is_some());
+        // Out of the queue but not picked up yet: a newcomer gets another
+        // slot, never this one.
+        let (later_id, later) = push_waiter(&mut st);
+        assert_ne!(later, served);
+        assert!(matches!(
+            unsafe { served_ref.pick_up(&mut timer) },
+            Some(Outcome::Conn(l, _)) if l.conn == 5
+        ));
+        assert!(st.waiters.abandon(later_id, later).is_none());
+        // Picked up: free again, and the oldest freed slot is reused first.
+        let (_, next) = push_waiter(&mut st);
+        assert_eq!(next, served);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiter_timing_out_keeps_a_connection_handed_to_it_in_time_or_leaves_the_queue() {
         let mut st = State::<u64>::new(1, 0);
@@ -355,7 +417,7 @@ mod tests {
         // Its own deadline fires before it looked: the connection is its.
         assert!(matches!(
             st.waiters.time_out(served_id, served),
-            Outcome::Conn(l) if l.conn == 4
+            Outcome::Conn(l, _) if l.conn == 4
         ));
         assert_eq!(st.waiters.ids(), [left_id]);
         assert!(matches!(

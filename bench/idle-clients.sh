@@ -20,16 +20,7 @@ wharf_bin=$(wharf_binary)
 baseline_bin=${WHARF_BASELINE:-}
 
 ulimit -n $((CLIENTS + 1000))
-work=$(mktemp -d /tmp/wharf-idle-XXXXXX)
-chmod 755 "$work"
-chown postgres "$work" 2>/dev/null || true
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir idle
 
 pg_port=$(free_port)
 "${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null

@@ -78,6 +78,26 @@ log_disconnections = 0
 INI
 }
 
+# A temp dir for the run in $work (/tmp/wharf-$1-…), open to the postgres
+# user, and a trap that, at exit, kills the processes in $pids, stops every
+# PostgreSQL cluster made under $work and removes it (not with KEEP_WORK=1).
+bench_workdir() {
+  work=$(mktemp -d "/tmp/wharf-$1-XXXXXX")
+  chmod 755 "$work"
+  chown postgres "$work" 2>/dev/null || true
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local pid version
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for version in "$work"/*/PG_VERSION; do
+    [ -e "$version" ] || continue
+    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$(dirname "$version")" -m immediate stop >/dev/null 2>&1 || true
+  done
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+
 # Waits until a pooler answers on port.
 wait_ready() {
   for _ in $(seq 100); do

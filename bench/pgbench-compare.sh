@@ -33,16 +33,7 @@ need pgbouncer
 # WHARF_BIN measures a given build instead of this tree's.
 wharf_bin=$(wharf_binary)
 
-work=$(mktemp -d /tmp/wharf-bench-XXXXXX)
-chmod 755 "$work"
-chown postgres "$work" 2>/dev/null || true
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir bench
 
 pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port); baseline_port=$(free_port)
 baseline_bin=${WHARF_BASELINE:-}

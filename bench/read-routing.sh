@@ -22,18 +22,7 @@ POOL_SIZE=${POOL_SIZE:-20}
 
 . bench/lib.sh
 wharf_bin=$(wharf_binary)
-work=$(mktemp -d /tmp/wharf-routing-XXXXXX)
-chmod 755 "$work"
-chown postgres "$work" 2>/dev/null || true
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for data in replica primary; do
-    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/$data" -m immediate stop >/dev/null 2>&1 || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir routing
 
 primary_port=$(free_port); replica_port=$(free_port); on_port=$(free_port); off_port=$(free_port)
 ulimit -n 8192 2>/dev/null || true

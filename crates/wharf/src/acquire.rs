@@ -161,7 +161,7 @@ impl<M: Manager> Shared<M> {
         // A connection that failed its check may have taken the caller past
         // its deadline: it is not served after that, from the idle set any
         // more than by a hand-off.
-        if retrying && Instant::now() >= start + wait {
+        if retrying && Instant::now() >= deadline_of(start, wait) {
             drop(st);
             Recorder::count(&self.recorder.counters.timeouts);
             return Err(self.timeout_error(start));
@@ -206,7 +206,7 @@ impl<M: Manager> Shared<M> {
             return Err(Error::Unavailable { last_error });
         }
         // Only a caller that waits needs its deadline worked out.
-        let deadline = start + wait;
+        let deadline = deadline_of(start, wait);
         let slot = st.waiters.push(id, start, deadline, waker);
         let queued = Queued {
             id,
@@ -241,10 +241,13 @@ impl<M: Manager> Shared<M> {
             id,
             slot,
             lane,
-            // Made or set outside the lock.
-            timer: Some(WaitTimer::for_wait(timer, deadline)),
+            timer: None,
             done: false,
         };
+        // Made or set outside the lock, and only once the guard exists:
+        // should it panic (a runtime without timers), the guard takes the
+        // waiter out of the queue instead of leaving it to be served.
+        guard.timer = Some(WaitTimer::for_wait(timer, deadline));
         // The waker the slot holds: the one this task queued with, in
         // this same poll.
         let mut registered = None;
@@ -456,4 +459,12 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
             self.shared.lanes[lane].leave();
         }
     }
+}
+
+/// `start + wait`, or a deadline a century away for a wait too long to add
+/// (`Duration::MAX` as "no limit"): never a panic under the pool's lock.
+fn deadline_of(start: Instant, wait: Duration) -> Instant {
+    start
+        .checked_add(wait)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
 }

@@ -123,6 +123,9 @@ impl<M: Manager> Shared<M> {
         let now = Instant::now();
         let live = {
             let mut st = self.state.lock();
+            // Returned connections go to waiters, not to the idle set, so
+            // idle ones and waiters meet only in a race with a check; then
+            // the waiters keep their turn.
             if st.closed || !st.waiters.is_empty() {
                 return None;
             }

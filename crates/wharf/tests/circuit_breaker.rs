@@ -24,6 +24,18 @@ fn breaker(min_calls: u32, probes: u32) -> BreakerConfig {
     }
 }
 
+/// One connection, a 1 s acquire timeout, and `breaker(3, 1)`: a held
+/// checkout makes every other `get()` time out.
+fn single_connection_pool() -> Pool<ScriptedManager> {
+    let (builder, _script) = scripted();
+    builder
+        .max_size(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .circuit_breaker(breaker(3, 1))
+        .build()
+        .unwrap()
+}
+
 fn pool_with(config: BreakerConfig) -> (Pool<ScriptedManager>, std::sync::Arc<common::Script>) {
     let (builder, script) = scripted();
     let pool = builder
@@ -229,13 +241,7 @@ async fn half_open_lets_exactly_the_configured_number_of_probes_through() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_whose_get_is_cancelled_frees_its_place() {
-    let (builder, _script) = scripted();
-    let pool = builder
-        .max_size(1)
-        .acquire_timeout(Duration::from_secs(1))
-        .circuit_breaker(breaker(3, 1))
-        .build()
-        .unwrap();
+    let pool = single_connection_pool();
     // Held from before the outage, so that the probe has to queue.
     let held = pool.get().await.unwrap();
     for _ in 0..2 {
@@ -288,13 +294,7 @@ async fn connect_errors_alone_open_the_circuit_with_the_connect_error_as_cause()
 
 #[tokio::test(start_paused = true)]
 async fn acquire_timeouts_count_as_failures() {
-    let (builder, _script) = scripted();
-    let pool = builder
-        .max_size(1)
-        .acquire_timeout(Duration::from_secs(1))
-        .circuit_breaker(breaker(3, 1))
-        .build()
-        .unwrap();
+    let pool = single_connection_pool();
     // The held checkout is one call, each timed-out one another.
     let _held = pool.get().await.unwrap();
     assert!(matches!(pool.get().await, Err(Error::Timeout { .. })));

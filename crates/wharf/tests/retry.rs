@@ -175,17 +175,22 @@ async fn the_budget_caps_retries_to_a_share_of_calls() {
     assert_eq!(budget.available(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn connection_failures_close_the_connection_and_count_against_the_breaker() {
+/// Two connections and a breaker that opens after two calls.
+fn pool_with_breaker() -> Pool<ScriptedManager> {
     let (builder, _script) = scripted();
-    let pool = builder
+    builder
         .max_size(2)
         .circuit_breaker(BreakerConfig {
             min_calls: 2,
             ..BreakerConfig::default()
         })
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_failures_close_the_connection_and_count_against_the_breaker() {
+    let pool = pool_with_breaker();
     let policy = RetryPolicy::new(classify).max_attempts(2);
     let (result, attempts) = run_failing(&pool, &policy, |_| Some(WorkError::Reset)).await;
     assert!(matches!(result, Err(WorkError::Reset)));
@@ -204,15 +209,7 @@ async fn connection_failures_close_the_connection_and_count_against_the_breaker(
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_do_not_count_against_the_breaker() {
-    let (builder, _script) = scripted();
-    let pool = builder
-        .max_size(2)
-        .circuit_breaker(BreakerConfig {
-            min_calls: 2,
-            ..BreakerConfig::default()
-        })
-        .build()
-        .unwrap();
+    let pool = pool_with_breaker();
     let policy = RetryPolicy::new(classify).max_attempts(4);
     let (result, _) = run_failing(&pool, &policy, |n| (n < 4).then_some(WorkError::Conflict)).await;
     assert!(result.is_ok());

@@ -41,6 +41,9 @@ async fn the_most_recently_used_idle_connection_is_handed_out() {
     assert_balanced(&pool, &script);
 }
 
+/// Pins the hand-off order as `try_get` sees it. (`take_ready`'s own
+/// check for waiters covers a race no test here can stage: an idle
+/// connection and a waiter at once.)
 #[tokio::test(start_paused = true)]
 async fn a_connection_returned_while_a_caller_waits_goes_to_that_caller() {
     let (builder, _script) = scripted();

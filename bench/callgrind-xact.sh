@@ -9,6 +9,7 @@
 #   ROWS=select,extended,tpcb bench/callgrind-xact.sh
 #   WHARF_BIN=/tmp/wharf-old bench/callgrind-xact.sh
 #   KEEP=/tmp/profiles bench/callgrind-xact.sh    # keeps the profiles
+#   ROWS=connect PER_CLIENT=200 bench/callgrind-xact.sh  # a new login per transaction (-C)
 #
 # Needs valgrind, the PostgreSQL server binaries and pgbouncer (installed
 # with apt-get when missing).
@@ -57,6 +58,7 @@ measure() {
       extended) args=(-S -M extended) ;;
       prepared) args=(-S -M prepared) ;;
       tpcb) args=() ;;
+      connect) args=(-S -C) ;;
     esac
     # Warm up (connections, caches), then count only the measured run.
     "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j 2 -t 100 "${args[@]}" postgres >/dev/null 2>&1 || true

@@ -50,6 +50,10 @@ clk_tck=$(getconf CLK_TCK)
 # CPU time (utime + stime of every thread, in clock ticks) and context
 # switches (voluntary + involuntary, summed over its threads) of a process.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The system (kernel) part of it. Most kernels split the two by sampling at
+# each tick and scale them so that their sum is the exact run time: the
+# split is an estimate, good over a 10 s run.
+sys_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 ctx_switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null \
     | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'

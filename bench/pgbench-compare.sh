@@ -2,7 +2,8 @@
 # Compares pgbench throughput directly against PostgreSQL, through PgBouncer
 # and through wharf, on this machine, with the same pooler settings
 # (transaction mode, pool of 20). Prints TPS medians, wharf/PgBouncer, and
-# each pooler's CPU time and context switches per transaction.
+# each pooler's CPU time (and its kernel part) and context switches per
+# transaction.
 #
 #   bench/pgbench-compare.sh            # 3 runs of 10 s per row
 #   ROWS=select,extended bench/pgbench-compare.sh   # some rows only
@@ -96,15 +97,15 @@ bouncer_pid=$(pid_of pgbouncer); wharf_pid=$(pid_of wharf); baseline_pid=$(pid_o
 
 
 
-measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact"
+measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact sys_us_per_xact"
   local port=$1 pid=$2; shift 2
-  local c0 s0 out c1 s1
-  c0=$(cpu_ticks "$pid"); s0=$(ctx_switches "$pid")
+  local c0 s0 k0 out c1 s1 k1
+  c0=$(cpu_ticks "$pid"); s0=$(ctx_switches "$pid"); k0=$(sys_ticks "$pid")
   out=$(tps "$port" "$@")
-  c1=$(cpu_ticks "$pid"); s1=$(ctx_switches "$pid")
-  awk -v out="$out" -v dc=$((c1 - c0)) -v ds=$((s1 - s0)) -v hz="$clk_tck" 'BEGIN {
+  c1=$(cpu_ticks "$pid"); s1=$(ctx_switches "$pid"); k1=$(sys_ticks "$pid")
+  awk -v out="$out" -v dc=$((c1 - c0)) -v ds=$((s1 - s0)) -v dk=$((k1 - k0)) -v hz="$clk_tck" 'BEGIN {
     split(out, f, " "); x = f[2] + 0
-    printf "%s %.2f %.3f\n", f[1], (x > 0 ? dc * 1e6 / hz / x : 0), (x > 0 ? ds / x : 0) }'
+    printf "%s %.2f %.3f %.2f\n", f[1], (x > 0 ? dc * 1e6 / hz / x : 0), (x > 0 ? ds / x : 0), (x > 0 ? dk * 1e6 / hz / x : 0) }'
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -112,7 +113,7 @@ echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
 [ "${TLS:-0}" = 1 ] && echo "TLS: every client and server connection (sslmode=require, P-256 certificate)"
 echo
-echo "CPU/xact: the pooler's utime+stime over the transactions pgbench counted (µs); cs/xact: its context switches per transaction"
+echo "CPU/xact: the pooler's utime+stime over the transactions pgbench counted (µs); cs/xact: its context switches per transaction; sys/xact: the stime part of CPU/xact (the kernel's: sends, receives, wake-ups)"
 [ -n "$baseline_bin" ] && echo "baseline: $baseline_bin"
 cols="| workload | direct | pgbouncer | wharf |"
 sep="|---|---:|---:|---:|"
@@ -123,6 +124,8 @@ cols+=" CPU/xact pgbouncer | CPU/xact wharf |"; sep+="---:|---:|"
 [ -n "$baseline_bin" ] && { cols+=" CPU/xact baseline |"; sep+="---:|"; }
 cols+=" cs/xact pgbouncer | cs/xact wharf |"; sep+="---:|---:|"
 [ -n "$baseline_bin" ] && { cols+=" cs/xact baseline |"; sep+="---:|"; }
+cols+=" sys/xact pgbouncer | sys/xact wharf |"; sep+="---:|---:|"
+[ -n "$baseline_bin" ] && { cols+=" sys/xact baseline |"; sep+="---:|"; }
 echo "$cols"; echo "$sep"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 row() { # label pgbench-args...
@@ -146,7 +149,7 @@ row() { # label pgbench-args...
   fi
   line+=" $(ratio "$wm" "$bm") |"
   [ -n "$baseline_bin" ] && line+=" $(ratio "$wm" "$om") |"
-  for field in 2 3; do
+  for field in 2 3 4; do
     line+=" $(printf '%s\n' "${b[@]}" | col $field) | $(printf '%s\n' "${w[@]}" | col $field) |"
     [ -n "$baseline_bin" ] && line+=" $(printf '%s\n' "${o[@]}" | col $field) |"
   done

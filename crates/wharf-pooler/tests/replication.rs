@@ -194,6 +194,15 @@ async fn show_clients_and_servers_fill_the_replication_column() {
             == 1
     })
     .await;
+    // The client is listed from its login on; its server once logged in.
+    eventually("its server in SHOW SERVERS", || async {
+        show(&admin, "SHOW SERVERS")
+            .await
+            .rows_where("replication", "logical")
+            .len()
+            == 1
+    })
+    .await;
     let servers = show(&admin, "SHOW SERVERS").await;
     let rows = servers.rows_where("replication", "logical");
     assert_eq!(rows.len(), 1, "{servers:?}");

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::client::serve_client;
 use crate::config::Settings;
-use crate::net::{ClientStream, TcpOptions};
+use crate::net::{ClientStream, Peer, TcpOptions};
 use crate::pooler::StartError;
 use crate::proto::{messages, read_startup, Startup};
 use crate::state::PoolerState;
@@ -61,7 +61,7 @@ pub(crate) async fn accept_tcp(
                 if let Err(err) = tcp.apply(&stream) {
                     tracing::warn!(%peer, error = %err, "cannot set the TCP options of a client socket");
                 }
-                admit(stream, peer.to_string(), &state, &clients);
+                admit(stream, Peer::Tcp(peer), &state, &clients);
             }
             Err(err) => accept_failed(err).await,
         }
@@ -71,7 +71,7 @@ pub(crate) async fn accept_tcp(
 /// Accepts clients on the Unix socket `listener` until the task is aborted.
 pub(crate) async fn accept_unix(
     listener: tokio::net::UnixListener,
-    peer: String,
+    peer: Peer,
     state: Arc<PoolerState>,
     clients: Arc<Clients>,
 ) {
@@ -88,7 +88,7 @@ pub(crate) async fn accept_unix(
 /// RELOAD or a console `SET max_client_conn` applies to the next one.
 fn admit<S: ClientStream + 'static>(
     stream: S,
-    peer: String,
+    peer: Peer,
     state: &Arc<PoolerState>,
     clients: &Arc<Clients>,
 ) {
@@ -112,7 +112,7 @@ fn admit<S: ClientStream + 'static>(
 /// request must get through even when every client place is taken.
 async fn refuse_over_limit<S: ClientStream>(
     mut stream: S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     max_clients: usize,
 ) {

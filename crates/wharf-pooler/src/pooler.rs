@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -175,14 +175,13 @@ impl Pooler {
         let mut unix_paths = Vec::new();
         let mut unix_tasks = Vec::new();
         for (listener, path) in unix {
-            let peer = match listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Path::to_owned))
-            {
-                Some(name) => format!("unix:{}", name.display()),
-                None => "unix".to_owned(),
-            };
+            let peer = crate::net::Peer::unix(
+                listener
+                    .local_addr()
+                    .ok()
+                    .as_ref()
+                    .and_then(|a| a.as_pathname()),
+            );
             unix_paths.extend(path);
             unix_tasks.push(tokio::spawn(listener::accept_unix(
                 listener,

@@ -358,3 +358,58 @@ async fn the_pooler_os_user_needs_no_password_over_the_unix_socket() {
     assert!(psql_table(&pooler, &tcp, "", "SHOW STATE").is_err());
     pooler.stop().await;
 }
+
+/// Connects with `application_name` and returns the client and the value
+/// its server has (the welcome's parameters, made once per distinct set
+/// of startup parameters, must still be each client's own).
+async fn connect_as(pooler: &common::TestPooler, app: &str) -> (tokio_postgres::Client, String) {
+    let mut config: tokio_postgres::Config = pooler
+        .url("postgres", "postgres", "postgres")
+        .parse()
+        .unwrap();
+    config.application_name(app);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let seen = match &client.simple_query("SHOW application_name").await.unwrap()[..] {
+        [_, tokio_postgres::SimpleQueryMessage::Row(row), ..] => row.get(0).unwrap().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    (client, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_keeps_its_own_application_name_through_shared_welcomes() {
+    let pooler = start(setup()).await;
+    let mut clients = Vec::new();
+    for app in ["alpha", "beta", "alpha", "beta"] {
+        let (client, seen) = connect_as(&pooler, app).await;
+        assert_eq!(seen, app);
+        clients.push(client);
+    }
+    let admin = console(&pooler, "admin").await;
+    let table = show(&admin, "SHOW CLIENTS").await;
+    assert_eq!(table.rows_where("application_name", "alpha").len(), 2);
+    assert_eq!(table.rows_where("application_name", "beta").len(), 2);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_add_host_gives_each_client_its_own_address() {
+    let settings = format!(
+        "{}application_name_add_host = 1\n",
+        common::console::CONSOLE_SETTINGS
+    );
+    let pooler = start(common::Setup {
+        pgbouncer: &settings,
+        ..setup()
+    })
+    .await;
+    let (_first, first) = connect_as(&pooler, "app").await;
+    let (_second, second) = connect_as(&pooler, "app").await;
+    for seen in [&first, &second] {
+        assert!(seen.starts_with("app - 127.0.0.1:"), "{seen}");
+    }
+    // Two connections, two client ports.
+    assert_ne!(first, second);
+    pooler.stop().await;
+}

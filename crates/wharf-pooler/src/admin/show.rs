@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use super::columns::{self, Column};
 use crate::calendar::format_time;
+use crate::net::Peer;
 use crate::proto::messages;
 use crate::server::Role;
 use crate::state::PoolerState;
@@ -237,6 +238,12 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
         .map(|c| {
             let wait = c.waiting_for().unwrap_or_default();
             let link = c.link();
+            let (addr, port) = c.info.addr.host_port();
+            let (local, local_port) = c
+                .info
+                .local_addr
+                .as_ref()
+                .map_or((String::new(), 0), Peer::host_port);
             vec![
                 text("C"),
                 text(c.info.user.as_str()),
@@ -247,10 +254,10 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 }),
                 text(c.info.replication.as_str()),
                 text(c.state().as_str()),
-                text(c.info.addr.0.as_str()),
-                num(c.info.addr.1),
-                text(c.info.local_addr.0.as_str()),
-                num(c.info.local_addr.1),
+                text(addr),
+                num(port),
+                text(local),
+                num(local_port),
                 text(format_time(c.connect_time)),
                 text(format_time(c.request_time())),
                 num(wait.as_secs()),

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::config::{HbaAddress, HbaConnection, HbaDatabase, HbaRule, HbaRules, HbaUser};
+use crate::net::Peer;
 
 /// Where a client connected from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,14 +17,12 @@ pub enum ClientOrigin {
 }
 
 impl ClientOrigin {
-    /// Reads the listener's description of a client: `unix:PATH` or
-    /// `ADDRESS:PORT` (`[v6]:port`). `None` if it is neither.
-    pub fn from_peer(peer: &str) -> Option<ClientOrigin> {
-        if peer.starts_with("unix:") {
-            return Some(ClientOrigin::Unix);
+    /// Where `peer` is.
+    pub fn from_peer(peer: &Peer) -> ClientOrigin {
+        match peer {
+            Peer::Unix(_) => ClientOrigin::Unix,
+            Peer::Tcp(addr) => ClientOrigin::Tcp(addr.ip()),
         }
-        let addr: std::net::SocketAddr = peer.parse().ok()?;
-        Some(ClientOrigin::Tcp(addr.ip()))
     }
 }
 
@@ -131,7 +130,11 @@ host    all        all       fe80::/10      trust
 
     fn line_for(origin: &str, tls: bool, database: &str, user: &str) -> Option<usize> {
         let rules = HbaRules::parse(RULES, Path::new("hba.conf")).expect("rules parse");
-        let origin = ClientOrigin::from_peer(origin).expect("peer parses");
+        let origin = match origin.strip_prefix("unix:") {
+            Some(path) => Peer::unix(Some(Path::new(path))),
+            None => Peer::Tcp(origin.parse().expect("peer parses")),
+        };
+        let origin = ClientOrigin::from_peer(&origin);
         let client = HbaClient {
             origin,
             tls,
@@ -218,20 +221,19 @@ host    all        all       fe80::/10      trust
     }
 
     #[test]
-    fn origins_from_peer_descriptions() {
+    fn origins_from_peers() {
         assert_eq!(
-            ClientOrigin::from_peer("unix:/tmp/.s.PGSQL.6432"),
-            Some(ClientOrigin::Unix)
+            ClientOrigin::from_peer(&Peer::unix(Some(Path::new("/tmp/.s.PGSQL.6432")))),
+            ClientOrigin::Unix
         );
         assert_eq!(
-            ClientOrigin::from_peer("10.0.0.1:5432"),
-            Some(ClientOrigin::Tcp("10.0.0.1".parse().unwrap()))
+            ClientOrigin::from_peer(&Peer::Tcp("10.0.0.1:5432".parse().unwrap())),
+            ClientOrigin::Tcp("10.0.0.1".parse().unwrap())
         );
         assert_eq!(
-            ClientOrigin::from_peer("[::1]:5432"),
-            Some(ClientOrigin::Tcp("::1".parse().unwrap()))
+            ClientOrigin::from_peer(&Peer::Tcp("[::1]:5432".parse().unwrap())),
+            ClientOrigin::Tcp("::1".parse().unwrap())
         );
-        assert_eq!(ClientOrigin::from_peer("somewhere"), None);
     }
 
     #[test]

@@ -14,11 +14,11 @@ use super::startup::{open, Opening};
 use super::{refuse, Ended};
 use crate::admin::{self, Role};
 use crate::config::AuthType;
-use crate::net::ClientStream;
-use crate::pool::{ServerManager, ServerPool};
+use crate::net::{ClientStream, Peer};
+use crate::pool::{Greeting, ServerManager, ServerPool};
 use crate::proto::{messages, CancelKey, Replication, Startup};
 use crate::router::RouteError;
-use crate::server::params::{is_tracked, set_param};
+use crate::server::params::set_param;
 use crate::server::{Params, ServerError};
 use crate::state::PoolerState;
 
@@ -53,17 +53,15 @@ pub(super) struct ReplicationLogin {
 pub(super) struct Login {
     pub(super) user: String,
     pub(super) pool: Arc<ServerPool>,
-    /// The client's tracked parameters, as it should see them.
-    pub(super) params: Params,
-    /// Every parameter to report in the welcome; emptied once sent.
-    pub(super) welcome: Params,
+    /// Its welcome, and its tracked parameters as it should see them.
+    pub(super) greeting: Arc<Greeting>,
 }
 
 /// Startup, authentication and routing; or a cancel request.
 pub(super) async fn login<S: ClientStream>(
     stream: &mut S,
     first: Option<Startup>,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
 ) -> Result<LoggedIn, Ended> {
     // One snapshot for the whole login: a RELOAD in between must not mix
@@ -131,23 +129,9 @@ pub(super) async fn login<S: ClientStream>(
             mode: replication,
         }));
     }
-    let server_params = match pool.welcome() {
-        Some(params) => params,
-        // A paused database opens no server, not even for a welcome.
-        None => match first_server(&pool).await {
-            Ok(server) => {
-                pool.set_welcome(server.params().values());
-                pool.welcome().unwrap_or_default()
-            }
-            Err((code, message)) => {
-                tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing client: no server connection");
-                refuse(stream, state, peer, &code, &message).await;
-                return Err(Ended);
-            }
-        },
-    };
     let mut client_params = client_params;
-    if config.pgbouncer.application_name_add_host {
+    let add_host = config.pgbouncer.application_name_add_host;
+    if add_host {
         let app = super::application_name(&client_params);
         set_param(
             &mut client_params,
@@ -155,20 +139,22 @@ pub(super) async fn login<S: ClientStream>(
             &format!("{app} - {peer}"),
         );
     }
-    let mut welcome = server_params.to_vec();
-    for (name, value) in &client_params {
-        set_param(&mut welcome, name, value);
-    }
-    let params = welcome
-        .iter()
-        .filter(|(name, _)| is_tracked(name))
-        .cloned()
-        .collect();
+    let greeting = match pool.greeting(&client_params, !add_host) {
+        Some(greeting) => greeting,
+        // A paused database opens no server, not even for a welcome.
+        None => match first_server(&pool).await {
+            Ok(server) => pool.first_greeting(server.params().values(), &client_params, !add_host),
+            Err((code, message)) => {
+                tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing client: no server connection");
+                refuse(stream, state, peer, &code, &message).await;
+                return Err(Ended);
+            }
+        },
+    };
     Ok(LoggedIn::Pool(Login {
         user,
         pool,
-        params,
-        welcome,
+        greeting,
     }))
 }
 
@@ -230,7 +216,7 @@ enum Door {
 /// refused.
 async fn door<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     database: &str,
     user: &str,
@@ -256,7 +242,7 @@ async fn door<S: ClientStream>(
 /// unknown database.
 async fn route<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     database: &str,
     user: &str,
@@ -326,16 +312,13 @@ pub(super) fn refusal(
 /// in one write.
 pub(super) async fn send_welcome<S: ClientStream>(
     stream: &mut S,
-    login: &mut Login,
+    login: &Login,
     key: CancelKey,
     notify_message: &str,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
-    // Sent once: not kept for the session's life.
-    for (name, value) in std::mem::take(&mut login.welcome) {
-        messages::parameter_status(&mut out, &name, &value);
-    }
+    out.extend_from_slice(login.greeting.messages());
     messages::backend_key_data(&mut out, key);
     if !notify_message.is_empty() {
         messages::notice(&mut out, notify_message);

@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::admin;
-use crate::net::ClientStream;
+use crate::net::{ClientStream, Peer};
 use crate::proto::{messages, Replication, Startup};
 use crate::state::PoolerState;
 use crate::stats::ClientInfo;
@@ -54,7 +54,7 @@ struct Ended;
 /// encryption request and TLS handshake, then the session, plain or
 /// encrypted. The handshake counts against `client_login_timeout`, so a
 /// client that stalls in it holds nothing for longer than a slow login.
-pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: Arc<PoolerState>) {
+pub async fn serve_client<S: ClientStream>(mut stream: S, peer: Peer, state: Arc<PoolerState>) {
     let login_timeout = state
         .config()
         .pgbouncer
@@ -102,7 +102,7 @@ pub async fn serve_client<S: ClientStream>(mut stream: S, peer: String, state: A
 /// The TLS handshake, then the login and the session over TLS.
 async fn serve_encrypted(
     tcp: tokio::net::TcpStream,
-    peer: String,
+    peer: Peer,
     state: Arc<PoolerState>,
     deadline: tokio::time::Instant,
 ) {
@@ -123,7 +123,7 @@ async fn serve_encrypted(
 async fn serve<S: ClientStream>(
     mut stream: S,
     first: Option<Startup>,
-    peer: String,
+    peer: Peer,
     state: Arc<PoolerState>,
     deadline: tokio::time::Instant,
 ) {
@@ -131,7 +131,7 @@ async fn serve<S: ClientStream>(
     let settings = &config.pgbouncer;
     let logged_in =
         tokio::time::timeout_at(deadline, Box::pin(login(&mut stream, first, &peer, &state))).await;
-    let mut login = match logged_in {
+    let login = match logged_in {
         Ok(Ok(LoggedIn::Pool(login))) => login,
         // Outside the login timeout: a cancel given up midway would leave
         // its server closed for nothing.
@@ -162,7 +162,7 @@ async fn serve<S: ClientStream>(
     };
     let registered = state.cancels().register(login.pool.stats().clone());
     let notify_message = state.config().pgbouncer.login_notify_message.clone();
-    if send_welcome(&mut stream, &mut login, registered.key, &notify_message)
+    if send_welcome(&mut stream, &login, registered.key, &notify_message)
         .await
         .is_err()
     {
@@ -182,18 +182,16 @@ async fn serve<S: ClientStream>(
     let client = state
         .router()
         .stats()
-        .register_client(info, application_name(&login.params));
+        .register_client(info, application_name(login.greeting.tracked()));
     login
         .pool
         .stats()
         .client_logins
         .fetch_add(1, Ordering::Relaxed);
-    let params = std::mem::take(&mut login.params);
     let (reader, writer) = stream.halves();
     let mut session = Session::new(
         (reader, writer),
         &login,
-        params,
         &registered.slot,
         &client.entry,
         &state,
@@ -223,30 +221,20 @@ async fn serve<S: ClientStream>(
 /// The registry's description of a client connection.
 fn client_info<S: ClientStream>(
     stream: &S,
-    peer: &str,
+    peer: &Peer,
     user: &str,
     database: &str,
     pool_user: &str,
     admin: bool,
 ) -> ClientInfo {
     let credentials = stream.peer_credentials();
-    let addr = match peer.rsplit_once(':') {
-        _ if peer.starts_with("unix:") => ("unix".to_owned(), 0),
-        Some((host, port)) => (
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port.parse().unwrap_or(0),
-        ),
-        None => (peer.to_owned(), 0),
-    };
     ClientInfo {
         id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
         user: user.to_owned(),
         database: database.to_owned(),
         pool_user: pool_user.to_owned(),
-        addr,
-        local_addr: stream.local_end().unwrap_or_default(),
+        addr: peer.clone(),
+        local_addr: stream.local_end(),
         tls: stream.tls().map(|t| t.describe()).unwrap_or_default(),
         remote_pid: credentials.and_then(|(_, pid)| pid).unwrap_or(0),
         admin,
@@ -268,7 +256,7 @@ fn application_name(params: &[(String, String)]) -> String {
 async fn refuse<S: ClientStream>(
     stream: &mut S,
     state: &PoolerState,
-    peer: &str,
+    peer: &Peer,
     code: &str,
     message: &str,
 ) {

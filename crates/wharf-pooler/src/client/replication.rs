@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::login::{refusal, server_unavailable, ReplicationLogin};
 use super::{application_name, client_info, refuse, NO_TIMEOUT};
 use crate::lifecycle::ShutdownMode;
-use crate::net::ClientStream;
+use crate::net::{ClientStream, Peer};
 use crate::proto::messages;
 use crate::state::PoolerState;
 
@@ -22,7 +22,7 @@ use crate::state::PoolerState;
 pub(super) async fn serve_replication<S: ClientStream>(
     mut stream: S,
     login: ReplicationLogin,
-    peer: &str,
+    peer: &Peer,
     state: &Arc<PoolerState>,
 ) {
     let config = state.config();

@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use super::options::{parse_options, OptionsError};
 use super::{refuse, Ended};
 use crate::config::Settings;
-use crate::net::ClientStream;
+use crate::net::{ClientStream, Peer};
 use crate::proto::{read_startup, CancelKey, ProtocolError, Replication, Startup};
 use crate::server::params::{is_tracked, set_param};
 use crate::state::PoolerState;
@@ -46,7 +46,7 @@ pub(super) enum First {
 /// encryption request 'N' (go on in plain text).
 pub(super) async fn negotiate<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     tls: &ClientTls,
 ) -> Result<First, Ended> {
@@ -73,7 +73,7 @@ pub(super) async fn negotiate<S: ClientStream>(
 pub(super) async fn open<S: ClientStream>(
     stream: &mut S,
     first: Option<Startup>,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     settings: &Settings,
 ) -> Result<Opening, Ended> {
@@ -133,7 +133,7 @@ pub(super) async fn open<S: ClientStream>(
 /// Ends a client whose startup packet is broken, telling it why.
 async fn bad_startup<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     err: ProtocolError,
 ) -> Ended {

@@ -5,12 +5,14 @@
 
 mod addr;
 mod notify;
+mod peer;
 mod sockopt;
 mod stream;
 mod tls;
 
 pub use addr::ServerAddr;
 pub use notify::{notify_or_log, sd_notify};
+pub use peer::Peer;
 pub use sockopt::TcpOptions;
 pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
 pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

@@ -12,6 +12,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::tls::TlsServerStream;
+use super::Peer;
 
 /// A socket to a server, TCP or Unix, plain or TLS.
 #[derive(Debug)]
@@ -194,7 +195,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
 
     /// The pooler's end of the connection (`SHOW CLIENTS` local_addr).
-    fn local_end(&self) -> Option<(String, u16)> {
+    fn local_end(&self) -> Option<Peer> {
         None
     }
 
@@ -270,10 +271,8 @@ impl ClientStream for TcpStream {
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         self.split()
     }
-    fn local_end(&self) -> Option<(String, u16)> {
-        self.local_addr()
-            .ok()
-            .map(|a| (a.ip().to_string(), a.port()))
+    fn local_end(&self) -> Option<Peer> {
+        self.local_addr().ok().map(Peer::Tcp)
     }
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Ok(self)
@@ -286,8 +285,8 @@ impl ClientStream for UnixStream {
     fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
         self.split()
     }
-    fn local_end(&self) -> Option<(String, u16)> {
-        Some(("unix".to_owned(), 0))
+    fn local_end(&self) -> Option<Peer> {
+        Some(Peer::unix(None))
     }
     fn is_local(&self) -> bool {
         true

@@ -82,7 +82,7 @@ impl ClientStream for TlsClientStream {
         tokio::io::split(self)
     }
 
-    fn local_end(&self) -> Option<(String, u16)> {
+    fn local_end(&self) -> Option<crate::net::Peer> {
         self.inner.get_ref().0.local_end()
     }
 

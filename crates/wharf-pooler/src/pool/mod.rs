@@ -6,18 +6,19 @@ mod control;
 mod hosts;
 mod limit;
 mod manager;
+mod welcome;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use wharf::Pooled;
 
 pub use control::{DbControl, GlobalControl};
 pub use hosts::HostStatus;
 pub use limit::ConnectionLimit;
 pub use manager::{ServerManager, Tracking};
+pub use welcome::Greeting;
 
 use crate::config::PoolMode;
 use crate::server::{ParamSets, Params, ServerTarget, SessionAttrs};
@@ -94,9 +95,9 @@ pub struct ServerPool {
     reset_always: bool,
     /// Made from the `*` entry: dropped after `autodb_idle_timeout` unused.
     auto: bool,
-    /// The ParameterStatus set a server sent at login, cached for the
-    /// welcome of later clients.
-    welcome: Mutex<Option<Arc<Params>>>,
+    /// The ParameterStatus set a server sent at login, and the welcomes
+    /// made from it.
+    welcomes: welcome::Welcomes,
     stats: Arc<PoolStats>,
     control: Arc<DbControl>,
     param_sets: ParamSets,
@@ -138,7 +139,7 @@ impl ServerPool {
             reset_query: shape.reset_query.clone(),
             reset_always: shape.reset_always,
             auto,
-            welcome: Mutex::new(None),
+            welcomes: welcome::Welcomes::default(),
             stats,
             control,
             param_sets: ParamSets::default(),
@@ -410,14 +411,25 @@ impl ServerPool {
         &self.param_sets
     }
 
-    /// The cached welcome parameters, if a server has logged in yet.
-    pub fn welcome(&self) -> Option<Arc<Params>> {
-        self.welcome.lock().clone()
+    /// Keeps the parameters the pool's first server reported at login
+    /// for later welcomes, and greets the client that waited for it (as
+    /// [`ServerPool::greeting`]).
+    pub fn first_greeting(
+        &self,
+        server: &[(String, String)],
+        client: &Params,
+        keep: bool,
+    ) -> Arc<Greeting> {
+        self.welcomes
+            .set_server_and_greet(server, client, keep, &self.param_sets)
     }
 
-    /// Caches a server's login parameters for later welcomes.
-    pub fn set_welcome(&self, params: &[(String, String)]) {
-        *self.welcome.lock() = Some(Arc::new(params.to_vec()));
+    /// The welcome of a client that logged in with the tracked parameters
+    /// `client`, or `None` before any server has logged in. `keep`: whether
+    /// later clients may log in with the same parameters (not when they
+    /// carry the client's address).
+    pub fn greeting(&self, client: &Params, keep: bool) -> Option<Arc<Greeting>> {
+        self.welcomes.greeting(client, keep, &self.param_sets)
     }
 }
 

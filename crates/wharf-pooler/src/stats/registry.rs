@@ -12,6 +12,7 @@ use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 
 use super::{micros, now_us, PoolStats, Stats};
+use crate::net::Peer;
 use crate::proto::Replication;
 
 /// What a client connection is doing, for `SHOW CLIENTS` and `SHOW POOLS`.
@@ -434,10 +435,10 @@ pub struct ClientInfo {
     pub database: String,
     /// The pool's user.
     pub pool_user: String,
-    /// Peer address and port.
-    pub addr: (String, u16),
-    /// Local address and port.
-    pub local_addr: (String, u16),
+    /// Where the client connects from.
+    pub addr: Peer,
+    /// The pooler's end of the connection, when the socket tells.
+    pub local_addr: Option<Peer>,
     /// The TLS protocol and cipher, empty for plain text.
     pub tls: String,
     /// Peer process id when known, else 0.
@@ -546,8 +547,8 @@ mod tests {
             user: "u".into(),
             database: "db".into(),
             pool_user: "u".into(),
-            addr: ("a".into(), 1),
-            local_addr: ("b".into(), 2),
+            addr: Peer::Tcp("127.0.0.1:1".parse().unwrap()),
+            local_addr: None,
             tls: String::new(),
             remote_pid: 0,
             admin: false,

@@ -12,7 +12,7 @@ use crate::auth::{
 };
 use crate::client::{refuse, Ended};
 use crate::config::{AuthType, Config, HbaMethod, Secret};
-use crate::net::ClientStream;
+use crate::net::{ClientStream, Peer};
 use crate::proto::Replication;
 use crate::router::Lookup;
 use crate::state::PoolerState;
@@ -79,7 +79,7 @@ enum Proof {
 /// fails is told why (FATAL) and `Ended`.
 pub(in crate::client) async fn authenticate<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     config: &Config,
     database: &str,
@@ -130,7 +130,7 @@ pub(in crate::client) async fn authenticate<S: ClientStream>(
 /// words for turning it away.
 fn hba_proof<S: ClientStream>(
     stream: &S,
-    peer: &str,
+    peer: &Peer,
     config: &Config,
     (database, user): (&str, &str),
     replication: Replication,
@@ -139,12 +139,8 @@ fn hba_proof<S: ClientStream>(
         tracing::warn!(%peer, "closing client: auth_type = hba but no hba rules are loaded");
         return Err(NO_RULE);
     };
-    let Some(origin) = ClientOrigin::from_peer(peer) else {
-        tracing::warn!(%peer, "closing client: cannot tell its address for the hba rules");
-        return Err(NO_RULE);
-    };
     let client = HbaClient {
-        origin,
+        origin: ClientOrigin::from_peer(peer),
         tls: stream.tls().is_some(),
         database,
         user,
@@ -210,7 +206,7 @@ fn peer_refusal<S: ClientStream>(stream: &S, user: &str, known: bool) -> Option<
 /// `database`.
 async fn password<S: ClientStream>(
     stream: &mut S,
-    peer: &str,
+    peer: &Peer,
     state: &PoolerState,
     method: AuthType,
     (database, user): (&str, &str),

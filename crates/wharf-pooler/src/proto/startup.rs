@@ -41,18 +41,27 @@ pub enum Startup {
 
 /// Reads a startup-phase packet (no type byte: length, then code).
 pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startup, ProtocolError> {
-    let len = match reader.read_i32().await {
-        Ok(len) => len,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(ProtocolError::Closed)
+    // No packet is shorter than 8 bytes, so asking for up to 8 at first
+    // never takes a byte of what follows it, and an encryption request
+    // (exactly 8, sent before every login by most drivers) comes in one
+    // read instead of two.
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < 4 {
+        match reader.read(&mut head[got..]).await {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(n) => got += n,
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
-    };
+    }
+    let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
-        return Err(bad_header(reader, len).await);
+        return Err(bad_header(reader, &head[..got], len).await);
     }
     let mut body = vec![0; len as usize - 4];
-    reader.read_exact(&mut body).await?;
+    let early = got - 4;
+    body[..early].copy_from_slice(&head[4..got]);
+    reader.read_exact(&mut body[early..]).await?;
     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     let rest = &body[4..];
     match code {
@@ -79,15 +88,15 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
 /// PgBouncer's refusal of a startup length it will not take: the header's
 /// first 8 bytes in hex (those that came), so the log shows what the
 /// client sent instead (an HTTP request, a TLS ClientHello, ...).
-async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, len: i32) -> ProtocolError {
-    let mut header = len.to_be_bytes().to_vec();
-    let mut rest = [0u8; 4];
-    let mut got = 0;
+async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, came: &[u8], len: i32) -> ProtocolError {
+    let mut header = [0u8; 8];
     // Only a length that claims a body has more header to quote.
+    let mut got = if len >= 8 { came.len() } else { 4 };
+    header[..got].copy_from_slice(&came[..got]);
     if len >= 8 {
         let _ = tokio::time::timeout(HEADER_GRACE, async {
-            while got < rest.len() {
-                match reader.read(&mut rest[got..]).await {
+            while got < header.len() {
+                match reader.read(&mut header[got..]).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got += n,
                 }
@@ -95,7 +104,7 @@ async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, len: i32) -> ProtocolE
         })
         .await;
     }
-    header.extend_from_slice(&rest[..got]);
+    let header = &header[..got];
     ProtocolError::BadHeader(header.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -230,5 +239,78 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    /// A reader that hands out what it holds a few bytes at a time, and
+    /// remembers how much was taken.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.step.min(buf.remaining()).min(self.bytes.len());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_packet_is_read_whole_in_any_pieces_and_nothing_after_it_is_taken() {
+        let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
+        let body = b"\0\x03\0\0user\0alice\0\0";
+        let mut startup = (body.len() as i32 + 4).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        let cancel = [0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 7, 0, 0, 0, 9];
+        let stream = [&ssl[..], &startup, &cancel, b"Q..."].concat();
+        for step in [1, 3, 5, 8, 64] {
+            let mut reader = Trickle {
+                bytes: &stream,
+                step,
+            };
+            assert_eq!(
+                read_startup(&mut reader).await.unwrap(),
+                Startup::SslRequest
+            );
+            assert!(matches!(
+                read_startup(&mut reader).await.unwrap(),
+                Startup::Startup { .. }
+            ));
+            assert_eq!(
+                read_startup(&mut reader).await.unwrap(),
+                Startup::Cancel(CancelKey { pid: 7, secret: 9 })
+            );
+            assert_eq!(reader.bytes, b"Q...", "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_is_quoted_as_far_as_it_came() {
+        let quoted = |err| match err {
+            ProtocolError::BadHeader(hex) => hex,
+            other => panic!("{other:?}"),
+        };
+        // Too long: the first 8 bytes, read on past the first 4.
+        let http = b"GET / HTTP/1.1\r\n";
+        for step in [1, 4, 8, 64] {
+            let mut reader = Trickle { bytes: http, step };
+            let err = read_startup(&mut reader).await.unwrap_err();
+            assert_eq!(quoted(err), "474554202f204854", "step {step}");
+        }
+        // Too short: the length alone.
+        let mut reader = Trickle {
+            bytes: &[0, 0, 0, 3, 1, 2, 3, 4],
+            step: 8,
+        };
+        assert_eq!(
+            quoted(read_startup(&mut reader).await.unwrap_err()),
+            "00000003"
+        );
     }
 }

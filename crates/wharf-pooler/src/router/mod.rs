@@ -6,6 +6,7 @@
 mod auth_query;
 mod control;
 mod plan;
+mod pool_key;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::tls::TlsContexts;
 use auth_query::AuthCache;
 pub use auth_query::Lookup;
 use plan::PoolPlan;
+use pool_key::PoolKey;
 
 /// Why a client's database could not be routed.
 #[derive(Debug, thiserror::Error)]
@@ -195,23 +197,23 @@ impl Router {
             .database(database)
             .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
         // A forced user in [databases] makes every client share its pool.
-        let server_user = entry.user.clone().unwrap_or_else(|| user.to_owned());
-        let key = (database.to_owned(), server_user.clone());
-        if let Some(pool) = self.pools.read().get(&key) {
+        let server_user = entry.user.as_deref().unwrap_or(user);
+        let key: &dyn PoolKey = &(database, server_user);
+        if let Some(pool) = self.pools.read().get(key) {
             return Ok(pool.clone());
         }
         let mut pools = self.pools.write();
-        if let Some(pool) = pools.get(&key) {
+        if let Some(pool) = pools.get(key) {
             return Ok(pool.clone());
         }
-        let looked_up = self.auth_cache.secret(database, &server_user);
+        let looked_up = self.auth_cache.secret(database, server_user);
         let plan = PoolPlan::new(
             &config,
             &self.secrets(),
             &self.client_keys.read(),
             self.tls().server(),
             database,
-            &server_user,
+            server_user,
             looked_up.as_ref(),
         )
         .ok_or_else(|| RouteError::UnknownDatabase(database.to_owned()))?;
@@ -228,17 +230,17 @@ impl Router {
             limits.push(self.limit(
                 format!("max_user_connections={user_max} for user {server_user}"),
                 "user",
-                &server_user,
+                server_user,
                 user_max,
             ));
         }
         let tracking = Tracking {
             registry: self.stats.clone(),
-            pool: self.stats.pool(database, &server_user),
+            pool: self.stats.pool(database, server_user),
             control: self.db_control(database),
         };
         let pool = ServerPool::new(
-            (database, &server_user),
+            (database, server_user),
             &plan.shape,
             plan.target,
             limits,
@@ -247,11 +249,11 @@ impl Router {
         )
         .map_err(|source| RouteError::BadPool {
             database: database.to_owned(),
-            user: server_user.clone(),
+            user: server_user.to_owned(),
             source,
         })?;
         let pool = Arc::new(pool);
-        pools.insert(key, pool.clone());
+        pools.insert((database.to_owned(), server_user.to_owned()), pool.clone());
         Ok(pool)
     }
 }

@@ -11,7 +11,9 @@ use wharf_pooler::proto::{read_startup, Scanner, Startup};
 const LIMITS: [usize; 2] = [2_147_483_647, 8192];
 
 fuzz_target!(|data: &[u8]| {
+    // With timers: a bad header is quoted within a grace period.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a current-thread runtime");
 

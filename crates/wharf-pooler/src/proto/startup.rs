@@ -93,7 +93,7 @@ async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, came: &[u8], len: i32)
     // Only a length that claims a body has more header to quote.
     let mut got = if len >= 8 { came.len() } else { 4 };
     header[..got].copy_from_slice(&came[..got]);
-    if len >= 8 {
+    if len >= 8 && got < header.len() {
         let _ = tokio::time::timeout(HEADER_GRACE, async {
             while got < header.len() {
                 match reader.read(&mut header[got..]).await {

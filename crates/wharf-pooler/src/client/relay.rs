@@ -5,7 +5,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::session::{shutdown_fired, Session};
+use super::session::{shutdown_fired, timer_fired, Session};
 use super::state::EventTime;
 use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
@@ -70,8 +70,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let registry = self.state.statements();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
-        let timeouts = self.timeouts;
-        let timed = timeouts.linked();
+        let timed = self.timeouts.linked();
         let linked_at = tokio::time::Instant::now();
         let busy = self.protocol.pending() > 0;
         let mut server_streak = 0u32;
@@ -116,7 +115,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                         server_params.mark_synced(self.params_set.clone());
                     }
                 };
-                match probe(&mut sr, &mut sw, rbuf, &mut self.writer, &mut on_param).await {
+                // Boxed: rare (a failed COPY), and its state would
+                // otherwise be part of every client's task.
+                let probed = Box::pin(probe(
+                    &mut sr,
+                    &mut sw,
+                    rbuf,
+                    &mut self.writer,
+                    &mut on_param,
+                ));
+                match probed.await {
                     Ok(status) => tx_status = status,
                     Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
                     Err(Probe::Server(err)) => {
@@ -158,7 +166,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 return Unlinked::Released;
             }
             let deadline = if timed {
-                clock.deadline(&timeouts, self.protocol.pending() > 0, tx_status != b'I')
+                clock.deadline(
+                    &self.timeouts,
+                    self.protocol.pending() > 0,
+                    tx_status != b'I',
+                )
             } else {
                 None
             };
@@ -234,7 +246,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 if server_streak >= SERVER_STREAK {
                     tokio::select! {
                         biased;
-                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = timer_fired(timer), if timer_on => Event::Timer,
                         event = &mut client_side => event,
                         event = &mut server_side => event,
                         _ = shutdown, if wake_on_shutdown => Event::Shutdown,
@@ -242,7 +254,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 } else {
                     tokio::select! {
                         biased;
-                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = timer_fired(timer), if timer_on => Event::Timer,
                         event = &mut server_side => event,
                         event = &mut client_side => event,
                         _ = shutdown, if wake_on_shutdown => Event::Shutdown,

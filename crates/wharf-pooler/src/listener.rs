@@ -97,7 +97,8 @@ fn admit<S: ClientStream + 'static>(
     let state = state.clone();
     if count.current > max_clients {
         tokio::spawn(async move {
-            refuse_over_limit(stream, &peer, &state, max_clients).await;
+            // Boxed: a flood of clients over the limit holds small tasks.
+            Box::pin(refuse_over_limit(stream, &peer, &state, max_clients)).await;
             drop(count);
         });
         return;

@@ -296,16 +296,23 @@ async fn refuse<S: ClientStream>(
 }
 
 /// Sends a FATAL error; the connection is closed after it either way.
-async fn fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
-    // Boxed: it runs once, at a session's end, and every future that can
-    // end a session (the relay, the wait for the client) would otherwise
-    // carry its message buffer and write state, which an idle client's
-    // task keeps for its whole life.
-    Box::pin(async move {
-        let mut out = BytesMut::new();
-        messages::error(&mut out, "FATAL", code, message);
-        let _ = writer.write_all(&out).await;
-        let _ = writer.shutdown().await;
-    })
-    .await;
+///
+/// Boxed: it runs once, at a connection's end, and every future that can
+/// end a session (the relay, the wait for the client) would otherwise
+/// carry its message buffer and write state, which an idle client's task
+/// keeps for its whole life.
+fn fatal<'w, W: AsyncWrite + Unpin>(
+    writer: &'w mut W,
+    code: &'w str,
+    message: &'w str,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = ()> + 'w>> {
+    Box::pin(send_fatal(writer, code, message))
+}
+
+/// [`fatal`], unboxed, for futures that are boxed already.
+async fn send_fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    messages::error(&mut out, "FATAL", code, message);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
 }

@@ -30,7 +30,9 @@ pub(super) enum Unlinked {
         /// Whether the server is outside any transaction.
         clean: bool,
     },
-    /// The server failed; the client was told.
+    /// The server failed; the client is still to be told (by
+    /// [`Session::unlinked`], so that the relay's state does not carry
+    /// the telling).
     ServerGone,
     /// A statement-mode client opened a transaction.
     TransactionInStatementMode,
@@ -129,7 +131,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
                     Err(Probe::Server(err)) => {
                         tracing::warn!(error = %err, "server connection failed");
-                        self.server_failed().await;
                         return Unlinked::ServerGone;
                     }
                 }
@@ -175,7 +176,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 None
             };
             self.rearm(deadline.map(|(at, _)| at));
-            let timer_on = deadline.is_some();
+            // Only which timeout: its instant is `self.armed`, and this
+            // lives across the wait, in every client's task.
+            let timing = deadline.map(|(_, which)| which);
+            let timer_on = timing.is_some();
             // The watch future persists across events (polling it only
             // re-checks its registration): an immediate shutdown must cut
             // a session stuck waiting on a long query.
@@ -269,8 +273,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             };
             match event {
                 Event::Timer => {
-                    self.armed = None;
-                    if let Some((due, which)) = deadline {
+                    let due = self.armed.take();
+                    if let (Some(due), Some(which)) = (due, timing) {
                         if due <= tokio::time::Instant::now() {
                             return Unlinked::TimedOut(which);
                         }
@@ -299,12 +303,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
                 Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
                     tracing::warn!(error = %err, "server connection failed");
-                    self.server_failed().await;
                     return Unlinked::ServerGone;
                 }
                 Event::ReadServer(Ok(0)) => {
                     tracing::warn!("server closed the connection unexpectedly");
-                    self.server_failed().await;
                     return Unlinked::ServerGone;
                 }
                 Event::ReadServer(Ok(_)) => {
@@ -359,7 +361,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     }
                     if let Err(err) = scanned {
                         tracing::warn!(error = %err, "server sent a malformed message");
-                        self.server_failed().await;
                         return Unlinked::ServerGone;
                     }
                 }

@@ -16,7 +16,7 @@ use super::prepare::{self, Tracker};
 use super::route::{self, Routing};
 use super::state::ProtocolState;
 use super::timeouts::{Timeout, Timeouts};
-use super::{fatal, SHUTTING_DOWN};
+use super::{fatal, send_fatal, SHUTTING_DOWN};
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
@@ -268,7 +268,19 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
 
     /// Ends the session with an error from the pooler itself (PgBouncer's
     /// pooler errors), logged when `log_pooler_errors` is on.
-    pub(super) async fn pooler_error(&mut self, code: &str, message: &str) {
+    ///
+    /// Boxed, as [`fatal`] is: once per session, and never in an idle
+    /// client's task.
+    pub(super) fn pooler_error<'s>(
+        &'s mut self,
+        code: &'s str,
+        message: &'s str,
+    ) -> Pin<Box<impl Future<Output = ()> + use<'s, 'a, R, W>>> {
+        Box::pin(self.report_error(code, message))
+    }
+
+    /// [`pooler_error`](Self::pooler_error), unboxed.
+    async fn report_error(&mut self, code: &str, message: &str) {
         if self.timeouts.log_pooler_errors {
             tracing::warn!(
                 database = %self.pool.database(),
@@ -278,7 +290,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             );
         }
         tracing::info!(database = %self.pool.database(), user = %self.user, "closing client: {message}");
-        fatal(&mut self.writer, code, message).await;
+        send_fatal(&mut self.writer, code, message).await;
     }
 
     /// Scans what the client sent since the last scan, noting each message
@@ -342,20 +354,24 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     }
 
     /// Ends a session whose client broke the protocol; returns the reason
-    /// for the log.
-    pub(super) async fn client_broke(&mut self, err: ProtocolError) -> &'static str {
-        self.pooler_error("08P01", &format!("invalid message: {err}"))
-            .await;
-        "protocol error"
+    /// for the log. Boxed, as [`pooler_error`](Self::pooler_error) is.
+    pub(super) fn client_broke(
+        &mut self,
+        err: ProtocolError,
+    ) -> Pin<Box<impl Future<Output = &'static str> + use<'_, 'a, R, W>>> {
+        Box::pin(async move {
+            self.report_error("08P01", &format!("invalid message: {err}"))
+                .await;
+            "protocol error"
+        })
     }
 
     /// Tells the client its server failed.
-    pub(super) async fn server_failed(&mut self) {
+    pub(super) fn server_failed(&mut self) -> Pin<Box<impl Future<Output = ()> + use<'_, R, W>>> {
         fatal(
             &mut self.writer,
             "08006",
             "server closed the connection unexpectedly",
         )
-        .await;
     }
 }

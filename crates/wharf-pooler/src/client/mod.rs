@@ -67,7 +67,9 @@ pub(crate) fn serve_client<S: ClientStream, G: Send>(
     held: G,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let _held = held;
+        // Named so that the task owns it (unnamed, it would be dropped now);
+        // a borrow, as a moved copy would take room in the task.
+        let _held = &held;
         let login_timeout = state
             .config()
             .pgbouncer
@@ -78,12 +80,14 @@ pub(crate) fn serve_client<S: ClientStream, G: Send>(
         let tls = tls.client();
         // Boxed, as every step that ends before the session: the task keeps
         // the size of its largest state for its whole life.
-        let first = tokio::time::timeout_at(
+        // Matched where it is made, so that no copy of it stays in the task
+        // beside the session.
+        match tokio::time::timeout_at(
             deadline,
             Box::pin(negotiate(&mut stream, &peer, &state, tls)),
         )
-        .await;
-        match first {
+        .await
+        {
             Ok(Ok(First::Packet(packet))) => {
                 // Cancel requests come in plain text from every libpq before 17.
                 let plain_session = !matches!(packet, Startup::Cancel(_)) && !stream.is_local();
@@ -162,13 +166,15 @@ fn serve<'a, S: ClientStream>(
                 }
             };
         let registered = state.cancels().register(login.pool.stats().clone());
-        let welcomed = {
-            let notify_message = state.config().pgbouncer.login_notify_message.clone();
-            send_welcome(stream, &login, registered.key, &notify_message).await
-        };
-        if welcomed.is_err() {
+        let notify_message = state.config().pgbouncer.login_notify_message.clone();
+        if send_welcome(stream, &login, registered.key, &notify_message)
+            .await
+            .is_err()
+        {
             return;
         }
+        // Moved out, so that it takes no room in the task during the session.
+        drop(notify_message);
         if state.config().pgbouncer.log_connections {
             tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
         }

@@ -40,6 +40,8 @@ pub(super) struct Routing {
     /// Whether each named statement the client prepared is a read, for a
     /// transaction that starts with a Bind of it; made at the first, so
     /// that a session without one keeps a pointer, not an empty map.
+    // Boxed on purpose: an empty map inline is 48 bytes in every session.
+    #[allow(clippy::box_collection)]
     named: Option<Box<HashMap<Vec<u8>, bool>>>,
 }
 

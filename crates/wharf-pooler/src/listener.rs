@@ -95,15 +95,17 @@ fn admit<S: ClientStream + 'static>(
     let max_clients = state.config().pgbouncer.max_client_conn;
     let count = ClientCount::new(clients.clone());
     let state = state.clone();
-    let client = async move {
-        if count.current > max_clients {
+    if count.current > max_clients {
+        tokio::spawn(async move {
+            // Boxed: a flood of clients over the limit holds small tasks.
             Box::pin(refuse_over_limit(stream, &peer, &state, max_clients)).await;
-            return;
-        }
-        serve_client(stream, peer, state).await;
-        drop(count);
-    };
-    tokio::spawn(client);
+            drop(count);
+        });
+        return;
+    }
+    // Spawned as it is, not inside another future: that one would keep a
+    // dead copy of the arguments for the client's whole life.
+    tokio::spawn(serve_client(stream, peer, state, count));
 }
 
 /// Turns away a client over `max_client_conn`, after its startup packet

@@ -182,6 +182,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 ControlFlow::Break("client disconnected")
             }
             Unlinked::ServerGone => {
+                self.server_failed().await;
                 server.mark_broken();
                 ControlFlow::Break("server connection failed")
             }

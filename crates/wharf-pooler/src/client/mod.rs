@@ -54,47 +54,65 @@ struct Ended;
 /// encryption request and TLS handshake, then the session, plain or
 /// encrypted. The handshake counts against `client_login_timeout`, so a
 /// client that stalls in it holds nothing for longer than a slow login.
-pub async fn serve_client<S: ClientStream>(mut stream: S, peer: Peer, state: Arc<PoolerState>) {
-    let login_timeout = state
-        .config()
-        .pgbouncer
-        .client_login_timeout
-        .unwrap_or(NO_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + login_timeout;
-    let tls = state.tls();
-    let tls = tls.client();
-    // Boxed, as every step that ends before the session: the task keeps
-    // the size of its largest state for its whole life.
-    let first = tokio::time::timeout_at(
-        deadline,
-        Box::pin(negotiate(&mut stream, &peer, &state, tls)),
-    )
-    .await;
-    match first {
-        Ok(Ok(First::Packet(packet))) => {
-            // Cancel requests come in plain text from every libpq before 17.
-            let plain_session = !matches!(packet, Startup::Cancel(_)) && !stream.is_local();
-            if plain_session && tls.required() {
-                tracing::info!(%peer, "closing client: TLS required");
-                refuse(&mut stream, &state, &peer, "08P01", "SSL required").await;
-                return;
+/// `held` (the listener's count of connected clients) is dropped when the
+/// connection ends.
+//
+// Not an `async fn`: one keeps a second copy of its arguments for its
+// whole life (rust-lang/rust#62958), and this future is the client's task.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve_client<S: ClientStream, G: Send>(
+    mut stream: S,
+    peer: Peer,
+    state: Arc<PoolerState>,
+    held: G,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // Named so that the task owns it (unnamed, it would be dropped now);
+        // a borrow, as a moved copy would take room in the task.
+        let _held = &held;
+        let login_timeout = state
+            .config()
+            .pgbouncer
+            .client_login_timeout
+            .unwrap_or(NO_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + login_timeout;
+        let tls = state.tls();
+        let tls = tls.client();
+        // Boxed, as every step that ends before the session: the task keeps
+        // the size of its largest state for its whole life.
+        // Matched where it is made, so that no copy of it stays in the task
+        // beside the session.
+        match tokio::time::timeout_at(
+            deadline,
+            Box::pin(negotiate(&mut stream, &peer, &state, tls)),
+        )
+        .await
+        {
+            Ok(Ok(First::Packet(packet))) => {
+                // Cancel requests come in plain text from every libpq before 17.
+                let plain_session = !matches!(packet, Startup::Cancel(_)) && !stream.is_local();
+                if plain_session && tls.required() {
+                    tracing::info!(%peer, "closing client: TLS required");
+                    refuse(&mut stream, &state, &peer, "08P01", "SSL required").await;
+                    return;
+                }
+                // Not boxed: the session is what the task is for, and what
+                // it keeps for its life (the TLS branch is boxed instead).
+                serve(&mut stream, Some(packet), &peer, &state, deadline).await;
             }
-            // Not boxed: the session is what the task is for, and what
-            // it keeps for its life (the TLS branch is boxed instead).
-            serve(stream, Some(packet), peer, state, deadline).await;
-        }
-        Ok(Ok(First::Encrypt)) => {
-            let Ok(tcp) = stream.into_tcp() else {
-                return;
-            };
-            // Boxed: a TLS stream is over a KiB, which a plain client's
-            // task would otherwise carry too.
-            Box::pin(serve_encrypted(tcp, peer, state, deadline)).await;
-        }
-        Ok(Err(Ended)) => {}
-        Err(_) => {
-            refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
-            tracing::info!(%peer, "closing client: login timed out");
+            Ok(Ok(First::Encrypt)) => {
+                let Ok(tcp) = stream.into_tcp() else {
+                    return;
+                };
+                // Boxed: a TLS stream is over a KiB, which a plain client's
+                // task would otherwise carry too.
+                Box::pin(serve_encrypted(tcp, peer, state, deadline)).await;
+            }
+            Ok(Err(Ended)) => {}
+            Err(_) => {
+                refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
+                tracing::info!(%peer, "closing client: login timed out");
+            }
         }
     }
 }
@@ -111,7 +129,7 @@ async fn serve_encrypted(
         tokio::time::timeout_at(deadline, tls.client().accept(tcp)).await
     };
     match accepted {
-        Ok(Ok(encrypted)) => serve(encrypted, None, peer, state, deadline).await,
+        Ok(Ok(mut encrypted)) => serve(&mut encrypted, None, &peer, &state, deadline).await,
         Ok(Err(err)) => {
             tracing::info!(%peer, error = %err, "closing client: TLS handshake failed");
         }
@@ -120,101 +138,118 @@ async fn serve_encrypted(
 }
 
 /// The login and the session, once the stream is what it will stay.
-async fn serve<S: ClientStream>(
-    mut stream: S,
+//
+// Not an `async fn`, for the reason `serve_client` gives.
+#[allow(clippy::manual_async_fn)]
+fn serve<'a, S: ClientStream>(
+    stream: &'a mut S,
     first: Option<Startup>,
-    peer: Peer,
-    state: Arc<PoolerState>,
+    peer: &'a Peer,
+    state: &'a Arc<PoolerState>,
     deadline: tokio::time::Instant,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
+        // The login's result is matched where it is made: held in a local,
+        // it would stay in the task beside the session for the session's
+        // life.
+        let login =
+            match tokio::time::timeout_at(deadline, Box::pin(login(stream, first, peer, state)))
+                .await
+            {
+                Ok(Ok(LoggedIn::Pool(login))) => login,
+                Ok(Ok(other)) => return Box::pin(serve_other(stream, other, peer, state)).await,
+                Ok(Err(Ended)) => return,
+                Err(_) => {
+                    refuse(stream, state, peer, "08P01", "client_login_timeout").await;
+                    tracing::info!(%peer, "closing client: login timed out");
+                    return;
+                }
+            };
+        let registered = state.cancels().register(login.pool.stats().clone());
+        let notify_message = state.config().pgbouncer.login_notify_message.clone();
+        if send_welcome(stream, &login, registered.key, &notify_message)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Moved out, so that it takes no room in the task during the session.
+        drop(notify_message);
+        if state.config().pgbouncer.log_connections {
+            tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
+        }
+        let info = client_info(
+            &*stream,
+            peer,
+            &login.user,
+            login.pool.database(),
+            login.pool.user(),
+            false,
+        );
+        let client = state
+            .router()
+            .stats()
+            .register_client(info, application_name(login.greeting.tracked()));
+        login
+            .pool
+            .stats()
+            .client_logins
+            .fetch_add(1, Ordering::Relaxed);
+        let mut session = Session::new(
+            stream.halves(),
+            &login,
+            &registered.slot,
+            &client.entry,
+            state,
+        );
+        // KILL and KILL_CLIENT drop the session wherever it is; a server it
+        // held mid-transaction is closed, not pooled (see `ServerConn::hand_to`).
+        let entry = &*client.entry;
+        let outcome = tokio::select! {
+            // Once killed, not one more message is relayed.
+            biased;
+            () = entry.killed() => None,
+            reason = session.run() => Some(reason),
+        };
+        let reason = match outcome {
+            Some(reason) => reason,
+            None => {
+                let message = entry.kill_reason().message();
+                session.pooler_error("08P01", message).await;
+                "killed by the admin console"
+            }
+        };
+        if state.config().pgbouncer.log_disconnections {
+            tracing::info!(%peer, database = %login.pool.database(), user = %login.user, reason, "client closed");
+        }
+    }
+}
+
+/// A login that is not a pool client's session: a cancel request, a
+/// replication client or an admin console session.
+async fn serve_other<S: ClientStream>(
+    stream: &mut S,
+    logged_in: LoggedIn,
+    peer: &Peer,
+    state: &Arc<PoolerState>,
 ) {
-    let config = state.config();
-    let settings = &config.pgbouncer;
-    let logged_in =
-        tokio::time::timeout_at(deadline, Box::pin(login(&mut stream, first, &peer, &state))).await;
-    let login = match logged_in {
-        Ok(Ok(LoggedIn::Pool(login))) => login,
+    match logged_in {
         // Outside the login timeout: a cancel given up midway would leave
         // its server closed for nothing.
-        Ok(Ok(LoggedIn::Cancel(key))) => {
-            Box::pin(state.cancel(key)).await;
-            return;
+        LoggedIn::Cancel(key) => state.cancel(key).await,
+        LoggedIn::Replication(login) => {
+            replication::serve_replication(stream, login, peer, state).await;
         }
-        Ok(Ok(LoggedIn::Replication(login))) => {
-            Box::pin(replication::serve_replication(stream, login, &peer, &state)).await;
-            return;
-        }
-        Ok(Ok(LoggedIn::Console { user, role, params })) => {
-            let info = client_info(&stream, &peer, &user, "pgbouncer", &user, true);
+        LoggedIn::Console { user, role, params } => {
+            let info = client_info(&*stream, peer, &user, "pgbouncer", &user, true);
             let entry = state
                 .router()
                 .stats()
                 .register_client(info, application_name(&params));
             let console = admin::Console { user, role, entry };
-            Box::pin(admin::serve(&mut stream, &state, console)).await;
-            return;
+            admin::serve(stream, state, console).await;
         }
-        Ok(Err(Ended)) => return,
-        Err(_) => {
-            refuse(&mut stream, &state, &peer, "08P01", "client_login_timeout").await;
-            tracing::info!(%peer, "closing client: login timed out");
-            return;
-        }
-    };
-    let registered = state.cancels().register(login.pool.stats().clone());
-    let notify_message = state.config().pgbouncer.login_notify_message.clone();
-    if send_welcome(&mut stream, &login, registered.key, &notify_message)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    if settings.log_connections {
-        tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
-    }
-    let info = client_info(
-        &stream,
-        &peer,
-        &login.user,
-        login.pool.database(),
-        login.pool.user(),
-        false,
-    );
-    let client = state
-        .router()
-        .stats()
-        .register_client(info, application_name(login.greeting.tracked()));
-    login
-        .pool
-        .stats()
-        .client_logins
-        .fetch_add(1, Ordering::Relaxed);
-    let (reader, writer) = stream.halves();
-    let mut session = Session::new(
-        (reader, writer),
-        &login,
-        &registered.slot,
-        &client.entry,
-        &state,
-    );
-    // KILL and KILL_CLIENT drop the session wherever it is; a server it
-    // held mid-transaction is closed, not pooled (see `ServerConn::hand_to`).
-    let killed = client.entry.clone();
-    let outcome = tokio::select! {
-        // Once killed, not one more message is relayed.
-        biased;
-        () = killed.killed() => None,
-        reason = session.run() => Some(reason),
-    };
-    let reason = match outcome {
-        Some(reason) => reason,
-        None => {
-            let message = killed.kill_reason().message();
-            session.pooler_error("08P01", message).await;
-            "killed by the admin console"
-        }
-    };
-    if settings.log_disconnections {
-        tracing::info!(%peer, database = %login.pool.database(), user = %login.user, reason, "client closed");
+        LoggedIn::Pool(_) => unreachable!("a pool client's login is served by `serve`"),
     }
 }
 
@@ -267,7 +302,21 @@ async fn refuse<S: ClientStream>(
 }
 
 /// Sends a FATAL error; the connection is closed after it either way.
-async fn fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
+///
+/// Boxed: it runs once, at a connection's end, and every future that can
+/// end a session (the relay, the wait for the client) would otherwise
+/// carry its message buffer and write state, which an idle client's task
+/// keeps for its whole life.
+fn fatal<'w, W: AsyncWrite + Unpin>(
+    writer: &'w mut W,
+    code: &'w str,
+    message: &'w str,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = ()> + 'w>> {
+    Box::pin(send_fatal(writer, code, message))
+}
+
+/// [`fatal`], unboxed, for futures that are boxed already.
+async fn send_fatal<W: AsyncWrite + Unpin>(writer: &mut W, code: &str, message: &str) {
     let mut out = BytesMut::new();
     messages::error(&mut out, "FATAL", code, message);
     let _ = writer.write_all(&out).await;

@@ -5,7 +5,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::session::{shutdown_fired, Session};
+use super::session::{shutdown_fired, timer_fired, Session};
 use super::state::EventTime;
 use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
@@ -30,7 +30,9 @@ pub(super) enum Unlinked {
         /// Whether the server is outside any transaction.
         clean: bool,
     },
-    /// The server failed; the client was told.
+    /// The server failed; the client is still to be told (by
+    /// [`Session::unlinked`], so that the relay's state does not carry
+    /// the telling).
     ServerGone,
     /// A statement-mode client opened a transaction.
     TransactionInStatementMode,
@@ -70,8 +72,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let registry = self.state.statements();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
-        let timeouts = self.timeouts;
-        let timed = timeouts.linked();
+        let timed = self.timeouts.linked();
         let linked_at = tokio::time::Instant::now();
         let busy = self.protocol.pending() > 0;
         let mut server_streak = 0u32;
@@ -116,12 +117,20 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                         server_params.mark_synced(self.params_set.clone());
                     }
                 };
-                match probe(&mut sr, &mut sw, rbuf, &mut self.writer, &mut on_param).await {
+                // Boxed: rare (a failed COPY), and its state would
+                // otherwise be part of every client's task.
+                let probed = Box::pin(probe(
+                    &mut sr,
+                    &mut sw,
+                    rbuf,
+                    &mut self.writer,
+                    &mut on_param,
+                ));
+                match probed.await {
                     Ok(status) => tx_status = status,
                     Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
                     Err(Probe::Server(err)) => {
                         tracing::warn!(error = %err, "server connection failed");
-                        self.server_failed().await;
                         return Unlinked::ServerGone;
                     }
                 }
@@ -158,12 +167,19 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 return Unlinked::Released;
             }
             let deadline = if timed {
-                clock.deadline(&timeouts, self.protocol.pending() > 0, tx_status != b'I')
+                clock.deadline(
+                    &self.timeouts,
+                    self.protocol.pending() > 0,
+                    tx_status != b'I',
+                )
             } else {
                 None
             };
             self.rearm(deadline.map(|(at, _)| at));
-            let timer_on = deadline.is_some();
+            // Only which timeout: its instant is `self.armed`, and this
+            // lives across the wait, in every client's task.
+            let timing = deadline.map(|(_, which)| which);
+            let timer_on = timing.is_some();
             // The watch future persists across events (polling it only
             // re-checks its registration): an immediate shutdown must cut
             // a session stuck waiting on a long query.
@@ -234,7 +250,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 if server_streak >= SERVER_STREAK {
                     tokio::select! {
                         biased;
-                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = timer_fired(timer), if timer_on => Event::Timer,
                         event = &mut client_side => event,
                         event = &mut server_side => event,
                         _ = shutdown, if wake_on_shutdown => Event::Shutdown,
@@ -242,7 +258,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 } else {
                     tokio::select! {
                         biased;
-                        _ = timer.as_mut(), if timer_on => Event::Timer,
+                        _ = timer_fired(timer), if timer_on => Event::Timer,
                         event = &mut server_side => event,
                         event = &mut client_side => event,
                         _ = shutdown, if wake_on_shutdown => Event::Shutdown,
@@ -257,8 +273,8 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             };
             match event {
                 Event::Timer => {
-                    self.armed = None;
-                    if let Some((due, which)) = deadline {
+                    let due = self.armed.take();
+                    if let (Some(due), Some(which)) = (due, timing) {
                         if due <= tokio::time::Instant::now() {
                             return Unlinked::TimedOut(which);
                         }
@@ -287,12 +303,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
                 Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
                     tracing::warn!(error = %err, "server connection failed");
-                    self.server_failed().await;
                     return Unlinked::ServerGone;
                 }
                 Event::ReadServer(Ok(0)) => {
                     tracing::warn!("server closed the connection unexpectedly");
-                    self.server_failed().await;
                     return Unlinked::ServerGone;
                 }
                 Event::ReadServer(Ok(_)) => {
@@ -347,7 +361,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     }
                     if let Err(err) = scanned {
                         tracing::warn!(error = %err, "server sent a malformed message");
-                        self.server_failed().await;
                         return Unlinked::ServerGone;
                     }
                 }

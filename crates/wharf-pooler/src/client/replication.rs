@@ -20,7 +20,7 @@ use crate::state::PoolerState;
 
 /// Serves a replication client from its login to its last byte.
 pub(super) async fn serve_replication<S: ClientStream>(
-    mut stream: S,
+    stream: &mut S,
     login: ReplicationLogin,
     peer: &Peer,
     state: &Arc<PoolerState>,
@@ -28,7 +28,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
     let config = state.config();
     let pool = &login.pool;
     let mut info = client_info(
-        &stream,
+        &*stream,
         peer,
         &login.user,
         pool.database(),
@@ -67,7 +67,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
         Ok(server) => server,
         Err((code, message)) => {
             tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing replication client: no server connection");
-            refuse(&mut stream, state, peer, &code, &message).await;
+            refuse(stream, state, peer, &code, &message).await;
             return;
         }
     };
@@ -86,7 +86,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
     if let Err((code, message)) = started {
         server.mark_broken();
         tracing::warn!(%peer, pool = %pool.database(), error = %message, "closing replication client: server login failed");
-        refuse(&mut stream, state, peer, &code, &message).await;
+        refuse(stream, state, peer, &code, &message).await;
         return;
     }
     let registered = state.cancels().register(pool.stats().clone());
@@ -124,7 +124,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
     };
     registered.slot.unlink();
     if let Some(why) = stopped {
-        refuse(&mut stream, state, peer, "08P01", why).await;
+        refuse(stream, state, peer, "08P01", why).await;
     }
     if config.pgbouncer.log_disconnections {
         tracing::info!(%peer, database = %pool.database(), user = %login.user, reason = stopped.unwrap_or("connection closed"), "replication client closed");

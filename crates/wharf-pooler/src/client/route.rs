@@ -38,8 +38,11 @@ pub(super) struct Routing {
     /// `SET wharf.route = primary`: every transaction to the primary.
     pinned: bool,
     /// Whether each named statement the client prepared is a read, for a
-    /// transaction that starts with a Bind of it.
-    named: HashMap<Vec<u8>, bool>,
+    /// transaction that starts with a Bind of it; made at the first, so
+    /// that a session without one keeps a pointer, not an empty map.
+    // Boxed on purpose: an empty map inline is 48 bytes in every session.
+    #[allow(clippy::box_collection)]
+    named: Option<Box<HashMap<Vec<u8>, bool>>>,
 }
 
 /// The length of the whole message at the front of `bytes`, if it is all
@@ -84,7 +87,11 @@ impl Routing {
                         at += total;
                         continue;
                     }
-                    Some((name, _)) => self.named.get(name).copied().unwrap_or(false),
+                    Some((name, _)) => self
+                        .named
+                        .as_ref()
+                        .and_then(|named| named.get(name).copied())
+                        .unwrap_or(false),
                     None => false,
                 },
                 // Describe, Execute, Sync, Flush and Close run what the
@@ -119,13 +126,14 @@ impl Routing {
                     return;
                 }
                 let read = cstr_bytes(rest).is_some_and(|(sql, _)| is_read(sql));
-                if self.named.len() < MAX_NAMED || self.named.contains_key(name) {
-                    self.named.insert(name.to_vec(), read);
+                let named = self.named.get_or_insert_default();
+                if named.len() < MAX_NAMED || named.contains_key(name) {
+                    named.insert(name.to_vec(), read);
                 }
             }
             b'C' if body.first() == Some(&b'S') => {
-                if let Some((name, _)) = cstr_bytes(&body[1..]) {
-                    self.named.remove(name);
+                if let (Some((name, _)), Some(named)) = (cstr_bytes(&body[1..]), &mut self.named) {
+                    named.remove(name);
                 }
             }
             b'Q' => {

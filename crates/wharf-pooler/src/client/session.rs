@@ -16,7 +16,7 @@ use super::prepare::{self, Tracker};
 use super::route::{self, Routing};
 use super::state::ProtocolState;
 use super::timeouts::{Timeout, Timeouts};
-use super::{fatal, NO_TIMEOUT, SHUTTING_DOWN};
+use super::{fatal, send_fatal, SHUTTING_DOWN};
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
@@ -51,8 +51,11 @@ pub(super) struct Session<'a, R, W> {
     pub(super) cscan: Scanner,
     pub(super) protocol: ProtocolState,
     /// The client's prepared statements, in transaction and statement
-    /// mode with `max_prepared_statements` on.
-    pub(super) tracker: Option<Tracker>,
+    /// mode with `max_prepared_statements` on: made at the client's first
+    /// message, so a client that never sends one does not carry it.
+    pub(super) tracker: Option<Box<Tracker>>,
+    /// `max_prepared_statements` for `tracker`, 0 when not tracked.
+    tracker_cap: usize,
     /// Read/write routing: the pin, and the client's named statements'
     /// classes.
     pub(super) routing: Routing,
@@ -67,8 +70,9 @@ pub(super) struct Session<'a, R, W> {
     /// only when a RELOAD has put another in force.
     timeouts_from: Option<u64>,
     /// The session's one timer, moved to whichever deadline is nearest
-    /// when that changes (not a timer per message).
-    pub(super) timer: Pin<Box<tokio::time::Sleep>>,
+    /// when that changes (not a timer per message); made when first
+    /// armed, so a session without timeouts has none.
+    pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) armed: Option<tokio::time::Instant>,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
@@ -80,6 +84,16 @@ pub(super) struct Session<'a, R, W> {
 pub(super) async fn shutdown_fired(shutdown: &mut Option<ShutdownWait<'_>>) {
     match shutdown {
         Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the session's timer, or forever when it has none, so that a
+/// `select!` arm can name it either way (its precondition says whether it
+/// is armed).
+pub(super) async fn timer_fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -115,7 +129,12 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             cbuf: BytesMut::new(),
             cscan: Scanner::default(),
             protocol: ProtocolState::default(),
-            tracker: (cap > 0 && pool.mode() != PoolMode::Session).then(|| Tracker::new(cap)),
+            tracker: None,
+            tracker_cap: if pool.mode() == PoolMode::Session {
+                0
+            } else {
+                cap
+            },
             routing: Routing::default(),
             max_packet: config.pgbouncer.max_packet_size,
             state,
@@ -123,7 +142,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             user: &login.user,
             timeouts: Timeouts::default(),
             timeouts_from: None,
-            timer: Box::pin(tokio::time::sleep(NO_TIMEOUT)),
+            timer: None,
             armed: None,
             shutdown: Some(Box::pin(
                 state
@@ -178,7 +197,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             tokio::select! {
                 biased;
                 read = read_client(&mut self.reader, &mut self.cbuf) => Waited::Read(read),
-                _ = &mut self.timer, if idle_deadline.is_some() => Waited::Timer,
+                _ = timer_fired(&mut self.timer), if idle_deadline.is_some() => Waited::Timer,
                 _ = shutdown, if watching => Waited::Shutdown,
             }
         };
@@ -226,7 +245,10 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     pub(super) fn rearm(&mut self, deadline: Option<tokio::time::Instant>) {
         if deadline != self.armed {
             if let Some(at) = deadline {
-                self.timer.as_mut().reset(at);
+                match &mut self.timer {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
             }
             self.armed = deadline;
         }
@@ -246,7 +268,19 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
 
     /// Ends the session with an error from the pooler itself (PgBouncer's
     /// pooler errors), logged when `log_pooler_errors` is on.
-    pub(super) async fn pooler_error(&mut self, code: &str, message: &str) {
+    ///
+    /// Boxed, as [`fatal`] is: once per session, and never in an idle
+    /// client's task.
+    pub(super) fn pooler_error<'s>(
+        &'s mut self,
+        code: &'s str,
+        message: &'s str,
+    ) -> Pin<Box<impl Future<Output = ()> + use<'s, 'a, R, W>>> {
+        Box::pin(self.report_error(code, message))
+    }
+
+    /// [`pooler_error`](Self::pooler_error), unboxed.
+    async fn report_error(&mut self, code: &str, message: &str) {
         if self.timeouts.log_pooler_errors {
             tracing::warn!(
                 database = %self.pool.database(),
@@ -256,12 +290,15 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             );
         }
         tracing::info!(database = %self.pool.database(), user = %self.user, "closing client: {message}");
-        fatal(&mut self.writer, code, message).await;
+        send_fatal(&mut self.writer, code, message).await;
     }
 
     /// Scans what the client sent since the last scan, noting each message
     /// in the protocol state and the pool's counters.
     pub(super) fn scan_client(&mut self) -> Result<(), ProtocolError> {
+        if self.tracker_cap > 0 && self.tracker.is_none() {
+            self.tracker = Some(Box::new(Tracker::new(self.tracker_cap)));
+        }
         let protocol = &mut self.protocol;
         let stats = self.pool.stats();
         let mut tracker = self.tracker.as_mut();
@@ -317,20 +354,24 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     }
 
     /// Ends a session whose client broke the protocol; returns the reason
-    /// for the log.
-    pub(super) async fn client_broke(&mut self, err: ProtocolError) -> &'static str {
-        self.pooler_error("08P01", &format!("invalid message: {err}"))
-            .await;
-        "protocol error"
+    /// for the log. Boxed, as [`pooler_error`](Self::pooler_error) is.
+    pub(super) fn client_broke(
+        &mut self,
+        err: ProtocolError,
+    ) -> Pin<Box<impl Future<Output = &'static str> + use<'_, 'a, R, W>>> {
+        Box::pin(async move {
+            self.report_error("08P01", &format!("invalid message: {err}"))
+                .await;
+            "protocol error"
+        })
     }
 
     /// Tells the client its server failed.
-    pub(super) async fn server_failed(&mut self) {
+    pub(super) fn server_failed(&mut self) -> Pin<Box<impl Future<Output = ()> + use<'_, R, W>>> {
         fatal(
             &mut self.writer,
             "08006",
             "server closed the connection unexpectedly",
         )
-        .await;
     }
 }

@@ -14,10 +14,10 @@ use crate::proto::messages;
 use crate::server::params::{is_tracked, set_param};
 use crate::server::{ParamSets, Params};
 
-/// Beyond this many distinct client parameter sets, a pool encodes the
-/// welcome of a new set per login instead of keeping it (clients that each
-/// send a set of their own, such as a unique `application_name`, gain
-/// nothing from a cache).
+/// The most distinct client parameter sets a pool keeps welcomes for; when
+/// full it starts over (clients that each send a set of their own, such as
+/// a unique `application_name`, gain nothing from a cache, and must not
+/// keep the sets in use out of it).
 const MAX_CACHED: usize = 32;
 
 /// The welcome of clients with one set of startup parameters.
@@ -85,13 +85,32 @@ impl Welcomes {
         keep: bool,
         sets: &ParamSets,
     ) -> Option<Arc<Greeting>> {
-        let mut inner = self.inner.lock();
-        if let Some((_, greeting)) = inner.greetings.iter().find(|(set, _)| set == client) {
-            return Some(greeting.clone());
-        }
-        let greeting = Arc::new(greet(inner.server.as_deref()?, client, sets));
-        if keep && inner.greetings.len() < MAX_CACHED {
-            inner.greetings.push((client.clone(), greeting.clone()));
+        let server = {
+            let inner = self.inner.lock();
+            if let Some((_, greeting)) = inner.greetings.iter().find(|(set, _)| set == client) {
+                return Some(greeting.clone());
+            }
+            inner.server.clone()?
+        };
+        // Made outside the lock: logins that all miss (a unique
+        // application_name each) do not queue behind one another.
+        let greeting = Arc::new(greet(&server, client, sets));
+        if keep {
+            let mut inner = self.inner.lock();
+            // Only if the server's parameters are still the ones it was
+            // made from.
+            if inner
+                .server
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &server))
+            {
+                // Full of sets that came once: start over, so that the
+                // sets in use are kept again.
+                if inner.greetings.len() >= MAX_CACHED {
+                    inner.greetings.clear();
+                }
+                inner.greetings.push((client.clone(), greeting.clone()));
+            }
         }
         Some(greeting)
     }
@@ -223,17 +242,18 @@ mod tests {
     }
 
     #[test]
-    fn past_the_cap_new_sets_are_greeted_but_not_kept() {
+    fn a_full_cache_starts_over_so_sets_in_use_are_kept_again() {
         let (welcomes, sets) = (Welcomes::default(), ParamSets::default());
         welcomes.set_server_and_greet(&server(), &Params::new(), true, &sets);
-        for n in 0..MAX_CACHED {
-            let client = params(&[("application_name", &format!("app{n}"))]);
+        for n in 1..MAX_CACHED {
+            let client = params(&[("application_name", &format!("once{n}"))]);
             welcomes.greeting(&client, true, &sets).unwrap();
         }
-        let late = params(&[("application_name", "late")]);
-        let first = welcomes.greeting(&late, true, &sets).unwrap();
-        let second = welcomes.greeting(&late, true, &sets).unwrap();
-        assert!(!Arc::ptr_eq(&first, &second));
         assert_eq!(welcomes.inner.lock().greetings.len(), MAX_CACHED);
+        let common = params(&[("application_name", "common")]);
+        let first = welcomes.greeting(&common, true, &sets).unwrap();
+        let second = welcomes.greeting(&common, true, &sets).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(welcomes.inner.lock().greetings.len(), 1);
     }
 }

@@ -40,6 +40,8 @@ pub enum Startup {
 }
 
 /// Reads a startup-phase packet (no type byte: length, then code).
+/// Needs a runtime with timers: a bad header is quoted with whatever of it
+/// comes within a short grace period.
 pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startup, ProtocolError> {
     // No packet is shorter than 8 bytes, so asking for up to 8 at first
     // never takes a byte of what follows it, and an encryption request

@@ -157,7 +157,19 @@ fn serve<'a, S: ClientStream>(
                 .await
             {
                 Ok(Ok(LoggedIn::Pool(login))) => login,
-                Ok(Ok(other)) => return Box::pin(serve_other(stream, other, peer, state)).await,
+                // Boxed, each: none of them is a pool client's session,
+                // whose task they would otherwise make larger.
+                // Outside the login timeout: a cancel given up midway would
+                // leave its server closed for nothing.
+                Ok(Ok(LoggedIn::Cancel(key))) => return Box::pin(state.cancel(key)).await,
+                Ok(Ok(LoggedIn::Replication(login))) => {
+                    let replication = replication::serve_replication(stream, login, peer, state);
+                    return Box::pin(replication).await;
+                }
+                Ok(Ok(LoggedIn::Console { user, role, params })) => {
+                    let console = serve_console(stream, (user, role, &params), peer, state);
+                    return Box::pin(console).await;
+                }
                 Ok(Err(Ended)) => return,
                 Err(_) => {
                     refuse(stream, state, peer, "08P01", "client_login_timeout").await;
@@ -166,15 +178,16 @@ fn serve<'a, S: ClientStream>(
                 }
             };
         let registered = state.cancels().register(login.pool.stats().clone());
-        let notify_message = state.config().pgbouncer.login_notify_message.clone();
-        if send_welcome(stream, &login, registered.key, &notify_message)
-            .await
-            .is_err()
-        {
+        // The configuration is held for the welcome's write only, not
+        // across the session (a RELOAD frees the old one).
+        let welcomed = {
+            let config = state.config();
+            let notify = &config.pgbouncer.login_notify_message;
+            send_welcome(stream, &login, registered.key, notify).await
+        };
+        if welcomed.is_err() {
             return;
         }
-        // Moved out, so that it takes no room in the task during the session.
-        drop(notify_message);
         if state.config().pgbouncer.log_connections {
             tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
         }
@@ -225,32 +238,20 @@ fn serve<'a, S: ClientStream>(
     }
 }
 
-/// A login that is not a pool client's session: a cancel request, a
-/// replication client or an admin console session.
-async fn serve_other<S: ClientStream>(
+/// An admin console session, from its login on.
+async fn serve_console<S: ClientStream>(
     stream: &mut S,
-    logged_in: LoggedIn,
+    (user, role, params): (String, admin::Role, &[(String, String)]),
     peer: &Peer,
     state: &Arc<PoolerState>,
 ) {
-    match logged_in {
-        // Outside the login timeout: a cancel given up midway would leave
-        // its server closed for nothing.
-        LoggedIn::Cancel(key) => state.cancel(key).await,
-        LoggedIn::Replication(login) => {
-            replication::serve_replication(stream, login, peer, state).await;
-        }
-        LoggedIn::Console { user, role, params } => {
-            let info = client_info(&*stream, peer, &user, "pgbouncer", &user, true);
-            let entry = state
-                .router()
-                .stats()
-                .register_client(info, application_name(&params));
-            let console = admin::Console { user, role, entry };
-            admin::serve(stream, state, console).await;
-        }
-        LoggedIn::Pool(_) => unreachable!("a pool client's login is served by `serve`"),
-    }
+    let info = client_info(&*stream, peer, &user, "pgbouncer", &user, true);
+    let entry = state
+        .router()
+        .stats()
+        .register_client(info, application_name(params));
+    let console = admin::Console { user, role, entry };
+    admin::serve(stream, state, console).await;
 }
 
 /// The registry's description of a client connection.

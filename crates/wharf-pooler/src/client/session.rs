@@ -106,8 +106,7 @@ enum Waited {
 }
 
 impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, R, W> {
-    /// A session for `login`'s client, whose socket halves are `halves`
-    /// and whose tracked parameters are `params`.
+    /// A session for `login`'s client, whose socket halves are `halves`.
     pub(super) fn new(
         (reader, writer): (R, W),
         login: &'a Login,

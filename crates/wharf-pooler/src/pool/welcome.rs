@@ -65,14 +65,12 @@ impl Welcomes {
         sets: &ParamSets,
     ) -> Arc<Greeting> {
         let server = Arc::new(server.to_vec());
-        let greeting = Arc::new(greet(&server, client, sets));
-        let mut inner = self.inner.lock();
-        inner.server = Some(server);
-        inner.greetings.clear();
-        if keep {
-            inner.greetings.push((client.clone(), greeting.clone()));
+        {
+            let mut inner = self.inner.lock();
+            inner.server = Some(server.clone());
+            inner.greetings.clear();
         }
-        greeting
+        self.greet_from(server, client, keep, sets)
     }
 
     /// The greeting of a client that logged in with `client` (its tracked
@@ -92,8 +90,19 @@ impl Welcomes {
             }
             inner.server.clone()?
         };
-        // Made outside the lock: logins that all miss (a unique
-        // application_name each) do not queue behind one another.
+        Some(self.greet_from(server, client, keep, sets))
+    }
+
+    /// Makes the greeting from `server`'s parameters, outside the lock
+    /// (logins that all miss, a unique application_name each, do not queue
+    /// behind one another), and keeps it when `keep`.
+    fn greet_from(
+        &self,
+        server: Arc<Params>,
+        client: &Params,
+        keep: bool,
+        sets: &ParamSets,
+    ) -> Arc<Greeting> {
         let greeting = Arc::new(greet(&server, client, sets));
         if keep {
             let mut inner = self.inner.lock();
@@ -112,7 +121,7 @@ impl Welcomes {
                 inner.greetings.push((client.clone(), greeting.clone()));
             }
         }
-        Some(greeting)
+        greeting
     }
 }
 

@@ -89,7 +89,7 @@ pub fn pool_rows(state: &PoolerState) -> Vec<PoolRow> {
         })
         .collect();
     for c in clients.iter().filter(|c| c.info.admin) {
-        let key = (CONSOLE_DB.to_owned(), c.info.user.clone(), "statement");
+        let key = (CONSOLE_DB.to_owned(), c.info.user.to_string(), "statement");
         if !pools.contains(&key) {
             pools.push(key);
         }
@@ -101,9 +101,9 @@ pub fn pool_rows(state: &PoolerState) -> Vec<PoolRow> {
         .map(|(db, user, mode)| {
             let mine = |c: &&Arc<ClientEntry>| {
                 if c.info.admin {
-                    db == CONSOLE_DB && c.info.user == user
+                    db == CONSOLE_DB && *c.info.user == *user
                 } else {
-                    c.info.database == db && c.info.pool_user == user
+                    *c.info.database == *db && *c.info.pool_user == *user
                 }
             };
             let cl: Vec<_> = clients.iter().filter(mine).collect();
@@ -238,7 +238,7 @@ pub fn database_rows(state: &PoolerState) -> Vec<DatabaseRow> {
                 .unwrap_or(settings.max_db_client_connections),
             current_client_connections: clients
                 .iter()
-                .filter(|c| !c.info.admin && c.info.database == name)
+                .filter(|c| !c.info.admin && *c.info.database == *name)
                 .count(),
             paused: control.paused_itself(),
             disabled: control.is_disabled(),

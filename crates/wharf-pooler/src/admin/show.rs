@@ -246,7 +246,7 @@ fn show_clients(state: &Arc<PoolerState>, out: &mut BytesMut) {
                 .map_or((String::new(), 0), Peer::host_port);
             vec![
                 text("C"),
-                text(c.info.user.as_str()),
+                text(&*c.info.user),
                 text(if c.info.admin {
                     CONSOLE_DB
                 } else {
@@ -392,7 +392,7 @@ fn show_users(state: &Arc<PoolerState>, out: &mut BytesMut) {
     let servers = stats.servers();
     let mut names: Vec<String> = config.users.iter().map(|u| u.name.clone()).collect();
     names.extend(state.secrets().keys().cloned());
-    names.extend(clients.iter().map(|c| c.info.user.clone()));
+    names.extend(clients.iter().map(|c| c.info.user.to_string()));
     names.extend(servers.iter().map(|s| s.pool.user.clone()));
     names.sort();
     names.dedup();
@@ -416,7 +416,7 @@ fn show_users(state: &Arc<PoolerState>, out: &mut BytesMut) {
                     .and_then(|u| u.max_user_client_connections)
                     .filter(|&n| n > 0)
                     .unwrap_or(settings.max_user_client_connections)),
-                num(clients.iter().filter(|c| c.info.user == name).count()),
+                num(clients.iter().filter(|c| *c.info.user == *name).count()),
             ]
         })
         .collect();

@@ -65,7 +65,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     /// Waits for a server: bounded by `query_wait_timeout`, held by PAUSE,
     /// cut short by a shutdown, with `query_wait_notify`'s notice.
     async fn wait_for_server(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
-        let wait = self.timeouts.query_wait.unwrap_or(super::NO_TIMEOUT);
+        let wait = self.timeouts.query_wait.get().unwrap_or(super::NO_TIMEOUT);
         self.entry.set_waiting();
         let waited = std::time::Instant::now();
         let got = {
@@ -82,7 +82,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             // query_wait_notify: once per wait, as PgBouncer 1.25.
             // No timer (not even a clock read) unless it is set: this runs
             // once per transaction.
-            let notify = self.timeouts.query_wait_notify.filter(|d| !d.is_zero());
+            let notify = self.timeouts.query_wait_notify.get();
             let mut notice_at = std::pin::pin!(async move {
                 match notify {
                     Some(after) => tokio::time::sleep(after).await,

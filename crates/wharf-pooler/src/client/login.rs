@@ -51,7 +51,8 @@ pub(super) struct ReplicationLogin {
 
 /// A client logged in to a server pool.
 pub(super) struct Login {
-    pub(super) user: String,
+    /// Shared with the pool when it is the pool's user too.
+    pub(super) user: Arc<str>,
     pub(super) pool: Arc<ServerPool>,
     /// Its welcome, and its tracked parameters as it should see them.
     pub(super) greeting: Arc<Greeting>,
@@ -151,6 +152,10 @@ pub(super) async fn login<S: ClientStream>(
             }
         },
     };
+    let user = match pool.shared_names() {
+        (_, pool_user) if *pool_user == *user => pool_user,
+        _ => user.into(),
+    };
     Ok(LoggedIn::Pool(Login {
         user,
         pool,
@@ -191,10 +196,10 @@ fn over_client_limit(
             .filter(|c| !c.info.admin && of(&c.info))
             .count()
     };
-    if db_max > 0 && count(&|c| c.database == database) >= db_max {
+    if db_max > 0 && count(&|c| *c.database == *database) >= db_max {
         return Some("client connections exceeded (max_db_client_connections)");
     }
-    if user_max > 0 && count(&|c| c.user == user) >= user_max {
+    if user_max > 0 && count(&|c| *c.user == *user) >= user_max {
         return Some("client connections exceeded (max_user_client_connections)");
     }
     None

@@ -32,6 +32,7 @@ use crate::net::{ClientStream, Peer};
 use crate::proto::{messages, Replication, Startup};
 use crate::state::PoolerState;
 use crate::stats::ClientInfo;
+use crate::views::CONSOLE_DB;
 use login::{login, send_welcome, LoggedIn};
 use session::Session;
 use startup::{negotiate, First};
@@ -191,12 +192,11 @@ fn serve<'a, S: ClientStream>(
         if state.config().pgbouncer.log_connections {
             tracing::info!(%peer, database = %login.pool.database(), user = %login.user, "client logged in");
         }
+        let (database, pool_user) = login.pool.shared_names();
         let info = client_info(
             &*stream,
             peer,
-            &login.user,
-            login.pool.database(),
-            login.pool.user(),
+            (login.user.clone(), database, pool_user),
             false,
         );
         let client = state
@@ -245,7 +245,13 @@ async fn serve_console<S: ClientStream>(
     peer: &Peer,
     state: &Arc<PoolerState>,
 ) {
-    let info = client_info(&*stream, peer, &user, "pgbouncer", &user, true);
+    let name: Arc<str> = user.as_str().into();
+    let info = client_info(
+        &*stream,
+        peer,
+        (name.clone(), CONSOLE_DB.into(), name),
+        true,
+    );
     let entry = state
         .router()
         .stats()
@@ -254,21 +260,20 @@ async fn serve_console<S: ClientStream>(
     admin::serve(stream, state, console).await;
 }
 
-/// The registry's description of a client connection.
+/// The registry's description of a client connection, logged in as
+/// `user` to `database`, served by the pool of `pool_user`.
 fn client_info<S: ClientStream>(
     stream: &S,
     peer: &Peer,
-    user: &str,
-    database: &str,
-    pool_user: &str,
+    (user, database, pool_user): (Arc<str>, Arc<str>, Arc<str>),
     admin: bool,
 ) -> ClientInfo {
     let credentials = stream.peer_credentials();
     ClientInfo {
         id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-        user: user.to_owned(),
-        database: database.to_owned(),
-        pool_user: pool_user.to_owned(),
+        user,
+        database,
+        pool_user,
         addr: peer.clone(),
         local_addr: stream.local_end(),
         tls: stream.tls().map(|t| t.describe()).unwrap_or_default(),

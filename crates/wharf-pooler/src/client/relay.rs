@@ -2,10 +2,14 @@
 //! with only message headers read. One task moves both directions, and
 //! the protocol state machine says when the server may go back.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::session::{shutdown_fired, timer_fired, Session};
+use super::session::Session;
 use super::state::EventTime;
 use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
@@ -72,15 +76,17 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let registry = self.state.statements();
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
-        let timed = self.timeouts.linked();
-        let linked_at = tokio::time::Instant::now();
-        let busy = self.protocol.pending() > 0;
         let mut server_streak = 0u32;
-        let mut clock = Clock {
-            query_start: busy.then_some(linked_at),
-            xact_start: busy.then_some(linked_at),
-            idle_since: linked_at,
-        };
+        // Kept, and the clock read for it, only when a timeout needs it.
+        let mut clock = self.timeouts.linked().then(|| {
+            let linked_at = tokio::time::Instant::now();
+            let busy = self.protocol.pending() > 0;
+            Clock {
+                query_start: busy.then_some(linked_at),
+                xact_start: busy.then_some(linked_at),
+                idle_since: linked_at,
+            }
+        });
         loop {
             if let Some(tracker) = &mut self.tracker {
                 // Client bytes go to this server's names, and replies the
@@ -166,15 +172,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             if between && mode != PoolMode::Session {
                 return Unlinked::Released;
             }
-            let deadline = if timed {
+            let deadline = clock.as_ref().and_then(|clock| {
                 clock.deadline(
                     &self.timeouts,
                     self.protocol.pending() > 0,
                     tx_status != b'I',
                 )
-            } else {
-                None
-            };
+            });
             self.rearm(deadline.map(|(at, _)| at));
             // Only which timeout: its instant is `self.armed`, and this
             // lives across the wait, in every client's task.
@@ -213,57 +217,75 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 // Replies the pooler makes take no server bytes: a client
                 // that does not read them must not grow the buffer for ever.
                 let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
-                let client_side = async {
-                    let ready = cscan.ready();
+                let client_open = !(protocol.terminated() || backlog);
+                let mut client_side = |cx: &mut Context<'_>| {
                     let rewritten = tracker.as_mut().map(|t| t.out());
                     if let Some(out) = rewritten.filter(|out| !out.is_empty()) {
-                        Event::WroteServer(sw.write(out).await)
-                    } else if ready > 0 {
-                        Event::WroteServer(sw.write(&cbuf[..ready]).await)
-                    } else if protocol.terminated() || backlog {
-                        std::future::pending().await
-                    } else {
+                        Pin::new(&mut sw)
+                            .poll_write(cx, out)
+                            .map(Event::WroteServer)
+                    } else if cscan.ready() > 0 {
+                        let bytes = &cbuf[..cscan.ready()];
+                        Pin::new(&mut sw)
+                            .poll_write(cx, bytes)
+                            .map(Event::WroteServer)
+                    } else if client_open {
                         make_room(cbuf);
-                        Event::ReadClient(reader.read_buf(cbuf).await)
+                        poll_read(reader, cx, cbuf).map(Event::ReadClient)
+                    } else {
+                        Poll::Pending
                     }
                 };
-                let server_side = async {
+                let mut server_side = |cx: &mut Context<'_>| {
                     let ready = sscan.ready();
                     if ready > 0 {
-                        Event::WroteClient(writer.write(&rbuf[..ready]).await)
+                        let bytes = &rbuf[..ready];
+                        Pin::new(&mut *writer)
+                            .poll_write(cx, bytes)
+                            .map(Event::WroteClient)
                     } else {
                         make_room(rbuf);
-                        Event::ReadServer(sr.read_buf(rbuf).await)
+                        poll_read(&mut sr, cx, rbuf).map(Event::ReadServer)
                     }
                 };
-                let shutdown = shutdown_fired(shutdown);
-                let (mut server_side, mut client_side) =
-                    (std::pin::pin!(server_side), std::pin::pin!(client_side));
-                // Biased, to save a random draw per poll, yet fair: the
-                // timer goes first when armed (a server streaming without
-                // pause must not hide it); the server's side goes first, as
-                // a reply is what a linked client waits for, except after a
-                // long run of server events, so a server streaming without
-                // pause cannot hold the client's bytes back; the shutdown
-                // watch comes last (the top of the loop checks for a
-                // shutdown after every event).
-                if server_streak >= SERVER_STREAK {
-                    tokio::select! {
-                        biased;
-                        _ = timer_fired(timer), if timer_on => Event::Timer,
-                        event = &mut client_side => event,
-                        event = &mut server_side => event,
-                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                let client_first = server_streak >= SERVER_STREAK;
+                // Polled by hand, not by a `select!` of futures: nothing
+                // of it is kept across the wait but these borrows, which
+                // every client's task carries, and no future is built per
+                // event. The order is fair, though fixed (no random draw):
+                // the timer goes first when armed (a server streaming
+                // without pause must not hide it); the server's side goes
+                // first, as a reply is what a linked client waits for,
+                // except after a long run of server events, so a server
+                // streaming without pause cannot hold the client's bytes
+                // back; the shutdown watch comes last (the top of the loop
+                // checks for a shutdown after every event).
+                std::future::poll_fn(|cx| {
+                    if let Some(timer) = timer.as_mut().filter(|_| timer_on) {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Timer);
+                        }
                     }
-                } else {
-                    tokio::select! {
-                        biased;
-                        _ = timer_fired(timer), if timer_on => Event::Timer,
-                        event = &mut server_side => event,
-                        event = &mut client_side => event,
-                        _ = shutdown, if wake_on_shutdown => Event::Shutdown,
+                    let polled = if client_first {
+                        match client_side(cx) {
+                            Poll::Pending => server_side(cx),
+                            ready => ready,
+                        }
+                    } else {
+                        match server_side(cx) {
+                            Poll::Pending => client_side(cx),
+                            ready => ready,
+                        }
+                    };
+                    if polled.is_ready() {
+                        return polled;
                     }
-                }
+                    match shutdown.as_mut().filter(|_| wake_on_shutdown) {
+                        Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
+                        None => Poll::Pending,
+                    }
+                })
+                .await
             };
             server_streak = match event {
                 Event::ReadServer(_) | Event::WroteClient(_) if server_streak < SERVER_STREAK => {
@@ -391,7 +413,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             // costs one clock read per query, not per message (shared with
             // the stats when they read it for the same event).
             let pending = self.protocol.pending();
-            if timed && (pending != pending_before || saw_ready) {
+            let Some(clock) = clock.as_mut() else {
+                continue;
+            };
+            if pending != pending_before || saw_ready {
                 let now = now.get();
                 if pending > 0 {
                     if pending_before == 0 || saw_ready {
@@ -410,6 +435,16 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     }
 }
 
+/// Polls one read into `buf`'s spare room (as `read_buf` does; the
+/// future is only borrows, made again at each poll).
+fn poll_read<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    std::pin::pin!(reader.read_buf(buf)).poll(cx)
+}
+
 /// Makes a write that needs no waiting (the socket has room, as it
 /// nearly always has) at once: to the client first, as the select below
 /// would, then to the server. Skipping the select saves building and
@@ -419,18 +454,16 @@ where
     C: AsyncWrite + Unpin,
     S: AsyncWrite + Unpin,
 {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
     let (bytes, client) = to_client;
     if !bytes.is_empty() {
-        if let std::task::Poll::Ready(wrote) = std::pin::Pin::new(client).poll_write(&mut cx, bytes)
-        {
+        if let Poll::Ready(wrote) = Pin::new(client).poll_write(&mut cx, bytes) {
             return Some(Event::WroteClient(wrote));
         }
     }
     let (bytes, server) = to_server;
     if !bytes.is_empty() {
-        if let std::task::Poll::Ready(wrote) = std::pin::Pin::new(server).poll_write(&mut cx, bytes)
-        {
+        if let Poll::Ready(wrote) = Pin::new(server).poll_write(&mut cx, bytes) {
             return Some(Event::WroteServer(wrote));
         }
     }

@@ -27,14 +27,9 @@ pub(super) async fn serve_replication<S: ClientStream>(
 ) {
     let config = state.config();
     let pool = &login.pool;
-    let mut info = client_info(
-        &*stream,
-        peer,
-        &login.user,
-        pool.database(),
-        pool.user(),
-        false,
-    );
+    let (database, pool_user) = pool.shared_names();
+    let info_names = (login.user.as_str().into(), database, pool_user);
+    let mut info = client_info(&*stream, peer, info_names, false);
     info.replication = login.mode;
     let client = state
         .router()

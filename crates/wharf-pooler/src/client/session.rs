@@ -15,7 +15,7 @@ use super::login::Login;
 use super::prepare::{self, Tracker};
 use super::route::{self, Routing};
 use super::state::ProtocolState;
-use super::timeouts::{Timeout, Timeouts};
+use super::timeouts::{Limit, Timeout, Timeouts};
 use super::{fatal, send_fatal, SHUTTING_DOWN};
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
@@ -188,6 +188,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let idle_deadline = self
             .timeouts
             .client_idle
+            .get()
             .map(|t| tokio::time::Instant::now() + t);
         self.rearm(idle_deadline);
         let watching = self.shutdown.is_some();
@@ -229,12 +230,12 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let config = self.state.config();
         let pool = config.pool_settings(self.pool.database(), self.user);
         self.timeouts = Timeouts {
-            query: pool.query_timeout,
-            query_wait: pool.query_wait_timeout,
-            query_wait_notify: config.pgbouncer.query_wait_notify,
-            idle_transaction: pool.idle_transaction_timeout,
-            transaction: pool.transaction_timeout,
-            client_idle: pool.client_idle_timeout,
+            query: Limit::new(pool.query_timeout),
+            query_wait: Limit::new(pool.query_wait_timeout),
+            query_wait_notify: Limit::new(config.pgbouncer.query_wait_notify),
+            idle_transaction: Limit::new(pool.idle_transaction_timeout),
+            transaction: Limit::new(pool.transaction_timeout),
+            client_idle: Limit::new(pool.client_idle_timeout),
             log_pooler_errors: config.pgbouncer.log_pooler_errors,
         };
         self.timeouts_from = Some(generation);

@@ -2,6 +2,7 @@
 //! `idle_transaction_timeout`, `transaction_timeout`,
 //! `client_idle_timeout`), and the clock the relay keeps for them.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 /// The timeouts that end a session, with PgBouncer's message for each.
@@ -29,24 +30,48 @@ impl Timeout {
     }
 }
 
+/// A timeout's length in nanoseconds, or off: half the room of an
+/// `Option<Duration>`, and every session keeps six.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Limit(Option<NonZeroU64>);
+
+impl Limit {
+    /// `length` kept; zero is off, as in the configuration, and a length
+    /// past 584 years is that long.
+    pub(super) fn new(length: Option<Duration>) -> Self {
+        let nanos = length.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self(nanos.and_then(NonZeroU64::new))
+    }
+
+    /// The length, `None` when off.
+    pub(super) fn get(self) -> Option<Duration> {
+        self.0.map(|nanos| Duration::from_nanos(nanos.get()))
+    }
+
+    /// Whether it is on.
+    pub(super) fn is_on(self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// The session's timeouts, as the configuration in force says for its
-/// (database, user); `None` is off.
+/// (database, user).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Timeouts {
-    pub(super) query: Option<Duration>,
-    pub(super) query_wait: Option<Duration>,
+    pub(super) query: Limit,
+    pub(super) query_wait: Limit,
     /// `query_wait_notify`: a client queued this long hears a NOTICE.
-    pub(super) query_wait_notify: Option<Duration>,
-    pub(super) idle_transaction: Option<Duration>,
-    pub(super) transaction: Option<Duration>,
-    pub(super) client_idle: Option<Duration>,
+    pub(super) query_wait_notify: Limit,
+    pub(super) idle_transaction: Limit,
+    pub(super) transaction: Limit,
+    pub(super) client_idle: Limit,
     pub(super) log_pooler_errors: bool,
 }
 
 impl Timeouts {
     /// Whether any timeout needs the linked loop's clock.
     pub(super) fn linked(&self) -> bool {
-        self.query.is_some() || self.idle_transaction.is_some() || self.transaction.is_some()
+        self.query.is_on() || self.idle_transaction.is_on() || self.transaction.is_on()
     }
 }
 
@@ -68,8 +93,8 @@ impl Clock {
         in_tx: bool,
     ) -> Option<(tokio::time::Instant, Timeout)> {
         let mut nearest: Option<(tokio::time::Instant, Timeout)> = None;
-        let mut offer = |at: Option<tokio::time::Instant>, limit: Option<Duration>, which| {
-            if let (Some(at), Some(limit)) = (at, limit) {
+        let mut offer = |at: Option<tokio::time::Instant>, limit: Limit, which| {
+            if let (Some(at), Some(limit)) = (at, limit.get()) {
                 let due = at + limit;
                 if nearest.is_none_or(|(d, _)| due < d) {
                     nearest = Some((due, which));
@@ -98,9 +123,9 @@ mod tests {
     fn the_nearest_deadline_wins_and_only_the_ones_that_apply() {
         let t0 = tokio::time::Instant::now();
         let limits = Timeouts {
-            query: Some(Duration::from_secs(5)),
-            idle_transaction: Some(Duration::from_secs(2)),
-            transaction: Some(Duration::from_secs(30)),
+            query: Limit::new(Some(Duration::from_secs(5))),
+            idle_transaction: Limit::new(Some(Duration::from_secs(2))),
+            transaction: Limit::new(Some(Duration::from_secs(30))),
             ..Timeouts::default()
         };
         let clock = Clock {
@@ -127,5 +152,16 @@ mod tests {
         assert_eq!(idle.deadline(&limits, false, false), None);
         assert!(!Timeouts::default().linked());
         assert!(limits.linked());
+    }
+
+    #[test]
+    fn a_limit_keeps_its_length_and_zero_is_off() {
+        let half = Duration::from_millis(500);
+        assert_eq!(Limit::new(Some(half)).get(), Some(half));
+        assert_eq!(Limit::new(Some(Duration::ZERO)), Limit::default());
+        assert_eq!(Limit::new(None).get(), None);
+        assert!(!Limit::new(Some(Duration::ZERO)).is_on());
+        let longest = Limit::new(Some(Duration::MAX)).get();
+        assert_eq!(longest, Some(Duration::from_nanos(u64::MAX)));
     }
 }

@@ -237,7 +237,10 @@ pub fn long_transactions(
         if client.info.admin || client.state() != crate::stats::ClientState::Active {
             continue;
         }
-        let key = (client.info.database.clone(), client.info.pool_user.clone());
+        let key = (
+            client.info.database.to_string(),
+            client.info.pool_user.to_string(),
+        );
         if session.contains(&key) || now.saturating_sub(client.request_time()) <= threshold {
             continue;
         }

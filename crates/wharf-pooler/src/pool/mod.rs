@@ -75,8 +75,9 @@ pub struct Changed {
 /// One server pool: the servers for a (database, user) pair, and how
 /// clients use them.
 pub struct ServerPool {
-    database: String,
-    user: String,
+    /// Shared with its clients' registry entries.
+    database: Arc<str>,
+    user: Arc<str>,
     /// A [`PoolMode`] as a byte: RELOAD may change it under live sessions.
     mode: AtomicU8,
     /// The servers every transaction goes to without read routing, and
@@ -128,8 +129,8 @@ impl ServerPool {
             let _ = reads_engine.set(built);
         }
         Ok(Self {
-            database: database.to_owned(),
-            user: user.to_owned(),
+            database: database.into(),
+            user: user.into(),
             mode: AtomicU8::new(shape.mode as u8),
             engine,
             reads: reads_engine,
@@ -266,6 +267,12 @@ impl ServerPool {
     /// The user the servers are logged in as.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The database name and the servers' user, shared (a client's
+    /// registry entry keeps them without a copy of its own).
+    pub fn shared_names(&self) -> (Arc<str>, Arc<str>) {
+        (self.database.clone(), self.user.clone())
     }
 
     /// Session, transaction or statement pooling, as now configured. A

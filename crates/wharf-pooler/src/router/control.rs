@@ -129,7 +129,7 @@ impl Router {
         self.hold(db, "KILL");
         let mut killed = 0;
         for client in self.stats.clients() {
-            if !client.info.admin && db.is_none_or(|db| client.info.database == db) {
+            if !client.info.admin && db.is_none_or(|db| &*client.info.database == db) {
                 client.kill(KillReason::DatabaseKilled);
                 killed += 1;
             }

@@ -430,11 +430,11 @@ pub struct ClientInfo {
     /// Session id (becomes the entry's id).
     pub id: u64,
     /// Login user.
-    pub user: String,
+    pub user: Arc<str>,
     /// Database asked for.
-    pub database: String,
+    pub database: Arc<str>,
     /// The pool's user.
-    pub pool_user: String,
+    pub pool_user: Arc<str>,
     /// Where the client connects from.
     pub addr: Peer,
     /// The pooler's end of the connection, when the socket tells.

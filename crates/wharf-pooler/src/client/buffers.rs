@@ -5,11 +5,11 @@
 //! from the allocator.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
@@ -56,37 +56,46 @@ pub(super) fn give_back(buf: &mut BytesMut) {
     });
 }
 
+/// [`poll_read_client`] as a future, for the tests.
+#[cfg(test)]
+async fn read_client<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cbuf: &mut BytesMut,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_client(reader, cbuf, cx)).await
+}
+
 /// Reads the client's next bytes into `cbuf`. An empty `cbuf` is given
 /// back first and the read lands on the stack, so a client that sends
 /// nothing holds no buffer while it waits; a buffer is lent when bytes
 /// come. A `cbuf` holding part of a message is read on into.
-pub(super) async fn read_client<R: AsyncRead + Unpin>(
+pub(super) fn poll_read_client<R: AsyncRead + Unpin>(
     reader: &mut R,
     cbuf: &mut BytesMut,
-) -> io::Result<usize> {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     if !cbuf.is_empty() {
         make_room(cbuf);
-        return reader.read_buf(cbuf).await;
+        return std::pin::pin!(reader.read_buf(cbuf)).poll(cx);
     }
     if cbuf.capacity() > 0 {
         give_back(cbuf);
     }
-    poll_fn(|cx| {
-        let mut landing = [MaybeUninit::<u8>::uninit(); LANDING];
-        let mut landed = ReadBuf::uninit(&mut landing);
-        ready!(Pin::new(&mut *reader).poll_read(cx, &mut landed))?;
-        let n = landed.filled().len();
-        if n > 0 {
-            *cbuf = lend();
-            cbuf.extend_from_slice(landed.filled());
-        }
-        Poll::Ready(Ok(n))
-    })
-    .await
+    let mut landing = [MaybeUninit::<u8>::uninit(); LANDING];
+    let mut landed = ReadBuf::uninit(&mut landing);
+    ready!(Pin::new(&mut *reader).poll_read(cx, &mut landed))?;
+    let n = landed.filled().len();
+    if n > 0 {
+        *cbuf = lend();
+        cbuf.extend_from_slice(landed.filled());
+    }
+    Poll::Ready(Ok(n))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use super::*;
 
     /// Polls once: `Some` with the output if it was ready.

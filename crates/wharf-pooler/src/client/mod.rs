@@ -33,7 +33,7 @@ use crate::proto::{messages, Replication, Startup};
 use crate::state::PoolerState;
 use crate::stats::ClientInfo;
 use crate::views::CONSOLE_DB;
-use login::{login, send_welcome, LoggedIn};
+use login::{login, send_welcome, LoggedIn, Login};
 use session::Session;
 use startup::{negotiate, First};
 
@@ -150,34 +150,11 @@ fn serve<'a, S: ClientStream>(
     deadline: tokio::time::Instant,
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
     async move {
-        // The login's result is matched where it is made: held in a local,
-        // it would stay in the task beside the session for the session's
-        // life.
-        let login =
-            match tokio::time::timeout_at(deadline, Box::pin(login(stream, first, peer, state)))
-                .await
-            {
-                Ok(Ok(LoggedIn::Pool(login))) => login,
-                // Boxed, each: none of them is a pool client's session,
-                // whose task they would otherwise make larger.
-                // Outside the login timeout: a cancel given up midway would
-                // leave its server closed for nothing.
-                Ok(Ok(LoggedIn::Cancel(key))) => return Box::pin(state.cancel(key)).await,
-                Ok(Ok(LoggedIn::Replication(login))) => {
-                    let replication = replication::serve_replication(stream, login, peer, state);
-                    return Box::pin(replication).await;
-                }
-                Ok(Ok(LoggedIn::Console { user, role, params })) => {
-                    let console = serve_console(stream, (user, role, &params), peer, state);
-                    return Box::pin(console).await;
-                }
-                Ok(Err(Ended)) => return,
-                Err(_) => {
-                    refuse(stream, state, peer, "08P01", "client_login_timeout").await;
-                    tracing::info!(%peer, "closing client: login timed out");
-                    return;
-                }
-            };
+        // Boxed: its futures, and its result until matched, would
+        // otherwise keep their room in the task for the session's life.
+        let Some(login) = Box::pin(log_in(stream, first, peer, state, deadline)).await else {
+            return;
+        };
         let registered = state.cancels().register(login.pool.stats().clone());
         // The configuration is held for the welcome's write only, not
         // across the session (a RELOAD frees the old one).
@@ -234,6 +211,42 @@ fn serve<'a, S: ClientStream>(
         };
         if state.config().pgbouncer.log_disconnections {
             tracing::info!(%peer, database = %login.pool.database(), user = %login.user, reason, "client closed");
+        }
+    }
+}
+
+/// The login, within `client_login_timeout`: the pool client's login to
+/// serve, or `None` when the connection was something else (a cancel
+/// request, a replication or console client, now served) or failed.
+async fn log_in<S: ClientStream>(
+    stream: &mut S,
+    first: Option<Startup>,
+    peer: &Peer,
+    state: &Arc<PoolerState>,
+    deadline: tokio::time::Instant,
+) -> Option<Login> {
+    match tokio::time::timeout_at(deadline, login(stream, first, peer, state)).await {
+        Ok(Ok(LoggedIn::Pool(login))) => Some(login),
+        // Boxed, each: a pool client's login would otherwise be as large
+        // as the largest of them. Outside the login timeout: a cancel
+        // given up midway would leave its server closed for nothing.
+        Ok(Ok(LoggedIn::Cancel(key))) => {
+            Box::pin(state.cancel(key)).await;
+            None
+        }
+        Ok(Ok(LoggedIn::Replication(login))) => {
+            Box::pin(replication::serve_replication(stream, login, peer, state)).await;
+            None
+        }
+        Ok(Ok(LoggedIn::Console { user, role, params })) => {
+            Box::pin(serve_console(stream, (user, role, &params), peer, state)).await;
+            None
+        }
+        Ok(Err(Ended)) => None,
+        Err(_) => {
+            refuse(stream, state, peer, "08P01", "client_login_timeout").await;
+            tracing::info!(%peer, "closing client: login timed out");
+            None
         }
     }
 }

@@ -6,11 +6,12 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::buffers::read_client;
+use super::buffers::poll_read_client;
 use super::login::Login;
 use super::prepare::{self, Tracker};
 use super::route::{self, Routing};
@@ -88,16 +89,6 @@ pub(super) async fn shutdown_fired(shutdown: &mut Option<ShutdownWait<'_>>) {
     }
 }
 
-/// Waits for the session's timer, or forever when it has none, so that a
-/// `select!` arm can name it either way (its precondition says whether it
-/// is armed).
-pub(super) async fn timer_fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What an unlinked session's wait for its client ended with.
 enum Waited {
     Read(std::io::Result<usize>),
@@ -161,13 +152,10 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
                 return SHUTTING_DOWN;
             }
             if self.cscan.ready() > 0 {
-                let read = self.routes_to_reads();
-                let Ok(mut server) = self.link(read).await else {
-                    return "no server available";
-                };
-                let outcome = self.relay(&mut server).await;
-                self.cancel.unlink();
-                if let ControlFlow::Break(reason) = self.unlinked(server, outcome).await {
+                // Boxed, one allocation per transaction: its futures are
+                // the largest of the session's, and an idle client's task
+                // would otherwise keep their room for its whole life.
+                if let ControlFlow::Break(reason) = Box::pin(self.transaction()).await {
                     return reason;
                 }
                 continue;
@@ -179,6 +167,19 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
                 return reason;
             }
         }
+    }
+
+    /// A server taken for the client's bytes, the relay, and the server
+    /// given back; `Break` with the reason for the log when the session
+    /// ends.
+    async fn transaction(&mut self) -> ControlFlow<&'static str> {
+        let read = self.routes_to_reads();
+        let Ok(mut server) = self.link(read).await else {
+            return ControlFlow::Break("no server available");
+        };
+        let outcome = self.relay(&mut server).await;
+        self.cancel.unlink();
+        self.unlinked(server, outcome).await
     }
 
     /// Waits, without a server, for the client's next bytes, bounded by
@@ -193,13 +194,31 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         self.rearm(idle_deadline);
         let watching = self.shutdown.is_some();
         let event = {
-            let shutdown = shutdown_fired(&mut self.shutdown);
-            tokio::select! {
-                biased;
-                read = read_client(&mut self.reader, &mut self.cbuf) => Waited::Read(read),
-                _ = timer_fired(&mut self.timer), if idle_deadline.is_some() => Waited::Timer,
-                _ = shutdown, if watching => Waited::Shutdown,
-            }
+            let Session {
+                reader,
+                cbuf,
+                timer,
+                shutdown,
+                ..
+            } = &mut *self;
+            // Polled by hand, as the relay's wait is: this wait is where
+            // an idle client's task spends its life, and a `select!` of
+            // futures would keep their room in it.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(read) = poll_read_client(reader, cbuf, cx) {
+                    return Poll::Ready(Waited::Read(read));
+                }
+                if let Some(timer) = timer.as_mut().filter(|_| idle_deadline.is_some()) {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Waited::Timer);
+                    }
+                }
+                match shutdown.as_mut().filter(|_| watching) {
+                    Some(wait) => wait.as_mut().poll(cx).map(|()| Waited::Shutdown),
+                    None => Poll::Pending,
+                }
+            })
+            .await
         };
         match event {
             Waited::Read(Ok(0) | Err(_)) => return ControlFlow::Break("client disconnected"),

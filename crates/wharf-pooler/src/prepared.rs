@@ -268,6 +268,11 @@ impl ServerStatements {
     pub fn len(&self) -> usize {
         self.prepared.len()
     }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -269,6 +269,51 @@ async fn deallocate_all_and_discard_all_drop_every_statement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_starts_with_plain_queries_turns_to_named_statements_mid_pipeline() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let plain = exchange(&mut c, &wire_query("SELECT 1"), 1).await;
+    assert_eq!(plain.rows, ["1"]);
+    // Inside a transaction, in one write: two plain queries the server
+    // answers before the first named statement, which comes after them.
+    let mixed = [
+        wire_query("BEGIN"),
+        wire_query("SELECT 2"),
+        run(b"s", "SELECT $1::int * 10", &["3"]),
+    ]
+    .concat();
+    let replies = exchange(&mut c, &mixed, 3).await;
+    assert_eq!(replies.tags, "CZTDCZ12DCZ", "{replies:?}");
+    assert_eq!(replies.rows, ["2", "30"]);
+    let committed = exchange(&mut c, &wire_query("COMMIT"), 1).await;
+    assert!(committed.errors.is_empty(), "{committed:?}");
+    // The name is the client's from now on, whichever server it gets.
+    let other = pooler.client().await;
+    other.batch_execute("SELECT 1").await.unwrap();
+    let again = exchange(&mut c, &call(b"s", &["4"]), 1).await;
+    assert_eq!(again.rows, ["40"], "{again:?}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discard_all_from_a_plain_client_drops_the_servers_statements() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut named = client(&pooler).await;
+    let first = exchange(&mut named, &run(b"s", "SELECT 11", &[]), 1).await;
+    assert_eq!(first.rows, ["11"]);
+    // Another client, which never sends a named statement, empties the
+    // one server of every prepared statement.
+    let mut plain = client(&pooler).await;
+    let discarded = exchange(&mut plain, &wire_query("DISCARD ALL"), 1).await;
+    assert!(discarded.errors.is_empty(), "{discarded:?}");
+    // The pooler knows: it prepares the statement there again.
+    let again = exchange(&mut named, &call(b"s", &[]), 1).await;
+    assert_eq!(again.rows, ["11"], "{again:?}");
+    assert_eq!(again.tags, "2DCZ", "the added Parse is not seen: {again:?}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_larger_than_the_buffer_and_long_names_go_through() {
     let pooler = pooler("default_pool_size = 2").await;
     let mut c = client(&pooler).await;

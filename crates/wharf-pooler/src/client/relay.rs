@@ -339,10 +339,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     let param_sets = self.pool.param_sets();
                     let mut tracker = self.tracker.as_mut();
                     let tracked = tracker.is_some();
+                    // Without a tracker (yet), a plain query can still drop
+                    // every statement the server has (`DISCARD ALL`).
+                    let watch_resets = !tracked && self.tracker_cap > 0 && !statements.is_empty();
                     let wants = |tag, total| {
                         let read = tag == b'Z'
                             || tag == b'S'
-                            || (tracked && super::prepare::reply_wanted(tag));
+                            || (tracked && super::prepare::reply_wanted(tag))
+                            || (watch_resets && tag == b'C');
                         if read {
                             total
                         } else {
@@ -372,13 +376,23 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                                     server_params.mark_synced(params_set.clone());
                                 }
                             }
-                            (tag, _) => protocol.server_message(tag),
+                            (tag, body) => {
+                                if watch_resets
+                                    && tag == b'C'
+                                    && body.is_some_and(super::prepare::resets_tag)
+                                {
+                                    statements.clear();
+                                }
+                                protocol.server_message(tag);
+                            }
                         }
                         std::ops::ControlFlow::Continue(())
                     });
                     if let Some(tracker) = &mut self.tracker {
                         sscan.resized(tracker.apply_edits(rbuf));
                         self.entry.set_prepared(tracker.client_statements());
+                        server_entry.entry.set_prepared(statements.len());
+                    } else if watch_resets {
                         server_entry.entry.set_prepared(statements.len());
                     }
                     if let Err(err) = scanned {
@@ -390,7 +404,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     self.protocol.set_terminated();
                 }
                 Event::ReadClient(Ok(_)) => {
-                    if let Err(err) = self.scan_client() {
+                    if let Err(err) = self.scan_client(tx_status != b'I') {
                         return Unlinked::ClientBroke(err);
                     }
                 }

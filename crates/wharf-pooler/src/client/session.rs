@@ -52,11 +52,13 @@ pub(super) struct Session<'a, R, W> {
     pub(super) cscan: Scanner,
     pub(super) protocol: ProtocolState,
     /// The client's prepared statements, in transaction and statement
-    /// mode with `max_prepared_statements` on: made at the client's first
-    /// message, so a client that never sends one does not carry it.
+    /// mode with `max_prepared_statements` on: made at the first message
+    /// that needs it ([`prepare::needs_tracker`]), so a client of the
+    /// simple protocol alone never carries one, nor pays for one per
+    /// message.
     pub(super) tracker: Option<Box<Tracker>>,
     /// `max_prepared_statements` for `tracker`, 0 when not tracked.
-    tracker_cap: usize,
+    pub(super) tracker_cap: usize,
     /// Read/write routing: the pin, and the client's named statements'
     /// classes.
     pub(super) routing: Routing,
@@ -224,7 +226,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             Waited::Read(Ok(0) | Err(_)) => return ControlFlow::Break("client disconnected"),
             Waited::Read(Ok(_)) => {
                 self.answer_route_sets().await;
-                if let Err(err) = self.scan_client() {
+                // Unlinked: the last server was given back idle.
+                if let Err(err) = self.scan_client(false) {
                     return ControlFlow::Break(self.client_broke(err).await);
                 }
             }
@@ -313,22 +316,24 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     }
 
     /// Scans what the client sent since the last scan, noting each message
-    /// in the protocol state and the pool's counters.
-    pub(super) fn scan_client(&mut self) -> Result<(), ProtocolError> {
-        if self.tracker_cap > 0 && self.tracker.is_none() {
-            self.tracker = Some(Box::new(Tracker::new(self.tracker_cap)));
-        }
+    /// in the protocol state and the pool's counters, and making the
+    /// tracker at the first message that needs one (`in_transaction`: the
+    /// linked server's last ReadyForQuery said it was in a transaction).
+    pub(super) fn scan_client(&mut self, in_transaction: bool) -> Result<(), ProtocolError> {
         let protocol = &mut self.protocol;
         let stats = self.pool.stats();
-        let mut tracker = self.tracker.as_mut();
-        let tracked = tracker.is_some();
+        let tracker = &mut self.tracker;
+        let cap = self.tracker_cap;
+        // Messages are held as a tracker holds them before there is one,
+        // so that the one that needs it is whole when it is looked at.
+        let trackable = cap > 0;
         // Routing reads whole statements: the one that starts a
         // transaction, and named ones for the Binds of later transactions.
         let mut routing = self.pool.routes_reads().then_some(&mut self.routing);
         let routed = routing.is_some();
         let cbuf = &self.cbuf;
         let wants = |tag, len| {
-            let held = if tracked {
+            let held = if trackable {
                 prepare::held(tag, len)
             } else if tag == b'X' {
                 len
@@ -344,8 +349,13 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
         let ready = self
             .cscan
             .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
+                if tracker.is_none() && trackable && prepare::needs_tracker(tag, body) {
+                    let outstanding = protocol.pending();
+                    let resumed = Tracker::resumed(cap, outstanding, at, !in_transaction);
+                    *tracker = Some(Box::new(resumed));
+                }
                 protocol.note(tag);
-                stats.client_message(tag, tracked);
+                stats.client_message(tag, tracker.is_some());
                 // Terminate is for the pooler, not the server, and nothing
                 // a client sends after it counts.
                 if tag == b'X' {

@@ -18,7 +18,7 @@ mod replies;
 mod retry;
 mod sql;
 
-pub(in crate::client) use replies::reply_wanted;
+pub(in crate::client) use replies::{reply_wanted, resets_tag};
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,7 +28,25 @@ use bytes::{BufMut, BytesMut};
 
 use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
+use crate::sql::prepare::{classify, own_names_reached};
 use crate::stats::PoolStats;
+
+/// Whether a client message needs a tracker: every extended-protocol
+/// request (they name statements and portals, and their replies must be
+/// matched with them), and a simple query that is an SQL-level `PREPARE`,
+/// `EXECUTE` or `DEALLOCATE` or names one of the pooler's statements.
+/// `body` is the message's held body, if it was held. Until such a message
+/// comes, a client's bytes go as they are and the server's replies are not
+/// matched: most clients of the simple protocol never send one.
+pub(super) fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
+    match tag {
+        b'P' | b'B' | b'D' | b'C' | b'E' => true,
+        b'Q' => body.and_then(|b| b.strip_suffix(&[0])).is_some_and(|sql| {
+            classify(sql).is_some() || !own_names_reached(sql, OWN_PREFIX).is_empty()
+        }),
+        _ => false,
+    }
+}
 
 /// How much of a client message of `len` bytes (tag included) must be
 /// held before it is passed on: a Parse, Describe and Close whole (up to
@@ -185,6 +203,32 @@ impl Tracker {
             idle: true,
             capture: None,
         }
+    }
+
+    /// A tracker made part-way through a session, before the message
+    /// at `pass_through` bytes into the client's buffer: the bytes before
+    /// it go as they are, the server still owes `outstanding` replies up
+    /// to ReadyForQuery (simple queries and Syncs sent without a tracker),
+    /// and `idle` says whether its last ReadyForQuery was outside a
+    /// transaction.
+    pub(super) fn resumed(cap: usize, outstanding: usize, pass_through: usize, idle: bool) -> Self {
+        let mut tracker = Self::new(cap);
+        tracker.partial = pass_through;
+        tracker.idle = idle;
+        for _ in 0..outstanding {
+            tracker.push_relayed(Request::Simple);
+        }
+        tracker
+    }
+
+    /// Queues a request whose reply goes to the client as it is.
+    fn push_relayed(&mut self, request: Request) {
+        self.groups_sent += u64::from(request == Request::Simple);
+        self.queue.push_back(Outstanding {
+            request,
+            answer: Answer::Relay,
+            effect: Effect::None,
+        });
     }
 
     /// The client's statement names.

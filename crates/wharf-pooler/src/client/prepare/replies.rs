@@ -273,6 +273,6 @@ pub(in crate::client) fn reply_wanted(tag: u8) -> bool {
 
 /// A CommandComplete tag of a statement that drops every prepared
 /// statement of the session.
-fn resets_tag(body: &[u8]) -> bool {
+pub(in crate::client) fn resets_tag(body: &[u8]) -> bool {
     matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0")
 }

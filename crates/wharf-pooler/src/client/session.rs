@@ -350,8 +350,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
             .cscan
             .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
                 if tracker.is_none() && trackable && prepare::needs_tracker(tag, body) {
-                    let outstanding = protocol.pending();
-                    let resumed = Tracker::resumed(cap, outstanding, at, !in_transaction);
+                    let owed = (protocol.pending(), protocol.syncs_after_query());
+                    let resumed = Tracker::resumed(cap, owed, at, !in_transaction);
                     *tracker = Some(Box::new(resumed));
                 }
                 protocol.note(tag);

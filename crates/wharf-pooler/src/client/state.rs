@@ -74,6 +74,14 @@ impl ProtocolState {
         self.terminated
     }
 
+    /// Syncs sent since the last simple query, with nothing else between.
+    pub(super) fn syncs_after_query(&self) -> usize {
+        match self.since_command {
+            Some((b'Q', syncs)) => syncs,
+            _ => 0,
+        }
+    }
+
     /// The client closed its socket.
     pub(super) fn set_terminated(&mut self) {
         self.terminated = true;

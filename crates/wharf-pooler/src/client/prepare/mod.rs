@@ -207,23 +207,34 @@ impl Tracker {
 
     /// A tracker made part-way through a session, before the message
     /// at `pass_through` bytes into the client's buffer: the bytes before
-    /// it go as they are, the server still owes `outstanding` replies up
-    /// to ReadyForQuery (simple queries and Syncs sent without a tracker),
-    /// and `idle` says whether its last ReadyForQuery was outside a
+    /// it go as they are; the server still owes `owed` replies up to
+    /// ReadyForQuery (for simple queries and Syncs sent without a
+    /// tracker), the last `trailing_syncs` of them for Syncs sent after the
+    /// last query (which a COPY FROM STDIN would make the server ignore);
+    /// `idle` says whether its last ReadyForQuery was outside a
     /// transaction.
-    pub(super) fn resumed(cap: usize, outstanding: usize, pass_through: usize, idle: bool) -> Self {
+    pub(super) fn resumed(
+        cap: usize,
+        (owed, trailing_syncs): (usize, usize),
+        pass_through: usize,
+        idle: bool,
+    ) -> Self {
         let mut tracker = Self::new(cap);
         tracker.partial = pass_through;
         tracker.idle = idle;
-        for _ in 0..outstanding {
+        let syncs = trailing_syncs.min(owed);
+        for _ in syncs..owed {
             tracker.push_relayed(Request::Simple);
+        }
+        for _ in 0..syncs {
+            tracker.push_relayed(Request::Sync);
         }
         tracker
     }
 
     /// Queues a request whose reply goes to the client as it is.
     fn push_relayed(&mut self, request: Request) {
-        self.groups_sent += u64::from(request == Request::Simple);
+        self.groups_sent += 1;
         self.queue.push_back(Outstanding {
             request,
             answer: Answer::Relay,

@@ -276,3 +276,34 @@ pub(in crate::client) fn reply_wanted(tag: u8) -> bool {
 pub(in crate::client) fn resets_tag(body: &[u8]) -> bool {
     matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(tracker: &Tracker) -> Vec<Request> {
+        tracker.queue.iter().map(|o| o.request).collect()
+    }
+
+    #[test]
+    fn a_tracker_made_late_keeps_the_syncs_a_copy_makes_the_server_ignore() {
+        let mut server = ServerStatements::default();
+        // A COPY query and a Sync after it, sent before any tracker.
+        let mut tracker = Tracker::resumed(8, (2, 1), 0, true);
+        assert_eq!(requests(&tracker), [Request::Simple, Request::Sync]);
+        assert_eq!(tracker.groups_sent, 2);
+        // CopyInResponse: the server will never answer that Sync.
+        tracker.reply(b'G', 0, Some(&[0, 0, 0]), &mut server);
+        assert_eq!(requests(&tracker), [Request::Simple]);
+        assert_eq!(tracker.groups_sent, 1);
+    }
+
+    #[test]
+    fn late_syncs_are_never_more_than_the_replies_owed() {
+        let tracker = Tracker::resumed(8, (1, 3), 0, false);
+        assert_eq!(requests(&tracker), [Request::Sync]);
+        let tracker = Tracker::resumed(8, (0, 2), 5, false);
+        assert!(tracker.settled());
+        assert_eq!(tracker.partial, 5);
+    }
+}

@@ -292,6 +292,18 @@ async fn a_client_that_starts_with_plain_queries_turns_to_named_statements_mid_p
     other.batch_execute("SELECT 1").await.unwrap();
     let again = exchange(&mut c, &call(b"s", &["4"]), 1).await;
     assert_eq!(again.rows, ["40"], "{again:?}");
+    // A new plain client's Parse of a statement the server has: the
+    // pooler answers it, after the replies the server still owes for the
+    // plain query before it.
+    let mut late = client(&pooler).await;
+    let shared = [
+        wire_query("SELECT 3"),
+        run(b"t", "SELECT $1::int * 10", &["5"]),
+    ]
+    .concat();
+    let replies = exchange(&mut late, &shared, 2).await;
+    assert_eq!(replies.tags, "TDCZ12DCZ", "{replies:?}");
+    assert_eq!(replies.rows, ["3", "50"]);
     pooler.stop().await;
 }
 

@@ -5,16 +5,15 @@
 //! from the allocator.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
-use super::relay::{make_room, READ_CHUNK};
+use super::relay::{make_room, poll_read, READ_CHUNK};
 
 /// Spare buffers a thread keeps at most: 1 MiB of them at `READ_CHUNK`,
 /// 2 MiB at the largest kept.
@@ -76,7 +75,7 @@ pub(super) fn poll_read_client<R: AsyncRead + Unpin>(
 ) -> Poll<io::Result<usize>> {
     if !cbuf.is_empty() {
         make_room(cbuf);
-        return std::pin::pin!(reader.read_buf(cbuf)).poll(cx);
+        return poll_read(reader, cx, cbuf);
     }
     if cbuf.capacity() > 0 {
         give_back(cbuf);

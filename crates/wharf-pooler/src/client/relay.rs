@@ -451,7 +451,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
 
 /// Polls one read into `buf`'s spare room (as `read_buf` does; the
 /// future is only borrows, made again at each poll).
-fn poll_read<R: AsyncRead + Unpin>(
+pub(super) fn poll_read<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,

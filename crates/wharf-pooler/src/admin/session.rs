@@ -115,7 +115,7 @@ where
                 return;
             }
         }
-        entry.touch();
+        entry.touch(crate::stats::Moment::now());
         if stream.write_all(&out).await.is_err() {
             return;
         }

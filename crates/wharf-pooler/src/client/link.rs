@@ -16,6 +16,7 @@ use super::{application_name, fatal, Ended, SHUTTING_DOWN};
 use crate::config::PoolMode;
 use crate::pool::ServerManager;
 use crate::server::params::same_value;
+use crate::stats::Moment;
 
 /// What a client queued for longer than `query_wait_notify` is told
 /// (PgBouncer 1.25's words).
@@ -37,29 +38,41 @@ const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
     /// Takes a server from the pool (from its reads pool for a `read`
-    /// transaction) and brings it in line with the client.
-    pub(super) async fn link(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
+    /// transaction) and brings it in line with the client; returns it with
+    /// the time it was linked.
+    pub(super) async fn link(
+        &mut self,
+        read: bool,
+    ) -> Result<(Pooled<ServerManager>, Moment), Ended> {
         // The wait and the parameter sync are boxed: their futures are
         // large, and an idle client's task is as large as its largest
         // state. Most links need neither.
+        // One clock reading for the registry's times and the query's
+        // start.
+        let mut linked_at = Moment::now();
         let mut server = match self.pool.try_get(read) {
             Some(server) => {
                 // What `set_waiting` records on the way through a wait.
-                self.entry.touch();
+                self.entry.touch(linked_at);
                 self.pool.stats().assigned(Duration::ZERO);
                 server
             }
-            None => Box::pin(self.wait_for_server(read)).await?,
+            None => {
+                let server = Box::pin(self.wait_for_server(read)).await?;
+                linked_at = Moment::now();
+                server
+            }
         };
         // Until given back clean by `release`, the pool must not reuse it
         // (a killed session drops it anywhere).
-        let server_id = server.hand_to(self.entry.info.id);
+        let server_id = server.hand_to(self.entry.info.id, linked_at);
         self.entry.set_active(server_id);
         if !server.params().is_synced_with(&self.params_set) {
             Box::pin(self.sync_params(&mut server)).await?;
+            linked_at = Moment::now();
         }
         self.cancel.link(server.cancels().clone(), server.key());
-        Ok(server)
+        Ok((server, linked_at))
     }
 
     /// Waits for a server: bounded by `query_wait_timeout`, held by PAUSE,
@@ -167,13 +180,13 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     ) -> ControlFlow<&'static str> {
         let session_end = self.linked_mode == PoolMode::Session;
         match outcome {
-            Unlinked::Released => {
-                self.release(server, false).await;
+            Unlinked::Released(at) => {
+                self.release(server, false, at).await;
                 ControlFlow::Continue(())
             }
             Unlinked::ClientGone { clean } => {
                 if clean {
-                    self.release(server, session_end).await;
+                    self.release(server, session_end, Moment::now()).await;
                 } else {
                     // Left mid-transaction or mid-response: the server's
                     // state is unknown, so it is closed.
@@ -207,7 +220,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             }
             Unlinked::ShuttingDown { clean } => {
                 if clean {
-                    self.release(server, session_end).await;
+                    self.release(server, session_end, Moment::now()).await;
                 } else {
                     server.mark_broken();
                 }
@@ -217,8 +230,14 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         }
     }
 
-    /// Returns a server to its pool, reset first when the mode asks.
-    async fn release(&mut self, mut server: Pooled<ServerManager>, session_end: bool) {
+    /// Returns a server, released at `at`, to its pool, reset first when
+    /// the mode asks.
+    async fn release(
+        &mut self,
+        mut server: Pooled<ServerManager>,
+        session_end: bool,
+        mut at: Moment,
+    ) {
         self.entry.set_idle();
         if self.params_changed {
             self.params_changed = false;
@@ -240,6 +259,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
                 // Reset puts parameters back to the server's defaults.
                 server.params_mut().forget_sync();
+                at = Moment::now();
             }
         }
         if server.is_broken() {
@@ -260,7 +280,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 .unwrap_or(CANCEL_HOLD_MAX);
             tokio::spawn(hold_until_cancels_land(server, wait));
         } else {
-            server.give_back();
+            server.give_back(at);
         }
     }
 }
@@ -278,5 +298,5 @@ async fn hold_until_cancels_land(mut server: Pooled<ServerManager>, wait: Durati
         server.mark_broken();
         return;
     }
-    server.give_back();
+    server.give_back(Moment::now());
 }

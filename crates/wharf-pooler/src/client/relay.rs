@@ -10,12 +10,12 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::session::Session;
-use super::state::EventTime;
 use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
 use crate::proto::{ProtocolError, Scanner};
 use crate::server::ServerConn;
+use crate::stats::{EventTime, Moment};
 
 /// Server events in a row after which the client's side is polled first
 /// once.
@@ -26,8 +26,9 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 
 /// How a linked period ended.
 pub(super) enum Unlinked {
-    /// At a transaction (or statement) boundary: the server may go back.
-    Released,
+    /// At a transaction (or statement) boundary: the server may go back,
+    /// idle since about then (the time the last event read).
+    Released(Moment),
     /// The client is gone or said Terminate; `clean` if its server is idle
     /// and may go back to the pool.
     ClientGone {
@@ -64,9 +65,9 @@ enum Event {
 }
 
 impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
-    /// Relays between the client and `server` until the server may be
-    /// released or either side goes away.
-    pub(super) async fn relay(&mut self, server: &mut ServerConn) -> Unlinked {
+    /// Relays between the client and `server`, linked at `linked_at`,
+    /// until the server may be released or either side goes away.
+    pub(super) async fn relay(&mut self, server: &mut ServerConn, linked_at: Moment) -> Unlinked {
         let mode = self.pool.mode();
         self.linked_mode = mode;
         let wire = server.wire();
@@ -77,6 +78,11 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         let mut sscan = Scanner::default();
         let mut tx_status = b'I';
         let mut server_streak = 0u32;
+        // The first event (the query going to the server) shares the
+        // link's clock reading; each later one reads its own if it needs
+        // one.
+        let mut now = EventTime::at(linked_at);
+        let mut first_event = true;
         // Kept, and the clock read for it, only when a timeout needs it.
         let mut clock = self.timeouts.linked().then(|| {
             let linked_at = tokio::time::Instant::now();
@@ -170,7 +176,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 _ => {}
             }
             if between && mode != PoolMode::Session {
-                return Unlinked::Released;
+                return Unlinked::Released(now.latest());
             }
             let deadline = clock.as_ref().and_then(|clock| {
                 clock.deadline(
@@ -190,7 +196,9 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             let wake_on_shutdown = self.shutdown.is_some();
             let pending_before = self.protocol.pending();
             let mut saw_ready = false;
-            let mut now = EventTime::default();
+            if !std::mem::take(&mut first_event) {
+                now.next();
+            }
 
             let to_server = match self.tracker.as_mut().map(|t| t.out()) {
                 Some(out) if !out.is_empty() => &out[..],
@@ -431,7 +439,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 continue;
             };
             if pending != pending_before || saw_ready {
-                let now = now.get();
+                let now = tokio::time::Instant::now();
                 if pending > 0 {
                     if pending_before == 0 || saw_ready {
                         clock.query_start = Some(now);

@@ -66,7 +66,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
             return;
         }
     };
-    let server_id = server.hand_to(entry.info.id);
+    let server_id = server.hand_to(entry.info.id, crate::stats::Moment::now());
     entry.set_active(server_id);
     let login_limit = config.pgbouncer.server_connect_timeout;
     let started = tokio::select! {

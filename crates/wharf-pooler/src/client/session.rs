@@ -176,10 +176,10 @@ impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, 
     /// ends.
     async fn transaction(&mut self) -> ControlFlow<&'static str> {
         let read = self.routes_to_reads();
-        let Ok(mut server) = self.link(read).await else {
+        let Ok((mut server, linked_at)) = self.link(read).await else {
             return ControlFlow::Break("no server available");
         };
-        let outcome = self.relay(&mut server).await;
+        let outcome = self.relay(&mut server, linked_at).await;
         self.cancel.unlink();
         self.unlinked(server, outcome).await
     }

@@ -4,7 +4,7 @@
 //! to the pool: no ReadyForQuery owed, no extended-protocol batch open
 //! without its Sync, no COPY FROM STDIN in progress.
 
-use crate::stats::PoolStats;
+use crate::stats::{EventTime, Moment, PoolStats};
 
 /// What the client has asked for and not yet been answered.
 #[derive(Debug, Default)]
@@ -33,21 +33,9 @@ pub(super) struct ProtocolState {
     /// client is owed nothing else.
     copy_doubtful: usize,
     /// When the query being answered was first sent to a server.
-    query_start: Option<tokio::time::Instant>,
+    query_start: Option<Moment>,
     /// When the open transaction's first query was sent to a server.
-    xact_start: Option<tokio::time::Instant>,
-}
-
-/// The time of one relay event, read from the clock only if something
-/// needs it, and then once however many messages the event carried.
-#[derive(Debug, Default)]
-pub(super) struct EventTime(Option<tokio::time::Instant>);
-
-impl EventTime {
-    /// The event's time, read from the clock the first time it is asked.
-    pub(super) fn get(&mut self) -> tokio::time::Instant {
-        *self.0.get_or_insert_with(tokio::time::Instant::now)
-    }
+    xact_start: Option<Moment>,
 }
 
 impl ProtocolState {
@@ -139,9 +127,9 @@ impl ProtocolState {
             self.pending = self.pending.saturating_sub(1);
         }
         let now = now.get();
-        stats.query_done(self.query_start.take().map(|t| now - t));
+        stats.query_done(self.query_start.take().map(|t| now.since(t)));
         if status == b'I' {
-            stats.xact_done(self.xact_start.take().map(|t| now - t));
+            stats.xact_done(self.xact_start.take().map(|t| now.since(t)));
         }
     }
 
@@ -431,5 +419,22 @@ mod tests {
             (stats.totals().query_count, stats.totals().xact_count),
             (2, 1)
         );
+    }
+
+    #[test]
+    fn query_and_transaction_times_run_from_the_first_send_to_their_ready() {
+        let stats = PoolStats::new("db", "u");
+        let mut state = ProtocolState::default();
+        let at = |micros| EventTime::at(Moment::from_micros(micros));
+        state.note(b'Q');
+        state.sent_to_server(&mut at(1_000));
+        // More bytes of the same query start nothing new.
+        state.sent_to_server(&mut at(1_100));
+        state.server_ready(b'T', &stats, &mut at(1_500));
+        state.note(b'Q');
+        state.sent_to_server(&mut at(2_000));
+        state.server_ready(b'I', &stats, &mut at(2_250));
+        let totals = stats.totals();
+        assert_eq!((totals.query_time, totals.xact_time), (750, 1_250));
     }
 }

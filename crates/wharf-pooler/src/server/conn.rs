@@ -17,7 +17,7 @@ use crate::cancel::ServerCancels;
 use crate::net::{ServerAddr, ServerReader, ServerStream, ServerWriter};
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
-use crate::stats::ServerGuard;
+use crate::stats::{Moment, ServerGuard};
 
 /// A connection's socket and registry entry are there until it is dropped.
 pub(super) const OPEN: &str = "a server connection is open until dropped";
@@ -142,18 +142,18 @@ impl ServerConn {
         self.broken
     }
 
-    /// Handed to client `client` (a registry id): until
+    /// Handed to client `client` (a registry id) at `at`: until
     /// [`give_back`](Self::give_back), the pool must not reuse it. Returns
     /// its own registry id.
-    pub fn hand_to(&mut self, client: u64) -> u64 {
+    pub fn hand_to(&mut self, client: u64, at: Moment) -> u64 {
         self.dirty = true;
-        self.entry().entry.set_active(client);
+        self.entry().entry.set_active(client, at);
         self.entry().entry.id
     }
 
-    /// Released clean by its client: the pool may reuse it.
-    pub fn give_back(&mut self) {
-        self.entry().set_idle();
+    /// Released clean by its client at `at`: the pool may reuse it.
+    pub fn give_back(&mut self, at: Moment) {
+        self.entry().set_idle(at);
         self.dirty = false;
     }
 
@@ -176,7 +176,7 @@ impl ServerConn {
         };
         self.entry().set_tested();
         let checked = self.simple_query(query).await;
-        self.entry().set_idle();
+        self.entry().set_idle(Moment::now());
         checked
     }
 

@@ -14,7 +14,7 @@ use crate::cancel::ServerCancels;
 use crate::net::{ServerAddr, ServerStream};
 use crate::prepared::ServerStatements;
 use crate::proto::{CancelKey, ProtocolError};
-use crate::stats::ServerGuard;
+use crate::stats::{Moment, ServerGuard};
 use crate::tls::OpenError;
 
 impl ServerConn {
@@ -49,7 +49,10 @@ impl ServerConn {
         if let Some(query) = &target.connect_query {
             conn.simple_query(query).await?;
         }
-        conn.entry.as_ref().expect(super::conn::OPEN).set_idle();
+        conn.entry
+            .as_ref()
+            .expect(super::conn::OPEN)
+            .set_idle(Moment::now());
         Ok(conn)
     }
 

@@ -17,6 +17,7 @@
 //! period, and mean times per transaction, query or server assignment.
 
 mod averages;
+mod clock;
 mod counters;
 mod registry;
 
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 pub use averages::run_averages;
+pub use clock::{EventTime, Moment};
 use averages::Averages;
 pub use counters::{PoolStats, Totals};
 pub use registry::{
@@ -121,8 +123,6 @@ impl Stats {
     /// How long a server has been idle.
     pub fn idle_for(&self, server: &ServerEntry) -> Duration {
         let since = server.idle_since.load(Ordering::Relaxed);
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_micros(since))
+        Moment::now().since(Moment::from_micros(since))
     }
 }

@@ -6,12 +6,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
 
-use super::{micros, now_us, PoolStats, Stats};
+use super::{now_us, Moment, PoolStats, Stats};
 use crate::net::Peer;
 use crate::proto::Replication;
 
@@ -120,9 +120,10 @@ pub struct ClientEntry {
     pub info: ClientInfo,
     /// When it connected, µs since the epoch.
     pub connect_time: u64,
+    /// When it last asked for a server, a [`Moment`]'s microseconds.
     request_time: AtomicU64,
     state: AtomicU8,
-    /// When it started waiting, µs since the epoch.
+    /// When it started waiting, a [`Moment`]'s microseconds.
     wait_since: AtomicU64,
     link: AtomicU64,
     application_name: Mutex<String>,
@@ -154,7 +155,7 @@ impl ClientEntry {
 
     /// Waits for a server from now on.
     pub fn set_waiting(&self) {
-        let now = now_us();
+        let now = Moment::now().as_micros();
         self.wait_since.store(now, Ordering::Relaxed);
         self.request_time.store(now, Ordering::Relaxed);
         self.state
@@ -178,7 +179,7 @@ impl ClientEntry {
     pub fn waiting_for(&self) -> Option<Duration> {
         (self.state() == ClientState::Waiting).then(|| {
             let since = self.wait_since.load(Ordering::Relaxed);
-            Duration::from_micros(now_us().saturating_sub(since))
+            Moment::now().since(Moment::from_micros(since))
         })
     }
 
@@ -189,12 +190,12 @@ impl ClientEntry {
 
     /// When it last asked for a server, µs since the epoch.
     pub fn request_time(&self) -> u64 {
-        self.request_time.load(Ordering::Relaxed)
+        wall_micros(&self.request_time)
     }
 
-    /// Records a request now (`request_time`).
-    pub fn touch(&self) {
-        self.request_time.store(now_us(), Ordering::Relaxed);
+    /// Records a request made at `at` (`request_time`).
+    pub fn touch(&self, at: Moment) {
+        self.request_time.store(at.as_micros(), Ordering::Relaxed);
     }
 
     /// Its `application_name`.
@@ -279,8 +280,10 @@ pub struct ServerEntry {
     /// The TLS protocol and cipher, empty for plain text.
     tls: Mutex<String>,
     remote_pid: AtomicI32,
+    /// When it was last linked to a client, a [`Moment`]'s microseconds
+    /// (0 for never).
     request_time: AtomicU64,
-    /// When it last went idle (monotonic, µs since the registry started).
+    /// When it last went idle, a [`Moment`]'s microseconds.
     pub(super) idle_since: AtomicU64,
     state: AtomicU8,
     link: AtomicU64,
@@ -333,18 +336,17 @@ impl ServerEntry {
     }
 
     /// Sets its state; `epoch` is the registry's start, for idle times.
-    fn set_state(&self, state: ServerState, started: Instant) {
+    fn set_state(&self, state: ServerState, at: Moment) {
         if state == ServerState::Idle {
-            self.idle_since
-                .store(micros(started.elapsed()), Ordering::Relaxed);
+            self.idle_since.store(at.as_micros(), Ordering::Relaxed);
         }
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Linked to client `client`.
-    pub fn set_active(&self, client: u64) {
+    /// Linked to client `client` at `at`.
+    pub fn set_active(&self, client: u64, at: Moment) {
         self.link.store(client, Ordering::Relaxed);
-        self.request_time.store(now_us(), Ordering::Relaxed);
+        self.request_time.store(at.as_micros(), Ordering::Relaxed);
         self.state
             .store(ServerState::Active as u8, Ordering::Relaxed);
     }
@@ -369,9 +371,10 @@ impl ServerEntry {
         self.local_addr.lock().clone()
     }
 
-    /// When it was last linked to a client, µs since the epoch.
+    /// When it was last linked to a client, µs since the epoch (0 for
+    /// never).
     pub fn request_time(&self) -> u64 {
-        self.request_time.load(Ordering::Relaxed)
+        wall_micros(&self.request_time)
     }
 }
 
@@ -398,23 +401,31 @@ pub struct ServerGuard {
 }
 
 impl ServerGuard {
-    /// Back in the pool.
-    pub fn set_idle(&self) {
+    /// Back in the pool since `at`.
+    pub fn set_idle(&self, at: Moment) {
         self.entry.link.store(0, Ordering::Relaxed);
-        self.entry.set_state(ServerState::Idle, self.stats.started);
+        self.entry.set_state(ServerState::Idle, at);
     }
 
     /// Running the pool's check query.
     pub fn set_tested(&self) {
-        self.entry
-            .set_state(ServerState::Tested, self.stats.started);
+        self.entry.set_state(ServerState::Tested, Moment::now());
     }
 
     /// Held back until the cancels on their way to it land.
     pub fn set_being_canceled(&self) {
         self.entry.link.store(0, Ordering::Relaxed);
         self.entry
-            .set_state(ServerState::BeingCanceled, self.stats.started);
+            .set_state(ServerState::BeingCanceled, Moment::now());
+    }
+}
+
+/// A time kept as a [`Moment`]'s microseconds, as µs since the epoch (0
+/// stays 0, for never).
+fn wall_micros(kept: &AtomicU64) -> u64 {
+    match kept.load(Ordering::Relaxed) {
+        0 => 0,
+        micros => Moment::from_micros(micros).wall_micros(),
     }
 }
 
@@ -455,11 +466,10 @@ impl Stats {
         info: ClientInfo,
         application_name: String,
     ) -> ClientGuard {
-        let now = now_us();
         let entry = Arc::new(ClientEntry {
             info,
-            connect_time: now,
-            request_time: AtomicU64::new(now),
+            connect_time: now_us(),
+            request_time: AtomicU64::new(Moment::now().as_micros()),
             state: AtomicU8::new(ClientState::Idle as u8),
             wait_since: AtomicU64::new(0),
             link: AtomicU64::new(0),

@@ -176,6 +176,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 _ => {}
             }
             if between && mode != PoolMode::Session {
+                self.protocol.released();
                 return Unlinked::Released(now.latest());
             }
             let deadline = clock.as_ref().and_then(|clock| {
@@ -432,8 +433,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                 }
             }
             // The clock moves only when a query starts or ends, so timing
-            // costs one clock read per query, not per message (shared with
-            // the stats when they read it for the same event).
+            // costs one clock read per query, not per message.
             let pending = self.protocol.pending();
             let Some(clock) = clock.as_mut() else {
                 continue;

@@ -149,6 +149,14 @@ impl ProtocolState {
         }
     }
 
+    /// The server went back to the pool owing nothing: whatever was sent
+    /// without a reply owed (a lone Flush) starts no query on the next
+    /// server.
+    pub(super) fn released(&mut self) {
+        self.query_start = None;
+        self.xact_start = None;
+    }
+
     /// Bytes went to a server: a query (and maybe a transaction) starts
     /// if none was running.
     pub(super) fn sent_to_server(&mut self, now: &mut EventTime) {
@@ -436,5 +444,17 @@ mod tests {
         state.server_ready(b'I', &stats, &mut at(2_250));
         let totals = stats.totals();
         assert_eq!((totals.query_time, totals.xact_time), (750, 1_250));
+
+        // A lone Flush is sent and answered by nothing: released with it,
+        // the next query's time starts at its own send.
+        state.note(b'H');
+        state.sent_to_server(&mut at(3_000));
+        assert!(state.owes_nothing());
+        state.released();
+        state.note(b'Q');
+        state.sent_to_server(&mut at(9_000));
+        state.server_ready(b'I', &stats, &mut at(9_100));
+        let totals = stats.totals();
+        assert_eq!((totals.query_time, totals.xact_time), (850, 1_350));
     }
 }

@@ -230,8 +230,6 @@ pub fn long_transactions(
         .filter(|p| p.mode() == crate::config::PoolMode::Session)
         .map(|p| (p.database().to_owned(), p.user().to_owned()))
         .collect();
-    let now = crate::stats::now_us();
-    let threshold = crate::stats::micros(threshold);
     let mut out: Vec<((String, String), usize)> = Vec::new();
     for client in state.router().stats().clients() {
         if client.info.admin || client.state() != crate::stats::ClientState::Active {
@@ -241,7 +239,7 @@ pub fn long_transactions(
             client.info.database.to_string(),
             client.info.pool_user.to_string(),
         );
-        if session.contains(&key) || now.saturating_sub(client.request_time()) <= threshold {
+        if session.contains(&key) || client.since_request() <= threshold {
             continue;
         }
         match out.iter_mut().find(|(k, _)| *k == key) {

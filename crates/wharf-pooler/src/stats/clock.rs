@@ -6,7 +6,6 @@
 //! `std::time::Instant` would cost a conversion per reading and per
 //! subtraction; here a subtraction is an integer one.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in time: microseconds on `CLOCK_MONOTONIC` (the clock
@@ -47,17 +46,14 @@ impl Moment {
     }
 
     /// The same moment on the wall clock, in microseconds since the Unix
-    /// epoch, as `SHOW` prints times. The two clocks are paired once per
-    /// process, so a wall clock set later does not move past moments.
+    /// epoch, as `SHOW` prints times: the wall clock now, less the time
+    /// since. Read afresh each time, so a wall clock set since (NTP's
+    /// first correction, a suspend) moves every time shown with it.
     pub fn wall_micros(self) -> u64 {
-        static WALL_MINUS_MONOTONIC: OnceLock<i64> = OnceLock::new();
-        let offset = *WALL_MINUS_MONOTONIC.get_or_init(|| {
-            let wall = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            wall.saturating_sub(i64::try_from(Moment::now().0).unwrap_or(i64::MAX))
-        });
-        self.0.saturating_add_signed(offset)
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        wall.saturating_sub(Moment::now().0.saturating_sub(self.0))
     }
 }
 
@@ -65,7 +61,7 @@ impl Moment {
 /// and then once for everything that records it. It also remembers the
 /// last time read for an earlier event, for what needs a recent time but
 /// not an exact one.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct EventTime {
     now: Option<Moment>,
     before: Option<Moment>,
@@ -123,9 +119,10 @@ mod tests {
             .as_micros() as u64;
         let shown = second.wall_micros();
         assert!(shown.abs_diff(wall) < 1_000_000, "{shown} vs {wall}");
-        assert_eq!(
-            Moment::from_micros(second.as_micros()).wall_micros(),
-            shown
+        let earlier = Moment::from_micros(second.as_micros() - 5_000_000).wall_micros();
+        assert!(
+            (shown - earlier).abs_diff(5_000_000) < 1_000_000,
+            "{earlier} vs {shown}"
         );
     }
 

@@ -193,6 +193,13 @@ impl ClientEntry {
         wall_micros(&self.request_time)
     }
 
+    /// How long ago it last asked for a server.
+    pub fn since_request(&self) -> Duration {
+        Moment::now().since(Moment::from_micros(
+            self.request_time.load(Ordering::Relaxed),
+        ))
+    }
+
     /// Records a request made at `at` (`request_time`).
     pub fn touch(&self, at: Moment) {
         self.request_time.store(at.as_micros(), Ordering::Relaxed);
@@ -335,11 +342,8 @@ impl ServerEntry {
         self.tls.lock().clone()
     }
 
-    /// Sets its state; `epoch` is the registry's start, for idle times.
-    fn set_state(&self, state: ServerState, at: Moment) {
-        if state == ServerState::Idle {
-            self.idle_since.store(at.as_micros(), Ordering::Relaxed);
-        }
+    /// Sets its state.
+    fn set_state(&self, state: ServerState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
@@ -404,19 +408,21 @@ impl ServerGuard {
     /// Back in the pool since `at`.
     pub fn set_idle(&self, at: Moment) {
         self.entry.link.store(0, Ordering::Relaxed);
-        self.entry.set_state(ServerState::Idle, at);
+        self.entry
+            .idle_since
+            .store(at.as_micros(), Ordering::Relaxed);
+        self.entry.set_state(ServerState::Idle);
     }
 
     /// Running the pool's check query.
     pub fn set_tested(&self) {
-        self.entry.set_state(ServerState::Tested, Moment::now());
+        self.entry.set_state(ServerState::Tested);
     }
 
     /// Held back until the cancels on their way to it land.
     pub fn set_being_canceled(&self) {
         self.entry.link.store(0, Ordering::Relaxed);
-        self.entry
-            .set_state(ServerState::BeingCanceled, Moment::now());
+        self.entry.set_state(ServerState::BeingCanceled);
     }
 }
 

@@ -3,6 +3,7 @@
 //! the protocol state machine says when the server may go back.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -14,7 +15,7 @@ use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
 use crate::proto::{ProtocolError, Scanner};
-use crate::server::ServerConn;
+use crate::server::{ServerConn, Wire};
 use crate::stats::{EventTime, Moment};
 
 /// Server events in a row after which the client's side is polled first
@@ -53,6 +54,32 @@ pub(super) enum Unlinked {
     },
 }
 
+/// The server's side of a linked period, and what the relay keeps about
+/// it from one event to the next.
+struct Linked<'s> {
+    mode: PoolMode,
+    wire: Wire<'s>,
+    sscan: Scanner,
+    /// The server's transaction status at its last ReadyForQuery.
+    tx_status: u8,
+    /// Server events in a row (see [`SERVER_STREAK`]).
+    server_streak: u32,
+    /// The time of the event being handled.
+    now: EventTime,
+    /// The first event (the query going to the server) shares the link's
+    /// clock reading; each later one reads its own if it needs one.
+    first_event: bool,
+    /// The timeouts' clock, kept only when a timeout needs it.
+    clock: Option<Clock>,
+}
+
+impl Linked<'_> {
+    /// Whether the server is in a transaction (or a failed one).
+    fn in_transaction(&self) -> bool {
+        self.tx_status != b'I'
+    }
+}
+
 /// One thing that happened while linked: a read or write on either side,
 /// the session's timer, or a shutdown.
 enum Event {
@@ -70,390 +97,460 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
     pub(super) async fn relay(&mut self, server: &mut ServerConn, linked_at: Moment) -> Unlinked {
         let mode = self.pool.mode();
         self.linked_mode = mode;
-        let wire = server.wire();
-        let (mut sr, mut sw, rbuf, server_params) =
-            (wire.reader, wire.writer, wire.rbuf, wire.params);
-        let (statements, server_entry) = (wire.statements, wire.entry);
-        let registry = self.state.statements();
-        let mut sscan = Scanner::default();
-        let mut tx_status = b'I';
-        let mut server_streak = 0u32;
-        // The first event (the query going to the server) shares the
-        // link's clock reading; each later one reads its own if it needs
-        // one.
-        let mut now = EventTime::at(linked_at);
-        let mut first_event = true;
         // Kept, and the clock read for it, only when a timeout needs it.
-        let mut clock = self.timeouts.linked().then(|| {
-            let linked_at = tokio::time::Instant::now();
-            let busy = self.protocol.pending() > 0;
-            Clock {
-                query_start: busy.then_some(linked_at),
-                xact_start: busy.then_some(linked_at),
-                idle_since: linked_at,
-            }
-        });
+        let clock = self
+            .timeouts
+            .linked()
+            .then(|| Clock::linked(self.protocol.pending() > 0));
+        let mut link = Linked {
+            mode,
+            wire: server.wire(),
+            sscan: Scanner::default(),
+            tx_status: b'I',
+            server_streak: 0,
+            now: EventTime::at(linked_at),
+            first_event: true,
+            clock,
+        };
         loop {
-            if let Some(tracker) = &mut self.tracker {
-                // Client bytes go to this server's names, and replies the
-                // pooler makes go out once nothing is owed before them.
-                let ready = self.cscan.ready();
-                if ready > 0 {
-                    let stats = self.pool.stats();
-                    tracker.outgoing(&self.cbuf[..ready], statements, registry, stats);
-                    stats
-                        .received
-                        .fetch_add(ready as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.cbuf.advance(ready);
-                    self.cscan.consumed(ready);
-                    self.entry.set_prepared(tracker.client_statements());
-                    server_entry.entry.set_prepared(statements.len());
-                }
-                if tracker.due() && sscan.at_boundary() {
-                    tracker.make_due(sscan.ready());
-                    sscan.resized(tracker.apply_edits(rbuf));
+            self.pass_to_tracker(&mut link);
+            let settled = self.server_settled(&link);
+            if settled && self.protocol.take_copy_doubtful() > 0 {
+                match self.probe_server(&mut link).await {
+                    Ok(()) => continue,
+                    Err(unlinked) => return unlinked,
                 }
             }
-            let settled = self.tracker.as_ref().is_none_or(|t| t.settled());
-            let idle = self.protocol.owes_nothing()
-                && settled
-                && sscan.ready() == 0
-                && sscan.at_boundary();
-            if idle && self.protocol.take_copy_doubtful() > 0 {
-                // A COPY failed with Syncs the server may or may not have
-                // answered: ask it, relaying whatever else it still sends.
-                let mut on_param = |body: &[u8]| {
-                    if let Some(changed) = server_params.note_relayed(body, &self.params_set) {
-                        self.params_set = self.pool.param_sets().intern(&changed);
-                        self.params_changed = true;
-                        server_params.mark_synced(self.params_set.clone());
-                    }
-                };
-                // Boxed: rare (a failed COPY), and its state would
-                // otherwise be part of every client's task.
-                let probed = Box::pin(probe(
-                    &mut sr,
-                    &mut sw,
-                    rbuf,
-                    &mut self.writer,
-                    &mut on_param,
-                ));
-                match probed.await {
-                    Ok(status) => tx_status = status,
-                    Err(Probe::Client) => return Unlinked::ClientGone { clean: false },
-                    Err(Probe::Server(err)) => {
-                        tracing::warn!(error = %err, "server connection failed");
-                        return Unlinked::ServerGone;
-                    }
-                }
-                continue;
+            if let Some(unlinked) = self.unlink_now(&mut link, settled) {
+                return unlinked;
             }
-            if idle && mode == PoolMode::Statement && tx_status != b'I' {
-                return Unlinked::TransactionInStatementMode;
-            }
-            let unsent = self.tracker.as_mut().is_some_and(|t| !t.out().is_empty());
-            let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary() && !unsent;
-            // Gone in the middle of a message, of an extended-protocol batch
-            // or of a COPY: the server waits for bytes that will never come.
-            if self.protocol.terminated()
-                && (self.protocol.mid_exchange() || !self.cscan.at_boundary())
-            {
-                return Unlinked::ClientGone { clean: false };
-            }
-            if idle && quiet_client && self.protocol.terminated() {
-                return Unlinked::ClientGone {
-                    clean: tx_status == b'I',
-                };
-            }
-            let between = idle && quiet_client && self.cbuf.is_empty() && tx_status == b'I';
-            match self.state.lifecycle().clients_must_go() {
-                Some(ShutdownMode::Immediate) => {
-                    return Unlinked::ShuttingDown { clean: between };
-                }
-                Some(ShutdownMode::WaitForServers) if between => {
-                    return Unlinked::ShuttingDown { clean: true };
-                }
-                _ => {}
-            }
-            if between && mode != PoolMode::Session {
-                self.protocol.released();
-                return Unlinked::Released(now.latest());
-            }
-            let deadline = clock.as_ref().and_then(|clock| {
+            let deadline = link.clock.as_ref().and_then(|clock| {
                 clock.deadline(
                     &self.timeouts,
                     self.protocol.pending() > 0,
-                    tx_status != b'I',
+                    link.in_transaction(),
                 )
             });
             self.rearm(deadline.map(|(at, _)| at));
             // Only which timeout: its instant is `self.armed`, and this
             // lives across the wait, in every client's task.
             let timing = deadline.map(|(_, which)| which);
-            let timer_on = timing.is_some();
-            // The watch future persists across events (polling it only
-            // re-checks its registration): an immediate shutdown must cut
-            // a session stuck waiting on a long query.
-            let wake_on_shutdown = self.shutdown.is_some();
             let pending_before = self.protocol.pending();
-            let mut saw_ready = false;
-            if !std::mem::take(&mut first_event) {
-                now.next();
+            if !std::mem::take(&mut link.first_event) {
+                link.now.next();
             }
-
-            let to_server = match self.tracker.as_mut().map(|t| t.out()) {
-                Some(out) if !out.is_empty() => &out[..],
-                _ => &self.cbuf[..self.cscan.ready()],
-            };
-            let at_once = write_at_once(
-                (&rbuf[..sscan.ready()], &mut self.writer),
-                (to_server, &mut sw),
-            );
-            let event = if let Some(event) = at_once {
-                event
-            } else {
-                let Session {
-                    reader,
-                    writer,
-                    cbuf,
-                    cscan,
-                    protocol,
-                    tracker,
-                    timer,
-                    shutdown,
-                    ..
-                } = &mut *self;
-                // Replies the pooler makes take no server bytes: a client
-                // that does not read them must not grow the buffer for ever.
-                let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
-                let client_open = !(protocol.terminated() || backlog);
-                let mut client_side = |cx: &mut Context<'_>| {
-                    let rewritten = tracker.as_mut().map(|t| t.out());
-                    if let Some(out) = rewritten.filter(|out| !out.is_empty()) {
-                        Pin::new(&mut sw)
-                            .poll_write(cx, out)
-                            .map(Event::WroteServer)
-                    } else if cscan.ready() > 0 {
-                        let bytes = &cbuf[..cscan.ready()];
-                        Pin::new(&mut sw)
-                            .poll_write(cx, bytes)
-                            .map(Event::WroteServer)
-                    } else if client_open {
-                        make_room(cbuf);
-                        poll_read(reader, cx, cbuf).map(Event::ReadClient)
-                    } else {
-                        Poll::Pending
-                    }
-                };
-                let mut server_side = |cx: &mut Context<'_>| {
-                    let ready = sscan.ready();
-                    if ready > 0 {
-                        let bytes = &rbuf[..ready];
-                        Pin::new(&mut *writer)
-                            .poll_write(cx, bytes)
-                            .map(Event::WroteClient)
-                    } else {
-                        make_room(rbuf);
-                        poll_read(&mut sr, cx, rbuf).map(Event::ReadServer)
-                    }
-                };
-                let client_first = server_streak >= SERVER_STREAK;
-                // Polled by hand, not by a `select!` of futures: nothing
-                // of it is kept across the wait but these borrows, which
-                // every client's task carries, and no future is built per
-                // event. The order is fair, though fixed (no random draw):
-                // the timer goes first when armed (a server streaming
-                // without pause must not hide it); the server's side goes
-                // first, as a reply is what a linked client waits for,
-                // except after a long run of server events, so a server
-                // streaming without pause cannot hold the client's bytes
-                // back; the shutdown watch comes last (the top of the loop
-                // checks for a shutdown after every event).
-                std::future::poll_fn(|cx| {
-                    if let Some(timer) = timer.as_mut().filter(|_| timer_on) {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Event::Timer);
-                        }
-                    }
-                    let polled = if client_first {
-                        match client_side(cx) {
-                            Poll::Pending => server_side(cx),
-                            ready => ready,
-                        }
-                    } else {
-                        match server_side(cx) {
-                            Poll::Pending => client_side(cx),
-                            ready => ready,
-                        }
-                    };
-                    if polled.is_ready() {
-                        return polled;
-                    }
-                    match shutdown.as_mut().filter(|_| wake_on_shutdown) {
-                        Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
-                        None => Poll::Pending,
-                    }
-                })
-                .await
-            };
-            server_streak = match event {
-                Event::ReadServer(_) | Event::WroteClient(_) if server_streak < SERVER_STREAK => {
-                    server_streak + 1
+            let event = self.next_event(&mut link, timing.is_some()).await;
+            link.server_streak = match event {
+                Event::ReadServer(_) | Event::WroteClient(_)
+                    if link.server_streak < SERVER_STREAK =>
+                {
+                    link.server_streak + 1
                 }
                 _ => 0,
             };
-            match event {
-                Event::Timer => {
-                    let due = self.armed.take();
-                    if let (Some(due), Some(which)) = (due, timing) {
-                        if due <= tokio::time::Instant::now() {
-                            return Unlinked::TimedOut(which);
-                        }
-                    }
-                    continue;
-                }
-                Event::Shutdown => {
-                    self.shutdown_seen();
-                    continue;
-                }
-                Event::WroteServer(Ok(n)) => {
-                    match &mut self.tracker {
-                        // Counted as received when taken from the client's
-                        // bytes: the rewritten ones differ in length.
-                        Some(tracker) => tracker.out().advance(n),
-                        None => {
-                            self.cbuf.advance(n);
-                            self.cscan.consumed(n);
-                            self.pool
-                                .stats()
-                                .received
-                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    self.protocol.sent_to_server(&mut now);
-                }
-                Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
-                    tracing::warn!(error = %err, "server connection failed");
-                    return Unlinked::ServerGone;
-                }
-                Event::ReadServer(Ok(0)) => {
-                    tracing::warn!("server closed the connection unexpectedly");
-                    return Unlinked::ServerGone;
-                }
-                Event::ReadServer(Ok(_)) => {
-                    let stats = self.pool.stats();
-                    let protocol = &mut self.protocol;
-                    let params_set = &mut self.params_set;
-                    let params_changed = &mut self.params_changed;
-                    let param_sets = self.pool.param_sets();
-                    let mut tracker = self.tracker.as_mut();
-                    let tracked = tracker.is_some();
-                    // Without a tracker (yet), a plain query can still drop
-                    // every statement the server has (`DISCARD ALL`).
-                    let watch_resets = !tracked && self.tracker_cap > 0 && !statements.is_empty();
-                    let wants = |tag, total| {
-                        let read = tag == b'Z'
-                            || tag == b'S'
-                            || (tracked && super::prepare::reply_wanted(tag))
-                            || (watch_resets && tag == b'C');
-                        if read {
-                            total
-                        } else {
-                            0
-                        }
-                    };
-                    let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {
-                        if let Some(tracker) = tracker.as_mut() {
-                            if tracker.reply(tag, at, body, statements) {
-                                // Dropped, and no answer to the client.
-                                return std::ops::ControlFlow::Continue(());
-                            }
-                        }
-                        match (tag, body) {
-                            (b'Z', Some(body)) => {
-                                saw_ready = true;
-                                tx_status = body.first().copied().unwrap_or(b'I');
-                                protocol.server_ready(tx_status, stats, &mut now);
-                            }
-                            (b'S', Some(body)) => {
-                                if let Some(changed) = server_params.note_relayed(body, params_set)
-                                {
-                                    // Both sides changed together: still in
-                                    // step.
-                                    *params_set = param_sets.intern(&changed);
-                                    *params_changed = true;
-                                    server_params.mark_synced(params_set.clone());
-                                }
-                            }
-                            (tag, body) => {
-                                if watch_resets
-                                    && tag == b'C'
-                                    && body.is_some_and(super::prepare::resets_tag)
-                                {
-                                    statements.clear();
-                                }
-                                protocol.server_message(tag);
-                            }
-                        }
-                        std::ops::ControlFlow::Continue(())
-                    });
-                    if let Some(tracker) = &mut self.tracker {
-                        sscan.resized(tracker.apply_edits(rbuf));
-                        self.entry.set_prepared(tracker.client_statements());
-                        server_entry.entry.set_prepared(statements.len());
-                    } else if watch_resets {
-                        server_entry.entry.set_prepared(statements.len());
-                    }
-                    if let Err(err) = scanned {
-                        tracing::warn!(error = %err, "server sent a malformed message");
-                        return Unlinked::ServerGone;
-                    }
-                }
-                Event::ReadClient(Ok(0)) | Event::ReadClient(Err(_)) => {
-                    self.protocol.set_terminated();
-                }
-                Event::ReadClient(Ok(_)) => {
-                    if let Err(err) = self.scan_client(tx_status != b'I') {
-                        return Unlinked::ClientBroke(err);
-                    }
-                }
-                Event::WroteClient(Ok(n)) => {
-                    rbuf.advance(n);
-                    sscan.consumed(n);
-                    self.pool
-                        .stats()
-                        .sent
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                Event::WroteClient(Err(_)) => {
-                    // The client is gone mid-response; the server is still
-                    // sending, so it cannot go back to the pool.
-                    rbuf.clear();
-                    return Unlinked::ClientGone { clean: false };
-                }
-            }
+            let saw_ready = match self.on_event(&mut link, event, timing) {
+                ControlFlow::Continue(saw_ready) => saw_ready,
+                ControlFlow::Break(unlinked) => return unlinked,
+            };
             // The clock moves only when a query starts or ends, so timing
             // costs one clock read per query, not per message.
             let pending = self.protocol.pending();
-            let Some(clock) = clock.as_mut() else {
-                continue;
-            };
-            if pending != pending_before || saw_ready {
-                let now = tokio::time::Instant::now();
-                if pending > 0 {
-                    if pending_before == 0 || saw_ready {
-                        clock.query_start = Some(now);
-                    }
-                    clock.xact_start.get_or_insert(now);
-                } else {
-                    clock.query_start = None;
-                    clock.idle_since = now;
-                    if tx_status == b'I' {
-                        clock.xact_start = None;
-                    }
+            let in_tx = link.in_transaction();
+            if let Some(clock) = &mut link.clock {
+                if pending != pending_before || saw_ready {
+                    let new_query = pending_before == 0 || saw_ready;
+                    clock.moved(tokio::time::Instant::now(), pending, new_query, in_tx);
                 }
             }
         }
+    }
+
+    /// Passes the client's scanned bytes to the tracker, which renames
+    /// statements for this server, and lets the replies the pooler makes
+    /// go out once nothing is owed before them.
+    // The steps of the relay's loop are apart for reading; inlined, they
+    // compile to the one loop they were, without a call per event.
+    #[inline(always)]
+    fn pass_to_tracker(&mut self, link: &mut Linked<'_>) {
+        let Some(tracker) = &mut self.tracker else {
+            return;
+        };
+        let ready = self.cscan.ready();
+        if ready > 0 {
+            let stats = self.pool.stats();
+            let statements = &mut *link.wire.statements;
+            tracker.outgoing(
+                &self.cbuf[..ready],
+                statements,
+                self.state.statements(),
+                stats,
+            );
+            stats
+                .received
+                .fetch_add(ready as u64, std::sync::atomic::Ordering::Relaxed);
+            self.cbuf.advance(ready);
+            self.cscan.consumed(ready);
+            self.entry.set_prepared(tracker.client_statements());
+            link.wire.entry.entry.set_prepared(statements.len());
+        }
+        if tracker.due() && link.sscan.at_boundary() {
+            tracker.make_due(link.sscan.ready());
+            link.sscan.resized(tracker.apply_edits(link.wire.rbuf));
+        }
+    }
+
+    /// Whether the server owes the client nothing, and everything it sent
+    /// has been relayed.
+    #[inline(always)]
+    fn server_settled(&self, link: &Linked<'_>) -> bool {
+        self.protocol.owes_nothing()
+            && self.tracker.as_ref().is_none_or(|t| t.settled())
+            && link.sscan.ready() == 0
+            && link.sscan.at_boundary()
+    }
+
+    /// A COPY failed with Syncs the server may or may not have answered:
+    /// asks it, relaying whatever else it still sends.
+    async fn probe_server(&mut self, link: &mut Linked<'_>) -> Result<(), Unlinked> {
+        let Session {
+            writer,
+            pool,
+            params_set,
+            params_changed,
+            ..
+        } = self;
+        let server_params = &mut *link.wire.params;
+        let mut on_param = |body: &[u8]| {
+            if let Some(changed) = server_params.note_relayed(body, params_set) {
+                *params_set = pool.param_sets().intern(&changed);
+                *params_changed = true;
+                server_params.mark_synced(params_set.clone());
+            }
+        };
+        // Boxed: rare (a failed COPY), and its state would otherwise be
+        // part of every client's task.
+        let probed = Box::pin(probe(
+            &mut link.wire.reader,
+            &mut link.wire.writer,
+            link.wire.rbuf,
+            writer,
+            &mut on_param,
+        ));
+        match probed.await {
+            Ok(status) => {
+                link.tx_status = status;
+                Ok(())
+            }
+            Err(Probe::Client) => Err(Unlinked::ClientGone { clean: false }),
+            Err(Probe::Server(err)) => {
+                tracing::warn!(error = %err, "server connection failed");
+                Err(Unlinked::ServerGone)
+            }
+        }
+    }
+
+    /// How the linked period ends now, if it does: at a transaction (or
+    /// statement) boundary, with the client gone, or for a shutdown.
+    /// `settled` is [`server_settled`](Self::server_settled).
+    #[inline(always)]
+    fn unlink_now(&mut self, link: &mut Linked<'_>, settled: bool) -> Option<Unlinked> {
+        if settled && link.mode == PoolMode::Statement && link.in_transaction() {
+            return Some(Unlinked::TransactionInStatementMode);
+        }
+        let unsent = self.tracker.as_mut().is_some_and(|t| !t.out().is_empty());
+        let quiet_client = self.cscan.ready() == 0 && self.cscan.at_boundary() && !unsent;
+        // Gone in the middle of a message, of an extended-protocol batch
+        // or of a COPY: the server waits for bytes that will never come.
+        if self.protocol.terminated() && (self.protocol.mid_exchange() || !self.cscan.at_boundary())
+        {
+            return Some(Unlinked::ClientGone { clean: false });
+        }
+        if settled && quiet_client && self.protocol.terminated() {
+            return Some(Unlinked::ClientGone {
+                clean: !link.in_transaction(),
+            });
+        }
+        let between = settled && quiet_client && self.cbuf.is_empty() && !link.in_transaction();
+        match self.state.lifecycle().clients_must_go() {
+            Some(ShutdownMode::Immediate) => {
+                return Some(Unlinked::ShuttingDown { clean: between });
+            }
+            Some(ShutdownMode::WaitForServers) if between => {
+                return Some(Unlinked::ShuttingDown { clean: true });
+            }
+            _ => {}
+        }
+        if between && link.mode != PoolMode::Session {
+            self.protocol.released();
+            return Some(Unlinked::Released(link.now.latest()));
+        }
+        None
+    }
+
+    /// Waits for the next event: a write or read on either side (a write
+    /// that needs no waiting is made at once), the timer when `timer_on`,
+    /// or a shutdown.
+    async fn next_event(&mut self, link: &mut Linked<'_>, timer_on: bool) -> Event {
+        let to_server = match self.tracker.as_mut().map(|t| t.out()) {
+            Some(out) if !out.is_empty() => &out[..],
+            _ => &self.cbuf[..self.cscan.ready()],
+        };
+        let at_once = write_at_once(
+            (&link.wire.rbuf[..link.sscan.ready()], &mut self.writer),
+            (to_server, &mut link.wire.writer),
+        );
+        if let Some(event) = at_once {
+            return event;
+        }
+        // The watch future persists across events (polling it only
+        // re-checks its registration): an immediate shutdown must cut a
+        // session stuck waiting on a long query.
+        let wake_on_shutdown = self.shutdown.is_some();
+        let client_first = link.server_streak >= SERVER_STREAK;
+        let (mut sr, mut sw, rbuf) = (
+            &mut link.wire.reader,
+            &mut link.wire.writer,
+            &mut *link.wire.rbuf,
+        );
+        let sscan = &link.sscan;
+        let Session {
+            reader,
+            writer,
+            cbuf,
+            cscan,
+            protocol,
+            tracker,
+            timer,
+            shutdown,
+            ..
+        } = &mut *self;
+        // Replies the pooler makes take no server bytes: a client
+        // that does not read them must not grow the buffer for ever.
+        let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
+        let client_open = !(protocol.terminated() || backlog);
+        let mut client_side = |cx: &mut Context<'_>| {
+            let rewritten = tracker.as_mut().map(|t| t.out());
+            if let Some(out) = rewritten.filter(|out| !out.is_empty()) {
+                Pin::new(&mut sw)
+                    .poll_write(cx, out)
+                    .map(Event::WroteServer)
+            } else if cscan.ready() > 0 {
+                let bytes = &cbuf[..cscan.ready()];
+                Pin::new(&mut sw)
+                    .poll_write(cx, bytes)
+                    .map(Event::WroteServer)
+            } else if client_open {
+                make_room(cbuf);
+                poll_read(reader, cx, cbuf).map(Event::ReadClient)
+            } else {
+                Poll::Pending
+            }
+        };
+        let mut server_side = |cx: &mut Context<'_>| {
+            let ready = sscan.ready();
+            if ready > 0 {
+                let bytes = &rbuf[..ready];
+                Pin::new(&mut *writer)
+                    .poll_write(cx, bytes)
+                    .map(Event::WroteClient)
+            } else {
+                make_room(rbuf);
+                poll_read(&mut sr, cx, rbuf).map(Event::ReadServer)
+            }
+        };
+        // Polled by hand, not by a `select!` of futures: nothing
+        // of it is kept across the wait but these borrows, which
+        // every client's task carries, and no future is built per
+        // event. The order is fair, though fixed (no random draw):
+        // the timer goes first when armed (a server streaming
+        // without pause must not hide it); the server's side goes
+        // first, as a reply is what a linked client waits for,
+        // except after a long run of server events, so a server
+        // streaming without pause cannot hold the client's bytes
+        // back; the shutdown watch comes last (the top of the loop
+        // checks for a shutdown after every event).
+        std::future::poll_fn(|cx| {
+            if let Some(timer) = timer.as_mut().filter(|_| timer_on) {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            let polled = if client_first {
+                match client_side(cx) {
+                    Poll::Pending => server_side(cx),
+                    ready => ready,
+                }
+            } else {
+                match server_side(cx) {
+                    Poll::Pending => client_side(cx),
+                    ready => ready,
+                }
+            };
+            if polled.is_ready() {
+                return polled;
+            }
+            match shutdown.as_mut().filter(|_| wake_on_shutdown) {
+                Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Handles one event: `Break` when the linked period ends with it,
+    /// else whether the server said ReadyForQuery.
+    #[inline(always)]
+    fn on_event(
+        &mut self,
+        link: &mut Linked<'_>,
+        event: Event,
+        timing: Option<Timeout>,
+    ) -> ControlFlow<Unlinked, bool> {
+        match event {
+            Event::Timer => {
+                let due = self.armed.take();
+                if let (Some(due), Some(which)) = (due, timing) {
+                    if due <= tokio::time::Instant::now() {
+                        return ControlFlow::Break(Unlinked::TimedOut(which));
+                    }
+                }
+            }
+            Event::Shutdown => self.shutdown_seen(),
+            Event::WroteServer(Ok(n)) => {
+                match &mut self.tracker {
+                    // Counted as received when taken from the client's
+                    // bytes: the rewritten ones differ in length.
+                    Some(tracker) => tracker.out().advance(n),
+                    None => {
+                        self.cbuf.advance(n);
+                        self.cscan.consumed(n);
+                        self.pool
+                            .stats()
+                            .received
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                self.protocol.sent_to_server(&mut link.now);
+            }
+            Event::WroteServer(Err(err)) | Event::ReadServer(Err(err)) => {
+                tracing::warn!(error = %err, "server connection failed");
+                return ControlFlow::Break(Unlinked::ServerGone);
+            }
+            Event::ReadServer(Ok(0)) => {
+                tracing::warn!("server closed the connection unexpectedly");
+                return ControlFlow::Break(Unlinked::ServerGone);
+            }
+            Event::ReadServer(Ok(_)) => return self.on_server_bytes(link),
+            Event::ReadClient(Ok(0)) | Event::ReadClient(Err(_)) => {
+                self.protocol.set_terminated();
+            }
+            Event::ReadClient(Ok(_)) => {
+                if let Err(err) = self.scan_client(link.in_transaction()) {
+                    return ControlFlow::Break(Unlinked::ClientBroke(err));
+                }
+            }
+            Event::WroteClient(Ok(n)) => {
+                link.wire.rbuf.advance(n);
+                link.sscan.consumed(n);
+                self.pool
+                    .stats()
+                    .sent
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Event::WroteClient(Err(_)) => {
+                // The client is gone mid-response; the server is still
+                // sending, so it cannot go back to the pool.
+                link.wire.rbuf.clear();
+                return ControlFlow::Break(Unlinked::ClientGone { clean: false });
+            }
+        }
+        ControlFlow::Continue(false)
+    }
+
+    /// Scans what the server sent: the messages the relay reads (for the
+    /// protocol state, parameters and prepared statements) and how much
+    /// may go to the client. `Break` if the server broke the protocol,
+    /// else whether it said ReadyForQuery.
+    #[inline(always)]
+    fn on_server_bytes(&mut self, link: &mut Linked<'_>) -> ControlFlow<Unlinked, bool> {
+        let Linked {
+            wire,
+            sscan,
+            tx_status,
+            now,
+            ..
+        } = link;
+        let (rbuf, server_params, statements, server_entry) = (
+            &mut *wire.rbuf,
+            &mut *wire.params,
+            &mut *wire.statements,
+            wire.entry,
+        );
+        let mut saw_ready = false;
+        let stats = self.pool.stats();
+        let protocol = &mut self.protocol;
+        let params_set = &mut self.params_set;
+        let params_changed = &mut self.params_changed;
+        let param_sets = self.pool.param_sets();
+        let mut tracker = self.tracker.as_mut();
+        let tracked = tracker.is_some();
+        // Without a tracker (yet), a plain query can still drop
+        // every statement the server has (`DISCARD ALL`).
+        let watch_resets = !tracked && self.tracker_cap > 0 && !statements.is_empty();
+        let wants = |tag, total| {
+            let read = tag == b'Z'
+                || tag == b'S'
+                || (tracked && super::prepare::reply_wanted(tag))
+                || (watch_resets && tag == b'C');
+            if read {
+                total
+            } else {
+                0
+            }
+        };
+        let scanned = sscan.scan_at(rbuf, i32::MAX as usize, wants, |tag, at, body| {
+            if let Some(tracker) = tracker.as_mut() {
+                if tracker.reply(tag, at, body, statements) {
+                    // Dropped, and no answer to the client.
+                    return ControlFlow::Continue(());
+                }
+            }
+            match (tag, body) {
+                (b'Z', Some(body)) => {
+                    saw_ready = true;
+                    *tx_status = body.first().copied().unwrap_or(b'I');
+                    protocol.server_ready(*tx_status, stats, now);
+                }
+                (b'S', Some(body)) => {
+                    if let Some(changed) = server_params.note_relayed(body, params_set) {
+                        // Both sides changed together: still in
+                        // step.
+                        *params_set = param_sets.intern(&changed);
+                        *params_changed = true;
+                        server_params.mark_synced(params_set.clone());
+                    }
+                }
+                (tag, body) => {
+                    if watch_resets && tag == b'C' && body.is_some_and(super::prepare::resets_tag) {
+                        statements.clear();
+                    }
+                    protocol.server_message(tag);
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(tracker) = &mut self.tracker {
+            sscan.resized(tracker.apply_edits(rbuf));
+            self.entry.set_prepared(tracker.client_statements());
+            server_entry.entry.set_prepared(statements.len());
+        } else if watch_resets {
+            server_entry.entry.set_prepared(statements.len());
+        }
+        if let Err(err) = scanned {
+            tracing::warn!(error = %err, "server sent a malformed message");
+            return ControlFlow::Break(Unlinked::ServerGone);
+        }
+        ControlFlow::Continue(saw_ready)
     }
 }
 

@@ -85,6 +85,41 @@ pub(super) struct Clock {
 }
 
 impl Clock {
+    /// The clock of a server linked now; `busy` if the client's query is
+    /// already on its way.
+    pub(super) fn linked(busy: bool) -> Self {
+        let now = tokio::time::Instant::now();
+        Clock {
+            query_start: busy.then_some(now),
+            xact_start: busy.then_some(now),
+            idle_since: now,
+        }
+    }
+
+    /// A query started or ended at `now`: `pending` replies are owed now,
+    /// `new_query` if the one owed is another than before, `in_tx` if the
+    /// server is in a transaction.
+    pub(super) fn moved(
+        &mut self,
+        now: tokio::time::Instant,
+        pending: usize,
+        new_query: bool,
+        in_tx: bool,
+    ) {
+        if pending > 0 {
+            if new_query {
+                self.query_start = Some(now);
+            }
+            self.xact_start.get_or_insert(now);
+        } else {
+            self.query_start = None;
+            self.idle_since = now;
+            if !in_tx {
+                self.xact_start = None;
+            }
+        }
+    }
+
     /// The nearest deadline, and which timeout it is.
     pub(super) fn deadline(
         &self,

@@ -110,7 +110,10 @@ mod tests {
         let between = second.since(first);
         assert!(between >= Duration::from_millis(20), "{between:?}");
         // Each reading is cut to whole microseconds.
-        assert!(between <= elapsed + Duration::from_micros(1), "{between:?} > {elapsed:?}");
+        assert!(
+            between <= elapsed + Duration::from_micros(1),
+            "{between:?} > {elapsed:?}"
+        );
         assert_eq!(first.since(second), Duration::ZERO);
 
         let wall = SystemTime::now()

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 pub use averages::run_averages;
-pub use clock::{EventTime, Moment};
 use averages::Averages;
+pub use clock::{EventTime, Moment};
 pub use counters::{PoolStats, Totals};
 pub use registry::{
     ClientEntry, ClientGuard, ClientInfo, ClientState, Generation, KillReason, ServerEntry,

@@ -139,7 +139,10 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             if !std::mem::take(&mut link.first_event) {
                 link.now.next();
             }
-            let event = self.next_event(&mut link, timing.is_some()).await;
+            let event = match self.write_now(&mut link) {
+                Some(event) => event,
+                None => self.next_event(&mut link, timing.is_some()).await,
+            };
             link.server_streak = match event {
                 Event::ReadServer(_) | Event::WroteClient(_)
                     if link.server_streak < SERVER_STREAK =>
@@ -287,21 +290,23 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
         None
     }
 
-    /// Waits for the next event: a write or read on either side (a write
-    /// that needs no waiting is made at once), the timer when `timer_on`,
-    /// or a shutdown.
-    async fn next_event(&mut self, link: &mut Linked<'_>, timer_on: bool) -> Event {
+    /// A write that needs no waiting (the socket has room, as it nearly
+    /// always has), made at once: the wait's future is not even built.
+    #[inline(always)]
+    fn write_now(&mut self, link: &mut Linked<'_>) -> Option<Event> {
         let to_server = match self.tracker.as_mut().map(|t| t.out()) {
             Some(out) if !out.is_empty() => &out[..],
             _ => &self.cbuf[..self.cscan.ready()],
         };
-        let at_once = write_at_once(
+        write_at_once(
             (&link.wire.rbuf[..link.sscan.ready()], &mut self.writer),
             (to_server, &mut link.wire.writer),
-        );
-        if let Some(event) = at_once {
-            return event;
-        }
+        )
+    }
+
+    /// Waits for the next event: a write or read on either side, the
+    /// timer when `timer_on`, or a shutdown.
+    async fn next_event(&mut self, link: &mut Linked<'_>, timer_on: bool) -> Event {
         // The watch future persists across events (polling it only
         // re-checks its registration): an immediate shutdown must cut a
         // session stuck waiting on a long query.
@@ -564,10 +569,8 @@ pub(super) fn poll_read<R: AsyncRead + Unpin>(
     std::pin::pin!(reader.read_buf(buf)).poll(cx)
 }
 
-/// Makes a write that needs no waiting (the socket has room, as it
-/// nearly always has) at once: to the client first, as the select below
-/// would, then to the server. Skipping the select saves building and
-/// polling both sides' futures for an event that was never in doubt.
+/// Makes a write that needs no waiting at once: to the client first, as
+/// the wait would (the server's side first), then to the server.
 fn write_at_once<C, S>(to_client: (&[u8], &mut C), to_server: (&[u8], &mut S)) -> Option<Event>
 where
     C: AsyncWrite + Unpin,

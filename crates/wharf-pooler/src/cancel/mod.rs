@@ -12,7 +12,6 @@
 mod key;
 mod peers;
 
-use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -159,7 +158,10 @@ impl CancelSlot {
 /// for other processes go to.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    clients: Mutex<HashMap<CancelKey, Arc<CancelSlot>>>,
+    // The pooler draws the keys: a client can look up any key, but not
+    // choose the ones stored, so a fast hash needs no defence against
+    // collisions.
+    clients: Mutex<foldhash::HashMap<CancelKey, Arc<CancelSlot>>>,
     /// This process's `peer_id`, read once at startup: the keys handed
     /// out carry it; 0 is peering off.
     peer_id: u16,

@@ -56,8 +56,9 @@ pub(crate) fn now_us() -> u64 {
 #[derive(Debug)]
 pub struct Stats {
     pools: Mutex<HashMap<(String, String), Arc<PoolStats>>>,
-    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
-    servers: Mutex<HashMap<u64, Arc<ServerEntry>>>,
+    // Keyed by ids the pooler numbers: a login inserts and removes one.
+    clients: Mutex<foldhash::HashMap<u64, Arc<ClientEntry>>>,
+    servers: Mutex<foldhash::HashMap<u64, Arc<ServerEntry>>>,
     averages: Mutex<Averages>,
     next_server: AtomicU64,
     started: Instant,

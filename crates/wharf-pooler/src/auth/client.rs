@@ -81,7 +81,7 @@ where
                 let key = scram_exchange(stream, secret).await?.ok_or_else(failed)?;
                 return Ok(Some(key));
             }
-            let salt: [u8; 4] = fastrand::u32(..).to_be_bytes();
+            let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
             messages::auth_md5(&mut out, salt);
             stream.write_all(&out).await.map_err(ProtocolError::from)?;
@@ -109,7 +109,7 @@ where
                 // (or one without a SCRAM secret) looks like a wrong
                 // password, attempt after attempt.
                 if let Some(decoy) =
-                    scram_secret_off_thread(fastrand::u64(..).to_string(), user).await
+                    scram_secret_off_thread(rand::random::<u64>().to_string(), user).await
                 {
                     scram_exchange(stream, &decoy).await?;
                 }
@@ -193,7 +193,7 @@ where
         .filter(|n| !n.is_empty())
         .ok_or_else(malformed)?;
 
-    let server_nonce: String = (0..18).map(|_| fastrand::alphanumeric()).collect();
+    let server_nonce = super::secrets::nonce(18);
     let nonce = format!("{client_nonce}{server_nonce}");
     let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
     let mut out = BytesMut::new();

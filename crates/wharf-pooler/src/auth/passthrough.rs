@@ -74,7 +74,7 @@ impl KeyExchange {
             server_key: *server_key,
             salt: salt.clone(),
             iterations: *iterations,
-            nonce: (0..24).map(|_| fastrand::alphanumeric()).collect(),
+            nonce: super::secrets::nonce(24),
             auth_message: None,
         })
     }

@@ -138,8 +138,28 @@ pub fn scram_secret_from_password(password: &str, user: &str) -> Secret {
     }
 }
 
+/// `len` random letters and digits from a CSPRNG, for a SCRAM nonce:
+/// whoever could predict one could replay an exchange.
+pub(crate) fn nonce(len: usize) -> String {
+    use rand::RngExt as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nonces_are_letters_and_digits_and_never_repeat() {
+        let a = super::nonce(24);
+        let b = super::nonce(24);
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, b);
+    }
+
     use super::*;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;

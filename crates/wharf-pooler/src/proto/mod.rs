@@ -61,11 +61,12 @@ pub struct CancelKey {
 }
 
 impl CancelKey {
-    /// A fresh random key, as handed to each client.
+    /// A fresh random key, as handed to each client: from a CSPRNG, as
+    /// whoever can guess another client's key can cancel its queries.
     pub fn random() -> Self {
         Self {
-            pid: fastrand::i32(1..i32::MAX),
-            secret: fastrand::i32(..),
+            pid: rand::random_range(1..i32::MAX),
+            secret: rand::random(),
         }
     }
 }

@@ -58,8 +58,7 @@ pub fn used_servers(state: &PoolerState) -> impl Fn(&ServerEntry) -> bool + '_ {
         crate::config::ServerCheck::Disabled => None,
         _ => Some(config.pgbouncer.server_check_delay),
     };
-    let stats = state.router().stats();
-    move |server| check_delay.is_some_and(|d| stats.idle_for(server) > d)
+    move |server| check_delay.is_some_and(|d| server.idle_for() > d)
 }
 
 /// The rows of `SHOW POOLS`, sorted by database then user, the console's

@@ -64,11 +64,10 @@ struct Linked<'s> {
     tx_status: u8,
     /// Server events in a row (see [`SERVER_STREAK`]).
     server_streak: u32,
-    /// The time of the event being handled.
+    /// The time of the event being handled. The first (the query going
+    /// to the server) shares the link's clock reading; each later one
+    /// reads its own if it needs one.
     now: EventTime,
-    /// The first event (the query going to the server) shares the link's
-    /// clock reading; each later one reads its own if it needs one.
-    first_event: bool,
     /// The timeouts' clock, kept only when a timeout needs it.
     clock: Option<Clock>,
 }
@@ -109,7 +108,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             tx_status: b'I',
             server_streak: 0,
             now: EventTime::at(linked_at),
-            first_event: true,
             clock,
         };
         loop {
@@ -136,9 +134,6 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
             // lives across the wait, in every client's task.
             let timing = deadline.map(|(_, which)| which);
             let pending_before = self.protocol.pending();
-            if !std::mem::take(&mut link.first_event) {
-                link.now.next();
-            }
             let event = match self.write_now(&mut link) {
                 Some(event) => event,
                 None => self.next_event(&mut link, timing.is_some()).await,
@@ -165,6 +160,7 @@ impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W
                     clock.moved(tokio::time::Instant::now(), pending, new_query, in_tx);
                 }
             }
+            link.now.next();
         }
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use wharf::AtomicHistogram;
 
+use super::micros;
+
 /// Cumulative counters of one pool (a database and user pair), as in
 /// PgBouncer's `SHOW STATS`, plus latency histograms.
 ///
@@ -62,10 +64,6 @@ pub struct PoolStats {
     pub xact_time: AtomicHistogram,
     /// How long queries took.
     pub query_time: AtomicHistogram,
-}
-
-pub(crate) fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl PoolStats {

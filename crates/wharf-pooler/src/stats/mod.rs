@@ -22,7 +22,7 @@ mod counters;
 mod registry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -119,11 +119,5 @@ impl Stats {
     /// How long since the pooler started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
-    }
-
-    /// How long a server has been idle.
-    pub fn idle_for(&self, server: &ServerEntry) -> Duration {
-        let since = server.idle_since.load(Ordering::Relaxed);
-        Moment::now().since(Moment::from_micros(since))
     }
 }

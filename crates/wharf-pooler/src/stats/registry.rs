@@ -177,10 +177,7 @@ impl ClientEntry {
 
     /// How long it has been waiting, if it is.
     pub fn waiting_for(&self) -> Option<Duration> {
-        (self.state() == ClientState::Waiting).then(|| {
-            let since = self.wait_since.load(Ordering::Relaxed);
-            Moment::now().since(Moment::from_micros(since))
-        })
+        (self.state() == ClientState::Waiting).then(|| age(&self.wait_since))
     }
 
     /// The linked server's registry id, 0 for none.
@@ -195,9 +192,7 @@ impl ClientEntry {
 
     /// How long ago it last asked for a server.
     pub fn since_request(&self) -> Duration {
-        Moment::now().since(Moment::from_micros(
-            self.request_time.load(Ordering::Relaxed),
-        ))
+        age(&self.request_time)
     }
 
     /// Records a request made at `at` (`request_time`).
@@ -291,7 +286,7 @@ pub struct ServerEntry {
     /// (0 for never).
     request_time: AtomicU64,
     /// When it last went idle, a [`Moment`]'s microseconds.
-    pub(super) idle_since: AtomicU64,
+    idle_since: AtomicU64,
     state: AtomicU8,
     link: AtomicU64,
     /// Statements prepared on it (`SHOW SERVERS` prepared_statements).
@@ -380,6 +375,12 @@ impl ServerEntry {
     pub fn request_time(&self) -> u64 {
         wall_micros(&self.request_time)
     }
+
+    /// How long it has been idle (since it last went idle, whatever it
+    /// does now).
+    pub fn idle_for(&self) -> Duration {
+        age(&self.idle_since)
+    }
 }
 
 /// Removes a client from the registry when its session ends.
@@ -424,6 +425,11 @@ impl ServerGuard {
         self.entry.link.store(0, Ordering::Relaxed);
         self.entry.set_state(ServerState::BeingCanceled);
     }
+}
+
+/// How long ago a time kept as a [`Moment`]'s microseconds was.
+fn age(kept: &AtomicU64) -> Duration {
+    Moment::now().since(Moment::from_micros(kept.load(Ordering::Relaxed)))
 }
 
 /// A time kept as a [`Moment`]'s microseconds, as µs since the epoch (0

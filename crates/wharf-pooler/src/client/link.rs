@@ -14,6 +14,7 @@ use super::relay::Unlinked;
 use super::session::{shutdown_fired, Session};
 use super::{application_name, fatal, Ended, SHUTTING_DOWN};
 use crate::config::PoolMode;
+use crate::net::WriteNow;
 use crate::pool::ServerManager;
 use crate::server::params::same_value;
 use crate::stats::Moment;
@@ -36,7 +37,7 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
 /// `cancel_wait_timeout` is off.
 const CANCEL_HOLD_MAX: Duration = Duration::from_secs(10);
 
-impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
+impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
     /// Takes a server from the pool (from its reads pool for a `read`
     /// transaction) and brings it in line with the client; returns it with
     /// the time it was linked.

@@ -14,6 +14,7 @@ use super::session::Session;
 use super::timeouts::{Clock, Timeout};
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
+use crate::net::WriteNow;
 use crate::proto::{ProtocolError, Scanner};
 use crate::server::{ServerConn, Wire};
 use crate::stats::{EventTime, Moment};
@@ -90,7 +91,7 @@ enum Event {
     ReadServer(std::io::Result<usize>),
 }
 
-impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
+impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
     /// Relays between the client and `server`, linked at `linked_at`,
     /// until the server may be released or either side goes away.
     pub(super) async fn relay(&mut self, server: &mut ServerConn, linked_at: Moment) -> Unlinked {
@@ -569,19 +570,18 @@ pub(super) fn poll_read<R: AsyncRead + Unpin>(
 /// the wait would (the server's side first), then to the server.
 fn write_at_once<C, S>(to_client: (&[u8], &mut C), to_server: (&[u8], &mut S)) -> Option<Event>
 where
-    C: AsyncWrite + Unpin,
-    S: AsyncWrite + Unpin,
+    C: WriteNow,
+    S: WriteNow,
 {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
     let (bytes, client) = to_client;
     if !bytes.is_empty() {
-        if let Poll::Ready(wrote) = Pin::new(client).poll_write(&mut cx, bytes) {
+        if let Some(wrote) = client.write_now(bytes) {
             return Some(Event::WroteClient(wrote));
         }
     }
     let (bytes, server) = to_server;
     if !bytes.is_empty() {
-        if let Poll::Ready(wrote) = Pin::new(server).poll_write(&mut cx, bytes) {
+        if let Some(wrote) = server.write_now(bytes) {
             return Some(Event::WroteServer(wrote));
         }
     }

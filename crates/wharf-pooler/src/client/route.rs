@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::session::Session;
+use crate::net::WriteNow;
 use crate::proto::{cstr_bytes, messages};
 use crate::sql::route::{is_read, route_set, RouteSet};
 
@@ -150,7 +151,7 @@ impl Routing {
     }
 }
 
-impl<R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'_, R, W> {
+impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
     /// Answers the `SET wharf.route` queries at the front of what an idle
     /// client sent (CommandComplete and ReadyForQuery, or an error), so
     /// that a pin takes no server. Called before the new bytes are scanned.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 use super::buffers::poll_read_client;
 use super::login::Login;
@@ -21,6 +21,7 @@ use super::{fatal, send_fatal, SHUTTING_DOWN};
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
+use crate::net::WriteNow;
 use crate::pool::ServerPool;
 use crate::proto::{ProtocolError, Scanner};
 use crate::server::Params;
@@ -98,7 +99,7 @@ enum Waited {
     Shutdown,
 }
 
-impl<'a, R: AsyncRead + Unpin + Send, W: AsyncWrite + Unpin + Send> Session<'a, R, W> {
+impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     /// A session for `login`'s client, whose socket halves are `halves`.
     pub(super) fn new(
         (reader, writer): (R, W),

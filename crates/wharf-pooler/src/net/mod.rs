@@ -14,5 +14,5 @@ pub use addr::ServerAddr;
 pub use notify::{notify_or_log, sd_notify};
 pub use peer::Peer;
 pub use sockopt::TcpOptions;
-pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter};
+pub use stream::{ClientStream, ServerReader, ServerStream, ServerWriter, WriteNow};
 pub use tls::{Encrypted, TlsClientStream, TlsServerStream};

@@ -127,6 +127,55 @@ impl AsyncWrite for ServerWriter<'_> {
     }
 }
 
+/// A writing half that writes without a task to wake when its socket has
+/// room, as it nearly always has: the relay writes at once, and waits with
+/// [`AsyncWrite::poll_write`] only when this says the socket is full.
+pub trait WriteNow: AsyncWrite + Unpin {
+    /// Writes what the socket takes now; `None` when it takes nothing yet
+    /// and the caller must wait for room.
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_write(&mut cx, buf) {
+            Poll::Ready(wrote) => Some(wrote),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// A plain socket's write, past Tokio's readiness poll and task budget:
+/// a write that would block clears the socket's readiness, so the wait
+/// that follows registers for room as it should.
+fn try_write_now(wrote: io::Result<usize>) -> Option<io::Result<usize>> {
+    match wrote {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
+        wrote => Some(wrote),
+    }
+}
+
+impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        try_write_now(self.try_write(buf))
+    }
+}
+
+impl WriteNow for tokio::net::unix::WriteHalf<'_> {
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        try_write_now(self.try_write(buf))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> WriteNow for WriteHalf<T> {}
+
+impl WriteNow for ServerWriter<'_> {
+    fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
+        match self {
+            ServerWriter::Tcp(s) => s.write_now(buf),
+            ServerWriter::Unix(s) => s.write_now(buf),
+            ServerWriter::Tls(s) => s.write_now(buf),
+        }
+    }
+}
+
 impl ServerStream {
     /// Borrows the stream as separate read and write halves, so the relay
     /// can read and write at once.
@@ -188,7 +237,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     where
         Self: 'a;
     /// The writing half.
-    type Writer<'a>: AsyncWrite + Unpin + Send
+    type Writer<'a>: WriteNow + Send
     where
         Self: 'a;
     /// Borrows the socket as two halves.

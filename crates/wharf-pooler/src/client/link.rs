@@ -231,6 +231,11 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         }
     }
 
+    /// Whether a server given back at a boundary is reset first.
+    pub(super) fn resets_on_release(&self) -> bool {
+        self.pool.resets_always() && self.pool.reset_query().is_some()
+    }
+
     /// Returns a server, released at `at`, to its pool, reset first when
     /// the mode asks.
     async fn release(
@@ -239,12 +244,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         session_end: bool,
         mut at: Moment,
     ) {
-        self.entry.set_idle();
-        if self.params_changed {
-            self.params_changed = false;
-            self.entry
-                .set_application_name(&application_name(&self.params_set));
-        }
+        self.unlinking();
         if server.is_broken() {
             return;
         }
@@ -263,6 +263,31 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 at = Moment::now();
             }
         }
+        self.give_back(server, at);
+    }
+
+    /// Returns a server released at a boundary, idle since `at`, to its
+    /// pool, when no reset is due (see [`resets_on_release`](Self::resets_on_release)):
+    /// nothing waits.
+    pub(super) fn release_now(&mut self, server: Pooled<ServerManager>, at: Moment) {
+        self.unlinking();
+        self.give_back(server, at);
+    }
+
+    /// The client's entry shows it without a server, under the
+    /// application name it set while it had one.
+    fn unlinking(&mut self) {
+        self.entry.set_idle();
+        if self.params_changed {
+            self.params_changed = false;
+            self.entry
+                .set_application_name(&application_name(&self.params_set));
+        }
+    }
+
+    /// Gives a server, idle since `at`, back to its pool, unless it broke
+    /// or a cancel request may still land on it.
+    fn give_back(&self, mut server: Pooled<ServerManager>, at: Moment) {
         if server.is_broken() {
             return;
         }

@@ -161,9 +161,13 @@ fn serve<'a, S: ClientStream>(
         let welcomed = {
             let config = state.config();
             let notify = &config.pgbouncer.login_notify_message;
-            send_welcome(stream, &login, registered.key, notify).await
+            // A bool, not the result: kept, the error would keep its room
+            // in the task for the session's life.
+            send_welcome(stream, &login, registered.key, notify)
+                .await
+                .is_ok()
         };
-        if welcomed.is_err() {
+        if !welcomed {
             return;
         }
         if state.config().pgbouncer.log_connections {
@@ -194,17 +198,16 @@ fn serve<'a, S: ClientStream>(
         );
         // KILL and KILL_CLIENT drop the session wherever it is; a server it
         // held mid-transaction is closed, not pooled (see `ServerConn::hand_to`).
-        let entry = &*client.entry;
         let outcome = tokio::select! {
             // Once killed, not one more message is relayed.
             biased;
-            () = entry.killed() => None,
+            () = client.entry.killed() => None,
             reason = session.run() => Some(reason),
         };
         let reason = match outcome {
             Some(reason) => reason,
             None => {
-                let message = entry.kill_reason().message();
+                let message = client.entry.kill_reason().message();
                 session.pooler_error("08P01", message).await;
                 "killed by the admin console"
             }

@@ -16,7 +16,7 @@ use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
 use crate::net::WriteNow;
 use crate::proto::{ProtocolError, Scanner};
-use crate::server::{ServerConn, Wire};
+use crate::server::ServerConn;
 use crate::stats::{EventTime, Moment};
 
 /// Server events in a row after which the client's side is polled first
@@ -59,7 +59,10 @@ pub(super) enum Unlinked {
 /// it from one event to the next.
 struct Linked<'s> {
     mode: PoolMode,
-    wire: Wire<'s>,
+    /// Borrowed apart ([`ServerConn::wire`]) by each step that needs its
+    /// parts: kept whole, it is the smaller, and this lives in every
+    /// linked client's task.
+    server: &'s mut ServerConn,
     sscan: Scanner,
     /// The server's transaction status at its last ReadyForQuery.
     tx_status: u8,
@@ -69,8 +72,9 @@ struct Linked<'s> {
     /// to the server) shares the link's clock reading; each later one
     /// reads its own if it needs one.
     now: EventTime,
-    /// The timeouts' clock, kept only when a timeout needs it.
-    clock: Option<Clock>,
+    /// The timeouts' clock, kept only when a timeout needs it; boxed, as
+    /// most pools set none and this lives in every linked client's task.
+    clock: Option<Box<Clock>>,
 }
 
 impl Linked<'_> {
@@ -91,77 +95,94 @@ enum Event {
     ReadServer(std::io::Result<usize>),
 }
 
-impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
+impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     /// Relays between the client and `server`, linked at `linked_at`,
     /// until the server may be released or either side goes away.
-    pub(super) async fn relay(&mut self, server: &mut ServerConn, linked_at: Moment) -> Unlinked {
+    ///
+    /// Not an `async fn`: one keeps a second copy of its arguments
+    /// (rust-lang/rust#62958), and the link is built before the future, so
+    /// the future holds it once. It is part of every client's task.
+    pub(super) fn relay<'s>(
+        &'s mut self,
+        server: &'s mut ServerConn,
+        linked_at: Moment,
+    ) -> impl Future<Output = Unlinked> + Send + use<'a, 's, R, W> {
         let mode = self.pool.mode();
         self.linked_mode = mode;
         // Kept, and the clock read for it, only when a timeout needs it.
         let clock = self
             .timeouts
             .linked()
-            .then(|| Clock::linked(self.protocol.pending() > 0));
+            .then(|| Box::new(Clock::linked(self.protocol.pending() > 0)));
         let mut link = Linked {
             mode,
-            wire: server.wire(),
+            server,
             sscan: Scanner::default(),
             tx_status: b'I',
             server_streak: 0,
             now: EventTime::at(linked_at),
             clock,
         };
-        loop {
-            self.pass_to_tracker(&mut link);
-            let settled = self.server_settled(&link);
-            if settled && self.protocol.take_copy_doubtful() > 0 {
-                match self.probe_server(&mut link).await {
-                    Ok(()) => continue,
-                    Err(unlinked) => return unlinked,
+        async move {
+            loop {
+                self.pass_to_tracker(&mut link);
+                let settled = self.server_settled(&link);
+                if settled && self.protocol.take_copy_doubtful() > 0 {
+                    // Boxed: rare (a failed COPY), and its state would
+                    // otherwise be part of every client's task.
+                    match Box::pin(self.probe_server(&mut link)).await {
+                        Ok(()) => continue,
+                        Err(unlinked) => return unlinked,
+                    }
                 }
-            }
-            if let Some(unlinked) = self.unlink_now(&mut link, settled) {
-                return unlinked;
-            }
-            let deadline = link.clock.as_ref().and_then(|clock| {
-                clock.deadline(
-                    &self.timeouts,
-                    self.protocol.pending() > 0,
-                    link.in_transaction(),
-                )
-            });
-            self.rearm(deadline.map(|(at, _)| at));
-            // Only which timeout: its instant is `self.armed`, and this
-            // lives across the wait, in every client's task.
-            let timing = deadline.map(|(_, which)| which);
-            let pending_before = self.protocol.pending();
-            let event = match self.write_now(&mut link) {
-                Some(event) => event,
-                None => self.next_event(&mut link, timing.is_some()).await,
-            };
-            link.server_streak = match event {
-                Event::ReadServer(_) | Event::WroteClient(_)
-                    if link.server_streak < SERVER_STREAK =>
-                {
-                    link.server_streak + 1
+                if let Some(unlinked) = self.unlink_now(&mut link, settled) {
+                    return unlinked;
                 }
-                _ => 0,
-            };
-            let saw_ready = match self.on_event(&mut link, event, timing) {
-                ControlFlow::Continue(saw_ready) => saw_ready,
-                ControlFlow::Break(unlinked) => return unlinked,
-            };
-            // The clock moves only when a query starts or ends, so timing
-            // costs one clock read per query, not per message.
-            let pending = self.protocol.pending();
-            let in_tx = link.in_transaction();
-            if let Some(clock) = &mut link.clock {
-                if pending != pending_before || saw_ready {
-                    let new_query = pending_before == 0 || saw_ready;
-                    clock.moved(tokio::time::Instant::now(), pending, new_query, in_tx);
+                let deadline = link.clock.as_ref().and_then(|clock| {
+                    clock.deadline(
+                        &self.timeouts,
+                        self.protocol.pending() > 0,
+                        link.in_transaction(),
+                    )
+                });
+                self.rearm(deadline.map(|(at, _)| at));
+                // Only which timeout: its instant is `self.armed`, and this
+                // lives across the wait, in every client's task.
+                let timing = deadline.map(|(_, which)| which);
+                let pending_before = self.protocol.pending();
+                // A block, not a `match` on the write: the write's result
+                // would then live across the wait, in every client's task.
+                let event = 'event: {
+                    if let Some(event) = self.write_now(&mut link) {
+                        break 'event event;
+                    }
+                    let timer_on = timing.is_some();
+                    std::future::poll_fn(|cx| self.poll_next_event(&mut link, timer_on, cx)).await
+                };
+                link.server_streak = match event {
+                    Event::ReadServer(_) | Event::WroteClient(_)
+                        if link.server_streak < SERVER_STREAK =>
+                    {
+                        link.server_streak + 1
+                    }
+                    _ => 0,
+                };
+                let saw_ready = match self.on_event(&mut link, event, timing) {
+                    ControlFlow::Continue(saw_ready) => saw_ready,
+                    ControlFlow::Break(unlinked) => return unlinked,
+                };
+                // The clock moves only when a query starts or ends, so timing
+                // costs one clock read per query, not per message.
+                let pending = self.protocol.pending();
+                let in_tx = link.in_transaction();
+                if let Some(clock) = &mut link.clock {
+                    if pending != pending_before || saw_ready {
+                        let new_query = pending_before == 0 || saw_ready;
+                        clock.moved(tokio::time::Instant::now(), pending, new_query, in_tx);
+                    }
                 }
+                link.now.next();
             }
-            link.now.next();
         }
     }
 
@@ -178,7 +199,8 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         let ready = self.cscan.ready();
         if ready > 0 {
             let stats = self.pool.stats();
-            let statements = &mut *link.wire.statements;
+            let wire = link.server.wire();
+            let statements = wire.statements;
             tracker.outgoing(
                 &self.cbuf[..ready],
                 statements,
@@ -191,11 +213,12 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             self.cbuf.advance(ready);
             self.cscan.consumed(ready);
             self.entry.set_prepared(tracker.client_statements());
-            link.wire.entry.entry.set_prepared(statements.len());
+            wire.entry.entry.set_prepared(statements.len());
         }
         if tracker.due() && link.sscan.at_boundary() {
             tracker.make_due(link.sscan.ready());
-            link.sscan.resized(tracker.apply_edits(link.wire.rbuf));
+            link.sscan
+                .resized(tracker.apply_edits(link.server.wire().rbuf));
         }
     }
 
@@ -219,7 +242,8 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             params_changed,
             ..
         } = self;
-        let server_params = &mut *link.wire.params;
+        let mut wire = link.server.wire();
+        let server_params = wire.params;
         let mut on_param = |body: &[u8]| {
             if let Some(changed) = server_params.note_relayed(body, params_set) {
                 *params_set = pool.param_sets().intern(&changed);
@@ -227,15 +251,13 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 server_params.mark_synced(params_set.clone());
             }
         };
-        // Boxed: rare (a failed COPY), and its state would otherwise be
-        // part of every client's task.
-        let probed = Box::pin(probe(
-            &mut link.wire.reader,
-            &mut link.wire.writer,
-            link.wire.rbuf,
+        let probed = probe(
+            &mut wire.reader,
+            &mut wire.writer,
+            wire.rbuf,
             writer,
             &mut on_param,
-        ));
+        );
         match probed.await {
             Ok(status) => {
                 link.tx_status = status;
@@ -295,26 +317,29 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             Some(out) if !out.is_empty() => &out[..],
             _ => &self.cbuf[..self.cscan.ready()],
         };
+        let mut wire = link.server.wire();
         write_at_once(
-            (&link.wire.rbuf[..link.sscan.ready()], &mut self.writer),
-            (to_server, &mut link.wire.writer),
+            (&wire.rbuf[..link.sscan.ready()], &mut self.writer),
+            (to_server, &mut wire.writer),
         )
     }
 
-    /// Waits for the next event: a write or read on either side, the
+    /// Polls for the next event: a write or read on either side, the
     /// timer when `timer_on`, or a shutdown.
-    async fn next_event(&mut self, link: &mut Linked<'_>, timer_on: bool) -> Event {
-        // The watch future persists across events (polling it only
-        // re-checks its registration): an immediate shutdown must cut a
-        // session stuck waiting on a long query.
-        let wake_on_shutdown = self.shutdown.is_some();
+    ///
+    /// A poll function, not an async one: the wait's future is then only
+    /// the two borrows it polls with, and an unboxed transaction (and so
+    /// every client's task) keeps no room for the borrows made here.
+    fn poll_next_event(
+        &mut self,
+        link: &mut Linked<'_>,
+        timer_on: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Event> {
         let client_first = link.server_streak >= SERVER_STREAK;
-        let (mut sr, mut sw, rbuf) = (
-            &mut link.wire.reader,
-            &mut link.wire.writer,
-            &mut *link.wire.rbuf,
-        );
-        let sscan = &link.sscan;
+        let Linked { server, sscan, .. } = link;
+        let wire = server.wire();
+        let (mut sr, mut sw, rbuf) = (wire.reader, wire.writer, wire.rbuf);
         let Session {
             reader,
             writer,
@@ -325,7 +350,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             timer,
             shutdown,
             ..
-        } = &mut *self;
+        } = self;
         // Replies the pooler makes take no server bytes: a client
         // that does not read them must not grow the buffer for ever.
         let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
@@ -360,43 +385,40 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 poll_read(&mut sr, cx, rbuf).map(Event::ReadServer)
             }
         };
-        // Polled by hand, not by a `select!` of futures: nothing
-        // of it is kept across the wait but these borrows, which
-        // every client's task carries, and no future is built per
-        // event. The order is fair, though fixed (no random draw):
-        // the timer goes first when armed (a server streaming
-        // without pause must not hide it); the server's side goes
-        // first, as a reply is what a linked client waits for,
-        // except after a long run of server events, so a server
-        // streaming without pause cannot hold the client's bytes
-        // back; the shutdown watch comes last (the top of the loop
-        // checks for a shutdown after every event).
-        std::future::poll_fn(|cx| {
-            if let Some(timer) = timer.as_mut().filter(|_| timer_on) {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
-                }
+        // Polled by hand, not by a `select!` of futures: no future is
+        // built per event. The order is fair, though fixed (no random
+        // draw): the timer goes first when armed (a server streaming
+        // without pause must not hide it); the server's side goes first,
+        // as a reply is what a linked client waits for, except after a
+        // long run of server events, so a server streaming without pause
+        // cannot hold the client's bytes back; the shutdown watch comes
+        // last (the top of the loop checks for a shutdown after every
+        // event). The watch future persists across events (polling it
+        // only re-checks its registration): an immediate shutdown must
+        // cut a session stuck waiting on a long query.
+        if let Some(timer) = timer.as_mut().filter(|_| timer_on) {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
             }
-            let polled = if client_first {
-                match client_side(cx) {
-                    Poll::Pending => server_side(cx),
-                    ready => ready,
-                }
-            } else {
-                match server_side(cx) {
-                    Poll::Pending => client_side(cx),
-                    ready => ready,
-                }
-            };
-            if polled.is_ready() {
-                return polled;
+        }
+        let polled = if client_first {
+            match client_side(cx) {
+                Poll::Pending => server_side(cx),
+                ready => ready,
             }
-            match shutdown.as_mut().filter(|_| wake_on_shutdown) {
-                Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
-                None => Poll::Pending,
+        } else {
+            match server_side(cx) {
+                Poll::Pending => client_side(cx),
+                ready => ready,
             }
-        })
-        .await
+        };
+        if polled.is_ready() {
+            return polled;
+        }
+        match shutdown.as_mut() {
+            Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
+            None => Poll::Pending,
+        }
     }
 
     /// Handles one event: `Break` when the linked period ends with it,
@@ -452,7 +474,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 }
             }
             Event::WroteClient(Ok(n)) => {
-                link.wire.rbuf.advance(n);
+                link.server.wire().rbuf.advance(n);
                 link.sscan.consumed(n);
                 self.pool
                     .stats()
@@ -462,7 +484,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             Event::WroteClient(Err(_)) => {
                 // The client is gone mid-response; the server is still
                 // sending, so it cannot go back to the pool.
-                link.wire.rbuf.clear();
+                link.server.wire().rbuf.clear();
                 return ControlFlow::Break(Unlinked::ClientGone { clean: false });
             }
         }
@@ -476,18 +498,15 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
     #[inline(always)]
     fn on_server_bytes(&mut self, link: &mut Linked<'_>) -> ControlFlow<Unlinked, bool> {
         let Linked {
-            wire,
+            server,
             sscan,
             tx_status,
             now,
             ..
         } = link;
-        let (rbuf, server_params, statements, server_entry) = (
-            &mut *wire.rbuf,
-            &mut *wire.params,
-            &mut *wire.statements,
-            wire.entry,
-        );
+        let wire = server.wire();
+        let (rbuf, server_params, statements, server_entry) =
+            (wire.rbuf, wire.params, wire.statements, wire.entry);
         let mut saw_ready = false;
         let stats = self.pool.stats();
         let protocol = &mut self.protocol;

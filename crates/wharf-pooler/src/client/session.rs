@@ -14,6 +14,7 @@ use tokio::io::AsyncRead;
 use super::buffers::poll_read_client;
 use super::login::Login;
 use super::prepare::{self, Tracker};
+use super::relay::Unlinked;
 use super::route::{self, Routing};
 use super::state::ProtocolState;
 use super::timeouts::{Limit, Timeout, Timeouts};
@@ -155,10 +156,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 return SHUTTING_DOWN;
             }
             if self.cscan.ready() > 0 {
-                // Boxed, one allocation per transaction: its futures are
-                // the largest of the session's, and an idle client's task
-                // would otherwise keep their room for its whole life.
-                if let ControlFlow::Break(reason) = Box::pin(self.transaction()).await {
+                if let ControlFlow::Break(reason) = self.transaction().await {
                     return reason;
                 }
                 continue;
@@ -177,12 +175,28 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     /// ends.
     async fn transaction(&mut self) -> ControlFlow<&'static str> {
         let read = self.routes_to_reads();
-        let Ok((mut server, linked_at)) = self.link(read).await else {
-            return ControlFlow::Break("no server available");
+        // The server and the outcome end with this block, before the
+        // last wait: they take no room in the task past it.
+        let unlinked = {
+            let Ok((mut server, linked_at)) = self.link(read).await else {
+                return ControlFlow::Break("no server available");
+            };
+            let outcome = self.relay(&mut server, linked_at).await;
+            self.cancel.unlink();
+            match outcome {
+                // Nothing waits: no future is built.
+                Unlinked::Released(at) if !self.resets_on_release() => {
+                    self.release_now(server, at);
+                    return ControlFlow::Continue(());
+                }
+                // Boxed: a reset is rare and the other outcomes come once
+                // a session at most, and their futures (the reset, the
+                // errors told to the client) would otherwise take room in
+                // every client's task.
+                outcome => Box::pin(self.unlinked(server, outcome)),
+            }
         };
-        let outcome = self.relay(&mut server, linked_at).await;
-        self.cancel.unlink();
-        self.unlinked(server, outcome).await
+        unlinked.await
     }
 
     /// Waits, without a server, for the client's next bytes, bounded by

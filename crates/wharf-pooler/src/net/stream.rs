@@ -179,6 +179,7 @@ impl WriteNow for ServerWriter<'_> {
 impl ServerStream {
     /// Borrows the stream as separate read and write halves, so the relay
     /// can read and write at once.
+    #[inline]
     pub fn split(&mut self) -> (ServerReader<'_>, ServerWriter<'_>) {
         match self {
             ServerStream::Tcp(s) => {

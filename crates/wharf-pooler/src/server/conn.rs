@@ -92,6 +92,9 @@ impl ServerConn {
     }
 
     /// Borrows the connection for relaying.
+    // Inlined: the relay borrows it apart at each step it needs it, which
+    // is cheaper than keeping the borrows in every linked client's task.
+    #[inline]
     pub fn wire(&mut self) -> Wire<'_> {
         let (reader, writer) = self.stream.as_mut().expect(OPEN).split();
         Wire {

@@ -10,7 +10,7 @@ mod replication;
 mod role;
 mod target;
 
-pub use conn::{ServerConn, Wire};
+pub use conn::ServerConn;
 pub use error::ServerError;
 pub use params::{ParamSets, Params, ServerParams};
 pub use target::{Balance, Role, ServerTarget, SessionAttrs};

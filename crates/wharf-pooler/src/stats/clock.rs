@@ -6,13 +6,15 @@
 //! `std::time::Instant` would cost a conversion per reading and per
 //! subtraction; here a subtraction is an integer one.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in time: microseconds on `CLOCK_MONOTONIC` (the clock
 /// `std::time::Instant` reads), which does not jump when the wall clock
-/// is set.
+/// is set. Never zero, so an `Option<Moment>` takes no more room than a
+/// `Moment`: the relay keeps two in every linked client's task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Moment(u64);
+pub struct Moment(NonZeroU64);
 
 impl Moment {
     /// Now.
@@ -26,23 +28,24 @@ impl Moment {
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
         let micros = u64::try_from(ts.tv_nsec / 1_000).unwrap_or(0);
-        Moment(secs * 1_000_000 + micros)
+        Moment::from_micros(secs * 1_000_000 + micros)
     }
 
     /// A moment from microseconds as [`as_micros`](Self::as_micros) gave
-    /// them (to keep one in an atomic).
+    /// them (to keep one in an atomic). Zero, which the clock does not
+    /// read past its first microsecond, is taken as one.
     pub fn from_micros(micros: u64) -> Self {
-        Moment(micros)
+        Moment(NonZeroU64::new(micros).unwrap_or(NonZeroU64::MIN))
     }
 
     /// Microseconds on the monotonic clock.
     pub fn as_micros(self) -> u64 {
-        self.0
+        self.0.get()
     }
 
     /// The time from `earlier` to this moment, zero if `earlier` is later.
     pub fn since(self, earlier: Moment) -> Duration {
-        Duration::from_micros(self.0.saturating_sub(earlier.0))
+        Duration::from_micros(self.as_micros().saturating_sub(earlier.as_micros()))
     }
 
     /// The same moment on the wall clock, in microseconds since the Unix
@@ -53,7 +56,7 @@ impl Moment {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        wall.saturating_sub(Moment::now().0.saturating_sub(self.0))
+        wall.saturating_sub(Moment::now().as_micros().saturating_sub(self.as_micros()))
     }
 }
 
@@ -127,6 +130,12 @@ mod tests {
             (shown - earlier).abs_diff(5_000_000) < 1_000_000,
             "{earlier} vs {shown}"
         );
+    }
+
+    #[test]
+    fn an_unread_moment_takes_no_room() {
+        assert_eq!(size_of::<Option<Moment>>(), size_of::<u64>());
+        assert_eq!(Moment::from_micros(0), Moment::from_micros(1));
     }
 
     #[test]

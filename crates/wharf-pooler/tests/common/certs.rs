@@ -24,6 +24,14 @@ pub struct Certs {
     pub server_key_pem: String,
 }
 
+impl Drop for Certs {
+    /// The files go with the test that issued them: each test run made a
+    /// directory in the temporary directory and left it there.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 struct Authority {
     cert: rcgen::Certificate,
     key: KeyPair,

@@ -64,7 +64,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 server
             }
         };
-        // Until given back clean by `release`, the pool must not reuse it
+        // Until given back clean (`release_now`, `release`), the pool must not reuse it
         // (a killed session drops it anywhere).
         let server_id = server.hand_to(self.entry.info.id, linked_at);
         self.entry.set_active(server_id);

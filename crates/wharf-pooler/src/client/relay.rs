@@ -328,8 +328,9 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     /// timer when `timer_on`, or a shutdown.
     ///
     /// A poll function, not an async one: the wait's future is then only
-    /// the two borrows it polls with, and an unboxed transaction (and so
-    /// every client's task) keeps no room for the borrows made here.
+    /// the two borrows and the flag it polls with, and the transaction
+    /// (and so every client's task) keeps no room for the borrows made
+    /// here.
     fn poll_next_event(
         &mut self,
         link: &mut Linked<'_>,

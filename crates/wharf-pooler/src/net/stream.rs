@@ -129,7 +129,8 @@ impl AsyncWrite for ServerWriter<'_> {
 
 /// A writing half that writes without a task to wake when its socket has
 /// room, as it nearly always has: the relay writes at once, and waits with
-/// [`AsyncWrite::poll_write`] only when this says the socket is full.
+/// [`AsyncWrite::poll_write`] only when this writes nothing (the socket is
+/// full, or Tokio has not yet seen it writable).
 pub trait WriteNow: AsyncWrite + Unpin {
     /// Writes what the socket takes now; `None` when it takes nothing yet
     /// and the caller must wait for room.
@@ -142,9 +143,13 @@ pub trait WriteNow: AsyncWrite + Unpin {
     }
 }
 
-/// A plain socket's write, past Tokio's readiness poll and task budget:
-/// a write that would block clears the socket's readiness, so the wait
-/// that follows registers for room as it should.
+/// A plain socket's write with Tokio's `try_write`: it checks the
+/// readiness Tokio last saw, but registers no waker and takes nothing from
+/// the task's budget (the reads that brought the bytes did). A write that
+/// would block clears that readiness, so the wait that follows registers
+/// for room as it should. Unlike `poll_write`, a short write leaves the
+/// readiness set: the next write finds the socket full with one more
+/// system call, once per time the socket fills.
 fn try_write_now(wrote: io::Result<usize>) -> Option<io::Result<usize>> {
     match wrote {
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,

@@ -502,3 +502,41 @@ async fn randomized_bad_clients_never_disturb_others() {
     assert_no_panics();
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_late_gets_every_byte_and_holds_no_one_up() {
+    let (pooler, bystander) = pooler_with_bystander("").await;
+    let mut slow = login_trusted(pooler.port, "postgres", "postgres").await;
+    // Far more than the socket buffers between the pooler and the client
+    // hold: the pooler's writes to the client find the socket full and
+    // must wait for room, then go on when the client reads.
+    const LEN: usize = 16 << 20;
+    send(
+        &mut slow,
+        &query(&format!("SELECT repeat('z', {LEN}), 'end'")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bystander_works(&bystander, "while a client reads nothing").await;
+
+    let mut value_len = None;
+    loop {
+        match wire::read_message(&mut slow).await {
+            Some((b'D', body)) => {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                assert!(body[6..6 + len].iter().all(|&b| b == b'z'));
+                assert_eq!(&body[6 + len + 4..], b"end");
+                value_len = Some(len);
+            }
+            Some((b'Z', _)) => break,
+            Some((b'E', body)) => panic!("the query failed: {body:?}"),
+            Some(_) => {}
+            None => panic!("the pooler closed the slow client's connection"),
+        }
+    }
+    assert_eq!(value_len, Some(LEN));
+    assert_eq!(raw_query(&mut slow, "SELECT 'after'").await, ["after"]);
+    bystander_works(&bystander, "after").await;
+    assert_no_panics();
+    pooler.stop().await;
+}

@@ -145,6 +145,7 @@ impl Lifecycle {
     /// The shutdown that concerns connected clients, if one is in
     /// progress: [`ShutdownMode::WaitForServers`] (leave at the next point
     /// where the server is free) or [`ShutdownMode::Immediate`].
+    #[inline]
     pub fn clients_must_go(&self) -> Option<ShutdownMode> {
         match self.level.load(std::sync::atomic::Ordering::Relaxed) {
             3 => Some(ShutdownMode::Immediate),

@@ -212,6 +212,7 @@ fn serve<'a, S: ClientStream>(
                 "killed by the admin console"
             }
         };
+        session.end();
         if state.config().pgbouncer.log_disconnections {
             tracing::info!(%peer, database = %login.pool.database(), user = %login.user, reason, "client closed");
         }

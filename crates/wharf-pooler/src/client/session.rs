@@ -11,7 +11,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::AsyncRead;
 
-use super::buffers::poll_read_client;
+use super::buffers::{self, poll_read_client};
 use super::login::Login;
 use super::prepare::{self, Tracker};
 use super::relay::Unlinked;
@@ -276,6 +276,17 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             log_pooler_errors: config.pgbouncer.log_pooler_errors,
         };
         self.timeouts_from = Some(generation);
+    }
+
+    /// The session is over: its read buffer goes to this thread's spares
+    /// rather than back to the allocator, so that the next client to log
+    /// in takes it (with a connection per transaction, `-C`, every login
+    /// allocated and freed one).
+    pub(super) fn end(&mut self) {
+        if self.cbuf.capacity() > 0 {
+            self.cbuf.clear();
+            buffers::give_back(&mut self.cbuf);
+        }
     }
 
     /// Moves the session's timer to `deadline`, if that is a change.

@@ -41,8 +41,10 @@ pub(super) fn lend() -> BytesMut {
 pub(super) fn give_back(buf: &mut BytesMut) {
     debug_assert!(buf.is_empty());
     let mut buf = std::mem::take(buf);
-    // Moves the start back to the front of the allocation: no copy, as the
-    // buffer is empty, and no allocation, as it had this room.
+    // A consumed buffer's capacity is only the room past its start: move
+    // the start back to the front of the allocation (no copy, as the
+    // buffer is empty), so that the size checked is the allocation's.
+    let _ = buf.try_reclaim(buf.capacity() + 1);
     buf.reserve(READ_CHUNK);
     if buf.capacity() > 2 * READ_CHUNK {
         return;
@@ -96,6 +98,7 @@ mod tests {
     use std::future::poll_fn;
 
     use super::*;
+    use bytes::Buf;
 
     /// Polls once: `Some` with the output if it was ready.
     async fn poll_once<F: std::future::Future>(mut fut: Pin<&mut F>) -> Option<F::Output> {
@@ -148,5 +151,13 @@ mod tests {
         let mut grown = BytesMut::with_capacity(8 * READ_CHUNK);
         give_back(&mut grown);
         assert_eq!(spares(), before, "a grown buffer was kept");
+        // Grown for a large message, then consumed: little room is left
+        // past its start, but the allocation is as large.
+        let mut consumed = BytesMut::with_capacity(8 * READ_CHUNK);
+        consumed.resize(8 * READ_CHUNK - READ_CHUNK, 0);
+        consumed.advance(8 * READ_CHUNK - READ_CHUNK);
+        assert!(consumed.capacity() <= 2 * READ_CHUNK);
+        give_back(&mut consumed);
+        assert_eq!(spares(), before, "a consumed grown buffer was kept");
     }
 }

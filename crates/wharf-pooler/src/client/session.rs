@@ -279,10 +279,10 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     }
 
     /// The session is over: its read buffer goes to this thread's spares
-    /// rather than back to the allocator, so that the next client to log
-    /// in takes it (with a connection per transaction, `-C`, every login
-    /// allocated and freed one).
-    pub(super) fn end(&mut self) {
+    /// rather than back to the allocator, for the next client on this
+    /// thread that has bytes to read (with a connection per transaction,
+    /// `-C`, every login allocated and freed one).
+    pub(super) fn end(mut self) {
         if self.cbuf.capacity() > 0 {
             self.cbuf.clear();
             buffers::give_back(&mut self.cbuf);
@@ -300,6 +300,9 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
         }
     }
 
+    /// [`rearm`](Self::rearm)'s change, kept out of line so that the
+    /// comparison inlines alone.
+    #[inline(never)]
     fn move_timer(&mut self, deadline: Option<tokio::time::Instant>) {
         if let Some(at) = deadline {
             match &mut self.timer {

@@ -94,7 +94,8 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
 /// found by memchr with SIMD: a byte without case if the needle has one
 /// (the pooler's prefix ends in `_`), searched for alone: a one-byte search
 /// is cheaper than one for both cases of a letter, and the prefix's first
-/// letter, `w`, is in most queries' `WHERE`.
+/// letter, `w`, is in most queries' `WHERE`. A needle of letters only is
+/// found by both cases of its first letter.
 fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
     let matches_at = |start: usize| {
         hay.get(start..start + needle.len())
@@ -193,18 +194,30 @@ mod tests {
     }
 
     #[test]
-    fn the_one_byte_search_finds_what_a_plain_search_finds() {
+    fn the_narrowed_search_finds_what_a_plain_search_finds() {
         let naive = |hay: &[u8], needle: &[u8]| {
             needle.is_empty()
                 || hay
                     .windows(needle.len())
                     .any(|w| w.eq_ignore_ascii_case(needle))
         };
-        // Bytes that come close: both cases of the letters, the letter's
-        // neighbours with bit 0x20 flipped, and bytes past ASCII.
-        let alphabet = b"wWhHaArRfF_vV\x77\xd7\xf7 ;";
+        // Bytes that come close: both cases of the needles' letters, a
+        // byte past ASCII (0xd7) that is another (0xf7) with bit 0x20
+        // flipped, as ASCII case is, and other bytes past ASCII.
+        let alphabet = b"wWhHaArRfF_vVbB1x\x97\xd7\xf7 ;";
         let mut rng = fastrand::Rng::with_seed(7);
-        for needle in [&b"wharf_"[..], b"_x", b"W", b"_", b"wh", b""] {
+        for needle in [
+            &b"wharf_"[..],
+            b"_x",
+            b"W",
+            b"_",
+            b"wh",
+            b"a_b_",
+            b"_w_",
+            b"\xd7h",
+            b"1x",
+            b"",
+        ] {
             for _ in 0..20_000 {
                 let len = rng.usize(0..40);
                 let mut hay: Vec<u8> = (0..len)
@@ -232,7 +245,7 @@ mod tests {
                 );
             }
         }
-        // At every alignment and at the very end of a longer query.
+        // At every alignment, and cut one byte short at the end.
         for pad in 0..20 {
             let mut hay = vec![b'x'; pad];
             hay.extend_from_slice(b"EXECUTE wWwHaRf_1");

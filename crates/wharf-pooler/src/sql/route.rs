@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(route_set(b"SELECT 'wharf.route'"), None);
     }
 
-    /// Run with `cargo test --release -p wharf-pooler --lib classify_cost
+    /// Run with `cargo test --profile bench -p wharf-pooler --lib classify_cost
     /// -- --ignored --nocapture`.
     #[test]
     #[ignore]

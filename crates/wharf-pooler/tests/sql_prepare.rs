@@ -25,6 +25,19 @@ async fn sql(stream: &mut TcpStream, text: &str) -> Replies {
     exchange(stream, &query(text), 1).await
 }
 
+/// Parse of `text` as `statement`, Bind, Execute and Sync.
+fn extended(statement: &str, text: &str) -> Vec<u8> {
+    let mut parse = format!("{statement}\0{text}\0").into_bytes();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = format!("\0{statement}\0").into_bytes();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut batch = message(b'P', &parse);
+    batch.extend(message(b'B', &bind));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch.extend(message(b'S', b""));
+    batch
+}
+
 fn error_codes(replies: &Replies) -> Vec<&str> {
     replies
         .errors
@@ -141,6 +154,19 @@ async fn clients_share_a_statement_but_not_its_names() {
         assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");
     }
     assert_eq!(sql(&mut b, "EXECUTE t").await.rows, ["7"]);
+    // Nor by the extended protocol: a Parse's text is guarded as a
+    // query's is, whether the Parse names its statement or not.
+    for (statement, text) in [
+        ("", format!("EXECUTE {server_name}")),
+        ("mine", format!("EXECUTE {server_name}")),
+        ("", format!("DEALLOCATE {server_name}")),
+    ] {
+        let refused = exchange(&mut b, &extended(statement, &text), 1).await;
+        assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");
+    }
+    assert_eq!(sql(&mut b, "EXECUTE t").await.rows, ["7"]);
+    assert_eq!(sql(&mut a, "PREPARE s AS SELECT 7").await.errors, []);
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
     // A statement a client leaves on the server under a name like the
     // pooler's stand-ins gets in nobody's way.
     sql(&mut b, "SELECT 1; PREPARE wharf_check AS SELECT 1").await;

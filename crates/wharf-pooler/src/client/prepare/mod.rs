@@ -435,10 +435,25 @@ impl Tracker {
         let Some((name, definition)) = cstr_bytes(body) else {
             return false;
         };
+        // A Parse's text can reach the pooler's statements as a simple
+        // query's can (`EXECUTE wharf_7`), named or not.
+        let shielded = cstr_bytes(definition).and_then(|(text, types)| {
+            Some([&sql::shield_own_names(text)?[..], &[0], types].concat())
+        });
         if name.is_empty() {
-            return false;
+            let Some(definition) = shielded else {
+                return false;
+            };
+            stats.server_parses.fetch_add(1, Ordering::Relaxed);
+            self.request(b'P', server);
+            let len = 4 + 1 + definition.len();
+            self.out.put_u8(b'P');
+            self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
+            self.out.put_u8(0);
+            self.out.put_slice(&definition);
+            return true;
         }
-        let statement = registry.statement(definition);
+        let statement = registry.statement(shielded.as_deref().unwrap_or(definition));
         self.client.insert(name, statement.clone());
         if server.touch(&statement) {
             self.push(

@@ -168,26 +168,11 @@ impl Tracker {
 
     /// A query left to the server as it is, unless an `EXECUTE` or
     /// `DEALLOCATE` in it names one of the pooler's statements (`SELECT 1;
-    /// EXECUTE wharf_7`): those names are changed to ones the server says
-    /// do not exist, so that no client runs or drops another's statement.
+    /// EXECUTE wharf_7`): see [`shield_own_names`].
     fn guard_own_names(&mut self, sql: &[u8], server: &mut ServerStatements) -> bool {
-        let reached = own_names_reached(sql, OWN_PREFIX);
-        if reached.is_empty() {
+        let Some(text) = shield_own_names(sql) else {
             return false;
-        }
-        let mut text = Vec::with_capacity(sql.len() + 16 * reached.len());
-        let mut from = 0;
-        for at in reached {
-            text.extend_from_slice(&sql[from..at.start]);
-            let name = sql[at.clone()].to_ascii_lowercase();
-            let name = name
-                .strip_prefix(b"\"")
-                .and_then(|n| n.strip_suffix(b"\""))
-                .unwrap_or(&name);
-            text.extend_from_slice(&quoted(&foreign_name(name)));
-            from = at.end;
-        }
-        text.extend_from_slice(&sql[from..]);
+        };
         self.send_query(&[&text]);
         self.queue_query(Answer::Relay, Effect::None, server);
         true
@@ -223,6 +208,31 @@ impl Tracker {
 
 /// `name` (NUL-terminated, as [`foreign_name`] makes it) as a quoted SQL
 /// identifier.
+/// `sql` with each of the pooler's statement names that an `EXECUTE` or
+/// `DEALLOCATE` in it reaches changed to one the server says does not
+/// exist, so that no client runs or drops another's statement; `None` when
+/// it reaches none (most queries).
+pub(super) fn shield_own_names(sql: &[u8]) -> Option<Vec<u8>> {
+    let reached = own_names_reached(sql, OWN_PREFIX);
+    if reached.is_empty() {
+        return None;
+    }
+    let mut text = Vec::with_capacity(sql.len() + 16 * reached.len());
+    let mut from = 0;
+    for at in reached {
+        text.extend_from_slice(&sql[from..at.start]);
+        let name = sql[at.clone()].to_ascii_lowercase();
+        let name = name
+            .strip_prefix(b"\"")
+            .and_then(|n| n.strip_suffix(b"\""))
+            .unwrap_or(&name);
+        text.extend_from_slice(&quoted(&foreign_name(name)));
+        from = at.end;
+    }
+    text.extend_from_slice(&sql[from..]);
+    Some(text)
+}
+
 fn quoted(name: &[u8]) -> Vec<u8> {
     let name = name.strip_suffix(&[0]).unwrap_or(name);
     let mut out = vec![b'"'];

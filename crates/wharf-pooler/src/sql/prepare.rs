@@ -115,6 +115,13 @@ fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
     }
 }
 
+/// Whether `bytes` may hold a name starting with `prefix` (ASCII case
+/// ignored): the quick test [`own_names_reached`] starts with, for a
+/// caller that would first have to find the query in a longer message.
+pub(crate) fn may_name(bytes: &[u8], prefix: &[u8]) -> bool {
+    contains_ignoring_case(bytes, prefix)
+}
+
 /// Where, in a query [`classify`] leaves to the server, an `EXECUTE` or
 /// `DEALLOCATE [PREPARE]` names a statement whose name (as PostgreSQL
 /// folds it) starts with `prefix`: the pooler's own names, which a client

@@ -28,7 +28,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
-use crate::sql::prepare::{classify, own_names_reached};
+use crate::sql::prepare::{classify, may_name, own_names_reached};
 use crate::stats::PoolStats;
 
 /// Whether a client message needs a tracker: every extended-protocol
@@ -436,10 +436,14 @@ impl Tracker {
             return false;
         };
         // A Parse's text can reach the pooler's statements as a simple
-        // query's can (`EXECUTE wharf_7`), named or not.
-        let shielded = cstr_bytes(definition).and_then(|(text, types)| {
-            Some([&sql::shield_own_names(text)?[..], &[0], types].concat())
-        });
+        // query's can (`EXECUTE wharf_7`), named or not. Most Parses do
+        // not hold the prefix at all, and are not read further.
+        let shielded = may_name(definition, OWN_PREFIX)
+            .then(|| cstr_bytes(definition))
+            .flatten()
+            .and_then(|(text, types)| {
+                Some([&sql::shield_own_names(text)?[..], &[0], types].concat())
+            });
         if name.is_empty() {
             let Some(definition) = shielded else {
                 return false;

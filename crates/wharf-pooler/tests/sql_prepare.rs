@@ -149,6 +149,7 @@ async fn clients_share_a_statement_but_not_its_names() {
         "EXECUTE wharf_check".to_string(),
         format!("SELECT 1; EXECUTE {server_name}"),
         format!("SELECT 1; DEALLOCATE PREPARE \"{server_name}\""),
+        format!("SELECT 1; EXECUTE U&\"{server_name}\""),
     ] {
         let refused = sql(&mut b, &text).await;
         assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");
@@ -160,6 +161,8 @@ async fn clients_share_a_statement_but_not_its_names() {
         ("", format!("EXECUTE {server_name}")),
         ("mine", format!("EXECUTE {server_name}")),
         ("", format!("DEALLOCATE {server_name}")),
+        ("", format!("EXECUTE U&\"{server_name}\"")),
+        ("", format!("EXECUTE U&\"\\0077{}\"", &server_name[1..])),
     ] {
         let refused = exchange(&mut b, &extended(statement, &text), 1).await;
         assert_eq!(error_codes(&refused), ["26000"], "{text}: {refused:?}");

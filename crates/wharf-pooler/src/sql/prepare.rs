@@ -115,27 +115,32 @@ fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
     }
 }
 
-/// Whether `bytes` may hold a name starting with `prefix` (ASCII case
-/// ignored): the quick test [`own_names_reached`] starts with, for a
-/// caller that would first have to find the query in a longer message.
+/// Whether `bytes` may name a statement starting with `prefix`: they hold
+/// the prefix (ASCII case ignored) or a Unicode escape (`U&`), which can
+/// spell it without holding it. The quick test [`own_names_reached`]
+/// starts with, for a caller that would first have to find the query in a
+/// longer message.
 pub(crate) fn may_name(bytes: &[u8], prefix: &[u8]) -> bool {
-    contains_ignoring_case(bytes, prefix)
+    contains_ignoring_case(bytes, prefix) || contains_ignoring_case(bytes, b"u&")
 }
 
 /// Where, in a query [`classify`] leaves to the server, an `EXECUTE` or
 /// `DEALLOCATE [PREPARE]` names a statement whose name (as PostgreSQL
 /// folds it) starts with `prefix`: the pooler's own names, which a client
-/// must not reach inside a longer query either. Empty for most queries,
-/// which do not contain the prefix at all.
+/// must not reach inside a longer query either. A Unicode-escaped name
+/// (`U&"..."`) counts as reached whatever it spells, and in text the
+/// scanner cannot read (not UTF-8, from a client in another encoding) so
+/// does every word that holds the prefix. Empty for most queries, which
+/// hold neither the prefix nor `U&`.
 pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> {
-    let Some(text) = contains_ignoring_case(sql, prefix)
-        .then(|| std::str::from_utf8(sql).ok())
-        .flatten()
-    else {
+    if !may_name(sql, prefix) {
         return Vec::new();
-    };
-    let Ok(tokens) = pg_query::scan_tokens(text) else {
-        return Vec::new();
+    }
+    let scanned = std::str::from_utf8(sql)
+        .ok()
+        .and_then(|text| pg_query::scan_tokens(text).ok());
+    let Some(tokens) = scanned else {
+        return words_holding(sql, prefix);
     };
     let tokens: Vec<_> = tokens
         .iter()
@@ -157,7 +162,7 @@ pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> 
             }
             _ => continue,
         }
-        let Some((_, at)) = tokens.get(next) else {
+        let Some((name_kind, at)) = tokens.get(next) else {
             continue;
         };
         let Some(word) = sql.get(at.clone()) else {
@@ -167,11 +172,37 @@ pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> 
             Some(quoted) => quoted.to_vec(),
             None => word.to_ascii_lowercase(),
         };
-        if folded.starts_with(prefix) {
+        if *name_kind == Token::Uident || folded.starts_with(prefix) {
             reached.push(at.clone());
         }
     }
     reached
+}
+
+/// Every word of `sql` holding `prefix` (ASCII case ignored), from the
+/// prefix to the end of the identifier it starts.
+fn words_holding(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> {
+    let in_word = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || *b >= 0x80;
+    let mut words = Vec::new();
+    let mut from = 0;
+    while let Some(rest) = sql.get(from..) {
+        let Some(found) = rest
+            .windows(prefix.len())
+            .position(|w| w.eq_ignore_ascii_case(prefix))
+        else {
+            break;
+        };
+        let start = from + found;
+        let end = start
+            + prefix.len()
+            + sql[start + prefix.len()..]
+                .iter()
+                .take_while(|b| in_word(b))
+                .count();
+        words.push(start..end);
+        from = end.max(start + 1);
+    }
+    words
 }
 
 #[cfg(test)]
@@ -194,6 +225,21 @@ mod tests {
             found.iter().map(|at| &sql[at.clone()]).collect::<Vec<_>>(),
             ["WHARF_1"]
         );
+        // A Unicode-escaped name may spell anything: it is reached.
+        for sql in [
+            r#"SELECT 1; EXECUTE U&"wharf_1""#,
+            r#"DEALLOCATE u&"\0077harf_1""#,
+        ] {
+            let found = own_names_reached(sql.as_bytes(), b"wharf_");
+            assert_eq!(found.len(), 1, "{sql}");
+            assert!(sql[found[0].clone()].starts_with(['U', 'u']), "{sql}");
+        }
+        assert!(own_names_reached(r#"SELECT U&'\0077harf'"#.as_bytes(), b"wharf_").is_empty());
+        // Text the scanner cannot read: every word holding the prefix.
+        let latin1 = b"EXECUTE Wharf_7 -- caf\xe9; x_wharf_$1 wharf_";
+        let found = own_names_reached(latin1, b"wharf_");
+        let words: Vec<&[u8]> = found.iter().map(|at| &latin1[at.clone()]).collect();
+        assert_eq!(words, [&b"Wharf_7"[..], b"wharf_$1", b"wharf_"]);
         assert!(super::contains_ignoring_case(b"x WHARF_1", b"wharf_"));
         assert!(super::contains_ignoring_case(b"wharf_", b"wharf_"));
         assert!(!super::contains_ignoring_case(b"SELECT wharf", b"wharf_"));

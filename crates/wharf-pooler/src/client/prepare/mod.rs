@@ -438,12 +438,13 @@ impl Tracker {
         // A Parse's text can reach the pooler's statements as a simple
         // query's can (`EXECUTE wharf_7`), named or not. Most Parses do
         // not hold the prefix at all, and are not read further.
-        let shielded = may_name(definition, OWN_PREFIX)
-            .then(|| cstr_bytes(definition))
-            .flatten()
-            .and_then(|(text, types)| {
+        let shielded = if may_name(definition, OWN_PREFIX) {
+            cstr_bytes(definition).and_then(|(text, types)| {
                 Some([&sql::shield_own_names(text)?[..], &[0], types].concat())
-            });
+            })
+        } else {
+            None
+        };
         if name.is_empty() {
             let Some(definition) = shielded else {
                 return false;

@@ -206,8 +206,6 @@ impl Tracker {
     }
 }
 
-/// `name` (NUL-terminated, as [`foreign_name`] makes it) as a quoted SQL
-/// identifier.
 /// `sql` with each of the pooler's statement names that an `EXECUTE` or
 /// `DEALLOCATE` in it reaches changed to one the server says does not
 /// exist, so that no client runs or drops another's statement; `None` when
@@ -233,6 +231,8 @@ pub(super) fn shield_own_names(sql: &[u8]) -> Option<Vec<u8>> {
     Some(text)
 }
 
+/// `name` (NUL-terminated, as [`foreign_name`] makes it) as a quoted SQL
+/// identifier.
 fn quoted(name: &[u8]) -> Vec<u8> {
     let name = name.strip_suffix(&[0]).unwrap_or(name);
     let mut out = vec![b'"'];

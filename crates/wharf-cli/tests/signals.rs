@@ -195,7 +195,7 @@ fn server_connections(served: &Served) -> usize {
         .psql(
             "postgres",
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-             AND pid <> pg_backend_pid()",
+             AND application_name <> 'psql'",
         )
         .expect("psql")
         .parse()

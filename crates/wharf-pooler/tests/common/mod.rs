@@ -191,12 +191,14 @@ impl TestPooler {
             .expect("a new client's query is served");
     }
 
-    /// Server-side connections that are not the test's own psql.
+    /// Server-side connections that are not psql's: neither the asking
+    /// one nor earlier ones, whose backends may still be exiting.
     pub fn server_connections(&self) -> usize {
         self.cluster
             .psql(
                 "postgres",
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND application_name <> 'psql'",
             )
             .expect("psql")
             .parse()

@@ -89,28 +89,33 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
     }
 }
 
-/// Whether `needle` occurs in `hay`, ASCII case ignored. Runs on every
+/// Whether `needle` occurs in `hay`, ASCII case ignored.
+fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+    find_ignoring_case(hay, needle).is_some()
+}
+
+/// Where `needle` first occurs in `hay`, ASCII case ignored. Runs on every
 /// simple query, so it only compares where one byte of the needle matches,
 /// found by memchr with SIMD: a byte without case if the needle has one
 /// (the pooler's prefix ends in `_`), searched for alone: a one-byte search
 /// is cheaper than one for both cases of a letter, and the prefix's first
 /// letter, `w`, is in most queries' `WHERE`. A needle of letters only is
 /// found by both cases of its first letter.
-fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+fn find_ignoring_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let matches_at = |start: usize| {
         hay.get(start..start + needle.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(needle))
     };
     match needle.iter().rposition(|b| !b.is_ascii_alphabetic()) {
-        Some(k) => {
-            memchr::memchr_iter(needle[k], hay).any(|at| at.checked_sub(k).is_some_and(matches_at))
-        }
+        Some(k) => memchr::memchr_iter(needle[k], hay)
+            .filter_map(|at| at.checked_sub(k))
+            .find(|&start| matches_at(start)),
         None => match needle.first() {
             Some(&first) => {
                 memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay)
-                    .any(matches_at)
+                    .find(|&start| matches_at(start))
             }
-            None => true,
+            None => Some(0),
         },
     }
 }
@@ -185,13 +190,10 @@ fn words_holding(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> {
     let in_word = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$') || *b >= 0x80;
     let mut words = Vec::new();
     let mut from = 0;
-    while let Some(rest) = sql.get(from..) {
-        let Some(found) = rest
-            .windows(prefix.len())
-            .position(|w| w.eq_ignore_ascii_case(prefix))
-        else {
-            break;
-        };
+    while let Some(found) = sql
+        .get(from..)
+        .and_then(|rest| find_ignoring_case(rest, prefix))
+    {
         let start = from + found;
         let end = start
             + prefix.len()

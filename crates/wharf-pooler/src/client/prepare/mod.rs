@@ -451,11 +451,7 @@ impl Tracker {
             };
             stats.server_parses.fetch_add(1, Ordering::Relaxed);
             self.request(b'P', server);
-            let len = 4 + 1 + definition.len();
-            self.out.put_u8(b'P');
-            self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
-            self.out.put_u8(0);
-            self.out.put_slice(&definition);
+            self.send(b'P', &[&[0]], &definition);
             return true;
         }
         let statement = registry.statement(shielded.as_deref().unwrap_or(definition));

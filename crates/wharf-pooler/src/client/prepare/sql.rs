@@ -180,13 +180,19 @@ impl Tracker {
 
     /// Appends a Query of the concatenated `parts`.
     pub(super) fn send_query(&mut self, parts: &[&[u8]]) {
-        let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>() + 1;
-        self.out.put_u8(b'Q');
+        self.send(b'Q', parts, &[0]);
+    }
+
+    /// Appends a message of `tag` whose body is the concatenated `parts`
+    /// and then `end`.
+    pub(super) fn send(&mut self, tag: u8, parts: &[&[u8]], end: &[u8]) {
+        let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>() + end.len();
+        self.out.put_u8(tag);
         self.out.put_i32(i32::try_from(len).unwrap_or(i32::MAX));
         for part in parts {
             self.out.put_slice(part);
         }
-        self.out.put_u8(0);
+        self.out.put_slice(end);
     }
 
     pub(super) fn queue_query(

@@ -287,3 +287,80 @@ async fn a_stale_execute_sharing_a_transaction_with_earlier_work_is_not_run_agai
     assert_eq!(rows.rows, ["0"]);
     pooler.stop().await;
 }
+
+/// The name the pooler gave, on the server `client` reaches, to the one
+/// statement there.
+async fn server_statement_name(client: &mut TcpStream) -> String {
+    let names = sql(
+        client,
+        "SELECT string_agg(name, ',') FROM pg_prepared_statements",
+    )
+    .await;
+    let name = names.rows[0].clone();
+    assert!(name.starts_with("wharf_"), "{names:?}");
+    name
+}
+
+/// Replaces `from` with `to` in the pooler's ini and reloads it.
+async fn reload_with(pooler: &TestPooler, from: &str, to: &str) {
+    let ini = std::fs::read_to_string(pooler.ini()).unwrap();
+    assert!(ini.contains(from), "no {from} in\n{ini}");
+    std::fs::write(pooler.ini(), ini.replace(from, to)).unwrap();
+    pooler.shared.reload().await.expect("reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_tracking_off_leaves_no_client_the_pooler_statements() {
+    for (from, to) in [
+        (
+            "max_prepared_statements = 200",
+            "max_prepared_statements = 0",
+        ),
+        ("pool_mode = transaction", "pool_mode = session"),
+    ] {
+        let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 200").await;
+        let mut a = client(&pooler).await;
+        sql(&mut a, "PREPARE s AS SELECT 7").await;
+        let server_name = server_statement_name(&mut a).await;
+        drop(a);
+        reload_with(&pooler, from, to).await;
+        // A new session tracks nothing and gets the one server.
+        let mut b = client(&pooler).await;
+        for text in [
+            format!("EXECUTE {server_name}"),
+            format!("DEALLOCATE {server_name}"),
+        ] {
+            let refused = sql(&mut b, &text).await;
+            assert_eq!(
+                error_codes(&refused),
+                ["26000"],
+                "{to}: {text}: {refused:?}"
+            );
+        }
+        // Its own statements are its own, as without a pooler.
+        sql(&mut b, "PREPARE mine AS SELECT 8").await;
+        assert_eq!(sql(&mut b, "EXECUTE mine").await.rows, ["8"], "{to}");
+        pooler.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_begun_before_tracking_was_on_cannot_reach_the_pooler_statements() {
+    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 0").await;
+    let mut before = client(&pooler).await;
+    assert_eq!(sql(&mut before, "SELECT 1").await.rows, ["1"]);
+    reload_with(
+        &pooler,
+        "max_prepared_statements = 0",
+        "max_prepared_statements = 200",
+    )
+    .await;
+    let mut a = client(&pooler).await;
+    sql(&mut a, "PREPARE s AS SELECT 7").await;
+    let server_name = server_statement_name(&mut a).await;
+    let refused = sql(&mut before, &format!("EXECUTE {server_name}")).await;
+    assert_eq!(error_codes(&refused), ["26000"], "{refused:?}");
+    // The tracked client's statement comes back when next used.
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
+    pooler.stop().await;
+}

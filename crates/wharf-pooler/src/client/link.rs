@@ -68,6 +68,14 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         // (a killed session drops it anywhere).
         let server_id = server.hand_to(self.entry.info.id, linked_at);
         self.entry.set_active(server_id);
+        // A session that tracks no statements must not reach those the
+        // pooler prepared there for others: a RELOAD turned tracking off
+        // (`max_prepared_statements = 0`, `pool_mode = session`) while the
+        // server held some, or on after this session began.
+        if self.tracker_cap == 0 && server.holds_statements() {
+            Box::pin(self.pooler_query(&mut server, "DEALLOCATE ALL")).await?;
+            linked_at = Moment::now();
+        }
         if !server.params().is_synced_with(&self.params_set) {
             Box::pin(self.sync_params(&mut server)).await?;
             linked_at = Moment::now();
@@ -144,6 +152,22 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         }
     }
 
+    /// Runs a query of the pooler's own on the client's `server` before
+    /// the client's: if it fails, the server is closed and the client told.
+    async fn pooler_query(
+        &mut self,
+        server: &mut Pooled<ServerManager>,
+        sql: &str,
+    ) -> Result<(), Ended> {
+        if let Err(err) = server.simple_query(sql).await {
+            tracing::warn!(error = %err, sql, "the pooler's query failed on a server");
+            server.mark_broken();
+            fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
+            return Err(Ended);
+        }
+        Ok(())
+    }
+
     /// SETs on `server` the client's tracked parameters it lacks.
     async fn sync_params(&mut self, server: &mut Pooled<ServerManager>) -> Result<(), Ended> {
         let sets: Vec<String> = self
@@ -153,12 +177,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             .map(|(name, value)| format!("SET {name} TO '{}'", value.replace('\'', "''")))
             .collect();
         if !sets.is_empty() {
-            if let Err(err) = server.simple_query(&sets.join(";")).await {
-                tracing::warn!(error = %err, "could not restore client parameters on server");
-                server.mark_broken();
-                fatal(&mut self.writer, err.sqlstate(), &err.to_string()).await;
-                return Err(Ended);
-            }
+            self.pooler_query(server, &sets.join(";")).await?;
         }
         // Only if the SETs left the server matching: a configuration
         // reload on the server may have changed a parameter meanwhile.

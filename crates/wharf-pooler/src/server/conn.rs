@@ -127,6 +127,12 @@ impl ServerConn {
         &mut self.params
     }
 
+    /// Whether statements the pooler prepared for its clients (`wharf_N`)
+    /// are on it.
+    pub fn holds_statements(&self) -> bool {
+        !self.statements.is_empty()
+    }
+
     /// Takes its places under the connection limits, held for as long as
     /// it lives.
     pub fn hold_places(&mut self, permits: Vec<OwnedSemaphorePermit>) {

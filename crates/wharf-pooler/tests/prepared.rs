@@ -308,6 +308,58 @@ async fn a_client_that_starts_with_plain_queries_turns_to_named_statements_mid_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_unnamed_statements_turns_to_named_ones_mid_pipeline() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut c = client(&pooler).await;
+    let unnamed = [
+        run(b"", "SELECT $1::int + 1", &["1"]),
+        [parse(b"", "SELECT 5"), describe(b""), flush()].concat(),
+    ]
+    .concat();
+    c.write_all(&unnamed).await.expect("sent");
+    let replies = read_replies(&mut c, 1, usize::MAX).await;
+    assert_eq!(replies.tags, "12DCZ", "{replies:?}");
+    let flushed = read_replies(&mut c, 0, 3).await;
+    assert_eq!(flushed.tags, "1tT", "the Flush's replies: {flushed:?}");
+    let rest = exchange(&mut c, &[bind(b"", &[]), execute(), sync()].concat(), 1).await;
+    assert_eq!((rest.tags.as_str(), rest.rows[0].as_str()), ("2DCZ", "5"));
+    // In one write, groups of unnamed statements (one failing) the server
+    // answers before the named one that comes after them...
+    let mixed = [
+        run(b"", "SELECT 1/0", &[]),
+        run(b"", "SELECT $1::int * 2", &["4"]),
+        run(b"s", "SELECT $1::int * 10", &["3"]),
+    ]
+    .concat();
+    let replies = exchange(&mut c, &mixed, 3).await;
+    // (PostgreSQL folds the division when it plans the Bind.)
+    assert_eq!(replies.tags, "1EZ12DCZ12DCZ", "{replies:?}");
+    assert_eq!(replies.rows, ["8", "30"]);
+    assert_eq!(replies.errors[0].0, "22012");
+    // ... and, in another session, in one group with them.
+    let mut d = client(&pooler).await;
+    let group = [
+        parse(b"", "SELECT 2"),
+        bind(b"", &[]),
+        execute(),
+        parse(b"t", "SELECT $1::int * 100"),
+        bind(b"t", &["3"]),
+        execute(),
+        sync(),
+    ]
+    .concat();
+    let replies = exchange(&mut d, &group, 1).await;
+    assert_eq!(replies.tags, "12DC12DCZ", "{replies:?}");
+    assert_eq!(replies.rows, ["2", "300"]);
+    // The names are the clients' from now on.
+    let again = exchange(&mut c, &call(b"s", &["4"]), 1).await;
+    assert_eq!(again.rows, ["40"], "{again:?}");
+    let again = exchange(&mut d, &call(b"t", &["4"]), 1).await;
+    assert_eq!(again.rows, ["400"], "{again:?}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discard_all_from_a_plain_client_drops_the_servers_statements() {
     let pooler = pooler("default_pool_size = 1").await;
     let mut named = client(&pooler).await;
@@ -565,6 +617,16 @@ async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_
     let mut owner = client(&pooler).await;
     exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
     let mut intruder = client(&pooler).await;
+    // Until now a client of unnamed statements only, which the pooler
+    // does not follow: its Parse's text is looked at all the same.
+    let unnamed = exchange(&mut intruder, &run(b"", "SELECT 1", &[]), 1).await;
+    assert_eq!(unnamed.rows, ["1"]);
+    for n in 1..4 {
+        let name = format!("wharf_{n}");
+        let text = format!("EXECUTE {name}");
+        let executed = exchange(&mut intruder, &run(b"", &text, &[]), 1).await;
+        assert_eq!(executed.errors[0].0, "26000", "{executed:?}");
+    }
     for n in 1..4 {
         let name = format!("wharf_{n}");
         let closed = exchange(&mut intruder, &[close(name.as_bytes()), sync()].concat(), 1).await;

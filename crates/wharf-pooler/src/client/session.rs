@@ -386,7 +386,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
         let ready = self
             .cscan
             .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
-                if tracker.is_none() && trackable && prepare::needs_tracker(tag, body) {
+                if tracker.is_none() && trackable && needs_tracker(protocol, tag, &cbuf[at..], body)
+                {
                     let owed = (protocol.pending(), protocol.syncs_after_query());
                     let resumed = Tracker::resumed(cap, owed, at, !in_transaction);
                     *tracker = Some(Box::new(resumed));
@@ -439,5 +440,19 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             "08006",
             "server closed the connection unexpectedly",
         )
+    }
+}
+
+/// Whether the untracked session's client message `tag` (the first of
+/// `bytes`, with its held `body`) needs a tracker. The first request of an
+/// extended-protocol group decides for all of the group, which must then
+/// be whole: a tracker made part-way through it could not match the
+/// replies to the requests before it.
+fn needs_tracker(protocol: &ProtocolState, tag: u8, bytes: &[u8], body: Option<&[u8]>) -> bool {
+    match tag {
+        b'P' | b'B' | b'D' | b'C' | b'E' => {
+            !protocol.batch_open() && prepare::group_needs_tracker(bytes)
+        }
+        _ => prepare::needs_tracker(tag, body),
     }
 }

@@ -51,6 +51,12 @@ impl ProtocolState {
         self.pending == 0 && !self.batch_open && self.copy_in.is_none()
     }
 
+    /// Whether an extended-protocol group was begun and not yet ended by
+    /// a Sync.
+    pub(super) fn batch_open(&self) -> bool {
+        self.batch_open
+    }
+
     /// Whether the server waits for more of an exchange from the client
     /// (the rest of a batch, or of a COPY FROM STDIN).
     pub(super) fn mid_exchange(&self) -> bool {

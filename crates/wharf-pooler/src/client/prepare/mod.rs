@@ -14,9 +14,12 @@
 //! SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` are followed too
 //! ([`sql`]).
 
+mod need;
 mod replies;
 mod retry;
 mod sql;
+
+pub(in crate::client) use need::{group_needs_tracker, needs_tracker};
 
 pub(in crate::client) use replies::{reply_wanted, resets_tag};
 
@@ -28,25 +31,8 @@ use bytes::{BufMut, BytesMut};
 
 use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
-use crate::sql::prepare::{classify, may_name, own_names_reached};
+use crate::sql::prepare::may_name;
 use crate::stats::PoolStats;
-
-/// Whether a client message needs a tracker: every extended-protocol
-/// request (they name statements and portals, and their replies must be
-/// matched with them), and a simple query that is an SQL-level `PREPARE`,
-/// `EXECUTE` or `DEALLOCATE` or names one of the pooler's statements.
-/// `body` is the message's held body, if it was held. Until such a message
-/// comes, a client's bytes go as they are and the server's replies are not
-/// matched: most clients of the simple protocol never send one.
-pub(super) fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
-    match tag {
-        b'P' | b'B' | b'D' | b'C' | b'E' => true,
-        b'Q' => body.and_then(|b| b.strip_suffix(&[0])).is_some_and(|sql| {
-            classify(sql).is_some() || !own_names_reached(sql, OWN_PREFIX).is_empty()
-        }),
-        _ => false,
-    }
-}
 
 /// How much of a client message of `len` bytes (tag included) must be
 /// held before it is passed on: a Parse, Describe and Close whole (up to

@@ -1,0 +1,171 @@
+//! When a session needs a tracker. A client that never names a statement
+//! (`pgbench -M extended`, drivers with their statement cache off) sends
+//! groups of unnamed Parse, Bind, Describe and Execute up to a Sync; such a
+//! group goes to the server as it is and its replies come back as they
+//! are, with nothing to rename and nothing to match.
+
+use super::OWN_PREFIX;
+use crate::proto::cstr_bytes;
+use crate::sql::prepare::{classify, may_name, own_names_reached};
+
+/// Whether a client message needs a tracker, by its held `body` (`None`
+/// when not held whole): an extended-protocol request naming a statement
+/// (the name must be renamed and the replies matched), a Parse whose text
+/// may reach the pooler's statements (`EXECUTE wharf_7`), and a simple
+/// query that is an SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` or
+/// names one of the pooler's statements. An Execute names a portal only,
+/// which lives and dies on the one server.
+pub(in crate::client) fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
+    match tag {
+        b'P' | b'B' | b'D' | b'C' => body.is_none_or(|body| names_statement(tag, body)),
+        b'Q' => body.and_then(|b| b.strip_suffix(&[0])).is_some_and(|sql| {
+            classify(sql).is_some() || !own_names_reached(sql, OWN_PREFIX).is_empty()
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the Parse, Bind, Describe or Close `body` names a statement or
+/// may reach the pooler's.
+fn names_statement(tag: u8, body: &[u8]) -> bool {
+    let named = |names: &[u8]| cstr_bytes(names).is_none_or(|(name, _)| !name.is_empty());
+    match tag {
+        b'P' => match cstr_bytes(body) {
+            Some((name, text)) => !name.is_empty() || may_name(text, OWN_PREFIX),
+            None => true,
+        },
+        b'B' => match cstr_bytes(body) {
+            Some((_portal, rest)) => named(rest),
+            None => true,
+        },
+        // Describe and Close: of a portal (`P`) or a statement (`S`).
+        _ => match body.split_first() {
+            Some((b'P', _)) => false,
+            Some((_, name)) => named(name),
+            None => true,
+        },
+    }
+}
+
+/// Whether the extended-protocol group that starts `bytes` (the client's
+/// bytes from its first message on) needs a tracker. It needs none only
+/// when all of it up to its Sync is there and no message in it needs one:
+/// were one to be made part-way through, the replies to the requests
+/// before it would already be on their way, unmatched.
+pub(in crate::client) fn group_needs_tracker(mut bytes: &[u8]) -> bool {
+    loop {
+        let Some(&[tag, a, b, c, d]) = bytes.get(..5) else {
+            return true;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        let Some(body) = len.checked_sub(4).and_then(|body| bytes.get(5..5 + body)) else {
+            return true;
+        };
+        match tag {
+            b'S' => return false,
+            b'E' | b'H' => {}
+            b'P' | b'B' | b'D' | b'C' if !names_statement(tag, body) => {}
+            // A simple query, COPY data or a FunctionCall inside the group
+            // are left to the tracker too.
+            _ => return true,
+        }
+        bytes = &bytes[1 + len..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(4 + body.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn group(messages: &[(u8, &[u8])]) -> Vec<u8> {
+        messages
+            .iter()
+            .flat_map(|(tag, body)| message(*tag, body))
+            .collect()
+    }
+
+    const UNNAMED_PARSE: &[u8] = b"\0SELECT 1\0\0\0";
+    const UNNAMED_BIND: &[u8] = b"\0\0\0\0\0\0\0\0";
+
+    #[test]
+    fn a_whole_group_of_unnamed_requests_needs_no_tracker() {
+        let pgbench = group(&[
+            (b'P', UNNAMED_PARSE),
+            (b'B', UNNAMED_BIND),
+            (b'D', b"P\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+        ]);
+        assert!(!group_needs_tracker(&pgbench));
+        // A named portal and a Flush name no statement either.
+        let portal = group(&[
+            (b'B', b"cur\0\0\0\0\0\0\0\0"),
+            (b'H', b""),
+            (b'E', b"cur\0\0\0\0\0"),
+            (b'C', b"Pcur\0"),
+            (b'D', b"S\0"),
+            (b'S', b""),
+        ]);
+        assert!(!group_needs_tracker(&portal));
+    }
+
+    #[test]
+    fn a_group_not_all_there_needs_one() {
+        let whole = group(&[(b'P', UNNAMED_PARSE), (b'E', b"\0\0\0\0\0"), (b'S', b"")]);
+        for end in 0..whole.len() {
+            assert!(group_needs_tracker(&whole[..end]), "cut at {end}");
+        }
+        assert!(!group_needs_tracker(&whole));
+    }
+
+    #[test]
+    fn a_named_statement_anywhere_in_the_group_needs_one() {
+        for named in [
+            (b'P', &b"s1\0SELECT 1\0\0\0"[..]),
+            (b'B', b"\0s1\0\0\0\0\0\0\0"),
+            (b'D', b"Ss1\0"),
+            (b'C', b"Ss1\0"),
+            (b'P', b"\0EXECUTE WHARF_1\0\0\0"),
+            (b'P', b"\0EXECUTE u&\"\\0077harf_1\"\0\0\0"),
+        ] {
+            let bytes = group(&[(b'P', UNNAMED_PARSE), named, (b'S', b"")]);
+            assert!(group_needs_tracker(&bytes), "{named:?}");
+            assert!(needs_tracker(named.0, Some(named.1)), "{named:?}");
+        }
+    }
+
+    #[test]
+    fn other_messages_inside_a_group_or_broken_ones_need_one() {
+        for odd in [
+            (b'Q', &b"SELECT 1\0"[..]),
+            (b'd', b"1\n"),
+            (b'F', b"\0\0\0\0"),
+            (b'P', b"no terminator"),
+            (b'B', b"\0"),
+            (b'D', b""),
+        ] {
+            let bytes = group(&[(b'P', UNNAMED_PARSE), odd, (b'S', b"")]);
+            assert!(group_needs_tracker(&bytes), "{odd:?}");
+        }
+        let mut short = message(b'P', UNNAMED_PARSE);
+        short[4] = 3;
+        assert!(group_needs_tracker(&short), "a length below 4");
+    }
+
+    #[test]
+    fn simple_queries_need_one_only_for_prepared_statements() {
+        let query = |sql: &str| needs_tracker(b'Q', Some(format!("{sql}\0").as_bytes()));
+        assert!(!query("SELECT 1"));
+        assert!(query("PREPARE p AS SELECT 1"));
+        assert!(query("EXECUTE wharf_3"));
+        assert!(!needs_tracker(b'E', Some(b"\0\0\0\0\0")));
+        assert!(needs_tracker(b'P', None), "not held whole");
+    }
+}

@@ -63,6 +63,8 @@ ctx_switches() {
 # after it): one database "postgres" with the settings $3, listening on
 # 127.0.0.1:$2, trust logins from $work/userlist.txt, transaction mode, a
 # pool of $4, $work/$1.log and $work/$1.pid, quiet logs.
+# BENCH_INI adds lines to [pgbouncer] for both poolers, WHARF_INI for
+# wharf's alone (a setting to weigh, e.g. WHARF_INI='query_wait_notify = 0').
 bench_ini() { # name port database-settings pool-size
   cat <<INI
 [databases]
@@ -79,6 +81,8 @@ logfile = $work/$1.log
 pidfile = $work/$1.pid
 log_connections = 0
 log_disconnections = 0
+${BENCH_INI:-}
+$([[ $1 == wharf* ]] && echo "${WHARF_INI:-}")
 INI
 }
 

@@ -551,3 +551,33 @@ async fn queued_clients_and_new_logins_get_notices() {
         .stop()
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_wait_of_a_session_gets_its_own_notice_time() {
+    use common::wire::{login_trusted, query, read_replies};
+    use tokio::io::AsyncWriteExt;
+    let pooler = start(Setup {
+        pgbouncer: "auth_type = trust\ndefault_pool_size = 1\nquery_wait_notify = 2\n",
+        ..Setup::default()
+    })
+    .await;
+    let holder = pooler.client().await;
+    let mut waiter = login_trusted(pooler.port, "postgres", "postgres").await;
+    let start = tokio::time::Instant::now();
+    // Waits of `hold` each, the first at `start`, then at `start + 1.6 s`:
+    // the second ends 2.4 s after the first began, past the notice time
+    // the first would have had, but 0.8 s into its own.
+    let mut notices = Vec::new();
+    for (begin, hold) in [(0, 300), (1600, 800), (2600, 3000)] {
+        holder.batch_execute("BEGIN").await.unwrap();
+        tokio::time::sleep_until(start + Duration::from_millis(begin)).await;
+        waiter.write_all(&query("SELECT 1")).await.expect("sent");
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+        let replies = read_replies(&mut waiter, 1, usize::MAX).await;
+        assert_eq!(replies.rows, ["1"], "{replies:?}");
+        notices.push(replies.tags.matches('N').count());
+    }
+    assert_eq!(notices, [0, 0, 1], "notices per wait");
+    pooler.stop().await;
+}

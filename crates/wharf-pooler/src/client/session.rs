@@ -79,6 +79,9 @@ pub(super) struct Session<'a, R, W> {
     /// armed, so a session without timeouts has none.
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) armed: Option<tokio::time::Instant>,
+    /// The timer of `query_wait_notify`, made at the first wait for a
+    /// server and kept for the next (see `link::notice_timer`).
+    pub(super) notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
     pub(super) shutdown: Option<ShutdownWait<'a>>,
@@ -138,6 +141,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             timeouts_from: None,
             timer: None,
             armed: None,
+            notice_timer: None,
             shutdown: Some(Box::pin(
                 state
                     .lifecycle()

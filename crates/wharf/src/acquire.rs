@@ -1,7 +1,7 @@
 //! The acquire path: taking an idle connection or queueing for one, waiting,
 //! and making the connection fit to hand out.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -31,78 +31,85 @@ impl<M: Manager> Shared<M> {
     /// `lane` is the lane whose place the caller holds: the handle gives it
     /// back, and so does a `get_in` dropped while it waits here. After an
     /// error the place is still the caller's to give back.
-    pub(crate) async fn acquire_keeping_pool(
+    // A function returning an `async` block, not an `async fn`: the block
+    // uses its arguments where they were captured, where an `async fn`
+    // keeps a second copy of each in its state. A waiting caller's future
+    // is this one nested in its own, and every byte of it is copied.
+    pub(crate) fn acquire_keeping_pool(
         self: Arc<Self>,
         wait: Duration,
         caller: &'static Location<'static>,
         lane: Option<usize>,
-    ) -> Result<Pooled<M>, (Arc<Self>, Error)> {
+    ) -> impl Future<Output = Result<Pooled<M>, (Arc<Self>, Error)>> + Send {
         // The future's own reference becomes the handle's: one `Arc` count
         // per checkout, not two.
         let mut shared = self;
-        let start = Instant::now();
-        let mut now = start;
-        // Our place in line, kept across retries after a failed check.
-        let mut ticket = None;
-        loop {
-            // The waker is needed only to queue, but then under the lock.
-            let taken = poll_fn(|cx| {
-                Poll::Ready(shared.take_or_queue(&mut ticket, start, wait, cx.waker()))
-            })
-            .await;
-            let live = match taken {
-                Ok(Taken::Idle(live)) => live,
-                Ok(Taken::Wait(queued)) => {
-                    match shared.wait(queued, start, lane).await {
-                        // The hand-off's instant: no clock read here.
-                        Ok((live, served_at)) => {
-                            now = served_at;
-                            live
+        async move {
+            let start = Instant::now();
+            let mut now = start;
+            // Our place in line, kept across retries after a failed check.
+            let mut ticket = None;
+            loop {
+                // The waker is needed only to queue, but then under the lock.
+                let taken = poll_fn(|cx| {
+                    Poll::Ready(shared.take_or_queue(&mut ticket, start, wait, cx.waker()))
+                })
+                .await;
+                let live = match taken {
+                    Ok(Taken::Idle(live)) => live,
+                    Ok(Taken::Wait(queued)) => {
+                        match shared.wait(queued, start, lane).await {
+                            // The hand-off's instant: no clock read here.
+                            Ok((live, served_at)) => {
+                                now = served_at;
+                                live
+                            }
+                            Err(err) => return Err((shared, err)),
                         }
-                        Err(err) => return Err((shared, err)),
                     }
-                }
-                Err(err) => return Err((shared, err)),
-            };
-            let mut pooled = Pooled::new(shared, live, now);
-            pooled.lane_place = lane;
-            let prepared = match Self::prepare_at_once(&mut pooled, now) {
-                Prepared::Ready => Ok((pooled, now)),
-                Prepared::Closed => Err(pooled),
-                // Not boxed: that would make the future ~250 bytes smaller
-                // but measured nothing (callgrind, the checkout bench), and
-                // cost an allocation per checked or hooked checkout.
-                Prepared::Later => Self::prepare(pooled, now).await,
-            };
-            match prepared {
-                Ok((mut pooled, ready)) => {
-                    // Checking the connection and running `on_checkout`
-                    // were part of the caller's wait: it holds the
-                    // connection (for `in_use_time` and leak detection)
-                    // only from here.
-                    let Pooled { live, shared, .. } = &mut pooled;
-                    let live = live.as_mut().expect("just prepared");
-                    live.checked_out_at = ready;
-                    // An immediate hit reads the clock once: `ready` is
-                    // `start`.
-                    let waited = if ready == start {
-                        Duration::ZERO
-                    } else {
-                        ready - start
-                    };
-                    shared.recorder.acquire_wait.record(waited);
-                    if let Some(leaks) = &shared.leaks {
-                        live.leak_key = Some(leaks.register(ready, caller));
+                    Err(err) => return Err((shared, err)),
+                };
+                let mut pooled = Pooled::new(shared, live, now);
+                pooled.lane_place = lane;
+                let prepared = match Self::prepare_at_once(&mut pooled, now) {
+                    Prepared::Ready => Ok((pooled, now)),
+                    Prepared::Closed => Err(pooled),
+                    // Boxed: a check's future (its query, its timeout's
+                    // timer) would otherwise take room in every waiting
+                    // caller's future, for a path most checkouts never take;
+                    // a checkout that takes it waits for a round trip anyway.
+                    Prepared::Later => Box::pin(Self::prepare(pooled, now)).await,
+                };
+                match prepared {
+                    Ok((mut pooled, ready)) => {
+                        // Checking the connection and running `on_checkout`
+                        // were part of the caller's wait: it holds the
+                        // connection (for `in_use_time` and leak detection)
+                        // only from here.
+                        let Pooled { live, shared, .. } = &mut pooled;
+                        let live = live.as_mut().expect("just prepared");
+                        live.checked_out_at = ready;
+                        // An immediate hit reads the clock once: `ready` is
+                        // `start`.
+                        let waited = if ready == start {
+                            Duration::ZERO
+                        } else {
+                            ready - start
+                        };
+                        shared.recorder.acquire_wait.record(waited);
+                        if let Some(leaks) = &shared.leaks {
+                            live.leak_key = Some(leaks.register(ready, caller));
+                        }
+                        return Ok(pooled);
                     }
-                    return Ok(pooled);
-                }
-                Err(mut pooled) => {
-                    // Closed: only the rare retry pays for a clone.
-                    shared = pooled.shared.clone();
-                    // The place stays the caller's for the next try.
-                    pooled.lane_place = None;
-                    drop(pooled);
-                    now = Instant::now();
+                    Err(mut pooled) => {
+                        // Closed: only the rare retry pays for a clone.
+                        shared = pooled.shared.clone();
+                        // The place stays the caller's for the next try.
+                        pooled.lane_place = None;
+                        drop(pooled);
+                        now = Instant::now();
+                    }
                 }
             }
         }
@@ -226,83 +233,87 @@ impl<M: Manager> Shared<M> {
     /// Waits in line until served, or until `deadline`, which this wait
     /// keeps itself: nothing else has to run on time for it to hold.
     /// Returns the connection and when it was handed over.
-    async fn wait(
+    ///
+    /// A function returning an `async` block, as `acquire_keeping_pool`.
+    #[allow(clippy::manual_async_fn)] // an `async fn` copies its arguments
+    fn wait(
         self: &Arc<Self>,
-        queued: Queued<M::Connection>,
-        start: Instant,
-        lane: Option<usize>,
-    ) -> Result<(Live<M::Connection>, Instant), Error> {
-        let Queued {
+        Queued {
             id,
             slot,
             deadline,
             slot_ref,
             timer,
-        } = queued;
-        let mut guard = WaitGuard {
-            shared: self,
-            id,
-            slot,
-            lane,
-            timer: None,
-            done: false,
-        };
-        // Made or set outside the lock, and only once the guard exists:
-        // should it panic (a runtime without timers), the guard takes the
-        // waiter out of the queue instead of leaving it to be served.
-        guard.timer = Some(WaitTimer::for_wait(timer, deadline));
-        // The waker the slot holds: the one this task queued with, in
-        // this same poll.
-        let mut registered = None;
-        let outcome = poll_fn(|cx| {
-            // Safety: this wait's own slot, in the pool whose `Arc` this
-            // future holds, and nothing has ended the wait yet.
-            if let Some(outcome) = unsafe { slot_ref.pick_up(&mut guard.timer) } {
-                guard.done = true;
-                return Poll::Ready(outcome);
-            }
-            let waker = waker_identity(cx.waker());
-            if registered
-                .replace(waker)
-                .is_some_and(|before| before != waker)
-            {
-                // Moved to another task's waker (a `select!` in between,
-                // say): the slot must wake this one.
-                let mut st = self.state.lock();
-                if let Some(outcome) = st.waiters.poll(slot, cx.waker()) {
-                    st.waiters.keep_timer(slot, guard.timer.take());
+        }: Queued<M::Connection>,
+        start: Instant,
+        lane: Option<usize>,
+    ) -> impl Future<Output = Result<(Live<M::Connection>, Instant), Error>> + Send + '_ {
+        async move {
+            let mut guard = WaitGuard {
+                shared: self,
+                id,
+                slot,
+                lane,
+                timer: None,
+                done: false,
+            };
+            // Made or set outside the lock, and only once the guard exists:
+            // should it panic (a runtime without timers), the guard takes the
+            // waiter out of the queue instead of leaving it to be served.
+            guard.timer = Some(WaitTimer::for_wait(timer, deadline));
+            // The waker the slot holds: the one this task queued with, in
+            // this same poll.
+            let mut registered = None;
+            let outcome = poll_fn(|cx| {
+                // Safety: this wait's own slot, in the pool whose `Arc` this
+                // future holds, and nothing has ended the wait yet.
+                if let Some(outcome) = unsafe { slot_ref.pick_up(&mut guard.timer) } {
                     guard.done = true;
                     return Poll::Ready(outcome);
                 }
-            }
-            // Polled on every wake-up (and first when queueing, which arms
-            // it), and only after the slot: a connection handed over before
-            // the deadline is the caller's even if this task runs after it.
-            let timer = guard.timer.as_mut().expect("kept until the wait ends");
-            match timer.poll_deadline(deadline, cx) {
-                Poll::Ready(()) => {
+                let waker = waker_identity(cx.waker());
+                if registered
+                    .replace(waker)
+                    .is_some_and(|before| before != waker)
+                {
+                    // Moved to another task's waker (a `select!` in between,
+                    // say): the slot must wake this one.
                     let mut st = self.state.lock();
-                    let outcome = st.waiters.time_out(id, slot);
-                    st.waiters.keep_timer(slot, guard.timer.take());
-                    guard.done = true;
-                    Poll::Ready(outcome)
+                    if let Some(outcome) = st.waiters.poll(slot, cx.waker()) {
+                        st.waiters.keep_timer(slot, guard.timer.take());
+                        guard.done = true;
+                        return Poll::Ready(outcome);
+                    }
                 }
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        match outcome {
-            Outcome::Conn(live, served_at) => Ok((live, served_at)),
-            Outcome::Failed(err) => {
-                Recorder::count(&self.recorder.counters.rejected);
-                Err(Error::Unavailable {
-                    last_error: Some(err),
-                })
-            }
-            Outcome::Closed => Err(Error::Closed),
-            Outcome::TimedOut => {
-                Recorder::count(&self.recorder.counters.timeouts);
-                Err(self.timeout_error(start))
+                // Polled on every wake-up (and first when queueing, which arms
+                // it), and only after the slot: a connection handed over before
+                // the deadline is the caller's even if this task runs after it.
+                let timer = guard.timer.as_mut().expect("kept until the wait ends");
+                match timer.poll_deadline(deadline, cx) {
+                    Poll::Ready(()) => {
+                        let mut st = self.state.lock();
+                        let outcome = st.waiters.time_out(id, slot);
+                        st.waiters.keep_timer(slot, guard.timer.take());
+                        guard.done = true;
+                        Poll::Ready(outcome)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match outcome {
+                Outcome::Conn(live, served_at) => Ok((live, served_at)),
+                Outcome::Failed(err) => {
+                    Recorder::count(&self.recorder.counters.rejected);
+                    Err(Error::Unavailable {
+                        last_error: Some(err),
+                    })
+                }
+                Outcome::Closed => Err(Error::Closed),
+                Outcome::TimedOut => {
+                    Recorder::count(&self.recorder.counters.timeouts);
+                    Err(self.timeout_error(start))
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 //! Here too the common case stays cheap: a closed circuit and a lane with
 //! a free place read no clock and take no lock.
 
+use std::future::Future;
 use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,23 +25,28 @@ impl<M: Manager> Shared<M> {
     /// One path, and one future, with or without a breaker: a layer of
     /// future per feature costs a copy of the whole checkout state (about
     /// 1 KiB) each time it is built, which was most of what a breaker cost.
-    pub(crate) async fn admit_and_acquire(
+    ///
+    /// A function returning an `async` block, as `acquire_keeping_pool`.
+    #[allow(clippy::manual_async_fn)] // an `async fn` copies its arguments
+    pub(crate) fn admit_and_acquire(
         self: Arc<Self>,
         wait: Duration,
         caller: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error> {
-        let call = match &self.breaker {
-            Some(breaker) => Some(breaker.admit()?),
-            None => None,
-        };
-        match Shared::acquire_keeping_pool(self, wait, caller, None).await {
-            Ok(mut pooled) => {
-                pooled.set_call(call);
-                Ok(pooled)
-            }
-            Err((shared, err)) => {
-                shared.checkout_failed(call, None, &err);
-                Err(err)
+    ) -> impl Future<Output = Result<Pooled<M>, Error>> + Send {
+        async move {
+            let call = match &self.breaker {
+                Some(breaker) => Some(breaker.admit()?),
+                None => None,
+            };
+            match Shared::acquire_keeping_pool(self, wait, caller, None).await {
+                Ok(mut pooled) => {
+                    pooled.set_call(call);
+                    Ok(pooled)
+                }
+                Err((shared, err)) => {
+                    shared.checkout_failed(call, None, &err);
+                    Err(err)
+                }
             }
         }
     }

@@ -122,13 +122,7 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             let pool = self.pool;
             let watching = self.shutdown.is_some();
             let mut shutdown = std::pin::pin!(shutdown_fired(&mut self.shutdown));
-            let mut get = std::pin::pin!(async move {
-                if read {
-                    pool.get_for_read(Some(wait)).await
-                } else {
-                    pool.get(Some(wait)).await
-                }
-            });
+            let mut get = std::pin::pin!(pool.get_for(read, Some(wait)));
             let mut notified = notify.is_none();
             loop {
                 // Biased: the order costs nothing to keep, a random one a

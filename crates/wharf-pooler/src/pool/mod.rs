@@ -289,13 +289,36 @@ impl ServerPool {
     /// KILL, SUSPEND), then at most `wait` for a server (`None`: the
     /// pool's `query_wait_timeout` as it was when the pool was made).
     pub async fn get(&self, wait: Option<Duration>) -> Result<Pooled<ServerManager>, wharf::Error> {
-        self.get_from(&self.engine, wait).await
+        self.get_for(false, wait).await
+    }
+
+    /// Like [`get`](Self::get), for a transaction that starts with a read
+    /// when `read` is set: a server of the reads pool when read routing is
+    /// on.
+    // One layer of future over the engine's, not one per caller's choice:
+    // a waiting client's future is boxed, and each layer of it copied the
+    // one below with its arguments. Past 1 KiB, glibc's allocation of it
+    // leaves its thread cache.
+    pub async fn get_for(
+        &self,
+        read: bool,
+        wait: Option<Duration>,
+    ) -> Result<Pooled<ServerManager>, wharf::Error> {
+        self.control.wait_resumed().await;
+        let engine = match self.reads_engine() {
+            Some(reads) if read => reads,
+            _ => &self.engine,
+        };
+        match wait {
+            Some(wait) => engine.get_timeout(wait).await,
+            None => engine.get().await,
+        }
     }
 
     /// A server that can be had at once, without waiting (see
     /// [`wharf::Pool::try_get`]): `None` while the database is paused or
     /// when none is idle and ready, and then [`get`](Self::get) waits.
-    /// `read` as for [`get_for_read`](Self::get_for_read).
+    /// `read` as for [`get_for`](Self::get_for).
     pub fn try_get(&self, read: bool) -> Option<Pooled<ServerManager>> {
         if self.control.is_paused() {
             return None;
@@ -305,30 +328,6 @@ impl ServerPool {
             _ => &self.engine,
         };
         engine.try_get()
-    }
-
-    /// Like [`get`](Self::get), for a transaction that starts with a read:
-    /// a server of the reads pool when read routing is on.
-    pub async fn get_for_read(
-        &self,
-        wait: Option<Duration>,
-    ) -> Result<Pooled<ServerManager>, wharf::Error> {
-        match self.reads_engine() {
-            Some(reads) => self.get_from(reads, wait).await,
-            None => self.get(wait).await,
-        }
-    }
-
-    async fn get_from(
-        &self,
-        engine: &wharf::Pool<ServerManager>,
-        wait: Option<Duration>,
-    ) -> Result<Pooled<ServerManager>, wharf::Error> {
-        self.control.wait_resumed().await;
-        match wait {
-            Some(wait) => engine.get_timeout(wait).await,
-            None => engine.get().await,
-        }
     }
 
     /// The reads pool, when read routing is on.

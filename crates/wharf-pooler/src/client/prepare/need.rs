@@ -126,37 +126,69 @@ mod tests {
     }
 
     #[test]
-    fn a_named_statement_anywhere_in_the_group_needs_one() {
-        for named in [
-            (b'P', &b"s1\0SELECT 1\0\0\0"[..]),
+    fn a_named_statement_or_another_message_anywhere_in_the_group_needs_one() {
+        let named: &[(u8, &[u8])] = &[
+            (b'P', b"s1\0SELECT 1\0\0\0"),
             (b'B', b"\0s1\0\0\0\0\0\0\0"),
             (b'D', b"Ss1\0"),
             (b'C', b"Ss1\0"),
             (b'P', b"\0EXECUTE WHARF_1\0\0\0"),
             (b'P', b"\0EXECUTE u&\"\\0077harf_1\"\0\0\0"),
-        ] {
-            let bytes = group(&[(b'P', UNNAMED_PARSE), named, (b'S', b"")]);
-            assert!(group_needs_tracker(&bytes), "{named:?}");
-            assert!(needs_tracker(named.0, Some(named.1)), "{named:?}");
-        }
-    }
-
-    #[test]
-    fn other_messages_inside_a_group_or_broken_ones_need_one() {
-        for odd in [
-            (b'Q', &b"SELECT 1\0"[..]),
+        ];
+        let odd: &[(u8, &[u8])] = &[
+            (b'Q', b"SELECT 1\0"),
             (b'd', b"1\n"),
             (b'F', b"\0\0\0\0"),
             (b'P', b"no terminator"),
             (b'B', b"\0"),
             (b'D', b""),
-        ] {
-            let bytes = group(&[(b'P', UNNAMED_PARSE), odd, (b'S', b"")]);
-            assert!(group_needs_tracker(&bytes), "{odd:?}");
+        ];
+        for &(tag, body) in named.iter().chain(odd) {
+            let bytes = group(&[(b'P', UNNAMED_PARSE), (tag, body), (b'S', b"")]);
+            assert!(group_needs_tracker(&bytes), "{}: {body:?}", tag as char);
+        }
+        for &(tag, body) in named {
+            assert!(needs_tracker(tag, Some(body)), "{}: {body:?}", tag as char);
         }
         let mut short = message(b'P', UNNAMED_PARSE);
         short[4] = 3;
         assert!(group_needs_tracker(&short), "a length below 4");
+    }
+
+    #[test]
+    fn any_bytes_are_judged_without_panicking_and_a_cut_group_needs_one() {
+        let mut rng = fastrand::Rng::with_seed(15);
+        let tags = b"PBDCEHSQdX";
+        for _ in 0..20_000 {
+            // Messages with random tags and bodies, some with a wrong
+            // length, or bytes with no shape at all.
+            let mut bytes = Vec::new();
+            let mut lengths_right = true;
+            let (mut syncs, mut last) = (0, 0);
+            for _ in 0..rng.usize(1..6) {
+                let tag = *rng.choice(tags.iter()).unwrap();
+                let body: Vec<u8> = (0..rng.usize(0..12))
+                    .map(|_| *rng.choice(b"\0Sws_P1U&".iter()).unwrap())
+                    .collect();
+                let mut message = message(tag, &body);
+                if rng.u8(..) < 16 {
+                    message[1..5].copy_from_slice(&rng.u32(..).to_be_bytes());
+                    lengths_right = false;
+                }
+                syncs += usize::from(tag == b'S');
+                last = tag;
+                bytes.extend(message);
+            }
+            if rng.u8(..) < 32 {
+                bytes = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+                lengths_right = false;
+            }
+            let needed = group_needs_tracker(&bytes);
+            if !needed && lengths_right && syncs == 1 && last == b'S' {
+                // Without its last byte, the group is not all there.
+                assert!(group_needs_tracker(&bytes[..bytes.len() - 1]), "{bytes:?}");
+            }
+        }
     }
 
     #[test]

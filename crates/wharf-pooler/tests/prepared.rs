@@ -323,8 +323,10 @@ async fn a_client_of_unnamed_statements_turns_to_named_ones_mid_pipeline() {
     assert_eq!(flushed.tags, "1tT", "the Flush's replies: {flushed:?}");
     let rest = exchange(&mut c, &[bind(b"", &[]), execute(), sync()].concat(), 1).await;
     assert_eq!((rest.tags.as_str(), rest.rows[0].as_str()), ("2DCZ", "5"));
-    // In one write, groups of unnamed statements (one failing) the server
-    // answers before the named one that comes after them...
+    // In one write, from a client that never had a tracker, groups of
+    // unnamed statements (one failing) the server answers before the named
+    // one that comes after them...
+    let mut c = client(&pooler).await;
     let mixed = [
         run(b"", "SELECT 1/0", &[]),
         run(b"", "SELECT $1::int * 2", &["4"]),
@@ -634,6 +636,42 @@ async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_
         let reached = exchange(&mut intruder, &call(name.as_bytes(), &[]), 1).await;
         assert_eq!(reached.errors[0].0, "26000", "{reached:?}");
     }
+    let replies = exchange(&mut owner, &call(b"mine", &[]), 1).await;
+    assert_eq!(replies.rows, ["8"], "{replies:?}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut owner = client(&pooler).await;
+    exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
+    let mut intruder = client(&pooler).await;
+    let names = exchange(
+        &mut intruder,
+        &wire_query("CREATE TEMP TABLE t (x int); SELECT name FROM pg_prepared_statements"),
+        1,
+    )
+    .await;
+    let name = names.rows[0].clone();
+    assert!(name.starts_with("wharf_"), "{names:?}");
+    // An unnamed COPY FROM STDIN by the extended protocol: the server
+    // ignores the Sync sent with it, and after CopyDone reads on, up to
+    // the next Sync, as the same group.
+    let copy = [
+        parse(b"", "COPY t FROM STDIN"),
+        bind(b"", &[]),
+        execute(),
+        sync(),
+    ]
+    .concat();
+    intruder.write_all(&copy).await.expect("sent");
+    let copying = read_replies(&mut intruder, 0, 3).await;
+    assert_eq!(copying.tags, "12G", "{copying:?}");
+    let reach = [message(b'c', b""), call(name.as_bytes(), &[])].concat();
+    let replies = exchange(&mut intruder, &reach, 1).await;
+    assert!(replies.rows.is_empty(), "the statement ran: {replies:?}");
+    assert_eq!(replies.errors[0].0, "26000", "{replies:?}");
     let replies = exchange(&mut owner, &call(b"mine", &[]), 1).await;
     assert_eq!(replies.rows, ["8"], "{replies:?}");
     pooler.stop().await;

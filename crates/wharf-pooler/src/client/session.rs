@@ -82,6 +82,9 @@ pub(super) struct Session<'a, R, W> {
     /// The timer of `query_wait_notify`, made at the first wait for a
     /// server and kept for the next (see `link::notice_timer`).
     pub(super) notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The extended-protocol group under way was looked at whole when it
+    /// began, and needs no tracker (see [`untracked`]).
+    group_clean: bool,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
     pub(super) shutdown: Option<ShutdownWait<'a>>,
@@ -142,6 +145,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             timer: None,
             armed: None,
             notice_timer: None,
+            group_clean: false,
             shutdown: Some(Box::pin(
                 state
                     .lifecycle()
@@ -387,16 +391,29 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 held
             }
         };
+        let group_clean = &mut self.group_clean;
+        let mut refused = false;
         let ready = self
             .cscan
             .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
-                if tracker.is_none() && trackable && needs_tracker(protocol, tag, &cbuf[at..], body)
-                {
-                    let owed = (protocol.pending(), protocol.syncs_after_query());
-                    let resumed = Tracker::resumed(cap, owed, at, !in_transaction);
-                    *tracker = Some(Box::new(resumed));
+                if tracker.is_none() && trackable {
+                    match untracked(protocol, group_clean, tag, &cbuf[at..], body) {
+                        Untracked::Pass => {}
+                        Untracked::Track => {
+                            let owed = (protocol.pending(), protocol.syncs_after_query());
+                            let resumed = Tracker::resumed(cap, owed, at, !in_transaction);
+                            *tracker = Some(Box::new(resumed));
+                        }
+                        Untracked::Refuse => {
+                            refused = true;
+                            return ControlFlow::Break(());
+                        }
+                    }
                 }
                 protocol.note(tag);
+                if matches!(tag, b'S' | b'Q' | b'c' | b'f') {
+                    *group_clean = false;
+                }
                 stats.client_message(tag, tracker.is_some());
                 // Terminate is for the pooler, not the server, and nothing
                 // a client sends after it counts.
@@ -418,6 +435,11 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 }
                 ControlFlow::Continue(())
             })?;
+        if refused {
+            return Err(ProtocolError::Malformed(
+                "request naming a statement in an extended-protocol group begun during COPY",
+            ));
+        }
         if protocol.terminated() {
             self.cbuf.truncate(ready);
         }
@@ -447,16 +469,68 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
     }
 }
 
-/// Whether the untracked session's client message `tag` (the first of
-/// `bytes`, with its held `body`) needs a tracker. The first request of an
-/// extended-protocol group decides for all of the group, which must then
-/// be whole: a tracker made part-way through it could not match the
-/// replies to the requests before it.
-fn needs_tracker(protocol: &ProtocolState, tag: u8, bytes: &[u8], body: Option<&[u8]>) -> bool {
+/// What an untracked session does with a client message.
+enum Untracked {
+    /// It goes as it is.
+    Pass,
+    /// A tracker is made for it and what follows.
+    Track,
+    /// The session ends: the message names a statement inside a group
+    /// the pooler could not follow.
+    Refuse,
+}
+
+/// What the untracked session does with the client message `tag` (the
+/// first of `bytes`, with its held `body`). The first request of an
+/// extended-protocol group decides for all of it, which must then be whole
+/// (a tracker made part-way through could not match the replies to the
+/// requests before it), and `group_clean` records that it needs none,
+/// until its Sync. A group the pooler did not see begin (after COPY data,
+/// past Syncs the server ignored) is let through only as long as it names
+/// no statement.
+fn untracked(
+    protocol: &ProtocolState,
+    group_clean: &mut bool,
+    tag: u8,
+    bytes: &[u8],
+    body: Option<&[u8]>,
+) -> Untracked {
     match tag {
-        b'P' | b'B' | b'D' | b'C' | b'E' => {
-            !protocol.batch_open() && prepare::group_needs_tracker(bytes)
+        b'P' | b'B' | b'D' | b'C' | b'E' if *group_clean => Untracked::Pass,
+        b'P' | b'B' | b'D' | b'C' | b'E' if !protocol.batch_open() => {
+            if prepare::group_needs_tracker(bytes) {
+                Untracked::Track
+            } else {
+                *group_clean = true;
+                Untracked::Pass
+            }
         }
-        _ => prepare::needs_tracker(tag, body),
+        b'P' | b'B' | b'D' | b'C' if prepare::needs_tracker(tag, body) => Untracked::Refuse,
+        _ if prepare::needs_tracker(tag, body) => Untracked::Track,
+        _ => Untracked::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_is_refused() {
+        // An Execute noted with no group begun before it (as after COPY
+        // data): the batch is open, and was never judged.
+        let mut protocol = ProtocolState::default();
+        protocol.note(b'E');
+        let mut clean = false;
+        let bind = b"\0wharf_1\0\0\0\0\0\0\0";
+        let refused = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
+        assert!(matches!(refused, Untracked::Refuse));
+        let unnamed = b"\0\0\0\0\0\0\0\0";
+        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(unnamed));
+        assert!(matches!(passed, Untracked::Pass));
+        // Judged clean at its start, a group goes on unlooked-at.
+        let mut clean = true;
+        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
+        assert!(matches!(passed, Untracked::Pass));
     }
 }

@@ -6,7 +6,7 @@
 
 use super::OWN_PREFIX;
 use crate::proto::cstr_bytes;
-use crate::sql::prepare::{classify, may_name, own_names_reached};
+use crate::sql::prepare::{classify, contains_ignoring_case, may_name, own_names_reached};
 
 /// Whether a client message needs a tracker, by its held `body` (`None`
 /// when not held whole): an extended-protocol request naming a statement
@@ -51,19 +51,23 @@ fn names_statement(tag: u8, body: &[u8]) -> bool {
 /// bytes from its first message on) needs a tracker. It needs none only
 /// when all of it up to its Sync is there and no message in it needs one:
 /// were one to be made part-way through, the replies to the requests
-/// before it would already be on their way, unmatched.
+/// before it would already be on their way, unmatched. A Parse that may
+/// hold a `COPY` needs one too: in COPY FROM STDIN the server ignores the
+/// group's Sync and reads on past the copy data as the same group, which
+/// the pooler must follow.
 pub(in crate::client) fn group_needs_tracker(mut bytes: &[u8]) -> bool {
     loop {
         let Some(&[tag, a, b, c, d]) = bytes.get(..5) else {
             return true;
         };
         let len = u32::from_be_bytes([a, b, c, d]) as usize;
-        let Some(body) = len.checked_sub(4).and_then(|body| bytes.get(5..5 + body)) else {
+        let Some(body) = len.checked_sub(4).and_then(|body| bytes[5..].get(..body)) else {
             return true;
         };
         match tag {
             b'S' => return false,
             b'E' | b'H' => {}
+            b'P' if contains_ignoring_case(body, b"copy") => return true,
             b'P' | b'B' | b'D' | b'C' if !names_statement(tag, body) => {}
             // A simple query, COPY data or a FunctionCall inside the group
             // are left to the tracker too.
@@ -142,6 +146,7 @@ mod tests {
             (b'P', b"no terminator"),
             (b'B', b"\0"),
             (b'D', b""),
+            (b'P', b"\0/* load */ Copy t FROM STDIN\0\0\0"),
         ];
         for &(tag, body) in named.iter().chain(odd) {
             let bytes = group(&[(b'P', UNNAMED_PARSE), (tag, body), (b'S', b"")]);

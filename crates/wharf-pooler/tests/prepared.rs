@@ -401,6 +401,16 @@ async fn messages_larger_than_the_buffer_and_long_names_go_through() {
     assert_eq!(moved.tags, "2DCZ", "{:?}", moved.errors);
     assert_eq!(moved.rows, [(340 * 1024).to_string()]);
     other.batch_execute("COMMIT").await.unwrap();
+    // A portal name running past those 64 KiB would carry the statement's
+    // name past what the pooler reads: the client is refused.
+    let mut long_portal = client(&pooler).await;
+    let mut body = vec![b'p'; 70 * 1024];
+    body.extend_from_slice(b"\0wharf_1\0\0\0\0\0\0\0");
+    let bind = [message(b'B', &body), execute(), sync()].concat();
+    long_portal.write_all(&bind).await.expect("sent");
+    let fatal = common::wire::expect_fatal(&mut long_portal).await;
+    assert_eq!(fatal.code, "08P01", "{fatal:?}");
+    assert!(fatal.message.contains("64 KiB"), "{fatal:?}");
     pooler.stop().await;
 }
 

@@ -24,7 +24,7 @@ use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
 use crate::net::WriteNow;
 use crate::pool::ServerPool;
-use crate::proto::{ProtocolError, Scanner};
+use crate::proto::{cstr_bytes, ProtocolError, Scanner};
 use crate::server::Params;
 use crate::state::PoolerState;
 use crate::stats::ClientEntry;
@@ -392,10 +392,19 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             }
         };
         let group_clean = &mut self.group_clean;
-        let mut refused = false;
+        let mut refused = None;
         let ready = self
             .cscan
             .scan_at(cbuf, self.max_packet, wants, |tag, at, body| {
+                let len =
+                    i32::from_be_bytes([cbuf[at + 1], cbuf[at + 2], cbuf[at + 3], cbuf[at + 4]]);
+                let total = 1 + usize::try_from(len).unwrap_or(0);
+                if trackable && tag == b'B' && total > prepare::BIND_HEAD && !bind_names_held(body) {
+                    // Past its held head a Bind streams as it is: names
+                    // running past the head could not be renamed.
+                    refused = Some("Bind whose names run past its first 64 KiB");
+                    return ControlFlow::Break(());
+                }
                 if tracker.is_none() && trackable {
                     match untracked(protocol, group_clean, tag, &cbuf[at..], body) {
                         Untracked::Pass => {}
@@ -405,7 +414,9 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                             *tracker = Some(Box::new(resumed));
                         }
                         Untracked::Refuse => {
-                            refused = true;
+                            refused = Some(
+                                "request naming a statement in an extended-protocol group begun during COPY",
+                            );
                             return ControlFlow::Break(());
                         }
                     }
@@ -420,9 +431,6 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 if tag == b'X' {
                     return ControlFlow::Break(());
                 }
-                let len =
-                    i32::from_be_bytes([cbuf[at + 1], cbuf[at + 2], cbuf[at + 3], cbuf[at + 4]]);
-                let total = 1 + usize::try_from(len).unwrap_or(0);
                 if let (Some(routing), Some(body)) = (routing.as_mut(), body) {
                     // Only a whole message says what it is; a longer one
                     // held in part leaves its transaction to the primary.
@@ -435,10 +443,8 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 }
                 ControlFlow::Continue(())
             })?;
-        if refused {
-            return Err(ProtocolError::Malformed(
-                "request naming a statement in an extended-protocol group begun during COPY",
-            ));
+        if let Some(why) = refused {
+            return Err(ProtocolError::Malformed(why));
         }
         if protocol.terminated() {
             self.cbuf.truncate(ready);
@@ -467,6 +473,14 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             "server closed the connection unexpectedly",
         )
     }
+}
+
+/// Whether a Bind's held `body` holds both its names, the portal's and
+/// the statement's, whole.
+fn bind_names_held(body: Option<&[u8]>) -> bool {
+    body.and_then(cstr_bytes)
+        .and_then(|(_portal, rest)| cstr_bytes(rest))
+        .is_some()
 }
 
 /// What an untracked session does with a client message.

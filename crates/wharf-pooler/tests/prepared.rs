@@ -402,15 +402,45 @@ async fn messages_larger_than_the_buffer_and_long_names_go_through() {
     assert_eq!(moved.rows, [(340 * 1024).to_string()]);
     other.batch_execute("COMMIT").await.unwrap();
     // A portal name running past those 64 KiB would carry the statement's
-    // name past what the pooler reads: the client is refused.
-    let mut long_portal = client(&pooler).await;
-    let mut body = vec![b'p'; 70 * 1024];
-    body.extend_from_slice(b"\0wharf_1\0\0\0\0\0\0\0");
-    let bind = [message(b'B', &body), execute(), sync()].concat();
-    long_portal.write_all(&bind).await.expect("sent");
-    let fatal = common::wire::expect_fatal(&mut long_portal).await;
-    assert_eq!(fatal.code, "08P01", "{fatal:?}");
-    assert!(fatal.message.contains("64 KiB"), "{fatal:?}");
+    // name past what the pooler reads: the client is refused; a statement
+    // name ending on the last byte read is renamed, one byte further it is
+    // refused too.
+    let head = 64 * 1024 - 5;
+    for (portal_len, name_len) in [(70 * 1024, 0), (0, head - 2), (0, head - 1)] {
+        let mut c = client(&pooler).await;
+        let portal = vec![b'p'; portal_len];
+        let name = if name_len == 0 {
+            b"wharf_1".to_vec()
+        } else {
+            vec![b's'; name_len]
+        };
+        let mut body = [&portal[..], b"\0", &name[..], b"\0"].concat();
+        body.extend_from_slice(&[0; 6]);
+        let group = [
+            parse(&name, "SELECT 1"),
+            message(b'B', &body),
+            execute(),
+            sync(),
+        ]
+        .concat();
+        if name_len == head - 2 {
+            let replies = exchange(&mut c, &group, 1).await;
+            assert_eq!(replies.rows, ["1"], "{replies:?}");
+            continue;
+        }
+        // The Parse may be answered first, from an earlier read.
+        c.write_all(&group).await.expect("sent");
+        let fatal = loop {
+            match common::wire::read_message(&mut c).await {
+                Some((b'E', body)) => break common::wire::parse_error(&body),
+                Some((b'1', _)) => {}
+                other => panic!("{portal_len} {name_len}: {other:?}"),
+            }
+        };
+        assert_eq!(fatal.code, "08P01", "{portal_len} {name_len}: {fatal:?}");
+        assert!(fatal.message.contains("64 KiB"), "{fatal:?}");
+        assert!(common::wire::read_message(&mut c).await.is_none(), "closed");
+    }
     pooler.stop().await;
 }
 
@@ -682,6 +712,37 @@ async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
     let replies = exchange(&mut intruder, &reach, 1).await;
     assert!(replies.rows.is_empty(), "the statement ran: {replies:?}");
     assert_eq!(replies.errors[0].0, "26000", "{replies:?}");
+    let replies = exchange(&mut owner, &call(b"mine", &[]), 1).await;
+    assert_eq!(replies.rows, ["8"], "{replies:?}");
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_ends_the_session() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut owner = client(&pooler).await;
+    exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
+    let mut intruder = client(&pooler).await;
+    let names = exchange(
+        &mut intruder,
+        &wire_query("CREATE TEMP TABLE t (x int); SELECT name FROM pg_prepared_statements"),
+        1,
+    )
+    .await;
+    let name = names.rows[0].clone();
+    // In a simple COPY FROM STDIN the server ignores a Sync: the group
+    // an Execute and a Sync begin there goes on past it, unjudged.
+    intruder
+        .write_all(&wire_query("COPY t FROM STDIN"))
+        .await
+        .expect("sent");
+    let copying = read_replies(&mut intruder, 0, 1).await;
+    assert_eq!(copying.tags, "G", "{copying:?}");
+    let reach = [execute(), sync(), call(name.as_bytes(), &[])].concat();
+    intruder.write_all(&reach).await.expect("sent");
+    let fatal = common::wire::expect_fatal(&mut intruder).await;
+    assert_eq!(fatal.code, "08P01", "{fatal:?}");
+    assert!(fatal.message.contains("did not see begin"), "{fatal:?}");
     let replies = exchange(&mut owner, &call(b"mine", &[]), 1).await;
     assert_eq!(replies.rows, ["8"], "{replies:?}");
     pooler.stop().await;

@@ -415,7 +415,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                         }
                         Untracked::Refuse => {
                             refused = Some(
-                                "request naming a statement in an extended-protocol group begun during COPY",
+                                "request naming a statement or a COPY in an extended-protocol group the pooler did not see begin",
                             );
                             return ControlFlow::Break(());
                         }
@@ -476,9 +476,11 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
 }
 
 /// Whether a Bind's held `body` holds both its names, the portal's and
-/// the statement's, whole.
+/// the statement's, whole within the head the tracker renames in (routing
+/// may hold more of it).
 fn bind_names_held(body: Option<&[u8]>) -> bool {
-    body.and_then(cstr_bytes)
+    body.map(|body| &body[..body.len().min(prepare::BIND_HEAD - 5)])
+        .and_then(cstr_bytes)
         .and_then(|(_portal, rest)| cstr_bytes(rest))
         .is_some()
 }
@@ -489,8 +491,8 @@ enum Untracked {
     Pass,
     /// A tracker is made for it and what follows.
     Track,
-    /// The session ends: the message names a statement inside a group
-    /// the pooler could not follow.
+    /// The session ends: the message names a statement (or a Parse may
+    /// start a COPY) inside a group the pooler could not follow.
     Refuse,
 }
 
@@ -501,7 +503,7 @@ enum Untracked {
 /// requests before it), and `group_clean` records that it needs none,
 /// until its Sync. A group the pooler did not see begin (after COPY data,
 /// past Syncs the server ignored) is let through only as long as it names
-/// no statement.
+/// no statement and starts no COPY.
 fn untracked(
     protocol: &ProtocolState,
     group_clean: &mut bool,
@@ -519,6 +521,7 @@ fn untracked(
                 Untracked::Pass
             }
         }
+        b'P' if body.is_none_or(prepare::may_copy) => Untracked::Refuse,
         b'P' | b'B' | b'D' | b'C' if prepare::needs_tracker(tag, body) => Untracked::Refuse,
         _ if prepare::needs_tracker(tag, body) => Untracked::Track,
         _ => Untracked::Pass,
@@ -531,13 +534,16 @@ mod tests {
 
     #[test]
     fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_is_refused() {
-        // An Execute noted with no group begun before it (as after COPY
-        // data): the batch is open, and was never judged.
+        // An Execute noted with no group judged before it (as when one
+        // was begun during a COPY): the batch is open, and unjudged.
         let mut protocol = ProtocolState::default();
         protocol.note(b'E');
         let mut clean = false;
         let bind = b"\0wharf_1\0\0\0\0\0\0\0";
         let refused = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
+        assert!(matches!(refused, Untracked::Refuse));
+        let copy = b"\0COPY t FROM STDIN\0\0\0";
+        let refused = untracked(&protocol, &mut clean, b'P', b"", Some(copy));
         assert!(matches!(refused, Untracked::Refuse));
         let unnamed = b"\0\0\0\0\0\0\0\0";
         let passed = untracked(&protocol, &mut clean, b'B', b"", Some(unnamed));

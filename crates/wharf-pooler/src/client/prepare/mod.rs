@@ -19,7 +19,7 @@ mod replies;
 mod retry;
 mod sql;
 
-pub(in crate::client) use need::{group_needs_tracker, needs_tracker};
+pub(in crate::client) use need::{group_needs_tracker, may_copy, needs_tracker};
 
 pub(in crate::client) use replies::{reply_wanted, resets_tag};
 

@@ -80,7 +80,7 @@ pub(in crate::client) fn group_needs_tracker(mut bytes: &[u8]) -> bool {
 /// Whether `text` may hold `COPY`, ASCII case ignored: found by its
 /// rarest letter, `y`, which most queries lack (searching for `c` cost
 /// 600 instructions a Parse of pgbench's query, which has five).
-fn may_copy(text: &[u8]) -> bool {
+pub(in crate::client) fn may_copy(text: &[u8]) -> bool {
     memchr::memchr2_iter(b'y', b'Y', text)
         .any(|at| at >= 3 && text[at - 3..at].eq_ignore_ascii_case(b"cop"))
 }

@@ -681,8 +681,10 @@ async fn a_client_cannot_reach_or_close_another_clients_statement_by_its_server_
     pooler.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
+/// A pooler of one server where `owner` has prepared `mine` (`SELECT 8`),
+/// and `intruder`, with a table `t` of its own, has learnt the name the
+/// pooler gave it there.
+async fn beside_a_statement() -> (TestPooler, TcpStream, TcpStream, String) {
     let pooler = pooler("default_pool_size = 1").await;
     let mut owner = client(&pooler).await;
     exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
@@ -695,6 +697,12 @@ async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
     .await;
     let name = names.rows[0].clone();
     assert!(name.starts_with("wharf_"), "{names:?}");
+    (pooler, owner, intruder, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
+    let (pooler, mut owner, mut intruder, name) = beside_a_statement().await;
     // An unnamed COPY FROM STDIN by the extended protocol: the server
     // ignores the Sync sent with it, and after CopyDone reads on, up to
     // the next Sync, as the same group.
@@ -719,17 +727,7 @@ async fn a_statement_named_after_copy_data_in_the_same_group_is_guarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_ends_the_session() {
-    let pooler = pooler("default_pool_size = 1").await;
-    let mut owner = client(&pooler).await;
-    exchange(&mut owner, &run(b"mine", "SELECT 8", &[]), 1).await;
-    let mut intruder = client(&pooler).await;
-    let names = exchange(
-        &mut intruder,
-        &wire_query("CREATE TEMP TABLE t (x int); SELECT name FROM pg_prepared_statements"),
-        1,
-    )
-    .await;
-    let name = names.rows[0].clone();
+    let (pooler, mut owner, mut intruder, name) = beside_a_statement().await;
     // In a simple COPY FROM STDIN the server ignores a Sync: the group
     // an Execute and a Sync begin there goes on past it, unjudged.
     intruder

@@ -13,7 +13,7 @@ use tokio::io::AsyncRead;
 
 use super::buffers::{self, poll_read_client};
 use super::login::Login;
-use super::prepare::{self, Tracker};
+use super::prepare::{self, Tracker, Untracked};
 use super::relay::Unlinked;
 use super::route::{self, Routing};
 use super::state::ProtocolState;
@@ -24,7 +24,7 @@ use crate::config::PoolMode;
 use crate::lifecycle::ShutdownMode;
 use crate::net::WriteNow;
 use crate::pool::ServerPool;
-use crate::proto::{cstr_bytes, ProtocolError, Scanner};
+use crate::proto::{ProtocolError, Scanner};
 use crate::server::Params;
 use crate::state::PoolerState;
 use crate::stats::ClientEntry;
@@ -83,7 +83,7 @@ pub(super) struct Session<'a, R, W> {
     /// server and kept for the next (see `link::notice_timer`).
     pub(super) notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The extended-protocol group under way was looked at whole when it
-    /// began, and needs no tracker (see [`untracked`]).
+    /// began, and needs no tracker (see [`prepare::untracked`]).
     group_clean: bool,
     /// Wakes the session when a shutdown says clients must go; `None`
     /// once that has happened at the strongest mode.
@@ -399,14 +399,12 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 let len =
                     i32::from_be_bytes([cbuf[at + 1], cbuf[at + 2], cbuf[at + 3], cbuf[at + 4]]);
                 let total = 1 + usize::try_from(len).unwrap_or(0);
-                if trackable && tag == b'B' && total > prepare::BIND_HEAD && !bind_names_held(body) {
-                    // Past its held head a Bind streams as it is: names
-                    // running past the head could not be renamed.
+                if trackable && prepare::bind_names_cut(tag, total, body) {
                     refused = Some("Bind whose names run past its first 64 KiB");
                     return ControlFlow::Break(());
                 }
                 if tracker.is_none() && trackable {
-                    match untracked(protocol, group_clean, tag, &cbuf[at..], body) {
+                    match prepare::untracked(protocol, group_clean, tag, &cbuf[at..], body) {
                         Untracked::Pass => {}
                         Untracked::Track => {
                             let owed = (protocol.pending(), protocol.syncs_after_query());
@@ -422,9 +420,6 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                     }
                 }
                 protocol.note(tag);
-                if matches!(tag, b'S' | b'Q' | b'c' | b'f') {
-                    *group_clean = false;
-                }
                 stats.client_message(tag, tracker.is_some());
                 // Terminate is for the pooler, not the server, and nothing
                 // a client sends after it counts.
@@ -472,85 +467,5 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             "08006",
             "server closed the connection unexpectedly",
         )
-    }
-}
-
-/// Whether a Bind's held `body` holds both its names, the portal's and
-/// the statement's, whole within the head the tracker renames in (routing
-/// may hold more of it).
-fn bind_names_held(body: Option<&[u8]>) -> bool {
-    body.map(|body| &body[..body.len().min(prepare::BIND_HEAD - 5)])
-        .and_then(cstr_bytes)
-        .and_then(|(_portal, rest)| cstr_bytes(rest))
-        .is_some()
-}
-
-/// What an untracked session does with a client message.
-enum Untracked {
-    /// It goes as it is.
-    Pass,
-    /// A tracker is made for it and what follows.
-    Track,
-    /// The session ends: the message names a statement (or a Parse may
-    /// start a COPY) inside a group the pooler could not follow.
-    Refuse,
-}
-
-/// What the untracked session does with the client message `tag` (the
-/// first of `bytes`, with its held `body`). The first request of an
-/// extended-protocol group decides for all of it, which must then be whole
-/// (a tracker made part-way through could not match the replies to the
-/// requests before it), and `group_clean` records that it needs none,
-/// until its Sync. A group the pooler did not see begin (after COPY data,
-/// past Syncs the server ignored) is let through only as long as it names
-/// no statement and starts no COPY.
-fn untracked(
-    protocol: &ProtocolState,
-    group_clean: &mut bool,
-    tag: u8,
-    bytes: &[u8],
-    body: Option<&[u8]>,
-) -> Untracked {
-    match tag {
-        b'P' | b'B' | b'D' | b'C' | b'E' if *group_clean => Untracked::Pass,
-        b'P' | b'B' | b'D' | b'C' | b'E' if !protocol.batch_open() => {
-            if prepare::group_needs_tracker(bytes) {
-                Untracked::Track
-            } else {
-                *group_clean = true;
-                Untracked::Pass
-            }
-        }
-        b'P' if body.is_none_or(prepare::may_copy) => Untracked::Refuse,
-        b'P' | b'B' | b'D' | b'C' if prepare::needs_tracker(tag, body) => Untracked::Refuse,
-        _ if prepare::needs_tracker(tag, body) => Untracked::Track,
-        _ => Untracked::Pass,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_is_refused() {
-        // An Execute noted with no group judged before it (as when one
-        // was begun during a COPY): the batch is open, and unjudged.
-        let mut protocol = ProtocolState::default();
-        protocol.note(b'E');
-        let mut clean = false;
-        let bind = b"\0wharf_1\0\0\0\0\0\0\0";
-        let refused = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
-        assert!(matches!(refused, Untracked::Refuse));
-        let copy = b"\0COPY t FROM STDIN\0\0\0";
-        let refused = untracked(&protocol, &mut clean, b'P', b"", Some(copy));
-        assert!(matches!(refused, Untracked::Refuse));
-        let unnamed = b"\0\0\0\0\0\0\0\0";
-        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(unnamed));
-        assert!(matches!(passed, Untracked::Pass));
-        // Judged clean at its start, a group goes on unlooked-at.
-        let mut clean = true;
-        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
-        assert!(matches!(passed, Untracked::Pass));
     }
 }

@@ -19,7 +19,7 @@ mod replies;
 mod retry;
 mod sql;
 
-pub(in crate::client) use need::{group_needs_tracker, may_copy, needs_tracker};
+pub(in crate::client) use need::{bind_names_cut, untracked, Untracked};
 
 pub(in crate::client) use replies::{reply_wanted, resets_tag};
 
@@ -52,7 +52,7 @@ pub(super) fn held(tag: u8, len: usize) -> usize {
 
 /// The most of a Bind held before it is passed on: its portal and
 /// statement names must be in it.
-pub(in crate::client) const BIND_HEAD: usize = 64 * 1024;
+pub(super) const BIND_HEAD: usize = 64 * 1024;
 
 /// The longest simple query read for an SQL-level `PREPARE`, `EXECUTE` or
 /// `DEALLOCATE`: a longer one streams to the server as it is.

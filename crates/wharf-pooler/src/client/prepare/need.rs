@@ -4,7 +4,8 @@
 //! group goes to the server as it is and its replies come back as they
 //! are, with nothing to rename and nothing to match.
 
-use super::OWN_PREFIX;
+use super::{BIND_HEAD, OWN_PREFIX};
+use crate::client::state::ProtocolState;
 use crate::proto::cstr_bytes;
 use crate::sql::prepare::{classify, may_name, own_names_reached};
 
@@ -15,7 +16,7 @@ use crate::sql::prepare::{classify, may_name, own_names_reached};
 /// query that is an SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` or
 /// names one of the pooler's statements. An Execute names a portal only,
 /// which lives and dies on the one server.
-pub(in crate::client) fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
+fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
     match tag {
         b'P' | b'B' | b'D' | b'C' => body.is_none_or(|body| names_statement(tag, body)),
         b'Q' => body.and_then(|b| b.strip_suffix(&[0])).is_some_and(|sql| {
@@ -23,6 +24,78 @@ pub(in crate::client) fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
         }),
         _ => false,
     }
+}
+
+/// What an untracked session does with a client message.
+pub(in crate::client) enum Untracked {
+    /// It goes as it is.
+    Pass,
+    /// A tracker is made for it and what follows.
+    Track,
+    /// The session ends: the message names a statement (or a Parse may
+    /// start a COPY) inside a group the pooler could not follow.
+    Refuse,
+}
+
+/// What the untracked session does with the client message `tag` (the
+/// first of `bytes`, with its held `body`). The first request of an
+/// extended-protocol group decides for all of it, which must then be whole
+/// (a tracker made part-way through could not match the replies to the
+/// requests before it), and `group_clean` records that it needs none,
+/// until its Sync. A group the pooler did not see begin (after COPY data,
+/// past Syncs the server ignored) is let through only as long as it names
+/// no statement and starts no COPY.
+pub(in crate::client) fn untracked(
+    protocol: &ProtocolState,
+    group_clean: &mut bool,
+    tag: u8,
+    bytes: &[u8],
+    body: Option<&[u8]>,
+) -> Untracked {
+    let decide = |needed| {
+        if needed {
+            Untracked::Track
+        } else {
+            Untracked::Pass
+        }
+    };
+    if !matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E') {
+        // What the pooler knew of the group ends with its Sync, and with
+        // a simple query or the end of COPY data.
+        if matches!(tag, b'S' | b'Q' | b'c' | b'f') {
+            *group_clean = false;
+        }
+        return decide(needs_tracker(tag, body));
+    }
+    if *group_clean {
+        return Untracked::Pass;
+    }
+    if !protocol.batch_open() {
+        let needed = group_needs_tracker(bytes);
+        *group_clean = !needed;
+        return decide(needed);
+    }
+    let starts_copy = tag == b'P' && body.is_none_or(may_copy);
+    if starts_copy || needs_tracker(tag, body) {
+        Untracked::Refuse
+    } else {
+        Untracked::Pass
+    }
+}
+
+/// Whether a client message is a Bind longer than the head of it that is
+/// held (`total` bytes, tag included) whose names, the portal's and the
+/// statement's, do not both end in that head: past it a Bind streams as it
+/// is, and a statement name there could not be renamed. `body` is what is
+/// held (routing may hold more than the head).
+pub(in crate::client) fn bind_names_cut(tag: u8, total: usize, body: Option<&[u8]>) -> bool {
+    tag == b'B'
+        && total > BIND_HEAD
+        && body
+            .map(|body| &body[..body.len().min(BIND_HEAD - 5)])
+            .and_then(cstr_bytes)
+            .and_then(|(_portal, rest)| cstr_bytes(rest))
+            .is_none()
 }
 
 /// Whether the Parse, Bind, Describe or Close `body` names a statement or
@@ -55,7 +128,7 @@ fn names_statement(tag: u8, body: &[u8]) -> bool {
 /// hold a `COPY` needs one too: in COPY FROM STDIN the server ignores the
 /// group's Sync and reads on past the copy data as the same group, which
 /// the pooler must follow.
-pub(in crate::client) fn group_needs_tracker(mut bytes: &[u8]) -> bool {
+fn group_needs_tracker(mut bytes: &[u8]) -> bool {
     loop {
         let Some(&[tag, a, b, c, d]) = bytes.get(..5) else {
             return true;
@@ -80,7 +153,7 @@ pub(in crate::client) fn group_needs_tracker(mut bytes: &[u8]) -> bool {
 /// Whether `text` may hold `COPY`, ASCII case ignored: found by its
 /// rarest letter, `y`, which most queries lack (searching for `c` cost
 /// 600 instructions a Parse of pgbench's query, which has five).
-pub(in crate::client) fn may_copy(text: &[u8]) -> bool {
+fn may_copy(text: &[u8]) -> bool {
     memchr::memchr2_iter(b'y', b'Y', text)
         .any(|at| at >= 3 && text[at - 3..at].eq_ignore_ascii_case(b"cop"))
 }
@@ -203,6 +276,56 @@ mod tests {
                 assert!(group_needs_tracker(&bytes[..bytes.len() - 1]), "{bytes:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_statement_named_in_a_group_the_pooler_did_not_see_begin_is_refused() {
+        // An Execute noted with no group judged before it (as when one
+        // was begun during a COPY): the batch is open, and unjudged.
+        let mut protocol = ProtocolState::default();
+        protocol.note(b'E');
+        let mut clean = false;
+        let bind = b"\0wharf_1\0\0\0\0\0\0\0";
+        let refused = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
+        assert!(matches!(refused, Untracked::Refuse));
+        let copy = b"\0COPY t FROM STDIN\0\0\0";
+        let refused = untracked(&protocol, &mut clean, b'P', b"", Some(copy));
+        assert!(matches!(refused, Untracked::Refuse));
+        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(UNNAMED_BIND));
+        assert!(matches!(passed, Untracked::Pass));
+        // Judged clean at its start, a group goes on unlooked-at until
+        // its Sync.
+        let mut clean = true;
+        let passed = untracked(&protocol, &mut clean, b'B', b"", Some(bind));
+        assert!(matches!(passed, Untracked::Pass));
+        untracked(&protocol, &mut clean, b'S', b"", Some(b""));
+        assert!(!clean, "a Sync ends it");
+    }
+
+    #[test]
+    fn a_bind_is_cut_only_past_its_head_with_a_name_running_past_it() {
+        let head = BIND_HEAD - 5;
+        let with_names = |portal: usize, statement: usize| {
+            let mut body = vec![b'p'; portal];
+            body.push(0);
+            body.extend(std::iter::repeat_n(b's', statement));
+            body.push(0);
+            body
+        };
+        let held = |body: &[u8]| body[..body.len().min(head)].to_vec();
+        let ends_on_edge = with_names(0, head - 2);
+        assert!(!bind_names_cut(
+            b'B',
+            BIND_HEAD + 6,
+            Some(&held(&ends_on_edge))
+        ));
+        let one_past = with_names(0, head - 1);
+        assert!(bind_names_cut(b'B', BIND_HEAD + 6, Some(&held(&one_past))));
+        let long_portal = with_names(70 * 1024, 7);
+        assert!(bind_names_cut(b'B', 80 * 1024, Some(&held(&long_portal))));
+        // Held whole, a Bind is renamed or refused by the server.
+        assert!(!bind_names_cut(b'B', BIND_HEAD, Some(b"no names")));
+        assert!(!bind_names_cut(b'P', 80 * 1024, Some(b"no names")));
     }
 
     #[test]

@@ -364,3 +364,32 @@ async fn a_session_begun_before_tracking_was_on_cannot_reach_the_pooler_statemen
     assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_a_session_without_tracking_left_do_not_block_the_pooler_names() {
+    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 0").await;
+    let mut planter = client(&pooler).await;
+    // Tracking off: the names go to the server as they are, the pooler's
+    // own included.
+    for n in 1..=20 {
+        let planted = sql(&mut planter, &format!("PREPARE wharf_{n} AS SELECT 666")).await;
+        assert_eq!(planted.completions, ["PREPARE"], "{planted:?}");
+    }
+    drop(planter);
+    reload_with(
+        &pooler,
+        "max_prepared_statements = 0",
+        "max_prepared_statements = 200",
+    )
+    .await;
+    let mut a = client(&pooler).await;
+    let prepared = sql(&mut a, "PREPARE s AS SELECT 7").await;
+    assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
+    let server_name = server_statement_name(&mut a).await;
+    assert!(
+        !server_name.contains(','),
+        "planted ones left: {server_name}"
+    );
+    pooler.stop().await;
+}

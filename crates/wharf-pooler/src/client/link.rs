@@ -91,11 +91,11 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         // (a killed session drops it anywhere).
         let server_id = server.hand_to(self.entry.info.id, linked_at);
         self.entry.set_active(server_id);
-        // A session that tracks no statements must not reach those the
-        // pooler prepared there for others: a RELOAD turned tracking off
-        // (`max_prepared_statements = 0`, `pool_mode = session`) while the
-        // server held some, or on after this session began.
-        if self.tracker_cap == 0 && server.holds_statements() {
+        // Sessions that track statements and sessions that do not share a
+        // pool after a RELOAD turns tracking off (`max_prepared_statements
+        // = 0`, `pool_mode = session`) or on: neither kind may reach the
+        // other's statements.
+        if server.statements_in_the_way(self.tracker_cap > 0) {
             Box::pin(self.pooler_query(&mut server, "DEALLOCATE ALL")).await?;
             linked_at = Moment::now();
         }

@@ -63,6 +63,9 @@ pub struct ServerConn {
     pub(super) entry: Option<ServerGuard>,
     /// The statements prepared on it (`max_prepared_statements`).
     pub(super) statements: ServerStatements,
+    /// A session that tracks no statements had it since its last
+    /// `DEALLOCATE ALL`: statements under any name may be on it.
+    pub(super) untracked_use: bool,
     /// Where its cancel requests go, and those on their way to it, which
     /// must land before another client gets it.
     pub(super) cancels: Arc<ServerCancels>,
@@ -127,10 +130,21 @@ impl ServerConn {
         &mut self.params
     }
 
-    /// Whether statements the pooler prepared for its clients (`wharf_N`)
-    /// are on it.
-    pub fn holds_statements(&self) -> bool {
-        !self.statements.is_empty()
+    /// Whether it must run `DEALLOCATE ALL` before a session that
+    /// tracks statements (`tracking`) or not may use it. An untracked
+    /// session must not reach the pooler's statements (`wharf_N`) kept
+    /// there for others; a tracked one must not meet statements an
+    /// untracked session prepared, under the pooler's names too, which
+    /// would make the pooler's own Parse fail. Both kinds share a pool
+    /// only after a RELOAD changes `max_prepared_statements` or
+    /// `pool_mode`.
+    pub fn statements_in_the_way(&mut self, tracking: bool) -> bool {
+        if tracking {
+            self.untracked_use
+        } else {
+            self.untracked_use = true;
+            !self.statements.is_empty()
+        }
     }
 
     /// Takes its places under the connection limits, held for as long as
@@ -284,6 +298,7 @@ impl ServerConn {
                 // The pooler's reset query dropped the prepared statements.
                 b'C' if matches!(&body[..], b"DISCARD ALL\0" | b"DEALLOCATE ALL\0") => {
                     self.statements.clear();
+                    self.untracked_use = false;
                     self.entry().entry.set_prepared(0);
                 }
                 b'E' => failure = Some(server_error(&self.addr(), &body)),

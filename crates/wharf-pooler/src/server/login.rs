@@ -43,6 +43,7 @@ impl ServerConn {
             born,
             entry: Some(entry),
             statements: ServerStatements::default(),
+            untracked_use: false,
             cancels: Arc::new(ServerCancels::new(host.clone(), target.tls.clone())),
         };
         conn.log_in(&[]).await?;

@@ -264,6 +264,60 @@ async fn simple_queries_longer_than_what_is_read_stream_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_simple_query_that_may_reach_the_pooler_statements_is_refused_unrun() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut owner = client(&pooler).await;
+    sql(&mut owner, "CREATE TABLE reached (a int)").await;
+    sql(&mut owner, "PREPARE s AS INSERT INTO reached VALUES (1)").await;
+    let server_name = server_statement_name(&mut owner).await;
+    // Past the 64 KiB read whole, which streams to the server.
+    let padding = format!("-- {}\n", "x".repeat(70 * 1024));
+    let escaped: String = server_name
+        .chars()
+        .map(|c| format!("\\{:04x}", c as u32))
+        .collect();
+    // One client whose session tracks nothing yet, one that does.
+    for tracked in [false, true] {
+        let mut other = client(&pooler).await;
+        if tracked {
+            sql(&mut other, "PREPARE mine AS SELECT 1").await;
+        }
+        for text in [
+            format!("SELECT 1; EXECUTE {server_name}; {padding}"),
+            format!("{padding} DEALLOCATE {}", server_name.to_uppercase()),
+            format!("SELECT 1; {padding}EXECUTE U&\"{escaped}\""),
+        ] {
+            let refused = sql(&mut other, &text).await;
+            assert_eq!(error_codes(&refused), ["54000"], "{refused:?}");
+            assert_eq!(refused.tags, "EZ");
+            assert_eq!(sql(&mut other, "SELECT 2").await.rows, ["2"]);
+        }
+        // In a transaction block, it fails the block as any error does.
+        sql(&mut other, "BEGIN").await;
+        let refused = sql(&mut other, &format!("EXECUTE {server_name} {padding}")).await;
+        assert_eq!(error_codes(&refused), ["54000"], "{refused:?}");
+        let aborted = sql(&mut other, "SELECT 3").await;
+        assert_eq!(error_codes(&aborted), ["25P02"], "{aborted:?}");
+        sql(&mut other, "ROLLBACK").await;
+        // A long query holding only one of the two words runs.
+        for text in [
+            format!("SELECT 'execute' {padding}"),
+            format!("SELECT 'wharf_1', 'you&me' {padding}"),
+        ] {
+            let ran = sql(&mut other, &text).await;
+            assert_eq!(ran.completions, ["SELECT 1"], "{ran:?}");
+        }
+    }
+    let count = sql(&mut owner, "SELECT count(*) FROM reached").await;
+    assert_eq!(count.rows, ["0"]);
+    assert_eq!(
+        sql(&mut owner, "EXECUTE s").await.completions,
+        ["INSERT 0 1"]
+    );
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_execute_sharing_a_transaction_with_earlier_work_is_not_run_again() {
     let pooler = pooler("default_pool_size = 1").await;
     let mut a = client(&pooler).await;

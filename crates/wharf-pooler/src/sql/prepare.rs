@@ -90,7 +90,7 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
 }
 
 /// Whether `needle` occurs in `hay`, ASCII case ignored.
-fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
     find_ignoring_case(hay, needle).is_some()
 }
 

@@ -14,6 +14,7 @@
 //! SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE` are followed too
 //! ([`sql`]).
 
+mod long_query;
 mod need;
 mod replies;
 mod retry;
@@ -29,6 +30,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
+use long_query::LongQuery;
+
 use crate::prepared::{ClientStatements, Registry, ServerStatements, Statement};
 use crate::proto::cstr_bytes;
 use crate::sql::prepare::may_name;
@@ -39,8 +42,8 @@ use crate::stats::PoolStats;
 /// `max_packet_size`: a Parse is registered by its whole text); a Bind
 /// whole up to [`BIND_HEAD`], and past that only its head, where its names
 /// are (the parameters stream); a simple Query whole up to [`QUERY_READ`]
-/// and not at all past it; Terminate, which the session keeps for itself;
-/// nothing else.
+/// and not at all past it (it is looked at as it streams: [`long_query`]);
+/// Terminate, which the session keeps for itself; nothing else.
 pub(super) fn held(tag: u8, len: usize) -> usize {
     match tag {
         b'P' | b'D' | b'C' | b'X' => len,
@@ -55,7 +58,8 @@ pub(super) fn held(tag: u8, len: usize) -> usize {
 pub(super) const BIND_HEAD: usize = 64 * 1024;
 
 /// The longest simple query read for an SQL-level `PREPARE`, `EXECUTE` or
-/// `DEALLOCATE`: a longer one streams to the server as it is.
+/// `DEALLOCATE`: a longer one streams to the server, looked at on its way
+/// ([`long_query`]).
 pub(super) const QUERY_READ: usize = 64 * 1024;
 
 /// A request whose reply the server owes, in the order sent.
@@ -85,6 +89,9 @@ enum Answer {
     /// CommandComplete at this index (from 0) is for a statement the
     /// pooler added, and is dropped; the rest goes to the client.
     HideComplete(u8),
+    /// A long simple query the pooler made the server refuse
+    /// ([`long_query`]): the server's error is replaced by the pooler's.
+    Refused,
 }
 
 /// What a request changes, settled when its reply comes (or never does).
@@ -152,6 +159,8 @@ pub(super) struct Tracker {
     unsent: VecDeque<(u8, usize)>,
     /// Bytes of a streamed client message still to move.
     partial: usize,
+    /// The streamed message is a long simple query.
+    long_query: Option<LongQuery>,
     /// Client bytes for the server, rewritten.
     out: BytesMut,
     edits: Vec<Edit>,
@@ -179,6 +188,7 @@ impl Tracker {
             queue: VecDeque::new(),
             unsent: VecDeque::new(),
             partial: 0,
+            long_query: None,
             out: BytesMut::new(),
             edits: Vec::new(),
             made: Vec::new(),
@@ -287,8 +297,7 @@ impl Tracker {
         while at < from.len() {
             if self.partial > 0 {
                 let n = self.partial.min(from.len() - at);
-                self.out.put_slice(&from[at..at + n]);
-                self.partial -= n;
+                self.stream(&from[at..at + n], self.partial - n);
                 at += n;
                 continue;
             }
@@ -319,11 +328,40 @@ impl Tracker {
                         capture.sync(self.out.len(), len);
                     }
                 }
+                if tag == b'Q' {
+                    self.long_query = Some(LongQuery::new());
+                }
                 let n = len.min(from.len() - at);
-                self.out.put_slice(&from[at..at + n]);
-                self.partial = len - n;
+                self.stream(&from[at..at + n], len - n);
                 at += n;
             }
+        }
+    }
+
+    /// Passes on `bytes` of a streamed message, `rest` of it still to
+    /// come. A long simple query that may reach the pooler's statements
+    /// has its last byte changed, so that the server refuses it unrun.
+    fn stream(&mut self, bytes: &[u8], rest: usize) {
+        self.out.put_slice(bytes);
+        self.partial = rest;
+        let Some(long) = &mut self.long_query else {
+            return;
+        };
+        long.look(bytes);
+        if rest > 0 {
+            return;
+        }
+        let refused = long.may_reach();
+        self.long_query = None;
+        // While the server skips to a Sync, it drops the query, which was
+        // not queued.
+        let queued = self
+            .queue
+            .back_mut()
+            .filter(|o| o.request == Request::Simple && o.answer == Answer::Relay);
+        if let (true, Some(query), Some(last)) = (refused, queued, self.out.last_mut()) {
+            *last = b' ';
+            query.answer = Answer::Refused;
         }
     }
 

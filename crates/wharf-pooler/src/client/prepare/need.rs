@@ -13,15 +13,20 @@ use crate::sql::prepare::{classify, may_name, own_names_reached};
 /// when not held whole): an extended-protocol request naming a statement
 /// (the name must be renamed and the replies matched), a Parse whose text
 /// may reach the pooler's statements (`EXECUTE wharf_7`), and a simple
-/// query that is an SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE` or
-/// names one of the pooler's statements. An Execute names a portal only,
+/// query that is an SQL-level `PREPARE`, `EXECUTE` or `DEALLOCATE`, names
+/// one of the pooler's statements or is too long to hold (the tracker
+/// looks at it as it streams). An Execute names a portal only,
 /// which lives and dies on the one server.
 fn needs_tracker(tag: u8, body: Option<&[u8]>) -> bool {
     match tag {
         b'P' | b'B' | b'D' | b'C' => body.is_none_or(|body| names_statement(tag, body)),
-        b'Q' => body.and_then(|b| b.strip_suffix(&[0])).is_some_and(|sql| {
-            classify(sql).is_some() || !own_names_reached(sql, OWN_PREFIX).is_empty()
-        }),
+        b'Q' => match body {
+            // Too long to hold: it is looked at as it streams, by a tracker.
+            None => true,
+            Some(body) => body.strip_suffix(&[0]).is_some_and(|sql| {
+                classify(sql).is_some() || !own_names_reached(sql, OWN_PREFIX).is_empty()
+            }),
+        },
         _ => false,
     }
 }

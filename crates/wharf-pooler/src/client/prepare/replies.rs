@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{Answer, Edit, Effect, Outstanding, Request, Tracker};
+use super::{long_query, Answer, Edit, Effect, Outstanding, Request, Tracker};
 use crate::prepared::ServerStatements;
 
 impl Tracker {
@@ -30,6 +30,10 @@ impl Tracker {
 
         let completes = match (tag, head) {
             (b'E', Some(Request::Simple)) => {
+                if self.queue.front().map(|o| o.answer) == Some(Answer::Refused) {
+                    self.replace_reply(at, end, &long_query::refusal());
+                    return false;
+                }
                 if self.note_stale_plan(body, server) && self.run_again(at, end, server) {
                     return true;
                 }
@@ -218,6 +222,17 @@ impl Tracker {
             at,
             remove: end - at,
             insert: (0, 0),
+        });
+    }
+
+    /// Replaces the server's reply at `at..end` with `with`.
+    fn replace_reply(&mut self, at: usize, end: usize, with: &[u8]) {
+        let start = self.made.len();
+        self.made.extend_from_slice(with);
+        self.edits.push(Edit {
+            at,
+            remove: end - at,
+            insert: (start, self.made.len()),
         });
     }
 

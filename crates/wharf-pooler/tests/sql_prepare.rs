@@ -421,15 +421,31 @@ async fn a_session_begun_before_tracking_was_on_cannot_reach_the_pooler_statemen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_a_session_without_tracking_left_do_not_block_the_pooler_names() {
-    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 0").await;
+    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 200").await;
+    // The server holds one of the pooler's statements when tracking goes
+    // off, and its owner stays.
+    let mut owner = client(&pooler).await;
+    sql(&mut owner, "PREPARE s AS SELECT 7").await;
+    reload_with(
+        &pooler,
+        "max_prepared_statements = 200",
+        "max_prepared_statements = 0",
+    )
+    .await;
+    // The servers from before the reload are closed once given back: the
+    // owner's statement is prepared again on a new one.
+    for _ in 0..2 {
+        assert_eq!(sql(&mut owner, "EXECUTE s").await.rows, ["7"]);
+    }
     let mut planter = client(&pooler).await;
     // Tracking off: the names go to the server as they are, the pooler's
-    // own included.
-    for n in 1..=20 {
-        let planted = sql(&mut planter, &format!("PREPARE wharf_{n} AS SELECT 666")).await;
-        assert_eq!(planted.completions, ["PREPARE"], "{planted:?}");
-    }
-    drop(planter);
+    // own included; in one transaction, the one the server was cleared
+    // for.
+    let plant: Vec<String> = (1..=20)
+        .map(|n| format!("PREPARE wharf_{n} AS SELECT 666"))
+        .collect();
+    let planted = sql(&mut planter, &plant.join("; ")).await;
+    assert_eq!(planted.completions, ["PREPARE"; 20], "{planted:?}");
     reload_with(
         &pooler,
         "max_prepared_statements = 0",
@@ -437,13 +453,23 @@ async fn statements_a_session_without_tracking_left_do_not_block_the_pooler_name
     )
     .await;
     let mut a = client(&pooler).await;
-    let prepared = sql(&mut a, "PREPARE s AS SELECT 7").await;
+    let prepared = sql(&mut a, "PREPARE s AS SELECT 8").await;
     assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
-    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["7"]);
-    let server_name = server_statement_name(&mut a).await;
-    assert!(
-        !server_name.contains(','),
-        "planted ones left: {server_name}"
-    );
+    assert_eq!(sql(&mut a, "EXECUTE s").await.rows, ["8"]);
+    assert_eq!(sql(&mut owner, "EXECUTE s").await.rows, ["7"]);
+    let names = sql(&mut a, "SELECT name FROM pg_prepared_statements").await;
+    assert_eq!(names.rows.len(), 2, "planted ones left: {names:?}");
+    drop(planter);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_of_a_pooler_name_inside_a_longer_query_takes_no_pooler_name() {
+    let pooler = pooler("default_pool_size = 1").await;
+    let mut a = client(&pooler).await;
+    let planted = sql(&mut a, "SELECT 1; PREPARE wharf_999 AS SELECT 666").await;
+    assert_eq!(planted.completions, ["SELECT 1", "PREPARE"], "{planted:?}");
+    let names = sql(&mut a, "SELECT name FROM pg_prepared_statements").await;
+    assert_eq!(names.rows, ["client:wharf_999"]);
     pooler.stop().await;
 }

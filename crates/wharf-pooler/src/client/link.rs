@@ -95,9 +95,13 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         // pool after a RELOAD turns tracking off (`max_prepared_statements
         // = 0`, `pool_mode = session`) or on: neither kind may reach the
         // other's statements.
-        if server.statements_in_the_way(self.tracker_cap > 0) {
+        let tracking = self.tracker_cap > 0;
+        if server.statements_in_the_way(tracking) {
             Box::pin(self.pooler_query(&mut server, "DEALLOCATE ALL")).await?;
             linked_at = Moment::now();
+        }
+        if !tracking {
+            server.lend_untracked();
         }
         if !server.params().is_synced_with(&self.params_set) {
             Box::pin(self.sync_params(&mut server)).await?;

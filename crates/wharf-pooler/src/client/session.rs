@@ -55,8 +55,9 @@ pub(super) struct Session<'a, R, W> {
     pub(super) protocol: ProtocolState,
     /// The client's prepared statements, in transaction and statement
     /// mode with `max_prepared_statements` on: made at the first message
-    /// that needs it ([`prepare::needs_tracker`]), so a client of the
-    /// simple protocol alone never carries one, nor pays for one per
+    /// that needs it (see [`prepare::untracked`]), so a client of the
+    /// simple protocol alone never carries one unless it prepares
+    /// statements or sends a query over 64 KiB, nor pays for one per
     /// message.
     pub(super) tracker: Option<Box<Tracker>>,
     /// `max_prepared_statements` for `tracker`, 0 when not tracked.
@@ -413,7 +414,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                         }
                         Untracked::Refuse => {
                             refused = Some(
-                                "request naming a statement or a COPY in an extended-protocol group the pooler did not see begin",
+                                "request naming a statement, a COPY or a long or SQL-level prepared-statement query in an extended-protocol group the pooler did not see begin",
                             );
                             return ControlFlow::Break(());
                         }

@@ -138,13 +138,18 @@ impl ServerConn {
     /// would make the pooler's own Parse fail. Both kinds share a pool
     /// only after a RELOAD changes `max_prepared_statements` or
     /// `pool_mode`.
-    pub fn statements_in_the_way(&mut self, tracking: bool) -> bool {
+    pub fn statements_in_the_way(&self, tracking: bool) -> bool {
         if tracking {
             self.untracked_use
         } else {
-            self.untracked_use = true;
             !self.statements.is_empty()
         }
+    }
+
+    /// A session that tracks no statements has it: until the next
+    /// `DEALLOCATE ALL`, statements under any name may be on it.
+    pub fn lend_untracked(&mut self) {
+        self.untracked_use = true;
     }
 
     /// Takes its places under the connection limits, held for as long as

@@ -90,7 +90,7 @@ pub(crate) fn classify(sql: &[u8]) -> Option<SqlStatement<'_>> {
 }
 
 /// Whether `needle` occurs in `hay`, ASCII case ignored.
-pub(crate) fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
     find_ignoring_case(hay, needle).is_some()
 }
 
@@ -101,7 +101,7 @@ pub(crate) fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
 /// is cheaper than one for both cases of a letter, and the prefix's first
 /// letter, `w`, is in most queries' `WHERE`. A needle of letters only is
 /// found by both cases of its first letter.
-fn find_ignoring_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find_ignoring_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let matches_at = |start: usize| {
         hay.get(start..start + needle.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(needle))
@@ -129,10 +129,11 @@ pub(crate) fn may_name(bytes: &[u8], prefix: &[u8]) -> bool {
     contains_ignoring_case(bytes, prefix) || contains_ignoring_case(bytes, b"u&")
 }
 
-/// Where, in a query [`classify`] leaves to the server, an `EXECUTE` or
-/// `DEALLOCATE [PREPARE]` names a statement whose name (as PostgreSQL
-/// folds it) starts with `prefix`: the pooler's own names, which a client
-/// must not reach inside a longer query either. A Unicode-escaped name
+/// Where, in a query [`classify`] leaves to the server, a `PREPARE`,
+/// `EXECUTE` or `DEALLOCATE [PREPARE]` names a statement whose name (as
+/// PostgreSQL folds it) starts with `prefix`: the pooler's own names,
+/// which a client must not reach inside a longer query either, nor take
+/// first (the pooler's own `PREPARE` of that name would then fail). A Unicode-escaped name
 /// (`U&"..."`) counts as reached whatever it spells, and in text the
 /// scanner cannot read (not UTF-8, from a client in another encoding) so
 /// does every word that holds the prefix. Empty for most queries, which
@@ -160,6 +161,9 @@ pub(crate) fn own_names_reached(sql: &[u8], prefix: &[u8]) -> Vec<Range<usize>> 
         let mut next = i + 1;
         match kind {
             Token::Execute => {}
+            // `DEALLOCATE PREPARE name` is the `DEALLOCATE`'s.
+            Token::Prepare if i > 0 && tokens[i - 1].0 == Token::Deallocate => continue,
+            Token::Prepare => {}
             Token::Deallocate => {
                 if matches!(tokens.get(next), Some((Token::Prepare, _))) {
                     next += 1;
@@ -219,6 +223,12 @@ mod tests {
             .map(|at| &sql[at])
             .collect();
         assert_eq!(found, ["Wharf_7", "\"wharf_8\""]);
+        let sql = "SELECT 1; PREPARE wharf_9 AS SELECT 1; PREPARE TRANSACTION 'wharf_1'";
+        let found: Vec<&str> = own_names_reached(sql.as_bytes(), b"wharf_")
+            .into_iter()
+            .map(|at| &sql[at])
+            .collect();
+        assert_eq!(found, ["wharf_9"]);
         assert!(own_names_reached(b"SELECT wharf_7 FROM t", b"wharf_").is_empty());
         assert!(own_names_reached(b"SELECT 1", b"wharf_").is_empty());
         let sql = "execute WHARF_1";

@@ -1,9 +1,10 @@
 //! A simple query too long to hold ([`QUERY_READ`](super::QUERY_READ))
 //! streams to the server as it comes, so the SQL-level guard never reads
 //! it whole. It is looked at as it goes instead, by its bytes rather than
-//! its tokens: one holding `EXECUTE` or `DEALLOCATE` and the pooler's
-//! prefix or a Unicode escape (`U&`), ASCII case ignored, may reach the
-//! pooler's statements. Its last byte, the NUL ending its text, is then
+//! its tokens: one holding `PREPARE`, `EXECUTE` or `DEALLOCATE` and the
+//! pooler's prefix or a Unicode-escaped name (`U&"`), ASCII case ignored,
+//! each where a token could start (not inside a longer word), may reach
+//! the pooler's statements. Its last byte, the NUL ending its text, is then
 //! changed before it leaves, and the server refuses the whole message
 //! without running any of it (`invalid string in message`, an ERROR that
 //! leaves the session open); the client gets the pooler's error instead.
@@ -14,7 +15,7 @@ use bytes::BytesMut;
 
 use super::OWN_PREFIX;
 use crate::proto::messages;
-use crate::sql::prepare::{contains_ignoring_case, may_name};
+use crate::sql::prepare::find_ignoring_case;
 
 /// The ErrorResponse the pooler sends in place of the server's refusal
 /// (SQLSTATE 54000, `program_limit_exceeded`).
@@ -24,18 +25,19 @@ pub(super) fn refusal() -> BytesMut {
         &mut out,
         "ERROR",
         "54000",
-        "a simple query over 64 KiB holding EXECUTE or DEALLOCATE and \"wharf_\" or \"U&\" \
+        "a simple query over 64 KiB holding PREPARE, EXECUTE or DEALLOCATE and \"wharf_\" or \"U&\" \
          may reach the pooler's prepared statements, and was not run: send it by the \
          extended protocol (a Parse), or shorter",
     );
     out
 }
 
-const KEYWORDS: [&[u8]; 2] = [b"execute", b"deallocate"];
+const KEYWORDS: [&[u8]; 3] = [b"prepare", b"execute", b"deallocate"];
 
 /// Bytes kept from one piece to the next, so that a word split between
-/// two reads is still found: one less than the longest word looked for.
-const CARRY: usize = 9;
+/// two reads is still found with the byte before it: as many as the
+/// longest word looked for.
+const CARRY: usize = 10;
 
 /// A long simple query on its way through.
 #[derive(Debug)]
@@ -88,14 +90,43 @@ impl LongQuery {
     }
 
     fn note(&mut self, bytes: &[u8]) {
-        self.keyword = self.keyword || KEYWORDS.iter().any(|k| contains_ignoring_case(bytes, k));
-        self.name = self.name || may_name(bytes, OWN_PREFIX);
+        self.keyword = self.keyword || KEYWORDS.iter().any(|k| token_in(bytes, k, true));
+        self.name =
+            self.name || token_in(bytes, OWN_PREFIX, false) || token_in(bytes, b"u&\"", false);
     }
 
     /// Whether what came so far may reach the pooler's statements.
     pub(super) fn may_reach(&self) -> bool {
         self.keyword && self.name
     }
+}
+
+/// Whether `word` is in `bytes` (ASCII case ignored) where a token could
+/// start with it: not right after a letter, `_`, `$` or a byte of a
+/// multibyte character, which would make it part of a longer identifier;
+/// for a keyword (`whole`), not right before one of those or a digit
+/// either. A byte outside `bytes` may be anything, so a word at either
+/// edge counts.
+fn token_in(bytes: &[u8], word: &[u8], whole: bool) -> bool {
+    let joins = |b: u8| b.is_ascii_alphabetic() || matches!(b, b'_' | b'$') || b >= 0x80;
+    let mut from = 0;
+    while let Some(found) = bytes
+        .get(from..)
+        .and_then(|rest| find_ignoring_case(rest, word))
+    {
+        let at = from + found;
+        let end = at + word.len();
+        let starts = at == 0 || !joins(bytes[at - 1]);
+        let ends = !whole
+            || bytes
+                .get(end)
+                .is_none_or(|&b| !(joins(b) || b.is_ascii_digit()));
+        if starts && ends {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -126,13 +157,17 @@ mod tests {
             "deallocate \"WHARF_3\"",
             "ExEcUtE U&\"\\0077harf_1\"",
             "/* wharf_ */ SELECT 'execute'",
+            "SELECT 1;PREPARE wharf_9 AS SELECT 1",
+            "EXECUTE\twharf_1",
         ];
         let not = [
             "SELECT 1",
             "SELECT 'wharf_1'",
-            "SELECT 'you&me'",
+            "SELECT 'you&me', 'u&x', 'execute'",
             "EXECUTE mine",
             "SELECT 'execut' || 'e', 'wharf'",
+            "SELECT 'executed', 'executor', 'prepared' FROM nowharf_1",
+            "SELECT 'unprepare', '$deallocate', 'a_execute', 'menu&\"x\"'",
         ];
         for size in 1..=12 {
             for text in reaching {
@@ -143,10 +178,12 @@ mod tests {
             }
         }
         for _ in 0..2_000 {
-            let pad = "x".repeat(fastrand::usize(0..40));
+            let pad: String = (0..fastrand::usize(1..40))
+                .map(|_| [' ', ';', '\n', '('][fastrand::usize(0..4)])
+                .collect();
             let text = format!("{pad}EXECUTE{pad} wHaRf_9{pad}");
             assert!(looked_at(&text, &mut || fastrand::usize(1..15)), "{text}");
-            let split = format!("{pad}EXECUT{pad} haRf_9{pad}");
+            let split = format!("{pad}EXECUT{pad} haRf_9{pad}EXECUTED wharf");
             assert!(
                 !looked_at(&split, &mut || fastrand::usize(1..15)),
                 "{split}"
@@ -159,11 +196,15 @@ mod tests {
         // A length whose bytes read "u&", and a keyword in the text.
         let mut long = LongQuery::new();
         long.look(&[b'Q', 0, 1, b'u', b'&']);
+        long.look(b"\" EXECUTE x");
+        assert!(!long.may_reach());
+        let mut long = LongQuery::new();
+        long.look(&[b'Q', 0, 1, b'u', b'&']);
         long.look(b"EXECUTE x");
         assert!(!long.may_reach());
         let mut long = LongQuery::new();
         long.look(&[b'Q', 0]);
-        long.look(&[1, b'u', b'&', b'u', b'&']);
+        long.look(&[1, b'u', b'&', b' ', b'u', b'&', b'"']);
         long.look(b" EXECUTE x");
         assert!(long.may_reach());
     }

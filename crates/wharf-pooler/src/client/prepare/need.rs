@@ -70,7 +70,14 @@ pub(in crate::client) fn untracked(
         if matches!(tag, b'S' | b'Q' | b'c' | b'f') {
             *group_clean = false;
         }
-        return decide(needs_tracker(tag, body));
+        // A simple query inside a group the pooler did not see begin: a
+        // tracker made there could not match the replies to the requests
+        // before it.
+        return match (needs_tracker(tag, body), protocol.batch_open()) {
+            (false, _) => Untracked::Pass,
+            (true, false) => Untracked::Track,
+            (true, true) => Untracked::Refuse,
+        };
     }
     if *group_clean {
         return Untracked::Pass;
@@ -298,6 +305,18 @@ mod tests {
         assert!(matches!(refused, Untracked::Refuse));
         let passed = untracked(&protocol, &mut clean, b'B', b"", Some(UNNAMED_BIND));
         assert!(matches!(passed, Untracked::Pass));
+        // A simple query there that needs a tracker, too long to hold or
+        // an SQL-level statement, is refused; any other goes.
+        let refused = untracked(&protocol, &mut clean, b'Q', b"", None);
+        assert!(matches!(refused, Untracked::Refuse));
+        let prepare = b"PREPARE p AS SELECT 1\0";
+        let refused = untracked(&protocol, &mut clean, b'Q', b"", Some(prepare));
+        assert!(matches!(refused, Untracked::Refuse));
+        let passed = untracked(&protocol, &mut clean, b'Q', b"", Some(b"SELECT 1\0"));
+        assert!(matches!(passed, Untracked::Pass));
+        let fresh = ProtocolState::default();
+        let tracked = untracked(&fresh, &mut clean, b'Q', b"", None);
+        assert!(matches!(tracked, Untracked::Track));
         // Judged clean at its start, a group goes on unlooked-at until
         // its Sync.
         let mut clean = true;
@@ -339,6 +358,8 @@ mod tests {
         assert!(!query("SELECT 1"));
         assert!(query("PREPARE p AS SELECT 1"));
         assert!(query("EXECUTE wharf_3"));
+        assert!(query("SELECT 1; PREPARE wharf_3 AS SELECT 2"));
+        assert!(needs_tracker(b'Q', None), "too long to hold");
         assert!(!needs_tracker(b'E', Some(b"\0\0\0\0\0")));
         assert!(needs_tracker(b'P', None), "not held whole");
     }

@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::{long_query, Answer, Edit, Effect, Outstanding, Request, Tracker};
 use crate::prepared::ServerStatements;
+use crate::proto::cstr_bytes;
 
 impl Tracker {
     /// A server message at `at` in the client-bound buffer, whole for the
@@ -30,7 +31,15 @@ impl Tracker {
 
         let completes = match (tag, head) {
             (b'E', Some(Request::Simple)) => {
-                if self.queue.front().map(|o| o.answer) == Some(Answer::Refused) {
+                // The server's refusal of the message, not a FATAL error
+                // or one of another cause, which goes as it is.
+                let refusal = |body| {
+                    error_field(body, b'V') == Some(b"ERROR")
+                        && error_field(body, b'C') == Some(b"08P01")
+                };
+                if self.queue.front().map(|o| o.answer) == Some(Answer::Refused)
+                    && body.is_some_and(refusal)
+                {
                     self.replace_reply(at, end, &long_query::refusal());
                     return false;
                 }
@@ -273,6 +282,19 @@ impl Tracker {
         self.made.clear();
         buf.len() as isize - before as isize
     }
+}
+
+/// The value of `field` (a one-letter code) in the ErrorResponse `body`.
+pub(super) fn error_field(body: &[u8], field: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        let (value, next) = cstr_bytes(tail)?;
+        if code == field {
+            return Some(value);
+        }
+        rest = next;
+    }
+    None
 }
 
 /// The server messages whose bodies the tracker reads, or whose bytes it

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::replies::error_field;
 use super::{Answer, Effect, Outstanding, Request, Tracker};
 use crate::prepared::{ServerStatements, Statement};
-use crate::proto::cstr_bytes;
 
 /// An execution kept so that it can run again: above this, it is not.
 const MOST_KEPT: usize = 64 * 1024;
@@ -265,20 +265,8 @@ impl Tracker {
 /// change result type" (told by its SQLSTATE and routine, which are not
 /// translated).
 fn is_stale_plan_error(body: &[u8]) -> bool {
-    let (mut code, mut routine) = (false, false);
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        let Some((value, next)) = cstr_bytes(tail) else {
-            break;
-        };
-        match field {
-            b'C' => code = value == b"0A000",
-            b'R' => routine = value == b"RevalidateCachedQuery",
-            _ => {}
-        }
-        rest = next;
-    }
-    code && routine
+    error_field(body, b'C') == Some(b"0A000")
+        && error_field(body, b'R') == Some(b"RevalidateCachedQuery")
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub(super) fn refusal() -> BytesMut {
         &mut out,
         "ERROR",
         "54000",
-        "a simple query over 64 KiB holding PREPARE, EXECUTE or DEALLOCATE and \"wharf_\" or \"U&\" \
+        "a simple query over 64 KiB holding PREPARE, EXECUTE or DEALLOCATE and wharf_ or U&\" \
          may reach the pooler's prepared statements, and was not run: send it by the \
          extended protocol (a Parse), or shorter",
     );
@@ -35,15 +35,18 @@ pub(super) fn refusal() -> BytesMut {
 const KEYWORDS: [&[u8]; 3] = [b"prepare", b"execute", b"deallocate"];
 
 /// Bytes kept from one piece to the next, so that a word split between
-/// two reads is still found with the byte before it: as many as the
-/// longest word looked for.
-const CARRY: usize = 10;
+/// two reads is still found with the bytes on either side of it: one more
+/// than the longest word looked for.
+const CARRY: usize = 11;
 
 /// A long simple query on its way through.
 #[derive(Debug)]
 pub(super) struct LongQuery {
     /// Bytes of the message's head (tag and length) still to come.
     head: usize,
+    /// Bytes of its text seen so far.
+    seen: usize,
+    /// The last bytes of its text seen, up to [`CARRY`].
     carry: [u8; CARRY],
     carried: usize,
     keyword: bool,
@@ -55,6 +58,7 @@ impl LongQuery {
     pub(super) fn new() -> Self {
         Self {
             head: 5,
+            seen: 0,
             carry: [0; CARRY],
             carried: 0,
             keyword: false,
@@ -75,8 +79,9 @@ impl LongQuery {
         joint[..self.carried].copy_from_slice(&self.carry[..self.carried]);
         joint[self.carried..self.carried + ahead].copy_from_slice(&text[..ahead]);
         let joint_len = self.carried + ahead;
-        self.note(&joint[..joint_len]);
-        self.note(text);
+        self.note(&joint[..joint_len], self.seen == self.carried);
+        self.note(text, self.seen == 0);
+        self.seen += text.len();
         if text.len() >= CARRY {
             self.carry.copy_from_slice(&text[text.len() - CARRY..]);
             self.carried = CARRY;
@@ -89,10 +94,11 @@ impl LongQuery {
         }
     }
 
-    fn note(&mut self, bytes: &[u8]) {
-        self.keyword = self.keyword || KEYWORDS.iter().any(|k| token_in(bytes, k, true));
-        self.name =
-            self.name || token_in(bytes, OWN_PREFIX, false) || token_in(bytes, b"u&\"", false);
+    /// Notes the words in `bytes`, which begin the text when `first`.
+    fn note(&mut self, bytes: &[u8], first: bool) {
+        let found = |word, whole| token_in(bytes, word, whole, first);
+        self.keyword = self.keyword || KEYWORDS.iter().any(|k| found(k, true));
+        self.name = self.name || found(OWN_PREFIX, false) || found(b"u&\"", false);
     }
 
     /// Whether what came so far may reach the pooler's statements.
@@ -105,9 +111,11 @@ impl LongQuery {
 /// start with it: not right after a letter, `_`, `$` or a byte of a
 /// multibyte character, which would make it part of a longer identifier;
 /// for a keyword (`whole`), not right before one of those or a digit
-/// either. A byte outside `bytes` may be anything, so a word at either
-/// edge counts.
-fn token_in(bytes: &[u8], word: &[u8], whole: bool) -> bool {
+/// either. A word whose neighbour is outside `bytes` is left to the next
+/// piece's joint, which holds both, unless nothing is before it (`first`:
+/// `bytes` begin the text). A word right before the text's end is never
+/// left: the NUL ending the text comes after it.
+fn token_in(bytes: &[u8], word: &[u8], whole: bool, first: bool) -> bool {
     let joins = |b: u8| b.is_ascii_alphabetic() || matches!(b, b'_' | b'$') || b >= 0x80;
     let mut from = 0;
     while let Some(found) = bytes
@@ -116,11 +124,14 @@ fn token_in(bytes: &[u8], word: &[u8], whole: bool) -> bool {
     {
         let at = from + found;
         let end = at + word.len();
-        let starts = at == 0 || !joins(bytes[at - 1]);
+        let starts = match at.checked_sub(1) {
+            Some(before) => !joins(bytes[before]),
+            None => first,
+        };
         let ends = !whole
             || bytes
                 .get(end)
-                .is_none_or(|&b| !(joins(b) || b.is_ascii_digit()));
+                .is_some_and(|&b| !(joins(b) || b.is_ascii_digit()));
         if starts && ends {
             return true;
         }
@@ -159,6 +170,8 @@ mod tests {
             "/* wharf_ */ SELECT 'execute'",
             "SELECT 1;PREPARE wharf_9 AS SELECT 1",
             "EXECUTE\twharf_1",
+            "wharf_1 EXECUTE",
+            "EXECUTE U&\"x\"",
         ];
         let not = [
             "SELECT 1",
@@ -168,6 +181,8 @@ mod tests {
             "SELECT 'execut' || 'e', 'wharf'",
             "SELECT 'executed', 'executor', 'prepared' FROM nowharf_1",
             "SELECT 'unprepare', '$deallocate', 'a_execute', 'menu&\"x\"'",
+            "SELECT '$deallocate', 'menu&\"abcdefgh\"'",
+            "SELECT 'executed' FROM nowharf_x",
         ];
         for size in 1..=12 {
             for text in reaching {
@@ -181,7 +196,8 @@ mod tests {
             let pad: String = (0..fastrand::usize(1..40))
                 .map(|_| [' ', ';', '\n', '('][fastrand::usize(0..4)])
                 .collect();
-            let text = format!("{pad}EXECUTE{pad} wHaRf_9{pad}");
+            let keyword = ["PREPARE", "Execute", "deallocate"][fastrand::usize(0..3)];
+            let text = format!("{pad}{keyword}{pad} wHaRf_9{pad}");
             assert!(looked_at(&text, &mut || fastrand::usize(1..15)), "{text}");
             let split = format!("{pad}EXECUT{pad} haRf_9{pad}EXECUTED wharf");
             assert!(

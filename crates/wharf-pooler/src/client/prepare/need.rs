@@ -37,8 +37,9 @@ pub(in crate::client) enum Untracked {
     Pass,
     /// A tracker is made for it and what follows.
     Track,
-    /// The session ends: the message names a statement (or a Parse may
-    /// start a COPY) inside a group the pooler could not follow.
+    /// The session ends: inside a group the pooler could not follow, the
+    /// message names a statement, a Parse may start a COPY, or a simple
+    /// query needs a tracker.
     Refuse,
 }
 
@@ -49,7 +50,8 @@ pub(in crate::client) enum Untracked {
 /// requests before it), and `group_clean` records that it needs none,
 /// until its Sync. A group the pooler did not see begin (after COPY data,
 /// past Syncs the server ignored) is let through only as long as it names
-/// no statement and starts no COPY.
+/// no statement, starts no COPY and holds no simple query that needs a
+/// tracker.
 pub(in crate::client) fn untracked(
     protocol: &ProtocolState,
     group_clean: &mut bool,

@@ -34,8 +34,8 @@ impl Tracker {
                 // The server's refusal of the message, not a FATAL error
                 // or one of another cause, which goes as it is.
                 let refusal = |body| {
-                    error_field(body, b'V') == Some(b"ERROR")
-                        && error_field(body, b'C') == Some(b"08P01")
+                    let severity = error_field(body, b'V').or_else(|| error_field(body, b'S'));
+                    severity == Some(b"ERROR") && error_field(body, b'C') == Some(b"08P01")
                 };
                 if self.queue.front().map(|o| o.answer) == Some(Answer::Refused)
                     && body.is_some_and(refusal)

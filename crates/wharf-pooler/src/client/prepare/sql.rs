@@ -166,9 +166,9 @@ impl Tracker {
         true
     }
 
-    /// A query left to the server as it is, unless an `EXECUTE` or
-    /// `DEALLOCATE` in it names one of the pooler's statements (`SELECT 1;
-    /// EXECUTE wharf_7`): see [`shield_own_names`].
+    /// A query left to the server as it is, unless a `PREPARE`, `EXECUTE`
+    /// or `DEALLOCATE` in it names one of the pooler's statements (`SELECT
+    /// 1; EXECUTE wharf_7`): see [`shield_own_names`].
     fn guard_own_names(&mut self, sql: &[u8], server: &mut ServerStatements) -> bool {
         let Some(text) = shield_own_names(sql) else {
             return false;
@@ -212,10 +212,12 @@ impl Tracker {
     }
 }
 
-/// `sql` with each of the pooler's statement names that an `EXECUTE` or
-/// `DEALLOCATE` in it reaches changed to one the server says does not
-/// exist, so that no client runs or drops another's statement; `None` when
-/// it reaches none (most queries).
+/// `sql` with each of the pooler's statement names that a `PREPARE`,
+/// `EXECUTE` or `DEALLOCATE` in it reaches changed to one the pooler never
+/// gives (`client:wharf_7`), so that no client runs or drops another's
+/// statement (the server says it does not exist), nor takes a name the
+/// pooler will give one (a `PREPARE` makes the changed name instead);
+/// `None` when it reaches none (most queries).
 pub(super) fn shield_own_names(sql: &[u8]) -> Option<Vec<u8>> {
     let reached = own_names_reached(sql, OWN_PREFIX);
     if reached.is_empty() {

@@ -208,6 +208,36 @@ mod tests {
     }
 
     #[test]
+    fn pieces_judge_as_the_whole_text_would() {
+        let fragments = [
+            "execute",
+            "PREPARE",
+            "deallocate",
+            "wharf_",
+            "U&\"",
+            "u&",
+            "x",
+            "_",
+            "$",
+            "1",
+            " ",
+            ";",
+            "'",
+            "\"",
+            "é",
+        ];
+        for _ in 0..5_000 {
+            let text: String = (0..fastrand::usize(0..12))
+                .map(|_| fragments[fastrand::usize(0..fragments.len())])
+                .collect();
+            let mut whole = LongQuery::new();
+            whole.note(format!("{text}\0").as_bytes(), true);
+            let pieces = looked_at(&text, &mut || fastrand::usize(1..14));
+            assert_eq!(pieces, whole.may_reach(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn the_message_head_is_not_text() {
         // A length whose bytes read "u&", and a keyword in the text.
         let mut long = LongQuery::new();

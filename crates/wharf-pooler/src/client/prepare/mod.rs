@@ -16,6 +16,8 @@
 
 mod long_query;
 mod need;
+#[cfg(test)]
+mod random;
 mod replies;
 mod retry;
 mod sql;

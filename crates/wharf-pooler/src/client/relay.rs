@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::session::Session;
 use super::timeouts::{Clock, Timeout};
@@ -18,6 +18,9 @@ use crate::net::WriteNow;
 use crate::proto::{ProtocolError, Scanner};
 use crate::server::ServerConn;
 use crate::stats::{EventTime, Moment};
+use probe::{probe, Probe};
+
+mod probe;
 
 /// Server events in a row after which the client's side is polled first
 /// once.
@@ -68,6 +71,10 @@ struct Linked<'s> {
     tx_status: u8,
     /// Server events in a row (see [`SERVER_STREAK`]).
     server_streak: u32,
+    /// Which reads found nothing since the task was last woken: their
+    /// wakers are registered, and polling them again before the task
+    /// sleeps would only register them again.
+    idle_reads: IdleReads,
     /// The time of the event being handled. The first (the query going
     /// to the server) shares the link's clock reading; each later one
     /// reads its own if it needs one.
@@ -82,6 +89,13 @@ impl Linked<'_> {
     fn in_transaction(&self) -> bool {
         self.tx_status != b'I'
     }
+}
+
+/// See [`Linked::idle_reads`].
+#[derive(Default, Clone, Copy)]
+struct IdleReads {
+    client: bool,
+    server: bool,
 }
 
 /// One thing that happened while linked: a read or write on either side,
@@ -120,6 +134,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             sscan: Scanner::default(),
             tx_status: b'I',
             server_streak: 0,
+            idle_reads: IdleReads::default(),
             now: EventTime::at(linked_at),
             clock,
         };
@@ -131,7 +146,11 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                     // Boxed: rare (a failed COPY), and its state would
                     // otherwise be part of every client's task.
                     match Box::pin(self.probe_server(&mut link)).await {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            // It may have slept, and read the server.
+                            link.idle_reads = IdleReads::default();
+                            continue;
+                        }
                         Err(unlinked) => return unlinked,
                     }
                 }
@@ -338,7 +357,12 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
         cx: &mut Context<'_>,
     ) -> Poll<Event> {
         let client_first = link.server_streak >= SERVER_STREAK;
-        let Linked { server, sscan, .. } = link;
+        let Linked {
+            server,
+            sscan,
+            idle_reads,
+            ..
+        } = link;
         let wire = server.wire();
         let (mut sr, mut sw, rbuf) = (wire.reader, wire.writer, wire.rbuf);
         let Session {
@@ -367,9 +391,11 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 Pin::new(&mut sw)
                     .poll_write(cx, bytes)
                     .map(Event::WroteServer)
-            } else if client_open {
+            } else if client_open && !idle_reads.client {
                 make_room(cbuf);
-                poll_read(reader, cx, cbuf).map(Event::ReadClient)
+                let read = poll_read(reader, cx, cbuf);
+                idle_reads.client = read.is_pending();
+                read.map(Event::ReadClient)
             } else {
                 Poll::Pending
             }
@@ -381,9 +407,13 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 Pin::new(&mut *writer)
                     .poll_write(cx, bytes)
                     .map(Event::WroteClient)
+            } else if idle_reads.server {
+                Poll::Pending
             } else {
                 make_room(rbuf);
-                poll_read(&mut sr, cx, rbuf).map(Event::ReadServer)
+                let read = poll_read(&mut sr, cx, rbuf);
+                idle_reads.server = read.is_pending();
+                read.map(Event::ReadServer)
             }
         };
         // Polled by hand, not by a `select!` of futures: no future is
@@ -416,10 +446,15 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
         if polled.is_ready() {
             return polled;
         }
-        match shutdown.as_mut() {
+        let watched = match shutdown.as_mut() {
             Some(wait) => wait.as_mut().poll(cx).map(|()| Event::Shutdown),
             None => Poll::Pending,
+        };
+        if watched.is_pending() {
+            // The task sleeps now: the next call follows a wake-up.
+            *idle_reads = IdleReads::default();
         }
+        watched
     }
 
     /// Handles one event: `Break` when the linked period ends with it,
@@ -606,88 +641,6 @@ where
         }
     }
     None
-}
-
-/// Why [`probe`] failed.
-enum Probe {
-    /// The client could not be written to.
-    Client,
-    /// The server failed.
-    Server(std::io::Error),
-}
-
-/// Sends the server an empty query and relays to the client everything
-/// the server sends before answering it (ReadyForQuery for Syncs the
-/// pooler could not tell the server had ignored, and any responses behind
-/// them), swallowing the answer itself. Called only when everything
-/// scanned has been relayed, so `rbuf` starts at a message. Returns the
-/// server's transaction status.
-async fn probe<R, S, W>(
-    sr: &mut R,
-    sw: &mut S,
-    rbuf: &mut BytesMut,
-    client: &mut W,
-    on_param: &mut (dyn FnMut(&[u8]) + Send),
-) -> Result<u8, Probe>
-where
-    R: AsyncRead + Unpin,
-    S: AsyncWrite + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    const EMPTY_QUERY: [u8; 6] = [b'Q', 0, 0, 0, 5, 0];
-    sw.write_all(&EMPTY_QUERY).await.map_err(Probe::Server)?;
-    let mut answered = false;
-    // Bytes of the message being relayed that are still to go.
-    let mut relaying = 0usize;
-    loop {
-        if relaying > 0 && !rbuf.is_empty() {
-            let n = relaying.min(rbuf.len());
-            client
-                .write_all(&rbuf[..n])
-                .await
-                .map_err(|_| Probe::Client)?;
-            rbuf.advance(n);
-            relaying -= n;
-            continue;
-        }
-        if relaying == 0 && rbuf.len() >= 5 {
-            let tag = rbuf[0];
-            let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
-            let Ok(len) = usize::try_from(len) else {
-                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
-            };
-            if len < 4 {
-                return Err(Probe::Server(std::io::ErrorKind::InvalidData.into()));
-            }
-            let whole = rbuf.len() > len;
-            match tag {
-                b'I' if len == 4 => {
-                    rbuf.advance(5);
-                    answered = true;
-                    continue;
-                }
-                // Read whole before deciding.
-                b'Z' | b'S' if !whole => {}
-                b'Z' if answered => {
-                    let status = rbuf.get(5).copied().unwrap_or(b'I');
-                    rbuf.advance(1 + len);
-                    return Ok(status);
-                }
-                _ => {
-                    if tag == b'S' {
-                        on_param(&rbuf[5..1 + len]);
-                    }
-                    relaying = 1 + len;
-                    continue;
-                }
-            }
-        }
-        match sr.read_buf(rbuf).await {
-            Ok(0) => return Err(Probe::Server(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {}
-            Err(err) => return Err(Probe::Server(err)),
-        }
-    }
 }
 
 /// Keeps a read buffer able to take a full chunk: `read_buf` only reads

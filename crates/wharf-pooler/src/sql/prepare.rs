@@ -125,8 +125,28 @@ pub(crate) fn find_ignoring_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// spell it without holding it. The quick test [`own_names_reached`]
 /// starts with, for a caller that would first have to find the query in a
 /// longer message.
+///
+/// Every simple query of a session without a tracker comes through here,
+/// so both are looked for in one pass: the prefix by its last byte that
+/// is not a letter (the `_` of `wharf_`), as [`find_ignoring_case`] does,
+/// and `U&` by its `&`.
 pub(crate) fn may_name(bytes: &[u8], prefix: &[u8]) -> bool {
-    contains_ignoring_case(bytes, prefix) || contains_ignoring_case(bytes, b"u&")
+    let Some(k) = prefix
+        .iter()
+        .rposition(|b| !b.is_ascii_alphabetic())
+        .filter(|&k| prefix[k] != b'&')
+    else {
+        return contains_ignoring_case(bytes, prefix) || contains_ignoring_case(bytes, b"u&");
+    };
+    memchr::memchr2_iter(prefix[k], b'&', bytes).any(|at| {
+        if bytes[at] == b'&' {
+            at > 0 && bytes[at - 1].eq_ignore_ascii_case(&b'u')
+        } else {
+            at.checked_sub(k)
+                .and_then(|start| bytes.get(start..start + prefix.len()))
+                .is_some_and(|word| word.eq_ignore_ascii_case(prefix))
+        }
+    })
 }
 
 /// Where, in a query [`classify`] leaves to the server, a `PREPARE`,
@@ -308,6 +328,17 @@ mod tests {
                     String::from_utf8_lossy(needle),
                     String::from_utf8_lossy(&hay)
                 );
+            }
+        }
+        // One pass for the prefix and `U&` finds what two searches find.
+        let alphabet = b"wWhHaArRfF_uU&x ";
+        for _ in 0..50_000 {
+            let hay: Vec<u8> = (0..rng.usize(0..24))
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            for prefix in [&b"wharf_"[..], b"_a", b"ab", b"a&"] {
+                let two = naive(&hay, prefix) || naive(&hay, b"u&");
+                assert_eq!(super::may_name(&hay, prefix), two, "{prefix:?} {hay:?}");
             }
         }
         // At every alignment, and cut one byte short at the end.

@@ -552,3 +552,62 @@ async fn broken_tls_files_refuse_start_and_reload_keeps_what_works() {
     assert!(psql(&pooler, &verified_by(&certs.ca), "SELECT 1").is_err());
     pooler.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_through_small_socket_buffers_reach_both_tls_sides() {
+    // rustls keeps what a full socket did not take, and only the stream's
+    // next read pushes it out: the relay must keep polling that read. (A
+    // 4 KiB socket buffer makes TCP slow, about 150 KB/s here: the
+    // messages are a few hundred KB.)
+    let certs = issue(&["127.0.0.1", "localhost"], "postgres");
+    let cluster = tls_cluster(&certs).await;
+    let pgbouncer = format!(
+        "{}server_tls_sslmode = require\ntcp_socket_buffer = 4096\npool_mode = session\n",
+        client_tls(&certs, "require")
+    );
+    let pooler = start_with(
+        cluster,
+        Setup {
+            pgbouncer: &pgbouncer,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let literal = "x".repeat(100 << 10);
+    let script = pooler.dir.join("large.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "BEGIN;\nSELECT length('{literal}');\nSELECT length(repeat('y', 150000)::text || '{literal}');\n\
+             SELECT length(repeat('z', 250000));\nCOMMIT;\n"
+        ),
+    )
+    .unwrap();
+    let psql = pooler.cluster.bin("psql");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres {}",
+        pooler.port,
+        verified_by(&certs.ca)
+    );
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(psql)
+            .args(["-X", "-A", "-t", "-d", &conninfo, "-f"])
+            .arg(&script)
+            .env("PGPASSWORD", "postgres")
+            .output()
+            .expect("psql runs")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the session went through in time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        ["BEGIN", "102400", "252400", "250000", "COMMIT"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pooler.stop().await;
+}

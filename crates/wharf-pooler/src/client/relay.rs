@@ -378,6 +378,10 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
         } = self;
         // Replies the pooler makes take no server bytes: a client
         // that does not read them must not grow the buffer for ever.
+        // A TLS stream's read also pushes out what its writes left in
+        // rustls: it is polled each time, found nothing or not.
+        let client_reads_idle = idle_reads.client && !writer.flushed_by_reads();
+        let server_reads_idle = idle_reads.server && !sw.flushed_by_reads();
         let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
         let client_open = !(protocol.terminated() || backlog);
         let mut client_side = |cx: &mut Context<'_>| {
@@ -391,7 +395,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 Pin::new(&mut sw)
                     .poll_write(cx, bytes)
                     .map(Event::WroteServer)
-            } else if client_open && !idle_reads.client {
+            } else if client_open && !client_reads_idle {
                 make_room(cbuf);
                 let read = poll_read(reader, cx, cbuf);
                 idle_reads.client = read.is_pending();
@@ -407,7 +411,7 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
                 Pin::new(&mut *writer)
                     .poll_write(cx, bytes)
                     .map(Event::WroteClient)
-            } else if idle_reads.server {
+            } else if server_reads_idle {
                 Poll::Pending
             } else {
                 make_room(rbuf);

@@ -141,6 +141,14 @@ pub trait WriteNow: AsyncWrite + Unpin {
             Poll::Pending => None,
         }
     }
+
+    /// Whether bytes this writer took may wait in a buffer that only a
+    /// poll of the stream's read pushes out ([`Encrypted`](super::tls::Encrypted)):
+    /// the reader must then be polled whenever its owner waits, even if
+    /// it found nothing a moment before.
+    fn flushed_by_reads(&self) -> bool {
+        true
+    }
 }
 
 /// A plain socket's write with Tokio's `try_write`: it checks the
@@ -161,11 +169,19 @@ impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
     fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
         try_write_now(self.try_write(buf))
     }
+
+    fn flushed_by_reads(&self) -> bool {
+        false
+    }
 }
 
 impl WriteNow for tokio::net::unix::WriteHalf<'_> {
     fn write_now(&mut self, buf: &[u8]) -> Option<io::Result<usize>> {
         try_write_now(self.try_write(buf))
+    }
+
+    fn flushed_by_reads(&self) -> bool {
+        false
     }
 }
 
@@ -178,6 +194,10 @@ impl WriteNow for ServerWriter<'_> {
             ServerWriter::Unix(s) => s.write_now(buf),
             ServerWriter::Tls(s) => s.write_now(buf),
         }
+    }
+
+    fn flushed_by_reads(&self) -> bool {
+        matches!(self, ServerWriter::Tls(_))
     }
 }
 

@@ -27,6 +27,19 @@ async fn tls_cluster(certs: &Certs) -> PgCluster {
         .expect("PostgreSQL with ssl = on")
 }
 
+/// A pooler in front of `cluster` with the `[pgbouncer]` lines
+/// `pgbouncer`.
+async fn behind(cluster: PgCluster, pgbouncer: &str) -> TestPooler {
+    start_with(
+        cluster,
+        Setup {
+            pgbouncer,
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
 /// psql through the pooler with libpq connection options `options`;
 /// stdout on success, stderr on failure.
 fn psql(pooler: &TestPooler, options: &str, sql: &str) -> Result<String, String> {
@@ -100,14 +113,7 @@ async fn verify_full_encrypts_server_connections_and_reload_closes_them_only_on_
         certs.ca.display(),
         common::free_port()
     );
-    let pooler = start_with(
-        cluster,
-        Setup {
-            pgbouncer: &pgbouncer,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let pooler = behind(cluster, &pgbouncer).await;
     let (pid, encrypted) = server_side(&pooler).await;
     assert!(
         encrypted,
@@ -183,14 +189,7 @@ async fn each_server_sslmode_verifies_what_it_promises() {
         "admin_users = postgres\nserver_login_retry = 1\nserver_tls_sslmode = verify-ca\nserver_tls_ca_file = {}\n",
         certs.ca.display()
     );
-    let pooler = start_with(
-        cluster,
-        Setup {
-            pgbouncer: &pgbouncer,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let pooler = behind(cluster, &pgbouncer).await;
     assert!(
         server_side(&pooler).await.1,
         "verify-ca: chain good, name ignored"
@@ -565,14 +564,7 @@ async fn large_messages_through_small_socket_buffers_reach_both_tls_sides() {
         "{}server_tls_sslmode = require\ntcp_socket_buffer = 4096\npool_mode = session\n",
         client_tls(&certs, "require")
     );
-    let pooler = start_with(
-        cluster,
-        Setup {
-            pgbouncer: &pgbouncer,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let pooler = behind(cluster, &pgbouncer).await;
     let literal = "x".repeat(100 << 10);
     let script = pooler.dir.join("large.sql");
     std::fs::write(

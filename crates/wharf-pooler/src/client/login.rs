@@ -137,7 +137,7 @@ pub(super) async fn login<S: ClientStream>(
         set_param(
             &mut client_params,
             "application_name",
-            &format!("{app} - {peer}"),
+            format!("{app} - {peer}"),
         );
     }
     let greeting = match pool.greeting(&client_params, !add_host) {

@@ -220,14 +220,14 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
             "options" => {
                 for (name, value) in parse_options(&value)? {
                     if is_tracked(&name) {
-                        set_param(&mut tracked, &name, &value);
+                        set_param(&mut tracked, name, value);
                     } else if !ignored(&name) && !ignored("options") {
                         return Err(Refusal::InOptions(name));
                     }
                 }
             }
             _ if is_tracked(&name) => {
-                set_param(&mut tracked, &name, &value);
+                set_param(&mut tracked, name, value);
             }
             _ if ACCEPTED.contains(&name.as_str()) || ignored(&name) => {}
             _ => return Err(Refusal::Parameter(name)),

@@ -77,19 +77,24 @@ pub fn is_tracked(name: &str) -> bool {
 }
 
 /// Sets `name` in an ordered parameter list (names compare case-insensitively,
-/// as PostgreSQL's GUC names do); whether that changed anything.
-pub fn set_param(params: &mut Params, name: &str, value: &str) -> bool {
+/// as PostgreSQL's GUC names do); whether that changed anything. A name
+/// and value the caller owns are moved in, not copied.
+pub fn set_param<N, V>(params: &mut Params, name: N, value: V) -> bool
+where
+    N: AsRef<str> + Into<String>,
+    V: AsRef<str> + Into<String>,
+{
     match params
         .iter_mut()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_ref()))
     {
-        Some((_, v)) if v == value => false,
+        Some((_, v)) if v == value.as_ref() => false,
         Some((_, v)) => {
-            *v = value.to_owned();
+            *v = value.into();
             true
         }
         None => {
-            params.push((name.to_owned(), value.to_owned()));
+            params.push((name.into(), value.into()));
             true
         }
     }

@@ -363,6 +363,31 @@ async fn reload_with(pooler: &TestPooler, from: &str, to: &str) {
     pooler.shared.reload().await.expect("reload");
 }
 
+/// Turns statement tracking on (`max_prepared_statements = 200`) or off
+/// (0) by a RELOAD.
+async fn tracking(pooler: &TestPooler, on: bool) {
+    let (untracked, tracked) = (
+        "max_prepared_statements = 0",
+        "max_prepared_statements = 200",
+    );
+    if on {
+        reload_with(pooler, untracked, tracked).await;
+    } else {
+        reload_with(pooler, tracked, untracked).await;
+    }
+}
+
+/// Prepares `wharf_1` to `wharf_20`, the pooler's first names, from a
+/// session that tracks no statements: in one transaction, the one its
+/// server was cleared for.
+async fn plant_pooler_names(planter: &mut TcpStream) {
+    let plant: Vec<String> = (1..=20)
+        .map(|n| format!("PREPARE wharf_{n} AS SELECT 666"))
+        .collect();
+    let planted = sql(planter, &plant.join("; ")).await;
+    assert_eq!(planted.completions, ["PREPARE"; 20], "{planted:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_turns_tracking_off_leaves_no_client_the_pooler_statements() {
     for (from, to) in [
@@ -403,12 +428,7 @@ async fn a_session_begun_before_tracking_was_on_cannot_reach_the_pooler_statemen
     let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 0").await;
     let mut before = client(&pooler).await;
     assert_eq!(sql(&mut before, "SELECT 1").await.rows, ["1"]);
-    reload_with(
-        &pooler,
-        "max_prepared_statements = 0",
-        "max_prepared_statements = 200",
-    )
-    .await;
+    tracking(&pooler, true).await;
     let mut a = client(&pooler).await;
     sql(&mut a, "PREPARE s AS SELECT 7").await;
     let server_name = server_statement_name(&mut a).await;
@@ -426,12 +446,7 @@ async fn statements_a_session_without_tracking_left_do_not_block_the_pooler_name
     // off, and its owner stays.
     let mut owner = client(&pooler).await;
     sql(&mut owner, "PREPARE s AS SELECT 7").await;
-    reload_with(
-        &pooler,
-        "max_prepared_statements = 200",
-        "max_prepared_statements = 0",
-    )
-    .await;
+    tracking(&pooler, false).await;
     // The servers from before the reload are closed once given back: the
     // owner's statement is prepared again on a new one.
     for _ in 0..2 {
@@ -439,19 +454,9 @@ async fn statements_a_session_without_tracking_left_do_not_block_the_pooler_name
     }
     let mut planter = client(&pooler).await;
     // Tracking off: the names go to the server as they are, the pooler's
-    // own included; in one transaction, the one the server was cleared
-    // for.
-    let plant: Vec<String> = (1..=20)
-        .map(|n| format!("PREPARE wharf_{n} AS SELECT 666"))
-        .collect();
-    let planted = sql(&mut planter, &plant.join("; ")).await;
-    assert_eq!(planted.completions, ["PREPARE"; 20], "{planted:?}");
-    reload_with(
-        &pooler,
-        "max_prepared_statements = 0",
-        "max_prepared_statements = 200",
-    )
-    .await;
+    // own included.
+    plant_pooler_names(&mut planter).await;
+    tracking(&pooler, true).await;
     let mut a = client(&pooler).await;
     let prepared = sql(&mut a, "PREPARE s AS SELECT 8").await;
     assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
@@ -471,5 +476,25 @@ async fn a_prepare_of_a_pooler_name_inside_a_longer_query_takes_no_pooler_name()
     assert_eq!(planted.completions, ["SELECT 1", "PREPARE"], "{planted:?}");
     let names = sql(&mut a, "SELECT name FROM pg_prepared_statements").await;
     assert_eq!(names.rows, ["client:wharf_999"]);
+    pooler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untracked_session_planting_right_after_its_server_was_cleared_blocks_no_name() {
+    let pooler = pooler("default_pool_size = 1\nmax_prepared_statements = 0").await;
+    let mut planter = client(&pooler).await;
+    assert_eq!(sql(&mut planter, "SELECT 1").await.rows, ["1"]);
+    tracking(&pooler, true).await;
+    // The one server holds a statement of the pooler's when the planter,
+    // which began untracked, gets it: it is cleared for the planter, and
+    // what the planter leaves must be cleared again for the next.
+    let mut owner = client(&pooler).await;
+    sql(&mut owner, "PREPARE s AS SELECT 7").await;
+    plant_pooler_names(&mut planter).await;
+    let mut a = client(&pooler).await;
+    let prepared = sql(&mut a, "PREPARE t AS SELECT 8").await;
+    assert_eq!(prepared.completions, ["PREPARE"], "{prepared:?}");
+    assert_eq!(sql(&mut a, "EXECUTE t").await.rows, ["8"]);
+    assert_eq!(sql(&mut owner, "EXECUTE s").await.rows, ["7"]);
     pooler.stop().await;
 }

@@ -554,10 +554,12 @@ async fn broken_tls_files_refuse_start_and_reload_keeps_what_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_through_small_socket_buffers_reach_both_tls_sides() {
-    // rustls keeps what a full socket did not take, and only the stream's
-    // next read pushes it out: the relay must keep polling that read. (A
-    // 4 KiB socket buffer makes TCP slow, about 150 KB/s here: the
-    // messages are a few hundred KB.)
+    // Full sockets on both TLS sides, where rustls keeps what a socket
+    // did not take and only the stream's next read pushes it out. (The
+    // relay's one wait where that read must not be skipped needs a timing
+    // this cannot force: the test passed with that bug too.) A 4 KiB
+    // socket buffer makes TCP slow, about 150 KB/s here: the messages are
+    // a few hundred KB.
     let certs = issue(&["127.0.0.1", "localhost"], "postgres");
     let cluster = tls_cluster(&certs).await;
     let pgbouncer = format!(

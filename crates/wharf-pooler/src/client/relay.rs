@@ -376,12 +376,12 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             shutdown,
             ..
         } = self;
-        // Replies the pooler makes take no server bytes: a client
-        // that does not read them must not grow the buffer for ever.
         // A TLS stream's read also pushes out what its writes left in
         // rustls: it is polled each time, found nothing or not.
         let client_reads_idle = idle_reads.client && !writer.flushed_by_reads();
         let server_reads_idle = idle_reads.server && !sw.flushed_by_reads();
+        // Replies the pooler makes take no server bytes: a client
+        // that does not read them must not grow the buffer for ever.
         let backlog = tracker.is_some() && rbuf.len() > 4 * READ_CHUNK;
         let client_open = !(protocol.terminated() || backlog);
         let mut client_side = |cx: &mut Context<'_>| {

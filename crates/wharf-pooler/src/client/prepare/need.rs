@@ -59,12 +59,12 @@ pub(in crate::client) fn untracked(
     bytes: &[u8],
     body: Option<&[u8]>,
 ) -> Untracked {
-    let decide = |needed| {
-        if needed {
-            Untracked::Track
-        } else {
-            Untracked::Pass
-        }
+    // A tracker made inside a group the pooler did not see begin could
+    // not match the replies to the requests before it.
+    let judged = |needed, inside_unseen_group| match (needed, inside_unseen_group) {
+        (false, _) => Untracked::Pass,
+        (true, false) => Untracked::Track,
+        (true, true) => Untracked::Refuse,
     };
     if !matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E') {
         // What the pooler knew of the group ends with its Sync, and with
@@ -72,14 +72,7 @@ pub(in crate::client) fn untracked(
         if matches!(tag, b'S' | b'Q' | b'c' | b'f') {
             *group_clean = false;
         }
-        // A simple query inside a group the pooler did not see begin: a
-        // tracker made there could not match the replies to the requests
-        // before it.
-        return match (needs_tracker(tag, body), protocol.batch_open()) {
-            (false, _) => Untracked::Pass,
-            (true, false) => Untracked::Track,
-            (true, true) => Untracked::Refuse,
-        };
+        return judged(needs_tracker(tag, body), protocol.batch_open());
     }
     if *group_clean {
         return Untracked::Pass;
@@ -87,14 +80,10 @@ pub(in crate::client) fn untracked(
     if !protocol.batch_open() {
         let needed = group_needs_tracker(bytes);
         *group_clean = !needed;
-        return decide(needed);
+        return judged(needed, false);
     }
     let starts_copy = tag == b'P' && body.is_none_or(may_copy);
-    if starts_copy || needs_tracker(tag, body) {
-        Untracked::Refuse
-    } else {
-        Untracked::Pass
-    }
+    judged(starts_copy || needs_tracker(tag, body), true)
 }
 
 /// Whether a client message is a Bind longer than the head of it that is

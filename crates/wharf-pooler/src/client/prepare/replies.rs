@@ -227,11 +227,7 @@ impl Tracker {
 
     /// Drops the server's reply at `at..end` on its way to the client.
     pub(super) fn drop_reply(&mut self, at: usize, end: usize) {
-        self.edits.push(Edit {
-            at,
-            remove: end - at,
-            insert: (0, 0),
-        });
+        self.replace_reply(at, end, &[]);
     }
 
     /// Replaces the server's reply at `at..end` with `with`.

@@ -191,6 +191,7 @@ impl Pooler {
             )));
         }
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));
+        tasks.spawn(crate::janitor::wake_long_waits(Arc::downgrade(&state)));
         let mut phase = state.lifecycle().subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         tokio::select! {

@@ -581,3 +581,35 @@ async fn each_wait_of_a_session_gets_its_own_notice_time() {
     assert_eq!(notices, [0, 0, 1], "notices per wait");
     pooler.stop().await;
 }
+
+/// A client held by PAUSE waits before any queue for a server, and hears
+/// `query_wait_notify`'s notice all the same, once; its query runs after
+/// the RESUME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_held_by_pause_is_told_it_is_queued() {
+    use common::console::{console, CONSOLE_USERLIST};
+    use common::wire::{login_trusted, query, read_replies};
+    use tokio::io::AsyncWriteExt;
+    let pooler = start(Setup {
+        pgbouncer: "auth_type = trust\nadmin_users = admin\nquery_wait_notify = 1\n",
+        userlist: CONSOLE_USERLIST,
+        ..Setup::default()
+    })
+    .await;
+    let admin = console(&pooler, "admin").await;
+    let mut waiter = login_trusted(pooler.port, "postgres", "postgres").await;
+    admin.simple_query("PAUSE postgres").await.unwrap();
+    waiter.write_all(&query("SELECT 1")).await.expect("sent");
+    let notice = tokio::time::timeout(Duration::from_secs(5), read_replies(&mut waiter, 0, 1))
+        .await
+        .expect("told it is queued while paused");
+    assert_eq!(notice.tags, "N");
+    // Long enough for a second notice, were one sent.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    admin.simple_query("RESUME postgres").await.unwrap();
+    let replies = read_replies(&mut waiter, 1, usize::MAX).await;
+    assert_eq!(replies.rows, ["1"], "{replies:?}");
+    assert_eq!(replies.tags, "TDCZ", "one notice per wait: {replies:?}");
+    drop(admin);
+    pooler.stop().await;
+}

@@ -265,6 +265,26 @@ impl<M: Manager> Pool<M> {
         Shared::admit_and_acquire(shared, wait, caller)
     }
 
+    /// Wakes, without serving them, the callers that have been waiting in
+    /// line for a connection for at least `waited`, and returns how many.
+    /// They keep their place and go on waiting; their own code, polled
+    /// again, can act on how long they have waited (tell its user, log
+    /// it). A caller that acts on a long wait this way needs no timer of
+    /// its own: one periodic call replaces a timer set and cleared per
+    /// wait, most of which end long before it would go off.
+    pub fn wake_long_waits(&self, waited: Duration) -> usize {
+        let Some(cutoff) = Instant::now().checked_sub(waited) else {
+            return 0;
+        };
+        let wakers = self.shared().state.lock().waiters.wakers_since(cutoff);
+        let woken = wakers.len();
+        // Woken outside the lock, as every hand-off is.
+        for waker in wakers {
+            waker.wake();
+        }
+        woken
+    }
+
     /// The pool's size right now.
     pub fn status(&self) -> Status {
         self.shared().status()

@@ -223,6 +223,21 @@ impl<C> Waiters<C> {
         slot
     }
 
+    /// The wakers of the callers in line since `cutoff` or before, still
+    /// registered with their slots: for waking them without serving them.
+    pub(crate) fn wakers_since(&self, cutoff: Instant) -> Vec<Waker> {
+        // Front to back is oldest ticket first, and a ticket is taken when
+        // its caller first queues, so the queue is in the order of `since`
+        // but for callers that queued within microseconds of each other: a
+        // later call finds one passed over here.
+        self.queue
+            .iter()
+            .take_while(|waiter| waiter.since <= cutoff)
+            // Safety: under the lock, and a queued waiter's slot is WAITING.
+            .filter_map(|waiter| unsafe { self.slots[waiter.slot].waker() }.clone())
+            .collect()
+    }
+
     /// The caller's own view of `slot`, valid while the pool is.
     pub(crate) fn slot_ref(&self, slot: usize) -> SlotRef<C> {
         SlotRef(NonNull::from(&*self.slots[slot]))

@@ -5,11 +5,9 @@
 //! be trusted.
 
 use std::ops::ControlFlow;
-use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::Sleep;
 use wharf::Pooled;
 
 use super::relay::Unlinked;
@@ -35,24 +33,36 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
     let _ = writer.flush().await;
 }
 
-/// Sets the session's `query_wait_notify` timer to go off at `at`. It is
-/// kept from one wait to the next: moving a timer still in Tokio's wheel
-/// later is one atomic store, where a new timer per wait went through the
-/// wheel's lock twice (about 600 instructions per transaction when 50
-/// clients share 20 servers). Kept past its wait, it may go off later and
-/// wake the session for nothing, at most once per `query_wait_notify`.
-fn notice_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: tokio::time::Instant) {
-    match timer {
-        Some(timer) => timer.as_mut().reset(at),
-        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-    }
+/// When a queued client is told it is queued (`query_wait_notify`). No
+/// timer goes off for it: the janitor wakes long waits now and then
+/// (`janitor::wake_long_waits`), and each wake-up of a wait that has not
+/// ended looks at the clock here.
+struct NoticeDue {
+    /// The wait's notice time; `None` once told, or with the notice off.
+    at: Option<tokio::time::Instant>,
+    /// Whether the wait has been polled once: the first poll, as the
+    /// client queues, is too early for any notice and reads no clock.
+    polled: bool,
 }
 
-/// Waits for the timer [`notice_timer`] set; forever without one.
-async fn notice_due(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
+impl NoticeDue {
+    fn new(at: Option<tokio::time::Instant>) -> Self {
+        Self { at, polled: false }
+    }
+
+    /// Ready once the notice is due. Registers no waker: what wakes the
+    /// task is its place in a queue, which the janitor wakes too.
+    fn due(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            let polled = std::mem::replace(&mut self.polled, true);
+            match self.at {
+                Some(at) if polled && tokio::time::Instant::now() >= at => {
+                    self.at = None;
+                    std::task::Poll::Ready(())
+                }
+                _ => std::task::Poll::Pending,
+            }
+        })
     }
 }
 
@@ -119,26 +129,21 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         let waited = tokio::time::Instant::now();
         // query_wait_notify: once per wait, as PgBouncer 1.25.
         let notify = self.timeouts.query_wait_notify.get();
-        if let Some(after) = notify {
-            notice_timer(&mut self.notice_timer, waited + after);
-        }
+        let mut notice = NoticeDue::new(notify.and_then(|after| waited.checked_add(after)));
         let got = {
             let pool = self.pool;
             let watching = self.shutdown.is_some();
             let mut shutdown = std::pin::pin!(shutdown_fired(&mut self.shutdown));
             let mut get = std::pin::pin!(pool.get_for(read, Some(wait)));
-            let mut notified = notify.is_none();
             loop {
                 // Biased: the order costs nothing to keep, a random one a
-                // thread-local RNG draw per poll.
+                // thread-local RNG draw per poll. A wait served is not
+                // told it was queued, however late its task runs.
                 tokio::select! {
                     biased;
                     got = &mut get => break Some(got),
                     _ = &mut shutdown, if watching => break None,
-                    _ = notice_due(&mut self.notice_timer), if !notified => {
-                        notified = true;
-                        queued_notice(&mut self.writer).await;
-                    }
+                    _ = notice.due() => queued_notice(&mut self.writer).await,
                 }
             }
         };

@@ -80,9 +80,6 @@ pub(super) struct Session<'a, R, W> {
     /// armed, so a session without timeouts has none.
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) armed: Option<tokio::time::Instant>,
-    /// The timer of `query_wait_notify`, made at the first wait for a
-    /// server and kept for the next (see `link::notice_timer`).
-    pub(super) notice_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The extended-protocol group under way was looked at whole when it
     /// began, and needs no tracker (see [`prepare::untracked`]).
     group_clean: bool,
@@ -145,7 +142,6 @@ impl<'a, R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'a, R, W> {
             timeouts_from: None,
             timer: None,
             armed: None,
-            notice_timer: None,
             group_clean: false,
             shutdown: Some(Box::pin(
                 state

@@ -330,6 +330,16 @@ impl ServerPool {
         engine.try_get()
     }
 
+    /// Wakes the clients that have waited at least `waited` for a server
+    /// of this pool (of its reads pool too), without serving them: each
+    /// looks again at how long it has waited, for `query_wait_notify`.
+    pub fn wake_long_waits(&self, waited: Duration) {
+        self.engine.wake_long_waits(waited);
+        if let Some(reads) = self.reads.get() {
+            reads.wake_long_waits(waited);
+        }
+    }
+
     /// The reads pool, when read routing is on.
     fn reads_engine(&self) -> Option<&wharf::Pool<ServerManager>> {
         if !self.routing.load(Ordering::Relaxed) {

@@ -39,14 +39,14 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
 /// ended looks at the clock here.
 struct NoticeDue {
     /// The wait's notice time; `None` once told, or with the notice off.
-    at: Option<tokio::time::Instant>,
+    at: Option<Moment>,
     /// Whether the wait has been polled once: the first poll, as the
     /// client queues, is too early for any notice and reads no clock.
     polled: bool,
 }
 
 impl NoticeDue {
-    fn new(at: Option<tokio::time::Instant>) -> Self {
+    fn new(at: Option<Moment>) -> Self {
         Self { at, polled: false }
     }
 
@@ -56,7 +56,7 @@ impl NoticeDue {
         std::future::poll_fn(|_| {
             let polled = std::mem::replace(&mut self.polled, true);
             match self.at {
-                Some(at) if polled && tokio::time::Instant::now() >= at => {
+                Some(at) if polled && Moment::now() >= at => {
                     self.at = None;
                     std::task::Poll::Ready(())
                 }
@@ -92,8 +92,8 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 server
             }
             None => {
-                let server = Box::pin(self.wait_for_server(read)).await?;
-                linked_at = Moment::now();
+                let (server, served_at) = Box::pin(self.wait_for_server(read, linked_at)).await?;
+                linked_at = served_at;
                 server
             }
         };
@@ -121,15 +121,19 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         Ok((server, linked_at))
     }
 
-    /// Waits for a server: bounded by `query_wait_timeout`, held by PAUSE,
-    /// cut short by a shutdown, with `query_wait_notify`'s notice.
-    async fn wait_for_server(&mut self, read: bool) -> Result<Pooled<ServerManager>, Ended> {
+    /// Waits for a server, from `since` on: bounded by
+    /// `query_wait_timeout`, held by PAUSE, cut short by a shutdown, with
+    /// `query_wait_notify`'s notice. Returns it with when the wait ended.
+    async fn wait_for_server(
+        &mut self,
+        read: bool,
+        since: Moment,
+    ) -> Result<(Pooled<ServerManager>, Moment), Ended> {
         let wait = self.timeouts.query_wait.get().unwrap_or(super::NO_TIMEOUT);
-        self.entry.set_waiting();
-        let waited = tokio::time::Instant::now();
+        self.entry.set_waiting(since);
         // query_wait_notify: once per wait, as PgBouncer 1.25.
         let notify = self.timeouts.query_wait_notify.get();
-        let mut notice = NoticeDue::new(notify.and_then(|after| waited.checked_add(after)));
+        let mut notice = NoticeDue::new(notify.map(|after| since.later_by(after)));
         let got = {
             let pool = self.pool;
             let watching = self.shutdown.is_some();
@@ -149,8 +153,9 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
         };
         match got {
             Some(Ok(server)) => {
-                self.pool.stats().assigned(waited.elapsed());
-                Ok(server)
+                let served_at = Moment::now();
+                self.pool.stats().assigned(served_at.since(since));
+                Ok((server, served_at))
             }
             // A waiting client has no server work to finish.
             None => {

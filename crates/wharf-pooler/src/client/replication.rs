@@ -17,6 +17,7 @@ use crate::lifecycle::ShutdownMode;
 use crate::net::{ClientStream, Peer};
 use crate::proto::messages;
 use crate::state::PoolerState;
+use crate::stats::Moment;
 
 /// Serves a replication client from its login to its last byte.
 pub(super) async fn serve_replication<S: ClientStream>(
@@ -36,7 +37,7 @@ pub(super) async fn serve_replication<S: ClientStream>(
         .stats()
         .register_client(info, application_name(&login.params));
     pool.stats().client_logins.fetch_add(1, Ordering::Relaxed);
-    client.entry.set_waiting();
+    client.entry.set_waiting(Moment::now());
     let entry = &client.entry;
     // KILL, KILL_CLIENT and a shutdown reach the client in every phase:
     // waiting for a server, logging it in, relaying.

@@ -43,6 +43,12 @@ impl Moment {
         self.0.get()
     }
 
+    /// `later` after this moment (saturating, far in the future).
+    pub fn later_by(self, later: Duration) -> Moment {
+        let micros = u64::try_from(later.as_micros()).unwrap_or(u64::MAX);
+        Moment::from_micros(self.as_micros().saturating_add(micros))
+    }
+
     /// The time from `earlier` to this moment, zero if `earlier` is later.
     pub fn since(self, earlier: Moment) -> Duration {
         Duration::from_micros(self.as_micros().saturating_sub(earlier.as_micros()))

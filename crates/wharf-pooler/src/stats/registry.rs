@@ -153,9 +153,9 @@ impl ClientEntry {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Waits for a server from now on.
-    pub fn set_waiting(&self) {
-        let now = Moment::now().as_micros();
+    /// Waits for a server from `since` on.
+    pub fn set_waiting(&self, since: Moment) {
+        let now = since.as_micros();
         self.wait_since.store(now, Ordering::Relaxed);
         self.request_time.store(now, Ordering::Relaxed);
         self.state

@@ -8,7 +8,7 @@ use super::options::{parse_options, OptionsError};
 use super::{refuse, Ended};
 use crate::config::Settings;
 use crate::net::{ClientStream, Peer};
-use crate::proto::{read_startup, CancelKey, ProtocolError, Replication, Startup};
+use crate::proto::{read_startup, CancelKey, ProtocolError, Replication, Startup, StartupParams};
 use crate::server::params::{is_tracked, set_param};
 use crate::state::PoolerState;
 use crate::tls::ClientTls;
@@ -105,7 +105,7 @@ pub(super) async fn open<S: ClientStream>(
         database,
         tracked,
         replication,
-    } = match sort_params(params, settings) {
+    } = match sort_params(&params, settings) {
         Ok(sorted) => sorted,
         Err(refusal) => {
             let message = refusal.to_string();
@@ -192,7 +192,7 @@ impl Refusal {
 /// settings inside it that are not tracked are ignored too (its switches
 /// must still be `-c`/`--`, as in PgBouncer). A replication connection has
 /// a server of its own, so its `options` go to that server as they are.
-fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sorted, Refusal> {
+fn sort_params(params: &StartupParams, settings: &Settings) -> Result<Sorted, Refusal> {
     let ignored = |name: &str| {
         settings
             .ignore_startup_parameters
@@ -201,24 +201,29 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
     };
     // Listed in ignore_startup_parameters, `replication` is dropped and
     // the client gets a regular session, as before replication support.
-    let replication = match params.iter().find(|(name, _)| name == "replication") {
-        Some(_) if ignored("replication") => Replication::None,
-        Some((_, value)) => {
-            Replication::from_param(value).ok_or_else(|| Refusal::Replication(value.clone()))?
+    // Looked up only where it matters (`options`, the end, a refusal): a
+    // second pass over the parameters for every login finds nothing.
+    let replication = || match params.get("replication") {
+        Some(_) if ignored("replication") => Ok(Replication::None),
+        Some(value) => {
+            Replication::from_param(value).ok_or_else(|| Refusal::Replication(value.to_owned()))
         }
-        None => Replication::None,
+        None => Ok(Replication::None),
     };
     let mut user = None;
     let mut database = None;
     let mut tracked = Vec::new();
+    let mut sent_replication = false;
     for (name, value) in params {
-        match name.as_str() {
-            "user" => user = Some(value),
-            "database" => database = Some(value),
-            "replication" => {}
-            "options" if replication != Replication::None => tracked.push((name, value)),
+        match name {
+            "user" => user = Some(value.to_owned()),
+            "database" => database = Some(value.to_owned()),
+            "replication" => sent_replication = true,
+            "options" if replication()? != Replication::None => {
+                tracked.push((name.to_owned(), value.to_owned()));
+            }
             "options" => {
-                for (name, value) in parse_options(&value)? {
+                for (name, value) in parse_options(value)? {
                     if is_tracked(&name) {
                         set_param(&mut tracked, name, value);
                     } else if !ignored(&name) && !ignored("options") {
@@ -226,13 +231,23 @@ fn sort_params(params: Vec<(String, String)>, settings: &Settings) -> Result<Sor
                     }
                 }
             }
-            _ if is_tracked(&name) => {
+            _ if is_tracked(name) => {
                 set_param(&mut tracked, name, value);
             }
-            _ if ACCEPTED.contains(&name.as_str()) || ignored(&name) => {}
-            _ => return Err(Refusal::Parameter(name)),
+            _ if ACCEPTED.contains(&name) || ignored(name) => {}
+            // A bad `replication` value is the refusal, wherever it stands.
+            _ => {
+                return Err(replication()
+                    .err()
+                    .unwrap_or(Refusal::Parameter(name.to_owned())))
+            }
         }
     }
+    let replication = if sent_replication {
+        replication()?
+    } else {
+        Replication::None
+    };
     Ok(Sorted {
         user,
         database,
@@ -251,11 +266,15 @@ mod tests {
             .collect()
     }
 
+    fn sent(list: &[(&str, &str)]) -> StartupParams {
+        StartupParams::from_pairs(list.iter().copied())
+    }
+
     #[test]
     fn options_set_tracked_parameters_and_refuse_others() {
         let settings = Settings::default();
         let sorted = sort_params(
-            params(&[
+            &sent(&[
                 ("user", "u"),
                 ("options", "-c TimeZone=UTC --application_name=a"),
                 ("application_name", "b"),
@@ -267,12 +286,12 @@ mod tests {
             sorted.tracked,
             params(&[("TimeZone", "UTC"), ("application_name", "b")])
         );
-        let refused = sort_params(params(&[("options", "-c enable_seqscan=off")]), &settings);
+        let refused = sort_params(&sent(&[("options", "-c enable_seqscan=off")]), &settings);
         assert_eq!(
             refused.err().map(|e| e.to_string()).as_deref(),
             Some("unsupported startup parameter in options: enable_seqscan")
         );
-        let refused = sort_params(params(&[("options", "-d")]), &settings);
+        let refused = sort_params(&sent(&[("options", "-d")]), &settings);
         assert!(matches!(refused, Err(Refusal::Options(OptionsError::Form))));
     }
 
@@ -280,7 +299,7 @@ mod tests {
     fn replication_connections_keep_their_options_for_their_server() {
         let settings = Settings::default();
         let sorted = sort_params(
-            params(&[
+            &sent(&[
                 ("options", "-c enable_seqscan=off"),
                 ("replication", "database"),
             ]),
@@ -292,9 +311,9 @@ mod tests {
             sorted.tracked,
             params(&[("options", "-c enable_seqscan=off")])
         );
-        let sorted = sort_params(params(&[("replication", "off")]), &settings).expect("accepted");
+        let sorted = sort_params(&sent(&[("replication", "off")]), &settings).expect("accepted");
         assert_eq!(sorted.replication, Replication::None);
-        let refused = sort_params(params(&[("replication", "maybe")]), &settings)
+        let refused = sort_params(&sent(&[("replication", "maybe")]), &settings)
             .err()
             .expect("refused");
         assert_eq!(
@@ -306,7 +325,7 @@ mod tests {
             ignore_startup_parameters: vec!["replication".into()],
             ..Settings::default()
         };
-        let sorted = sort_params(params(&[("replication", "true")]), &ignoring).expect("accepted");
+        let sorted = sort_params(&sent(&[("replication", "true")]), &ignoring).expect("accepted");
         assert_eq!(sorted.replication, Replication::None, "ignored, as listed");
     }
 
@@ -317,14 +336,37 @@ mod tests {
             ..Settings::default()
         };
         let sorted = sort_params(
-            params(&[("options", "-c extra_float_digits=3 -c datestyle=ISO")]),
+            &sent(&[("options", "-c extra_float_digits=3 -c datestyle=ISO")]),
             &settings,
         )
         .expect("accepted");
         assert_eq!(sorted.tracked, params(&[("datestyle", "ISO")]));
         settings.ignore_startup_parameters = vec!["options".into()];
-        assert!(sort_params(params(&[("options", "-c enable_seqscan=off")]), &settings).is_ok());
+        assert!(sort_params(&sent(&[("options", "-c enable_seqscan=off")]), &settings).is_ok());
         // Still only -c and --, as PgBouncer.
-        assert!(sort_params(params(&[("options", "-d 5")]), &settings).is_err());
+        assert!(sort_params(&sent(&[("options", "-d 5")]), &settings).is_err());
+    }
+
+    #[test]
+    fn a_bad_replication_value_is_the_refusal_wherever_it_stands() {
+        let settings = Settings::default();
+        for list in [
+            &[("unknown", "x"), ("replication", "maybe")][..],
+            &[("replication", "maybe"), ("unknown", "x")][..],
+            &[
+                ("options", "-c enable_seqscan=off"),
+                ("replication", "maybe"),
+            ][..],
+            &[("user", "u"), ("replication", "maybe")][..],
+        ] {
+            let refused = sort_params(&sent(list), &settings).err();
+            assert_eq!(
+                refused,
+                Some(Refusal::Replication("maybe".into())),
+                "{list:?}"
+            );
+        }
+        let refused = sort_params(&sent(&[("unknown", "x"), ("replication", "on")]), &settings);
+        assert_eq!(refused.err(), Some(Refusal::Parameter("unknown".into())));
     }
 }

@@ -9,11 +9,13 @@
 //! read, so their bytes go through as they came.
 
 pub mod messages;
+pub mod params;
 pub mod scanner;
 pub mod startup;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+pub use params::StartupParams;
 pub use scanner::Scanner;
 pub use startup::{read_startup, Replication, Startup, PROTOCOL_3};
 

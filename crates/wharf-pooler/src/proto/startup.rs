@@ -4,7 +4,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{cstr, CancelKey, ProtocolError};
+use super::{CancelKey, ProtocolError, StartupParams};
 
 /// Protocol 3.0.
 pub const PROTOCOL_3: i32 = 196_608;
@@ -35,7 +35,7 @@ pub enum Startup {
         /// The minor protocol version asked for (3.x).
         minor_version: i32,
         /// `user`, `database`, `application_name`, …
-        params: Vec<(String, String)>,
+        params: StartupParams,
     },
 }
 
@@ -65,6 +65,15 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
     body[..early].copy_from_slice(&head[4..got]);
     reader.read_exact(&mut body[early..]).await?;
     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    if code >> 16 == 3 {
+        // The parameters are read where they came: the four bytes of the
+        // version go, the rest of the buffer stays.
+        body.drain(..4);
+        return Ok(Startup::Startup {
+            minor_version: code & 0xffff,
+            params: StartupParams::parse(body)?,
+        });
+    }
     let rest = &body[4..];
     match code {
         SSL_REQUEST if rest.is_empty() => Ok(Startup::SslRequest),
@@ -76,10 +85,6 @@ pub async fn read_startup<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Startu
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
             Err(ProtocolError::Malformed("special startup request"))
         }
-        version if version >> 16 == 3 => Ok(Startup::Startup {
-            minor_version: version & 0xffff,
-            params: parse_params(rest)?,
-        }),
         version => Err(ProtocolError::UnsupportedVersion {
             major: version >> 16,
             minor: version & 0xffff,
@@ -108,23 +113,6 @@ async fn bad_header<R: AsyncRead + Unpin>(reader: &mut R, came: &[u8], len: i32)
     }
     let header = &header[..got];
     ProtocolError::BadHeader(header.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
-    let mut params = Vec::new();
-    loop {
-        let (key, after) = cstr(rest).ok_or(ProtocolError::Malformed("startup parameters"))?;
-        if key.is_empty() {
-            return if after.is_empty() {
-                Ok(params)
-            } else {
-                Err(ProtocolError::Malformed("startup parameters"))
-            };
-        }
-        let (value, after) = cstr(after).ok_or(ProtocolError::Malformed("startup parameters"))?;
-        params.push((key.to_owned(), value.to_owned()));
-        rest = after;
-    }
 }
 
 /// What a startup message's `replication` parameter asks for: a
@@ -219,10 +207,7 @@ mod tests {
             parsed,
             Startup::Startup {
                 minor_version: 0,
-                params: vec![
-                    ("user".into(), "alice".into()),
-                    ("database".into(), "db".into())
-                ]
+                params: StartupParams::from_pairs([("user", "alice"), ("database", "db")])
             }
         );
         let ssl = [0, 0, 0, 8, 4, 210, 22, 47];

@@ -12,6 +12,7 @@ use wharf::Pooled;
 
 use super::relay::Unlinked;
 use super::session::{shutdown_fired, Session};
+use super::spare_box::SpareBox;
 use super::{application_name, fatal, Ended, SHUTTING_DOWN};
 use crate::config::PoolMode;
 use crate::net::WriteNow;
@@ -80,7 +81,8 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
     ) -> Result<(Pooled<ServerManager>, Moment), Ended> {
         // The wait and the parameter sync are boxed: their futures are
         // large, and an idle client's task is as large as its largest
-        // state. Most links need neither.
+        // state. Most links need neither; where clients outnumber servers
+        // most wait, and the wait's box is a thread's spare (`SpareBox`).
         // One clock reading for the registry's times and the query's
         // start.
         let mut linked_at = Moment::now();
@@ -92,7 +94,8 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
                 server
             }
             None => {
-                let (server, served_at) = Box::pin(self.wait_for_server(read, linked_at)).await?;
+                let (server, served_at) =
+                    SpareBox::new(self.wait_for_server(read, linked_at)).await?;
                 linked_at = served_at;
                 server
             }

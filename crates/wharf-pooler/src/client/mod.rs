@@ -16,6 +16,7 @@ mod relay;
 mod replication;
 mod route;
 mod session;
+mod spare_box;
 mod startup;
 mod state;
 mod timeouts;

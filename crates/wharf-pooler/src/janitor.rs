@@ -31,17 +31,15 @@ pub(crate) async fn run(state: Weak<PoolerState>) {
 /// waited: a notice comes at most this late.
 const WAIT_SWEEP: Duration = Duration::from_millis(500);
 
-/// The shortest `query_wait_notify` (whole seconds): a client queued for
-/// less is not woken.
-const SHORTEST_NOTIFY: Duration = Duration::from_secs(1);
-
-/// Wakes, every [`WAIT_SWEEP`], the clients that have waited for a server
-/// at least [`SHORTEST_NOTIFY`], in the engines' queues or for a RESUME:
-/// each checks its own `query_wait_notify` against its wait. A timer per
-/// wait cost every queued transaction (when 50 clients share 20 servers,
-/// about 290 instructions of 8,400), for a notice almost no wait lasts
-/// long enough to need. PgBouncer also looks at its waiting clients
-/// periodically rather than timing each.
+/// Wakes, every [`WAIT_SWEEP`], the clients waiting for a server, in the
+/// engines' queues or for a RESUME: each checks its own `query_wait_notify`
+/// against its wait, which began when it asked for a server (a PAUSE before
+/// it queued counts). A timer per wait cost every queued transaction (when
+/// 50 clients share 20 servers, about 290 instructions of 8,400), for a
+/// notice almost no wait lasts long enough to need; a sweep wakes the
+/// clients queued at that moment, once each, and as most waits end within
+/// milliseconds, few are ever woken. PgBouncer also looks at its waiting
+/// clients periodically rather than timing each.
 pub(crate) async fn wake_long_waits(state: Weak<PoolerState>) {
     loop {
         tokio::time::sleep(WAIT_SWEEP).await;
@@ -59,14 +57,19 @@ pub(crate) async fn wake_long_waits(state: Weak<PoolerState>) {
         {
             continue;
         }
-        let pools = state.router().pools();
-        for pool in &pools {
-            pool.wake_long_waits(SHORTEST_NOTIFY);
-        }
+        let mut paused = None;
+        state.router().for_each_pool(|pool| {
+            // Every client in line, however short its wait so far: one
+            // held by a PAUSE before it queued may be due already.
+            pool.wake_long_waits(Duration::ZERO);
+            if paused.is_none() && pool.control().is_paused() {
+                paused = Some(pool.control().clone());
+            }
+        });
         // PAUSE, KILL and SUSPEND hold clients before any queue; one
         // wake-up reaches all of them.
-        if let Some(paused) = pools.iter().find(|pool| pool.control().is_paused()) {
-            paused.control().wake_paused_waiters();
+        if let Some(control) = paused {
+            control.wake_paused_waiters();
         }
     }
 }

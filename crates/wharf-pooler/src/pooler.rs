@@ -191,7 +191,9 @@ impl Pooler {
             )));
         }
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));
-        tasks.spawn(crate::janitor::wake_long_waits(Arc::downgrade(&state)));
+        // Not among `tasks`: clients still queue while a graceful
+        // shutdown drains them, and still hear `query_wait_notify`.
+        let sweep = tokio::spawn(crate::janitor::wake_long_waits(Arc::downgrade(&state)));
         let mut phase = state.lifecycle().subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         tokio::select! {
@@ -205,6 +207,8 @@ impl Pooler {
         while tasks.join_next().await.is_some() {}
         tracing::info!(clients = clients.count(), "TCP listeners closed");
         drain(&state, &clients, &mut phase, shutdown).await;
+        sweep.abort();
+        let _ = sweep.await;
         for task in unix_tasks {
             task.abort();
             let _ = task.await;

@@ -37,6 +37,38 @@ async fn wait_for_clients_lets_running_clients_finish_then_exits() {
     );
 }
 
+/// While WAIT_FOR_CLIENTS drains the pooler, its clients go on queueing
+/// for servers, and one queued longer than `query_wait_notify` is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_queued_during_wait_for_clients_is_told_it_is_queued() {
+    use common::wire::{login_trusted, query, read_replies};
+    use tokio::io::AsyncWriteExt;
+    let mut pooler = start(Setup {
+        pgbouncer: "auth_type = trust\ndefault_pool_size = 1\nquery_wait_notify = 1\n",
+        ..Setup::default()
+    })
+    .await;
+    let holder = pooler.client().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut waiter = login_trusted(pooler.port, "postgres", "postgres").await;
+    pooler.shared.shutdown(ShutdownMode::WaitForClients);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    waiter.write_all(&query("SELECT 1")).await.expect("sent");
+    let notice = tokio::time::timeout(Duration::from_secs(5), read_replies(&mut waiter, 0, 1))
+        .await
+        .expect("told it is queued while the pooler drains");
+    assert_eq!(notice.tags, "N");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let replies = read_replies(&mut waiter, 1, usize::MAX).await;
+    assert_eq!(replies.rows, ["1"], "{replies:?}");
+    drop(holder);
+    drop(waiter);
+    assert!(
+        pooler.finished(Duration::from_secs(5)).await,
+        "did not exit after the last client"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_servers_finishes_open_transactions_and_closes_idle_clients() {
     let mut pooler = start(Setup::default()).await;

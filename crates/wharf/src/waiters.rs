@@ -227,9 +227,9 @@ impl<C> Waiters<C> {
     /// registered with their slots: for waking them without serving them.
     pub(crate) fn wakers_since(&self, cutoff: Instant) -> Vec<Waker> {
         // Front to back is oldest ticket first, and a ticket is taken when
-        // its caller first queues, so the queue is in the order of `since`
-        // but for callers that queued within microseconds of each other: a
-        // later call finds one passed over here.
+        // its caller first queues, under the lock, while `since` is read
+        // before it: two callers can be out of order by as long as one of
+        // them waited for the lock. A later call finds one passed over.
         self.queue
             .iter()
             .take_while(|waiter| waiter.since <= cutoff)

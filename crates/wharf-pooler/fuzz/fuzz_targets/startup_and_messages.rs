@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::ops::ControlFlow;
 
-use wharf_pooler::proto::{read_startup, Scanner, Startup};
+use wharf_pooler::proto::{read_startup, Scanner, Startup, StartupParams};
 
 /// What the relay allows by default (`max_packet_size`), and a small limit.
 const LIMITS: [usize; 2] = [2_147_483_647, 8192];
@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
                         assert!(!name.is_empty() && !name.contains('\0'));
                         assert!(!value.contains('\0'));
                     }
+                    // Read in place, the pairs give back the text they came in.
+                    assert_eq!(StartupParams::from_pairs(&params), params);
                     break;
                 }
                 Ok(Startup::Cancel(_)) | Err(_) => break,

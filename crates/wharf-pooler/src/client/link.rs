@@ -35,9 +35,12 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
 }
 
 /// When a queued client is told it is queued (`query_wait_notify`). No
-/// timer goes off for it: the janitor wakes long waits now and then
+/// timer goes off for it: the janitor wakes the clients in the engines'
+/// queues and those held by a PAUSE now and then
 /// (`janitor::wake_long_waits`), and each wake-up of a wait that has not
-/// ended looks at the clock here.
+/// ended looks at the clock here. A client handed a server that it must
+/// check first (`server_check_delay`) is in no queue while the check runs:
+/// a check slower than the notice time ends without the notice.
 struct NoticeDue {
     /// The wait's notice time; `None` once told, or with the notice off.
     at: Option<Moment>,
@@ -51,8 +54,8 @@ impl NoticeDue {
         Self { at, polled: false }
     }
 
-    /// Ready once the notice is due. Registers no waker: what wakes the
-    /// task is its place in a queue, which the janitor wakes too.
+    /// Ready once the notice is due. Registers no waker: the janitor's
+    /// sweep wakes the task.
     fn due(&mut self) -> impl std::future::Future<Output = ()> + '_ {
         std::future::poll_fn(|_| {
             let polled = std::mem::replace(&mut self.polled, true);
@@ -144,8 +147,9 @@ impl<R: AsyncRead + Unpin + Send, W: WriteNow + Send> Session<'_, R, W> {
             let mut get = std::pin::pin!(pool.get_for(read, Some(wait)));
             loop {
                 // Biased: the order costs nothing to keep, a random one a
-                // thread-local RNG draw per poll. A wait served is not
-                // told it was queued, however late its task runs.
+                // thread-local RNG draw per poll. A wait served before its
+                // task runs again is not told it was queued (one served
+                // between the two polls is, and it was queued).
                 tokio::select! {
                     biased;
                     got = &mut get => break Some(got),

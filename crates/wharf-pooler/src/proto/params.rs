@@ -42,10 +42,15 @@ impl StartupParams {
     }
 
     /// The parameters from `pairs`, as a client would send them (tests, and
-    /// callers that build a startup message themselves).
+    /// callers that build a startup message themselves). A name must not
+    /// be empty, and neither a name nor a value may hold a NUL.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let mut text = String::new();
         for (name, value) in pairs {
+            debug_assert!(
+                !name.is_empty() && !name.contains('\0') && !value.contains('\0'),
+                "not a startup parameter: {name:?} = {value:?}"
+            );
             text.push_str(name);
             text.push('\0');
             text.push_str(value);

@@ -26,19 +26,7 @@ command -v nstat >/dev/null || need iproute2
 wharf_bin=$(wharf_binary)
 bench_workdir whole
 
-pg_port=$(free_port); bouncer_port=$(free_port); wharf_port=$(free_port)
-"${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
-"${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
-"$pg_bin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s 10 postgres >/dev/null 2>&1
-echo '"postgres" "postgres"' > "$work/userlist.txt"
-db="host=127.0.0.1 port=$pg_port dbname=postgres user=postgres"
-bench_ini pgbouncer "$bouncer_port" "$db" 20 > "$work/pgbouncer.ini"
-bench_ini wharf "$wharf_port" "$db" 20 > "$work/wharf.ini"
-chown postgres "$work"/* 2>/dev/null || true
-"${run_as[@]}" pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 & pids+=($!)
-RUST_LOG=warn "$wharf_bin" serve "$work/wharf.ini" >"$work/wharf.out" 2>&1 & pids+=($!)
-wait_ready "$bouncer_port"; wait_ready "$wharf_port"
+bench_pair
 
 # user+nice, system, idle, iowait, irq+softirq (ticks), then context switches.
 machine() { awk '/^cpu / {print $2 + $3, $4, $5, $6, $7 + $8} /^ctxt/ {print $2}' /proc/stat | paste -sd' '; }

@@ -85,7 +85,7 @@ measure() {
   echo "$line"
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(valgrind --version)"
+describe_machine "; $(valgrind --version)"
 echo "$CLIENTS clients x $PER_CLIENT transactions per row, transaction mode, pool 20; user-space instructions of the pooler per transaction"
 header="| pooler |"; sep="|---|"
 for r in ${ROWS//,/ }; do header+=" $r |"; sep+="---:|"; done

@@ -95,7 +95,7 @@ measure() { # name binary-or-empty-for-pgbouncer
     printf "| %s | %d | %.0f | %.0f | %.2f |\n", n, h, b / 1024, a / 1024, (a - b) / h }'
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+describe_machine
 echo "$(pgbouncer --version | head -n 1); wharf ${WHARF_BIN:-$(git rev-parse --short HEAD)}"
 echo
 echo "| pooler | idle clients | RSS before (MiB) | RSS with them (MiB) | KiB per idle client |"

@@ -90,7 +90,7 @@ for port in "$bouncer_port" "$wharf_port"; do
   SECONDS_PER_RUN=2 tps "$port" -c "$CLIENTS" -j 2 -S >/dev/null
 done
 
-echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r)"
+describe_machine ", kernel $(uname -r)"
 echo "pgbench -c $CLIENTS -j 2, $SECONDS_PER_RUN s a run, pool 20, transaction mode; the pooler's CPU per transaction, split by perf samples"
 echo "| workload | pooler | TPS | CPU µs/xact | waking a peer | waking its own threads | switched | other kernel | user | samples |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"

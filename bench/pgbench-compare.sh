@@ -108,7 +108,7 @@ measure() { # port pid args...: "TPS cpu_us_per_xact ctx_switches_per_xact sys_u
     printf "%s %.2f %.3f %.2f\n", f[1], (x > 0 ? dc * 1e6 / hz / x : 0), (x > 0 ? ds / x : 0), (x > 0 ? dk * 1e6 / hz / x : 0) }'
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+describe_machine
 echo "pgbench: $("$pg_bin/pgbench" --version); $(pgbouncer --version | head -n 1); wharf ${WHARF_BIN:-$(git rev-parse --short HEAD)}"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median TPS; pool size $POOL_SIZE, transaction mode"
 [ "${TLS:-0}" = 1 ] && echo "TLS: every client and server connection (sslmode=require, P-256 certificate)"

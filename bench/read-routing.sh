@@ -70,7 +70,7 @@ measure() { # port pid args...: "TPS cpu_us_per_xact cs_per_xact replica_share"
     printf "%s %.2f %.3f %.2f\n", f[1], (x > 0 ? dc * 1e6 / hz / x : 0), (x > 0 ? ds / x : 0), (x > 0 ? dr / x : 0) }'
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+describe_machine
 echo "pgbench: $("$pg_bin/pgbench" --version); wharf ${WHARF_BIN:-$(git rev-parse --short HEAD)}"
 echo "runs per cell: $RUNS x ${SECONDS_PER_RUN}s, median; pool size $POOL_SIZE, transaction mode; a primary and a streaming replica"
 echo "on replica: the share of transactions the replica counted (pg_stat_database; the stats lag, so read it as approximate)"

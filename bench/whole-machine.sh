@@ -31,7 +31,7 @@ bench_pair
 # user+nice, system, idle, iowait, irq+softirq (ticks), then context switches.
 machine() { awk '/^cpu / {print $2 + $3, $4, $5, $6, $7 + $8} /^ctxt/ {print $2}' /proc/stat | paste -sd' '; }
 
-echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+describe_machine
 echo "pgbench -c $CLIENTS -j 2, $SECONDS_PER_RUN s a run, pool 20, transaction mode; per transaction, whole machine"
 echo "| workload | pooler | TPS | user µs | sys µs | idle µs | irq µs | cs | TCP segments |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"

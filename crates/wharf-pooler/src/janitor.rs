@@ -40,7 +40,7 @@ const WAIT_SWEEP: Duration = Duration::from_millis(500);
 /// clients queued at that moment, once each, and as most waits end within
 /// milliseconds, few are ever woken. PgBouncer also looks at its waiting
 /// clients periodically rather than timing each.
-pub(crate) async fn wake_long_waits(state: Weak<PoolerState>) {
+pub(crate) async fn sweep_waiting_clients(state: Weak<PoolerState>) {
     loop {
         tokio::time::sleep(WAIT_SWEEP).await;
         let Some(state) = state.upgrade() else {
@@ -57,19 +57,8 @@ pub(crate) async fn wake_long_waits(state: Weak<PoolerState>) {
         {
             continue;
         }
-        let mut paused = None;
-        state.router().for_each_pool(|pool| {
-            // Every client in line, however short its wait so far: one
-            // held by a PAUSE before it queued may be due already.
-            pool.wake_long_waits(Duration::ZERO);
-            if paused.is_none() && pool.control().is_paused() {
-                paused = Some(pool.control().clone());
-            }
-        });
-        // PAUSE, KILL and SUSPEND hold clients before any queue; one
-        // wake-up reaches all of them.
-        if let Some(control) = paused {
-            control.wake_paused_waiters();
-        }
+        // Every client in line, however short its wait so far: one held
+        // by a PAUSE before it queued may be due already.
+        state.router().wake_waiting_clients();
     }
 }

@@ -193,7 +193,9 @@ impl Pooler {
         tasks.spawn(crate::janitor::run(Arc::downgrade(&state)));
         // Not among `tasks`: clients still queue while a graceful
         // shutdown drains them, and still hear `query_wait_notify`.
-        let sweep = tokio::spawn(crate::janitor::wake_long_waits(Arc::downgrade(&state)));
+        let sweep = tokio::spawn(crate::janitor::sweep_waiting_clients(Arc::downgrade(
+            &state,
+        )));
         let mut phase = state.lifecycle().subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         tokio::select! {

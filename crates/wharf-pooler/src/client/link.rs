@@ -37,7 +37,7 @@ async fn queued_notice<W: AsyncWrite + Unpin>(writer: &mut W) {
 /// When a queued client is told it is queued (`query_wait_notify`). No
 /// timer goes off for it: the janitor wakes the clients in the engines'
 /// queues and those held by a PAUSE now and then
-/// (`janitor::wake_long_waits`), and each wake-up of a wait that has not
+/// (`janitor::sweep_waiting_clients`), and each wake-up of a wait that has not
 /// ended looks at the clock here. A client handed a server that it must
 /// check first (`server_check_delay`) is in no queue while the check runs:
 /// a check slower than the notice time ends without the notice.

@@ -86,12 +86,6 @@ impl DbControl {
             || self.global.suspended.load(Ordering::SeqCst)
     }
 
-    /// Wakes every transaction waiting for a RESUME (of any database) to
-    /// look again; those still paused go on waiting.
-    pub fn wake_paused_waiters(&self) {
-        self.global.wake_waiters();
-    }
-
     /// Whether this database itself was paused (not the whole pooler).
     pub fn paused_itself(&self) -> bool {
         self.paused.load(Ordering::SeqCst)

@@ -330,13 +330,13 @@ impl ServerPool {
         engine.try_get()
     }
 
-    /// Wakes the clients that have waited at least `waited` for a server
-    /// of this pool (of its reads pool too), without serving them: each
-    /// looks again at how long it has waited, for `query_wait_notify`.
-    pub fn wake_long_waits(&self, waited: Duration) {
-        self.engine.wake_long_waits(waited);
+    /// Wakes the clients in line for a server of this pool (of its reads
+    /// pool too), without serving them: each looks again at how long it
+    /// has waited, for `query_wait_notify`.
+    pub fn wake_waiting_clients(&self) {
+        self.engine.wake_long_waits(Duration::ZERO);
         if let Some(reads) = self.reads.get() {
-            reads.wake_long_waits(waited);
+            reads.wake_long_waits(Duration::ZERO);
         }
     }
 

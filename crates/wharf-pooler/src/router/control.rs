@@ -87,6 +87,24 @@ impl Router {
         self.global.wake_waiters();
     }
 
+    /// Wakes every client waiting for a server, in a pool's queue or held
+    /// by PAUSE, KILL or SUSPEND, without serving it: each looks again at
+    /// how long it has waited (`query_wait_notify`). The pools are visited
+    /// under the router's lock and none is held past its visit: an unused
+    /// autodb pool is dropped only when nothing else holds it
+    /// (`drop_idle_autodb`).
+    pub fn wake_waiting_clients(&self) {
+        let mut paused = false;
+        for pool in self.pools.read().values() {
+            pool.wake_waiting_clients();
+            paused |= pool.control().is_paused();
+        }
+        // Those held before any queue: one wake-up reaches all of them.
+        if paused {
+            self.global.wake_waiters();
+        }
+    }
+
     /// Whether some database is paused by name.
     pub fn any_database_paused(&self) -> bool {
         self.dbs

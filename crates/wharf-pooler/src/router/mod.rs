@@ -167,14 +167,6 @@ impl Router {
         self.pools.read().values().cloned().collect()
     }
 
-    /// Visits every pool created so far under the router's lock, holding
-    /// none of them past its visit: a pool held anywhere else counts as in
-    /// use, and an unused autodb pool is dropped only when nothing holds
-    /// it (`drop_idle_autodb`), so a frequent sweep must not hold them.
-    pub fn for_each_pool(&self, visit: impl FnMut(&Arc<ServerPool>)) {
-        self.pools.read().values().for_each(visit);
-    }
-
     /// The counters and the client/server registry.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats

@@ -155,9 +155,9 @@ impl ClientEntry {
 
     /// Waits for a server from `since` on.
     pub fn set_waiting(&self, since: Moment) {
-        let now = since.as_micros();
-        self.wait_since.store(now, Ordering::Relaxed);
-        self.request_time.store(now, Ordering::Relaxed);
+        let since = since.as_micros();
+        self.wait_since.store(since, Ordering::Relaxed);
+        self.request_time.store(since, Ordering::Relaxed);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
